@@ -1,0 +1,1 @@
+"""The kernel: controller, engines, adapters and clients."""
