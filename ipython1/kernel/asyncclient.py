@@ -1,0 +1,371 @@
+"""AsyncMultiEngineClient: the multi-engine interface, every method a Deferred.
+
+Values are serialized here, on the client, and deserialized here: the
+controller only relays frames. Replies are turned into results or into
+RemoteError / CompositeError / EngineError.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from ipython1.kernel import scatter as scatter_mod
+from ipython1.kernel import wire
+from ipython1.kernel.cluster import MEC_FURL
+from ipython1.kernel.errors import (
+    CompositeError,
+    ConnectionLost,
+    KernelError,
+    error_from_wire,
+)
+from ipython1.kernel.results import ExecuteResult, ResultList
+from ipython1.kernel.serialize import deserialize, serialize, serialize_dict
+
+
+def _map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
+    """Apply f elementwise on an engine (the body of MultiEngineClient.map)."""
+    return list(map(f, *chunks))
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _none(value: Any) -> None:
+    return None
+
+
+def _execute_record(record: dict[str, Any]) -> ExecuteResult:
+    return ExecuteResult(record)
+
+
+def _deserialize_list(frames_list: list[list[bytes]]) -> list[Any]:
+    return [deserialize(frames) for frames in frames_list]
+
+
+class AsyncPendingResult:
+    """A result computed on the controller's side, fetched later by id."""
+
+    def __init__(self, client: AsyncMultiEngineClient, pending_id: int,
+                 finish: Callable[[list[dict[str, Any]]], Any]) -> None:
+        self.client = client
+        self.id = pending_id
+        self._finish = finish
+
+    def get_result(self, block: bool = True) -> Deferred[Any]:
+        """Fire with the result; without block, fail with ResultNotReady if not done."""
+        d = self.client._remote("get_pending_result", self.id, block)
+        return d.addCallback(self._finish)
+
+
+class AsyncMultiEngineClient:
+    """The multi-engine interface over Foolscap; every method returns a Deferred."""
+
+    def __init__(self, session: Any, tub: Any = None, furl: str = "") -> None:
+        self._session = session
+        self._tub = tub
+        self.furl = furl
+        self._lost: str | None = None
+        self._finishers: dict[int, Callable[[list[dict[str, Any]]], Any]] = {}
+        session.notifyOnDisconnect(self._disconnected)
+
+    def _disconnected(self, *args: Any) -> None:
+        self._lost = f"the connection to the controller at {wire.furl_location(self.furl)} was lost"
+
+    @property
+    def connected(self) -> bool:
+        return self._lost is None
+
+    def _remote(self, method: str, *args: Any) -> Deferred[Any]:
+        if self._lost is not None:
+            return defer.fail(ConnectionLost(self._lost))
+        d = self._session.callRemote(method, *args)
+        d.addErrback(self._translate_failure)
+        return d
+
+    def _translate_failure(self, failure: Failure) -> Failure:
+        if failure.check(KernelError):
+            return failure
+        from foolscap.api import DeadReferenceError
+        from twisted.internet.error import ConnectionDone, ConnectionLost as TwistedLost
+
+        if failure.check(DeadReferenceError, ConnectionDone, TwistedLost) or self._lost:
+            raise ConnectionLost(self._lost or f"the controller went away: "
+                                 f"{failure.getErrorMessage()}")
+        return failure
+
+    def _command(self, method: str, args: tuple[Any, ...], block: bool,
+                 transform: Callable[[Any], Any], single: bool) -> Deferred[Any]:
+        """Send a command; finish its replies now, or return a pending result."""
+
+        def finish(replies: Any) -> Any:
+            return _finish_replies(replies, transform, single)
+
+        d = self._remote(method, *args, block)
+        if block:
+            return d.addCallback(finish)
+
+        def pending(answer: Any) -> AsyncPendingResult:
+            if isinstance(answer, dict) and "pending_id" in answer:
+                self._finishers[answer["pending_id"]] = finish
+                return AsyncPendingResult(self, answer["pending_id"], finish)
+            finish(answer)  # an immediate error reply raises here
+            raise KernelError(f"unexpected answer {answer!r}")
+
+        return d.addCallback(pending)
+
+    # -- the multi-engine interface --
+
+    def get_ids(self) -> Deferred[list[int]]:
+        """Fire with the sorted ids of the registered engines."""
+        return self._remote("get_ids")
+
+    def execute(self, code: str, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Run code on targets; fire with one ExecuteResult per target."""
+        if not isinstance(code, str):
+            return defer.fail(TypeError(f"code must be a str, not {type(code).__name__}"))
+        return self._command("execute", (code, targets), block, _execute_record,
+                             isinstance(targets, int))
+
+    def push(self, namespace: dict[str, Any], targets: Any = "all",
+             block: bool = True) -> Deferred[Any]:
+        """Bind the values of namespace to its names on targets."""
+        try:
+            frames = serialize_dict(_check_namespace(namespace))
+        except Exception as e:
+            return defer.fail(e)
+        return self._command("push", (frames, targets), block, _none, True)
+
+    push_function = push
+
+    def pull(self, keys: str | Sequence[str], targets: Any = "all",
+             block: bool = True) -> Deferred[Any]:
+        """Fetch the values of one name (or several) from targets."""
+        names = [keys] if isinstance(keys, str) else list(keys)
+        if not all(isinstance(k, str) for k in names):
+            return defer.fail(TypeError(f"keys must be a str or a list of str, not {keys!r}"))
+        if isinstance(keys, str):
+            def transform(value: Any) -> Any:
+                return deserialize(value[0])
+        else:
+            transform = _deserialize_list
+        return self._command("pull", (names, targets), block, transform,
+                             isinstance(targets, int))
+
+    pull_function = pull
+
+    def get_result(self, n: int | None = None, targets: Any = "all",
+                   block: bool = True) -> Deferred[Any]:
+        """Fetch an earlier ExecuteResult by execution number (default: the last)."""
+        return self._command("get_result", (n, targets), block, _execute_record,
+                             isinstance(targets, int))
+
+    def keys(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """List the names in each target's namespace."""
+        return self._command("keys", (targets,), block, _identity, isinstance(targets, int))
+
+    def reset(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Clear each target's namespace and history."""
+        return self._command("reset", (targets,), block, _none, True)
+
+    def kill(self, controller: bool = False, targets: Any = "all",
+             block: bool = True) -> Deferred[Any]:
+        """End engines at once; with controller=True, the controller too."""
+        return self._command("kill", (controller, targets), block, _none, True)
+
+    def interrupt(self, targets: Any = "all") -> Deferred[Any]:
+        """Raise KeyboardInterrupt in the code running on targets."""
+        d = self._remote("interrupt", targets)
+        return d.addCallback(_finish_replies, _identity, isinstance(targets, int))
+
+    def queue_status(self, targets: Any = "all") -> Deferred[Any]:
+        """Fire with each target's queue: the running command and the waiting ones."""
+        d = self._remote("queue_status", targets)
+        return d.addCallback(_check_global_error)
+
+    def clear_queue(self, targets: Any = "all") -> Deferred[Any]:
+        """Drop each target's waiting commands (they fail with QueueCleared)."""
+        return self._remote("clear_queue", targets, True).addCallback(_check_global_error)
+
+    def apply(self, func: Callable[..., Any], *args: Any, targets: Any = "all",
+              block: bool = True, **kwargs: Any) -> Deferred[Any]:
+        """Call func(*args, **kwargs) on each target; fire with the return values."""
+        d = self._ids(targets)
+
+        def send(ids: list[int]) -> Deferred[Any]:
+            func_frames = serialize(func)
+            arg_frames = serialize((args, kwargs))
+            return self._command("apply_each", (func_frames, dict.fromkeys(ids, arg_frames)),
+                                 block, deserialize, isinstance(targets, int))
+
+        return d.addCallback(send)
+
+    def scatter(self, key: str, seq: Any, targets: Any = "all", flatten: bool = False,
+                block: bool = True) -> Deferred[Any]:
+        """Split seq as evenly as possible and bind one part to key on each target."""
+        d = self._ids(targets)
+
+        def send(ids: list[int]) -> Deferred[Any]:
+            parts = scatter_mod.partitions(seq, len(ids), flatten=flatten)
+            namespaces = {e: {key: serialize(part)} for e, part in zip(ids, parts)}
+            return self._command("push_each", (namespaces,), block, _none, True)
+
+        return d.addCallback(send)
+
+    def gather(self, key: str, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Pull key from each target and join the parts in target order."""
+        d = self.pull(key, targets=targets, block=block)
+        if not block:
+            return d.addCallback(_then_join)
+        return d.addCallback(lambda parts: scatter_mod.join(
+            parts if isinstance(parts, list) and not isinstance(targets, int) else [parts]))
+
+    def map(self, func: Callable[..., Any], *seqs: Sequence[Any], targets: Any = "all",
+            block: bool = True) -> Deferred[Any]:
+        """Apply func to the elements of seqs across targets; results in order."""
+        if not seqs:
+            return defer.fail(TypeError("map() needs at least one sequence"))
+        d = self._ids(targets)
+
+        def send(ids: list[int]) -> Deferred[Any]:
+            length = min(len(s) for s in seqs)
+            parts = [scatter_mod.partitions(list(s)[:length], len(ids)) for s in seqs]
+            func_frames = serialize(_map_chunk)
+            args = {e: serialize(((func, *(p[i] for p in parts)), {}))
+                    for i, e in enumerate(ids)}
+            return self._command("apply_each", (func_frames, args), block,
+                                 deserialize, False)
+
+        def joined(result: Any) -> Any:
+            if isinstance(result, AsyncPendingResult):
+                return _JoiningPending(result)
+            return [x for chunk in result for x in chunk]
+
+        return d.addCallback(send).addCallback(joined)
+
+    def get_pending_result(self, pending_id: int, block: bool = True) -> Deferred[Any]:
+        """Fetch a non-blocking command's result by its id."""
+        finish = self._finishers.pop(pending_id, lambda r: _finish_replies(r, _identity, False))
+        return AsyncPendingResult(self, pending_id, finish).get_result(block)
+
+    def pending_ids(self) -> Deferred[list[int]]:
+        """Fire with the ids of this client's results not yet fetched."""
+        return self._remote("pending_ids")
+
+    def _ids(self, targets: Any) -> Deferred[list[int]]:
+        """Resolve targets to engine ids (asking the controller for 'all')."""
+        if isinstance(targets, int) and not isinstance(targets, bool):
+            return defer.succeed([targets])
+        if isinstance(targets, (list, tuple)):
+            return defer.succeed(list(targets))
+        d = self.get_ids()
+
+        def check(ids: list[int]) -> list[int]:
+            if not ids:
+                from ipython1.kernel.errors import NoEnginesRegistered
+
+                raise NoEnginesRegistered("no engines are registered with the controller")
+            return ids
+
+        return d.addCallback(check)
+
+    def disconnect(self) -> None:
+        """Drop the connection to the controller."""
+        if self._tub is not None:
+            self._tub.stopService()
+            self._tub = None
+
+
+class _JoiningPending(AsyncPendingResult):
+    """A pending map or gather: joins the parts when fetched."""
+
+    def __init__(self, inner: AsyncPendingResult) -> None:
+        super().__init__(inner.client, inner.id, inner._finish)
+
+    def get_result(self, block: bool = True) -> Deferred[Any]:
+        d = super().get_result(block)
+        return d.addCallback(_join_parts)
+
+
+def _join_parts(parts: Any) -> Any:
+    if parts and isinstance(parts[0], list):
+        return [x for chunk in parts for x in chunk]
+    return scatter_mod.join(parts)
+
+
+def _then_join(pending: AsyncPendingResult) -> AsyncPendingResult:
+    class _Gather(AsyncPendingResult):
+        def get_result(self, block: bool = True) -> Deferred[Any]:
+            d = AsyncPendingResult.get_result(self, block)
+            return d.addCallback(lambda parts: scatter_mod.join(
+                parts if isinstance(parts, list) else [parts]))
+
+    return _Gather(pending.client, pending.id, pending._finish)
+
+
+def _check_namespace(namespace: Any) -> dict[str, Any]:
+    if not isinstance(namespace, dict) or not all(isinstance(k, str) for k in namespace):
+        raise TypeError("push() takes a dict with str keys")
+    bad = [k for k in namespace if not k.isidentifier()]
+    if bad:
+        raise ValueError(f"cannot push {bad[0]!r}: not a valid Python name")
+    return namespace
+
+
+def _check_global_error(replies: Any) -> Any:
+    if isinstance(replies, dict) and replies.get("status") == "error":
+        raise error_from_wire(replies["error"])
+    return replies
+
+
+def _finish_replies(replies: Any, transform: Callable[[Any], Any], single: bool) -> Any:
+    """Turn engine replies into results, or raise the engines' errors."""
+    replies = _check_global_error(replies)
+    results: list[Any] = []
+    errors: list[KernelError] = []
+    for reply in replies:
+        if reply.get("status") == "ok":
+            results.append(transform(reply.get("value")))
+        else:
+            errors.append(error_from_wire(reply["error"]))
+    if errors:
+        if len(replies) == 1:
+            raise errors[0]
+        raise CompositeError("command failed on some engines", errors, results)
+    if single:
+        return results[0] if results else None
+    if results and isinstance(results[0], ExecuteResult):
+        return ResultList(results)
+    return results
+
+
+def client_info() -> dict[str, Any]:
+    """Describe this client process for the controller's logs."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return {"name": user, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+@defer.inlineCallbacks
+def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
+                           timeout: float = 10.0) -> Any:
+    """Connect to a controller; fire with an AsyncMultiEngineClient."""
+    furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
+    tub = wire.client_tub()
+    try:
+        root = yield wire.get_reference(tub, furl, timeout)
+        session = yield root.callRemote("connect", client_info())
+    except Exception:
+        tub.stopService()
+        raise
+    return AsyncMultiEngineClient(session, tub, furl)

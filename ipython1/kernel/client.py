@@ -1,0 +1,280 @@
+"""Blocking clients: thin wrappers that run the async clients in a reactor thread.
+
+The reactor starts on first use (not at import), without signal handlers,
+in a daemon thread, and stops at exit. Every call waits with a deadline;
+when the reactor stops, every waiting call fails with ConnectionLost.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from ipython1.kernel import asyncclient
+from ipython1.kernel.errors import ClientTimeout, ConnectionLost, KernelError
+
+__all__ = ["MultiEngineClient", "PendingResult"]
+
+
+class ReactorThread:
+    """Run the Twisted reactor in a daemon thread; submit calls to it."""
+
+    _lock = threading.Lock()
+    _instance: ReactorThread | None = None
+
+    @classmethod
+    def get(cls) -> ReactorThread:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def __init__(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self._futures: set[concurrent.futures.Future[Any]] = set()
+        self._stopped = False
+        if not reactor.running:
+            self.thread = threading.Thread(
+                target=reactor.run, kwargs={"installSignalHandlers": False},
+                name="ipython1-reactor", daemon=True)
+            self.thread.start()
+            atexit.register(self.stop)
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Call fn in the reactor thread; its (Deferred) result arrives in a Future."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if self._stopped:
+            future.set_exception(ConnectionLost("the client's reactor has stopped"))
+            return future
+        self._futures.add(future)
+
+        def call() -> None:
+            d = defer.maybeDeferred(fn, *args, **kwargs)
+
+            def done(result: Any) -> None:
+                self._futures.discard(future)
+                if future.done():
+                    return
+                if isinstance(result, Failure):
+                    future.set_exception(result.value)
+                else:
+                    future.set_result(result)
+
+            d.addBoth(done)
+
+        self.reactor.callFromThread(call)
+        return future
+
+    def stop(self) -> None:
+        """Stop the reactor; fail every waiting call."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for future in list(self._futures):
+            if not future.done():
+                future.set_exception(ConnectionLost("the client's reactor stopped"))
+        if self.reactor.running:
+            self.reactor.callFromThread(self.reactor.stop)
+
+
+def _wait(future: concurrent.futures.Future[Any], timeout: float | None,
+          on_interrupt: Callable[[], None] | None = None) -> Any:
+    """Wait for a future; Ctrl-C runs on_interrupt (e.g. interrupt engines)."""
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise ClientTimeout(f"no result within {timeout:g} s") from None
+    except KeyboardInterrupt:
+        if on_interrupt is not None:
+            on_interrupt()
+        raise
+
+
+class PendingResult:
+    """The result of a non-blocking call, fetched later with get_result()."""
+
+    def __init__(self, client: MultiEngineClient, pending: asyncclient.AsyncPendingResult) -> None:
+        self.client = client
+        self._pending = pending
+        self.id = pending.id
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._done = False
+
+    def get_result(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Return the result; without block, raise ResultNotReady if not done."""
+        if not self._done:
+            future = self.client._loop.submit(self._pending.get_result, block)
+            try:
+                self._result = _wait(future, timeout if timeout is not None
+                                     else self.client.timeout)
+            except KernelError as e:
+                from ipython1.kernel.errors import ResultNotReady
+
+                if isinstance(e, (ResultNotReady, ClientTimeout)):
+                    raise
+                self._error = e
+            self._done = True
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    @property
+    def r(self) -> Any:
+        return self.get_result()
+
+    def __repr__(self) -> str:
+        return f"<PendingResult id={self.id} {'done' if self._done else 'pending'}>"
+
+
+class MultiEngineClient:
+    """Control a set of engines directly; blocking by default.
+
+    ``furl_or_file`` is a FURL, a FURL file, or None for the profile's
+    ``security/ipcontroller-mec.furl``.
+    """
+
+    def __init__(self, furl_or_file: Any = None, profile: str = "default",
+                 timeout: float | None = None, connect_timeout: float = 10.0,
+                 block: bool = True, targets: Any = "all") -> None:
+        self._loop = ReactorThread.get()
+        self.timeout = timeout
+        self.block = block
+        self.targets = targets
+        future = self._loop.submit(asyncclient.get_multiengine_client, furl_or_file, profile,
+                                   connect_timeout)
+        self._async: asyncclient.AsyncMultiEngineClient = _wait(future, connect_timeout + 5)
+
+    # -- plumbing --
+
+    def _run(self, method: Callable[..., Any], *args: Any, targets: Any = None,
+             block: bool | None = None, interruptible: bool = False, **kwargs: Any) -> Any:
+        """Run method in the reactor thread; wait, or return a PendingResult."""
+        targets = self.targets if targets is None else targets
+        block = self.block if block is None else block
+        future = self._loop.submit(method, *args, targets=targets, block=block, **kwargs)
+        on_interrupt = (lambda: self._interrupt_quietly(targets)) if interruptible else None
+        result = _wait(future, self.timeout, on_interrupt)
+        if block:
+            return result
+        return PendingResult(self, result)
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return _wait(self._loop.submit(method, *args, **kwargs), self.timeout)
+
+    def _interrupt_quietly(self, targets: Any) -> None:
+        try:
+            _wait(self._loop.submit(self._async.interrupt, targets), 5)
+        except Exception:
+            pass
+
+    # -- the multi-engine interface --
+
+    def get_ids(self) -> list[int]:
+        """Return the ids of the registered engines."""
+        return self._call(self._async.get_ids)
+
+    def execute(self, code: str, targets: Any = None, block: bool | None = None) -> Any:
+        """Run code on targets; see IMultiEngine.execute."""
+        return self._run(self._async.execute, code, targets=targets, block=block,
+                         interruptible=True)
+
+    def push(self, namespace: dict[str, Any], targets: Any = None,
+             block: bool | None = None) -> Any:
+        """Bind the values of namespace to its names on targets."""
+        return self._run(self._async.push, namespace, targets=targets, block=block)
+
+    push_function = push
+
+    def pull(self, keys: str | Sequence[str], targets: Any = None,
+             block: bool | None = None) -> Any:
+        """Fetch the values of names from targets."""
+        return self._run(self._async.pull, keys, targets=targets, block=block)
+
+    pull_function = pull
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.push({key: value})
+
+    def __getitem__(self, key: str) -> Any:
+        return self.pull(key)
+
+    def scatter(self, key: str, seq: Any, targets: Any = None, flatten: bool = False,
+                block: bool | None = None) -> Any:
+        """Split seq across targets and bind each part to key."""
+        return self._run(self._async.scatter, key, seq, targets=targets, block=block,
+                         flatten=flatten)
+
+    def gather(self, key: str, targets: Any = None, block: bool | None = None) -> Any:
+        """Pull key from targets and join the parts in order."""
+        return self._run(self._async.gather, key, targets=targets, block=block)
+
+    def map(self, func: Callable[..., Any], *seqs: Sequence[Any], targets: Any = None,
+            block: bool | None = None) -> Any:
+        """Apply func elementwise across targets; results in order."""
+        return self._run(self._async.map, func, *seqs, targets=targets, block=block,
+                         interruptible=True)
+
+    def apply(self, func: Callable[..., Any], *args: Any, targets: Any = None,
+              block: bool | None = None, **kwargs: Any) -> Any:
+        """Call func(*args, **kwargs) on each target."""
+        return self._run(self._async.apply, func, *args, targets=targets, block=block,
+                         interruptible=True, **kwargs)
+
+    def get_result(self, n: int | None = None, targets: Any = None,
+                   block: bool | None = None) -> Any:
+        """Return an earlier ExecuteResult by execution number (default: last)."""
+        return self._run(self._async.get_result, n, targets=targets, block=block)
+
+    def keys(self, targets: Any = None, block: bool | None = None) -> Any:
+        """List the names defined on each target."""
+        return self._run(self._async.keys, targets=targets, block=block)
+
+    def reset(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Clear the namespace of each target."""
+        return self._run(self._async.reset, targets=targets, block=block)
+
+    def kill(self, controller: bool = False, targets: Any = None,
+             block: bool | None = None) -> Any:
+        """End engines at once; with controller=True, the controller too."""
+        return self._run(self._async.kill, controller, targets=targets, block=block)
+
+    def interrupt(self, targets: Any = None) -> Any:
+        """Raise KeyboardInterrupt in the code running on targets."""
+        return self._call(self._async.interrupt, self.targets if targets is None else targets)
+
+    def queue_status(self, targets: Any = None) -> Any:
+        """Describe each target's queue."""
+        return self._call(self._async.queue_status, self.targets if targets is None else targets)
+
+    def clear_queue(self, targets: Any = None) -> Any:
+        """Drop the waiting commands of targets; they fail with QueueCleared."""
+        return self._call(self._async.clear_queue, self.targets if targets is None else targets)
+
+    def get_pending_result(self, pending_id: int, block: bool = True,
+                           timeout: float | None = None) -> Any:
+        """Fetch a non-blocking call's result by its id."""
+        future = self._loop.submit(self._async.get_pending_result, pending_id, block)
+        return _wait(future, timeout if timeout is not None else self.timeout)
+
+    def pending_ids(self) -> list[int]:
+        """Return the ids of this client's results not yet fetched."""
+        return self._call(self._async.pending_ids)
+
+    def close(self) -> None:
+        """Disconnect from the controller."""
+        self._loop.reactor.callFromThread(self._async.disconnect)
+
+    def __enter__(self) -> MultiEngineClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,222 @@
+"""The controller: a registry of engines with one command queue per engine.
+
+It never runs user code and never unpickles values: it relays frames between
+clients and engines. Adapters (multi-engine, task farm) are built on
+``Controller.submit`` and published each at its own FURL by
+``ControllerService``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from foolscap.api import Referenceable
+from twisted.application import service
+from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ipython1.kernel import cluster, wire
+from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered
+from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
+from ipython1.kernel.queue import Command, EngineQueue
+
+log = Logger()
+
+
+@dataclass
+class EngineRecord:
+    """A registered engine: its id, remote reference, queue and properties."""
+
+    id: int
+    ref: Any
+    queue: EngineQueue
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_targets(targets: Any, registered: list[int]) -> list[int]:
+    """Turn 'all', an int or a list of ints into engine ids; validate them."""
+    if not registered:
+        raise NoEnginesRegistered("no engines are registered with the controller")
+    if targets is None or targets == "all":
+        return sorted(registered)
+    if isinstance(targets, bool):
+        raise InvalidEngineID(f"invalid targets {targets!r}")
+    if isinstance(targets, int):
+        ids = [targets]
+    elif isinstance(targets, (list, tuple)) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in targets
+    ):
+        ids = list(targets)
+    else:
+        raise InvalidEngineID(f"invalid targets {targets!r}: use 'all', an int or a list of ints")
+    known = set(registered)
+    unknown = [t for t in ids if t not in known]
+    if unknown:
+        raise InvalidEngineID(
+            f"no engine with id {unknown[0]} (registered: {sorted(registered)})"
+        )
+    if not ids:
+        raise InvalidEngineID("targets is an empty list")
+    return ids
+
+
+@implementer(IEngineRegistry)
+class Controller(service.MultiService):
+    """Keep the engines and their queues; the adapters' common core."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engines: dict[int, EngineRecord] = {}
+        self._next_id = 0
+        self._observers: list[Callable[[str, dict[str, Any]], None]] = []
+
+    # -- registry --
+
+    def register_engine(self, engine: Any, info: dict[str, Any]) -> int:
+        """Add an engine; return its id, which it keeps for its life."""
+        engine_id = self._next_id
+        self._next_id += 1
+
+        def send(command: Command) -> Deferred[Any]:
+            return engine.callRemote(command.op, *command.args)
+
+        record = EngineRecord(engine_id, engine, EngineQueue(engine_id, send), dict(info))
+        self.engines[engine_id] = record
+        engine.notifyOnDisconnect(self._engine_lost, engine_id)
+        log.info("engine {id} registered: {info}", id=engine_id, info=info)
+        self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
+        return engine_id
+
+    def _engine_lost(self, engine_id: int) -> None:
+        record = self.engines.pop(engine_id, None)
+        if record is None:
+            return
+        log.info("engine {id} disconnected", id=engine_id)
+        record.queue.engine_died(f"engine {engine_id} died (connection lost)")
+        self._notify("engine_died", {"engine_id": engine_id})
+
+    def unregister_engine(self, engine_id: int) -> None:
+        """Forget an engine as though it died (e.g. after kill)."""
+        self._engine_lost(engine_id)
+
+    def ids(self) -> list[int]:
+        return sorted(self.engines)
+
+    def targets(self, targets: Any) -> list[int]:
+        return parse_targets(targets, list(self.engines))
+
+    # -- observers (task farm, sessions, event streams) --
+
+    def add_observer(self, observer: Callable[[str, dict[str, Any]], None]) -> None:
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Callable[[str, dict[str, Any]], None]) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def _notify(self, kind: str, data: dict[str, Any]) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(kind, data)
+            except Exception:
+                log.failure("observer {o} failed", o=observer)
+
+    # -- commands --
+
+    def submit(self, engine_id: int, command: Command) -> Deferred[Any]:
+        """Queue a command on one engine; fires with the engine's reply dict."""
+        record = self.engines.get(engine_id)
+        if record is None:
+            return defer.fail(InvalidEngineID(f"no engine with id {engine_id}"))
+        return record.queue.submit(command)
+
+    def call_now(self, engine_id: int, op: str, *args: Any) -> Deferred[Any]:
+        """Call an engine directly, bypassing its queue (interrupt, kill)."""
+        record = self.engines.get(engine_id)
+        if record is None:
+            return defer.fail(InvalidEngineID(f"no engine with id {engine_id}"))
+        return record.ref.callRemote(op, *args)
+
+    def queue_status(self, ids: list[int]) -> list[dict[str, Any]]:
+        return [self.engines[i].queue.status() for i in ids if i in self.engines]
+
+    def clear_queue(self, ids: list[int], client: str | None = None) -> list[dict[str, Any]]:
+        return [
+            {"engine_id": i, "cleared": self.engines[i].queue.clear()}
+            for i in ids if i in self.engines
+        ]
+
+
+@implementer(RIEngineRegistration)
+class EngineRegistration(Referenceable):  # type: ignore[misc]
+    """The engine-facing capability: engines call register_engine."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def remote_register_engine(self, engine: Any, info: dict[str, Any]) -> int:
+        return self.controller.register_engine(engine, info)
+
+
+class ControllerService(service.MultiService):
+    """Controller + Tub + FURL files: what `twistd ipcontroller` runs."""
+
+    def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        super().__init__()
+        self.cluster_dir = cluster_dir.create()
+        self.ip = ip
+        self.port = port
+        self.controller = Controller()
+        self.controller.setServiceParent(self)
+        self.furls: dict[str, str] = {}
+        self.adapters: dict[str, Any] = {}
+        self.tub: Any = None
+
+    def startService(self) -> None:
+        from ipython1.kernel.multiengine import MultiEngine, MultiEngineReferenceable
+
+        cert = self.cluster_dir.security / cluster.CONTROLLER_CERT
+        self.tub, self.port = wire.listening_tub(cert, self.ip, self.port)
+        self.tub.setServiceParent(self)
+        self.adapters["mec"] = MultiEngine(self.controller, self)
+        self._publish(EngineRegistration(self.controller), cluster.ENGINE_FURL)
+        self._publish(MultiEngineReferenceable(self.adapters["mec"]), cluster.MEC_FURL)
+        self._publish_extra_adapters()
+        cluster.write_private(self.cluster_dir.pid_file("ipcontroller"), f"{os.getpid()}\n")
+        super().startService()
+        log.info("controller listening on {ip}:{port}", ip=self.ip, port=self.port)
+
+    def _publish_extra_adapters(self) -> None:
+        """Publish the optional adapters that are installed (task farm)."""
+        try:
+            from ipython1.kernel.task import TaskFarm, TaskFarmReferenceable
+        except ImportError:
+            return
+        self.adapters["task"] = TaskFarm(self.controller)
+        self._publish(TaskFarmReferenceable(self.adapters["task"]), cluster.TASK_FURL)
+
+    def _publish(self, obj: Any, name: str) -> None:
+        path = self.cluster_dir.furl_file(name)
+        self.furls[name] = wire.publish(self.tub, obj, path)
+
+    def stopService(self) -> Deferred[Any]:
+        d = defer.maybeDeferred(super().stopService)
+
+        def cleanup(result: Any) -> Any:
+            pid_file = self.cluster_dir.pid_file("ipcontroller")
+            if cluster.read_pid(pid_file) == os.getpid():
+                Path(pid_file).unlink(missing_ok=True)
+            return result
+
+        return d.addBoth(cleanup)
+
+    def shutdown(self) -> None:
+        """Stop the whole process (kill(controller=True))."""
+        reactor.callLater(0.1, reactor.stop)

@@ -1,0 +1,504 @@
+"""The engine: an IPython shell on its own thread, exposed to the controller.
+
+User code never runs on the reactor thread. ``ShellRunner`` runs jobs one at
+a time on the *shell thread* (the main thread under ``ipengine``, so that
+SIGINT can interrupt even a blocking C call), while the reactor thread keeps
+answering the controller: pings, interrupts and kills are never queued behind
+a running cell.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import io
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from foolscap.api import Referenceable
+from twisted.application import service
+from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ipython1 import __version__
+from ipython1.kernel import wire
+from ipython1.kernel.errors import KernelError, error_to_wire
+from ipython1.kernel.interfaces import IEngineKernel, RIEngine
+from ipython1.kernel.serialize import deserialize, serialize
+
+log = Logger()
+
+MAX_HISTORY = 1000  # execution records kept per engine; older ones are dropped
+
+
+# -- output capture ----------------------------------------------------------
+
+
+class OutputStream(io.TextIOBase):
+    """A text stream that keeps what is written and forwards it as it comes."""
+
+    def __init__(self, name: str, sink: Callable[[str, str], None] | None = None) -> None:
+        self.name = name
+        self._sink = sink
+        self._parts: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if text:
+            self._parts.append(text)
+            if self._sink is not None:
+                self._sink(self.name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def take(self) -> str:
+        """Return what was written since the last take, and forget it."""
+        text, self._parts = "".join(self._parts), []
+        return text
+
+
+# -- the IPython kernel --------------------------------------------------------
+
+
+def _make_shell(recorder: _Recorder) -> Any:
+    """Build an InteractiveShell whose output is captured, not printed."""
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    class CapturingDisplayHook(DisplayHook):  # type: ignore[misc]
+        """Keep Out[n]'s format data instead of printing 'Out[n]: ...'."""
+
+        def write_output_prompt(self) -> None:
+            pass
+
+        def write_format_data(self, format_dict: dict[str, Any], md_dict: Any = None) -> None:
+            recorder.current["result"] = {"data": _plain(format_dict), "metadata": _plain(md_dict or {})}
+
+        def finish_displayhook(self) -> None:
+            pass
+
+    class CapturingDisplayPublisher(DisplayPublisher):  # type: ignore[misc]
+        """Keep display() calls as outputs of the running command."""
+
+        def publish(self, data: dict[str, Any], metadata: Any = None, *args: Any, **kw: Any) -> None:
+            recorder.current.setdefault("outputs", []).append(
+                {"data": _plain(data), "metadata": _plain(metadata or {})}
+            )
+
+        def clear_output(self, wait: bool = False) -> None:
+            recorder.current["outputs"] = []
+
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    config.InteractiveShell.colors = "nocolor"
+    config.InteractiveShell.xmode = "Context"
+    InteractiveShell.displayhook_class = CapturingDisplayHook
+    InteractiveShell.display_pub_class = CapturingDisplayPublisher
+    shell = InteractiveShell.instance(config=config)
+
+    def showtraceback(etype: Any, evalue: Any, stb: list[str]) -> None:
+        recorder.current["traceback"] = shell.InteractiveTB.stb2text(stb)
+
+    shell._showtraceback = showtraceback
+    return shell
+
+
+def _plain(mapping: dict[str, Any]) -> dict[str, Any]:
+    """Return a dict that Foolscap can send: str keys, plain values."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, (str, bytes, int, float, bool, type(None))):
+            out[str(key)] = value
+        elif isinstance(value, dict):
+            out[str(key)] = _plain(value)
+        elif isinstance(value, (list, tuple)):
+            out[str(key)] = [v if isinstance(v, (str, int, float, bool)) else repr(v) for v in value]
+        else:
+            out[str(key)] = repr(value)
+    return out
+
+
+class _Recorder:
+    """Holds the record of the command being run on the shell thread."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, Any] = {}
+
+
+@implementer(IEngineKernel)
+class EngineKernel:
+    """An IPython shell driven by execute/push/pull/apply; shell thread only."""
+
+    def __init__(self, on_output: Callable[[str, str], None] | None = None) -> None:
+        self.engine_id: int | None = None
+        self._recorder = _Recorder()
+        self.stdout = OutputStream("stdout", on_output)
+        self.stderr = OutputStream("stderr", on_output)
+        self.shell = _make_shell(self._recorder)
+        self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+
+    def _capturing(self) -> Any:
+        kernel = self
+
+        class Capture:
+            def __enter__(self) -> None:
+                self.saved = sys.stdout, sys.stderr
+                sys.stdout, sys.stderr = kernel.stdout, kernel.stderr
+
+            def __exit__(self, *exc: Any) -> None:
+                sys.stdout, sys.stderr = self.saved
+
+        return Capture()
+
+    def execute(self, code: str) -> dict[str, Any]:
+        """Run a cell; return its record, or raise _CellFailed with it."""
+        self._recorder.current = record = {
+            "engine_id": self.engine_id,
+            "input": code,
+            "outputs": [],
+            "result": None,
+        }
+        self.stdout.take(), self.stderr.take()
+        with self._capturing():
+            result = self.shell.run_cell(code, store_history=True)
+        record["execution_count"] = result.execution_count
+        record["stdout"] = self.stdout.take()
+        record["stderr"] = self.stderr.take()
+        if record["result"] is not None:
+            try:
+                record["result"]["frames"] = serialize(result.result)
+            except KernelError:
+                record["result"]["frames"] = None  # repr only; the value stays remote
+        error = result.error_in_exec or result.error_before_exec
+        if error is not None:
+            record["error"] = {
+                "kind": "remote",
+                "engine_id": self.engine_id,
+                "ename": type(error).__name__,
+                "evalue": str(error),
+                "traceback": record.pop("traceback", "") or _format_exception(error),
+                "execution_count": result.execution_count,
+            }
+        self._remember(record)
+        if error is not None:
+            raise _CellFailed(record)
+        return record
+
+    def _remember(self, record: dict[str, Any]) -> None:
+        count = record.get("execution_count")
+        if count is None:
+            return
+        self.history[count] = record
+        while len(self.history) > MAX_HISTORY:
+            self.history.popitem(last=False)
+
+    def push(self, namespace: dict[str, list[bytes]]) -> None:
+        values = {key: deserialize(frames) for key, frames in namespace.items()}
+        self.shell.user_ns.update(values)
+
+    def pull(self, keys: list[str]) -> list[list[bytes]]:
+        ns = self.shell.user_ns
+        missing = [k for k in keys if k not in ns]
+        if missing:
+            raise NameError(f"name {missing[0]!r} is not defined")
+        out = []
+        for key in keys:
+            try:
+                out.append(serialize(ns[key]))
+            except KernelError as e:
+                raise type(e)(f"cannot pull {key!r}: {e}") from None
+        return out
+
+    def apply(self, func: list[bytes], args: list[bytes]) -> list[bytes]:
+        f = deserialize(func)
+        call_args, call_kwargs = deserialize(args)
+        with self._capturing():
+            value = f(*call_args, **call_kwargs)
+        self.stdout.take(), self.stderr.take()
+        return serialize(value)
+
+    def get_result(self, n: int | None) -> dict[str, Any]:
+        if not self.history:
+            raise IndexError("no command has run on this engine yet")
+        if n is None:
+            return next(reversed(self.history.values()))
+        if n not in self.history:
+            kept = f"{min(self.history)}..{max(self.history)}"
+            raise IndexError(f"no result for execution number {n} (kept: {kept})")
+        return self.history[n]
+
+    def keys(self) -> list[str]:
+        hidden = self.shell.user_ns_hidden
+        return sorted(
+            k for k in self.shell.user_ns if not k.startswith("_") and k not in hidden
+        )
+
+    def reset(self) -> None:
+        self.shell.reset(new_session=False)
+        self.history.clear()
+
+
+class _CellFailed(Exception):
+    """A cell raised; carries the full record so stdout is not lost."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+
+
+def _format_exception(error: BaseException) -> str:
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+def _error_reply(engine_id: int | None, exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, _CellFailed):
+        error = dict(exc.record["error"])
+        error["record"] = {k: v for k, v in exc.record.items() if k != "error"}
+        return {"engine_id": engine_id, "status": "error", "error": error}
+    error = error_to_wire(exc, engine_id)
+    if error["kind"] == "remote" and not error["traceback"]:
+        error["traceback"] = _format_exception(exc)
+    return {"engine_id": engine_id, "status": "error", "error": error}
+
+
+# -- running jobs on the shell thread ----------------------------------------------
+
+
+class ShellRunner:
+    """Run jobs one at a time on one thread; hand replies to the reactor."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Deferred[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._busy = False
+        self.thread_ident: int | None = None
+        self.engine_id: int | None = None
+
+    def submit(self, job: Callable[[], Any]) -> Deferred[Any]:
+        """Queue job for the shell thread; the Deferred fires with its reply."""
+        d: Deferred[Any] = Deferred()
+        self._jobs.put((job, d))
+        return d
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def run_forever(self) -> None:
+        """Run jobs until stop(); call this on the shell thread."""
+        self.thread_ident = threading.get_ident()
+        while True:
+            try:
+                item = self._jobs.get()
+            except KeyboardInterrupt:
+                continue  # a late interrupt that missed its cell
+            if item is None:
+                return
+            job, d = item
+            reply = self._run(job)
+            reactor.callFromThread(d.callback, reply)
+
+    def _run(self, job: Callable[[], Any]) -> dict[str, Any]:
+        try:
+            try:
+                with self._lock:
+                    self._busy = True
+                value = job()
+                return {"engine_id": self.engine_id, "status": "ok", "value": value}
+            finally:
+                with self._lock:
+                    self._busy = False
+        except BaseException as e:  # noqa: B036 - user code may raise anything
+            if isinstance(e, SystemExit):
+                e = RuntimeError(f"user code called exit({e.code!r}); the engine keeps running")
+            try:
+                return _error_reply(self.engine_id, e)
+            except KeyboardInterrupt:
+                return _error_reply(self.engine_id, KeyboardInterrupt())
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def interrupt(self) -> bool:
+        """Raise KeyboardInterrupt in the running job; False if idle."""
+        with self._lock:
+            if not self._busy or self.thread_ident is None:
+                return False
+            if self.thread_ident == threading.main_thread().ident:
+                # A real signal also breaks blocking calls such as time.sleep.
+                signal.pthread_kill(self.thread_ident, signal.SIGINT)
+            else:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self.thread_ident), ctypes.py_object(KeyboardInterrupt)
+                )
+            return True
+
+
+# -- the network side ------------------------------------------------------------
+
+
+@implementer(RIEngine)
+class EngineReferenceable(Referenceable):  # type: ignore[misc]
+    """The engine as published to the controller; runs on the reactor thread."""
+
+    def __init__(self, kernel_factory: Callable[[], EngineKernel], runner: ShellRunner,
+                 info: dict[str, Any]) -> None:
+        self._runner = runner
+        self._info = info
+        self._kernel: EngineKernel | None = None
+        self._kernel_factory = kernel_factory
+
+    def _kernel_now(self) -> EngineKernel:
+        """Return the kernel, creating it on first use (on the shell thread)."""
+        if self._kernel is None:
+            self._kernel = self._kernel_factory()
+        self._kernel.engine_id = self._runner.engine_id
+        return self._kernel
+
+    def _submit(self, method: str, *args: Any) -> Deferred[Any]:
+        return self._runner.submit(lambda: getattr(self._kernel_now(), method)(*args))
+
+    def remote_execute(self, code: str) -> Deferred[Any]:
+        return self._submit("execute", code)
+
+    def remote_push(self, namespace: dict[str, list[bytes]]) -> Deferred[Any]:
+        return self._submit("push", namespace)
+
+    def remote_pull(self, keys: list[str]) -> Deferred[Any]:
+        return self._submit("pull", keys)
+
+    def remote_apply(self, func: list[bytes], args: list[bytes]) -> Deferred[Any]:
+        return self._submit("apply", func, args)
+
+    def remote_get_result(self, n: int | None) -> Deferred[Any]:
+        return self._submit("get_result", n)
+
+    def remote_keys(self) -> Deferred[Any]:
+        return self._submit("keys")
+
+    def remote_reset(self) -> Deferred[Any]:
+        return self._submit("reset")
+
+    def remote_kill(self) -> None:
+        log.info("killed by the controller")
+        # Let Foolscap send the answer before the process goes.
+        reactor.callLater(0.05, os._exit, 0)
+
+    def remote_interrupt(self) -> bool:
+        return self._runner.interrupt()
+
+    def remote_properties(self) -> dict[str, Any]:
+        return dict(self._info, busy=self._runner.busy)
+
+
+def engine_info() -> dict[str, Any]:
+    """Describe this engine process for the controller."""
+    return {
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "ipython1": __version__,
+        "cwd": os.getcwd(),
+    }
+
+
+class EngineService(service.MultiService):
+    """Connect to the controller, register, and serve until it goes away."""
+
+    def __init__(self, furl_file: str, runner: ShellRunner, connect_timeout: float = 60.0,
+                 furl: str | None = None, info: dict[str, Any] | None = None,
+                 on_controller_lost: Callable[[], None] | None = None,
+                 own_shell_thread: bool = True) -> None:
+        super().__init__()
+        self.furl_file = furl_file
+        self.furl = furl
+        self.runner = runner
+        self.connect_timeout = connect_timeout
+        self.info = dict(engine_info(), **(info or {}))
+        self.on_controller_lost = on_controller_lost or (lambda: os._exit(0))
+        self.own_shell_thread = own_shell_thread
+        self.engine_id: int | None = None
+        self.registered: Deferred[int] = Deferred()
+        self.tub = None
+        self.referenceable = EngineReferenceable(self._make_kernel, runner, self.info)
+
+    def _make_kernel(self) -> EngineKernel:
+        return EngineKernel()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.own_shell_thread:
+            threading.Thread(target=self.runner.run_forever, name="shell", daemon=True).start()
+        self.tub = wire.client_tub()
+        # Build the IPython shell before registering: registered means ready.
+        d = self.runner.submit(self.referenceable._kernel_now)
+        d.addCallback(lambda _: self._register())
+        d.addCallbacks(self.registered.callback, self._register_failed)
+
+    @defer.inlineCallbacks
+    def _register(self) -> Any:
+        deadline = time.monotonic() + self.connect_timeout
+        delay = 0.05
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                furl = self.furl or wire.resolve_furl(self.furl_file)
+                controller = yield wire.get_reference(
+                    self.tub, furl, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+                engine_id = yield controller.callRemote("register_engine", self.referenceable,
+                                                        self.info)
+            except Exception as e:  # the controller may not be up yet: retry
+                last_error = e
+                yield _sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            self.engine_id = self.runner.engine_id = engine_id
+            controller.notifyOnDisconnect(self._controller_lost)
+            log.info("registered with the controller as engine {id}", id=engine_id)
+            return engine_id
+        raise KernelError(
+            f"could not register with the controller within {self.connect_timeout:g} s "
+            f"(FURL file {self.furl_file}): {last_error}"
+        )
+
+    def _register_failed(self, failure: Any) -> None:
+        log.error("{msg}", msg=failure.getErrorMessage())
+        sys.__stderr__.write(f"ipengine: {failure.getErrorMessage()}\n")
+        self.registered.errback(failure)
+        os._exit(3)
+
+    def _controller_lost(self, *args: Any) -> None:
+        log.info("lost the connection to the controller; exiting")
+        self.on_controller_lost()
+
+
+def _sleep(seconds: float) -> Deferred[None]:
+    from twisted.internet import task
+
+    return task.deferLater(reactor, seconds, lambda: None)

@@ -1,0 +1,199 @@
+"""The exception hierarchy of ipython1.
+
+Errors cross the wire as plain data (see `error_to_wire`/`error_from_wire`),
+never as pickled Failures: a client does not need the engine's libraries to
+read an engine's error, and the controller never unpickles anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KernelError(Exception):
+    """Base of every ipython1 error."""
+
+
+class SerializationError(KernelError):
+    """A value could not be serialized or deserialized."""
+
+
+class InvalidEngineID(KernelError):
+    """A target names an engine that is not registered."""
+
+
+class NoEnginesRegistered(KernelError):
+    """A command was sent but no engine is registered."""
+
+
+class QueueCleared(KernelError):
+    """A queued command was dropped by clear_queue()."""
+
+
+class ConnectionLost(KernelError):
+    """The connection to the controller went away."""
+
+
+class ControllerNotFound(KernelError):
+    """No FURL file, or no controller answers at its FURL."""
+
+
+class ClientTimeout(KernelError):
+    """A blocking call did not finish within its timeout."""
+
+
+class ResultNotReady(KernelError):
+    """A pending result was asked for without blocking and is not ready."""
+
+
+class InvalidPendingResult(KernelError):
+    """A pending result id is unknown (never issued, or already fetched)."""
+
+
+class PermissionDenied(KernelError):
+    """The user's capability does not allow this operation."""
+
+
+class MPIUnavailable(KernelError):
+    """MPI was asked for but mpi4py or an MPI runtime is missing."""
+
+
+class EngineError(KernelError):
+    """An engine died or vanished while a command was queued or running."""
+
+    def __init__(self, engine_id: int, message: str = "") -> None:
+        self.engine_id = engine_id
+        self.message = message or f"engine {engine_id} died"
+        super().__init__(self.message)
+
+    def __reduce__(self) -> Any:
+        return (EngineError, (self.engine_id, self.message))
+
+
+class RemoteError(KernelError):
+    """User code raised on an engine; carries the engine id and the traceback."""
+
+    def __init__(
+        self,
+        engine_id: int | None,
+        ename: str,
+        evalue: str,
+        traceback: str = "",
+        execution_count: int | None = None,
+    ) -> None:
+        self.engine_id = engine_id
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = traceback
+        self.execution_count = execution_count
+        super().__init__(engine_id, ename, evalue)
+
+    def __reduce__(self) -> Any:
+        return (
+            RemoteError,
+            (self.engine_id, self.ename, self.evalue, self.traceback, self.execution_count),
+        )
+
+    def __str__(self) -> str:
+        where = f"[engine {self.engine_id}] " if self.engine_id is not None else ""
+        return f"{where}{self.ename}: {self.evalue}"
+
+    def render_traceback(self) -> str:
+        """Return the remote traceback as the engine formatted it."""
+        return self.traceback or str(self)
+
+
+class CompositeError(KernelError):
+    """Errors from several engines; `raise_exception(engine_id)` re-raises one."""
+
+    def __init__(self, message: str, errors: list[KernelError], results: list[Any] | None = None):
+        self.message = message
+        self.errors = errors
+        # Results of the engines that succeeded, so nothing is lost.
+        self.results = results or []
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        lines = [f"{self.message} ({len(self.errors)} engine(s) failed):"]
+        for err in self.errors:
+            lines.append(f"  {err}")
+        return "\n".join(lines)
+
+    def engine_ids(self) -> list[int | None]:
+        """Return the ids of the engines that failed."""
+        return [getattr(e, "engine_id", None) for e in self.errors]
+
+    def raise_exception(self, engine_id: int | None = None) -> None:
+        """Re-raise the error of one engine (the first if none is named)."""
+        for err in self.errors:
+            if engine_id is None or getattr(err, "engine_id", None) == engine_id:
+                raise err
+        raise InvalidEngineID(f"engine {engine_id} has no error in this CompositeError")
+
+    def print_tracebacks(self) -> None:
+        """Print every engine's remote traceback."""
+        for err in self.errors:
+            print(f"[engine {getattr(err, 'engine_id', '?')}]")
+            print(err.render_traceback() if isinstance(err, RemoteError) else err)
+
+
+# Errors that travel as data: {"ename", "evalue", "traceback", "engine_id", ...}.
+_LOCAL_ERRORS: dict[str, type[KernelError]] = {
+    cls.__name__: cls
+    for cls in (
+        KernelError,
+        SerializationError,
+        InvalidEngineID,
+        NoEnginesRegistered,
+        QueueCleared,
+        ResultNotReady,
+        InvalidPendingResult,
+        PermissionDenied,
+        MPIUnavailable,
+        ControllerNotFound,
+    )
+}
+
+
+def error_to_wire(exc: BaseException, engine_id: int | None = None) -> dict[str, Any]:
+    """Describe a local error as plain data for the wire."""
+    if isinstance(exc, RemoteError):
+        return {
+            "kind": "remote",
+            "engine_id": exc.engine_id,
+            "ename": exc.ename,
+            "evalue": exc.evalue,
+            "traceback": exc.traceback,
+            "execution_count": exc.execution_count,
+        }
+    if isinstance(exc, EngineError):
+        return {"kind": "engine", "engine_id": exc.engine_id, "ename": "EngineError",
+                "evalue": exc.message, "traceback": ""}
+    kind = "kernel" if type(exc).__name__ in _LOCAL_ERRORS else "remote"
+    return {
+        "kind": kind,
+        "engine_id": engine_id,
+        "ename": type(exc).__name__,
+        "evalue": str(exc),
+        "traceback": "",
+    }
+
+
+def error_from_wire(data: dict[str, Any]) -> KernelError:
+    """Rebuild the exception a wire error description stands for."""
+    kind = data.get("kind")
+    ename = str(data.get("ename", "Error"))
+    evalue = str(data.get("evalue", ""))
+    engine_id = data.get("engine_id")
+    if kind == "engine":
+        return EngineError(engine_id if engine_id is not None else -1, evalue)
+    if kind == "kernel" and ename in _LOCAL_ERRORS:
+        err: KernelError = _LOCAL_ERRORS[ename](evalue)
+        err.engine_id = engine_id  # type: ignore[attr-defined]
+        return err
+    remote = RemoteError(
+        engine_id, ename, evalue, str(data.get("traceback", "")), data.get("execution_count")
+    )
+    # What the command printed before it raised: nothing is lost.
+    remote.record = data.get("record")  # type: ignore[attr-defined]
+    return remote

@@ -1,0 +1,220 @@
+"""Interfaces: zope for local adapters, RemoteInterface schemas for the wire.
+
+Values travel as *frames* (`serialize.serialize`): lists of opaque bytes that
+the controller relays without unpickling. A reply from an engine is a plain
+dict, ``{"engine_id": int, "status": "ok", "value": ...}`` or
+``{"engine_id": int, "status": "error", "error": {...}}`` (see
+`errors.error_to_wire`), so that errors cross the wire as data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foolscap.api import RemoteInterface
+from foolscap.constraint import Any as AnyValue
+from foolscap.constraint import ByteStringConstraint
+from foolscap.schema import ChoiceOf, DictOf, ListOf
+from zope.interface import Attribute, Interface
+
+# Shared wire constraints, named once with explicit bounds.
+MAX_ENGINES = 65536
+Frame = ByteStringConstraint(None)  # values may be GiBs; see serialize.MAX_FRAME
+Frames = ListOf(Frame, maxLength=1_000_000)
+Namespace = DictOf(str, Frames, maxKeys=100_000)
+Targets = ChoiceOf(str, int, ListOf(int, maxLength=MAX_ENGINES))
+Keys = ChoiceOf(str, ListOf(str, maxLength=100_000))
+FramesByEngine = DictOf(int, Frames, maxKeys=MAX_ENGINES)
+NamespaceByEngine = DictOf(int, Namespace, maxKeys=MAX_ENGINES)
+Info = AnyValue()
+Reply = AnyValue()
+
+TargetSpec = Any  # "all" | int | list[int]
+
+
+# -- local interfaces --------------------------------------------------------
+
+
+class IEngineKernel(Interface):
+    """What an engine does with its IPython shell; runs on the shell thread."""
+
+    def execute(code: str) -> dict[str, Any]:
+        """Run a cell; return its execution record."""
+
+    def push(namespace: dict[str, list[bytes]]) -> None:
+        """Bind serialized values to names in the user namespace."""
+
+    def pull(keys: list[str]) -> list[list[bytes]]:
+        """Return serialized values of names."""
+
+    def apply(func: list[bytes], args: list[bytes]) -> list[bytes]:
+        """Call a serialized function with serialized (args, kwargs)."""
+
+
+class IMultiEngine(Interface):
+    """Commands for a set of engines; every method returns a Deferred.
+
+    Each Deferred fires with a list of replies, one per target, in target
+    order (see the module docstring), or fails with InvalidEngineID or
+    NoEnginesRegistered before anything is queued.
+    """
+
+    def get_ids() -> Any:
+        """Fire with the sorted ids of the registered engines."""
+
+    def execute(code: str, targets: TargetSpec = "all") -> Any:
+        """Run code on each target; results come back in target order."""
+
+    def push(namespace: dict[str, list[bytes]], targets: TargetSpec = "all") -> Any:
+        """Bind the same serialized values on each target."""
+
+    def push_each(namespaces: dict[int, dict[str, list[bytes]]]) -> Any:
+        """Bind different serialized values on each engine (scatter)."""
+
+    def pull(keys: list[str], targets: TargetSpec = "all") -> Any:
+        """Fetch serialized values of names from each target."""
+
+    def apply_each(func: list[bytes], args: dict[int, list[bytes]]) -> Any:
+        """Call a function on each engine with that engine's arguments."""
+
+    def get_result(n: int | None, targets: TargetSpec = "all") -> Any:
+        """Fetch an earlier execution record by execution number."""
+
+    def keys(targets: TargetSpec = "all") -> Any:
+        """List the user namespace on each target."""
+
+    def reset(targets: TargetSpec = "all") -> Any:
+        """Clear the user namespace on each target."""
+
+    def kill(controller: bool = False, targets: TargetSpec = "all") -> Any:
+        """End engines at once, bypassing their queues; optionally the controller."""
+
+    def interrupt(targets: TargetSpec = "all") -> Any:
+        """Raise KeyboardInterrupt in the code running on each target, at once."""
+
+    def queue_status(targets: TargetSpec = "all") -> Any:
+        """Describe each target's queue: the running command and those waiting."""
+
+    def clear_queue(targets: TargetSpec = "all") -> Any:
+        """Drop each target's waiting commands; they fail with QueueCleared."""
+
+
+class IEngineRegistry(Interface):
+    """The controller's registry of engines."""
+
+    engines = Attribute("dict[int, EngineRecord] of registered engines")
+
+    def register_engine(engine: Any, info: dict[str, Any]) -> int:
+        """Add an engine; return its id."""
+
+
+# -- wire interfaces ---------------------------------------------------------
+
+
+class RIEngine(RemoteInterface):
+    """An engine as the controller sees it."""
+
+    __remote_name__ = "RIEngine.v1.ipython1"
+
+    def execute(code=str):
+        return Reply
+
+    def push(namespace=Namespace):
+        return Reply
+
+    def pull(keys=ListOf(str, maxLength=100_000)):
+        return Reply
+
+    def apply(func=Frames, args=Frames):
+        return Reply
+
+    def get_result(n=ChoiceOf(int, None)):
+        return Reply
+
+    def keys():
+        return Reply
+
+    def reset():
+        return Reply
+
+    def kill():
+        return None
+
+    def interrupt():
+        return bool
+
+    def properties():
+        return Info
+
+
+class RIEngineRegistration(RemoteInterface):
+    """The engine-facing capability of the controller."""
+
+    __remote_name__ = "RIEngineRegistration.v1.ipython1"
+
+    def register_engine(engine=RIEngine, info=Info):
+        return int
+
+
+class RIMultiEngineSession(RemoteInterface):
+    """One client's session with the multi-engine adapter.
+
+    Every command takes ``block``: when False it returns ``{"pending_id": n}``
+    at once and the replies are fetched later with ``get_pending_result``.
+    """
+
+    __remote_name__ = "RIMultiEngineSession.v1.ipython1"
+
+    def get_ids():
+        return ListOf(int, maxLength=MAX_ENGINES)
+
+    def execute(code=str, targets=Targets, block=bool):
+        return Reply
+
+    def push(namespace=Namespace, targets=Targets, block=bool):
+        return Reply
+
+    def push_each(namespaces=NamespaceByEngine, block=bool):
+        return Reply
+
+    def pull(keys=ListOf(str, maxLength=100_000), targets=Targets, block=bool):
+        return Reply
+
+    def apply_each(func=Frames, args=FramesByEngine, block=bool):
+        return Reply
+
+    def get_result(n=ChoiceOf(int, None), targets=Targets, block=bool):
+        return Reply
+
+    def keys(targets=Targets, block=bool):
+        return Reply
+
+    def reset(targets=Targets, block=bool):
+        return Reply
+
+    def kill(controller=bool, targets=Targets, block=bool):
+        return Reply
+
+    def interrupt(targets=Targets):
+        return Reply
+
+    def queue_status(targets=Targets):
+        return Reply
+
+    def clear_queue(targets=Targets):
+        return Reply
+
+    def get_pending_result(pending_id=int, block=bool):
+        return Reply
+
+    def pending_ids():
+        return ListOf(int, maxLength=1_000_000)
+
+
+class RIMultiEngine(RemoteInterface):
+    """The client-facing capability: open a session."""
+
+    __remote_name__ = "RIMultiEngine.v1.ipython1"
+
+    def connect(info=Info):
+        return RIMultiEngineSession

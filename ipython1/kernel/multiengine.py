@@ -1,0 +1,253 @@
+"""The multi-engine adapter: direct control of any set of engines.
+
+``MultiEngine`` implements IMultiEngine on top of the controller's queues.
+``MultiEngineReferenceable`` publishes it; each client ``connect``s and gets
+its own ``MultiEngineSession``, which keeps that client's pending results
+(never another client's) within a bound.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from typing import Any
+
+from foolscap.api import Referenceable
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ipython1.kernel.controller import Controller
+from ipython1.kernel.errors import (
+    InvalidPendingResult,
+    KernelError,
+    ResultNotReady,
+    error_to_wire,
+)
+from ipython1.kernel.interfaces import IMultiEngine, RIMultiEngine, RIMultiEngineSession
+from ipython1.kernel.queue import Command
+
+log = Logger()
+
+MAX_PENDING_PER_CLIENT = 100_000  # unfetched non-blocking results kept per client
+
+
+def _failure_reply(engine_id: int, failure: Failure) -> dict[str, Any]:
+    """Turn a failed command into an error reply naming its engine."""
+    exc = failure.value
+    if not isinstance(exc, KernelError):
+        # e.g. Foolscap's DeadReferenceError when the engine vanished mid-call
+        from ipython1.kernel.errors import EngineError
+
+        exc = EngineError(engine_id, f"engine {engine_id} died ({failure.getErrorMessage()})")
+    return {"engine_id": engine_id, "status": "error", "error": error_to_wire(exc, engine_id)}
+
+
+@implementer(IMultiEngine)
+class MultiEngine:
+    """Direct multi-engine control; every method returns a Deferred."""
+
+    def __init__(self, controller: Controller, service: Any = None) -> None:
+        self.controller = controller
+        self.service = service
+
+    def _each(self, ids: list[int], op: str, args_for: Any, client: str = "",
+              description: str = "") -> Deferred[list[dict[str, Any]]]:
+        """Queue op on each engine; fire with the replies in target order."""
+        ds = []
+        for engine_id in ids:
+            args = args_for(engine_id) if callable(args_for) else args_for
+            command = Command(op, tuple(args), client=client, description=description)
+            d = self.controller.submit(engine_id, command)
+            d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
+            ds.append(d)
+        return defer.gatherResults(ds, consumeErrors=True)
+
+    def get_ids(self) -> Deferred[list[int]]:
+        return defer.succeed(self.controller.ids())
+
+    def execute(self, code: str, targets: Any = "all", client: str = "") -> Deferred[Any]:
+        ids = self.controller.targets(targets)
+        return self._each(ids, "execute", (code,), client, code[:200])
+
+    def push(self, namespace: dict[str, list[bytes]], targets: Any = "all",
+             client: str = "") -> Deferred[Any]:
+        ids = self.controller.targets(targets)
+        return self._each(ids, "push", (namespace,), client, "push " + ", ".join(namespace))
+
+    def push_each(self, namespaces: dict[int, dict[str, list[bytes]]],
+                  client: str = "") -> Deferred[Any]:
+        ids = self.controller.targets(sorted(namespaces))
+        names = ", ".join(sorted({k for ns in namespaces.values() for k in ns}))
+        return self._each(ids, "push", lambda e: (namespaces[e],), client, "push " + names)
+
+    def pull(self, keys: list[str], targets: Any = "all", client: str = "") -> Deferred[Any]:
+        ids = self.controller.targets(targets)
+        return self._each(ids, "pull", (keys,), client, "pull " + ", ".join(keys))
+
+    def apply_each(self, func: list[bytes], args: dict[int, list[bytes]],
+                   client: str = "") -> Deferred[Any]:
+        ids = self.controller.targets(sorted(args))
+        return self._each(ids, "apply", lambda e: (func, args[e]), client, "apply")
+
+    def get_result(self, n: int | None, targets: Any = "all", client: str = "") -> Deferred[Any]:
+        ids = self.controller.targets(targets)
+        return self._each(ids, "get_result", (n,), client, f"get_result {n}")
+
+    def keys(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
+        return self._each(self.controller.targets(targets), "keys", (), client, "keys")
+
+    def reset(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
+        return self._each(self.controller.targets(targets), "reset", (), client, "reset")
+
+    def kill(self, controller: bool = False, targets: Any = "all",
+             client: str = "") -> Deferred[Any]:
+        """End engines at once (never queued behind a running cell)."""
+        ids = self.controller.targets(targets) if self.controller.engines or not controller else []
+        replies = []
+        for engine_id in ids:
+            d = self.controller.call_now(engine_id, "kill")
+            d.addErrback(lambda f: None)  # the engine may go before it answers
+            self.controller.unregister_engine(engine_id)
+            replies.append({"engine_id": engine_id, "status": "ok", "value": None})
+        if controller and self.service is not None:
+            self.service.shutdown()
+        return defer.succeed(replies)
+
+    def interrupt(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
+        """Interrupt the running command of each target (never queued)."""
+        ids = self.controller.targets(targets)
+        ds = []
+        for engine_id in ids:
+            d = self.controller.call_now(engine_id, "interrupt")
+            d.addCallback(lambda busy, e=engine_id: {"engine_id": e, "status": "ok",
+                                                    "value": busy})
+            d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
+            ds.append(d)
+        return defer.gatherResults(ds, consumeErrors=True)
+
+    def queue_status(self, targets: Any = "all") -> Deferred[Any]:
+        return defer.succeed(self.controller.queue_status(self.controller.targets(targets)))
+
+    def clear_queue(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
+        ids = self.controller.targets(targets)
+        return defer.succeed(self.controller.clear_queue(ids, client))
+
+
+@implementer(RIMultiEngineSession)
+class MultiEngineSession(Referenceable):  # type: ignore[misc]
+    """One client's view of the multi-engine adapter, with its pending results."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, adapter: MultiEngine, client: str) -> None:
+        self.adapter = adapter
+        self.client = client
+        self.pending: OrderedDict[int, Deferred[Any]] = OrderedDict()
+        self.done: dict[int, Any] = {}
+
+    def _call(self, block: bool, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        if not block and len(self.pending) >= MAX_PENDING_PER_CLIENT:
+            # Refuse before running anything rather than grow without bound.
+            return defer.succeed(self._raise_as_data(Failure(KernelError(
+                f"{len(self.pending)} non-blocking results are waiting to be fetched; "
+                "fetch some with get_result() before issuing more"))))
+        d = defer.maybeDeferred(getattr(self.adapter, method), *args, client=self.client,
+                                **kwargs)
+        d.addErrback(self._raise_as_data)
+        if block:
+            return d
+        pending_id = next(self._ids)
+        self.pending[pending_id] = d
+        d.addBoth(self._store, pending_id)
+        return defer.succeed({"pending_id": pending_id})
+
+    def _store(self, result: Any, pending_id: int) -> None:
+        if pending_id in self.pending:
+            self.done[pending_id] = result
+
+    @staticmethod
+    def _raise_as_data(failure: Failure) -> dict[str, Any]:
+        """Errors before anything was queued (bad targets...) as an error reply."""
+        return {"engine_id": None, "status": "error", "error": error_to_wire(failure.value)}
+
+    def remote_get_ids(self) -> Deferred[Any]:
+        return self.adapter.get_ids()
+
+    def remote_execute(self, code: str, targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "execute", code, targets)
+
+    def remote_push(self, namespace: dict[str, Any], targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "push", namespace, targets)
+
+    def remote_push_each(self, namespaces: dict[int, Any], block: bool) -> Deferred[Any]:
+        return self._call(block, "push_each", namespaces)
+
+    def remote_pull(self, keys: list[str], targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "pull", keys, targets)
+
+    def remote_apply_each(self, func: list[bytes], args: dict[int, Any],
+                          block: bool) -> Deferred[Any]:
+        return self._call(block, "apply_each", func, args)
+
+    def remote_get_result(self, n: int | None, targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "get_result", n, targets)
+
+    def remote_keys(self, targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "keys", targets)
+
+    def remote_reset(self, targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "reset", targets)
+
+    def remote_kill(self, controller: bool, targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "kill", controller, targets)
+
+    def remote_interrupt(self, targets: Any) -> Deferred[Any]:
+        return self._call(True, "interrupt", targets)
+
+    def remote_queue_status(self, targets: Any) -> Deferred[Any]:
+        d = defer.maybeDeferred(self.adapter.queue_status, targets)
+        return d.addErrback(self._raise_as_data)
+
+    def remote_clear_queue(self, targets: Any) -> Deferred[Any]:
+        return self._call(True, "clear_queue", targets)
+
+    def remote_get_pending_result(self, pending_id: int, block: bool) -> Deferred[Any]:
+        if pending_id not in self.pending:
+            return defer.succeed(self._raise_as_data(Failure(InvalidPendingResult(
+                f"no pending result with id {pending_id} (unknown, or already fetched)"))))
+        if pending_id in self.done:
+            del self.pending[pending_id]
+            return defer.succeed(self.done.pop(pending_id))
+        if not block:
+            return defer.succeed(self._raise_as_data(Failure(ResultNotReady(
+                f"result {pending_id} is not ready yet"))))
+        d: Deferred[Any] = Deferred()
+
+        def deliver(_: Any) -> None:
+            self.pending.pop(pending_id, None)
+            d.callback(self.done.pop(pending_id))
+
+        self.pending[pending_id].addBoth(deliver)
+        return d
+
+    def remote_pending_ids(self) -> list[int]:
+        return list(self.pending)
+
+
+@implementer(RIMultiEngine)
+class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
+    """The client-facing FURL: each client connects and gets a session."""
+
+    _client_ids = itertools.count(1)
+
+    def __init__(self, adapter: MultiEngine) -> None:
+        self.adapter = adapter
+
+    def remote_connect(self, info: Any) -> MultiEngineSession:
+        name = f"client-{next(self._client_ids)}"
+        if isinstance(info, dict) and isinstance(info.get("name"), str):
+            name = f"{info['name']}-{name}"
+        return MultiEngineSession(self.adapter, name)

@@ -1,0 +1,79 @@
+"""Results of execute: one record per engine, printed like IPython prompts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ipython1.kernel.serialize import deserialize
+
+
+class ExecuteResult:
+    """What one engine did with one execute: In[n], Out[n], stdout, stderr."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+        self.engine_id: int | None = record.get("engine_id")
+        self.execution_count: int | None = record.get("execution_count")
+        self.input: str = record.get("input", "")
+        self.stdout: str = record.get("stdout", "")
+        self.stderr: str = record.get("stderr", "")
+        self.outputs: list[dict[str, Any]] = record.get("outputs") or []
+        self._result = record.get("result")
+
+    @property
+    def has_output(self) -> bool:
+        """Tell whether the cell ended with an expression (Out[n])."""
+        return self._result is not None
+
+    @property
+    def output_repr(self) -> str | None:
+        """Return the text/plain repr of Out[n], if any."""
+        if self._result is None:
+            return None
+        return self._result.get("data", {}).get("text/plain")
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Return Out[n]'s rich representations by MIME type."""
+        return dict(self._result.get("data", {})) if self._result else {}
+
+    @property
+    def output(self) -> Any:
+        """Return Out[n] itself when it was picklable, else its repr."""
+        if self._result is None:
+            return None
+        frames = self._result.get("frames")
+        return deserialize(frames) if frames else self.output_repr
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def __repr__(self) -> str:
+        return self.format()
+
+    def format(self) -> str:
+        """Render like IPython: '[0] In [3]: code', output, '[0] Out[3]: value'."""
+        eid = self.engine_id
+        n = self.execution_count
+        lines = [f"[{eid}] In [{n}]: " + self.input.rstrip("\n").replace("\n", "\n...: ")]
+        if self.stdout:
+            lines.append(self.stdout.rstrip("\n"))
+        if self.stderr:
+            lines.append(f"[stderr:{eid}] " + self.stderr.rstrip("\n"))
+        for out in self.outputs:
+            text = out.get("data", {}).get("text/plain")
+            if text:
+                lines.append(f"[output:{eid}] {text}")
+        if self.output_repr is not None:
+            lines.append(f"[{eid}] Out[{n}]: {self.output_repr}")
+        return "\n".join(lines)
+
+
+class ResultList(list):  # type: ignore[type-arg]
+    """A list of ExecuteResults that prints as a transcript."""
+
+    def __repr__(self) -> str:
+        return "\n".join(r.format() for r in self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))

@@ -1,0 +1,113 @@
+"""Foolscap plumbing: Tubs, FURL files, and finding a controller's FURL.
+
+A FURL is the only credential: it names the controller's TLS certificate and
+an unguessable swiss number. FURL files are written owner-only (0600).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from foolscap.api import Tub
+from foolscap.tokens import WrongNameError, WrongTubIdError
+from foolscap.util import allocate_tcp_port
+from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred
+
+from ipython1.kernel.cluster import MEC_FURL, ClusterDir
+from ipython1.kernel.errors import ControllerNotFound
+
+# Keep connections alive across long-running cells; the reactor thread of an
+# engine answers pings even while user code runs.
+TUB_OPTIONS = {"keepaliveTimeout": 30, "disconnectTimeout": 120}
+
+
+def client_tub() -> Tub:
+    """Return a started Tub for outbound connections only."""
+    tub = Tub()
+    for name, value in TUB_OPTIONS.items():
+        tub.setOption(name, value)
+    tub.startService()
+    return tub
+
+
+def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0) -> tuple[Tub, int]:
+    """Return a Tub listening on ip:port with a persistent certificate."""
+    tub = Tub(certFile=str(cert_file))
+    os.chmod(cert_file, 0o600)
+    for name, value in TUB_OPTIONS.items():
+        tub.setOption(name, value)
+    port = port or allocate_tcp_port()
+    tub.listenOn(f"tcp:{port}:interface={ip}")
+    tub.setLocation(f"{ip}:{port}")
+    return tub, port
+
+
+def publish(tub: Tub, obj: Any, furl_path: Path) -> str:
+    """Register obj on tub and write its FURL to furl_path (0600).
+
+    Foolscap reuses the swiss number of an existing FURL file, so a
+    controller restarted with the same certificate keeps its FURLs.
+    """
+    try:
+        furl: str = tub.registerReference(obj, furlFile=str(furl_path))
+    except (WrongTubIdError, WrongNameError):
+        furl_path.unlink()  # made by another certificate: start afresh
+        furl = tub.registerReference(obj, furlFile=str(furl_path))
+    os.chmod(furl_path, 0o600)
+    return furl
+
+
+def resolve_furl(furl_or_file: str | os.PathLike[str] | None, profile: str = "default",
+                 default_name: str = MEC_FURL) -> str:
+    """Return a FURL from a FURL, a FURL file, or the profile's default file.
+
+    A missing or unreadable file raises ControllerNotFound naming the file,
+    the profile, and whether a controller is running.
+    """
+    if furl_or_file is not None and str(furl_or_file).startswith("pb://"):
+        return str(furl_or_file)
+    cluster = ClusterDir(profile)
+    path = Path(furl_or_file) if furl_or_file is not None else cluster.furl_file(default_name)
+    try:
+        furl = path.read_text().strip()
+    except OSError as e:
+        running = "a controller is running" if cluster.controller_running() else (
+            "no controller is running (start one with: ipcluster start -n 4 --daemon"
+            + ("" if profile == "default" else f" --profile {profile}") + ")")
+        raise ControllerNotFound(
+            f"cannot read FURL file {path} ({e.strerror or e}) for profile {profile!r}; "
+            f"{running}"
+        ) from None
+    if not furl.startswith("pb://"):
+        raise ControllerNotFound(f"FURL file {path} does not hold a FURL (profile {profile!r})")
+    return furl
+
+
+def get_reference(tub: Tub, furl: str, timeout: float = 10.0) -> Deferred[Any]:
+    """Connect to a FURL; fail with ControllerNotFound after timeout seconds."""
+    d = tub.getReference(furl)
+
+    def failed(f: Any) -> None:
+        if f.check(defer.CancelledError):
+            raise ControllerNotFound(
+                f"no controller answered at {furl_location(furl)} within {timeout:g} s"
+            )
+        raise ControllerNotFound(
+            f"cannot connect to the controller at {furl_location(furl)}: "
+            f"{f.getErrorMessage()}"
+        )
+
+    d.addTimeout(timeout, reactor)
+    d.addErrback(failed)
+    return d
+
+
+def furl_location(furl: str) -> str:
+    """Return the host:port part of a FURL, for messages."""
+    try:
+        return furl.split("@", 1)[1].split("/", 1)[0]
+    except IndexError:
+        return furl
