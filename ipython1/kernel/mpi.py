@@ -14,6 +14,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ipython1.kernel.errors import KernelError, MPIUnavailable
+
 __all__ = [
     "BuildFailed",
     "INSTALL_HINT",
@@ -28,14 +30,6 @@ __all__ = [
     "mpiexec_command",
     "mpiexec_flavor",
 ]
-
-try:
-    from ipython1.kernel.errors import KernelError, MPIUnavailable
-except ImportError:  # errors.py not landed yet; drop this fallback once it has
-    KernelError = RuntimeError  # type: ignore[misc,assignment]
-
-    class MPIUnavailable(RuntimeError):  # type: ignore[no-redef]
-        """MPI, mpi4py, mpiexec or mpicc is missing or does not work."""
 
 
 class BuildFailed(KernelError):
@@ -101,9 +95,7 @@ def initialize(kind: str = "mpi4py") -> dict[str, int | str]:
     fails inside the MPI library usually aborts the process rather than raise.
     """
     if kind not in SUPPORTED_KINDS:
-        raise MPIUnavailable(
-            f"unknown MPI kind {kind!r}: use one of {', '.join(SUPPORTED_KINDS)}"
-        )
+        raise MPIUnavailable(f"unknown MPI kind {kind!r}: use one of {', '.join(SUPPORTED_KINDS)}")
     try:
         import mpi4py
     except ImportError as e:
@@ -237,9 +229,7 @@ def mpiexec_command(
             command.append("--oversubscribe")
     command += list(mpi_args)
     command += [python or sys.executable, "-m", ENGINE_MODULE, *engine_argv]
-    if "--mpi" not in engine_argv and not any(
-        a.startswith("--mpi=") for a in engine_argv
-    ):
+    if "--mpi" not in engine_argv and not any(a.startswith("--mpi=") for a in engine_argv):
         command += ["--mpi", "mpi4py"]
     return command
 

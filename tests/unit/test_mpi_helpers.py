@@ -104,9 +104,7 @@ def test_mpiexec_command_mpich() -> None:
 
 
 def test_mpiexec_command_openmpi_as_root() -> None:
-    command = mpi.mpiexec_command(
-        2, [], "mpiexec", [], flavor="openmpi", python="py", as_root=True
-    )
+    command = mpi.mpiexec_command(2, [], "mpiexec", [], flavor="openmpi", python="py", as_root=True)
     assert command == [
         "mpiexec",
         "-n",
@@ -205,9 +203,7 @@ def test_build_shared_library(tmp_path: Path) -> None:
         tmp_path / "mpicc",
         'while [ "$1" != -o ]; do shift; done; out=$2; shift 2; echo "$@" > "$out"',
     )
-    out = mpi.build_shared_library(
-        tmp_path / "a.c", tmp_path / "liba.so", mpicc=str(fake)
-    )
+    out = mpi.build_shared_library(tmp_path / "a.c", tmp_path / "liba.so", mpicc=str(fake))
     assert out == tmp_path / "liba.so"
     assert out.read_text().split() == [str(tmp_path / "a.c")]
 
@@ -226,8 +222,7 @@ def test_initialize_without_mpi4py(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MPIUnavailable) as info:
         mpi.initialize()
     assert str(info.value) == (
-        "mpi4py is not installed: pip install 'ipython1[mpi]' "
-        "(installs mpich and mpi4py)"
+        "mpi4py is not installed: pip install 'ipython1[mpi]' (installs mpich and mpi4py)"
     )
 
 
@@ -279,9 +274,7 @@ def test_initialize_unknown_kind() -> None:
 
 
 def test_importing_the_module_does_not_import_mpi4py() -> None:
-    code = (
-        "import sys, ipython1.kernel.mpi; sys.exit(1 if 'mpi4py' in sys.modules else 0)"
-    )
+    code = "import sys, ipython1.kernel.mpi; sys.exit(1 if 'mpi4py' in sys.modules else 0)"
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
