@@ -14,16 +14,20 @@ from typing import Any
 from foolscap.api import RemoteInterface
 from foolscap.constraint import Any as AnyValue
 from foolscap.constraint import ByteStringConstraint
+from foolscap.slicers.unicode import UnicodeConstraint
 from foolscap.schema import ChoiceOf, DictOf, ListOf
 from zope.interface import Attribute, Interface
 
 # Shared wire constraints, named once with explicit bounds.
 MAX_ENGINES = 65536
+Text = UnicodeConstraint(None)  # Foolscap's `str` means bytes: say text explicitly
+Name = UnicodeConstraint(1000)
 Frame = ByteStringConstraint(None)  # values may be GiBs; see serialize.MAX_FRAME
 Frames = ListOf(Frame, maxLength=1_000_000)
-Namespace = DictOf(str, Frames, maxKeys=100_000)
-Targets = ChoiceOf(str, int, ListOf(int, maxLength=MAX_ENGINES))
-Keys = ChoiceOf(str, ListOf(str, maxLength=100_000))
+Namespace = DictOf(Name, Frames, maxKeys=100_000)
+# Foolscap cannot check a ChoiceOf that includes text; parse_targets validates.
+Targets = AnyValue()
+Keys = ListOf(Name, maxLength=100_000)
 FramesByEngine = DictOf(int, Frames, maxKeys=MAX_ENGINES)
 NamespaceByEngine = DictOf(int, Namespace, maxKeys=MAX_ENGINES)
 Info = AnyValue()
@@ -116,13 +120,13 @@ class RIEngine(RemoteInterface):
 
     __remote_name__ = "RIEngine.v1.ipython1"
 
-    def execute(code=str):
+    def execute(code=Text):
         return Reply
 
     def push(namespace=Namespace):
         return Reply
 
-    def pull(keys=ListOf(str, maxLength=100_000)):
+    def pull(keys=Keys):
         return Reply
 
     def apply(func=Frames, args=Frames):
@@ -168,7 +172,7 @@ class RIMultiEngineSession(RemoteInterface):
     def get_ids():
         return ListOf(int, maxLength=MAX_ENGINES)
 
-    def execute(code=str, targets=Targets, block=bool):
+    def execute(code=Text, targets=Targets, block=bool):
         return Reply
 
     def push(namespace=Namespace, targets=Targets, block=bool):
@@ -177,7 +181,7 @@ class RIMultiEngineSession(RemoteInterface):
     def push_each(namespaces=NamespaceByEngine, block=bool):
         return Reply
 
-    def pull(keys=ListOf(str, maxLength=100_000), targets=Targets, block=bool):
+    def pull(keys=Keys, targets=Targets, block=bool):
         return Reply
 
     def apply_each(func=Frames, args=FramesByEngine, block=bool):

@@ -1,1 +1,33 @@
 """Command-line entry points: ipcontroller, ipengine, ipcluster."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def start_logging(log_file: Path) -> None:
+    """Send Twisted's log to a file (appending)."""
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    stream = open(log_file, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(stream)], redirectStandardIO=False)
+
+
+def run_service(service: Any, log_file: Path) -> None:
+    """Start a service under the reactor in this thread; stop it on shutdown."""
+    from twisted.internet import reactor
+
+    start_logging(log_file)
+
+    def start() -> None:
+        try:
+            service.startService()
+        except Exception as e:
+            sys.stderr.write(f"{e}\n")
+            reactor.stop()
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()

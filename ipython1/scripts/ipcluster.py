@@ -1,0 +1,301 @@
+"""ipcluster: start, stop and inspect a local cluster (controller + engines).
+
+``start`` returns only when all N engines have registered (or fails with a
+clear message and cleans up); ``stop`` ends every process it started, by
+pid, and waits until they are gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from twisted.python import usage
+
+from ipython1.kernel.cluster import ClusterDir, pid_alive, read_pid, write_private
+
+ENGINES_PID_FILE = "ipengines"
+
+
+class StartOptions(usage.Options):
+    optFlags = [
+        ["daemon", None, "Return once the cluster is up; leave it running."],
+        ["mpi", None, "Start the engines with mpiexec; each initialises MPI (mpi4py)."],
+    ]
+    optParameters = [
+        ["n", "n", 2, "Number of engines.", int],
+        ["ip", None, "127.0.0.1", "Interface the controller listens on."],
+        ["timeout", None, 120.0, "Seconds to wait for all engines to register.", float],
+        ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
+        ["mpi-args", None, "", "Extra arguments for mpiexec."],
+    ]
+
+    def parseArgs(self, *args: str) -> None:
+        if args:
+            raise usage.UsageError(f"unexpected arguments: {' '.join(args)}")
+
+
+class StopOptions(usage.Options):
+    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]]
+
+
+class StatusOptions(usage.Options):
+    pass
+
+
+class Options(usage.Options):
+    synopsis = "ipcluster start|stop|status [options]"
+    optParameters = [
+        ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
+    ]
+    subCommands = [
+        ["start", None, StartOptions, "Start a controller and N engines."],
+        ["stop", None, StopOptions, "Stop the cluster's engines and controller."],
+        ["status", None, StatusOptions, "Show the controller, engines and queues."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("choose a command: start, stop or status")
+
+
+# -- processes ----------------------------------------------------------------
+
+
+def _python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a process in its own session, output to log_path."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def stop_pids(pids: list[int], grace: float) -> list[int]:
+    """SIGTERM pids, wait up to grace seconds, then SIGKILL; return the killed ones."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        _reap()
+        time.sleep(0.05)
+    killed = [p for p in pids if pid_alive(p)]
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(pid_alive(p) for p in killed):
+        _reap()
+        time.sleep(0.05)
+    return killed
+
+
+def _reap() -> None:
+    """Collect exited children of this process so they do not linger as zombies."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def engine_pids(cluster_dir: ClusterDir) -> list[int]:
+    try:
+        text = cluster_dir.pid_file(ENGINES_PID_FILE).read_text()
+    except OSError:
+        return []
+    return [int(line) for line in text.split() if line.strip().isdigit()]
+
+
+# -- commands -------------------------------------------------------------------
+
+
+def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float = 120.0,
+          daemon: bool = True, mpi: bool = False, mpiexec: str | None = None,
+          mpi_args: str = "", out: IO[str] = sys.stdout,
+          on_start: Callable[[int], None] | None = None) -> int:
+    """Start a controller and n engines; return 0 once all have registered."""
+    if n < 1:
+        raise usage.UsageError("-n must be at least 1")
+    cluster_dir.create()
+    if cluster_dir.controller_running():
+        pid = read_pid(cluster_dir.pid_file("ipcontroller"))
+        out.write(f"ipcluster: a controller is already running for profile "
+                  f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first\n")
+        return 1
+    profile = ["--profile", cluster_dir.profile]
+    started: list[int] = []
+
+    def track(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        started.append(proc.pid)
+        if on_start:
+            on_start(proc.pid)
+        return proc
+
+    t0 = time.monotonic()
+    try:
+        controller = track(_spawn(
+            _python_module("ipython1.scripts.ipcontroller", *profile, "--ip", ip),
+            cluster_dir.log_file("ipcontroller-console")))
+        _wait_for(lambda: read_pid(cluster_dir.pid_file("ipcontroller")) == controller.pid,
+                  timeout, lambda: controller.poll() is not None,
+                  lambda: "the controller exited:\n"
+                  + _tail(cluster_dir.log_file("ipcontroller-console")))
+        engine_argv = _python_module("ipython1.scripts.ipengine", *profile,
+                                     "--connect-timeout", str(timeout))
+        if mpi:
+            from ipython1.kernel import mpi as mpi_mod
+
+            command = mpi_mod.mpiexec_command(n, engine_argv, mpi_mod.find_mpiexec(mpiexec),
+                                              mpi_args.split())
+            engines = [track(_spawn(command, cluster_dir.log_file("mpiexec")))]
+        else:
+            engines = [track(_spawn(engine_argv, cluster_dir.log_file(f"ipengine-console-{i}")))
+                       for i in range(n)]
+        write_private(cluster_dir.pid_file(ENGINES_PID_FILE),
+                      "".join(f"{p.pid}\n" for p in engines))
+        from ipython1.kernel.client import MultiEngineClient
+
+        mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
+        try:
+            _wait_for(lambda: len(mec.get_ids()) >= n, timeout,
+                      lambda: any(p.poll() is not None for p in engines),
+                      lambda: _engine_failure(cluster_dir, engines))
+        finally:
+            mec.close()
+    except Exception as e:
+        out.write(f"ipcluster: could not start the cluster: {e}\n")
+        stop_pids(list(reversed(started)), grace=3)
+        for name in ("ipcontroller", ENGINES_PID_FILE):
+            cluster_dir.pid_file(name).unlink(missing_ok=True)
+        return 1
+    out.write(f"ipcluster: controller and {n} engines are up in {time.monotonic() - t0:.1f} s "
+              f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
+    out.flush()
+    if daemon:
+        return 0
+    out.write("ipcluster: press Ctrl-C to stop the cluster\n")
+    out.flush()
+    try:
+        signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while controller.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    return stop(cluster_dir, out=out)
+
+
+def _engine_failure(cluster_dir: ClusterDir, engines: list[subprocess.Popen[bytes]]) -> str:
+    for i, p in enumerate(engines):
+        if p.poll() is not None:
+            name = "mpiexec" if len(engines) == 1 and "mpiexec" in str(p.args) else \
+                f"ipengine-console-{i}"
+            return (f"an engine exited with status {p.returncode} before registering:\n"
+                    + _tail(cluster_dir.log_file(name)))
+    return "an engine exited"
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, failed: Callable[[], bool],
+              why: Callable[[], str]) -> None:
+    """Poll condition until true; raise early if failed() or at the deadline."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        try:
+            if condition():
+                return
+        except Exception:
+            pass
+        if failed():
+            raise RuntimeError(why())
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g} s")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout) -> int:
+    """Stop the engines, then the controller; wait until they are gone."""
+    engines = [p for p in engine_pids(cluster_dir) if pid_alive(p)]
+    controller = read_pid(cluster_dir.pid_file("ipcontroller"))
+    pids = engines + ([controller] if pid_alive(controller) else [])
+    if not pids:
+        out.write(f"ipcluster: no cluster is running for profile {cluster_dir.profile!r}\n")
+    killed = stop_pids(pids, grace)
+    for name in ("ipcontroller", ENGINES_PID_FILE):
+        cluster_dir.pid_file(name).unlink(missing_ok=True)
+    if pids:
+        out.write(f"ipcluster: stopped {len(pids)} process(es)"
+                  + (f" ({len(killed)} needed SIGKILL)" if killed else "") + "\n")
+    return 0
+
+
+def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
+    """Print the controller's pid, the engines and their queues."""
+    pid = read_pid(cluster_dir.pid_file("ipcontroller"))
+    if not pid_alive(pid):
+        out.write(f"ipcluster: no controller is running for profile {cluster_dir.profile!r}\n")
+        return 1
+    from ipython1.kernel.client import MultiEngineClient
+
+    mec = MultiEngineClient(profile=cluster_dir.profile, timeout=10)
+    try:
+        ids = mec.get_ids()
+        out.write(f"controller: pid {pid}, {len(ids)} engine(s), {cluster_dir.path}\n")
+        if ids:
+            for q in mec.queue_status():
+                running = q["running"]["description"] if q["running"] else "idle"
+                out.write(f"  engine {q['engine_id']}: {running!r}, "
+                          f"{len(q['queued'])} queued\n")
+    finally:
+        mec.close()
+    return 0
+
+
+def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        out.write(f"ipcluster: {e}\n{options}")
+        return 2
+    try:
+        cluster_dir = ClusterDir(options["profile"])
+    except ValueError as e:
+        out.write(f"ipcluster: {e}\n")
+        return 2
+    sub = options.subOptions
+    if options.subCommand == "start":
+        return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
+                     bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out)
+    if options.subCommand == "stop":
+        return stop(cluster_dir, sub["grace"], out=out)
+    return status(cluster_dir, out=out)
+
+
+def console() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

@@ -1,0 +1,48 @@
+"""ipcontroller: run the controller (console script and `twistd ipcontroller`)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.python import usage
+
+from ipython1.kernel.cluster import ClusterDir
+
+
+class Options(usage.Options):
+    """Options of ipcontroller."""
+
+    synopsis = "[options]"
+    longdesc = ("Run the ipython1 controller: a registry of engines with one command queue "
+                "per engine, published at FURLs written to the cluster directory's security/.")
+    optParameters = [
+        ["ip", None, "127.0.0.1", "Interface to listen on (default: loopback only)."],
+        ["port", None, 0, "TCP port (default: any free port).", int],
+        ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
+    ]
+
+
+def makeService(options: Any) -> Any:
+    """Build the controller service tree from options."""
+    from ipython1.kernel.controller import ControllerService
+
+    return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
+                             port=options["port"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the controller in the foreground until SIGTERM/SIGINT."""
+    from ipython1.scripts import run_service
+
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        raise SystemExit(f"ipcontroller: {e}\n{options}") from None
+    cluster_dir = ClusterDir(options["profile"]).create()
+    run_service(makeService(options), cluster_dir.log_file("ipcontroller"))
+
+
+if __name__ == "__main__":
+    main()
