@@ -193,7 +193,7 @@ class AsyncMultiEngineClient:
 
     def clear_queue(self, targets: Any = "all") -> Deferred[Any]:
         """Drop each target's waiting commands (they fail with QueueCleared)."""
-        return self._remote("clear_queue", targets, True).addCallback(_check_global_error)
+        return self._remote("clear_queue", targets).addCallback(_check_global_error)
 
     def apply(self, func: Callable[..., Any], *args: Any, targets: Any = "all",
               block: bool = True, **kwargs: Any) -> Deferred[Any]:

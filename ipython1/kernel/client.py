@@ -64,7 +64,10 @@ class ReactorThread:
                 if future.done():
                     return
                 if isinstance(result, Failure):
-                    future.set_exception(result.value)
+                    error = result.value
+                    if not isinstance(error, BaseException):  # e.g. a Foolscap CopiedFailure
+                        error = KernelError(result.getErrorMessage())
+                    future.set_exception(error)
                 else:
                     future.set_result(result)
 
