@@ -113,15 +113,19 @@ def _value_source(name: str, frames: list[bytes], deserialize: Callable[[Any], A
     """Return a line binding name to the value: a literal when it round-trips."""
     try:
         value = deserialize(frames)
-        text = repr(value)
-        if len(text) <= 10_000 and ast.literal_eval(text) == value and \
-                type(ast.literal_eval(text)) is type(value):
-            return f"{name} = {text}"
-        kind = type(value).__name__
-        shape = getattr(value, "shape", None)
-        note = f"  # {kind}" + (f" shape {tuple(shape)}" if shape is not None else "")
     except Exception:
         note = "  # value as pickled frames"
+    else:
+        try:
+            text = repr(value)
+            again = ast.literal_eval(text) if len(text) <= 10_000 else None
+            if type(again) is type(value) and again == value:
+                return f"{name} = {text}"
+        except Exception:  # not a literal (arrays, objects): keep the frames
+            pass
+        shape = getattr(value, "shape", None)
+        note = f"  # {type(value).__name__}" + (
+            f" shape {tuple(shape)}" if isinstance(shape, tuple) else "")
     args = ", ".join(repr(base64.b64encode(f).decode()) for f in frames)
     return f"{name} = _ipython1_load({args}){note}"
 
