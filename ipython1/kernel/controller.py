@@ -226,6 +226,9 @@ class ControllerService(service.MultiService):
         """The transcript, the named users' capabilities and the owner's admin FURL."""
         from ipython1.kernel import users
 
+        bound = os.environ.get("IPYTHON1_EVENT_BUFFER")  # events per subscriber (tests)
+        if bound:
+            self.controller.events.max_buffered = int(bound)
         self.controller.events.set_transcript(
             Transcript(users.transcript_path(self.cluster_dir)))
         self.users = users.UserDirectory(self.adapters["mec"], self.tub, self.cluster_dir)

@@ -319,6 +319,8 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
     def remote_transcript(self, user: str | None, last: int) -> Any:
         from ipython1.kernel.users import transcript_tail
 
+        if user is not None and not isinstance(user, str):
+            return self._raise_as_data(Failure(KernelError("user must be a name or None")))
         return transcript_tail(self.adapter, user, last)
 
 
