@@ -62,6 +62,10 @@ class MPIUnavailable(KernelError):
     """MPI was asked for but mpi4py or an MPI runtime is missing."""
 
 
+class SessionFileError(KernelError):
+    """A saved session file does not parse; nothing was run."""
+
+
 class EngineError(KernelError):
     """An engine died or vanished while a command was queued or running."""
 
@@ -156,6 +160,7 @@ _LOCAL_ERRORS: dict[str, type[KernelError]] = {
         InvalidUserName,
         MPIUnavailable,
         ControllerNotFound,
+        SessionFileError,
     )
 }
 

@@ -150,7 +150,7 @@ class UserDirectory:
         dropped = 0
         for session in list(record.sessions):
             session.revoked = True
-            session.remote_unsubscribe()
+            session.remote_unsubscribe_events()
             if self._disconnect(session):
                 dropped += 1
         self.controller.events.publish("user_removed", self.controller.owner, None,
@@ -218,7 +218,7 @@ class UserDirectory:
         sessions = self._sessions_of(session)
         if session in sessions:
             sessions.remove(session)
-        session.remote_unsubscribe()
+        session.remote_unsubscribe_events()
         self.controller.events.publish("left", session.user, None, {"kind": session.kind},
                                        session.client)
 

@@ -28,7 +28,7 @@ def main() -> None:
         def write(event: dict) -> None:
             out.write(json.dumps({"recv": time.time(), **event}) + "\n")
 
-        mec.subscribe(write, history=0)
+        mec.subscribe_events(write, history=0)
         say(ready=True, user=mec.user)
         sys.stdin.read()  # until the test closes our stdin
     elif mode == "execute":

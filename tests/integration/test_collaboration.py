@@ -79,7 +79,7 @@ def test_bob_sees_alice_input_output_and_result_attributed_within_200ms(
     bob = Subscriber(cluster, furls["bob"], tmp_path / "bob.jsonl")
     try:
         done = answer(agent(cluster, "execute", furls["alice"],
-                            "print('hello from alice'); 6 * 7"))
+                            "print('hello from alice'); import time; time.sleep(0.5); 6 * 7"))
         assert "Out[" in done["ok"]
 
         def alice_results() -> list[dict[str, Any]]:
@@ -95,6 +95,9 @@ def test_bob_sees_alice_input_output_and_result_attributed_within_200ms(
         assert sorted(e["engine"] for e in stdout) == [0, 1]
         assert all(e["data"]["text"] == "hello from alice\n" for e in stdout)
         assert {e["data"]["repr"] for e in alice_results()} == {"42"}
+        # Streamed: the line arrives while the cell still sleeps.
+        finished = min(e["time"] for e in alice_results())
+        assert max(e["recv"] for e in stdout) < finished - 0.3
         assert all(e["data"]["execution_count"] >= 1 for e in alice_results())
         # Within 200 ms of happening: of alice's call for her input, of the
         # controller's event time for the rest.
