@@ -318,6 +318,9 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_open_transfer(self, engine_id: int, direction: str, blob_id: bytes,
                              sizes: list[int]) -> Deferred[Any]:
+        denied = self._denied("open_transfer")  # moves data: not for observers
+        if denied is not None:
+            return defer.succeed(self._raise_as_data(Failure(denied)))
         d = defer.maybeDeferred(self.adapter.open_transfer, engine_id, direction, blob_id, sizes)
         return d.addErrback(self._raise_as_data)
 
