@@ -58,6 +58,22 @@ class MPIUnavailable(KernelError):
     """MPI was asked for but mpi4py or an MPI runtime is missing."""
 
 
+class UnmetDependency(KernelError):
+    """A task's after= or depend= can never be satisfied."""
+
+
+class TaskAborted(KernelError):
+    """A task was cancelled with abort() before it ran."""
+
+
+class TaskTimeout(KernelError):
+    """A task ran longer than its timeout (its engine was interrupted)."""
+
+
+class InvalidTaskID(KernelError):
+    """A task id is unknown (never submitted, or its result was cleared)."""
+
+
 class EngineError(KernelError):
     """An engine died or vanished while a command was queued or running."""
 
@@ -151,6 +167,10 @@ _LOCAL_ERRORS: dict[str, type[KernelError]] = {
         PermissionDenied,
         MPIUnavailable,
         ControllerNotFound,
+        UnmetDependency,
+        TaskAborted,
+        TaskTimeout,
+        InvalidTaskID,
     )
 }
 
