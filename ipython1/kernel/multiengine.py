@@ -105,7 +105,12 @@ class MultiEngine:
     def kill(self, controller: bool = False, targets: Any = "all",
              client: str = "") -> Deferred[Any]:
         """End engines at once (never queued behind a running cell)."""
-        ids = self.controller.targets(targets) if self.controller.engines or not controller else []
+        # kill(controller=True, targets=[]) stops only the controller (its engines
+        # then exit by themselves); with no engines left there is nothing to kill.
+        if controller and (targets == [] or not self.controller.engines):
+            ids: list[int] = []
+        else:
+            ids = self.controller.targets(targets)
         replies = []
         for engine_id in ids:
             d = self.controller.call_now(engine_id, "kill")

@@ -7,12 +7,12 @@ an unguessable swiss number. FURL files are written owner-only (0600).
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from foolscap.api import Tub
 from foolscap.tokens import WrongNameError, WrongTubIdError
-from foolscap.util import allocate_tcp_port
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 
@@ -39,10 +39,26 @@ def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0) -> tupl
     os.chmod(cert_file, 0o600)
     for name, value in TUB_OPTIONS.items():
         tub.setOption(name, value)
-    port = port or allocate_tcp_port()
+    port = _free_port(ip, port)
     tub.listenOn(f"tcp:{port}:interface={ip}")
     tub.setLocation(f"{ip}:{port}")
     return tub, port
+
+
+def _free_port(ip: str, port: int) -> int:
+    """Check that ip:port can be listened on (any free port if 0); return the port.
+
+    Foolscap listens asynchronously and only logs a failure: check first so
+    that a bad --ip or a busy --port stops the controller with a clear error.
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((ip, port))
+        except OSError as e:
+            raise ControllerNotFound(f"cannot listen on {ip}:{port}: {e.strerror or e}") from None
+        return int(sock.getsockname()[1])
 
 
 def publish(tub: Tub, obj: Any, furl_path: Path) -> str:

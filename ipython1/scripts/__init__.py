@@ -21,13 +21,18 @@ def run_service(service: Any, log_file: Path) -> None:
 
     start_logging(log_file)
 
+    failed: list[Exception] = []
+
     def start() -> None:
         try:
             service.startService()
         except Exception as e:
-            sys.stderr.write(f"{e}\n")
+            failed.append(e)
             reactor.stop()
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
+    if failed:
+        sys.stderr.write(f"{failed[0]}\n")
+        sys.exit(1)
