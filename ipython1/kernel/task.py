@@ -276,7 +276,7 @@ class Scheduler:
             if not slots:
                 break
             slots.sort(key=lambda s: len(s.batches))
-            size = self._batch_size(len(slots))
+            size = self._batch_size(depth)
             progress = False
             for slot in slots:
                 batch = self._take(slot.engine_id, size)
@@ -407,11 +407,12 @@ class Scheduler:
         if task.unmet_on:
             self._check_satisfiable(task)
 
-    def _batch_size(self, free_slots: int) -> int:
+    def _batch_size(self, depth: int) -> int:
         if self.estimate is None:
             return 1
         size = int(TARGET_BATCH_SECONDS / max(self.estimate, 1e-6))
-        share = -(-len(self._ready) // max(1, len(self.engines)))  # spread the work
+        # spread the work over every engine's slots
+        share = -(-len(self._ready) // max(1, len(self.engines) * depth))
         return max(1, min(size, MAX_BATCH, share))
 
     def _take(self, engine_id: int, size: int) -> Batch | None:
