@@ -58,6 +58,10 @@ class MPIUnavailable(KernelError):
     """MPI was asked for but mpi4py or an MPI runtime is missing."""
 
 
+class SessionFileError(KernelError):
+    """A saved session file does not parse; nothing was run."""
+
+
 class UnmetDependency(KernelError):
     """A task's after= or depend= can never be satisfied."""
 
@@ -167,6 +171,7 @@ _LOCAL_ERRORS: dict[str, type[KernelError]] = {
         PermissionDenied,
         MPIUnavailable,
         ControllerNotFound,
+        SessionFileError,
         UnmetDependency,
         TaskAborted,
         TaskTimeout,
