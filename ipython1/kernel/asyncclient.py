@@ -17,8 +17,8 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ipython1.kernel import datachannel, wire
 from ipython1.kernel import scatter as scatter_mod
-from ipython1.kernel import wire
 from ipython1.kernel.cluster import MEC_FURL
 from ipython1.kernel.errors import (
     CompositeError,
@@ -63,7 +63,7 @@ class AsyncPendingResult:
     def get_result(self, block: bool = True) -> Deferred[Any]:
         """Fire with the result; without block, fail with ResultNotReady if not done."""
         d = self.client._remote("get_pending_result", self.id, block)
-        return d.addCallback(self._finish)
+        return d.addCallback(self.client._fetch_blobs).addCallback(self._finish)
 
 
 class AsyncMultiEngineClient:
@@ -111,7 +111,7 @@ class AsyncMultiEngineClient:
 
         d = self._remote(method, *args, block)
         if block:
-            return d.addCallback(finish)
+            return d.addCallback(self._fetch_blobs).addCallback(finish)
 
         def pending(answer: Any) -> AsyncPendingResult:
             if isinstance(answer, dict) and "pending_id" in answer:
@@ -121,6 +121,67 @@ class AsyncMultiEngineClient:
             raise KernelError(f"unexpected answer {answer!r}")
 
         return d.addCallback(pending)
+
+    # -- the data channel: large values go beside Foolscap --
+
+    def _ticket(self, answer: Any) -> dict[str, Any]:
+        answer = _check_global_error(answer)
+        host = wire.furl_location(self.furl).rsplit(":", 1)[0]
+        return dict(answer, relay=f"{host}:{answer['relay_port']}")
+
+    def _upload(self, engine_id: int, frames: list[bytes]) -> Deferred[list[bytes]]:
+        """Send a large value to an engine's blob store; fire with its reference."""
+        from twisted.internet import threads
+
+        blob_id = datachannel.new_blob_id()
+        sizes = [len(f) for f in frames]
+        d = self._remote("open_transfer", engine_id, "upload", blob_id, sizes)
+        d.addCallback(lambda answer: threads.deferToThread(
+            datachannel.client_transfer, self._ticket(answer), frames=frames))
+        return d.addCallback(lambda _: datachannel.blob_ref(blob_id, sizes))
+
+    def _download(self, engine_id: int, ref: tuple[bytes, list[int]]) -> Deferred[Any]:
+        from twisted.internet import threads
+
+        blob_id, sizes = ref
+        d = self._remote("open_transfer", engine_id, "download", blob_id, sizes)
+        return d.addCallback(lambda answer: threads.deferToThread(
+            datachannel.client_transfer, self._ticket(answer), sizes=sizes))
+
+    def _ship(self, namespaces: dict[int, dict[str, list[bytes]]]) -> Deferred[Any]:
+        """Upload the large values of per-engine namespaces; fire with references."""
+        ds = []
+        for engine_id, ns in namespaces.items():
+            for key, frames in ns.items():
+                if datachannel.is_large(frames):
+                    d = self._upload(engine_id, frames)
+                    d.addCallback(lambda ref, ns=ns, key=key: ns.__setitem__(key, ref))
+                    ds.append(d)
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: namespaces)
+
+    def _fetch_blobs(self, replies: Any) -> Deferred[Any]:
+        """Download the large values that replies refer to, in place."""
+        ds = []
+        for reply in replies if isinstance(replies, list) else ():
+            if not isinstance(reply, dict) or reply.get("status") != "ok":
+                continue
+            value = reply.get("value")
+            engine_id = reply["engine_id"]
+            if _is_frames(value):
+                slots = [(reply, "value", value)]
+            elif isinstance(value, list) and value and all(_is_frames(v) for v in value):
+                slots = [(value, i, v) for i, v in enumerate(value)]
+            else:
+                continue
+            for holder, slot, frames in slots:
+                ref = datachannel.parse_blob_ref(frames)
+                if ref is not None:
+                    d = self._download(engine_id, ref)
+                    d.addCallback(lambda got, h=holder, s=slot: h.__setitem__(s, got))
+                    ds.append(d)
+        if not ds:
+            return defer.succeed(replies)
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: replies)
 
     # -- the multi-engine interface --
 
@@ -142,7 +203,11 @@ class AsyncMultiEngineClient:
             frames = serialize_dict(_check_namespace(namespace))
         except Exception as e:
             return defer.fail(e)
-        return self._command("push", (frames, targets), block, _none, True)
+        if not any(datachannel.is_large(f) for f in frames.values()):
+            return self._command("push", (frames, targets), block, _none, True)
+        d = self._ids(targets)
+        d.addCallback(lambda ids: self._ship({e: dict(frames) for e in ids}))
+        return d.addCallback(lambda ns: self._command("push_each", (ns,), block, _none, True))
 
     push_function = push
 
@@ -201,12 +266,19 @@ class AsyncMultiEngineClient:
         d = self._ids(targets)
 
         def send(ids: list[int]) -> Deferred[Any]:
-            func_frames = serialize(func)
             arg_frames = serialize((args, kwargs))
-            return self._command("apply_each", (func_frames, dict.fromkeys(ids, arg_frames)),
-                                 block, deserialize, isinstance(targets, int))
+            return self._apply_each(serialize(func), dict.fromkeys(ids, arg_frames), block,
+                                    isinstance(targets, int))
 
         return d.addCallback(send)
+
+    def _apply_each(self, func: list[bytes], args: dict[int, list[bytes]], block: bool,
+                    single: bool) -> Deferred[Any]:
+        """Send apply_each, with large per-engine arguments over the data channel."""
+        d = self._ship({e: {"args": a} for e, a in args.items()})
+        return d.addCallback(lambda ns: self._command(
+            "apply_each", (func, {e: v["args"] for e, v in ns.items()}), block, deserialize,
+            single))
 
     def scatter(self, key: str, seq: Any, targets: Any = "all", flatten: bool = False,
                 block: bool = True) -> Deferred[Any]:
@@ -216,7 +288,9 @@ class AsyncMultiEngineClient:
         def send(ids: list[int]) -> Deferred[Any]:
             parts = scatter_mod.partitions(seq, len(ids), flatten=flatten)
             namespaces = {e: {key: serialize(part)} for e, part in zip(ids, parts)}
-            return self._command("push_each", (namespaces,), block, _none, True)
+            d = self._ship(namespaces)
+            return d.addCallback(
+                lambda ns: self._command("push_each", (ns,), block, _none, True))
 
         return d.addCallback(send)
 
@@ -241,8 +315,7 @@ class AsyncMultiEngineClient:
             func_frames = serialize(_map_chunk)
             args = {e: serialize(((func, *(p[i] for p in parts)), {}))
                     for i, e in enumerate(ids)}
-            return self._command("apply_each", (func_frames, args), block,
-                                 deserialize, False)
+            return self._apply_each(func_frames, args, block, False)
 
         def joined(result: Any) -> Any:
             if isinstance(result, AsyncPendingResult):
@@ -363,6 +436,11 @@ def _then_join(pending: AsyncPendingResult) -> AsyncPendingResult:
                 parts if isinstance(parts, list) else [parts]))
 
     return _Gather(pending.client, pending.id, pending._finish)
+
+
+def _is_frames(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(f, (bytes, bytearray)) for f in value)
 
 
 def _check_namespace(namespace: Any) -> dict[str, Any]:

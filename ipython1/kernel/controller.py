@@ -76,6 +76,7 @@ class Controller(service.MultiService):
         self.engines: dict[int, EngineRecord] = {}
         self._next_id = 0
         self._observers: list[Callable[[str, dict[str, Any]], None]] = []
+        self.relay: Any = None  # datachannel.Relay, set by ControllerService
 
     # -- registry --
 
@@ -228,6 +229,9 @@ class ControllerService(service.MultiService):
 
         cert = self.cluster_dir.security / cluster.CONTROLLER_CERT
         self.tub, self.port = wire.listening_tub(cert, self.ip, self.port)
+        from ipython1.kernel.datachannel import Relay
+
+        self.controller.relay = Relay(self.ip)
         self.tub.setServiceParent(self)
         self.adapters["mec"] = MultiEngine(self.controller, self)
         self._publish(EngineRegistration(self.controller), cluster.ENGINE_FURL)
@@ -251,6 +255,8 @@ class ControllerService(service.MultiService):
         self.furls[name] = wire.publish(self.tub, obj, path)
 
     def stopService(self) -> Deferred[Any]:
+        if self.controller.relay is not None:
+            self.controller.relay.close()
         d = defer.maybeDeferred(super().stopService)
 
         def cleanup(result: Any) -> Any:

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipython1 import __version__
-from ipython1.kernel import introspection, wire
+from ipython1.kernel import datachannel, introspection, wire
 from ipython1.kernel.errors import KernelError, TaskTimeout, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
 from ipython1.kernel.serialize import deserialize, serialize
@@ -40,6 +40,24 @@ from ipython1.kernel.streaming import OutputBatcher
 log = Logger()
 
 MAX_HISTORY = 1000  # execution records kept per engine; older ones are dropped
+
+# Large values received or to be sent over the data channel, by blob id.
+BLOBS = datachannel.BlobStore()
+
+
+def _incoming(frames: list[bytes]) -> list[Any]:
+    """Return the frames of a value, fetching a blob reference from BLOBS."""
+    ref = datachannel.parse_blob_ref(frames)
+    return frames if ref is None else BLOBS.take(ref[0])
+
+
+def _outgoing(frames: list[bytes]) -> list[bytes]:
+    """Keep a large value in BLOBS for the data channel; return what to reply."""
+    if not datachannel.is_large(frames):
+        return frames
+    blob_id = datachannel.new_blob_id()
+    BLOBS.put(blob_id, frames)
+    return datachannel.blob_ref(blob_id, [len(f) for f in frames])
 
 
 # -- output capture ----------------------------------------------------------
@@ -220,7 +238,7 @@ class EngineKernel:
             self.history.popitem(last=False)
 
     def push(self, namespace: dict[str, list[bytes]]) -> None:
-        values = {key: deserialize(frames) for key, frames in namespace.items()}
+        values = {key: deserialize(_incoming(frames)) for key, frames in namespace.items()}
         self.shell.user_ns.update(values)
 
     def pull(self, keys: list[str]) -> list[list[bytes]]:
@@ -231,18 +249,18 @@ class EngineKernel:
         out = []
         for key in keys:
             try:
-                out.append(serialize(ns[key]))
+                out.append(_outgoing(serialize(ns[key])))
             except KernelError as e:
                 raise type(e)(f"cannot pull {key!r}: {e}") from None
         return out
 
     def apply(self, func: list[bytes], args: list[bytes]) -> list[bytes]:
-        f = deserialize(func)
-        call_args, call_kwargs = deserialize(args)
+        f = deserialize(_incoming(func))
+        call_args, call_kwargs = deserialize(_incoming(args))
         with self._capturing():
             value = f(*call_args, **call_kwargs)
         self.stdout.take(), self.stderr.take()
-        return serialize(value)
+        return _outgoing(serialize(value))
 
     def get_result(self, n: int | None) -> dict[str, Any]:
         if not self.history:
@@ -509,6 +527,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
                  info: dict[str, Any]) -> None:
         self._runner = runner
         self._info = info
+        self.tls_context: Any = None  # set once connected: the data channel's TLS identity
+        self.controller_host: str | None = None
         self._kernel: EngineKernel | None = None
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
@@ -591,6 +611,19 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def remote_interrupt(self) -> bool:
         return self._runner.interrupt()
 
+    def remote_open_transfer(self, pairing_id: bytes, secret: bytes, relay_port: int,
+                             direction: str, blob_id: bytes, sizes: list[int]) -> bool:
+        """Serve one data-channel transfer on a worker thread (never the shell thread)."""
+        if self.tls_context is None or self.controller_host is None:
+            raise datachannel.TransferError("this engine has no data channel")
+        from twisted.internet import threads
+
+        d = threads.deferToThread(
+            datachannel.engine_transfer, self.tls_context, f"{self.controller_host}:{relay_port}",
+            pairing_id, secret, direction, blob_id, sizes, BLOBS)
+        d.addErrback(lambda f: log.warn("data transfer failed: {e}", e=f.getErrorMessage()))
+        return True
+
     def remote_run_tasks(self, batch: list[dict[str, Any]]) -> Deferred[Any]:
         if not hasattr(self, "_watchdog"):
             self._watchdog = TaskWatchdog(self._runner)
@@ -662,6 +695,8 @@ class EngineService(service.MultiService):
                 delay = min(delay * 2, 1.0)
                 continue
             self.engine_id = self.runner.engine_id = engine_id
+            self.referenceable.controller_host = wire.furl_location(furl).rsplit(":", 1)[0]
+            self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
             controller.notifyOnDisconnect(self._controller_lost)
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id

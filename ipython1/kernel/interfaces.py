@@ -31,6 +31,8 @@ Keys = ListOf(Name, maxLength=100_000)
 FramesByEngine = DictOf(int, Frames, maxKeys=MAX_ENGINES)
 NamespaceByEngine = DictOf(int, Namespace, maxKeys=MAX_ENGINES)
 Info = AnyValue()
+Token = ByteStringConstraint(64)
+Sizes = ListOf(int, maxLength=1_000_000)
 Reply = AnyValue()
 
 TargetSpec = Any  # "all" | int | list[int]
@@ -200,6 +202,10 @@ class RIEngine(RemoteInterface):
     def interrupt():
         return bool
 
+    def open_transfer(pairing_id=Token, secret=Token, relay_port=int, direction=Name,
+                      blob_id=Token, sizes=Sizes):
+        return bool
+
     def properties():
         return Info
 
@@ -281,6 +287,9 @@ class RIMultiEngineSession(RemoteInterface):
         return Reply
 
     def clear_queue(targets=Targets):
+        return Reply
+
+    def open_transfer(engine_id=int, direction=Name, blob_id=Token, sizes=Sizes):
         return Reply
 
     def get_pending_result(pending_id=int, block=bool):

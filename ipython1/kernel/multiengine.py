@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from ipython1.kernel.controller import Controller
 from ipython1.kernel.errors import (
+    InvalidEngineID,
     InvalidPendingResult,
     KernelError,
     ResultNotReady,
@@ -178,6 +179,25 @@ class MultiEngine:
         ids = self.controller.targets(targets)
         return defer.succeed(self.controller.clear_queue(ids, client))
 
+    def open_transfer(self, engine_id: int, direction: str, blob_id: bytes,
+                      sizes: list[int], client: str = "") -> Deferred[dict[str, Any]]:
+        """Set up a data-channel transfer with an engine (see datachannel)."""
+        import secrets
+
+        record = self.controller.engines.get(engine_id)
+        relay = self.controller.relay
+        if record is None:
+            raise InvalidEngineID(f"no engine with id {engine_id}")
+        if relay is None:
+            raise KernelError("this controller has no data channel")
+        pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
+        relay.expect(pairing_id)
+        d = record.ref.callRemote("open_transfer", pairing_id, secret,
+                                  int(relay.address.rsplit(":", 1)[1]), direction, blob_id, sizes)
+        return d.addCallback(lambda _: {
+            "pairing_id": pairing_id, "secret": secret, "relay_port": int(
+                relay.address.rsplit(":", 1)[1]), "tubid": record.ref.getRemoteTubID()})
+
 
 @implementer(RIMultiEngineSession)
 class MultiEngineSession(Referenceable):  # type: ignore[misc]
@@ -256,6 +276,11 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_clear_queue(self, targets: Any) -> Deferred[Any]:
         return self._call(True, "clear_queue", targets)
+
+    def remote_open_transfer(self, engine_id: int, direction: str, blob_id: bytes,
+                             sizes: list[int]) -> Deferred[Any]:
+        d = defer.maybeDeferred(self.adapter.open_transfer, engine_id, direction, blob_id, sizes)
+        return d.addErrback(self._raise_as_data)
 
     def remote_get_pending_result(self, pending_id: int, block: bool) -> Deferred[Any]:
         if pending_id not in self.pending:
