@@ -404,6 +404,41 @@ class AsyncMultiEngineClient:
 
         return d.addCallback(check)
 
+    # -- collaboration (issue 8) --
+
+    def whoami(self) -> Deferred[dict[str, Any]]:
+        """Fire with {"user", "kind", "client"}: whom this client acts as."""
+        return self._remote("whoami")
+
+    def users(self) -> Deferred[list[dict[str, Any]]]:
+        """Fire with the users: name, kind, connected sessions, queued commands."""
+        return self._remote("users").addCallback(_check_global_error)
+
+    def say(self, text: str) -> Deferred[None]:
+        """Send a chat line to everyone subscribed."""
+        return self._remote("say", str(text)).addCallback(_check_global_error)
+
+    def subscribe_events(self, observer: Callable[[dict[str, Any]], Any],
+                         history: int = 200) -> Deferred[None]:
+        """Call observer(event) for each event: recent history first, then live.
+
+        (``subscribe`` is the live stdout/stderr of commands only; see streaming.)
+        """
+        from ipython1.kernel.events import EventObserver
+
+        self._event_observer = EventObserver(observer)
+        d = self._remote("subscribe_events", self._event_observer, history)
+        return d.addCallback(_check_global_error)
+
+    def unsubscribe_events(self) -> Deferred[None]:
+        """Stop the events."""
+        self._event_observer = None
+        return self._remote("unsubscribe_events")
+
+    def transcript(self, user: str | None = None, last: int = 1000) -> Deferred[Any]:
+        """Fire with the last events of the controller's transcript."""
+        return self._remote("transcript", user, last).addCallback(_check_global_error)
+
     def disconnect(self) -> None:
         """Drop the connection to the controller."""
         if self._tub is not None:

@@ -364,6 +364,75 @@ class MultiEngineClient:
 
         return magics.activate(self, shell)
 
+    # -- collaboration (issue 8) --
+
+    @property
+    def user(self) -> str:
+        """The name of the user this client acts as."""
+        if getattr(self, "_whoami", None) is None:
+            self._whoami = self._call(self._async.whoami)
+        return str(self._whoami["user"])
+
+    @property
+    def kind(self) -> str:
+        """'owner', 'full' or 'observer'."""
+        self.user  # noqa: B018 - fetches whoami
+        return str(self._whoami["kind"])
+
+    def users(self) -> list[dict[str, Any]]:
+        """List the users: name, kind, connected sessions, queued commands."""
+        return self._call(self._async.users)
+
+    def say(self, text: str) -> None:
+        """Send a chat line to everyone subscribed."""
+        return self._call(self._async.say, text)
+
+    def subscribe_events(self, observer: Callable[[dict[str, Any]], Any],
+                         history: int = 200) -> None:
+        """Call observer(event) for each event, in the client's reactor thread."""
+        return self._call(self._async.subscribe_events, observer, history)
+
+    def unsubscribe_events(self) -> None:
+        """Stop the events (and the events() iterator)."""
+        self._events = None
+        return self._call(self._async.unsubscribe_events)
+
+    def transcript(self, user: str | None = None, last: int = 1000) -> list[dict[str, Any]]:
+        """Return the last events of the controller's transcript."""
+        return self._call(self._async.transcript, user, last)
+
+    def events(self, timeout: float | None = None, history: int = 200) -> Any:
+        """Iterate over events as they come; stop after timeout s without one.
+
+        The first call subscribes (recent history first); the subscription stays
+        until unsubscribe_events(), so no event is missed between two iterations.
+        Events wait in a bounded buffer (the oldest are dropped past 100,000).
+        """
+        import collections
+        import queue as queue_mod
+
+        if getattr(self, "_events", None) is None:
+            events: queue_mod.Queue[dict[str, Any]] = queue_mod.Queue()
+            overflow: collections.deque[int] = collections.deque()
+
+            def put(event: dict[str, Any]) -> None:
+                if events.qsize() >= 100_000:
+                    try:
+                        events.get_nowait()
+                        overflow.append(1)
+                    except queue_mod.Empty:
+                        pass
+                events.put(event)
+
+            self.subscribe_events(put, history)
+            self._events = events
+        source = self._events
+        while True:
+            try:
+                yield source.get(timeout=timeout)
+            except queue_mod.Empty:
+                return
+
     def close(self) -> None:
         """Disconnect from the controller."""
         self._loop.reactor.callFromThread(self._async.disconnect)

@@ -54,6 +54,10 @@ class PermissionDenied(KernelError):
     """The user's capability does not allow this operation."""
 
 
+class InvalidUserName(KernelError):
+    """A user name is malformed, taken, or names no user."""
+
+
 class MPIUnavailable(KernelError):
     """MPI was asked for but mpi4py or an MPI runtime is missing."""
 
@@ -169,6 +173,7 @@ _LOCAL_ERRORS: dict[str, type[KernelError]] = {
         ResultNotReady,
         InvalidPendingResult,
         PermissionDenied,
+        InvalidUserName,
         MPIUnavailable,
         ControllerNotFound,
         SessionFileError,

@@ -241,6 +241,31 @@ class RIEngineRegistration(RemoteInterface):
         return int
 
 
+class RIEventObserver(RemoteInterface):
+    """A client's subscriber to the controller's event stream."""
+
+    __remote_name__ = "RIEventObserver.v1.ipython1"
+
+    def events(batch=ByteStringConstraint(None)):
+        """Take a JSON list of events (see ipython1.kernel.events)."""
+        return None
+
+
+class RIControllerAdmin(RemoteInterface):
+    """The owner's administrative capability: manage users."""
+
+    __remote_name__ = "RIControllerAdmin.v1.ipython1"
+
+    def add_user(name=Name, observer=bool):
+        return Reply
+
+    def remove_user(name=Name):
+        return Reply
+
+    def users():
+        return Reply
+
+
 class RIMultiEngineSession(RemoteInterface):
     """One client's session with the multi-engine adapter.
 
@@ -323,6 +348,27 @@ class RIMultiEngineSession(RemoteInterface):
         return None
 
     def session_log():
+        return Reply
+
+    # -- collaboration (issue 8) --
+
+    def whoami():
+        return Info
+
+    def users():
+        return Reply
+
+    def say(text=Text):
+        return Reply
+
+    def subscribe_events(observer=RIEventObserver, history=int):
+        """Send events to observer: up to `history` recent ones first, then live."""
+        return Reply
+
+    def unsubscribe_events():
+        return None
+
+    def transcript(user=AnyValue(), last=int):  # a name or None
         return Reply
 
 
