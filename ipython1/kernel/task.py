@@ -624,6 +624,8 @@ class TaskFarm:
         elif kind == "engine_died":
             self.scheduler.remove_engine(engine_id, f"engine {engine_id} died while "
                                                     "running the task")
+        else:
+            return
         self.pump()
 
     def _finished(self, tid: int) -> None:
