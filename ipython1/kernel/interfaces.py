@@ -102,6 +102,9 @@ class IMultiEngine(Interface):
     def clear_queue(targets: TargetSpec = "all") -> Any:
         """Drop each target's waiting commands; they fail with QueueCleared."""
 
+    def engine_info(targets: TargetSpec = "all") -> Any:
+        """Describe each target as it registered: pid, host, mpi_rank, mpi_size..."""
+
 
 class IEngineRegistry(Interface):
     """The controller's registry of engines."""
@@ -206,6 +209,9 @@ class RIMultiEngineSession(RemoteInterface):
         return Reply
 
     def clear_queue(targets=Targets):
+        return Reply
+
+    def engine_info(targets=Targets):
         return Reply
 
     def get_pending_result(pending_id=int, block=bool):

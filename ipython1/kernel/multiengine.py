@@ -140,6 +140,10 @@ class MultiEngine:
         ids = self.controller.targets(targets)
         return defer.succeed(self.controller.clear_queue(ids, client))
 
+    def engine_info(self, targets: Any = "all") -> Deferred[Any]:
+        """Answered by the controller: works while engines are busy."""
+        return defer.succeed(self.controller.engine_info(self.controller.targets(targets)))
+
 
 @implementer(RIMultiEngineSession)
 class MultiEngineSession(Referenceable):  # type: ignore[misc]
@@ -218,6 +222,10 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_clear_queue(self, targets: Any) -> Deferred[Any]:
         return self._call(True, "clear_queue", targets)
+
+    def remote_engine_info(self, targets: Any) -> Deferred[Any]:
+        d = defer.maybeDeferred(self.adapter.engine_info, targets)
+        return d.addErrback(self._raise_as_data)
 
     def remote_get_pending_result(self, pending_id: int, block: bool) -> Deferred[Any]:
         if pending_id not in self.pending:

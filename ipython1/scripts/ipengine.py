@@ -45,6 +45,8 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
         from ipython1.kernel import mpi
 
         info.update(mpi.initialize(options["mpi"]))
+        # Engine ids equal ranks when the controller can give them.
+        info["requested_id"] = info["mpi_rank"]
     return EngineService(options["furl-file"], ShellRunner(),
                          connect_timeout=options["connect-timeout"], info=info,
                          own_shell_thread=own_shell_thread)
