@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foolscap.api import Referenceable
+from foolscap.api import DeadReferenceError, Referenceable
 from twisted.application import service
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
@@ -89,7 +89,7 @@ class Controller(service.MultiService):
         # (MPI ranks under `ipcluster start --mpi`); no id is ever given twice.
         self.reserve_ids = reserve_ids
         self._used_ids: set[int] = set()
-        self._broken_mpi_jobs: set[str] = set()
+        self._broken_mpi_jobs: dict[str, str] = {}  # job -> the engine it lost first
 
     # -- registry --
 
@@ -101,7 +101,8 @@ class Controller(service.MultiService):
             wire.relax_disconnect_timeout(engine)
 
         def send(command: Command) -> Deferred[Any]:
-            return engine.callRemote(command.op, *command.args)
+            d = engine.callRemote(command.op, *command.args)
+            return d.addErrback(self._call_failed, engine_id)
 
         record = EngineRecord(engine_id, engine, EngineQueue(engine_id, send), dict(info))
         self.engines[engine_id] = record
@@ -109,6 +110,13 @@ class Controller(service.MultiService):
         log.info("engine {id} registered: {info}", id=engine_id, info=info)
         self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
         return engine_id
+
+    def _call_failed(self, failure: Any, engine_id: int) -> Any:
+        """A lost connection fails the call before notifyOnDisconnect fires:
+        mark the engine dead now, so its commands fail with the full reason."""
+        if failure.check(DeadReferenceError):
+            self._engine_lost(engine_id)
+        return failure
 
     def _assign_id(self, requested: Any) -> int:
         """Give the requested id if no engine ever had it, else the next free one.
@@ -134,6 +142,10 @@ class Controller(service.MultiService):
         record = self.engines.pop(engine_id, None)
         if record is None:
             return
+        job = record.info.get("mpi_job")
+        if reason is None and job in self._broken_mpi_jobs:
+            reason = (f"engine {engine_id}{_rank(record)} died: its MPI job {job} lost "
+                      f"{self._broken_mpi_jobs[job]} first")
         reason = reason or f"engine {engine_id}{_rank(record)} died (connection lost)"
         log.info("{reason}", reason=reason)
         record.queue.engine_died(reason)
@@ -150,7 +162,7 @@ class Controller(service.MultiService):
         job = record.info.get("mpi_job")
         if not job or job in self._broken_mpi_jobs:
             return
-        self._broken_mpi_jobs.add(job)
+        self._broken_mpi_jobs[job] = f"engine {record.id}{_rank(record)}"
         peers = [r for r in self.engines.values() if r.info.get("mpi_job") == job]
         if peers:
             log.warn("MPI job {job} lost engine {id}{rank}: ending its other engines {peers}",

@@ -20,7 +20,6 @@ from ipython1.kernel.cluster import MEC_FURL, ClusterDir
 from ipython1.kernel.errors import ControllerNotFound
 
 
-
 def _env_seconds(name: str, default: float) -> float:
     """Read a timeout in seconds from the environment (tests shorten them)."""
     try:

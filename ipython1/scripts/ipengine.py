@@ -54,7 +54,12 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
 
 def makeService(options: Any) -> Any:
     """Build the engine service for twistd (user code on a shell thread)."""
-    return _engine_service(options, own_shell_thread=True)
+    from ipython1.kernel.errors import MPIUnavailable
+
+    try:
+        return _engine_service(options, own_shell_thread=True)
+    except MPIUnavailable as e:
+        raise SystemExit(f"ipengine: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
