@@ -276,9 +276,11 @@ def stop_tree(root: int, grace: float = 5.0) -> None:
 
 def stop_my_descendants(grace: float = 5.0) -> None:
     """Stop every process this one started, directly or not."""
-    pids = descendants(os.getpid())
+    reap()  # orphans that already exited were re-parented to us as zombies
+    pids = [p for p in descendants(os.getpid()) if alive(p)]
     if pids:
-        log(f"stopping {len(pids)} leftover processes: {pids}")
+        log(f"stopping {len(pids)} leftover processes: "
+            + "; ".join(f"{p} {cmdline(p)[:120]}" for p in pids))
         stop_pids(pids, grace)
         stop_pids([p for p in descendants(os.getpid()) if alive(p)], 1.0)
     reap()

@@ -85,7 +85,10 @@ def expand_phase_errors(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for entry in entries:
         if "error" in entry and entry["workload"] in PHASE_ROWS:
             for workload in PHASE_ROWS[entry["workload"]]:
-                out.append(dict(entry, workload=workload))
+                expanded = dict(entry, workload=workload)
+                if entry["workload"] != "SCALE":  # only scale's rows are per N
+                    expanded.pop("engines", None)
+                out.append(expanded)
         else:
             out.append(entry)
     return out

@@ -2,7 +2,7 @@
 
 Run in the project's venv, from the repository root:
 ``python bench/sys_ipython1.py scale --engines 8``.  The cluster is
-``python -m ipython1.scripts.ipcluster start -n N --daemon --profile P`` with
+``python -m ipython1.scripts.ipcluster --profile P start -n N --daemon`` with
 IPYTHON1_DIR in a temporary directory; this process makes itself a child
 subreaper, so the daemonized controller and engines stay its descendants and
 are stopped even if ``ipcluster stop`` fails.  If ipython1's client API is not
@@ -90,8 +90,9 @@ class Cluster:
 
     def _ipcluster(self, *args: str, timeout: float) -> None:
         with open(self.log_path, "ab") as logf:
-            subprocess.run([sys.executable, "-m", "ipython1.scripts.ipcluster", *args,
-                            "--profile", PROFILE],
+            # --profile belongs to ipcluster itself, before the subcommand.
+            subprocess.run([sys.executable, "-m", "ipython1.scripts.ipcluster",
+                            "--profile", PROFILE, *args],
                            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                            env=self.env, timeout=timeout, check=True)
 
@@ -99,7 +100,8 @@ class Cluster:
         """Start the cluster; return seconds until all N engines registered."""
         t0 = time.monotonic()
         self.started = True
-        self._ipcluster("start", "-n", str(self.n), "--daemon", timeout=timeout)
+        self._ipcluster("start", "-n", str(self.n), "--daemon", "--timeout", f"{timeout:.0f}",
+                        timeout=timeout + 30)
         furl = self.security / "ipcontroller-mec.furl"
         wait_until(furl.exists, max(1.0, timeout - (time.monotonic() - t0)),
                    what="ipcontroller-mec.furl")

@@ -23,7 +23,13 @@ from ipython1.kernel.cluster import ClusterDir, pid_alive, read_pid, write_priva
 ENGINES_PID_FILE = "ipengines"
 
 
-class StartOptions(usage.Options):
+class _ProfileOption(usage.Options):
+    """Subcommands accept --profile too: `ipcluster start -n 4 --profile lab`."""
+
+    optParameters = [["profile", "p", None, "Cluster profile (overrides the global option)."]]
+
+
+class StartOptions(_ProfileOption):
     optFlags = [
         ["daemon", None, "Return once the cluster is up; leave it running."],
         ["mpi", None, "Start the engines with mpiexec; each initialises MPI (mpi4py)."],
@@ -41,11 +47,12 @@ class StartOptions(usage.Options):
             raise usage.UsageError(f"unexpected arguments: {' '.join(args)}")
 
 
-class StopOptions(usage.Options):
-    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]]
+class StopOptions(_ProfileOption):
+    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]
+                     ]
 
 
-class StatusOptions(usage.Options):
+class StatusOptions(_ProfileOption):
     pass
 
 
@@ -308,12 +315,12 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     except usage.UsageError as e:
         out.write(f"ipcluster: {e}\n{options}")
         return 2
+    sub = options.subOptions
     try:
-        cluster_dir = ClusterDir(options["profile"])
+        cluster_dir = ClusterDir(sub.get("profile") or options["profile"])
     except ValueError as e:
         out.write(f"ipcluster: {e}\n")
         return 2
-    sub = options.subOptions
     if options.subCommand == "start":
         return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
                      bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out)

@@ -21,6 +21,11 @@ def test_ipcluster_start_status_stop_leaves_nothing(tmp_path):
         assert mec.get_ids() == [0, 1, 2]
         status = cluster.ipcluster("status")
         assert status.returncode == 0
+        # --profile is also accepted after the subcommand
+        after = subprocess.run(
+            [sys.executable, "-m", "ipython1.scripts.ipcluster", "status", "--profile",
+             cluster.profile], env=cluster.env, capture_output=True, text=True)
+        assert after.returncode == 0 and "3 engine(s)" in after.stdout
         assert "3 engine(s)" in status.stdout and "engine 2: 'idle'" in status.stdout
         again = cluster.ipcluster("start", "-n", "1", "--daemon")
         assert again.returncode == 1 and "already running" in again.stdout

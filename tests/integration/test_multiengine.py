@@ -215,7 +215,7 @@ def test_unknown_engine_id(mec):
 
 
 def test_queue_status_and_clear_queue(mec):
-    running = mec.execute("import time; time.sleep(3)", targets=0, block=False)
+    running = mec.execute("import time; time.sleep(60)", targets=0, block=False)
     queued = [mec.execute(f"w = {i}", targets=0, block=False) for i in range(3)]
 
     def three_queued():
@@ -231,8 +231,9 @@ def test_queue_status_and_clear_queue(mec):
     for p in queued:
         with pytest.raises(QueueCleared):
             p.get_result(timeout=30)
-    mec.interrupt(targets=0)
-    with pytest.raises(RemoteError):
+    # interrupt() answers False until the cell has reached the engine's shell thread.
+    wait_until(lambda: mec.interrupt(targets=0), 10, "the interrupt to land")
+    with pytest.raises(RemoteError, match="KeyboardInterrupt"):
         running.get_result(timeout=30)
     assert mec.execute("'alive'", targets=0).output == "alive"
 
