@@ -264,6 +264,60 @@ class AsyncMultiEngineClient:
         """Fire with the ids of this client's results not yet fetched."""
         return self._remote("pending_ids")
 
+    def history(self, start: int | None = None, stop: int | None = None,
+                targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Fire with each target's numbered inputs [[n, input], ...], start <= n < stop."""
+        return self._command("history", (start, stop, targets), block, _identity,
+                             isinstance(targets, int))
+
+    def inspect(self, name: str, detail_level: int = 0, targets: Any = "all",
+                block: bool = True) -> Deferred[Any]:
+        """Fire with what `name?` (0) / `name??` (1) shows: {"data": {...}, "text": str}."""
+        if not isinstance(name, str):
+            return defer.fail(TypeError(f"name must be a str, not {type(name).__name__}"))
+        if detail_level not in (0, 1) or isinstance(detail_level, bool):
+            return defer.fail(ValueError(f"detail_level must be 0 or 1, not {detail_level!r}"))
+        return self._command("inspect", (name, detail_level, targets), block, _identity,
+                             isinstance(targets, int))
+
+    def who(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Fire with the user's names on each target."""
+        return self._command("who", (targets,), block, _identity, isinstance(targets, int))
+
+    def whos(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Fire with each target's names, types and shapes: {"data": [...], "text": str}."""
+        return self._command("whos", (targets,), block, _identity, isinstance(targets, int))
+
+    def complete(self, text: str, line: str | None = None, cursor_pos: int | None = None,
+                 targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Fire with IPython's completions on each target: {"text", "matches"}."""
+        if not isinstance(text, str) or not isinstance(line, (str, type(None))):
+            return defer.fail(TypeError("complete() takes text and line as str"))
+        return self._command("complete", (text, line, cursor_pos, targets), block, _identity,
+                             isinstance(targets, int))
+
+    def session_log(self) -> Deferred[list[dict[str, Any]]]:
+        """Fire with the controller's record of the commands it ran (with pushed frames)."""
+        return self._remote("session_log").addCallback(_check_global_error)
+
+    def subscribe(self, callback: Callable[[int, str, str], None],
+                  own_only: bool = True) -> Deferred[None]:
+        """Call callback(engine_id, name, text) with live stdout/stderr as it is written.
+
+        With own_only (the default) only the output of this client's commands
+        comes; otherwise every command's. One subscription per client: a new
+        one replaces the old.
+        """
+        from ipython1.kernel.streaming import OutputObserver
+
+        self._observer = OutputObserver(callback)
+        return self._remote("subscribe_output", self._observer, own_only)
+
+    def unsubscribe(self) -> Deferred[None]:
+        """Stop live output."""
+        self._observer = None
+        return self._remote("unsubscribe_output")
+
     def _ids(self, targets: Any) -> Deferred[list[int]]:
         """Resolve targets to engine ids (asking the controller for 'all')."""
         if isinstance(targets, int) and not isinstance(targets, bool):

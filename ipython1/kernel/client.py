@@ -165,7 +165,11 @@ class MultiEngineClient:
         block = self.block if block is None else block
         future = self._loop.submit(method, *args, targets=targets, block=block, **kwargs)
         on_interrupt = (lambda: self._interrupt_quietly(targets)) if interruptible else None
-        result = _wait(future, self.timeout, on_interrupt)
+        try:
+            result = _wait(future, self.timeout, on_interrupt)
+        finally:
+            if getattr(self, "_printer", None) is not None:
+                self._printer.flush()  # a command's output came before its reply
         if block:
             return result
         return PendingResult(self, result)
@@ -275,6 +279,93 @@ class MultiEngineClient:
     def pending_ids(self) -> list[int]:
         """Return the ids of this client's results not yet fetched."""
         return self._call(self._async.pending_ids)
+
+    def history(self, start: int | None = None, stop: int | None = None,
+                targets: Any = None, block: bool | None = None) -> Any:
+        """Return each target's numbered inputs [[n, input], ...], start <= n < stop."""
+        return self._run(self._async.history, start, stop, targets=targets, block=block)
+
+    def inspect(self, name: str, detail_level: int = 0, targets: Any = None,
+                block: bool | None = None) -> Any:
+        """Return what `name?` (0) / `name??` (1) shows: {"data": {...}, "text": str}."""
+        return self._run(self._async.inspect, name, detail_level, targets=targets, block=block)
+
+    def who(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Return the user's names on each target."""
+        return self._run(self._async.who, targets=targets, block=block)
+
+    def whos(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Return each target's names, types and shapes: {"data": [...], "text": str}."""
+        return self._run(self._async.whos, targets=targets, block=block)
+
+    def complete(self, text: str, line: str | None = None, cursor_pos: int | None = None,
+                 targets: Any = None, block: bool | None = None) -> Any:
+        """Return IPython's completions on each target: {"text", "matches"}."""
+        return self._run(self._async.complete, text, line, cursor_pos, targets=targets,
+                         block=block)
+
+    def session_log(self) -> list[dict[str, Any]]:
+        """Return the controller's record of commands: op, targets, client, time, status."""
+        entries = self._call(self._async.session_log)
+        for entry in entries:
+            entry.pop("values", None)  # frames; save_session() turns them into code
+        return entries
+
+    def save_session(self, path: Any) -> int:
+        """Write the controller's session log to path as a Python script; return its size."""
+        from ipython1.kernel.serialize import deserialize
+        from ipython1.kernel.session import to_script
+
+        entries = self._call(self._async.session_log)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(to_script(entries, deserialize))
+        return len(entries)
+
+    def restore_session(self, path: Any, stop_on_error: bool = False) -> list[dict[str, Any]]:
+        """Replay a saved session onto the engines; report each command's outcome.
+
+        The whole file is parsed first: if it does not parse, SessionFileError
+        is raised and nothing runs. Each report is {"n", "targets", "status":
+        "ok" | "error" | "skipped", "error"}.
+        """
+        from ipython1.kernel.session import parse_script
+
+        with open(path, encoding="utf-8") as f:
+            commands = parse_script(f.read(), str(path))
+        reports = []
+        for command in commands:
+            report = {"n": command["n"], "line": command["line"],
+                      "targets": command["targets"], "status": "ok", "error": None}
+            if command["skip"] is not None:
+                report.update(status="skipped", error=command["skip"])
+            elif command["code"].strip():
+                try:
+                    self.execute(command["code"], targets=command["targets"], block=True)
+                except KernelError as e:
+                    report.update(status="error", error=str(e))
+            reports.append(report)
+            if stop_on_error and report["status"] == "error":
+                break
+        return reports
+
+    def subscribe(self, callback: Callable[[int, str, str], None] | None = None,
+                  own_only: bool = True) -> None:
+        """Receive live stdout/stderr; by default print it as '[stdout:3] line'."""
+        from ipython1.kernel.streaming import StreamPrinter
+
+        self._printer = StreamPrinter() if callback is None else None
+        self._call(self._async.subscribe, callback or self._printer, own_only)
+
+    def unsubscribe(self) -> None:
+        """Stop live output."""
+        self._call(self._async.unsubscribe)
+        self._printer = None
+
+    def activate(self, shell: Any = None) -> Any:
+        """Make this client the one %px, %%px, %autopx and %result use in IPython."""
+        from ipython1 import magics
+
+        return magics.activate(self, shell)
 
     def close(self) -> None:
         """Disconnect from the controller."""

@@ -25,6 +25,7 @@ from ipython1.kernel import cluster, wire
 from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.queue import Command, EngineQueue
+from ipython1.kernel.streaming import OutputReceiver
 
 log = Logger()
 
@@ -107,6 +108,10 @@ class Controller(service.MultiService):
         record = EngineRecord(engine_id, engine, EngineQueue(engine_id, send), dict(info))
         self.engines[engine_id] = record
         engine.notifyOnDisconnect(self._engine_lost, engine_id)
+        # Live stdout/stderr: the engine sends it to this receiver as it is written.
+        d = defer.maybeDeferred(engine.callRemote, "subscribe_output",
+                                OutputReceiver(engine_id, self._engine_output))
+        d.addErrback(lambda f: None)  # an engine without live output still works
         log.info("engine {id} registered: {info}", id=engine_id, info=info)
         self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
         return engine_id
@@ -174,6 +179,24 @@ class Controller(service.MultiService):
                 f"engine {peer.id}{_rank(peer)} was ended: its MPI job {job} lost "
                 f"engine {record.id}{_rank(record)}"))
 
+    def _engine_output(self, engine_id: int, chunks: list[list[str]]) -> Deferred[None]:
+        """Pass live output on to observers, labelled with the running command.
+
+        Fires when the observers have it (at most OUTPUT_ACK_TIMEOUT s): the
+        engine waits for this before it replies, so a command's output reaches
+        its client before its result.
+        """
+        record = self.engines.get(engine_id)
+        running = record.queue.running if record is not None else None
+        results = self._notify("output", {
+            "engine_id": engine_id, "chunks": chunks,
+            "client": running.client if running else "",
+            "command_id": running.id if running else None,
+        })
+        return _first_of(defer.DeferredList(
+            [r for r in results if isinstance(r, Deferred)], consumeErrors=True),
+            OUTPUT_ACK_TIMEOUT)
+
     def unregister_engine(self, engine_id: int) -> None:
         """Forget an engine as though it died (e.g. after kill)."""
         self._engine_lost(engine_id)
@@ -193,12 +216,14 @@ class Controller(service.MultiService):
         if observer in self._observers:
             self._observers.remove(observer)
 
-    def _notify(self, kind: str, data: dict[str, Any]) -> None:
+    def _notify(self, kind: str, data: dict[str, Any]) -> list[Any]:
+        results = []
         for observer in list(self._observers):
             try:
-                observer(kind, data)
+                results.append(observer(kind, data))
             except Exception:
                 log.failure("observer {o} failed", o=observer)
+        return results
 
     # -- commands --
 
@@ -235,6 +260,25 @@ class Controller(service.MultiService):
             {"engine_id": i, "cleared": self.engines[i].queue.clear()}
             for i in ids if i in self.engines
         ]
+
+
+OUTPUT_ACK_TIMEOUT = 2.0  # seconds a command's reply may wait for its output to be delivered
+
+
+def _first_of(d: Deferred[Any], timeout: float, clock: Any = None) -> Deferred[None]:
+    """Fire with None when d fires or timeout passes, whichever is first (d goes on)."""
+    done: Deferred[None] = Deferred()
+    clock = clock or reactor
+    call = clock.callLater(timeout, lambda: done.called or done.callback(None))
+
+    def fired(_: Any) -> None:
+        if call.active():
+            call.cancel()
+        if not done.called:
+            done.callback(None)
+
+    d.addBoth(fired)
+    return done
 
 
 @implementer(RIEngineRegistration)

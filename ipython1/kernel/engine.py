@@ -31,10 +31,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipython1 import __version__
-from ipython1.kernel import wire
+from ipython1.kernel import introspection, wire
 from ipython1.kernel.errors import KernelError, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
 from ipython1.kernel.serialize import deserialize, serialize
+from ipython1.kernel.streaming import OutputBatcher
 
 log = Logger()
 
@@ -117,6 +118,7 @@ def _make_shell(recorder: _Recorder) -> Any:
     config.HistoryManager.hist_file = ":memory:"
     config.InteractiveShell.colors = "nocolor"
     config.InteractiveShell.xmode = "Context"
+    config.IPCompleter.use_jedi = False  # complete on live objects, fast and predictable
     InteractiveShell.displayhook_class = CapturingDisplayHook
     InteractiveShell.display_pub_class = CapturingDisplayPublisher
     shell = InteractiveShell.instance(config=config)
@@ -262,6 +264,21 @@ class EngineKernel:
         self.shell.reset(new_session=False)
         self.history.clear()
 
+    def input_history(self, start: int | None, stop: int | None) -> list[list[Any]]:
+        return introspection.history(self.shell, start, stop)
+
+    def inspect(self, name: str, detail_level: int) -> dict[str, Any]:
+        return introspection.inspect(self.shell, name, detail_level)
+
+    def who(self) -> list[str]:
+        return introspection.who(self.shell)
+
+    def whos(self) -> dict[str, Any]:
+        return introspection.whos(self.shell)
+
+    def complete(self, text: str, line: str | None, cursor_pos: int | None) -> dict[str, Any]:
+        return introspection.complete(self.shell, text, line, cursor_pos)
+
 
 class _CellFailed(Exception):
     """A cell raised; carries the full record so stdout is not lost."""
@@ -373,6 +390,25 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._info = info
         self._kernel: EngineKernel | None = None
         self._kernel_factory = kernel_factory
+        self._output_observer: Any = None
+        self.stream = OutputBatcher(self._send_output)
+
+    def _send_output(self, chunks: list[list[str]]) -> Deferred[None] | None:
+        if self._output_observer is None:
+            return None
+        d = self._output_observer.callRemote("output", chunks)
+        return d.addErrback(lambda f: None)  # the controller may be gone: nothing to tell
+
+    def _flushed(self, reply: Any) -> Any:
+        """Send a command's last output, and let it be delivered, before its reply.
+
+        Foolscap runs inbound calls a turn later but completes answers at once,
+        so a reply sent right behind the output could overtake it.
+        """
+        d = self.stream.flush()
+        if d is None:
+            return reply
+        return d.addBoth(lambda _: reply)
 
     def _kernel_now(self) -> EngineKernel:
         """Return the kernel, creating it on first use (on the shell thread)."""
@@ -382,7 +418,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         return self._kernel
 
     def _submit(self, method: str, *args: Any) -> Deferred[Any]:
-        return self._runner.submit(lambda: getattr(self._kernel_now(), method)(*args))
+        d = self._runner.submit(lambda: getattr(self._kernel_now(), method)(*args))
+        return d.addBoth(self._flushed)
 
     def remote_execute(self, code: str) -> Deferred[Any]:
         return self._submit("execute", code)
@@ -404,6 +441,26 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
 
     def remote_reset(self) -> Deferred[Any]:
         return self._submit("reset")
+
+    def remote_history(self, start: int | None, stop: int | None) -> Deferred[Any]:
+        return self._submit("input_history", start, stop)
+
+    def remote_inspect(self, name: str, detail_level: int) -> Deferred[Any]:
+        return self._submit("inspect", name, detail_level)
+
+    def remote_who(self) -> Deferred[Any]:
+        return self._submit("who")
+
+    def remote_whos(self) -> Deferred[Any]:
+        return self._submit("whos")
+
+    def remote_complete(self, text: str, line: str | None,
+                        cursor_pos: int | None) -> Deferred[Any]:
+        return self._submit("complete", text, line, cursor_pos)
+
+    def remote_subscribe_output(self, observer: Any) -> None:
+        """Send live stdout/stderr to observer.output(chunks) from now on."""
+        self._output_observer = observer
 
     def remote_kill(self) -> None:
         log.info("killed by the controller")
@@ -449,7 +506,7 @@ class EngineService(service.MultiService):
         self.referenceable = EngineReferenceable(self._make_kernel, runner, self.info)
 
     def _make_kernel(self) -> EngineKernel:
-        return EngineKernel()
+        return EngineKernel(on_output=self.referenceable.stream.write)
 
     def startService(self) -> None:
         super().startService()

@@ -58,6 +58,10 @@ class MPIUnavailable(KernelError):
     """MPI was asked for but mpi4py or an MPI runtime is missing."""
 
 
+class SessionFileError(KernelError):
+    """A saved session file does not parse; nothing was run."""
+
+
 class EngineError(KernelError):
     """An engine died or vanished while a command was queued or running."""
 
@@ -151,6 +155,7 @@ _LOCAL_ERRORS: dict[str, type[KernelError]] = {
         PermissionDenied,
         MPIUnavailable,
         ControllerNotFound,
+        SessionFileError,
     )
 }
 

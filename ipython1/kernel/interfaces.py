@@ -102,6 +102,26 @@ class IMultiEngine(Interface):
     def clear_queue(targets: TargetSpec = "all") -> Any:
         """Drop each target's waiting commands; they fail with QueueCleared."""
 
+    def history(start: int | None = None, stop: int | None = None,
+                targets: TargetSpec = "all") -> Any:
+        """Fetch each target's numbered inputs [[n, input], ...], start <= n < stop."""
+
+    def inspect(name: str, detail_level: int = 0, targets: TargetSpec = "all") -> Any:
+        """Describe a name as `name?` (0) or `name??` (1): {"data": {...}, "text": str}."""
+
+    def who(targets: TargetSpec = "all") -> Any:
+        """List the user's names on each target (like %who_ls)."""
+
+    def whos(targets: TargetSpec = "all") -> Any:
+        """Describe the user's names on each target: types, array shapes."""
+
+    def complete(text: str, line: str | None = None, cursor_pos: int | None = None,
+                 targets: TargetSpec = "all") -> Any:
+        """Fire with IPython's completions on each target: {"text", "matches"}."""
+
+    def session_log() -> Any:
+        """Fire with every command this controller ran: targets, client, time, status."""
+
     def engine_info(targets: TargetSpec = "all") -> Any:
         """Describe each target as it registered: pid, host, mpi_rank, mpi_size..."""
 
@@ -152,6 +172,25 @@ class RIEngine(RemoteInterface):
 
     def properties():
         return Info
+
+    def history(start=ChoiceOf(int, None), stop=ChoiceOf(int, None)):
+        return Reply
+
+    def inspect(name=Text, detail_level=int):
+        return Reply
+
+    def who():
+        return Reply
+
+    def whos():
+        return Reply
+
+    def complete(text=Text, line=AnyValue(), cursor_pos=ChoiceOf(int, None)):
+        return Reply
+
+    def subscribe_output(observer=AnyValue()):
+        """Send live stdout/stderr as observer.output([[name, text], ...])."""
+        return None
 
 
 class RIEngineRegistration(RemoteInterface):
@@ -219,6 +258,33 @@ class RIMultiEngineSession(RemoteInterface):
 
     def pending_ids():
         return ListOf(int, maxLength=1_000_000)
+
+    def history(start=ChoiceOf(int, None), stop=ChoiceOf(int, None), targets=Targets,
+                block=bool):
+        return Reply
+
+    def inspect(name=Text, detail_level=int, targets=Targets, block=bool):
+        return Reply
+
+    def who(targets=Targets, block=bool):
+        return Reply
+
+    def whos(targets=Targets, block=bool):
+        return Reply
+
+    def complete(text=Text, line=AnyValue(), cursor_pos=ChoiceOf(int, None),
+                 targets=Targets, block=bool):
+        return Reply
+
+    def subscribe_output(observer=AnyValue(), own_only=bool):
+        """Send live output as observer.output({"engine_id", "chunks", ...})."""
+        return None
+
+    def unsubscribe_output():
+        return None
+
+    def session_log():
+        return Reply
 
 
 class RIMultiEngine(RemoteInterface):

@@ -28,6 +28,7 @@ from ipython1.kernel.errors import (
 )
 from ipython1.kernel.interfaces import IMultiEngine, RIMultiEngine, RIMultiEngineSession
 from ipython1.kernel.queue import Command
+from ipython1.kernel.session import SessionLog
 
 log = Logger()
 
@@ -52,6 +53,7 @@ class MultiEngine:
     def __init__(self, controller: Controller, service: Any = None) -> None:
         self.controller = controller
         self.service = service
+        self.commands = SessionLog()  # what session_log() reports
 
     def _each(self, ids: list[int], op: str, args_for: Any, client: str = "",
               description: str = "") -> Deferred[list[dict[str, Any]]]:
@@ -70,18 +72,24 @@ class MultiEngine:
 
     def execute(self, code: str, targets: Any = "all", client: str = "") -> Deferred[Any]:
         ids = self.controller.targets(targets)
-        return self._each(ids, "execute", (code,), client, code[:200])
+        entry = self.commands.record("execute", targets, client, code=code)
+        d = self._each(ids, "execute", (code,), client, code[:200])
+        return d.addCallback(self.commands.finish, entry)
 
     def push(self, namespace: dict[str, list[bytes]], targets: Any = "all",
              client: str = "") -> Deferred[Any]:
         ids = self.controller.targets(targets)
-        return self._each(ids, "push", (namespace,), client, "push " + ", ".join(namespace))
+        entry = self.commands.record("push", targets, client, values={"all": namespace})
+        d = self._each(ids, "push", (namespace,), client, "push " + ", ".join(namespace))
+        return d.addCallback(self.commands.finish, entry)
 
     def push_each(self, namespaces: dict[int, dict[str, list[bytes]]],
                   client: str = "") -> Deferred[Any]:
         ids = self.controller.targets(sorted(namespaces))
         names = ", ".join(sorted({k for ns in namespaces.values() for k in ns}))
-        return self._each(ids, "push", lambda e: (namespaces[e],), client, "push " + names)
+        entry = self.commands.record("push_each", ids, client, values=namespaces)
+        d = self._each(ids, "push", lambda e: (namespaces[e],), client, "push " + names)
+        return d.addCallback(self.commands.finish, entry)
 
     def pull(self, keys: list[str], targets: Any = "all", client: str = "") -> Deferred[Any]:
         ids = self.controller.targets(targets)
@@ -90,7 +98,9 @@ class MultiEngine:
     def apply_each(self, func: list[bytes], args: dict[int, list[bytes]],
                    client: str = "") -> Deferred[Any]:
         ids = self.controller.targets(sorted(args))
-        return self._each(ids, "apply", lambda e: (func, args[e]), client, "apply")
+        entry = self.commands.record("apply", ids, client, description="apply/map")
+        d = self._each(ids, "apply", lambda e: (func, args[e]), client, "apply")
+        return d.addCallback(self.commands.finish, entry)
 
     def get_result(self, n: int | None, targets: Any = "all", client: str = "") -> Deferred[Any]:
         ids = self.controller.targets(targets)
@@ -100,7 +110,10 @@ class MultiEngine:
         return self._each(self.controller.targets(targets), "keys", (), client, "keys")
 
     def reset(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
-        return self._each(self.controller.targets(targets), "reset", (), client, "reset")
+        ids = self.controller.targets(targets)
+        entry = self.commands.record("reset", targets, client)
+        d = self._each(ids, "reset", (), client, "reset")
+        return d.addCallback(self.commands.finish, entry)
 
     def kill(self, controller: bool = False, targets: Any = "all",
              client: str = "") -> Deferred[Any]:
@@ -132,6 +145,31 @@ class MultiEngine:
             d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
             ds.append(d)
         return defer.gatherResults(ds, consumeErrors=True)
+
+    def history(self, start: int | None = None, stop: int | None = None,
+                targets: Any = "all", client: str = "") -> Deferred[Any]:
+        ids = self.controller.targets(targets)
+        return self._each(ids, "history", (start, stop), client, "history")
+
+    def inspect(self, name: str, detail_level: int = 0, targets: Any = "all",
+                client: str = "") -> Deferred[Any]:
+        ids = self.controller.targets(targets)
+        return self._each(ids, "inspect", (name, detail_level), client, f"inspect {name}")
+
+    def who(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
+        return self._each(self.controller.targets(targets), "who", (), client, "who")
+
+    def whos(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
+        return self._each(self.controller.targets(targets), "whos", (), client, "whos")
+
+    def complete(self, text: str, line: str | None = None, cursor_pos: int | None = None,
+                 targets: Any = "all", client: str = "") -> Deferred[Any]:
+        ids = self.controller.targets(targets)
+        return self._each(ids, "complete", (text, line, cursor_pos), client,
+                          f"complete {text[:50]}")
+
+    def session_log(self) -> Deferred[Any]:
+        return defer.succeed(self.commands.snapshot())
 
     def queue_status(self, targets: Any = "all") -> Deferred[Any]:
         return defer.succeed(self.controller.queue_status(self.controller.targets(targets)))
@@ -248,6 +286,51 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_pending_ids(self) -> list[int]:
         return list(self.pending)
+
+    def remote_history(self, start: int | None, stop: int | None, targets: Any,
+                       block: bool) -> Deferred[Any]:
+        return self._call(block, "history", start, stop, targets)
+
+    def remote_inspect(self, name: str, detail_level: int, targets: Any,
+                       block: bool) -> Deferred[Any]:
+        return self._call(block, "inspect", name, detail_level, targets)
+
+    def remote_who(self, targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "who", targets)
+
+    def remote_whos(self, targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "whos", targets)
+
+    def remote_complete(self, text: str, line: str | None, cursor_pos: int | None,
+                        targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "complete", text, line, cursor_pos, targets)
+
+    def remote_session_log(self) -> Deferred[Any]:
+        return self.adapter.session_log()
+
+    def remote_subscribe_output(self, observer: Any, own_only: bool) -> None:
+        """Forward live engine output (only this client's commands if own_only)."""
+        self.remote_unsubscribe_output()
+
+        def forward(kind: str, data: dict[str, Any]) -> Deferred[None] | None:
+            if kind != "output" or (own_only and data.get("client") != self.client):
+                return None
+            d = observer.callRemote("output", data)
+            return d.addErrback(lambda f: self._drop_forward(forward))
+
+        self._forward = forward
+        self.adapter.controller.add_observer(forward)
+        observer.notifyOnDisconnect(self._drop_forward, forward)
+
+    def _drop_forward(self, forward: Any) -> None:
+        self.adapter.controller.remove_observer(forward)
+        if getattr(self, "_forward", None) is forward:
+            self._forward = None
+
+    def remote_unsubscribe_output(self) -> None:
+        forward = getattr(self, "_forward", None)
+        if forward is not None:
+            self._drop_forward(forward)
 
 
 @implementer(RIMultiEngine)

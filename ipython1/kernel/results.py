@@ -51,8 +51,11 @@ class ExecuteResult:
     def __repr__(self) -> str:
         return self.format()
 
-    def format(self) -> str:
-        """Render like IPython: '[0] In [3]: code', output, '[0] Out[3]: value'."""
+    def format(self, rich: bool = True) -> str:
+        """Render like IPython: '[0] In [3]: code', output, '[0] Out[3]: value'.
+
+        Without rich, stop after stdout/stderr (display() publishes the rest).
+        """
         eid = self.engine_id
         n = self.execution_count
         lines = [f"[{eid}] In [{n}]: " + self.input.rstrip("\n").replace("\n", "\n...: ")]
@@ -60,6 +63,8 @@ class ExecuteResult:
             lines.append(self.stdout.rstrip("\n"))
         if self.stderr:
             lines.append(f"[stderr:{eid}] " + self.stderr.rstrip("\n"))
+        if not rich:
+            return "\n".join(lines)
         for out in self.outputs:
             text = out.get("data", {}).get("text/plain")
             if text:
@@ -69,8 +74,39 @@ class ExecuteResult:
         return "\n".join(lines)
 
 
+    def display(self, stdout: bool = True) -> None:
+        """Show this result in the IPython/Jupyter frontend, rich outputs included.
+
+        display() calls and Out[n] are published with all their MIME types, so
+        a notebook shows an engine's plots and HTML; a terminal shows text.
+        """
+        from IPython.display import publish_display_data
+
+        eid, n = self.engine_id, self.execution_count
+        text = self.format(rich=False)
+        if not stdout:
+            text = text.split("\n", 1)[0]
+        print(text)
+        for out in self.outputs:
+            publish_display_data(out.get("data", {}), out.get("metadata") or {})
+        if self._result is not None:
+            data = self.data
+            if set(data) - {"text/plain"}:
+                print(f"[{eid}] Out[{n}]:")
+                publish_display_data(data, self._result.get("metadata") or {})
+            else:
+                print(f"[{eid}] Out[{n}]: {self.output_repr}")
+
+    def _ipython_display_(self) -> None:
+        self.display()
+
+
 class ResultList(list):  # type: ignore[type-arg]
     """A list of ExecuteResults that prints as a transcript."""
+
+    def _ipython_display_(self) -> None:
+        for result in self:
+            result.display()
 
     def __repr__(self) -> str:
         return "\n".join(r.format() for r in self)

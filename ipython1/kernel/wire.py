@@ -21,7 +21,7 @@ from ipython1.kernel.errors import ControllerNotFound
 
 
 def _env_seconds(name: str, default: float) -> float:
-    """Read a timeout in seconds from the environment (tests shorten them)."""
+    """Read a timeout in seconds from the environment."""
     try:
         return float(os.environ[name])
     except (KeyError, ValueError):
@@ -30,10 +30,31 @@ def _env_seconds(name: str, default: float) -> float:
 
 # Keep connections alive across long-running cells; the reactor thread of an
 # engine answers pings even while user code runs.
-TUB_OPTIONS = {
-    "keepaliveTimeout": _env_seconds("IPYTHON1_KEEPALIVE_TIMEOUT", 30),
-    "disconnectTimeout": _env_seconds("IPYTHON1_DISCONNECT_TIMEOUT", 120),
-}
+TUB_OPTIONS = {"keepaliveTimeout": 30, "disconnectTimeout": 120}
+# e.g. IPYTHON1_TUB_OPTIONS='{"keepaliveTimeout": 1, "disconnectTimeout": 3}'
+TUB_OPTIONS_ENV = "IPYTHON1_TUB_OPTIONS"
+
+
+def tub_options() -> dict[str, Any]:
+    """Return TUB_OPTIONS, overridden by the JSON object in $IPYTHON1_TUB_OPTIONS."""
+    import json
+
+    options = dict(TUB_OPTIONS)
+    text = os.environ.get(TUB_OPTIONS_ENV, "").strip()
+    if text:
+        try:
+            extra = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"${TUB_OPTIONS_ENV} is not a JSON object: {e}") from None
+        bad = [k for k, v in extra.items() if k not in TUB_OPTIONS
+               or not isinstance(v, (int, float))] if isinstance(extra, dict) else [text]
+        if bad:
+            raise ValueError(f"${TUB_OPTIONS_ENV}: unknown option or non-number value "
+                             f"{bad[0]!r} (known: {', '.join(TUB_OPTIONS)})")
+        options.update(extra)
+    return options
+
+
 # An MPI engine inside a collective that holds the GIL (mpi4py's lowercase
 # comm.allreduce waiting for a late rank) answers no ping until it returns:
 # its connections wait this long before calling it dead. A rank that really
@@ -44,7 +65,7 @@ MPI_DISCONNECT_TIMEOUT = _env_seconds("IPYTHON1_MPI_DISCONNECT_TIMEOUT", 7 * 24 
 def client_tub(disconnect_timeout: float | None = None) -> Tub:
     """Return a started Tub for outbound connections only."""
     tub = Tub()
-    for name, value in TUB_OPTIONS.items():
+    for name, value in tub_options().items():
         tub.setOption(name, value)
     if disconnect_timeout is not None:
         tub.setOption("disconnectTimeout", disconnect_timeout)
@@ -56,7 +77,7 @@ def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0) -> tupl
     """Return a Tub listening on ip:port with a persistent certificate."""
     tub = Tub(certFile=str(cert_file))
     os.chmod(cert_file, 0o600)
-    for name, value in TUB_OPTIONS.items():
+    for name, value in tub_options().items():
         tub.setOption(name, value)
     port = _free_port(ip, port)
     tub.listenOn(f"tcp:{port}:interface={ip}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -36,7 +37,9 @@ pytestmark = [
 EXAMPLES = ROOT / "docs" / "examples" / "mpi"
 # Short Tub timeouts for the controller, so that a collective that outlasts
 # them shows the MPI engines' connections survive (the default is 120 s).
-SHORT_TIMEOUTS = {"IPYTHON1_KEEPALIVE_TIMEOUT": "0.5", "IPYTHON1_DISCONNECT_TIMEOUT": "1.5"}
+DISCONNECT_TIMEOUT = 1.5
+SHORT_TIMEOUTS = {"IPYTHON1_TUB_OPTIONS": json.dumps(
+    {"keepaliveTimeout": 0.5, "disconnectTimeout": DISCONNECT_TIMEOUT})}
 
 
 def _maps(pid: int) -> str:
@@ -112,8 +115,7 @@ def test_collective_waiting_for_a_rank_is_visible_and_recoverable(mpi_cluster):
     wait_until(lambda: all(q["running"] for q in mec.queue_status(targets=[0, 1, 2])), 10,
                "engines 0-2 to enter the collective")
     stalled_since = time.monotonic()
-    while time.monotonic() - stalled_since < 3 * float(SHORT_TIMEOUTS[
-            "IPYTHON1_DISCONNECT_TIMEOUT"]):
+    while time.monotonic() - stalled_since < 3 * DISCONNECT_TIMEOUT:
         status = mec.queue_status()
         assert [bool(q["running"]) for q in status] == [True, True, True, False]
         assert status[0]["running"]["description"] == "late = comm.allreduce(1)"
@@ -129,12 +131,12 @@ def test_collective_waiting_for_a_rank_is_visible_and_recoverable(mpi_cluster):
 def test_nonblocking_collective_can_be_interrupted_then_completed(mpi_cluster):
     _, mec = mpi_cluster
     mec.execute("send = np.ones(1); recv = np.zeros(1)")
-    polling = mec.execute("import time\nreq = comm.Iallreduce(send, recv)\n"
-                          "while not req.Test(): time.sleep(0.005)",
+    mec.execute("req = comm.Iallreduce(send, recv)", targets=[0, 1, 2])  # returns at once
+    polling = mec.execute("import time\nwhile not req.Test(): time.sleep(0.005)",
                           targets=[0, 1, 2], block=False)
-    wait_until(lambda: all(q["running"] for q in mec.queue_status(targets=[0, 1, 2])), 10,
-               "engines 0-2 to poll")
-    assert mec.interrupt(targets=[0, 1, 2]) == [True, True, True]
+    for engine_id in (0, 1, 2):
+        # True once the interrupt reached the running loop (False while not yet started).
+        wait_until(lambda e=engine_id: mec.interrupt(targets=e), 10, f"interrupt {engine_id}")
     with pytest.raises(Exception, match="KeyboardInterrupt"):
         polling.get_result(timeout=30)
     # The request is still pending on 0-2: the late rank joins, the others wait for it.

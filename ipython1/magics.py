@@ -1,0 +1,243 @@
+"""IPython extension: run code on the engines from an IPython session.
+
+Load it with ``%load_ext ipython1.magics`` (connects to the default
+profile's controller on first use) or ``mec.activate()`` (uses that
+client). Then:
+
+- ``%px code`` runs one line on the active targets and shows each engine's
+  result; ``%%px [--targets 0:4] [--block|--noblock]`` runs a cell.
+- ``%autopx`` sends every input to the engines until ``%autopx`` again.
+- ``%result [n]`` shows the last result (fetching a non-blocking one), or
+  execution number n.
+- ``%pxconfig [--targets ...] [--block|--noblock] [--stream|--nostream]``
+  sets the defaults.
+
+Targets are written ``all``, ``3``, ``1,3,5``, or a slice ``0:4`` / ``0:8:2``.
+Errors on engines are shown per engine, not raised, so ``%autopx`` goes on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ipython1.kernel.errors import CompositeError, KernelError, RemoteError
+
+_PASS_THROUGH = ("%autopx", "%pxconfig", "%result", "%px", "%%px", "%load_ext", "%unload_ext")
+
+
+def parse_targets(text: str) -> Any:
+    """Turn 'all', '3', '1,3,5' or '0:4' / '0:8:2' into targets."""
+    text = text.strip()
+    if text in ("", "all"):
+        return "all"
+    try:
+        if ":" in text:
+            parts = [int(p) if p.strip() else None for p in text.split(":")]
+            if len(parts) > 3 or parts[1] is None:
+                raise ValueError
+            start, stop, step = (parts + [None])[:3]
+            return list(range(start or 0, stop, step or 1))
+        if "," in text:
+            return [int(p) for p in text.split(",") if p.strip()]
+        return int(text)
+    except (ValueError, TypeError):
+        raise UsageError(f"bad targets {text!r}: use all, 3, 1,3,5 or 0:4") from None
+
+
+def _show_error(error: KernelError) -> None:
+    errors = error.errors if isinstance(error, CompositeError) else [error]
+    for err in errors:
+        eid = getattr(err, "engine_id", "?")
+        print(f"[{eid}:error] {err.render_traceback() if isinstance(err, RemoteError) else err}")
+        record = getattr(err, "record", None)
+        if record and (record.get("stdout") or record.get("stderr")):
+            if record.get("stdout"):
+                print(record["stdout"].rstrip("\n"))
+            if record.get("stderr"):
+                print(f"[stderr:{eid}] " + record["stderr"].rstrip("\n"))
+    if isinstance(error, CompositeError):
+        for result in error.results:
+            _show(result)
+
+
+def _show(results: Any, stdout: bool = True) -> None:
+    if results is None:
+        return
+    for result in results if isinstance(results, list) else [results]:
+        if hasattr(result, "display"):
+            result.display(stdout=stdout)
+        else:
+            print(repr(result))
+
+
+@magics_class
+class ParallelMagics(Magics):  # type: ignore[misc]
+    """%px, %%px, %autopx, %result and %pxconfig for one MultiEngineClient."""
+
+    def __init__(self, shell: Any, client: Any = None) -> None:
+        super().__init__(shell)
+        self._client = client
+        self.targets: Any = None  # None: the client's own default
+        self.block = True
+        self.stream = False
+        self.autopx_on = False
+        self.last: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ipython1.kernel.client import MultiEngineClient
+
+            try:
+                self._client = MultiEngineClient()
+            except KernelError as e:
+                raise UsageError(f"no ipython1 controller to talk to: {e}. Start one "
+                                 "(ipcluster start -n 4 --daemon) or call mec.activate() "
+                                 "on a connected client.") from None
+        return self._client
+
+    def _targets(self, override: str | None) -> Any:
+        if override is not None:
+            return parse_targets(override)
+        return self.targets if self.targets is not None else self.client.targets
+
+    def run(self, code: str, targets: Any = None, block: bool | None = None) -> Any:
+        """Run code on targets and show the results; return them."""
+        block = self.block if block is None else block
+        try:
+            result = self.client.execute(code, targets=targets if targets is not None
+                                         else self._targets(None), block=block)
+        except KernelError as e:
+            self.last = e
+            _show_error(e)
+            return None
+        self.last = result
+        if block:
+            _show(result, stdout=not self.stream)
+        else:
+            print(f"[ipython1] running without blocking ({result!r}); %result shows it")
+        return result
+
+    @magic_arguments()
+    @argument("--targets", "-t", default=None, help="engines: all, 3, 1,3,5 or 0:4")
+    @argument("--block", action="store_true", default=None, help="wait for the results")
+    @argument("--noblock", action="store_true", default=None, help="do not wait")
+    @line_cell_magic
+    def px(self, line: str, cell: str | None = None) -> None:
+        """Run code on the engines: '%px code', or a cell with '%%px [--targets T] [--noblock]'."""
+        if cell is None:
+            if not line.strip():
+                raise UsageError("%px needs code to run, e.g. %px import numpy")
+            self.run(line)
+            return
+        args = parse_argstring(self.px, line)
+        block = False if args.noblock else (True if args.block else None)
+        self.run(cell, targets=self._targets(args.targets), block=block)
+
+    @line_magic
+    def autopx(self, line: str = "") -> None:
+        """Toggle sending every input to the engines (like %%px on each cell)."""
+        cleanup = self.shell.input_transformers_cleanup
+        if self.autopx_on:
+            if self._autopx_transform in cleanup:
+                cleanup.remove(self._autopx_transform)
+            self.autopx_on = False
+            print("%autopx disabled: inputs run locally again")
+        else:
+            cleanup.append(self._autopx_transform)
+            self.autopx_on = True
+            print("%autopx enabled: every input now runs on the engines; %autopx to stop")
+
+    def _autopx_transform(self, lines: list[str]) -> list[str]:
+        first = next((ln.strip() for ln in lines if ln.strip()), "")
+        if not first or first.startswith(_PASS_THROUGH):
+            return lines
+        return ["%%px\n", *lines]
+
+    @magic_arguments()
+    @argument("n", nargs="?", type=int, default=None, help="execution number (default: last)")
+    @argument("--targets", "-t", default=None, help="engines for n: all, 3, 1,3,5 or 0:4")
+    @line_magic
+    def result(self, line: str = "") -> Any:
+        """Show the last %px result (waiting for a non-blocking one), or In/Out[n]."""
+        args = parse_argstring(self.result, line)
+        try:
+            if args.n is not None:
+                result = self.client.get_result(args.n, targets=self._targets(args.targets),
+                                                 block=True)
+            elif self.last is None:
+                raise UsageError("no %px result yet")
+            elif hasattr(self.last, "get_result"):
+                self.last = result = self.last.get_result()
+            elif isinstance(self.last, KernelError):
+                _show_error(self.last)
+                return None
+            else:
+                result = self.last
+        except KernelError as e:
+            _show_error(e)
+            return None
+        _show(result)
+        return None
+
+    @magic_arguments()
+    @argument("--targets", "-t", default=None, help="engines: all, 3, 1,3,5 or 0:4")
+    @argument("--block", action="store_true", default=None, help="wait for results")
+    @argument("--noblock", action="store_true", default=None, help="do not wait")
+    @argument("--stream", action="store_true", default=None,
+              help="print engines' stdout/stderr live as [stdout:3] lines")
+    @argument("--nostream", action="store_true", default=None, help="stop live output")
+    @line_magic
+    def pxconfig(self, line: str = "") -> None:
+        """Set the targets, blocking and live output of %px, %%px and %autopx."""
+        args = parse_argstring(self.pxconfig, line)
+        if args.block and args.noblock:
+            raise UsageError("choose one of --block and --noblock")
+        if args.targets is not None:
+            self.targets = parse_targets(args.targets)
+        if args.block or args.noblock:
+            self.block = bool(args.block)
+        if args.stream:
+            self.client.subscribe()
+            self.stream = True
+        elif args.nostream and self.stream:
+            self.client.unsubscribe()
+            self.stream = False
+        print(f"%px targets: {self._targets(None)!r}, block: {self.block}, "
+              f"stream: {self.stream}")
+
+
+_installed: dict[int, ParallelMagics] = {}
+
+
+def activate(client: Any = None, shell: Any = None) -> ParallelMagics:
+    """Register the magics in shell (default: the running IPython) for client."""
+    if shell is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    if shell is None:
+        raise KernelError("activate() needs a running IPython session (none is running)")
+    old = _installed.get(id(shell))
+    if old is not None and old.autopx_on:
+        old.autopx()  # toggle off: the new magics take over
+    magics = ParallelMagics(shell, client)
+    shell.register_magics(magics)
+    _installed[id(shell)] = magics
+    return magics
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """%load_ext ipython1.magics: connect lazily to the default profile's controller."""
+    if id(ipython) not in _installed:
+        activate(None, ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    magics = _installed.pop(id(ipython), None)
+    if magics is not None and magics.autopx_on:
+        magics.autopx()
