@@ -8,6 +8,7 @@ clients and engines. Adapters (multi-engine, task farm) are built on
 
 from __future__ import annotations
 
+import getpass
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from zope.interface import implementer
 from ipython1.kernel import cluster, wire
 from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
-from ipython1.kernel.queue import Command, EngineQueue
+from ipython1.kernel.events import EventBus, Transcript
+from ipython1.kernel.queue import Command, EngineQueue, user_of
 from ipython1.kernel.streaming import OutputReceiver
 
 log = Logger()
@@ -86,6 +88,11 @@ class Controller(service.MultiService):
         self.engines: dict[int, EngineRecord] = {}
         self._next_id = 0
         self._observers: list[Callable[[str, dict[str, Any]], None]] = []
+        # Who started the cluster: the owner's FURL acts as this user.
+        self.owner = _login_name()
+        self.events = EventBus()  # the shared, attributed view of everything (issue 8)
+        self.add_observer(self.events.on_controller)
+        self.relay: Any = None  # datachannel.Relay, set by ControllerService
         # Ids below reserve_ids are given only to engines that ask for them
         # (MPI ranks under `ipcluster start --mpi`); no id is ever given twice.
         self.reserve_ids = reserve_ids
@@ -102,7 +109,15 @@ class Controller(service.MultiService):
             wire.relax_disconnect_timeout(engine)
 
         def send(command: Command) -> Deferred[Any]:
+            self._notify("command_started", {"engine_id": engine_id, "command": command})
             d = engine.callRemote(command.op, *command.args)
+
+            def finished(reply: Any) -> Any:
+                self._notify("command_finished",
+                             {"engine_id": engine_id, "command": command, "reply": reply})
+                return reply
+
+            d.addBoth(finished)
             return d.addErrback(self._call_failed, engine_id)
 
         record = EngineRecord(engine_id, engine, EngineQueue(engine_id, send), dict(info))
@@ -192,6 +207,7 @@ class Controller(service.MultiService):
             "engine_id": engine_id, "chunks": chunks,
             "client": running.client if running else "",
             "command_id": running.id if running else None,
+            "call": running.call if running else 0,
         })
         return _first_of(defer.DeferredList(
             [r for r in results if isinstance(r, Deferred)], consumeErrors=True),
@@ -256,10 +272,24 @@ class Controller(service.MultiService):
         return [dict(self.engines[i].info, engine_id=i) for i in ids if i in self.engines]
 
     def clear_queue(self, ids: list[int], client: str | None = None) -> list[dict[str, Any]]:
-        return [
-            {"engine_id": i, "cleared": self.engines[i].queue.clear()}
+        """Drop waiting commands: all of them for the owner, else only client's user's."""
+        user = user_of(client) if client else None
+        only = None if user is None or user == self.owner else user
+        cleared = [
+            {"engine_id": i, "cleared": self.engines[i].queue.clear(only)}
             for i in ids if i in self.engines
         ]
+        self.events.publish("cleared", user or "", data={
+            "targets": ids, "counts": {str(c["engine_id"]): c["cleared"] for c in cleared},
+            "scope": "all users" if only is None else "own commands"}, client=client or "")
+        return cleared
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "owner"
 
 
 OUTPUT_ACK_TIMEOUT = 2.0  # seconds a command's reply may wait for its output to be delivered
@@ -312,14 +342,31 @@ class ControllerService(service.MultiService):
 
         cert = self.cluster_dir.security / cluster.CONTROLLER_CERT
         self.tub, self.port = wire.listening_tub(cert, self.ip, self.port)
+        from ipython1.kernel.datachannel import Relay
+
+        self.controller.relay = Relay(self.ip)
         self.tub.setServiceParent(self)
         self.adapters["mec"] = MultiEngine(self.controller, self)
         self._publish(EngineRegistration(self.controller), cluster.ENGINE_FURL)
         self._publish(MultiEngineReferenceable(self.adapters["mec"]), cluster.MEC_FURL)
+        self._publish_users()
         self._publish_extra_adapters()
         cluster.write_private(self.cluster_dir.pid_file("ipcontroller"), f"{os.getpid()}\n")
         super().startService()
         log.info("controller listening on {ip}:{port}", ip=self.ip, port=self.port)
+
+    def _publish_users(self) -> None:
+        """The transcript, the named users' capabilities and the owner's admin FURL."""
+        from ipython1.kernel import users
+
+        bound = os.environ.get("IPYTHON1_EVENT_BUFFER")  # events per subscriber (tests)
+        if bound:
+            self.controller.events.max_buffered = int(bound)
+        self.controller.events.set_transcript(
+            Transcript(users.transcript_path(self.cluster_dir)))
+        self.users = users.UserDirectory(self.adapters["mec"], self.tub, self.cluster_dir)
+        self.users.load()
+        self._publish(users.ControllerAdmin(self.users), users.ADMIN_FURL)
 
     def _publish_extra_adapters(self) -> None:
         """Publish the optional adapters that are installed (task farm)."""
@@ -335,6 +382,8 @@ class ControllerService(service.MultiService):
         self.furls[name] = wire.publish(self.tub, obj, path)
 
     def stopService(self) -> Deferred[Any]:
+        if self.controller.relay is not None:
+            self.controller.relay.close()
         d = defer.maybeDeferred(super().stopService)
 
         def cleanup(result: Any) -> Any:

@@ -56,8 +56,37 @@ class StatusOptions(_ProfileOption):
     pass
 
 
+class AddUserOptions(usage.Options):
+    synopsis = "NAME [--observer]"
+    optFlags = [["observer", None, "Watch-only: may subscribe, list and chat; runs nothing."]]
+
+    def parseArgs(self, name: str, *rest: str) -> None:
+        # `adduser carol --observer`: getopt stops at NAME, so look at the rest too.
+        for arg in rest:
+            if arg != "--observer":
+                raise usage.UsageError(f"unexpected argument {arg!r}")
+            self["observer"] = True
+        self["name"] = name
+
+
+class DelUserOptions(usage.Options):
+    synopsis = "NAME"
+
+    def parseArgs(self, name: str) -> None:
+        self["name"] = name
+
+
+class UsersOptions(usage.Options):
+    pass
+
+
+class TranscriptOptions(usage.Options):
+    optFlags = [["follow", "f", "Keep printing events as they are appended."]]
+    optParameters = [["user", "u", None, "Only this user's events."]]
+
+
 class Options(usage.Options):
-    synopsis = "ipcluster start|stop|status [options]"
+    synopsis = "ipcluster start|stop|status|adduser|deluser|users|transcript [options]"
     optParameters = [
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
     ]
@@ -65,11 +94,16 @@ class Options(usage.Options):
         ["start", None, StartOptions, "Start a controller and N engines."],
         ["stop", None, StopOptions, "Stop the cluster's engines and controller."],
         ["status", None, StatusOptions, "Show the controller, engines and queues."],
+        ["adduser", None, AddUserOptions, "Give a user their own FURL; print its path."],
+        ["deluser", None, DelUserOptions, "Revoke a user's FURL and drop their connections."],
+        ["users", None, UsersOptions, "List users: kind, connected, queued commands."],
+        ["transcript", None, TranscriptOptions, "Print the shared transcript of events."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("choose a command: start, stop or status")
+            raise usage.UsageError(
+                "choose a command: start, stop, status, adduser, deluser, users or transcript")
 
 
 # -- processes ----------------------------------------------------------------
@@ -308,6 +342,96 @@ def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
     return 0
 
 
+# -- users (issue 8) ------------------------------------------------------------
+
+
+def adduser(cluster_dir: ClusterDir, name: str, observer: bool = False,
+            out: IO[str] = sys.stdout) -> int:
+    """Ask the running controller for a new user's capability; print its FURL file."""
+    from ipython1.kernel.errors import KernelError
+    from ipython1.kernel.users import admin_call, validate_user_name
+
+    try:
+        validate_user_name(name)
+        path = admin_call(cluster_dir, "add_user", name, observer)
+    except KernelError as e:
+        out.write(f"ipcluster: {e}\n")
+        return 1
+    out.write(f"{path}\n")
+    return 0
+
+
+def deluser(cluster_dir: ClusterDir, name: str, out: IO[str] = sys.stdout) -> int:
+    """Revoke a user's capability at once."""
+    from ipython1.kernel.errors import KernelError
+    from ipython1.kernel.users import admin_call, validate_user_name
+
+    try:
+        validate_user_name(name)
+        done = admin_call(cluster_dir, "remove_user", name)
+    except KernelError as e:
+        out.write(f"ipcluster: {e}\n")
+        return 1
+    out.write(f"ipcluster: revoked {name}: {done['dropped']} connection(s) dropped, "
+              f"{done['cleared']} queued command(s) cleared\n")
+    return 0
+
+
+def users(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
+    """List the users of the running controller."""
+    from ipython1.kernel.errors import KernelError
+    from ipython1.kernel.users import admin_call
+
+    try:
+        rows = admin_call(cluster_dir, "users")
+    except KernelError as e:
+        out.write(f"ipcluster: {e}\n")
+        return 1
+    out.write(f"{'user':<20} {'kind':<9} {'connected':>9} {'queued':>7}\n")
+    for row in rows:
+        out.write(f"{row['name']:<20} {row['kind']:<9} {row['connected']:>9} "
+                  f"{row['queued']:>7}\n")
+    return 0
+
+
+def transcript(cluster_dir: ClusterDir, user: str | None = None, follow: bool = False,
+               out: IO[str] = sys.stdout) -> int:
+    """Print the transcript, attributed and timestamped; with follow, keep going."""
+    import json
+
+    from ipython1.kernel.events import format_event
+    from ipython1.kernel.users import transcript_path
+
+    path = transcript_path(cluster_dir)
+    if not path.exists() and not follow:
+        out.write(f"ipcluster: no transcript yet at {path}\n")
+        return 1
+    position = 0
+    try:
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(position)
+                    for line in f:
+                        if not line.endswith(b"\n"):
+                            break  # still being written
+                        position += len(line)
+                        try:
+                            event = json.loads(line)
+                        except ValueError:
+                            continue
+                        if user is None or event.get("user") == user:
+                            out.write(format_event(event) + "\n")
+            except FileNotFoundError:
+                pass
+            out.flush()
+            if not follow:
+                return 0
+            time.sleep(0.2)  # polling a file; nothing to wait on
+    except KeyboardInterrupt:
+        return 0
+
+
 def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     options = Options()
     try:
@@ -326,6 +450,14 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
                      bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out)
     if options.subCommand == "stop":
         return stop(cluster_dir, sub["grace"], out=out)
+    if options.subCommand == "adduser":
+        return adduser(cluster_dir, sub["name"], bool(sub["observer"]), out=out)
+    if options.subCommand == "deluser":
+        return deluser(cluster_dir, sub["name"], out=out)
+    if options.subCommand == "users":
+        return users(cluster_dir, out=out)
+    if options.subCommand == "transcript":
+        return transcript(cluster_dir, sub["user"], bool(sub["follow"]), out=out)
     return status(cluster_dir, out=out)
 
 
