@@ -19,6 +19,15 @@ from twisted.internet.defer import Deferred
 from ipython1.kernel.cluster import MEC_FURL, ClusterDir
 from ipython1.kernel.errors import ControllerNotFound
 
+
+def _env_seconds(name: str, default: float) -> float:
+    """Read a timeout in seconds from the environment."""
+    try:
+        return float(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+
+
 # Keep connections alive across long-running cells; the reactor thread of an
 # engine answers pings even while user code runs.
 TUB_OPTIONS = {"keepaliveTimeout": 30, "disconnectTimeout": 120}
@@ -73,11 +82,20 @@ def ec_certificate_pem() -> bytes:
         serialization.Encoding.PEM)
 
 
-def client_tub() -> Tub:
+# An MPI engine inside a collective that holds the GIL (mpi4py's lowercase
+# comm.allreduce waiting for a late rank) answers no ping until it returns:
+# its connections wait this long before calling it dead. A rank that really
+# dies closes its socket, and the MPI launcher ends the job, at once.
+MPI_DISCONNECT_TIMEOUT = _env_seconds("IPYTHON1_MPI_DISCONNECT_TIMEOUT", 7 * 24 * 3600)
+
+
+def client_tub(disconnect_timeout: float | None = None) -> Tub:
     """Return a started Tub for outbound connections only."""
     tub = Tub(certData=ec_certificate_pem())
     for name, value in tub_options().items():
         tub.setOption(name, value)
+    if disconnect_timeout is not None:
+        tub.setOption("disconnectTimeout", disconnect_timeout)
     tub.startService()
     return tub
 
@@ -172,6 +190,19 @@ def get_reference(tub: Tub, furl: str, timeout: float = 10.0) -> Deferred[Any]:
     d.addTimeout(timeout, reactor)
     d.addErrback(failed)
     return d
+
+
+def relax_disconnect_timeout(ref: Any, seconds: float = MPI_DISCONNECT_TIMEOUT) -> bool:
+    """Give one connection a longer disconnect timeout; False if it has none.
+
+    Foolscap sets timeouts per Tub; this changes the broker behind one
+    RemoteReference (its disconnect timer re-reads the value when it fires).
+    """
+    broker = getattr(getattr(ref, "tracker", None), "broker", None)
+    if broker is None or getattr(broker, "disconnectTimeout", None) is None:
+        return False
+    broker.disconnectTimeout = seconds
+    return True
 
 
 def furl_location(furl: str) -> str:

@@ -53,6 +53,8 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
         from ipython1.kernel import mpi
 
         info.update(mpi.initialize(options["mpi"]))
+        # Engine ids equal ranks when the controller can give them.
+        info["requested_id"] = info["mpi_rank"]
     return EngineService(options["furl-file"], ShellRunner(),
                          connect_timeout=options["connect-timeout"], info=info,
                          own_shell_thread=own_shell_thread)
@@ -60,7 +62,12 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
 
 def makeService(options: Any) -> Any:
     """Build the engine service for twistd (user code on a shell thread)."""
-    return _engine_service(options, own_shell_thread=True)
+    from ipython1.kernel.errors import MPIUnavailable
+
+    try:
+        return _engine_service(options, own_shell_thread=True)
+    except MPIUnavailable as e:
+        raise SystemExit(f"ipengine: {e}") from None
 
 
 def _warm_up() -> None:
