@@ -256,6 +256,11 @@ class EventBus:
         for event in transcript.recent:
             self.recent.append(encode(event))
 
+    @property
+    def last_seq(self) -> int:
+        """The number of the last event published."""
+        return self._seq
+
     # -- publishing --
 
     def publish(self, kind: str, user: str = "", engine: int | None = None,
