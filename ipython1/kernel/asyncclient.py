@@ -537,3 +537,21 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
         tub.stopService()
         raise
     return AsyncMultiEngineClient(session, tub, furl)
+
+
+@defer.inlineCallbacks
+def get_task_client(furl_or_file: Any = None, profile: str = "default",
+                    timeout: float = 10.0) -> Any:
+    """Connect to a controller's task farm; fire with an AsyncTaskClient."""
+    from ipython1.kernel.cluster import TASK_FURL
+    from ipython1.kernel.taskclient import AsyncTaskClient
+
+    furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
+    tub = wire.client_tub()
+    try:
+        root = yield wire.get_reference(tub, furl, timeout)
+        session = yield root.callRemote("connect", client_info())
+    except Exception:
+        tub.stopService()
+        raise
+    return AsyncTaskClient(session, tub, furl)

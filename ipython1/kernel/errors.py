@@ -66,6 +66,22 @@ class SessionFileError(KernelError):
     """A saved session file does not parse; nothing was run."""
 
 
+class UnmetDependency(KernelError):
+    """A task's after= or depend= can never be satisfied."""
+
+
+class TaskAborted(KernelError):
+    """A task was cancelled with abort() before it ran."""
+
+
+class TaskTimeout(KernelError):
+    """A task ran longer than its timeout (its engine was interrupted)."""
+
+
+class InvalidTaskID(KernelError):
+    """A task id is unknown (never submitted, or its result was cleared)."""
+
+
 class EngineError(KernelError):
     """An engine died or vanished while a command was queued or running."""
 
@@ -161,6 +177,10 @@ _LOCAL_ERRORS: dict[str, type[KernelError]] = {
         MPIUnavailable,
         ControllerNotFound,
         SessionFileError,
+        UnmetDependency,
+        TaskAborted,
+        TaskTimeout,
+        InvalidTaskID,
     )
 }
 

@@ -125,6 +125,39 @@ class IMultiEngine(Interface):
         """Fire with every command this controller ran: targets, client, time, status."""
 
 
+class ITaskFarm(Interface):
+    """Load-balanced, fault-tolerant running of independent tasks.
+
+    Tasks are ``[meta, payload]``: scheduling fields and opaque frames (see
+    ``task.validate_spec``);
+    ids are reserved first so that a client can submit without waiting.
+    """
+
+    def reserve(n: int) -> int:
+        """Reserve n consecutive task ids; return the first."""
+
+    def submit(tasks: list[Any], client: str = "") -> list[Any]:
+        """Queue ``[tid, meta, payload]`` tasks under reserved ids; None or an error each."""
+
+    def get_results(tids: list[int], block: bool = False) -> Any:
+        """Fire with each task's result record (None if unfinished and not block)."""
+
+    def wait(tids: list[int], all_: bool = False, timeout: float | None = None) -> Any:
+        """Fire with the finished ids once any (or all) of tids finished, or at timeout."""
+
+    def abort(tid: int) -> None:
+        """Cancel a task that has not started; it fails with TaskAborted."""
+
+    def queue_status(verbose: bool = False) -> dict[str, Any]:
+        """Count pending, running (per engine), succeeded and failed tasks."""
+
+    def clear(tids: list[int] | None = None, client: str | None = None) -> int:
+        """Drop finished results; return how many."""
+
+    def spin() -> None:
+        """Hand ready tasks to idle engines now."""
+
+
 class IEngineRegistry(Interface):
     """The controller's registry of engines."""
 
@@ -194,6 +227,9 @@ class RIEngine(RemoteInterface):
     def subscribe_output(observer=AnyValue()):
         """Send live stdout/stderr as observer.output([[name, text], ...])."""
         return None
+
+    def run_tasks(batch=ListOf(AnyValue(), maxLength=100_000)):
+        return Reply
 
 
 class RIEngineRegistration(RemoteInterface):
@@ -343,3 +379,46 @@ class RIMultiEngine(RemoteInterface):
 
     def connect(info=Info):
         return RIMultiEngineSession
+
+
+TaskIDs = ListOf(int, maxLength=1_000_000)
+
+
+class RITaskFarmSession(RemoteInterface):
+    """One client's session with the task farm; every answer is
+    ``{"status": "ok", "value": ...}`` or ``{"status": "error", "error": {...}}``."""
+
+    __remote_name__ = "RITaskFarmSession.v1.ipython1"
+
+    def reserve(n=int):
+        return Reply
+
+    def submit(tasks=ListOf(AnyValue(), maxLength=100_000)):
+        return Reply
+
+    def get_results(tids=TaskIDs, block=bool):
+        return Reply
+
+    def wait(tids=TaskIDs, all_=bool, timeout=ChoiceOf(float, int, None)):
+        return Reply
+
+    def abort(tid=int):
+        return Reply
+
+    def queue_status(verbose=bool):
+        return Reply
+
+    def clear(tids=AnyValue()):  # a list of ids or None (ChoiceOf cannot hold a ListOf)
+        return Reply
+
+    def spin():
+        return Reply
+
+
+class RITaskFarm(RemoteInterface):
+    """The client-facing task farm capability: open a session."""
+
+    __remote_name__ = "RITaskFarm.v1.ipython1"
+
+    def connect(info=Info):
+        return RITaskFarmSession
