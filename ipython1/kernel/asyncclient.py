@@ -260,6 +260,10 @@ class AsyncMultiEngineClient:
         """Drop each target's waiting commands (they fail with QueueCleared)."""
         return self._remote("clear_queue", targets).addCallback(_check_global_error)
 
+    def engine_info(self, targets: Any = "all") -> Deferred[Any]:
+        """Fire with each target's properties: engine_id, pid, mpi_rank, mpi_size..."""
+        return self._remote("engine_info", targets).addCallback(_check_global_error)
+
     def apply(self, func: Callable[..., Any], *args: Any, targets: Any = "all",
               block: bool = True, **kwargs: Any) -> Deferred[Any]:
         """Call func(*args, **kwargs) on each target; fire with the return values."""

@@ -267,6 +267,10 @@ class MultiEngineClient:
         """Drop the waiting commands of targets; they fail with QueueCleared."""
         return self._call(self._async.clear_queue, self.targets if targets is None else targets)
 
+    def engine_info(self, targets: Any = None) -> Any:
+        """Describe targets as they registered: pid, hostname, mpi_rank, mpi_size..."""
+        return self._call(self._async.engine_info, self.targets if targets is None else targets)
+
     def get_pending_result(self, pending_id: int, block: bool = True,
                            timeout: float | None = None) -> Any:
         """Fetch a non-blocking call's result by its id."""

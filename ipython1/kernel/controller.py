@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foolscap.api import Referenceable
+from foolscap.api import DeadReferenceError, Referenceable
 from twisted.application import service
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
@@ -40,6 +40,16 @@ class EngineRecord:
     ref: Any
     queue: EngineQueue
     info: dict[str, Any] = field(default_factory=dict)
+
+
+MAX_ENGINE_ID = 2**31 - 1
+
+
+def _rank(record: EngineRecord) -> str:
+    """Describe an engine's MPI rank for messages ('' for a non-MPI engine)."""
+    if "mpi_rank" not in record.info:
+        return ""
+    return f" (MPI rank {record.info['mpi_rank']} of {record.info.get('mpi_size', '?')})"
 
 
 def parse_targets(targets: Any, registered: list[int]) -> list[int]:
@@ -73,7 +83,7 @@ def parse_targets(targets: Any, registered: list[int]) -> list[int]:
 class Controller(service.MultiService):
     """Keep the engines and their queues; the adapters' common core."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserve_ids: int = 0) -> None:
         super().__init__()
         self.engines: dict[int, EngineRecord] = {}
         self._next_id = 0
@@ -83,13 +93,20 @@ class Controller(service.MultiService):
         self.events = EventBus()  # the shared, attributed view of everything (issue 8)
         self.add_observer(self.events.on_controller)
         self.relay: Any = None  # datachannel.Relay, set by ControllerService
+        # Ids below reserve_ids are given only to engines that ask for them
+        # (MPI ranks under `ipcluster start --mpi`); no id is ever given twice.
+        self.reserve_ids = reserve_ids
+        self._used_ids: set[int] = set()
+        self._broken_mpi_jobs: dict[str, str] = {}  # job -> the engine it lost first
 
     # -- registry --
 
     def register_engine(self, engine: Any, info: dict[str, Any]) -> int:
         """Add an engine; return its id, which it keeps for its life."""
-        engine_id = self._next_id
-        self._next_id += 1
+        engine_id = self._assign_id(info.get("requested_id"))
+        if "mpi_rank" in info:
+            # A rank blocked in a GIL-holding collective cannot answer pings.
+            wire.relax_disconnect_timeout(engine)
 
         def send(command: Command) -> Deferred[Any]:
             self._notify("command_started", {"engine_id": engine_id, "command": command})
@@ -100,7 +117,8 @@ class Controller(service.MultiService):
                              {"engine_id": engine_id, "command": command, "reply": reply})
                 return reply
 
-            return d.addBoth(finished)
+            d.addBoth(finished)
+            return d.addErrback(self._call_failed, engine_id)
 
         record = EngineRecord(engine_id, engine, EngineQueue(engine_id, send), dict(info))
         self.engines[engine_id] = record
@@ -113,13 +131,68 @@ class Controller(service.MultiService):
         self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
         return engine_id
 
-    def _engine_lost(self, engine_id: int) -> None:
+    def _call_failed(self, failure: Any, engine_id: int) -> Any:
+        """A lost connection fails the call before notifyOnDisconnect fires:
+        mark the engine dead now, so its commands fail with the full reason."""
+        if failure.check(DeadReferenceError):
+            self._engine_lost(engine_id)
+        return failure
+
+    def _assign_id(self, requested: Any) -> int:
+        """Give the requested id if no engine ever had it, else the next free one.
+
+        Registration runs on the reactor thread, so checking and taking an id
+        is atomic: two engines asking for the same id get different ones.
+        """
+        if (isinstance(requested, int) and not isinstance(requested, bool)
+                and 0 <= requested < MAX_ENGINE_ID and requested not in self._used_ids):
+            engine_id = requested
+        else:
+            engine_id = max(self._next_id, self.reserve_ids)
+            while engine_id in self._used_ids:
+                engine_id += 1
+            self._next_id = engine_id + 1
+            if requested is not None:
+                log.warn("engine asked for id {req!r}, which is taken or invalid; "
+                         "it gets id {id}", req=requested, id=engine_id)
+        self._used_ids.add(engine_id)
+        return engine_id
+
+    def _engine_lost(self, engine_id: int, reason: str | None = None) -> None:
         record = self.engines.pop(engine_id, None)
         if record is None:
             return
-        log.info("engine {id} disconnected", id=engine_id)
-        record.queue.engine_died(f"engine {engine_id} died (connection lost)")
+        job = record.info.get("mpi_job")
+        if reason is None and job in self._broken_mpi_jobs:
+            reason = (f"engine {engine_id}{_rank(record)} died: its MPI job {job} lost "
+                      f"{self._broken_mpi_jobs[job]} first")
+        reason = reason or f"engine {engine_id}{_rank(record)} died (connection lost)"
+        log.info("{reason}", reason=reason)
+        record.queue.engine_died(reason)
         self._notify("engine_died", {"engine_id": engine_id})
+        self._mpi_job_lost(record)
+
+    def _mpi_job_lost(self, record: EngineRecord) -> None:
+        """End the other engines of a dead engine's MPI job, as MPI itself would.
+
+        Without every rank the job's communicators are broken; the launcher
+        usually kills the job already, and this makes each of its engines
+        fail with an EngineError that says why, whatever the MPI.
+        """
+        job = record.info.get("mpi_job")
+        if not job or job in self._broken_mpi_jobs:
+            return
+        self._broken_mpi_jobs[job] = f"engine {record.id}{_rank(record)}"
+        peers = [r for r in self.engines.values() if r.info.get("mpi_job") == job]
+        if peers:
+            log.warn("MPI job {job} lost engine {id}{rank}: ending its other engines {peers}",
+                     job=job, id=record.id, rank=_rank(record), peers=[p.id for p in peers])
+        for peer in peers:
+            d = peer.ref.callRemote("kill")
+            d.addErrback(lambda f: None)  # it may be gone already
+            self._engine_lost(peer.id, (
+                f"engine {peer.id}{_rank(peer)} was ended: its MPI job {job} lost "
+                f"engine {record.id}{_rank(record)}"))
 
     def _engine_output(self, engine_id: int, chunks: list[list[str]]) -> Deferred[None]:
         """Pass live output on to observers, labelled with the running command.
@@ -185,7 +258,18 @@ class Controller(service.MultiService):
         return record.ref.callRemote(op, *args)
 
     def queue_status(self, ids: list[int]) -> list[dict[str, Any]]:
-        return [self.engines[i].queue.status() for i in ids if i in self.engines]
+        statuses = []
+        for i in ids:
+            if i in self.engines:
+                status = self.engines[i].queue.status()
+                if "mpi_rank" in self.engines[i].info:
+                    status["mpi_rank"] = self.engines[i].info["mpi_rank"]
+                statuses.append(status)
+        return statuses
+
+    def engine_info(self, ids: list[int]) -> list[dict[str, Any]]:
+        """Return what each engine said of itself at registration (pid, MPI rank...)."""
+        return [dict(self.engines[i].info, engine_id=i) for i in ids if i in self.engines]
 
     def clear_queue(self, ids: list[int], client: str | None = None) -> list[dict[str, Any]]:
         """Drop waiting commands: all of them for the owner, else only client's user's."""
@@ -242,12 +326,12 @@ class ControllerService(service.MultiService):
     """Controller + Tub + FURL files: what `twistd ipcontroller` runs."""
 
     def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, reserve_ids: int = 0) -> None:
         super().__init__()
         self.cluster_dir = cluster_dir.create()
         self.ip = ip
         self.port = port
-        self.controller = Controller()
+        self.controller = Controller(reserve_ids=reserve_ids)
         self.controller.setServiceParent(self)
         self.furls: dict[str, str] = {}
         self.adapters: dict[str, Any] = {}

@@ -671,7 +671,9 @@ class EngineService(service.MultiService):
         super().startService()
         if self.own_shell_thread:
             threading.Thread(target=self.runner.run_forever, name="shell", daemon=True).start()
-        self.tub = wire.client_tub()
+        # An MPI rank may sit in a GIL-holding collective, deaf to pings.
+        self.tub = wire.client_tub(
+            wire.MPI_DISCONNECT_TIMEOUT if "mpi_rank" in self.info else None)
         # Build the IPython shell before registering: registered means ready.
         d = self.runner.submit(self.referenceable._kernel_now)
         d.addCallback(lambda _: self._register())

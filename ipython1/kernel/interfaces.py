@@ -124,6 +124,9 @@ class IMultiEngine(Interface):
     def session_log() -> Any:
         """Fire with every command this controller ran: targets, client, time, status."""
 
+    def engine_info(targets: TargetSpec = "all") -> Any:
+        """Describe each target as it registered: pid, host, mpi_rank, mpi_size..."""
+
 
 class ITaskFarm(Interface):
     """Load-balanced, fault-tolerant running of independent tasks.
@@ -315,6 +318,9 @@ class RIMultiEngineSession(RemoteInterface):
         return Reply
 
     def open_transfer(engine_id=int, direction=Name, blob_id=Token, sizes=Sizes):
+        return Reply
+
+    def engine_info(targets=Targets):
         return Reply
 
     def get_pending_result(pending_id=int, block=bool):

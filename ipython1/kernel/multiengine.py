@@ -213,6 +213,10 @@ class MultiEngine:
             "pairing_id": pairing_id, "secret": secret, "relay_port": int(
                 relay.address.rsplit(":", 1)[1]), "tubid": record.ref.getRemoteTubID()})
 
+    def engine_info(self, targets: Any = "all") -> Deferred[Any]:
+        """Answered by the controller: works while engines are busy."""
+        return defer.succeed(self.controller.engine_info(self.controller.targets(targets)))
+
 
 @implementer(RIMultiEngineSession)
 class MultiEngineSession(Referenceable):  # type: ignore[misc]
@@ -322,6 +326,10 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         if denied is not None:
             return defer.succeed(self._raise_as_data(Failure(denied)))
         d = defer.maybeDeferred(self.adapter.open_transfer, engine_id, direction, blob_id, sizes)
+        return d.addErrback(self._raise_as_data)
+
+    def remote_engine_info(self, targets: Any) -> Deferred[Any]:
+        d = defer.maybeDeferred(self.adapter.engine_info, targets)
         return d.addErrback(self._raise_as_data)
 
     def remote_get_pending_result(self, pending_id: int, block: bool) -> Deferred[Any]:

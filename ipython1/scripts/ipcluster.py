@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from twisted.python import usage
 
@@ -185,6 +185,15 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
                   f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first\n")
         return 1
     profile = ["--profile", cluster_dir.profile]
+    controller_args = [*profile, "--ip", ip]
+    if mpi:
+        try:
+            mpi_command = _mpi_preflight(n, mpiexec, mpi_args)
+        except Exception as e:
+            out.write(f"ipcluster: cannot start MPI engines: {e}\n")
+            return 1
+        # Ids 0..n-1 wait for the ranks that ask for them.
+        controller_args += ["--reserve-ids", str(n)]
     started: list[int] = []
 
     def track(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
@@ -196,25 +205,24 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
     t0 = time.monotonic()
     try:
         controller = track(_spawn(
-            _python_module("ipython1.scripts.ipcontroller", *profile, "--ip", ip),
+            _python_module("ipython1.scripts.ipcontroller", *controller_args),
             cluster_dir.log_file("ipcontroller-console")))
         _wait_for(lambda: read_pid(cluster_dir.pid_file("ipcontroller")) == controller.pid,
                   timeout, lambda: controller.poll() is not None,
                   lambda: "the controller exited:\n"
                   + _tail(cluster_dir.log_file("ipcontroller-console")))
-        engine_argv = _python_module("ipython1.scripts.ipengine", *profile,
-                                     "--connect-timeout", str(timeout))
+        engine_options = [*profile, "--connect-timeout", str(timeout)]
+        engine_argv = _python_module("ipython1.scripts.ipengine", *engine_options)
         if mpi:
-            from ipython1.kernel import mpi as mpi_mod
-
-            command = mpi_mod.mpiexec_command(n, engine_argv, mpi_mod.find_mpiexec(mpiexec),
-                                              mpi_args.split())
-            engines = [track(_spawn(command, cluster_dir.log_file("mpiexec")))]
+            engines = [track(_spawn(mpi_command(engine_options),
+                                    cluster_dir.log_file("mpiexec")))]
+            write_private(cluster_dir.pid_file(ENGINES_PID_FILE), f"{engines[0].pid}\n")
         else:
-            engines = [track(_spawn(engine_argv, cluster_dir.log_file(f"ipengine-console-{i}")))
-                       for i in range(n)]
-        write_private(cluster_dir.pid_file(ENGINES_PID_FILE),
-                      "".join(f"{p.pid}\n" for p in engines))
+            # One warmed-up process forks the others: start-up and memory are shared.
+            engines = [track(_spawn(
+                engine_argv + ["--fork", str(n), "--pid-file",
+                               str(cluster_dir.pid_file(ENGINES_PID_FILE))],
+                cluster_dir.log_file("ipengine-console")))]
         from ipython1.kernel.client import MultiEngineClient
 
         mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
@@ -222,11 +230,15 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
             _wait_for(lambda: len(mec.get_ids()) >= n, timeout,
                       lambda: any(p.poll() is not None for p in engines),
                       lambda: _engine_failure(cluster_dir, engines))
+            if mpi:
+                ranks = {i["engine_id"]: i.get("mpi_rank") for i in mec.engine_info()}
+                if any(engine_id != rank for engine_id, rank in ranks.items()):
+                    raise RuntimeError(f"engine ids do not match MPI ranks: {ranks}")
         finally:
             mec.close()
     except Exception as e:
         out.write(f"ipcluster: could not start the cluster: {e}\n")
-        stop_pids(list(reversed(started)), grace=3)
+        stop_pids(engine_pids(cluster_dir) + list(reversed(started)), grace=3)
         for name in ("ipcontroller", ENGINES_PID_FILE):
             cluster_dir.pid_file(name).unlink(missing_ok=True)
         return 1
@@ -246,11 +258,29 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
     return stop(cluster_dir, out=out)
 
 
+def _mpi_preflight(n: int, mpiexec: str | None,
+                   mpi_args: str) -> Callable[[list[str]], list[str]]:
+    """Check that mpiexec and mpi4py are there; return how to build the command.
+
+    mpi4py is looked for, never imported: only engines load MPI.
+    """
+    import shlex
+
+    from ipython1.kernel import mpi as mpi_mod
+
+    path = mpi_mod.find_mpiexec(mpiexec)
+    if not mpi_mod.mpi4py_installed():
+        raise mpi_mod.MPIUnavailable(f"mpi4py is not installed: {mpi_mod.INSTALL_HINT}")
+    flavor = mpi_mod.mpiexec_flavor(path)
+    args = shlex.split(mpi_args)
+    return lambda engine_argv: mpi_mod.mpiexec_command(n, engine_argv, path, args,
+                                                       flavor=flavor)
+
+
 def _engine_failure(cluster_dir: ClusterDir, engines: list[subprocess.Popen[bytes]]) -> str:
-    for i, p in enumerate(engines):
+    for p in engines:
         if p.poll() is not None:
-            name = "mpiexec" if len(engines) == 1 and "mpiexec" in str(p.args) else \
-                f"ipengine-console-{i}"
+            name = "mpiexec" if "mpiexec" in str(p.args) else "ipengine-console"
             return (f"an engine exited with status {p.returncode} before registering:\n"
                     + _tail(cluster_dir.log_file(name)))
     return "an engine exited"
