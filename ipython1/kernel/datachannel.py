@@ -118,7 +118,8 @@ def server_context(cert_pem: bytes) -> ssl.SSLContext:
     # Bulk data: AES-128-GCM is as safe here and markedly faster than the TLS 1.3
     # default (AES-256), and Python's ssl cannot choose TLS 1.3 suites.
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384")
+    ctx.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384")
     fd, path = tempfile.mkstemp(prefix="ipython1-cert-")
     try:
         with os.fdopen(fd, "wb") as f:  # mkstemp made it 0600

@@ -55,6 +55,33 @@ def tub_options() -> dict[str, Any]:
     return options
 
 
+def ec_certificate_pem() -> bytes:
+    """Return a new self-signed ECDSA P-256 key and certificate, PEM-encoded.
+
+    Foolscap would make an RSA-2048 key (about 0.1 s of CPU each); every
+    engine and client needs its own identity, so start-up uses EC keys.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "newpb_thingy")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .sign(key, hashes.SHA256()))
+    return key.private_bytes(serialization.Encoding.PEM,
+                             serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption()) + cert.public_bytes(
+        serialization.Encoding.PEM)
+
+
 # An MPI engine inside a collective that holds the GIL (mpi4py's lowercase
 # comm.allreduce waiting for a late rank) answers no ping until it returns:
 # its connections wait this long before calling it dead. A rank that really
@@ -64,7 +91,7 @@ MPI_DISCONNECT_TIMEOUT = _env_seconds("IPYTHON1_MPI_DISCONNECT_TIMEOUT", 7 * 24 
 
 def client_tub(disconnect_timeout: float | None = None) -> Tub:
     """Return a started Tub for outbound connections only."""
-    tub = Tub()
+    tub = Tub(certData=ec_certificate_pem())
     for name, value in tub_options().items():
         tub.setOption(name, value)
     if disconnect_timeout is not None:
@@ -75,6 +102,10 @@ def client_tub(disconnect_timeout: float | None = None) -> Tub:
 
 def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0) -> tuple[Tub, int]:
     """Return a Tub listening on ip:port with a persistent certificate."""
+    if not cert_file.exists():
+        fd = os.open(cert_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(ec_certificate_pem())
     tub = Tub(certFile=str(cert_file))
     os.chmod(cert_file, 0o600)
     for name, value in tub_options().items():

@@ -216,11 +216,13 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
         if mpi:
             engines = [track(_spawn(mpi_command(engine_options),
                                     cluster_dir.log_file("mpiexec")))]
+            write_private(cluster_dir.pid_file(ENGINES_PID_FILE), f"{engines[0].pid}\n")
         else:
-            engines = [track(_spawn(engine_argv, cluster_dir.log_file(f"ipengine-console-{i}")))
-                       for i in range(n)]
-        write_private(cluster_dir.pid_file(ENGINES_PID_FILE),
-                      "".join(f"{p.pid}\n" for p in engines))
+            # One warmed-up process forks the others: start-up and memory are shared.
+            engines = [track(_spawn(
+                engine_argv + ["--fork", str(n), "--pid-file",
+                               str(cluster_dir.pid_file(ENGINES_PID_FILE))],
+                cluster_dir.log_file("ipengine-console")))]
         from ipython1.kernel.client import MultiEngineClient
 
         mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
@@ -234,7 +236,7 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
             mec.close()
     except Exception as e:
         out.write(f"ipcluster: could not start the cluster: {e}\n")
-        stop_pids(list(reversed(started)), grace=3)
+        stop_pids(engine_pids(cluster_dir) + list(reversed(started)), grace=3)
         for name in ("ipcontroller", ENGINES_PID_FILE):
             cluster_dir.pid_file(name).unlink(missing_ok=True)
         return 1
@@ -287,10 +289,9 @@ def _check_mpi_job(infos: list[dict[str, Any]], n: int) -> None:
 
 
 def _engine_failure(cluster_dir: ClusterDir, engines: list[subprocess.Popen[bytes]]) -> str:
-    for i, p in enumerate(engines):
+    for p in engines:
         if p.poll() is not None:
-            name = "mpiexec" if len(engines) == 1 and "mpiexec" in str(p.args) else \
-                f"ipengine-console-{i}"
+            name = "mpiexec" if "mpiexec" in str(p.args) else "ipengine-console"
             return (f"an engine exited with status {p.returncode} before registering:\n"
                     + _tail(cluster_dir.log_file(name)))
     return "an engine exited"
