@@ -426,6 +426,7 @@ class AsyncMultiEngineClient:
                          history: int = 200) -> Deferred[None]:
         """Call observer(event) for each event: recent history first, then live.
 
+        Fires with {"seq": n}: events numbered up to n are history.
         (``subscribe`` is the live stdout/stderr of commands only; see streaming.)
         """
         from ipython1.kernel.events import EventObserver

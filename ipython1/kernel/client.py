@@ -392,8 +392,11 @@ class MultiEngineClient:
         return self._call(self._async.say, text)
 
     def subscribe_events(self, observer: Callable[[dict[str, Any]], Any],
-                         history: int = 200) -> None:
-        """Call observer(event) for each event, in the client's reactor thread."""
+                         history: int = 200) -> dict[str, int]:
+        """Call observer(event) for each event, in the client's reactor thread.
+
+        Returns {"seq": n}: the events numbered up to n are history.
+        """
         return self._call(self._async.subscribe_events, observer, history)
 
     def unsubscribe_events(self) -> None:

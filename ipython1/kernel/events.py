@@ -15,7 +15,8 @@ and offers it to every subscriber.
 A subscriber is a ``Subscription``: its own bounded buffer, at most
 ``MAX_OUTSTANDING`` delivery calls in flight (events published meanwhile are
 batched into the next call), and when its buffer exceeds ``MAX_BUFFERED`` it
-is dropped with a logged reason. Publishing never waits for a subscriber, so
+is dropped with a logged reason. Deliveries go out every ``FLUSH_DELAY``
+(20 ms) at most, gathering what was published meanwhile. Publishing never waits for a subscriber, so
 a slow or dead one cannot slow the engines or the other clients.
 
 Each event is JSON-encoded once; a delivery is one byte string holding a
@@ -48,6 +49,7 @@ HISTORY = 1000  # recent events kept in memory for late subscribers
 LATE_HISTORY = 200  # events a new subscriber gets first, by default
 MAX_BUFFERED = 10_000  # events waiting for one subscriber before it is dropped
 MAX_OUTSTANDING = 2  # delivery calls in flight per subscriber
+FLUSH_DELAY = 0.02  # s: events are gathered this long into one call per subscriber
 MAX_BATCH_BYTES = 1 << 20  # one delivery call carries at most about this much
 MAX_TEXT = 64 * 1024  # characters of output text per event; longer chunks are split
 MAX_CODE = 64 * 1024  # characters of code kept in a "queued" event
@@ -232,12 +234,14 @@ class EventBus:
 
     def __init__(self, transcript: Transcript | None = None, clock: Any = None,
                  max_buffered: int = MAX_BUFFERED,
-                 max_outstanding: int = MAX_OUTSTANDING) -> None:
+                 max_outstanding: int = MAX_OUTSTANDING,
+                 flush_delay: float = FLUSH_DELAY) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
         self.max_buffered = max_buffered
         self.max_outstanding = max_outstanding
+        self.flush_delay = flush_delay
         self.recent: collections.deque[bytes] = collections.deque(maxlen=HISTORY)
         self.subscriptions: list[Subscription] = []
         self.dropped: list[tuple[str, str]] = []  # (subscriber, reason), for tests and logs
@@ -255,6 +259,11 @@ class EventBus:
         self._seq = max(self._seq, transcript.last_seq)
         for event in transcript.recent:
             self.recent.append(encode(event))
+
+    @property
+    def last_seq(self) -> int:
+        """The number of the last event published."""
+        return self._seq
 
     # -- publishing --
 
@@ -277,9 +286,10 @@ class EventBus:
             self.drop(sub, f"more than {self.max_buffered} events waiting "
                            f"({sub.outstanding} deliveries unanswered): too slow or not reading")
         if self.subscriptions and not self._pump_scheduled:
-            # Events published in the same reactor turn go out as one call.
+            # Events published within flush_delay go out as one call: with many
+            # subscribers, calls per command (not events) are what cost.
             self._pump_scheduled = True
-            self.clock.callLater(0, self._pump)
+            self.clock.callLater(self.flush_delay, self._pump)
         return event
 
     def _pump(self) -> None:

@@ -418,7 +418,10 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return None
 
     def remote_subscribe_events(self, observer: Any, history: int) -> Any:
-        """Send events to observer.events(batch): recent history first, then live."""
+        """Send events to observer.events(batch): recent history first, then live.
+
+        Answers {"seq": n}: the events numbered up to n are the history.
+        """
         from ipython1.kernel.events import remote_deliverer
 
         if self.revoked:
@@ -428,7 +431,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         self.subscription = bus.subscribe(remote_deliverer(observer), self.client,
                                           max(0, min(history, 1000)))
         observer.notifyOnDisconnect(bus.unsubscribe, self.subscription)
-        return None
+        return {"seq": bus.last_seq}  # events up to this one are history
 
     def remote_unsubscribe_events(self) -> None:
         if self.subscription is not None:

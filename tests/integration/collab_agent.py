@@ -2,7 +2,7 @@
 
 python collab_agent.py subscribe FURL OUT   write each event (+ "recv" time) to OUT
 python collab_agent.py execute FURL CODE    run CODE on all engines; print a JSON line
-python collab_agent.py flood FURL N         block engine 0, queue N cells on it; wait
+python collab_agent.py flood FURL N PATH    block engine 0 until PATH exists, queue N cells
 python collab_agent.py many FURL N          run N cells on all engines, pipelined
 """
 
@@ -39,7 +39,11 @@ def main() -> None:
         except Exception as e:
             say(t0=t0, t1=time.time(), error=type(e).__name__, message=str(e))
     elif mode == "flood":
-        blocker = mec.execute("import time; time.sleep(2)", targets=0, block=False)
+        release = sys.argv[4]
+        blocker = mec.execute(
+            "import os, time\nt = time.monotonic()\n"
+            f"while not os.path.exists({release!r}) and time.monotonic() - t < 60:\n"
+            "    time.sleep(0.01)", targets=0, block=False)
         pending = [mec.execute(f"n = {i}", targets=0, block=False) for i in range(int(arg))]
         say(submitted=len(pending))
         blocker.get_result()

@@ -167,20 +167,23 @@ def test_revoked_furl_stops_connecting_within_1s(collab: tuple[Cluster, dict[str
 
 
 def test_fair_queue_bob_runs_after_at_most_one_of_alices_thousand(
-        collab: tuple[Cluster, dict[str, str]]) -> None:
+        collab: tuple[Cluster, dict[str, str]], tmp_path: Path) -> None:
     from ipython1.kernel.client import MultiEngineClient
 
     cluster, furls = collab
-    flood = agent(cluster, "flood", furls["alice"], "1000")
+    release = tmp_path / "release"
+    flood = agent(cluster, "flood", furls["alice"], "1000", str(release))
     assert json.loads(flood.stdout.readline())["submitted"] == 1000  # type: ignore[union-attr]
     owner = cluster.client(timeout=30)
-    waiting = owner.queue_status(targets=0)[0]["per_user"]
-    assert waiting.get("alice", 0) > 900
+    assert owner.queue_status(targets=0)[0]["per_user"] == {"alice": 1000}
     bob = MultiEngineClient(furls["bob"], timeout=60)
     cluster.clients.append(bob)
     assert bob.clear_queue(targets=0)[0]["cleared"] == 0  # not bob's to clear
     mark = transcript(cluster)[-1]["seq"]
-    bob.execute("bob_ran = 1", targets=0)
+    bobs = bob.execute("bob_ran = 1", targets=0, block=False)
+    assert owner.queue_status(targets=0)[0]["per_user"] == {"alice": 1000, "bob": 1}
+    release.touch()  # alice's first command ends; the queue moves on
+    bobs.get_result()
     answer(flood, 120)
     events = [e for e in transcript(cluster) if e["seq"] > mark]
     started = [e["user"] for e in events if e["kind"] == "started" and e["engine"] == 0]
@@ -238,3 +241,47 @@ def test_stuck_subscriber_is_dropped_and_does_not_slow_the_others(
         os.kill(stuck.proc.pid, signal.SIGCONT)
         stuck.proc.kill()
         bob.close()
+
+
+def spawn_shell(cluster: Cluster, furl: str, tmp_path: Path) -> Any:
+    import pexpect
+
+    env = dict(cluster.env, PROMPT_TOOLKIT_NO_CPR="1", IPYTHONDIR=str(tmp_path / "ipython"),
+               TERM="xterm")
+    shell = pexpect.spawn(sys.executable, ["-m", "ipython1.shell", "--furl-file", furl,
+                                           "--no-color"],
+                          env=env, dimensions=(40, 160), encoding="utf-8", timeout=30)
+    cluster.pids.append(shell.pid)
+    shell.expect(r"In \[\d+\]:")
+    return shell
+
+
+def test_shell_shows_another_users_cell_and_output_and_keeps_the_typed_line(
+        collab: tuple[Cluster, dict[str, str]], tmp_path: Path) -> None:
+    from ipython1.kernel.client import MultiEngineClient
+
+    cluster, furls = collab
+    shell = spawn_shell(cluster, furls["alice"], tmp_path)
+    try:
+        shell.send("typed_by_al")  # half a line, not yet entered
+        bob = MultiEngineClient(furls["bob"], timeout=30)
+        cluster.clients.append(bob)
+        bob.execute("print('bob was here'); 6 * 7")
+        shell.expect(r"\[bob\] In \[[\d*]+\] on 0-1: print\('bob was here'\); 6 \* 7")
+        shell.expect(r"\[bob\]\[stdout:\d\] bob was here")
+        shell.expect(r"\[bob\]\[\d\] Out\[\d+\]: 42")
+        shell.expect("typed_by_al")  # the prompt is drawn again below, with the typed text
+        shell.send("ice = 7\r")
+        shell.expect(r"\[0\] In \[\d+\]: typed_by_alice = 7")
+        shell.expect(r"In \[\d+\]:")
+        assert bob.pull("typed_by_alice") == [7, 7]  # the whole line reached the engines
+        shell.send("%users\r")
+        shell.expect(r"bob\s+full\s+connected")
+    finally:
+        shell.terminate(force=True)
+    observer = spawn_shell(cluster, furls["carol"], tmp_path)
+    try:
+        observer.send("observer_cell = 1\r")
+        observer.expect("carol is an observer: cells cannot run on the cluster")
+    finally:
+        observer.terminate(force=True)

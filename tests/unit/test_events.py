@@ -36,7 +36,7 @@ def test_events_reach_subscribers_in_order_batched_per_turn() -> None:
     bus.subscribe(counting, "bob", history=0)
     for i in range(5):
         bus.publish("chat", "alice", data={"text": str(i)})
-    clock.advance(0)
+    clock.advance(1)
     assert [e["data"]["text"] for e in got] == ["0", "1", "2", "3", "4"]
     assert all(e["user"] == "alice" for e in got) and len(calls) == 1
     assert [e["seq"] for e in got] == [1, 2, 3, 4, 5]
@@ -50,7 +50,7 @@ def test_late_subscriber_gets_recent_history_first() -> None:
     got, deliver = collector()
     bus.subscribe(deliver, "late", history=200)
     bus.publish("chat", "bob", data={"text": "live"})
-    clock.advance(0)
+    clock.advance(1)
     assert len(got) == 201
     assert got[0]["data"]["text"] == "100" and got[-1]["data"]["text"] == "live"
 
@@ -70,7 +70,7 @@ def test_unanswered_subscriber_is_bounded_then_dropped_others_unaffected() -> No
     bus.subscribe(deliver, "bob", history=0)
     for i in range(200):
         bus.publish("chat", "alice", data={"text": str(i)})
-        clock.advance(0)
+        clock.advance(1)
         # Never more than max_outstanding calls, never more than the bound buffered.
         assert len(stuck_calls) <= 2 and len(stuck.buffer) <= 51
     assert stuck not in bus.subscriptions
@@ -83,7 +83,7 @@ def test_failed_delivery_drops_the_subscriber() -> None:
     bus = EventBus(clock=clock)
     bus.subscribe(lambda blob: fail(ConnectionError("gone")), "dead", history=0)
     bus.publish("chat", "alice")
-    clock.advance(0)
+    clock.advance(1)
     assert not bus.subscriptions and "gone" in bus.dropped[0][1]
 
 
@@ -103,7 +103,7 @@ def test_transcript_is_flushed_per_event_and_continues_after_restart(tmp_path: P
     assert [e["seq"] for e in lines] == [1, 2, 3]
     got, deliver = collector()
     restarted.subscribe(deliver, "late", history=10)
-    clock.advance(0)
+    clock.advance(1)
     assert [e["data"]["text"] for e in got] == ["one", "two", "three"]
 
 
