@@ -17,8 +17,8 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ipython1.kernel import datachannel, wire
 from ipython1.kernel import scatter as scatter_mod
-from ipython1.kernel import wire
 from ipython1.kernel.cluster import MEC_FURL
 from ipython1.kernel.errors import (
     CompositeError,
@@ -63,7 +63,7 @@ class AsyncPendingResult:
     def get_result(self, block: bool = True) -> Deferred[Any]:
         """Fire with the result; without block, fail with ResultNotReady if not done."""
         d = self.client._remote("get_pending_result", self.id, block)
-        return d.addCallback(self._finish)
+        return d.addCallback(self.client._fetch_blobs).addCallback(self._finish)
 
 
 class AsyncMultiEngineClient:
@@ -111,7 +111,7 @@ class AsyncMultiEngineClient:
 
         d = self._remote(method, *args, block)
         if block:
-            return d.addCallback(finish)
+            return d.addCallback(self._fetch_blobs).addCallback(finish)
 
         def pending(answer: Any) -> AsyncPendingResult:
             if isinstance(answer, dict) and "pending_id" in answer:
@@ -121,6 +121,67 @@ class AsyncMultiEngineClient:
             raise KernelError(f"unexpected answer {answer!r}")
 
         return d.addCallback(pending)
+
+    # -- the data channel: large values go beside Foolscap --
+
+    def _ticket(self, answer: Any) -> dict[str, Any]:
+        answer = _check_global_error(answer)
+        host = wire.furl_location(self.furl).rsplit(":", 1)[0]
+        return dict(answer, relay=f"{host}:{answer['relay_port']}")
+
+    def _upload(self, engine_id: int, frames: list[bytes]) -> Deferred[list[bytes]]:
+        """Send a large value to an engine's blob store; fire with its reference."""
+        from twisted.internet import threads
+
+        blob_id = datachannel.new_blob_id()
+        sizes = [len(f) for f in frames]
+        d = self._remote("open_transfer", engine_id, "upload", blob_id, sizes)
+        d.addCallback(lambda answer: threads.deferToThread(
+            datachannel.client_transfer, self._ticket(answer), frames=frames))
+        return d.addCallback(lambda _: datachannel.blob_ref(blob_id, sizes))
+
+    def _download(self, engine_id: int, ref: tuple[bytes, list[int]]) -> Deferred[Any]:
+        from twisted.internet import threads
+
+        blob_id, sizes = ref
+        d = self._remote("open_transfer", engine_id, "download", blob_id, sizes)
+        return d.addCallback(lambda answer: threads.deferToThread(
+            datachannel.client_transfer, self._ticket(answer), sizes=sizes))
+
+    def _ship(self, namespaces: dict[int, dict[str, list[bytes]]]) -> Deferred[Any]:
+        """Upload the large values of per-engine namespaces; fire with references."""
+        ds = []
+        for engine_id, ns in namespaces.items():
+            for key, frames in ns.items():
+                if datachannel.is_large(frames):
+                    d = self._upload(engine_id, frames)
+                    d.addCallback(lambda ref, ns=ns, key=key: ns.__setitem__(key, ref))
+                    ds.append(d)
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: namespaces)
+
+    def _fetch_blobs(self, replies: Any) -> Deferred[Any]:
+        """Download the large values that replies refer to, in place."""
+        ds = []
+        for reply in replies if isinstance(replies, list) else ():
+            if not isinstance(reply, dict) or reply.get("status") != "ok":
+                continue
+            value = reply.get("value")
+            engine_id = reply["engine_id"]
+            if _is_frames(value):
+                slots = [(reply, "value", value)]
+            elif isinstance(value, list) and value and all(_is_frames(v) for v in value):
+                slots = [(value, i, v) for i, v in enumerate(value)]
+            else:
+                continue
+            for holder, slot, frames in slots:
+                ref = datachannel.parse_blob_ref(frames)
+                if ref is not None:
+                    d = self._download(engine_id, ref)
+                    d.addCallback(lambda got, h=holder, s=slot: h.__setitem__(s, got))
+                    ds.append(d)
+        if not ds:
+            return defer.succeed(replies)
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: replies)
 
     # -- the multi-engine interface --
 
@@ -142,7 +203,11 @@ class AsyncMultiEngineClient:
             frames = serialize_dict(_check_namespace(namespace))
         except Exception as e:
             return defer.fail(e)
-        return self._command("push", (frames, targets), block, _none, True)
+        if not any(datachannel.is_large(f) for f in frames.values()):
+            return self._command("push", (frames, targets), block, _none, True)
+        d = self._ids(targets)
+        d.addCallback(lambda ids: self._ship({e: dict(frames) for e in ids}))
+        return d.addCallback(lambda ns: self._command("push_each", (ns,), block, _none, True))
 
     push_function = push
 
@@ -195,18 +260,29 @@ class AsyncMultiEngineClient:
         """Drop each target's waiting commands (they fail with QueueCleared)."""
         return self._remote("clear_queue", targets).addCallback(_check_global_error)
 
+    def engine_info(self, targets: Any = "all") -> Deferred[Any]:
+        """Fire with each target's properties: engine_id, pid, mpi_rank, mpi_size..."""
+        return self._remote("engine_info", targets).addCallback(_check_global_error)
+
     def apply(self, func: Callable[..., Any], *args: Any, targets: Any = "all",
               block: bool = True, **kwargs: Any) -> Deferred[Any]:
         """Call func(*args, **kwargs) on each target; fire with the return values."""
         d = self._ids(targets)
 
         def send(ids: list[int]) -> Deferred[Any]:
-            func_frames = serialize(func)
             arg_frames = serialize((args, kwargs))
-            return self._command("apply_each", (func_frames, dict.fromkeys(ids, arg_frames)),
-                                 block, deserialize, isinstance(targets, int))
+            return self._apply_each(serialize(func), dict.fromkeys(ids, arg_frames), block,
+                                    isinstance(targets, int))
 
         return d.addCallback(send)
+
+    def _apply_each(self, func: list[bytes], args: dict[int, list[bytes]], block: bool,
+                    single: bool) -> Deferred[Any]:
+        """Send apply_each, with large per-engine arguments over the data channel."""
+        d = self._ship({e: {"args": a} for e, a in args.items()})
+        return d.addCallback(lambda ns: self._command(
+            "apply_each", (func, {e: v["args"] for e, v in ns.items()}), block, deserialize,
+            single))
 
     def scatter(self, key: str, seq: Any, targets: Any = "all", flatten: bool = False,
                 block: bool = True) -> Deferred[Any]:
@@ -216,7 +292,9 @@ class AsyncMultiEngineClient:
         def send(ids: list[int]) -> Deferred[Any]:
             parts = scatter_mod.partitions(seq, len(ids), flatten=flatten)
             namespaces = {e: {key: serialize(part)} for e, part in zip(ids, parts)}
-            return self._command("push_each", (namespaces,), block, _none, True)
+            d = self._ship(namespaces)
+            return d.addCallback(
+                lambda ns: self._command("push_each", (ns,), block, _none, True))
 
         return d.addCallback(send)
 
@@ -241,8 +319,7 @@ class AsyncMultiEngineClient:
             func_frames = serialize(_map_chunk)
             args = {e: serialize(((func, *(p[i] for p in parts)), {}))
                     for i, e in enumerate(ids)}
-            return self._command("apply_each", (func_frames, args), block,
-                                 deserialize, False)
+            return self._apply_each(func_frames, args, block, False)
 
         def joined(result: Any) -> Any:
             if isinstance(result, AsyncPendingResult):
@@ -331,6 +408,42 @@ class AsyncMultiEngineClient:
 
         return d.addCallback(check)
 
+    # -- collaboration (issue 8) --
+
+    def whoami(self) -> Deferred[dict[str, Any]]:
+        """Fire with {"user", "kind", "client"}: whom this client acts as."""
+        return self._remote("whoami")
+
+    def users(self) -> Deferred[list[dict[str, Any]]]:
+        """Fire with the users: name, kind, connected sessions, queued commands."""
+        return self._remote("users").addCallback(_check_global_error)
+
+    def say(self, text: str) -> Deferred[None]:
+        """Send a chat line to everyone subscribed."""
+        return self._remote("say", str(text)).addCallback(_check_global_error)
+
+    def subscribe_events(self, observer: Callable[[dict[str, Any]], Any],
+                         history: int = 200) -> Deferred[None]:
+        """Call observer(event) for each event: recent history first, then live.
+
+        Fires with {"seq": n}: events numbered up to n are history.
+        (``subscribe`` is the live stdout/stderr of commands only; see streaming.)
+        """
+        from ipython1.kernel.events import EventObserver
+
+        self._event_observer = EventObserver(observer)
+        d = self._remote("subscribe_events", self._event_observer, history)
+        return d.addCallback(_check_global_error)
+
+    def unsubscribe_events(self) -> Deferred[None]:
+        """Stop the events."""
+        self._event_observer = None
+        return self._remote("unsubscribe_events")
+
+    def transcript(self, user: str | None = None, last: int = 1000) -> Deferred[Any]:
+        """Fire with the last events of the controller's transcript."""
+        return self._remote("transcript", user, last).addCallback(_check_global_error)
+
     def disconnect(self) -> None:
         """Drop the connection to the controller."""
         if self._tub is not None:
@@ -363,6 +476,11 @@ def _then_join(pending: AsyncPendingResult) -> AsyncPendingResult:
                 parts if isinstance(parts, list) else [parts]))
 
     return _Gather(pending.client, pending.id, pending._finish)
+
+
+def _is_frames(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(f, (bytes, bytearray)) for f in value)
 
 
 def _check_namespace(namespace: Any) -> dict[str, Any]:
@@ -423,3 +541,21 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
         tub.stopService()
         raise
     return AsyncMultiEngineClient(session, tub, furl)
+
+
+@defer.inlineCallbacks
+def get_task_client(furl_or_file: Any = None, profile: str = "default",
+                    timeout: float = 10.0) -> Any:
+    """Connect to a controller's task farm; fire with an AsyncTaskClient."""
+    from ipython1.kernel.cluster import TASK_FURL
+    from ipython1.kernel.taskclient import AsyncTaskClient
+
+    furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
+    tub = wire.client_tub()
+    try:
+        root = yield wire.get_reference(tub, furl, timeout)
+        session = yield root.callRemote("connect", client_info())
+    except Exception:
+        tub.stopService()
+        raise
+    return AsyncTaskClient(session, tub, furl)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -266,6 +267,10 @@ class MultiEngineClient:
         """Drop the waiting commands of targets; they fail with QueueCleared."""
         return self._call(self._async.clear_queue, self.targets if targets is None else targets)
 
+    def engine_info(self, targets: Any = None) -> Any:
+        """Describe targets as they registered: pid, hostname, mpi_rank, mpi_size..."""
+        return self._call(self._async.engine_info, self.targets if targets is None else targets)
+
     def get_pending_result(self, pending_id: int, block: bool = True,
                            timeout: float | None = None) -> Any:
         """Fetch a non-blocking call's result by its id."""
@@ -363,11 +368,269 @@ class MultiEngineClient:
 
         return magics.activate(self, shell)
 
+    # -- collaboration (issue 8) --
+
+    @property
+    def user(self) -> str:
+        """The name of the user this client acts as."""
+        if getattr(self, "_whoami", None) is None:
+            self._whoami = self._call(self._async.whoami)
+        return str(self._whoami["user"])
+
+    @property
+    def kind(self) -> str:
+        """'owner', 'full' or 'observer'."""
+        self.user  # noqa: B018 - fetches whoami
+        return str(self._whoami["kind"])
+
+    def users(self) -> list[dict[str, Any]]:
+        """List the users: name, kind, connected sessions, queued commands."""
+        return self._call(self._async.users)
+
+    def say(self, text: str) -> None:
+        """Send a chat line to everyone subscribed."""
+        return self._call(self._async.say, text)
+
+    def subscribe_events(self, observer: Callable[[dict[str, Any]], Any],
+                         history: int = 200) -> dict[str, int]:
+        """Call observer(event) for each event, in the client's reactor thread.
+
+        Returns {"seq": n}: the events numbered up to n are history.
+        """
+        return self._call(self._async.subscribe_events, observer, history)
+
+    def unsubscribe_events(self) -> None:
+        """Stop the events (and the events() iterator)."""
+        self._events = None
+        return self._call(self._async.unsubscribe_events)
+
+    def transcript(self, user: str | None = None, last: int = 1000) -> list[dict[str, Any]]:
+        """Return the last events of the controller's transcript."""
+        return self._call(self._async.transcript, user, last)
+
+    def events(self, timeout: float | None = None, history: int = 200) -> Any:
+        """Iterate over events as they come; stop after timeout s without one.
+
+        The first call subscribes (recent history first); the subscription stays
+        until unsubscribe_events(), so no event is missed between two iterations.
+        Events wait in a bounded buffer (the oldest are dropped past 100,000).
+        """
+        import collections
+        import queue as queue_mod
+
+        if getattr(self, "_events", None) is None:
+            events: queue_mod.Queue[dict[str, Any]] = queue_mod.Queue()
+            overflow: collections.deque[int] = collections.deque()
+
+            def put(event: dict[str, Any]) -> None:
+                if events.qsize() >= 100_000:
+                    try:
+                        events.get_nowait()
+                        overflow.append(1)
+                    except queue_mod.Empty:
+                        pass
+                events.put(event)
+
+            self.subscribe_events(put, history)
+            self._events = events
+        source = self._events
+        while True:
+            try:
+                yield source.get(timeout=timeout)
+            except queue_mod.Empty:
+                return
+
     def close(self) -> None:
         """Disconnect from the controller."""
         self._loop.reactor.callFromThread(self._async.disconnect)
 
     def __enter__(self) -> MultiEngineClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# -- the task farm ---------------------------------------------------------------------
+
+from ipython1.kernel.taskclient import (  # noqa: E402
+    MapTask,
+    StringTask,
+    TaskResult,
+    map_specs,
+    progress_bar,
+)
+
+__all__ += ["MapTask", "PendingTasks", "StringTask", "TaskClient", "TaskResult"]
+
+POLL_SECONDS = 0.5  # how long one wait on the controller lasts, so Ctrl-C is prompt
+
+
+class PendingTasks:
+    """Tasks in flight (e.g. a non-blocking map): wait, watch, fetch."""
+
+    def __init__(self, client: TaskClient, tids: list[int], sizes: list[int] | None = None,
+                 join: Callable[[list[TaskResult]], Any] | None = None) -> None:
+        self.client = client
+        self.tids = list(tids)
+        self.sizes = sizes or [1] * len(self.tids)
+        self._join = join
+        self._results: dict[int, TaskResult] = {}
+
+    def ready(self) -> bool:
+        """Tell whether every task has finished (fetching what has)."""
+        self._collect(0)
+        return len(self._results) == len(self.tids)
+
+    def _collect(self, timeout: float | None, bar: Any = None) -> None:
+        """Fetch finished results, waiting up to timeout s for the next ones."""
+        pending = [t for t in self.tids if t not in self._results]
+        if not pending:
+            return
+        finished = self.client._call(self.client._async.wait, pending, False, timeout)
+        if finished:
+            records = self.client._call(self.client._async.get_task_results, finished)
+            for tid, res in zip(finished, records):
+                self._results[tid] = res
+            if bar is not None:
+                size = dict(zip(self.tids, self.sizes))
+                bar.update(sum(size[t] for t in finished))
+            if self._join is not None:
+                self.client._call(self.client._async.clear, finished)
+
+    def wait(self, timeout: float | None = None, progress: bool | None = False) -> bool:
+        """Wait until every task finished or timeout s passed; return whether all did."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = progress_bar(sum(self.sizes), "tasks", progress) if progress is not False \
+            else None
+        try:
+            while len(self._results) < len(self.tids):
+                left = POLL_SECONDS if deadline is None else min(
+                    POLL_SECONDS, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                self._collect(left, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        return True
+
+    def wait_interactive(self, timeout: float | None = None) -> bool:
+        """Wait with a progress bar counting items (in a terminal or notebook)."""
+        return self.wait(timeout, progress=None)
+
+    def get_result(self, timeout: float | None = None) -> Any:
+        """Wait and return the results (joined for a map); raise the first failure."""
+        if not self.wait(timeout):
+            raise ClientTimeout(f"tasks not finished within {timeout:g} s")
+        results = [self._results[t] for t in self.tids]
+        return self._join(results) if self._join is not None else results
+
+    def __repr__(self) -> str:
+        return f"<PendingTasks {len(self._results)}/{len(self.tids)} finished>"
+
+
+class TaskClient:
+    """Run independent tasks on whichever engines are free; blocking.
+
+    ``furl_or_file`` is a FURL, a FURL file, or None for the profile's
+    ``security/ipcontroller-task.furl``. See docs/tasks.md.
+    """
+
+    def __init__(self, furl_or_file: Any = None, profile: str = "default",
+                 timeout: float | None = None, connect_timeout: float = 10.0) -> None:
+        self._loop = ReactorThread.get()
+        self.timeout = timeout
+        future = self._loop.submit(asyncclient.get_task_client, furl_or_file, profile,
+                                   connect_timeout)
+        self._async = _wait(future, connect_timeout + 5)
+
+    def _call(self, method: Callable[..., Any], *args: Any, timeout: float | None = None,
+              **kwargs: Any) -> Any:
+        return _wait(self._loop.submit(method, *args, **kwargs),
+                     self.timeout if timeout is None else timeout)
+
+    def run(self, task: Any) -> int:
+        """Queue a StringTask or MapTask; return its task id at once."""
+        if not hasattr(task, "to_wire"):
+            raise TypeError(f"run() takes a StringTask or a MapTask, not {type(task).__name__}")
+        spec = task.to_wire()  # serialize here, not on the reactor thread
+        tid = self._async.try_queue(spec)  # no reactor round trip while ids last
+        return tid if tid is not None else self._call(self._async.run_spec, spec)
+
+    def get_task_result(self, tid: int, block: bool = False,
+                        timeout: float | None = None) -> TaskResult | None:
+        """Return the task's TaskResult, or None if it has not finished (unless block)."""
+        if not block:
+            return self._call(self._async.get_task_result, tid, False)
+        pending = PendingTasks(self, [tid])
+        pending.get_result(timeout if timeout is not None else self.timeout)
+        return pending._results[tid]
+
+    def barrier(self, tids: Sequence[int], timeout: float | None = None,
+                progress: bool | None = None) -> None:
+        """Wait until every task of tids has finished (with a progress bar)."""
+        # Only wait: results stay on the controller for get_task_result.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        remaining = list(tids)
+        bar = progress_bar(len(remaining), "tasks", progress)
+        try:
+            while remaining:
+                left = POLL_SECONDS if deadline is None else min(
+                    POLL_SECONDS, deadline - time.monotonic())
+                if left <= 0:
+                    raise ClientTimeout(f"{len(remaining)} task(s) not finished within "
+                                        f"{timeout:g} s")
+                finished = set(self._call(self._async.wait, remaining, False, left))
+                if finished:
+                    bar.update(len(finished))
+                    remaining = [t for t in remaining if t not in finished]
+        finally:
+            bar.close()
+
+    def pending(self, tids: Sequence[int]) -> PendingTasks:
+        """Wrap task ids to wait for them (wait_interactive) and fetch their results."""
+        return PendingTasks(self, list(tids))
+
+    def map(self, func: Callable[..., Any], *seqs: Sequence[Any], chunksize: int | None = None,
+            block: bool = True, progress: bool | None = None, **options: Any) -> Any:
+        """Apply func to each element on any engines; return results in order.
+
+        The sequence is cut into chunks (about 8 per engine by default) that
+        run as MapTasks; options (retries, timeout, priority...) apply to each.
+        """
+        engines = len(self.queue_status()["engines"])
+        specs, sizes = map_specs(func, seqs, chunksize, engines, options)
+        tids = self._call(self._async.run_specs, specs)
+        from ipython1.kernel.taskclient import join_map_results
+
+        pending = PendingTasks(self, tids, sizes, join_map_results)
+        if not block:
+            return pending
+        pending.wait(progress=progress)
+        return pending.get_result()
+
+    def abort(self, tid: int) -> None:
+        """Cancel a queued task; it fails with TaskAborted."""
+        self._call(self._async.abort, tid)
+
+    def queue_status(self, verbose: bool = False) -> dict[str, Any]:
+        """Return counts of pending, running (per engine), succeeded and failed tasks."""
+        return self._call(self._async.queue_status, verbose)
+
+    def clear(self, tids: Sequence[int] | None = None) -> int:
+        """Drop finished results (these, or all of this client's) from the controller."""
+        return self._call(self._async.clear, None if tids is None else list(tids))
+
+    def spin(self) -> None:
+        """Make the controller hand ready tasks to idle engines now."""
+        self._call(self._async.spin)
+
+    def close(self) -> None:
+        """Disconnect from the controller."""
+        self._loop.reactor.callFromThread(self._async.disconnect)
+
+    def __enter__(self) -> TaskClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -8,13 +8,14 @@ clients and engines. Adapters (multi-engine, task farm) are built on
 
 from __future__ import annotations
 
+import getpass
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foolscap.api import Referenceable
+from foolscap.api import DeadReferenceError, Referenceable
 from twisted.application import service
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
@@ -24,7 +25,8 @@ from zope.interface import implementer
 from ipython1.kernel import cluster, wire
 from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
-from ipython1.kernel.queue import Command, EngineQueue
+from ipython1.kernel.events import EventBus, Transcript
+from ipython1.kernel.queue import Command, EngineQueue, user_of
 from ipython1.kernel.streaming import OutputReceiver
 
 log = Logger()
@@ -38,6 +40,16 @@ class EngineRecord:
     ref: Any
     queue: EngineQueue
     info: dict[str, Any] = field(default_factory=dict)
+
+
+MAX_ENGINE_ID = 2**31 - 1
+
+
+def _rank(record: EngineRecord) -> str:
+    """Describe an engine's MPI rank for messages ('' for a non-MPI engine)."""
+    if "mpi_rank" not in record.info:
+        return ""
+    return f" (MPI rank {record.info['mpi_rank']} of {record.info.get('mpi_size', '?')})"
 
 
 def parse_targets(targets: Any, registered: list[int]) -> list[int]:
@@ -71,21 +83,42 @@ def parse_targets(targets: Any, registered: list[int]) -> list[int]:
 class Controller(service.MultiService):
     """Keep the engines and their queues; the adapters' common core."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserve_ids: int = 0) -> None:
         super().__init__()
         self.engines: dict[int, EngineRecord] = {}
         self._next_id = 0
         self._observers: list[Callable[[str, dict[str, Any]], None]] = []
+        # Who started the cluster: the owner's FURL acts as this user.
+        self.owner = _login_name()
+        self.events = EventBus()  # the shared, attributed view of everything (issue 8)
+        self.add_observer(self.events.on_controller)
+        self.relay: Any = None  # datachannel.Relay, set by ControllerService
+        # Ids below reserve_ids are given only to engines that ask for them
+        # (MPI ranks under `ipcluster start --mpi`); no id is ever given twice.
+        self.reserve_ids = reserve_ids
+        self._used_ids: set[int] = set()
+        self._broken_mpi_jobs: dict[str, str] = {}  # job -> the engine it lost first
 
     # -- registry --
 
     def register_engine(self, engine: Any, info: dict[str, Any]) -> int:
         """Add an engine; return its id, which it keeps for its life."""
-        engine_id = self._next_id
-        self._next_id += 1
+        engine_id = self._assign_id(info.get("requested_id"))
+        if "mpi_rank" in info:
+            # A rank blocked in a GIL-holding collective cannot answer pings.
+            wire.relax_disconnect_timeout(engine)
 
         def send(command: Command) -> Deferred[Any]:
-            return engine.callRemote(command.op, *command.args)
+            self._notify("command_started", {"engine_id": engine_id, "command": command})
+            d = engine.callRemote(command.op, *command.args)
+
+            def finished(reply: Any) -> Any:
+                self._notify("command_finished",
+                             {"engine_id": engine_id, "command": command, "reply": reply})
+                return reply
+
+            d.addBoth(finished)
+            return d.addErrback(self._call_failed, engine_id)
 
         record = EngineRecord(engine_id, engine, EngineQueue(engine_id, send), dict(info))
         self.engines[engine_id] = record
@@ -98,13 +131,68 @@ class Controller(service.MultiService):
         self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
         return engine_id
 
-    def _engine_lost(self, engine_id: int) -> None:
+    def _call_failed(self, failure: Any, engine_id: int) -> Any:
+        """A lost connection fails the call before notifyOnDisconnect fires:
+        mark the engine dead now, so its commands fail with the full reason."""
+        if failure.check(DeadReferenceError):
+            self._engine_lost(engine_id)
+        return failure
+
+    def _assign_id(self, requested: Any) -> int:
+        """Give the requested id if no engine ever had it, else the next free one.
+
+        Registration runs on the reactor thread, so checking and taking an id
+        is atomic: two engines asking for the same id get different ones.
+        """
+        if (isinstance(requested, int) and not isinstance(requested, bool)
+                and 0 <= requested < MAX_ENGINE_ID and requested not in self._used_ids):
+            engine_id = requested
+        else:
+            engine_id = max(self._next_id, self.reserve_ids)
+            while engine_id in self._used_ids:
+                engine_id += 1
+            self._next_id = engine_id + 1
+            if requested is not None:
+                log.warn("engine asked for id {req!r}, which is taken or invalid; "
+                         "it gets id {id}", req=requested, id=engine_id)
+        self._used_ids.add(engine_id)
+        return engine_id
+
+    def _engine_lost(self, engine_id: int, reason: str | None = None) -> None:
         record = self.engines.pop(engine_id, None)
         if record is None:
             return
-        log.info("engine {id} disconnected", id=engine_id)
-        record.queue.engine_died(f"engine {engine_id} died (connection lost)")
+        job = record.info.get("mpi_job")
+        if reason is None and job in self._broken_mpi_jobs:
+            reason = (f"engine {engine_id}{_rank(record)} died: its MPI job {job} lost "
+                      f"{self._broken_mpi_jobs[job]} first")
+        reason = reason or f"engine {engine_id}{_rank(record)} died (connection lost)"
+        log.info("{reason}", reason=reason)
+        record.queue.engine_died(reason)
         self._notify("engine_died", {"engine_id": engine_id})
+        self._mpi_job_lost(record)
+
+    def _mpi_job_lost(self, record: EngineRecord) -> None:
+        """End the other engines of a dead engine's MPI job, as MPI itself would.
+
+        Without every rank the job's communicators are broken; the launcher
+        usually kills the job already, and this makes each of its engines
+        fail with an EngineError that says why, whatever the MPI.
+        """
+        job = record.info.get("mpi_job")
+        if not job or job in self._broken_mpi_jobs:
+            return
+        self._broken_mpi_jobs[job] = f"engine {record.id}{_rank(record)}"
+        peers = [r for r in self.engines.values() if r.info.get("mpi_job") == job]
+        if peers:
+            log.warn("MPI job {job} lost engine {id}{rank}: ending its other engines {peers}",
+                     job=job, id=record.id, rank=_rank(record), peers=[p.id for p in peers])
+        for peer in peers:
+            d = peer.ref.callRemote("kill")
+            d.addErrback(lambda f: None)  # it may be gone already
+            self._engine_lost(peer.id, (
+                f"engine {peer.id}{_rank(peer)} was ended: its MPI job {job} lost "
+                f"engine {record.id}{_rank(record)}"))
 
     def _engine_output(self, engine_id: int, chunks: list[list[str]]) -> Deferred[None]:
         """Pass live output on to observers, labelled with the running command.
@@ -119,6 +207,7 @@ class Controller(service.MultiService):
             "engine_id": engine_id, "chunks": chunks,
             "client": running.client if running else "",
             "command_id": running.id if running else None,
+            "call": running.call if running else 0,
         })
         return _first_of(defer.DeferredList(
             [r for r in results if isinstance(r, Deferred)], consumeErrors=True),
@@ -169,13 +258,38 @@ class Controller(service.MultiService):
         return record.ref.callRemote(op, *args)
 
     def queue_status(self, ids: list[int]) -> list[dict[str, Any]]:
-        return [self.engines[i].queue.status() for i in ids if i in self.engines]
+        statuses = []
+        for i in ids:
+            if i in self.engines:
+                status = self.engines[i].queue.status()
+                if "mpi_rank" in self.engines[i].info:
+                    status["mpi_rank"] = self.engines[i].info["mpi_rank"]
+                statuses.append(status)
+        return statuses
+
+    def engine_info(self, ids: list[int]) -> list[dict[str, Any]]:
+        """Return what each engine said of itself at registration (pid, MPI rank...)."""
+        return [dict(self.engines[i].info, engine_id=i) for i in ids if i in self.engines]
 
     def clear_queue(self, ids: list[int], client: str | None = None) -> list[dict[str, Any]]:
-        return [
-            {"engine_id": i, "cleared": self.engines[i].queue.clear()}
+        """Drop waiting commands: all of them for the owner, else only client's user's."""
+        user = user_of(client) if client else None
+        only = None if user is None or user == self.owner else user
+        cleared = [
+            {"engine_id": i, "cleared": self.engines[i].queue.clear(only)}
             for i in ids if i in self.engines
         ]
+        self.events.publish("cleared", user or "", data={
+            "targets": ids, "counts": {str(c["engine_id"]): c["cleared"] for c in cleared},
+            "scope": "all users" if only is None else "own commands"}, client=client or "")
+        return cleared
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "owner"
 
 
 OUTPUT_ACK_TIMEOUT = 2.0  # seconds a command's reply may wait for its output to be delivered
@@ -212,12 +326,12 @@ class ControllerService(service.MultiService):
     """Controller + Tub + FURL files: what `twistd ipcontroller` runs."""
 
     def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, reserve_ids: int = 0) -> None:
         super().__init__()
         self.cluster_dir = cluster_dir.create()
         self.ip = ip
         self.port = port
-        self.controller = Controller()
+        self.controller = Controller(reserve_ids=reserve_ids)
         self.controller.setServiceParent(self)
         self.furls: dict[str, str] = {}
         self.adapters: dict[str, Any] = {}
@@ -228,14 +342,31 @@ class ControllerService(service.MultiService):
 
         cert = self.cluster_dir.security / cluster.CONTROLLER_CERT
         self.tub, self.port = wire.listening_tub(cert, self.ip, self.port)
+        from ipython1.kernel.datachannel import Relay
+
+        self.controller.relay = Relay(self.ip)
         self.tub.setServiceParent(self)
         self.adapters["mec"] = MultiEngine(self.controller, self)
         self._publish(EngineRegistration(self.controller), cluster.ENGINE_FURL)
         self._publish(MultiEngineReferenceable(self.adapters["mec"]), cluster.MEC_FURL)
+        self._publish_users()
         self._publish_extra_adapters()
         cluster.write_private(self.cluster_dir.pid_file("ipcontroller"), f"{os.getpid()}\n")
         super().startService()
         log.info("controller listening on {ip}:{port}", ip=self.ip, port=self.port)
+
+    def _publish_users(self) -> None:
+        """The transcript, the named users' capabilities and the owner's admin FURL."""
+        from ipython1.kernel import users
+
+        bound = os.environ.get("IPYTHON1_EVENT_BUFFER")  # events per subscriber (tests)
+        if bound:
+            self.controller.events.max_buffered = int(bound)
+        self.controller.events.set_transcript(
+            Transcript(users.transcript_path(self.cluster_dir)))
+        self.users = users.UserDirectory(self.adapters["mec"], self.tub, self.cluster_dir)
+        self.users.load()
+        self._publish(users.ControllerAdmin(self.users), users.ADMIN_FURL)
 
     def _publish_extra_adapters(self) -> None:
         """Publish the optional adapters that are installed (task farm)."""
@@ -251,6 +382,8 @@ class ControllerService(service.MultiService):
         self.furls[name] = wire.publish(self.tub, obj, path)
 
     def stopService(self) -> Deferred[Any]:
+        if self.controller.relay is not None:
+            self.controller.relay.close()
         d = defer.maybeDeferred(super().stopService)
 
         def cleanup(result: Any) -> Any:

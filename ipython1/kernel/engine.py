@@ -31,8 +31,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipython1 import __version__
-from ipython1.kernel import introspection, wire
-from ipython1.kernel.errors import KernelError, error_to_wire
+from ipython1.kernel import datachannel, introspection, wire
+from ipython1.kernel.errors import KernelError, TaskTimeout, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
 from ipython1.kernel.serialize import deserialize, serialize
 from ipython1.kernel.streaming import OutputBatcher
@@ -41,6 +41,24 @@ log = Logger()
 
 MAX_HISTORY = 1000  # execution records kept per engine; older ones are dropped
 RESEND_INTERRUPT = 0.05  # seconds before re-sending a SIGINT that woke nothing
+
+# Large values received or to be sent over the data channel, by blob id.
+BLOBS = datachannel.BlobStore()
+
+
+def _incoming(frames: list[bytes]) -> list[Any]:
+    """Return the frames of a value, fetching a blob reference from BLOBS."""
+    ref = datachannel.parse_blob_ref(frames)
+    return frames if ref is None else BLOBS.take(ref[0])
+
+
+def _outgoing(frames: list[bytes]) -> list[bytes]:
+    """Keep a large value in BLOBS for the data channel; return what to reply."""
+    if not datachannel.is_large(frames):
+        return frames
+    blob_id = datachannel.new_blob_id()
+    BLOBS.put(blob_id, frames)
+    return datachannel.blob_ref(blob_id, [len(f) for f in frames])
 
 
 # -- output capture ----------------------------------------------------------
@@ -231,7 +249,7 @@ class EngineKernel:
             self.history.popitem(last=False)
 
     def push(self, namespace: dict[str, list[bytes]]) -> None:
-        values = {key: deserialize(frames) for key, frames in namespace.items()}
+        values = {key: deserialize(_incoming(frames)) for key, frames in namespace.items()}
         self.shell.user_ns.update(values)
 
     def pull(self, keys: list[str]) -> list[list[bytes]]:
@@ -242,18 +260,18 @@ class EngineKernel:
         out = []
         for key in keys:
             try:
-                out.append(serialize(ns[key]))
+                out.append(_outgoing(serialize(ns[key])))
             except KernelError as e:
                 raise type(e)(f"cannot pull {key!r}: {e}") from None
         return out
 
     def apply(self, func: list[bytes], args: list[bytes]) -> list[bytes]:
-        f = deserialize(func)
-        call_args, call_kwargs = deserialize(args)
+        f = deserialize(_incoming(func))
+        call_args, call_kwargs = deserialize(_incoming(args))
         with self._capturing():
             value = f(*call_args, **call_kwargs)
         self.stdout.take(), self.stderr.take()
-        return serialize(value)
+        return _outgoing(serialize(value))
 
     def get_result(self, n: int | None) -> dict[str, Any]:
         if not self.history:
@@ -289,6 +307,127 @@ class EngineKernel:
 
     def complete(self, text: str, line: str | None, cursor_pos: int | None) -> dict[str, Any]:
         return introspection.complete(self.shell, text, line, cursor_pos)
+
+    # -- the task farm --
+
+    def run_tasks(self, batch: list[list[Any]],
+                  watchdog: TaskWatchdog | None = None) -> list[list[Any]]:
+        """Run a batch of task-farm tasks ``[tid, timeout, payload]`` in order.
+
+        Each reply is ``[tid, status, duration, data]``: status "ok" with the
+        frames of ``(kind, value, stdout, stderr)``, "unmet" with the reason the
+        task's depend function gave, or "error" with ``{"error", "stdout", "stderr"}``.
+        """
+        return [self.run_task(tid, timeout, payload, watchdog)
+                for tid, timeout, payload in batch]
+
+    def run_task(self, tid: Any, timeout: float | None, payload: list[bytes],
+                 watchdog: TaskWatchdog | None = None) -> list[Any]:
+        """Run one task; never raise for the user's errors."""
+        timed_out: Any = False
+        start = time.perf_counter()
+        self.stdout.take(), self.stderr.take()
+        watched = watchdog is not None and timeout is not None
+        if watched:
+            watchdog.start(tid, float(timeout))
+        try:
+            try:
+                spec = deserialize(payload)
+                if spec.get("depend") is not None:
+                    reason = self._unmet(spec["depend"])
+                    if reason:
+                        return [tid, "unmet", time.perf_counter() - start, reason]
+                if spec.get("clear_before"):
+                    self.shell.reset(new_session=False)
+                if spec["kind"] == "string":
+                    value: Any = self._run_string_task(spec)
+                else:
+                    with self._capturing():
+                        value = spec["func"](*spec.get("args", ()), **spec.get("kwargs", {}))
+                if spec.get("clear_after"):
+                    self.shell.reset(new_session=False)
+            finally:
+                timed_out = watched and watchdog.finish(tid)
+            frames = serialize((spec["kind"], value, self.stdout.take(), self.stderr.take()))
+            return [tid, "ok", time.perf_counter() - start, frames]
+        except BaseException as e:  # noqa: B036 - user code may raise anything
+            if watched:
+                timed_out = watchdog.finish(tid) or timed_out
+            if isinstance(e, SystemExit):
+                e = RuntimeError(f"user code called exit({e.code!r}); the engine keeps running")
+            if timed_out:
+                e = TaskTimeout(f"task {tid} ran longer than its timeout of {timeout:g} s "
+                                f"on engine {self.engine_id} (interrupted)")
+            error = _error_reply(self.engine_id, e)["error"]
+            return [tid, "error", time.perf_counter() - start,
+                    {"error": error, "stdout": self.stdout.take(), "stderr": self.stderr.take()}]
+
+    def _unmet(self, depend: Any) -> str:
+        """Evaluate a depend function here; return why it is unmet, or ''."""
+        try:
+            f, args = depend
+            with self._capturing():
+                ok = f(*args)
+        except Exception as e:
+            return f"depend raised {type(e).__name__}: {e}"
+        return "" if ok else "depend returned False"
+
+    def _run_string_task(self, spec: dict[str, Any]) -> dict[str, Any]:
+        if spec.get("push"):
+            self.shell.user_ns.update(spec["push"])
+        self._recorder.current = record = {"engine_id": self.engine_id, "outputs": [],
+                                           "result": None}
+        with self._capturing():
+            result = self.shell.run_cell(spec["code"], store_history=False, silent=True)
+        error = result.error_in_exec or result.error_before_exec
+        if error is not None:
+            record["error"] = {
+                "kind": "remote", "engine_id": self.engine_id,
+                "ename": type(error).__name__, "evalue": str(error),
+                "traceback": record.pop("traceback", "") or _format_exception(error),
+            }
+            raise _CellFailed(record)
+        ns = self.shell.user_ns
+        missing = [k for k in spec.get("pull") or [] if k not in ns]
+        if missing:
+            raise NameError(f"name {missing[0]!r} is not defined (pull)")
+        return {k: ns[k] for k in spec.get("pull") or []}
+
+
+class TaskWatchdog:
+    """Interrupt the shell thread when a task outlives its timeout."""
+
+    def __init__(self, runner: ShellRunner) -> None:
+        self._runner = runner
+        self._lock = threading.Lock()
+        self._current: Any = None
+        self._fired: Any = None
+        self._timer: threading.Timer | None = None
+
+    def start(self, tid: Any, timeout: float) -> None:
+        with self._lock:
+            self._current, self._fired = tid, None
+            self._timer = threading.Timer(timeout, self._expire, (tid,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self, tid: Any) -> None:
+        with self._lock:
+            if self._current == tid:
+                self._fired = tid
+                self._runner.interrupt()
+
+    def fired(self, tid: Any) -> bool:
+        return self._fired == tid
+
+    def finish(self, tid: Any) -> bool:
+        """Stop watching tid; return whether its timer fired."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._current = None
+            return self._fired == tid
 
 
 class _CellFailed(Exception):
@@ -455,6 +594,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
                  info: dict[str, Any]) -> None:
         self._runner = runner
         self._info = info
+        self.tls_context: Any = None  # set once connected: the data channel's TLS identity
+        self.controller_host: str | None = None
         self._kernel: EngineKernel | None = None
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
@@ -537,6 +678,24 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def remote_interrupt(self) -> bool:
         return self._runner.interrupt()
 
+    def remote_open_transfer(self, pairing_id: bytes, secret: bytes, relay_port: int,
+                             direction: str, blob_id: bytes, sizes: list[int]) -> bool:
+        """Serve one data-channel transfer on a worker thread (never the shell thread)."""
+        if self.tls_context is None or self.controller_host is None:
+            raise datachannel.TransferError("this engine has no data channel")
+        from twisted.internet import threads
+
+        d = threads.deferToThread(
+            datachannel.engine_transfer, self.tls_context, f"{self.controller_host}:{relay_port}",
+            pairing_id, secret, direction, blob_id, sizes, BLOBS)
+        d.addErrback(lambda f: log.warn("data transfer failed: {e}", e=f.getErrorMessage()))
+        return True
+
+    def remote_run_tasks(self, batch: list[dict[str, Any]]) -> Deferred[Any]:
+        if not hasattr(self, "_watchdog"):
+            self._watchdog = TaskWatchdog(self._runner)
+        return self._runner.submit(lambda: self._kernel_now().run_tasks(batch, self._watchdog))
+
     def remote_properties(self) -> dict[str, Any]:
         return dict(self._info, busy=self._runner.busy)
 
@@ -579,7 +738,9 @@ class EngineService(service.MultiService):
         super().startService()
         if self.own_shell_thread:
             threading.Thread(target=self.runner.run_forever, name="shell", daemon=True).start()
-        self.tub = wire.client_tub()
+        # An MPI rank may sit in a GIL-holding collective, deaf to pings.
+        self.tub = wire.client_tub(
+            wire.MPI_DISCONNECT_TIMEOUT if "mpi_rank" in self.info else None)
         # Build the IPython shell before registering: registered means ready.
         d = self.runner.submit(self.referenceable._kernel_now)
         d.addCallback(lambda _: self._register())
@@ -603,6 +764,8 @@ class EngineService(service.MultiService):
                 delay = min(delay * 2, 1.0)
                 continue
             self.engine_id = self.runner.engine_id = engine_id
+            self.referenceable.controller_host = wire.furl_location(furl).rsplit(":", 1)[0]
+            self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
             controller.notifyOnDisconnect(self._controller_lost)
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id

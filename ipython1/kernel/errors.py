@@ -54,12 +54,32 @@ class PermissionDenied(KernelError):
     """The user's capability does not allow this operation."""
 
 
+class InvalidUserName(KernelError):
+    """A user name is malformed, taken, or names no user."""
+
+
 class MPIUnavailable(KernelError):
     """MPI was asked for but mpi4py or an MPI runtime is missing."""
 
 
 class SessionFileError(KernelError):
     """A saved session file does not parse; nothing was run."""
+
+
+class UnmetDependency(KernelError):
+    """A task's after= or depend= can never be satisfied."""
+
+
+class TaskAborted(KernelError):
+    """A task was cancelled with abort() before it ran."""
+
+
+class TaskTimeout(KernelError):
+    """A task ran longer than its timeout (its engine was interrupted)."""
+
+
+class InvalidTaskID(KernelError):
+    """A task id is unknown (never submitted, or its result was cleared)."""
 
 
 class EngineError(KernelError):
@@ -153,9 +173,14 @@ _LOCAL_ERRORS: dict[str, type[KernelError]] = {
         ResultNotReady,
         InvalidPendingResult,
         PermissionDenied,
+        InvalidUserName,
         MPIUnavailable,
         ControllerNotFound,
         SessionFileError,
+        UnmetDependency,
+        TaskAborted,
+        TaskTimeout,
+        InvalidTaskID,
     )
 }
 

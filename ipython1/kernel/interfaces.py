@@ -31,6 +31,8 @@ Keys = ListOf(Name, maxLength=100_000)
 FramesByEngine = DictOf(int, Frames, maxKeys=MAX_ENGINES)
 NamespaceByEngine = DictOf(int, Namespace, maxKeys=MAX_ENGINES)
 Info = AnyValue()
+Token = ByteStringConstraint(64)
+Sizes = ListOf(int, maxLength=1_000_000)
 Reply = AnyValue()
 
 TargetSpec = Any  # "all" | int | list[int]
@@ -122,6 +124,42 @@ class IMultiEngine(Interface):
     def session_log() -> Any:
         """Fire with every command this controller ran: targets, client, time, status."""
 
+    def engine_info(targets: TargetSpec = "all") -> Any:
+        """Describe each target as it registered: pid, host, mpi_rank, mpi_size..."""
+
+
+class ITaskFarm(Interface):
+    """Load-balanced, fault-tolerant running of independent tasks.
+
+    Tasks are ``[meta, payload]``: scheduling fields and opaque frames (see
+    ``task.validate_spec``);
+    ids are reserved first so that a client can submit without waiting.
+    """
+
+    def reserve(n: int) -> int:
+        """Reserve n consecutive task ids; return the first."""
+
+    def submit(tasks: list[Any], client: str = "") -> list[Any]:
+        """Queue ``[tid, meta, payload]`` tasks under reserved ids; None or an error each."""
+
+    def get_results(tids: list[int], block: bool = False) -> Any:
+        """Fire with each task's result record (None if unfinished and not block)."""
+
+    def wait(tids: list[int], all_: bool = False, timeout: float | None = None) -> Any:
+        """Fire with the finished ids once any (or all) of tids finished, or at timeout."""
+
+    def abort(tid: int) -> None:
+        """Cancel a task that has not started; it fails with TaskAborted."""
+
+    def queue_status(verbose: bool = False) -> dict[str, Any]:
+        """Count pending, running (per engine), succeeded and failed tasks."""
+
+    def clear(tids: list[int] | None = None, client: str | None = None) -> int:
+        """Drop finished results; return how many."""
+
+    def spin() -> None:
+        """Hand ready tasks to idle engines now."""
+
 
 class IEngineRegistry(Interface):
     """The controller's registry of engines."""
@@ -167,6 +205,10 @@ class RIEngine(RemoteInterface):
     def interrupt():
         return bool
 
+    def open_transfer(pairing_id=Token, secret=Token, relay_port=int, direction=Name,
+                      blob_id=Token, sizes=Sizes):
+        return bool
+
     def properties():
         return Info
 
@@ -189,6 +231,9 @@ class RIEngine(RemoteInterface):
         """Send live stdout/stderr as observer.output([[name, text], ...])."""
         return None
 
+    def run_tasks(batch=ListOf(AnyValue(), maxLength=100_000)):
+        return Reply
+
 
 class RIEngineRegistration(RemoteInterface):
     """The engine-facing capability of the controller."""
@@ -197,6 +242,31 @@ class RIEngineRegistration(RemoteInterface):
 
     def register_engine(engine=RIEngine, info=Info):
         return int
+
+
+class RIEventObserver(RemoteInterface):
+    """A client's subscriber to the controller's event stream."""
+
+    __remote_name__ = "RIEventObserver.v1.ipython1"
+
+    def events(batch=ByteStringConstraint(None)):
+        """Take a JSON list of events (see ipython1.kernel.events)."""
+        return None
+
+
+class RIControllerAdmin(RemoteInterface):
+    """The owner's administrative capability: manage users."""
+
+    __remote_name__ = "RIControllerAdmin.v1.ipython1"
+
+    def add_user(name=Name, observer=bool):
+        return Reply
+
+    def remove_user(name=Name):
+        return Reply
+
+    def users():
+        return Reply
 
 
 class RIMultiEngineSession(RemoteInterface):
@@ -247,6 +317,12 @@ class RIMultiEngineSession(RemoteInterface):
     def clear_queue(targets=Targets):
         return Reply
 
+    def open_transfer(engine_id=int, direction=Name, blob_id=Token, sizes=Sizes):
+        return Reply
+
+    def engine_info(targets=Targets):
+        return Reply
+
     def get_pending_result(pending_id=int, block=bool):
         return Reply
 
@@ -280,6 +356,27 @@ class RIMultiEngineSession(RemoteInterface):
     def session_log():
         return Reply
 
+    # -- collaboration (issue 8) --
+
+    def whoami():
+        return Info
+
+    def users():
+        return Reply
+
+    def say(text=Text):
+        return Reply
+
+    def subscribe_events(observer=RIEventObserver, history=int):
+        """Send events to observer: up to `history` recent ones first, then live."""
+        return Reply
+
+    def unsubscribe_events():
+        return None
+
+    def transcript(user=AnyValue(), last=int):  # a name or None
+        return Reply
+
 
 class RIMultiEngine(RemoteInterface):
     """The client-facing capability: open a session."""
@@ -288,3 +385,46 @@ class RIMultiEngine(RemoteInterface):
 
     def connect(info=Info):
         return RIMultiEngineSession
+
+
+TaskIDs = ListOf(int, maxLength=1_000_000)
+
+
+class RITaskFarmSession(RemoteInterface):
+    """One client's session with the task farm; every answer is
+    ``{"status": "ok", "value": ...}`` or ``{"status": "error", "error": {...}}``."""
+
+    __remote_name__ = "RITaskFarmSession.v1.ipython1"
+
+    def reserve(n=int):
+        return Reply
+
+    def submit(tasks=ListOf(AnyValue(), maxLength=100_000)):
+        return Reply
+
+    def get_results(tids=TaskIDs, block=bool):
+        return Reply
+
+    def wait(tids=TaskIDs, all_=bool, timeout=ChoiceOf(float, int, None)):
+        return Reply
+
+    def abort(tid=int):
+        return Reply
+
+    def queue_status(verbose=bool):
+        return Reply
+
+    def clear(tids=AnyValue()):  # a list of ids or None (ChoiceOf cannot hold a ListOf)
+        return Reply
+
+    def spin():
+        return Reply
+
+
+class RITaskFarm(RemoteInterface):
+    """The client-facing task farm capability: open a session."""
+
+    __remote_name__ = "RITaskFarm.v1.ipython1"
+
+    def connect(info=Info):
+        return RITaskFarmSession

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ __all__ = [
     "initialize",
     "launcher_rank_from_env",
     "launcher_size_from_env",
+    "mpi4py_installed",
     "mpiexec_command",
     "mpiexec_flavor",
 ]
@@ -88,7 +90,7 @@ def _library_version(text: str) -> str:
 
 
 def initialize(kind: str = "mpi4py") -> dict[str, int | str]:
-    """Initialise MPI in this process; return its rank, size and library.
+    """Initialise MPI in this process; return its rank, size, job name and library.
 
     Importing ``mpi4py.MPI`` calls MPI_Init_thread (thread level "multiple"),
     so user code on the engine's shell thread may call MPI.  An MPI_Init that
@@ -112,11 +114,22 @@ def initialize(kind: str = "mpi4py") -> dict[str, int | str]:
     if not MPI.Is_initialized():
         MPI.Init_thread(MPI.THREAD_MULTIPLE)
     comm = MPI.COMM_WORLD
+    # A name shared by every rank of this job, so the controller can tell
+    # which engines fall together when one rank dies.
+    job = comm.bcast(uuid.uuid4().hex[:12] if comm.Get_rank() == 0 else None, root=0)
     return {
         "mpi_rank": comm.Get_rank(),
         "mpi_size": comm.Get_size(),
+        "mpi_job": job,
         "mpi_library": _library_version(MPI.Get_library_version()),
     }
+
+
+def mpi4py_installed() -> bool:
+    """Tell whether mpi4py can be found, without importing it (nor MPI)."""
+    import importlib.util
+
+    return importlib.util.find_spec("mpi4py") is not None
 
 
 def _find_tool(

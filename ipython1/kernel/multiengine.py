@@ -21,18 +21,25 @@ from zope.interface import implementer
 
 from ipython1.kernel.controller import Controller
 from ipython1.kernel.errors import (
+    InvalidEngineID,
     InvalidPendingResult,
     KernelError,
+    PermissionDenied,
     ResultNotReady,
     error_to_wire,
 )
+from ipython1.kernel.events import describe_command
 from ipython1.kernel.interfaces import IMultiEngine, RIMultiEngine, RIMultiEngineSession
-from ipython1.kernel.queue import Command
+from ipython1.kernel.queue import Command, user_of
 from ipython1.kernel.session import SessionLog
 
 log = Logger()
 
 MAX_PENDING_PER_CLIENT = 100_000  # unfetched non-blocking results kept per client
+# What an observer's session may do: watch, list and chat; nothing that runs
+# code, moves data or changes state (every other command is refused).
+OBSERVER_ALLOWED = frozenset({"get_ids", "queue_status"})
+_call_ids = itertools.count(1)
 
 
 def _failure_reply(engine_id: int, failure: Failure) -> dict[str, Any]:
@@ -59,9 +66,18 @@ class MultiEngine:
               description: str = "") -> Deferred[list[dict[str, Any]]]:
         """Queue op on each engine; fire with the replies in target order."""
         ds = []
+        call, user = next(_call_ids), user_of(client)
+        if ids:
+            first = args_for(ids[0]) if callable(args_for) else args_for
+            data = describe_command(op, tuple(first), description)
+            if op == "push" and callable(args_for):  # push_each: the names on any engine
+                data["names"] = sorted({k for e in ids for k in args_for(e)[0]})
+            self.controller.events.publish("queued", user, None, {
+                **data, "targets": list(ids), "call": call}, client)
         for engine_id in ids:
             args = args_for(engine_id) if callable(args_for) else args_for
-            command = Command(op, tuple(args), client=client, description=description)
+            command = Command(op, tuple(args), client=client, description=description,
+                              user=user, call=call)
             d = self.controller.submit(engine_id, command)
             d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
             ds.append(d)
@@ -178,6 +194,29 @@ class MultiEngine:
         ids = self.controller.targets(targets)
         return defer.succeed(self.controller.clear_queue(ids, client))
 
+    def open_transfer(self, engine_id: int, direction: str, blob_id: bytes,
+                      sizes: list[int], client: str = "") -> Deferred[dict[str, Any]]:
+        """Set up a data-channel transfer with an engine (see datachannel)."""
+        import secrets
+
+        record = self.controller.engines.get(engine_id)
+        relay = self.controller.relay
+        if record is None:
+            raise InvalidEngineID(f"no engine with id {engine_id}")
+        if relay is None:
+            raise KernelError("this controller has no data channel")
+        pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
+        relay.expect(pairing_id)
+        d = record.ref.callRemote("open_transfer", pairing_id, secret,
+                                  int(relay.address.rsplit(":", 1)[1]), direction, blob_id, sizes)
+        return d.addCallback(lambda _: {
+            "pairing_id": pairing_id, "secret": secret, "relay_port": int(
+                relay.address.rsplit(":", 1)[1]), "tubid": record.ref.getRemoteTubID()})
+
+    def engine_info(self, targets: Any = "all") -> Deferred[Any]:
+        """Answered by the controller: works while engines are busy."""
+        return defer.succeed(self.controller.engine_info(self.controller.targets(targets)))
+
 
 @implementer(RIMultiEngineSession)
 class MultiEngineSession(Referenceable):  # type: ignore[misc]
@@ -185,13 +224,35 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     _ids = itertools.count(1)
 
-    def __init__(self, adapter: MultiEngine, client: str) -> None:
+    def __init__(self, adapter: MultiEngine, client: str, user: str = "",
+                 kind: str = "owner") -> None:
         self.adapter = adapter
         self.client = client
+        self.user = user or user_of(client)
+        self.kind = kind  # "owner", "full" or "observer"
+        self.revoked = False
+        self.subscription: Any = None
         self.pending: OrderedDict[int, Deferred[Any]] = OrderedDict()
         self.done: dict[int, Any] = {}
 
+    def _denied(self, method: str) -> PermissionDenied | None:
+        """Say why this session may not run method, or None if it may."""
+        if self.revoked:
+            return PermissionDenied(f"user {self.user!r}: the capability was revoked; "
+                                    f"{method} was not run")
+        if self.kind == "observer" and method not in OBSERVER_ALLOWED:
+            return PermissionDenied(
+                f"user {self.user!r} is an observer and may not {method}: observers can "
+                "watch events, read the transcript, list users and engines, and chat")
+        return None
+
     def _call(self, block: bool, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        denied = self._denied(method)
+        if denied is not None:
+            # Refused before anything is queued: nothing runs.
+            self.adapter.controller.events.publish(
+                "denied", self.user, None, {"op": method, "reason": str(denied)}, self.client)
+            return defer.succeed(self._raise_as_data(Failure(denied)))
         if not block and len(self.pending) >= MAX_PENDING_PER_CLIENT:
             # Refuse before running anything rather than grow without bound.
             return defer.succeed(self._raise_as_data(Failure(KernelError(
@@ -251,11 +312,25 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return self._call(True, "interrupt", targets)
 
     def remote_queue_status(self, targets: Any) -> Deferred[Any]:
+        if self.revoked:
+            return defer.succeed(self._raise_as_data(Failure(self._denied("queue_status"))))
         d = defer.maybeDeferred(self.adapter.queue_status, targets)
         return d.addErrback(self._raise_as_data)
 
     def remote_clear_queue(self, targets: Any) -> Deferred[Any]:
         return self._call(True, "clear_queue", targets)
+
+    def remote_open_transfer(self, engine_id: int, direction: str, blob_id: bytes,
+                             sizes: list[int]) -> Deferred[Any]:
+        denied = self._denied("open_transfer")  # moves data: not for observers
+        if denied is not None:
+            return defer.succeed(self._raise_as_data(Failure(denied)))
+        d = defer.maybeDeferred(self.adapter.open_transfer, engine_id, direction, blob_id, sizes)
+        return d.addErrback(self._raise_as_data)
+
+    def remote_engine_info(self, targets: Any) -> Deferred[Any]:
+        d = defer.maybeDeferred(self.adapter.engine_info, targets)
+        return d.addErrback(self._raise_as_data)
 
     def remote_get_pending_result(self, pending_id: int, block: bool) -> Deferred[Any]:
         if pending_id not in self.pending:
@@ -325,17 +400,70 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
             self._drop_forward(forward)
 
 
+    # -- collaboration (issue 8): see ipython1.kernel.users --
+
+    def remote_whoami(self) -> dict[str, Any]:
+        return {"user": self.user, "kind": self.kind, "client": self.client}
+
+    def remote_users(self) -> Any:
+        from ipython1.kernel.users import list_users
+
+        return list_users(self.adapter)
+
+    def remote_say(self, text: str) -> Any:
+        if self.revoked:
+            return self._raise_as_data(Failure(self._denied("say")))
+        self.adapter.controller.events.publish("chat", self.user, None,
+                                               {"text": text[:10_000]}, self.client)
+        return None
+
+    def remote_subscribe_events(self, observer: Any, history: int) -> Any:
+        """Send events to observer.events(batch): recent history first, then live.
+
+        Answers {"seq": n}: the events numbered up to n are the history.
+        """
+        from ipython1.kernel.events import remote_deliverer
+
+        if self.revoked:
+            return self._raise_as_data(Failure(self._denied("subscribe")))
+        self.remote_unsubscribe_events()
+        bus = self.adapter.controller.events
+        self.subscription = bus.subscribe(remote_deliverer(observer), self.client,
+                                          max(0, min(history, 1000)))
+        observer.notifyOnDisconnect(bus.unsubscribe, self.subscription)
+        return {"seq": bus.last_seq}  # events up to this one are history
+
+    def remote_unsubscribe_events(self) -> None:
+        if self.subscription is not None:
+            self.adapter.controller.events.unsubscribe(self.subscription)
+            self.subscription = None
+
+    def remote_transcript(self, user: str | None, last: int) -> Any:
+        from ipython1.kernel.users import transcript_tail
+
+        if user is not None and not isinstance(user, str):
+            return self._raise_as_data(Failure(KernelError("user must be a name or None")))
+        return transcript_tail(self.adapter, user, last)
+
+
 @implementer(RIMultiEngine)
 class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
     """The client-facing FURL: each client connects and gets a session."""
 
     _client_ids = itertools.count(1)
 
-    def __init__(self, adapter: MultiEngine) -> None:
+    def __init__(self, adapter: MultiEngine, user: str | None = None,
+                 kind: str = "owner") -> None:
         self.adapter = adapter
+        self.user = user  # None: the owner, who started the cluster
+        self.kind = kind
 
     def remote_connect(self, info: Any) -> MultiEngineSession:
-        name = f"client-{next(self._client_ids)}"
-        if isinstance(info, dict) and isinstance(info.get("name"), str):
-            name = f"{info['name']}-{name}"
-        return MultiEngineSession(self.adapter, name)
+        # Everything done through this session is attributed to its user.
+        user = self.user or self.adapter.controller.owner
+        session = MultiEngineSession(self.adapter, f"{user}/client-{next(self._client_ids)}",
+                                     user, self.kind)
+        directory = getattr(self.adapter, "directory", None)
+        if directory is not None:
+            directory.session_opened(session, info)
+        return session

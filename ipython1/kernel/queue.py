@@ -1,4 +1,9 @@
-"""EngineQueue: one FIFO of commands per engine, run one at a time.
+"""EngineQueue: one queue of commands per engine, run one at a time.
+
+Fair between users: each user's commands wait in their own FIFO, and the
+engine takes the next command from the user it served least recently (round
+robin), so one user's thousand queued commands delay another's by at most one.
+Order within one user is kept.
 
 Pure: it knows nothing of Foolscap; it is given a ``send`` callable that
 delivers one command to the engine and returns a Deferred.
@@ -29,10 +34,17 @@ class Command:
     args: tuple[Any, ...] = ()
     client: str = ""
     description: str = ""
+    user: str = ""  # whom the command is attributed to (fairness, permissions)
+    call: int = 0  # the multi-engine call it is part of (one per engine), for events
     id: int = field(default_factory=lambda: next(_command_ids))
     submitted: float = field(default_factory=time.time)
     started: float | None = None
     deferred: Deferred[Any] = field(default_factory=Deferred, repr=False)
+
+    @property
+    def owner(self) -> str:
+        """Return the name fairness and clear_queue go by."""
+        return self.user or user_of(self.client)
 
     def summary(self) -> dict[str, Any]:
         """Describe the command for queue_status (never its values)."""
@@ -40,38 +52,60 @@ class Command:
             "id": self.id,
             "op": self.op,
             "client": self.client,
+            "user": self.owner,
             "description": self.description,
             "submitted": self.submitted,
             "started": self.started,
         }
 
 
+def user_of(client: str) -> str:
+    """Return the user a session name belongs to ("alice/client-3" -> "alice")."""
+    return client.split("/", 1)[0]
+
+
 class EngineQueue:
-    """Run one engine's commands one at a time, in submission order."""
+    """Run one engine's commands one at a time: round robin between users."""
 
     def __init__(self, engine_id: int, send: Callable[[Command], Deferred[Any]]) -> None:
         self.engine_id = engine_id
         self._send = send
-        self._waiting: collections.deque[Command] = collections.deque()
+        self._waiting: dict[str, collections.deque[Command]] = {}
+        self._served: dict[str, int] = {}  # user -> tick of their last start
+        self._tick = 0
+        self._count = 0
         self.running: Command | None = None
         self._dead: EngineError | None = None
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return self._count
 
     def submit(self, command: Command) -> Deferred[Any]:
         """Queue a command; the Deferred fires with the engine's reply."""
         if self._dead is not None:
             command.deferred.errback(Failure(self._dead))
             return command.deferred
-        self._waiting.append(command)
+        self._waiting.setdefault(command.owner, collections.deque()).append(command)
+        self._count += 1
         self._next()
         return command.deferred
+
+    def _pop(self) -> Command:
+        # The user served least recently goes next (never served: first).
+        user = min(self._waiting, key=lambda u: self._served.get(u, -1))
+        fifo = self._waiting[user]
+        command = fifo.popleft()
+        if not fifo:
+            del self._waiting[user]
+        self._count -= 1
+        self._tick += 1
+        self._served[user] = self._tick
+        return command
 
     def _next(self) -> None:
         if self.running is not None or not self._waiting or self._dead is not None:
             return
-        command = self.running = self._waiting.popleft()
+        command = self.running = self._pop()
         command.started = time.time()
         try:
             d = self._send(command)
@@ -90,10 +124,17 @@ class EngineQueue:
                 command.deferred.callback(result)
         self._next()
 
-    def clear(self) -> int:
-        """Fail every waiting command with QueueCleared; return how many."""
-        dropped = list(self._waiting)
-        self._waiting.clear()
+    def waiting(self) -> list[Command]:
+        """Return the waiting commands, user by user, each user's in order."""
+        return [c for fifo in self._waiting.values() for c in fifo]
+
+    def clear(self, user: str | None = None) -> int:
+        """Fail waiting commands (all, or one user's) with QueueCleared; return how many."""
+        users = list(self._waiting) if user is None else [user]
+        dropped: list[Command] = []
+        for name in users:
+            dropped.extend(self._waiting.pop(name, ()))
+        self._count -= len(dropped)
         for command in dropped:
             command.deferred.errback(
                 Failure(QueueCleared(
@@ -108,16 +149,18 @@ class EngineQueue:
             self.engine_id, reason or f"engine {self.engine_id} died"
         )
         running, self.running = self.running, None
-        waiting = list(self._waiting)
+        waiting = self.waiting()
         self._waiting.clear()
+        self._count = 0
         for command in ([running] if running else []) + waiting:
             if not command.deferred.called:
                 command.deferred.errback(Failure(self._dead))
 
     def status(self) -> dict[str, Any]:
-        """Describe the running command and the waiting ones."""
+        """Describe the running command, the waiting ones, and counts per user."""
         return {
             "engine_id": self.engine_id,
             "running": self.running.summary() if self.running else None,
-            "queued": [c.summary() for c in self._waiting],
+            "queued": [c.summary() for c in self.waiting()],
+            "per_user": {u: len(f) for u, f in self._waiting.items()},
         }

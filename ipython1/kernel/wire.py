@@ -19,6 +19,15 @@ from twisted.internet.defer import Deferred
 from ipython1.kernel.cluster import MEC_FURL, ClusterDir
 from ipython1.kernel.errors import ControllerNotFound
 
+
+def _env_seconds(name: str, default: float) -> float:
+    """Read a timeout in seconds from the environment."""
+    try:
+        return float(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+
+
 # Keep connections alive across long-running cells; the reactor thread of an
 # engine answers pings even while user code runs.
 TUB_OPTIONS = {"keepaliveTimeout": 30, "disconnectTimeout": 120}
@@ -46,17 +55,57 @@ def tub_options() -> dict[str, Any]:
     return options
 
 
-def client_tub() -> Tub:
+def ec_certificate_pem() -> bytes:
+    """Return a new self-signed ECDSA P-256 key and certificate, PEM-encoded.
+
+    Foolscap would make an RSA-2048 key (about 0.1 s of CPU each); every
+    engine and client needs its own identity, so start-up uses EC keys.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "newpb_thingy")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .sign(key, hashes.SHA256()))
+    return key.private_bytes(serialization.Encoding.PEM,
+                             serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption()) + cert.public_bytes(
+        serialization.Encoding.PEM)
+
+
+# An MPI engine inside a collective that holds the GIL (mpi4py's lowercase
+# comm.allreduce waiting for a late rank) answers no ping until it returns:
+# its connections wait this long before calling it dead. A rank that really
+# dies closes its socket, and the MPI launcher ends the job, at once.
+MPI_DISCONNECT_TIMEOUT = _env_seconds("IPYTHON1_MPI_DISCONNECT_TIMEOUT", 7 * 24 * 3600)
+
+
+def client_tub(disconnect_timeout: float | None = None) -> Tub:
     """Return a started Tub for outbound connections only."""
-    tub = Tub()
+    tub = Tub(certData=ec_certificate_pem())
     for name, value in tub_options().items():
         tub.setOption(name, value)
+    if disconnect_timeout is not None:
+        tub.setOption("disconnectTimeout", disconnect_timeout)
     tub.startService()
     return tub
 
 
 def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0) -> tuple[Tub, int]:
     """Return a Tub listening on ip:port with a persistent certificate."""
+    if not cert_file.exists():
+        fd = os.open(cert_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(ec_certificate_pem())
     tub = Tub(certFile=str(cert_file))
     os.chmod(cert_file, 0o600)
     for name, value in tub_options().items():
@@ -141,6 +190,19 @@ def get_reference(tub: Tub, furl: str, timeout: float = 10.0) -> Deferred[Any]:
     d.addTimeout(timeout, reactor)
     d.addErrback(failed)
     return d
+
+
+def relax_disconnect_timeout(ref: Any, seconds: float = MPI_DISCONNECT_TIMEOUT) -> bool:
+    """Give one connection a longer disconnect timeout; False if it has none.
+
+    Foolscap sets timeouts per Tub; this changes the broker behind one
+    RemoteReference (its disconnect timer re-reads the value when it fires).
+    """
+    broker = getattr(getattr(ref, "tracker", None), "broker", None)
+    if broker is None or getattr(broker, "disconnectTimeout", None) is None:
+        return False
+    broker.disconnectTimeout = seconds
+    return True
 
 
 def furl_location(furl: str) -> str:

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from twisted.python import usage
 
@@ -56,8 +56,37 @@ class StatusOptions(_ProfileOption):
     pass
 
 
+class AddUserOptions(usage.Options):
+    synopsis = "NAME [--observer]"
+    optFlags = [["observer", None, "Watch-only: may subscribe, list and chat; runs nothing."]]
+
+    def parseArgs(self, name: str, *rest: str) -> None:
+        # `adduser carol --observer`: getopt stops at NAME, so look at the rest too.
+        for arg in rest:
+            if arg != "--observer":
+                raise usage.UsageError(f"unexpected argument {arg!r}")
+            self["observer"] = True
+        self["name"] = name
+
+
+class DelUserOptions(usage.Options):
+    synopsis = "NAME"
+
+    def parseArgs(self, name: str) -> None:
+        self["name"] = name
+
+
+class UsersOptions(usage.Options):
+    pass
+
+
+class TranscriptOptions(usage.Options):
+    optFlags = [["follow", "f", "Keep printing events as they are appended."]]
+    optParameters = [["user", "u", None, "Only this user's events."]]
+
+
 class Options(usage.Options):
-    synopsis = "ipcluster start|stop|status [options]"
+    synopsis = "ipcluster start|stop|status|adduser|deluser|users|transcript [options]"
     optParameters = [
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
     ]
@@ -65,11 +94,16 @@ class Options(usage.Options):
         ["start", None, StartOptions, "Start a controller and N engines."],
         ["stop", None, StopOptions, "Stop the cluster's engines and controller."],
         ["status", None, StatusOptions, "Show the controller, engines and queues."],
+        ["adduser", None, AddUserOptions, "Give a user their own FURL; print its path."],
+        ["deluser", None, DelUserOptions, "Revoke a user's FURL and drop their connections."],
+        ["users", None, UsersOptions, "List users: kind, connected, queued commands."],
+        ["transcript", None, TranscriptOptions, "Print the shared transcript of events."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("choose a command: start, stop or status")
+            raise usage.UsageError(
+                "choose a command: start, stop, status, adduser, deluser, users or transcript")
 
 
 # -- processes ----------------------------------------------------------------
@@ -151,6 +185,15 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
                   f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first\n")
         return 1
     profile = ["--profile", cluster_dir.profile]
+    controller_args = [*profile, "--ip", ip]
+    if mpi:
+        try:
+            mpi_command = _mpi_preflight(n, mpiexec, mpi_args)
+        except Exception as e:
+            out.write(f"ipcluster: cannot start MPI engines: {e}\n")
+            return 1
+        # Ids 0..n-1 wait for the ranks that ask for them.
+        controller_args += ["--reserve-ids", str(n)]
     started: list[int] = []
 
     def track(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
@@ -162,25 +205,24 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
     t0 = time.monotonic()
     try:
         controller = track(_spawn(
-            _python_module("ipython1.scripts.ipcontroller", *profile, "--ip", ip),
+            _python_module("ipython1.scripts.ipcontroller", *controller_args),
             cluster_dir.log_file("ipcontroller-console")))
         _wait_for(lambda: read_pid(cluster_dir.pid_file("ipcontroller")) == controller.pid,
                   timeout, lambda: controller.poll() is not None,
                   lambda: "the controller exited:\n"
                   + _tail(cluster_dir.log_file("ipcontroller-console")))
-        engine_argv = _python_module("ipython1.scripts.ipengine", *profile,
-                                     "--connect-timeout", str(timeout))
+        engine_options = [*profile, "--connect-timeout", str(timeout)]
+        engine_argv = _python_module("ipython1.scripts.ipengine", *engine_options)
         if mpi:
-            from ipython1.kernel import mpi as mpi_mod
-
-            command = mpi_mod.mpiexec_command(n, engine_argv, mpi_mod.find_mpiexec(mpiexec),
-                                              mpi_args.split())
-            engines = [track(_spawn(command, cluster_dir.log_file("mpiexec")))]
+            engines = [track(_spawn(mpi_command(engine_options),
+                                    cluster_dir.log_file("mpiexec")))]
+            write_private(cluster_dir.pid_file(ENGINES_PID_FILE), f"{engines[0].pid}\n")
         else:
-            engines = [track(_spawn(engine_argv, cluster_dir.log_file(f"ipengine-console-{i}")))
-                       for i in range(n)]
-        write_private(cluster_dir.pid_file(ENGINES_PID_FILE),
-                      "".join(f"{p.pid}\n" for p in engines))
+            # One warmed-up process forks the others: start-up and memory are shared.
+            engines = [track(_spawn(
+                engine_argv + ["--fork", str(n), "--pid-file",
+                               str(cluster_dir.pid_file(ENGINES_PID_FILE))],
+                cluster_dir.log_file("ipengine-console")))]
         from ipython1.kernel.client import MultiEngineClient
 
         mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
@@ -188,11 +230,13 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
             _wait_for(lambda: len(mec.get_ids()) >= n, timeout,
                       lambda: any(p.poll() is not None for p in engines),
                       lambda: _engine_failure(cluster_dir, engines))
+            if mpi:
+                _check_mpi_job(mec.engine_info(), n)
         finally:
             mec.close()
     except Exception as e:
         out.write(f"ipcluster: could not start the cluster: {e}\n")
-        stop_pids(list(reversed(started)), grace=3)
+        stop_pids(engine_pids(cluster_dir) + list(reversed(started)), grace=3)
         for name in ("ipcontroller", ENGINES_PID_FILE):
             cluster_dir.pid_file(name).unlink(missing_ok=True)
         return 1
@@ -212,11 +256,42 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
     return stop(cluster_dir, out=out)
 
 
+def _mpi_preflight(n: int, mpiexec: str | None,
+                   mpi_args: str) -> Callable[[list[str]], list[str]]:
+    """Check that mpiexec and mpi4py are there; return how to build the command.
+
+    mpi4py is looked for, never imported: only engines load MPI.
+    """
+    import shlex
+
+    from ipython1.kernel import mpi as mpi_mod
+
+    path = mpi_mod.find_mpiexec(mpiexec)
+    if not mpi_mod.mpi4py_installed():
+        raise mpi_mod.MPIUnavailable(f"mpi4py is not installed: {mpi_mod.INSTALL_HINT}")
+    flavor = mpi_mod.mpiexec_flavor(path)
+    args = shlex.split(mpi_args)
+    return lambda engine_argv: mpi_mod.mpiexec_command(n, engine_argv, path, args,
+                                                       flavor=flavor)
+
+
+def _check_mpi_job(infos: list[dict[str, Any]], n: int) -> None:
+    """Check that the engines form one MPI job of n ranks whose ids are their ranks."""
+    sizes = sorted({i.get("mpi_size") for i in infos}, key=str)
+    if sizes != [n]:
+        raise RuntimeError(
+            f"the engines report MPI job sizes {sizes}, not {n}: mpiexec and the MPI library "
+            f"mpi4py loads ({infos[0].get('mpi_library')}) do not match; use the mpiexec "
+            "of that MPI (--mpiexec PATH)")
+    ranks = {i["engine_id"]: i.get("mpi_rank") for i in infos}
+    if any(engine_id != rank for engine_id, rank in ranks.items()):
+        raise RuntimeError(f"engine ids do not match MPI ranks: {ranks}")
+
+
 def _engine_failure(cluster_dir: ClusterDir, engines: list[subprocess.Popen[bytes]]) -> str:
-    for i, p in enumerate(engines):
+    for p in engines:
         if p.poll() is not None:
-            name = "mpiexec" if len(engines) == 1 and "mpiexec" in str(p.args) else \
-                f"ipengine-console-{i}"
+            name = "mpiexec" if "mpiexec" in str(p.args) else "ipengine-console"
             return (f"an engine exited with status {p.returncode} before registering:\n"
                     + _tail(cluster_dir.log_file(name)))
     return "an engine exited"
@@ -272,11 +347,102 @@ def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
         if ids:
             for q in mec.queue_status():
                 running = q["running"]["description"] if q["running"] else "idle"
-                out.write(f"  engine {q['engine_id']}: {running!r}, "
+                rank = f" (MPI rank {q['mpi_rank']})" if "mpi_rank" in q else ""
+                out.write(f"  engine {q['engine_id']}{rank}: {running!r}, "
                           f"{len(q['queued'])} queued\n")
     finally:
         mec.close()
     return 0
+
+
+# -- users (issue 8) ------------------------------------------------------------
+
+
+def adduser(cluster_dir: ClusterDir, name: str, observer: bool = False,
+            out: IO[str] = sys.stdout) -> int:
+    """Ask the running controller for a new user's capability; print its FURL file."""
+    from ipython1.kernel.errors import KernelError
+    from ipython1.kernel.users import admin_call, validate_user_name
+
+    try:
+        validate_user_name(name)
+        path = admin_call(cluster_dir, "add_user", name, observer)
+    except KernelError as e:
+        out.write(f"ipcluster: {e}\n")
+        return 1
+    out.write(f"{path}\n")
+    return 0
+
+
+def deluser(cluster_dir: ClusterDir, name: str, out: IO[str] = sys.stdout) -> int:
+    """Revoke a user's capability at once."""
+    from ipython1.kernel.errors import KernelError
+    from ipython1.kernel.users import admin_call, validate_user_name
+
+    try:
+        validate_user_name(name)
+        done = admin_call(cluster_dir, "remove_user", name)
+    except KernelError as e:
+        out.write(f"ipcluster: {e}\n")
+        return 1
+    out.write(f"ipcluster: revoked {name}: {done['dropped']} connection(s) dropped, "
+              f"{done['cleared']} queued command(s) cleared\n")
+    return 0
+
+
+def users(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
+    """List the users of the running controller."""
+    from ipython1.kernel.errors import KernelError
+    from ipython1.kernel.users import admin_call
+
+    try:
+        rows = admin_call(cluster_dir, "users")
+    except KernelError as e:
+        out.write(f"ipcluster: {e}\n")
+        return 1
+    out.write(f"{'user':<20} {'kind':<9} {'connected':>9} {'queued':>7}\n")
+    for row in rows:
+        out.write(f"{row['name']:<20} {row['kind']:<9} {row['connected']:>9} "
+                  f"{row['queued']:>7}\n")
+    return 0
+
+
+def transcript(cluster_dir: ClusterDir, user: str | None = None, follow: bool = False,
+               out: IO[str] = sys.stdout) -> int:
+    """Print the transcript, attributed and timestamped; with follow, keep going."""
+    import json
+
+    from ipython1.kernel.events import format_event
+    from ipython1.kernel.users import transcript_path
+
+    path = transcript_path(cluster_dir)
+    if not path.exists() and not follow:
+        out.write(f"ipcluster: no transcript yet at {path}\n")
+        return 1
+    position = 0
+    try:
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(position)
+                    for line in f:
+                        if not line.endswith(b"\n"):
+                            break  # still being written
+                        position += len(line)
+                        try:
+                            event = json.loads(line)
+                        except ValueError:
+                            continue
+                        if user is None or event.get("user") == user:
+                            out.write(format_event(event) + "\n")
+            except FileNotFoundError:
+                pass
+            out.flush()
+            if not follow:
+                return 0
+            time.sleep(0.2)  # polling a file; nothing to wait on
+    except KeyboardInterrupt:
+        return 0
 
 
 def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
@@ -297,6 +463,14 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
                      bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out)
     if options.subCommand == "stop":
         return stop(cluster_dir, sub["grace"], out=out)
+    if options.subCommand == "adduser":
+        return adduser(cluster_dir, sub["name"], bool(sub["observer"]), out=out)
+    if options.subCommand == "deluser":
+        return deluser(cluster_dir, sub["name"], out=out)
+    if options.subCommand == "users":
+        return users(cluster_dir, out=out)
+    if options.subCommand == "transcript":
+        return transcript(cluster_dir, sub["user"], bool(sub["follow"]), out=out)
     return status(cluster_dir, out=out)
 
 

@@ -20,6 +20,8 @@ class Options(usage.Options):
         ["ip", None, "127.0.0.1", "Interface to listen on (default: loopback only)."],
         ["port", None, 0, "TCP port (default: any free port).", int],
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
+        ["reserve-ids", None, 0, "Give ids below this only to engines that ask for them "
+         "(MPI ranks; ipcluster start --mpi sets it to -n).", int],
     ]
 
 
@@ -28,7 +30,7 @@ def makeService(options: Any) -> Any:
     from ipython1.kernel.controller import ControllerService
 
     return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
-                             port=options["port"])
+                             port=options["port"], reserve_ids=options["reserve-ids"])
 
 
 def main(argv: list[str] | None = None) -> None:

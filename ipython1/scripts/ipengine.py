@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from twisted.python import usage
@@ -30,9 +31,16 @@ class Options(usage.Options):
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
         ["connect-timeout", None, 60.0, "Seconds to keep retrying registration.", float],
         ["mpi", None, None, "Initialise MPI at start-up with this module (mpi4py)."],
+        ["fork", None, 1, "Start this many engines, forked from one warmed-up process "
+         "(start-up work and memory are shared; ipcluster uses it).", int],
+        ["pid-file", None, None, "Write the pids of the engines started to this file."],
     ]
 
     def postOptions(self) -> None:
+        if self["fork"] < 1:
+            raise usage.UsageError("--fork must be at least 1")
+        if self["fork"] > 1 and self["mpi"]:
+            raise usage.UsageError("--fork cannot be combined with --mpi (mpiexec starts ranks)")
         if self["furl-file"] is None:
             self["furl-file"] = str(ClusterDir(self["profile"]).furl_file(ENGINE_FURL))
 
@@ -45,6 +53,8 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
         from ipython1.kernel import mpi
 
         info.update(mpi.initialize(options["mpi"]))
+        # Engine ids equal ranks when the controller can give them.
+        info["requested_id"] = info["mpi_rank"]
     return EngineService(options["furl-file"], ShellRunner(),
                          connect_timeout=options["connect-timeout"], info=info,
                          own_shell_thread=own_shell_thread)
@@ -52,13 +62,60 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
 
 def makeService(options: Any) -> Any:
     """Build the engine service for twistd (user code on a shell thread)."""
-    return _engine_service(options, own_shell_thread=True)
+    from ipython1.kernel.errors import MPIUnavailable
+
+    try:
+        return _engine_service(options, own_shell_thread=True)
+    except MPIUnavailable as e:
+        raise SystemExit(f"ipengine: {e}") from None
+
+
+def _warm_up() -> None:
+    """Import what every engine needs, once, before forking.
+
+    The poll reactor keeps no kernel object (epoll would share one between
+    the forked engines); each child gets its own waker pipe in _after_fork.
+    """
+    from twisted.internet import pollreactor
+
+    pollreactor.install()
+    import IPython.core.interactiveshell  # noqa: F401
+    import numpy  # noqa: F401
+
+    import ipython1.kernel.engine  # noqa: F401  (Foolscap, Twisted, TLS, cloudpickle)
+
+
+def _after_fork() -> None:
+    """Give a forked engine its own reactor waker and random state."""
+    from twisted.internet import reactor
+
+    old = reactor.waker
+    reactor.removeReader(old)
+    reactor._internalReaders.discard(old)
+    old.connectionLost(None)
+    reactor.waker = None
+    reactor.installWaker()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()  # fork copied the parent's state
+
+
+def fork_engines(n: int) -> list[int] | None:
+    """Fork n - 1 more engines; return every pid in the parent, None in a child."""
+    _warm_up()
+    pids = [os.getpid()]
+    for _ in range(n - 1):
+        pid = os.fork()
+        if pid == 0:
+            _after_fork()
+            return None
+        pids.append(pid)
+    for pid in pids[1:]:  # reap the children that exit before the parent does
+        threading.Thread(target=os.waitpid, args=(pid, 0), daemon=True).start()
+    return pids
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run an engine: user code on the main thread, the reactor beside it."""
-    from twisted.internet import reactor
-
     from ipython1.scripts import start_logging
 
     options = Options()
@@ -66,6 +123,14 @@ def main(argv: list[str] | None = None) -> None:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
         raise SystemExit(f"ipengine: {e}\n{options}") from None
+    if options["fork"] > 1 or options["pid-file"]:
+        pids = fork_engines(options["fork"])
+        if pids is not None and options["pid-file"]:
+            from ipython1.kernel.cluster import write_private
+
+            write_private(Path(options["pid-file"]), "".join(f"{p}\n" for p in pids))
+    from twisted.internet import reactor
+
     cluster_dir = ClusterDir(options["profile"]).create()
     start_logging(cluster_dir.log_file(f"ipengine-{os.getpid()}"))
     try:

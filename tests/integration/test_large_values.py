@@ -39,3 +39,24 @@ def test_fortran_ordered_array_beyond_one_frame(make_cluster):
     mec.push({"f": a}, targets=0)
     back = mec.pull("f", targets=0)
     assert back.flags.f_contiguous and np.array_equal(back, a)
+
+
+def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster):
+    cluster = make_cluster(3)
+    mec = cluster.client(timeout=120)
+    big = np.random.default_rng(2).random(3 * 2**20 // 8 * 4)  # 12 MiB
+    mec.push({"big": big, "small": 1})
+    for back in mec.pull("big"):
+        assert np.array_equal(back, big)
+    assert mec.pull("small") == [1, 1, 1]
+    mec.scatter("part", big)
+    assert [len(p) for p in mec.pull("part")] == [len(big) // 3] * 3
+    assert np.array_equal(mec.gather("part"), big)
+    chunks = [big[i::4] for i in range(4)]
+    sums = mec.map(lambda a: float(a.sum()), chunks)
+    assert sums == pytest.approx([float(c.sum()) for c in chunks])
+    doubled = mec.apply(lambda a: a * 2, big, targets=1)
+    assert np.array_equal(doubled, big * 2)
+    # Nothing is left behind in the engines' blob stores.
+    assert mec.apply(lambda: __import__("ipython1.kernel.engine").kernel.engine.BLOBS.__len__()) \
+        == [0, 0, 0]

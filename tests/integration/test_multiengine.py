@@ -250,3 +250,12 @@ def test_async_client_returns_deferreds(shared_cluster):
     results = loop.submit(run).result(30)
     assert [r.output for r in results] == [2, 2]
     assert mec.get_ids() == [0, 1, 2, 3]
+
+
+def test_engines_are_distinct_processes_with_distinct_random_streams(mec):
+    # ipcluster forks engines from one warmed-up process: each must still be its own.
+    mec.execute("import os, random, numpy\n"
+                "ident = (os.getpid(), random.random(), float(numpy.random.random()))")
+    idents = mec.pull("ident")
+    for position in range(3):
+        assert len({i[position] for i in idents}) == 4

@@ -245,7 +245,8 @@ def test_initialize_without_an_mpi_library(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_initialize_reports_rank_size_library(monkeypatch: pytest.MonkeyPatch) -> None:
     package = _fake_mpi4py(monkeypatch)
-    world = types.SimpleNamespace(Get_rank=lambda: 2, Get_size=lambda: 4)
+    world = types.SimpleNamespace(Get_rank=lambda: 2, Get_size=lambda: 4,
+                                  bcast=lambda value, root: "job-of-rank-0")
     fake = types.ModuleType("mpi4py.MPI")
     fake.COMM_WORLD = world  # type: ignore[attr-defined]
     fake.THREAD_MULTIPLE = 3  # type: ignore[attr-defined]
@@ -258,6 +259,7 @@ def test_initialize_reports_rank_size_library(monkeypatch: pytest.MonkeyPatch) -
     assert mpi.initialize() == {
         "mpi_rank": 2,
         "mpi_size": 4,
+        "mpi_job": "job-of-rank-0",
         "mpi_library": "Open MPI v5.0.11, package: x",
     }
     assert package.rc.thread_level == "multiple"  # type: ignore[attr-defined]
@@ -278,3 +280,21 @@ def test_importing_the_module_does_not_import_mpi4py() -> None:
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_ipcluster_preflight_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipython1.scripts import ipcluster
+
+    monkeypatch.setattr(mpi, "find_mpiexec", lambda explicit=None: "/usr/bin/mpiexec")
+    monkeypatch.setattr(mpi, "mpi4py_installed", lambda: False)
+    hint = r"mpi4py is not installed: pip install 'ipython1\[mpi\]'"
+    with pytest.raises(MPIUnavailable, match=hint):
+        ipcluster._mpi_preflight(2, None, "")
+
+
+def test_mpi4py_installed_does_not_import_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    seen: list[str] = []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: seen.append(name))
+    assert mpi.mpi4py_installed() is False and seen == ["mpi4py"]

@@ -1,0 +1,877 @@
+"""The task farm: load-balanced, fault-tolerant running of independent tasks.
+
+Two layers, as elsewhere in the kernel:
+
+* ``Scheduler`` is the pure policy. It knows tasks, engines and batches, and
+  nothing of Twisted or Foolscap; it takes a clock. Given events (a task was
+  submitted, an engine joined or died, a batch came back) it decides what
+  each engine runs next. Priority first, FIFO otherwise; ``after=``
+  dependencies; ``depend`` restrictions learnt from the engines; retries and
+  recovery tasks; bounded in-flight work per engine with batching of tiny
+  tasks; requeue on engine death; each task finishes exactly once.
+* ``TaskFarm`` (ITaskFarm) is the I/O: it sends the scheduler's batches to
+  engines through the controller's per-engine queues (so they interleave
+  fairly with multi-engine commands), arms the timeout backstop, and wakes
+  clients waiting for results. ``TaskFarmReferenceable`` publishes it.
+
+Task values (pushed names, functions, arguments, results) are frames: the
+controller stores and relays them and never unpickles them; ``depend``
+functions run on the engines.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from foolscap.api import DeadReferenceError, Referenceable
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ipython1.kernel.errors import (
+    EngineError,
+    InvalidTaskID,
+    KernelError,
+    TaskAborted,
+    TaskTimeout,
+    UnmetDependency,
+    error_to_wire,
+)
+from ipython1.kernel.interfaces import ITaskFarm, RITaskFarm, RITaskFarmSession
+from ipython1.kernel.queue import Command
+
+log = Logger()
+
+# -- policy constants (documented in docs/tasks.md) ---------------------------
+
+TARGET_BATCH_SECONDS = 0.02  # tiny tasks are grouped into batches of about this much work
+MAX_BATCH = 512  # tasks per batch, at most
+PIPELINE_BELOW = 0.1  # tasks shorter than this get a second batch queued per engine
+TIMEOUT_GRACE = 5.0  # the controller fails a task this long after its engine should have
+MAX_RESULT_BYTES = 1 << 30  # result frames kept on the controller until clear()
+MAX_RESULTS = 1_000_000  # finished tasks kept on the controller until clear()
+MAX_BATCH_WIRE = 100_000  # task ids per reserve() call
+
+_META_KEYS = {"retries": int, "priority": int, "after": list, "timeout": (int, float),
+              "recovery": list}
+
+PENDING, BLOCKED, RUNNING = "pending", "blocked", "running"
+SUCCEEDED, FAILED = "succeeded", "failed"
+FINISHED = (SUCCEEDED, FAILED)
+
+
+def validate_spec(meta: Any, payload: Any, depth: int = 0) -> dict[str, Any]:
+    """Check a task from the wire; return it as one dict, or raise KernelError.
+
+    A task is ``[meta, payload]``: ``meta`` holds what the scheduler needs
+    (retries, priority, after, timeout, recovery = another ``[meta, payload]``),
+    ``payload`` the frames of what the engine runs; it is never unpickled here.
+    """
+    if not isinstance(meta, dict):
+        raise KernelError(f"task metadata must be a dict, not {type(meta).__name__}")
+    unknown = set(meta) - set(_META_KEYS)
+    if unknown:
+        raise KernelError(f"unknown task field(s): {', '.join(sorted(map(str, unknown)))}")
+    for key, value in meta.items():
+        if value is not None and (not isinstance(value, _META_KEYS[key])
+                                  or isinstance(value, bool)):
+            raise KernelError(f"task field {key!r} has the wrong type "
+                              f"({type(value).__name__})")
+    if not (isinstance(payload, list) and payload and
+            all(isinstance(f, bytes) for f in payload)):
+        raise KernelError("a task's payload must be a non-empty list of frames (bytes)")
+    if (meta.get("retries") or 0) < 0:
+        raise KernelError("retries must be >= 0")
+    timeout = meta.get("timeout")
+    if timeout is not None and not timeout > 0:
+        raise KernelError("timeout must be a positive number of seconds")
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in meta.get("after") or []):
+        raise KernelError("after must be a list of task ids")
+    spec = dict(meta, payload=payload)
+    recovery = meta.get("recovery")
+    if recovery is not None:
+        if depth > 10:
+            raise KernelError("recovery tasks are nested too deeply")
+        if len(recovery) != 2:
+            raise KernelError("a recovery task must be [meta, payload]")
+        spec["recovery"] = validate_spec(recovery[0], recovery[1], depth + 1)
+    return spec
+
+
+def frames_size(value: Any) -> int:
+    """Count the bytes held in the frames inside a result value."""
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(frames_size(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(frames_size(v) for v in value)
+    if isinstance(value, str):
+        return len(value)
+    return 0
+
+
+@dataclass
+class TaskRecord:
+    """One task through its life on the controller."""
+
+    tid: int
+    spec: dict[str, Any]
+    client: str = ""
+    seq: int = 0
+    state: str = PENDING
+    submitted: float = 0.0
+    current: dict[str, Any] = field(default_factory=dict)  # the spec now running
+    retries_left: int = 0
+    attempts: int = 0
+    recovered: bool = False
+    first_error: dict[str, Any] | None = None
+    waiting_on: set[int] = field(default_factory=set)
+    unmet_on: dict[int, str] = field(default_factory=dict)  # engine id -> why not
+    solo: bool = False  # run alone: its last batch died, so attempts are counted exactly
+    token: int = 0  # the current dispatch; replies for older ones are ignored
+    engine_id: int | None = None
+    started: float | None = None
+    completed: float | None = None
+    result: dict[str, Any] | None = None
+    size: int = 0
+
+    @property
+    def priority(self) -> int:
+        return int(self.spec.get("priority") or 0)
+
+    def key(self) -> tuple[int, int, int]:
+        return (-self.priority, self.seq, self.tid)
+
+
+@dataclass
+class Batch:
+    """Tasks sent to one engine in one command."""
+
+    id: int
+    engine_id: int
+    tasks: list[tuple[int, int]]  # (tid, token)
+    specs: list[dict[str, Any]]
+    timeout: float | None = None
+
+
+@dataclass
+class EngineSlot:
+    engine_id: int
+    batches: dict[int, Batch] = field(default_factory=dict)
+
+
+class Scheduler:
+    """Decide which engine runs which task; pure, no I/O.
+
+    The adapter calls ``submit``, ``add_engine``, ``remove_engine``,
+    ``batch_done``, ``batch_lost`` and ``timed_out`` as things happen, then
+    ``assign()`` to get the batches to send. ``on_finished(tid)`` is called
+    once for every task that reaches a final state.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 on_finished: Callable[[int], None] | None = None,
+                 max_result_bytes: int = MAX_RESULT_BYTES,
+                 max_results: int = MAX_RESULTS) -> None:
+        self.clock = clock
+        self.on_finished = on_finished or (lambda tid: None)
+        self.max_result_bytes = max_result_bytes
+        self.max_results = max_results
+        self.tasks: dict[int, TaskRecord] = {}
+        self.engines: dict[int, EngineSlot] = {}
+        self._ready: list[tuple[tuple[int, int, int], int]] = []
+        self._dependents: dict[int, list[int]] = {}
+        self._restricted: set[int] = set()
+        self._seq = itertools.count()
+        self._batch_ids = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self.next_tid = 0
+        self.estimate: float | None = None  # EWMA of one task's run time on an engine
+        # finished tasks, oldest first: fetched ones may be dropped over budget
+        self._fetched: OrderedDict[int, None] = OrderedDict()
+        self._unfetched: OrderedDict[int, None] = OrderedDict()
+        self.result_bytes = 0
+        self.dropped = 0
+        self.counts = {SUCCEEDED: 0, FAILED: 0}
+
+    # -- ids --
+
+    def reserve(self, n: int) -> int:
+        """Reserve n task ids for a client; return the first."""
+        if not 0 < n <= MAX_BATCH_WIRE:
+            raise KernelError(f"can reserve 1..{MAX_BATCH_WIRE} task ids, not {n}")
+        first = self.next_tid
+        self.next_tid += n
+        return first
+
+    # -- events --
+
+    def submit(self, spec: dict[str, Any], client: str = "", tid: int | None = None) -> int:
+        """Accept a task (already validated); return its id."""
+        if tid is None:
+            tid = self.reserve(1)
+        elif not 0 <= tid < self.next_tid or tid in self.tasks:
+            raise InvalidTaskID(f"task id {tid} was not reserved, or is already in use")
+        task = TaskRecord(tid, spec, client, next(self._seq), submitted=self.clock())
+        task.current = spec
+        task.retries_left = int(spec.get("retries") or 0)
+        self.tasks[tid] = task
+        if self.full():
+            self._fail(task, error_to_wire(KernelError(
+                f"the task farm holds {len(self._unfetched)} unfetched results "
+                f"({self.result_bytes} bytes; budget {self.max_results} results, "
+                f"{self.max_result_bytes} bytes): fetch or clear() results first")))
+            return tid
+        for dep in spec.get("after") or []:
+            other = self.tasks.get(dep)
+            if other is None:
+                self._fail(task, _unmet(f"task {tid} depends on task {dep}, which is "
+                                        "unknown (never submitted, or cleared)"))
+                return tid
+            if other.state == FAILED:
+                self._fail(task, _unmet(f"task {tid} depends on task {dep}, which failed"))
+                return tid
+            if other.state != SUCCEEDED:
+                task.waiting_on.add(dep)
+                self._dependents.setdefault(dep, []).append(tid)
+        if task.waiting_on:
+            task.state = BLOCKED
+        else:
+            self._make_ready(task)
+        return tid
+
+    def add_engine(self, engine_id: int) -> None:
+        self.engines.setdefault(engine_id, EngineSlot(engine_id))
+
+    def remove_engine(self, engine_id: int, reason: str = "",
+                      started: set[int] | None = None) -> None:
+        """Forget an engine; requeue or fail whatever it was running.
+
+        ``started`` names the batches that reached the engine (None: all may have).
+        """
+        slot = self.engines.pop(engine_id, None)
+        if slot is None:
+            return
+        for batch in list(slot.batches.values()):
+            self._lose(batch, started is None or batch.id in started, reason)
+        slot.batches.clear()
+        for tid in list(self._restricted):
+            task = self.tasks.get(tid)
+            if task is not None and task.state == PENDING:
+                self._check_satisfiable(task)
+
+    def assign(self) -> list[Batch]:
+        """Take ready tasks for engines with room; return the batches to send."""
+        out: list[Batch] = []
+        if not self.engines:
+            return out
+        depth = 2 if self.estimate is not None and self.estimate < PIPELINE_BELOW else 1
+        while self._ready:
+            slots = [s for s in self.engines.values() if len(s.batches) < depth]
+            if not slots:
+                break
+            slots.sort(key=lambda s: len(s.batches))
+            size = self._batch_size(depth)
+            progress = False
+            for slot in slots:
+                batch = self._take(slot.engine_id, size)
+                if batch is not None:
+                    slot.batches[batch.id] = batch
+                    out.append(batch)
+                    progress = True
+                if not self._ready:
+                    break
+            if not progress:
+                break
+        return out
+
+    def batch_done(self, engine_id: int, batch_id: int, replies: list[Any]) -> None:
+        """Take an engine's replies to a batch: ``[tid, status, duration, data]`` each."""
+        batch = self._pop_batch(engine_id, batch_id)
+        if batch is None:
+            return
+        by_tid = {r[0]: r for r in replies if isinstance(r, (list, tuple)) and len(r) == 4}
+        for tid, token in batch.tasks:
+            reply = by_tid.get(tid)
+            if reply is None:
+                reply = [tid, "error", None, {"error": error_to_wire(EngineError(
+                    engine_id, f"engine {engine_id} returned no reply for task {tid}"))}]
+            self._reply(tid, token, engine_id, reply)
+
+    def batch_lost(self, engine_id: int, batch_id: int, started: bool, reason: str) -> None:
+        """A batch failed as a whole (engine died, connection lost, protocol error)."""
+        batch = self._pop_batch(engine_id, batch_id)
+        if batch is not None:
+            self._lose(batch, started, reason)
+
+    def timed_out(self, tid: int, token: int) -> bool:
+        """The backstop fired: fail this attempt with TaskTimeout unless it finished."""
+        task = self.tasks.get(tid)
+        if task is None or task.token != token or task.state != RUNNING:
+            return False
+        timeout = task.current.get("timeout")
+        self._attempt_failed(task, error_to_wire(TaskTimeout(
+            f"task {tid} ran longer than its timeout of {timeout:g} s on engine "
+            f"{task.engine_id}"), task.engine_id))
+        return True
+
+    def abort(self, tid: int) -> None:
+        """Cancel a task that has not started; raise if it cannot be."""
+        task = self._get(tid)
+        if task.state in (PENDING, BLOCKED):
+            self._fail(task, error_to_wire(TaskAborted(f"task {tid} was aborted")))
+            return
+        if task.state == RUNNING:
+            raise KernelError(f"task {tid} is already running on engine {task.engine_id} "
+                              "and cannot be aborted")
+        raise KernelError(f"task {tid} has already finished ({task.state})")
+
+    # -- results and status --
+
+    def result(self, tid: int) -> dict[str, Any] | None:
+        """Return a finished task's result record (and mark it fetched), or None."""
+        task = self._get(tid)
+        if task.state not in FINISHED:
+            return None
+        if tid in self._unfetched:
+            del self._unfetched[tid]
+            self._fetched[tid] = None
+        return task.result
+
+    def finished(self, tid: int) -> bool:
+        task = self.tasks.get(tid)
+        return task is None or task.state in FINISHED
+
+    def clear(self, tids: Iterable[int] | None = None, client: str | None = None) -> int:
+        """Drop finished results (those given, or all of client's); return how many."""
+        if tids is None:
+            candidates = [t for t in list(self._fetched) + list(self._unfetched)
+                          if client is None or self.tasks[t].client == client]
+        else:
+            candidates = [t for t in tids if t in self.tasks
+                          and self.tasks[t].state in FINISHED]
+        for tid in candidates:
+            self._drop(tid)
+        return len(candidates)
+
+    def full(self) -> bool:
+        """Tell whether unfetched results alone exceed the memory budget."""
+        return len(self._unfetched) >= self.max_results or (
+            self.result_bytes >= self.max_result_bytes and not self._fetched)
+
+    def status(self, verbose: bool = False) -> dict[str, Any]:
+        pending = [t.tid for t in self.tasks.values() if t.state in (PENDING, BLOCKED)]
+        running: dict[int, list[int]] = {e: [] for e in self.engines}
+        for slot in self.engines.values():
+            for batch in slot.batches.values():
+                for tid, token in batch.tasks:
+                    task = self.tasks.get(tid)
+                    if task is not None and task.token == token and task.state == RUNNING:
+                        running[slot.engine_id].append(tid)
+        out: dict[str, Any] = {
+            "pending": len(pending),
+            "running": {e: len(ts) for e, ts in running.items()},
+            "succeeded": self.counts[SUCCEEDED],
+            "failed": self.counts[FAILED],
+            "engines": sorted(self.engines),
+            "results_held": len(self._fetched) + len(self._unfetched),
+            "result_bytes": self.result_bytes,
+            "results_dropped": self.dropped,
+        }
+        if verbose:
+            out["pending_ids"] = sorted(pending)
+            out["running_ids"] = running
+            finished = [t for t in self.tasks.values() if t.state in FINISHED]
+            out["succeeded_ids"] = sorted(t.tid for t in finished if t.state == SUCCEEDED)
+            out["failed_ids"] = sorted(t.tid for t in finished if t.state == FAILED)
+        return out
+
+    # -- internals --
+
+    def _get(self, tid: int) -> TaskRecord:
+        task = self.tasks.get(tid)
+        if task is None:
+            raise InvalidTaskID(f"no task with id {tid} (never submitted, or its result "
+                                "was cleared)")
+        return task
+
+    def _make_ready(self, task: TaskRecord) -> None:
+        task.state = PENDING
+        task.engine_id = None
+        heapq.heappush(self._ready, (task.key(), task.tid))
+        if task.unmet_on:
+            self._check_satisfiable(task)
+
+    def _batch_size(self, depth: int) -> int:
+        if self.estimate is None:
+            return 1
+        size = int(TARGET_BATCH_SECONDS / max(self.estimate, 1e-6))
+        # spread the work over every engine's slots
+        share = -(-len(self._ready) // max(1, len(self.engines) * depth))
+        return max(1, min(size, MAX_BATCH, share))
+
+    def _take(self, engine_id: int, size: int) -> Batch | None:
+        taken: list[TaskRecord] = []
+        skipped: list[tuple[tuple[int, int, int], int]] = []
+        while self._ready and len(taken) < size:
+            item = heapq.heappop(self._ready)
+            task = self.tasks.get(item[1])
+            if task is None or task.state != PENDING or item[0] != task.key():
+                continue  # stale entry (aborted, cleared)
+            if engine_id in task.unmet_on:
+                skipped.append(item)
+                continue
+            lonely = task.solo or task.current.get("timeout") is not None
+            if lonely and taken:
+                skipped.append(item)
+                break
+            taken.append(task)
+            if lonely:
+                break
+        for item in skipped:
+            heapq.heappush(self._ready, item)
+        if not taken:
+            return None
+        now = self.clock()
+        batch = Batch(next(self._batch_ids), engine_id, [], [])
+        for task in taken:
+            task.state = RUNNING
+            task.engine_id = engine_id
+            task.token = next(self._tokens)
+            task.started = now
+            batch.tasks.append((task.tid, task.token))
+            timeout = task.current.get("timeout")
+            batch.specs.append([task.tid, timeout, task.current["payload"]])
+            if timeout is not None:
+                batch.timeout = float(timeout)
+        return batch
+
+    def _pop_batch(self, engine_id: int, batch_id: int) -> Batch | None:
+        slot = self.engines.get(engine_id)
+        if slot is None:
+            return None
+        return slot.batches.pop(batch_id, None)
+
+    def _live(self, tid: int, token: int) -> TaskRecord | None:
+        task = self.tasks.get(tid)
+        if task is None or task.state != RUNNING or task.token != token:
+            return None  # finished by another path already (timeout, abort): never twice
+        return task
+
+    def _reply(self, tid: int, token: int, engine_id: int, reply: list[Any]) -> None:
+        task = self._live(tid, token)
+        if task is None:
+            return
+        _, status, duration, data = reply
+        if isinstance(duration, (int, float)) and duration >= 0:
+            self.estimate = duration if self.estimate is None else (
+                0.8 * self.estimate + 0.2 * duration)
+        if status == "ok":
+            self._succeed(task, engine_id, data, duration)
+        elif status == "unmet":
+            task.unmet_on[engine_id] = str(data or "depend returned False")
+            self._make_ready(task)
+        else:
+            data = data if isinstance(data, dict) else {}
+            error = data.get("error") if isinstance(data.get("error"), dict) else (
+                error_to_wire(KernelError(f"malformed reply {reply!r:.200}"), engine_id))
+            output = {"stdout": data.get("stdout", ""), "stderr": data.get("stderr", ""),
+                      "duration": duration}
+            self._attempt_failed(task, error, output)
+
+    def _lose(self, batch: Batch, started: bool, reason: str) -> None:
+        live = [t for t in (self._live(tid, tok) for tid, tok in batch.tasks) if t is not None]
+        error = error_to_wire(EngineError(
+            batch.engine_id, reason or f"engine {batch.engine_id} died"), batch.engine_id)
+        for task in live:
+            if not started:
+                self._make_ready(task)  # it never reached the engine: free retry
+            elif len(live) > 1 and not task.solo:
+                # Which of the batch was running is unknown: run each alone next
+                # time, so the attempt is charged to the task that was.
+                task.solo = True
+                self._make_ready(task)
+            else:
+                self._attempt_failed(task, error)
+
+    def _attempt_failed(self, task: TaskRecord, error: dict[str, Any],
+                        reply: dict[str, Any] | None = None) -> None:
+        task.attempts += 1
+        if task.retries_left > 0:
+            task.retries_left -= 1
+            self._make_ready(task)
+            return
+        if task.first_error is None:
+            task.first_error = error
+        recovery = task.current.get("recovery")
+        if recovery is not None:
+            task.current = recovery
+            task.retries_left = int(recovery.get("retries") or 0)
+            task.recovered = True
+            self._make_ready(task)
+            return
+        self._fail(task, task.first_error, reply)
+
+    def _succeed(self, task: TaskRecord, engine_id: int, value: Any, duration: Any) -> None:
+        task.attempts += 1
+        task.result = {"tid": task.tid, "status": SUCCEEDED, "engine_id": engine_id,
+                       "value": value, "duration": duration}
+        if task.recovered:
+            task.result["recovered"] = True
+        self._finish(task, SUCCEEDED)
+        for dep in self._dependents.pop(task.tid, []):
+            other = self.tasks.get(dep)
+            if other is not None and other.state == BLOCKED:
+                other.waiting_on.discard(task.tid)
+                if not other.waiting_on:
+                    self._make_ready(other)
+
+    def _fail(self, task: TaskRecord, error: dict[str, Any],
+              reply: dict[str, Any] | None = None) -> None:
+        if task.state in FINISHED:
+            return
+        task.result = {"tid": task.tid, "status": FAILED, "engine_id": task.engine_id,
+                       "error": error, **(reply or {})}
+        if task.recovered:
+            task.result["recovered"] = True
+        self._finish(task, FAILED)
+        for dep in self._dependents.pop(task.tid, []):
+            other = self.tasks.get(dep)
+            if other is not None and other.state == BLOCKED:
+                self._fail(other, _unmet(f"task {dep} depends on task {task.tid}, "
+                                         f"which failed ({error.get('ename')})"))
+
+    def _finish(self, task: TaskRecord, state: str) -> None:
+        task.state = state
+        task.completed = self.clock()
+        task.spec = {"priority": task.priority}  # free the payload frames
+        task.current = task.spec
+        self._restricted.discard(task.tid)
+        assert task.result is not None
+        task.result.update(attempts=task.attempts, submitted=task.submitted,
+                           started=task.started, completed=task.completed)
+        task.size = frames_size(task.result.get("value")) + 200
+        self.result_bytes += task.size
+        self._unfetched[task.tid] = None
+        self.counts[state] += 1
+        self._enforce_budget()
+        self.on_finished(task.tid)
+
+    def _enforce_budget(self) -> None:
+        while self._fetched and (self.result_bytes > self.max_result_bytes or
+                                 len(self._fetched) + len(self._unfetched) > self.max_results):
+            tid = next(iter(self._fetched))
+            self._drop(tid)
+            self.dropped += 1
+
+    def _drop(self, tid: int) -> None:
+        task = self.tasks.pop(tid, None)
+        self._fetched.pop(tid, None)
+        self._unfetched.pop(tid, None)
+        if task is not None:
+            self.result_bytes -= task.size
+
+    def _check_satisfiable(self, task: TaskRecord) -> None:
+        if not task.unmet_on:
+            return
+        self._restricted.add(task.tid)
+        engines = set(self.engines)
+        if engines and engines <= set(task.unmet_on):
+            reasons = "; ".join(f"engine {e}: {r}" for e, r in sorted(task.unmet_on.items()))
+            self._fail(task, _unmet(f"no registered engine satisfies the dependencies of "
+                                    f"task {task.tid} ({reasons})"))
+
+
+def _unmet(message: str) -> dict[str, Any]:
+    return error_to_wire(UnmetDependency(message))
+
+
+# -- the adapter: scheduler + controller ------------------------------------------
+
+
+@implementer(ITaskFarm)
+class TaskFarm:
+    """Run tasks on the controller's engines as the Scheduler decides."""
+
+    def __init__(self, controller: Any, clock: Any = None,
+                 max_result_bytes: int = MAX_RESULT_BYTES,
+                 max_results: int = MAX_RESULTS) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.controller = controller
+        self.clock = clock
+        self.scheduler = Scheduler(clock.seconds, self._finished, max_result_bytes,
+                                   max_results)
+        self._waiters: dict[int, list[Callable[[], None]]] = {}
+        self._commands: dict[int, Command] = {}  # batch id -> its command, while out
+        self._pumping = False
+        for engine_id in controller.ids():
+            self.scheduler.add_engine(engine_id)
+        controller.add_observer(self._engine_event)
+
+    # -- events from the controller --
+
+    def _engine_event(self, kind: str, data: dict[str, Any]) -> None:
+        engine_id = data.get("engine_id")
+        if not isinstance(engine_id, int):
+            return
+        if kind == "engine_registered":
+            self.scheduler.add_engine(engine_id)
+        elif kind == "engine_died":
+            self.scheduler.remove_engine(engine_id, f"engine {engine_id} died while "
+                                                    "running the task")
+        else:
+            return
+        self.pump()
+
+    def _finished(self, tid: int) -> None:
+        for wake in self._waiters.pop(tid, []):
+            wake()
+
+    # -- sending batches --
+
+    def pump(self) -> None:
+        """Send whatever the scheduler assigns now."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            for batch in self.scheduler.assign():
+                self._send(batch)
+        finally:
+            self._pumping = False
+
+    def _send(self, batch: Batch) -> None:
+        command = Command("run_tasks", (batch.specs,), client="task farm",
+                          description=f"{len(batch.specs)} task(s)")
+        self._commands[batch.id] = command
+        d = self.controller.submit(batch.engine_id, command)
+        if batch.timeout is not None:
+            tid, token = batch.tasks[0]
+            self.clock.callLater(batch.timeout + TIMEOUT_GRACE, self._backstop, batch,
+                                 command, tid, token)
+        d.addCallbacks(self._replied, self._lost, callbackArgs=(batch, command),
+                       errbackArgs=(batch, command))
+        d.addErrback(lambda f: log.failure("task farm bookkeeping failed", f))
+
+    def _replied(self, reply: Any, batch: Batch, command: Command) -> None:
+        self._commands.pop(batch.id, None)
+        if isinstance(reply, dict) and reply.get("status") == "ok" and isinstance(
+                reply.get("value"), list):
+            self.scheduler.batch_done(batch.engine_id, batch.id, reply["value"])
+        else:
+            error = reply.get("error", {}) if isinstance(reply, dict) else {}
+            self.scheduler.batch_lost(batch.engine_id, batch.id, True,
+                                      f"engine {batch.engine_id} could not run the batch: "
+                                      f"{error.get('ename')}: {error.get('evalue')}")
+        self.pump()
+
+    def _lost(self, failure: Failure, batch: Batch, command: Command) -> None:
+        self._commands.pop(batch.id, None)
+        reason = failure.getErrorMessage()
+        if not isinstance(failure.value, EngineError):
+            reason = f"engine {batch.engine_id} died or vanished ({reason})"
+        if failure.check(EngineError, DeadReferenceError, ConnectionLost, ConnectionDone):
+            # The engine is gone: stop sending it work now, before the
+            # controller notices, and charge only what had reached it.
+            slot = self.scheduler.engines.get(batch.engine_id)
+            started = {batch.id} if command.started is not None else set()
+            for other in list(slot.batches.values()) if slot else []:
+                cmd = self._commands.get(other.id)
+                if cmd is not None and cmd.started is not None:
+                    started.add(other.id)
+            self.scheduler.remove_engine(batch.engine_id, reason, started)
+        else:
+            self.scheduler.batch_lost(batch.engine_id, batch.id, command.started is not None,
+                                      reason)
+        self.pump()
+
+    def _backstop(self, batch: Batch, command: Command, tid: int, token: int) -> None:
+        """Fail a timed-out task if the engine's own timer could not stop it."""
+        if command.deferred.called:
+            return
+        if command.started is None:  # still queued behind other commands
+            self.clock.callLater(batch.timeout or 1.0, self._backstop, batch, command,
+                                 tid, token)
+            return
+        left = command.started + (batch.timeout or 0) + TIMEOUT_GRACE - time.time()
+        if left > 0:
+            self.clock.callLater(left, self._backstop, batch, command, tid, token)
+            return
+        if self.scheduler.timed_out(tid, token):
+            d = self.controller.call_now(batch.engine_id, "interrupt")
+            d.addErrback(lambda f: None)
+            self.pump()
+
+    # -- ITaskFarm --
+
+    def reserve(self, n: int) -> int:
+        return self.scheduler.reserve(n)
+
+    def submit(self, tasks: list[Any], client: str = "") -> list[Any]:
+        """Accept ``[tid, meta, payload]`` tasks with reserved ids; None or an error each."""
+        answers: list[Any] = []
+        sched = self.scheduler
+        for item in tasks:
+            if not (isinstance(item, (list, tuple)) and len(item) == 3 and
+                    isinstance(item[0], int)):
+                answers.append(error_to_wire(KernelError("a task must be [tid, meta, payload]")))
+                continue
+            tid, meta, payload = item
+            try:
+                sched.submit(validate_spec(meta, payload), client, tid)
+                answers.append(None)
+            except KernelError as e:
+                if tid not in sched.tasks and 0 <= tid < sched.next_tid:
+                    # Record the bad task as failed so that waiting on it ends.
+                    sched.submit({"payload": [b""]}, client, tid)
+                    sched._fail(sched.tasks[tid], error_to_wire(e))
+                answers.append(error_to_wire(e))
+        self.pump()
+        return answers
+
+    def run(self, meta: dict[str, Any], payload: list[bytes], client: str = "") -> int:
+        """Submit one task; return its id."""
+        tid = self.scheduler.reserve(1)
+        self.submit([[tid, meta, payload]], client)
+        return tid
+
+    def get_results(self, tids: list[int], block: bool = False) -> Deferred[list[Any]]:
+        """Fire with each task's result record, or None if unfinished (unless block)."""
+        for tid in tids:
+            self.scheduler._get(tid)  # unknown ids fail at once
+        if block:
+            d = self.wait(tids, all_=True, timeout=None)
+        else:
+            d = defer.succeed(None)
+        return d.addCallback(lambda _: [self._result_or_error(t) for t in tids])
+
+    def _result_or_error(self, tid: int) -> Any:
+        try:
+            return self.scheduler.result(tid)
+        except KernelError as e:
+            return {"tid": tid, "status": FAILED, "error": error_to_wire(e)}
+
+    def wait(self, tids: list[int], all_: bool = False,
+             timeout: float | None = None) -> Deferred[list[int]]:
+        """Fire with the finished ones of tids once any (or all) finished, or at timeout."""
+        sched = self.scheduler
+        for tid in tids:
+            sched._get(tid)
+        unfinished = [t for t in tids if not sched.finished(t)]
+        done = len(unfinished) < len(tids)
+        if not unfinished or (done and not all_):
+            return defer.succeed([t for t in tids if sched.finished(t)])
+        d: Deferred[list[int]] = Deferred()
+        remaining = set(unfinished)
+        call: list[Any] = []
+
+        def fire() -> None:
+            if d.called:
+                return
+            if call and call[0].active():
+                call[0].cancel()
+            d.callback([t for t in tids if sched.finished(t)])
+
+        def wake_for(tid: int) -> Callable[[], None]:
+            def wake() -> None:
+                remaining.discard(tid)
+                if not all_ or not remaining:
+                    fire()
+            return wake
+
+        for tid in unfinished:
+            self._waiters.setdefault(tid, []).append(wake_for(tid))
+        if timeout is not None:
+            call.append(self.clock.callLater(max(0.0, timeout), fire))
+        return d
+
+    def abort(self, tid: int) -> None:
+        self.scheduler.abort(tid)
+
+    def queue_status(self, verbose: bool = False) -> dict[str, Any]:
+        return self.scheduler.status(verbose)
+
+    def clear(self, tids: list[int] | None = None, client: str | None = None) -> int:
+        return self.scheduler.clear(tids, client)
+
+    def spin(self) -> None:
+        self.pump()
+
+
+# -- the wire ----------------------------------------------------------------------
+
+
+def _as_data(failure: Failure) -> dict[str, Any]:
+    return {"status": "error", "error": error_to_wire(failure.value)}
+
+
+def _ok(value: Any) -> dict[str, Any]:
+    return {"status": "ok", "value": value}
+
+
+@implementer(RITaskFarmSession)
+class TaskFarmSession(Referenceable):  # type: ignore[misc]
+    """One client's connection to the task farm."""
+
+    def __init__(self, farm: TaskFarm, client: str) -> None:
+        self.farm = farm
+        self.client = client
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d = defer.maybeDeferred(method, *args)
+        return d.addCallbacks(_ok, _as_data)
+
+    def remote_reserve(self, n: int) -> Deferred[Any]:
+        return self._call(self.farm.reserve, n)
+
+    def remote_submit(self, tasks: list[Any]) -> Deferred[Any]:
+        return self._call(self.farm.submit, tasks, self.client)
+
+    def remote_get_results(self, tids: list[int], block: bool) -> Deferred[Any]:
+        return self._call(self.farm.get_results, tids, block)
+
+    def remote_wait(self, tids: list[int], all_: bool, timeout: Any) -> Deferred[Any]:
+        return self._call(self.farm.wait, tids, all_, timeout)
+
+    def remote_abort(self, tid: int) -> Deferred[Any]:
+        return self._call(self.farm.abort, tid)
+
+    def remote_queue_status(self, verbose: bool) -> Deferred[Any]:
+        return self._call(self.farm.queue_status, verbose)
+
+    def remote_clear(self, tids: Any) -> Deferred[Any]:
+        if tids is not None and not (isinstance(tids, list) and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in tids)):
+            return defer.succeed(_as_data(Failure(KernelError(
+                "clear() takes a list of task ids or None"))))
+        return self._call(self.farm.clear, tids, None if tids is not None else self.client)
+
+    def remote_spin(self) -> Deferred[Any]:
+        return self._call(self.farm.spin)
+
+
+@implementer(RITaskFarm)
+class TaskFarmReferenceable(Referenceable):  # type: ignore[misc]
+    """The client-facing FURL: each client connects and gets a session."""
+
+    _client_ids = itertools.count(1)
+
+    def __init__(self, farm: TaskFarm) -> None:
+        self.farm = farm
+
+    def remote_connect(self, info: Any) -> TaskFarmSession:
+        name = f"task-client-{next(self._client_ids)}"
+        if isinstance(info, dict) and isinstance(info.get("name"), str):
+            name = f"{info['name']}-{name}"
+        return TaskFarmSession(self.farm, name)
