@@ -48,7 +48,7 @@ def subscriber(furl: str) -> None:
 
     mec.subscribe_events(count, history=0)
     print("ready", flush=True)
-    for line in sys.stdin:  # "count" -> prints the chats seen so far
+    for _ in sys.stdin:  # "count" -> prints the chats seen so far
         with lock:
             print(chats[0], flush=True)
 

@@ -40,6 +40,7 @@ from ipython1.kernel.streaming import OutputBatcher
 log = Logger()
 
 MAX_HISTORY = 1000  # execution records kept per engine; older ones are dropped
+RESEND_INTERRUPT = 0.05  # seconds before re-sending a SIGINT that woke nothing
 
 # Large values received or to be sent over the data channel, by blob id.
 BLOBS = datachannel.BlobStore()
@@ -174,12 +175,16 @@ class _Recorder:
 class EngineKernel:
     """An IPython shell driven by execute/push/pull/apply; shell thread only."""
 
-    def __init__(self, on_output: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, on_output: Callable[[str, str], None] | None = None,
+                 runner: ShellRunner | None = None) -> None:
         self.engine_id: int | None = None
         self._recorder = _Recorder()
         self.stdout = OutputStream("stdout", on_output)
         self.stderr = OutputStream("stderr", on_output)
         self.shell = _make_shell(self._recorder)
+        self._runner = runner
+        if runner is not None:
+            runner.guard_cells(self.shell)
         self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
 
     def _capturing(self) -> Any:
@@ -205,7 +210,13 @@ class EngineKernel:
         }
         self.stdout.take(), self.stderr.take()
         with self._capturing():
-            result = self.shell.run_cell(code, store_history=True)
+            if self._runner is not None:
+                self._runner.in_cell = True  # until user code starts, interrupts wait
+            try:
+                result = self.shell.run_cell(code, store_history=True)
+            finally:
+                if self._runner is not None:
+                    self._runner.in_cell = False
         record["execution_count"] = result.execution_count
         record["stdout"] = self.stdout.take()
         record["stderr"] = self.stderr.take()
@@ -455,6 +466,18 @@ class ShellRunner:
         self._busy = False
         self.thread_ident: int | None = None
         self.engine_id: int | None = None
+        # IPython swallows a KeyboardInterrupt raised in its own machinery
+        # (e.g. event callbacks) before a cell's code starts; so while in_cell
+        # and not in user code, an interrupt is held and raised when it starts.
+        self.in_cell = False
+        self._in_user_code = 0  # depth: user code may run cells itself
+        self._held_interrupt = False
+        # A SIGINT that lands just before a blocking call starts (e.g. between
+        # the last bytecode and the sleep syscall) wakes nothing; the reactor
+        # re-sends it until the handler has run or the job is over.
+        self._job_seq = 0
+        self._sigints_sent = 0
+        self._sigints_seen = 0
 
     def submit(self, job: Callable[[], Any]) -> Deferred[Any]:
         """Queue job for the shell thread; the Deferred fires with its reply."""
@@ -468,6 +491,8 @@ class ShellRunner:
     def run_forever(self) -> None:
         """Run jobs until stop(); call this on the shell thread."""
         self.thread_ident = threading.get_ident()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_sigint)
         while True:
             try:
                 item = self._jobs.get()
@@ -484,6 +509,8 @@ class ShellRunner:
             try:
                 with self._lock:
                     self._busy = True
+                    self._held_interrupt = False
+                    self._job_seq += 1
                 value = job()
                 return {"engine_id": self.engine_id, "status": "ok", "value": value}
             finally:
@@ -497,6 +524,42 @@ class ShellRunner:
             except KeyboardInterrupt:
                 return _error_reply(self.engine_id, KeyboardInterrupt())
 
+    def _resend(self, job_seq: int, tries: int) -> None:
+        with self._lock:
+            if (not self._busy or self._job_seq != job_seq or tries <= 0
+                    or self._sigints_seen >= self._sigints_sent):
+                return
+            signal.pthread_kill(self.thread_ident, signal.SIGINT)
+        reactor.callLater(RESEND_INTERRUPT, self._resend, job_seq, tries - 1)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """Raise KeyboardInterrupt, unless IPython would swallow it: then hold it."""
+        self._sigints_seen = self._sigints_sent
+        if self.in_cell and not self._in_user_code:
+            self._held_interrupt = True
+            return
+        raise KeyboardInterrupt
+
+    def guard_cells(self, shell: Any) -> None:
+        """Wrap shell.run_code so held interrupts are raised as user code starts."""
+        run_code = shell.run_code
+        runner = self
+
+        async def guarded_run_code(code_obj: Any, result: Any = None, *,
+                                   async_: bool = False) -> Any:
+            try:
+                with runner._lock:
+                    # Count first: a signal from now on raises instead of being held.
+                    runner._in_user_code += 1
+                    held, runner._held_interrupt = runner._held_interrupt, False
+                if held:
+                    code_obj = compile("raise KeyboardInterrupt", "<interrupt>", "exec")
+                return await run_code(code_obj, result, async_=async_)
+            finally:
+                runner._in_user_code -= 1
+
+        shell.run_code = guarded_run_code
+
     @property
     def busy(self) -> bool:
         return self._busy
@@ -506,9 +569,13 @@ class ShellRunner:
         with self._lock:
             if not self._busy or self.thread_ident is None:
                 return False
-            if self.thread_ident == threading.main_thread().ident:
+            if self.in_cell and not self._in_user_code:
+                self._held_interrupt = True  # raised when the cell's code starts
+            elif self.thread_ident == threading.main_thread().ident:
                 # A real signal also breaks blocking calls such as time.sleep.
+                self._sigints_sent += 1
                 signal.pthread_kill(self.thread_ident, signal.SIGINT)
+                reactor.callLater(RESEND_INTERRUPT, self._resend, self._job_seq, 40)
             else:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(self.thread_ident), ctypes.py_object(KeyboardInterrupt)
@@ -665,7 +732,7 @@ class EngineService(service.MultiService):
         self.referenceable = EngineReferenceable(self._make_kernel, runner, self.info)
 
     def _make_kernel(self) -> EngineKernel:
-        return EngineKernel(on_output=self.referenceable.stream.write)
+        return EngineKernel(on_output=self.referenceable.stream.write, runner=self.runner)
 
     def startService(self) -> None:
         super().startService()

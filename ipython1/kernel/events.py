@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from foolscap.api import Referenceable
-from zope.interface import implementer
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ipython1.kernel.interfaces import RIEventObserver
 from ipython1.kernel.queue import Command, user_of

@@ -29,9 +29,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from foolscap.api import Referenceable
+from foolscap.api import DeadReferenceError, Referenceable
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -252,13 +253,17 @@ class Scheduler:
     def add_engine(self, engine_id: int) -> None:
         self.engines.setdefault(engine_id, EngineSlot(engine_id))
 
-    def remove_engine(self, engine_id: int, reason: str = "") -> None:
-        """Forget an engine; requeue or fail whatever it was running."""
+    def remove_engine(self, engine_id: int, reason: str = "",
+                      started: set[int] | None = None) -> None:
+        """Forget an engine; requeue or fail whatever it was running.
+
+        ``started`` names the batches that reached the engine (None: all may have).
+        """
         slot = self.engines.pop(engine_id, None)
         if slot is None:
             return
         for batch in list(slot.batches.values()):
-            self._lose(batch, started=True, reason=reason)
+            self._lose(batch, started is None or batch.id in started, reason)
         slot.batches.clear()
         for tid in list(self._restricted):
             task = self.tasks.get(tid)
@@ -608,6 +613,7 @@ class TaskFarm:
         self.scheduler = Scheduler(clock.seconds, self._finished, max_result_bytes,
                                    max_results)
         self._waiters: dict[int, list[Callable[[], None]]] = {}
+        self._commands: dict[int, Command] = {}  # batch id -> its command, while out
         self._pumping = False
         for engine_id in controller.ids():
             self.scheduler.add_engine(engine_id)
@@ -648,6 +654,7 @@ class TaskFarm:
     def _send(self, batch: Batch) -> None:
         command = Command("run_tasks", (batch.specs,), client="task farm",
                           description=f"{len(batch.specs)} task(s)")
+        self._commands[batch.id] = command
         d = self.controller.submit(batch.engine_id, command)
         if batch.timeout is not None:
             tid, token = batch.tasks[0]
@@ -658,6 +665,7 @@ class TaskFarm:
         d.addErrback(lambda f: log.failure("task farm bookkeeping failed", f))
 
     def _replied(self, reply: Any, batch: Batch, command: Command) -> None:
+        self._commands.pop(batch.id, None)
         if isinstance(reply, dict) and reply.get("status") == "ok" and isinstance(
                 reply.get("value"), list):
             self.scheduler.batch_done(batch.engine_id, batch.id, reply["value"])
@@ -669,11 +677,23 @@ class TaskFarm:
         self.pump()
 
     def _lost(self, failure: Failure, batch: Batch, command: Command) -> None:
+        self._commands.pop(batch.id, None)
         reason = failure.getErrorMessage()
         if not isinstance(failure.value, EngineError):
             reason = f"engine {batch.engine_id} died or vanished ({reason})"
-        self.scheduler.batch_lost(batch.engine_id, batch.id, command.started is not None,
-                                  reason)
+        if failure.check(EngineError, DeadReferenceError, ConnectionLost, ConnectionDone):
+            # The engine is gone: stop sending it work now, before the
+            # controller notices, and charge only what had reached it.
+            slot = self.scheduler.engines.get(batch.engine_id)
+            started = {batch.id} if command.started is not None else set()
+            for other in list(slot.batches.values()) if slot else []:
+                cmd = self._commands.get(other.id)
+                if cmd is not None and cmd.started is not None:
+                    started.add(other.id)
+            self.scheduler.remove_engine(batch.engine_id, reason, started)
+        else:
+            self.scheduler.batch_lost(batch.engine_id, batch.id, command.started is not None,
+                                      reason)
         self.pump()
 
     def _backstop(self, batch: Batch, command: Command, tid: int, token: int) -> None:

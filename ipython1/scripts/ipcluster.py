@@ -231,9 +231,7 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
                       lambda: any(p.poll() is not None for p in engines),
                       lambda: _engine_failure(cluster_dir, engines))
             if mpi:
-                ranks = {i["engine_id"]: i.get("mpi_rank") for i in mec.engine_info()}
-                if any(engine_id != rank for engine_id, rank in ranks.items()):
-                    raise RuntimeError(f"engine ids do not match MPI ranks: {ranks}")
+                _check_mpi_job(mec.engine_info(), n)
         finally:
             mec.close()
     except Exception as e:
@@ -275,6 +273,19 @@ def _mpi_preflight(n: int, mpiexec: str | None,
     args = shlex.split(mpi_args)
     return lambda engine_argv: mpi_mod.mpiexec_command(n, engine_argv, path, args,
                                                        flavor=flavor)
+
+
+def _check_mpi_job(infos: list[dict[str, Any]], n: int) -> None:
+    """Check that the engines form one MPI job of n ranks whose ids are their ranks."""
+    sizes = sorted({i.get("mpi_size") for i in infos}, key=str)
+    if sizes != [n]:
+        raise RuntimeError(
+            f"the engines report MPI job sizes {sizes}, not {n}: mpiexec and the MPI library "
+            f"mpi4py loads ({infos[0].get('mpi_library')}) do not match; use the mpiexec "
+            "of that MPI (--mpiexec PATH)")
+    ranks = {i["engine_id"]: i.get("mpi_rank") for i in infos}
+    if any(engine_id != rank for engine_id, rank in ranks.items()):
+        raise RuntimeError(f"engine ids do not match MPI ranks: {ranks}")
 
 
 def _engine_failure(cluster_dir: ClusterDir, engines: list[subprocess.Popen[bytes]]) -> str:
@@ -336,7 +347,8 @@ def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
         if ids:
             for q in mec.queue_status():
                 running = q["running"]["description"] if q["running"] else "idle"
-                out.write(f"  engine {q['engine_id']}: {running!r}, "
+                rank = f" (MPI rank {q['mpi_rank']})" if "mpi_rank" in q else ""
+                out.write(f"  engine {q['engine_id']}{rank}: {running!r}, "
                           f"{len(q['queued'])} queued\n")
     finally:
         mec.close()

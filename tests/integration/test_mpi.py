@@ -72,6 +72,8 @@ def test_ids_equal_ranks(mpi_cluster):
     mec.execute("rank = comm.Get_rank()")
     assert mec.pull("rank") == [0, 1, 2, 3]
     assert [q["mpi_rank"] for q in mec.queue_status()] == [0, 1, 2, 3]
+    status = cluster.ipcluster("status")
+    assert "engine 3 (MPI rank 3): 'idle'" in status.stdout, status.stdout + status.stderr
 
 
 def test_allreduce_through_execute(mpi_cluster):
@@ -274,3 +276,21 @@ def test_ipcluster_bad_mpiexec_fails_before_starting_anything(tmp_path):
     finally:
         cluster.stop()
 
+
+
+def test_ipcluster_reports_an_mpiexec_that_does_not_match_mpi4py(tmp_path):
+    # A launcher of another MPI starts n independent singletons of size 1.
+    fake = tmp_path / "mpiexec"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && exit 0\nshift; n=$1; shift\n"
+                    "for i in $(seq $n); do \"$@\" & done\nwait\n")
+    fake.chmod(0o755)
+    cluster = Cluster(tmp_path / "c")
+    try:
+        done = cluster.ipcluster("start", "-n", "2", "--mpi", "--daemon", "--mpiexec", str(fake),
+                                 timeout=90)
+        cluster.record_pids()
+        assert done.returncode == 1
+        assert "the engines report MPI job sizes [1], not 2" in done.stdout, done.stdout
+        assert "--mpiexec PATH" in done.stdout
+    finally:
+        cluster.stop()
