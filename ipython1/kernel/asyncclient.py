@@ -449,6 +449,15 @@ class AsyncMultiEngineClient:
         """Fire with the last events of the controller's transcript."""
         return self._remote("transcript", user, last).addCallback(_check_global_error)
 
+    def connect_tasks(self) -> Deferred[Any]:
+        """Fire with an AsyncTaskClient for the task farm, acting as this client's user."""
+        from ipython1.kernel.taskclient import AsyncTaskClient
+
+        if self._lost is not None:
+            return defer.fail(ConnectionLost(self._lost))
+        d = _connect_tasks(self._session)
+        return d.addCallback(lambda s: AsyncTaskClient(s, None, self.furl, self._session))
+
     def disconnect(self) -> None:
         """Drop the connection to the controller."""
         if self._tub is not None:
@@ -561,12 +570,34 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
     from ipython1.kernel.cluster import TASK_FURL
     from ipython1.kernel.taskclient import AsyncTaskClient
 
+    from ipython1.kernel.interfaces import RIMultiEngine
+
     furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
     tub = wire.client_tub()
     try:
         root = yield wire.get_reference(tub, furl, timeout)
         session = yield root.callRemote("connect", client_info())
+        parent = None
+        if getattr(root.tracker, "interfaceName", "") == RIMultiEngine.__remote_name__:
+            # A user's own capability (security/users/NAME.furl): its session
+            # opens the task farm as that user.
+            parent = session
+            session = yield _connect_tasks(parent)
     except Exception:
         tub.stopService()
         raise
-    return AsyncTaskClient(session, tub, furl)
+    return AsyncTaskClient(session, tub, furl, parent)
+
+
+def _connect_tasks(session: Any) -> Deferred[Any]:
+    """Ask a multi-engine session for a task farm session acting as its user."""
+    d = session.callRemote("connect_tasks", client_info())
+
+    def unwrap(answer: Any) -> Any:
+        if isinstance(answer, dict) and answer.get("status") == "ok":
+            return answer["value"]
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            raise error_from_wire(answer["error"])
+        raise KernelError(f"unexpected answer to connect_tasks: {answer!r:.200}")
+
+    return d.addCallback(unwrap)

@@ -404,6 +404,10 @@ class MultiEngineClient:
         self._events = None
         return self._call(self._async.unsubscribe_events)
 
+    def task_client(self) -> TaskClient:
+        """Return a TaskClient for the task farm acting as this client's user."""
+        return TaskClient._wrap(self._call(self._async.connect_tasks), self.timeout)
+
     def transcript(self, user: str | None = None, last: int = 1000) -> list[dict[str, Any]]:
         """Return the last events of the controller's transcript."""
         return self._call(self._async.transcript, user, last)
@@ -625,6 +629,14 @@ class TaskClient:
     def spin(self) -> None:
         """Make the controller hand ready tasks to idle engines now."""
         self._call(self._async.spin)
+
+    @classmethod
+    def _wrap(cls, async_client: Any, timeout: float | None = None) -> TaskClient:
+        self = cls.__new__(cls)
+        self._loop = ReactorThread.get()
+        self.timeout = timeout
+        self._async = async_client
+        return self
 
     def close(self) -> None:
         """Disconnect from the controller."""

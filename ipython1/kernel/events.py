@@ -163,6 +163,11 @@ def format_event(event: Event) -> str:
         text = f"says: {data.get('text', '')}"
     elif kind == "denied":
         text = f"denied {data.get('op')}: {data.get('reason', '')}"
+    elif kind in ("task_submitted", "task_finished"):
+        status = f" {data['status']}" if data.get("status") else ""
+        errors = ", ".join(f"{k} x{v}" for k, v in (data.get("errors") or {}).items())
+        text = f"{data.get('n')} task(s){status}: {data.get('tids')}" + (
+            f" ({errors})" if errors else "")
     else:
         text = " ".join(f"{k}={v}" for k, v in data.items())
     return f"{when} [{user}] {kind}{where}: {text}"

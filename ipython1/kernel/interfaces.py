@@ -377,6 +377,10 @@ class RIMultiEngineSession(RemoteInterface):
     def transcript(user=AnyValue(), last=int):  # a name or None
         return Reply
 
+    def connect_tasks(info=Info):
+        """Open this user's session with the task farm: {"status": "ok", "value": it}."""
+        return Reply
+
 
 class RIMultiEngine(RemoteInterface):
     """The client-facing capability: open a session."""

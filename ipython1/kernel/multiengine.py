@@ -445,6 +445,19 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
             return self._raise_as_data(Failure(KernelError("user must be a name or None")))
         return transcript_tail(self.adapter, user, last)
 
+    def remote_connect_tasks(self, info: Any) -> Any:
+        """Open a task farm session acting as this session's user (and kind)."""
+        from ipython1.kernel.task import TaskFarmSession
+
+        if self.revoked:
+            return self._raise_as_data(Failure(self._denied("connect_tasks")))
+        farm = getattr(self.adapter.service, "adapters", {}).get("task")
+        if farm is None:
+            return self._raise_as_data(Failure(KernelError(
+                "this controller has no task farm")))
+        return {"status": "ok",
+                "value": TaskFarmSession(farm, self.client, self.user, self.kind, self)}
+
 
 @implementer(RIMultiEngine)
 class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]

@@ -41,6 +41,7 @@ from ipython1.kernel.errors import (
     EngineError,
     InvalidTaskID,
     KernelError,
+    PermissionDenied,
     TaskAborted,
     TaskTimeout,
     UnmetDependency,
@@ -127,6 +128,7 @@ class TaskRecord:
     tid: int
     spec: dict[str, Any]
     client: str = ""
+    user: str = ""  # who submitted it (issue 8): events, abort and clear rights
     seq: int = 0
     state: str = PENDING
     submitted: float = 0.0
@@ -216,13 +218,14 @@ class Scheduler:
 
     # -- events --
 
-    def submit(self, spec: dict[str, Any], client: str = "", tid: int | None = None) -> int:
+    def submit(self, spec: dict[str, Any], client: str = "", tid: int | None = None,
+               user: str = "") -> int:
         """Accept a task (already validated); return its id."""
         if tid is None:
             tid = self.reserve(1)
         elif not 0 <= tid < self.next_tid or tid in self.tasks:
             raise InvalidTaskID(f"task id {tid} was not reserved, or is already in use")
-        task = TaskRecord(tid, spec, client, next(self._seq), submitted=self.clock())
+        task = TaskRecord(tid, spec, client, user, next(self._seq), submitted=self.clock())
         task.current = spec
         task.retries_left = int(spec.get("retries") or 0)
         self.tasks[tid] = task
@@ -335,6 +338,17 @@ class Scheduler:
             raise KernelError(f"task {tid} is already running on engine {task.engine_id} "
                               "and cannot be aborted")
         raise KernelError(f"task {tid} has already finished ({task.state})")
+
+    def abort_waiting(self, user: str) -> int:
+        """Abort every task of user's that has not started; return how many."""
+        tids = [t.tid for t in self.tasks.values()
+                if t.user == user and t.state in (PENDING, BLOCKED)]
+        for tid in tids:
+            task = self.tasks.get(tid)
+            if task is not None and task.state in (PENDING, BLOCKED):
+                self._fail(task, error_to_wire(TaskAborted(
+                    f"task {tid} was aborted: user {user!r} was removed")))
+        return len(tids)
 
     # -- results and status --
 
@@ -615,6 +629,11 @@ class TaskFarm:
         self._waiters: dict[int, list[Callable[[], None]]] = {}
         self._commands: dict[int, Command] = {}  # batch id -> its command, while out
         self._pumping = False
+        # The shared event stream (issue 8); finished tasks are announced in
+        # groups, once per reactor turn, so a 20,000-task map costs few events.
+        self.events = getattr(controller, "events", None)
+        self._done: dict[tuple[str, str, int | None, str], tuple[list[int], dict[str, int]]] = {}
+        self._done_scheduled = False
         for engine_id in controller.ids():
             self.scheduler.add_engine(engine_id)
         controller.add_observer(self._engine_event)
@@ -637,6 +656,43 @@ class TaskFarm:
     def _finished(self, tid: int) -> None:
         for wake in self._waiters.pop(tid, []):
             wake()
+        task = self.scheduler.tasks.get(tid)
+        if self.events is None or task is None:
+            return
+        tids, errors = self._done.setdefault(
+            (task.user, task.client, task.engine_id, task.state), ([], {}))
+        tids.append(tid)
+        if task.state == FAILED:
+            ename = str(((task.result or {}).get("error") or {}).get("ename", "?"))
+            errors[ename] = errors.get(ename, 0) + 1
+        if not self._done_scheduled:
+            self._done_scheduled = True
+            self.clock.callLater(0, self._announce_finished)
+
+    def _announce_finished(self) -> None:
+        self._done_scheduled = False
+        done, self._done = self._done, {}
+        for (user, client, engine_id, state), (tids, errors) in done.items():
+            data: dict[str, Any] = {"status": state, "n": len(tids), "tids": id_ranges(tids)}
+            if errors:
+                data["errors"] = errors  # exception names and counts, never values
+            self.events.publish("task_finished", user, engine_id, data, client)
+
+    def _owner(self) -> str:
+        return str(getattr(self.controller, "owner", ""))
+
+    def _check_rights(self, tids: Iterable[int], user: str | None, op: str) -> None:
+        """Refuse op on other users' tasks unless user is the owner (or None: in-process)."""
+        if user is None or user == self._owner():
+            return
+        others = [(t, self.scheduler.tasks[t].user) for t in tids
+                  if t in self.scheduler.tasks and self.scheduler.tasks[t].user != user]
+        if others:
+            tid, whose = others[0]
+            more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+            raise PermissionDenied(
+                f"user {user!r} may not {op} task {tid}{more}: it belongs to {whose!r}; "
+                "only the owner may touch other users' tasks")
 
     # -- sending batches --
 
@@ -718,10 +774,12 @@ class TaskFarm:
     def reserve(self, n: int) -> int:
         return self.scheduler.reserve(n)
 
-    def submit(self, tasks: list[Any], client: str = "") -> list[Any]:
+    def submit(self, tasks: list[Any], client: str = "", user: str = "") -> list[Any]:
         """Accept ``[tid, meta, payload]`` tasks with reserved ids; None or an error each."""
         answers: list[Any] = []
         sched = self.scheduler
+        user = user or self._owner()
+        accepted: list[int] = []
         for item in tasks:
             if not (isinstance(item, (list, tuple)) and len(item) == 3 and
                     isinstance(item[0], int)):
@@ -729,16 +787,27 @@ class TaskFarm:
                 continue
             tid, meta, payload = item
             try:
-                sched.submit(validate_spec(meta, payload), client, tid)
+                sched.submit(validate_spec(meta, payload), client, tid, user)
                 answers.append(None)
+                accepted.append(tid)
             except KernelError as e:
                 if tid not in sched.tasks and 0 <= tid < sched.next_tid:
                     # Record the bad task as failed so that waiting on it ends.
-                    sched.submit({"payload": [b""]}, client, tid)
+                    sched.submit({"payload": [b""]}, client, tid, user)
                     sched._fail(sched.tasks[tid], error_to_wire(e))
                 answers.append(error_to_wire(e))
+        if accepted and self.events is not None:
+            # Before pump(), so the stream shows submissions before their results.
+            self.events.publish("task_submitted", user, None,
+                                {"n": len(accepted), "tids": id_ranges(accepted)}, client)
         self.pump()
         return answers
+
+    def revoke(self, user: str) -> int:
+        """Abort the tasks of a removed user that have not started; return how many."""
+        n = self.scheduler.abort_waiting(user)
+        self.pump()
+        return n
 
     def run(self, meta: dict[str, Any], payload: list[bytes], client: str = "") -> int:
         """Submit one task; return its id."""
@@ -796,13 +865,18 @@ class TaskFarm:
             call.append(self.clock.callLater(max(0.0, timeout), fire))
         return d
 
-    def abort(self, tid: int) -> None:
+    def abort(self, tid: int, user: str | None = None) -> None:
+        self.scheduler._get(tid)
+        self._check_rights([tid], user, "abort")
         self.scheduler.abort(tid)
 
     def queue_status(self, verbose: bool = False) -> dict[str, Any]:
         return self.scheduler.status(verbose)
 
-    def clear(self, tids: list[int] | None = None, client: str | None = None) -> int:
+    def clear(self, tids: list[int] | None = None, client: str | None = None,
+              user: str | None = None) -> int:
+        if tids is not None:
+            self._check_rights(tids, user, "clear")
         return self.scheduler.clear(tids, client)
 
     def spin(self) -> None:
@@ -820,32 +894,63 @@ def _ok(value: Any) -> dict[str, Any]:
     return {"status": "ok", "value": value}
 
 
+# What an observer's task session may do: look, never run, fetch, abort or clear.
+OBSERVER_ALLOWED = frozenset({"queue_status", "wait", "spin"})
+
+
 @implementer(RITaskFarmSession)
 class TaskFarmSession(Referenceable):  # type: ignore[misc]
-    """One client's connection to the task farm."""
+    """One client's connection to the task farm, acting as one user.
 
-    def __init__(self, farm: TaskFarm, client: str) -> None:
+    ``parent`` is the user's multi-engine session when the task farm was
+    reached through a user's capability (``connect_tasks``): revoking the
+    user marks it revoked, and this session refuses everything from then on.
+    """
+
+    def __init__(self, farm: TaskFarm, client: str, user: str = "", kind: str = "owner",
+                 parent: Any = None) -> None:
         self.farm = farm
         self.client = client
+        self.user = user or farm._owner()
+        self.kind = kind
+        self.parent = parent
 
-    def _call(self, method: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def _denied(self, op: str) -> PermissionDenied | None:
+        if getattr(self.parent, "revoked", False):
+            return PermissionDenied(f"user {self.user!r}: the capability was revoked; "
+                                    f"{op} was not run")
+        if self.kind == "observer" and op not in OBSERVER_ALLOWED:
+            return PermissionDenied(
+                f"user {self.user!r} is an observer and may not {op}: observers can watch "
+                "the task farm (queue_status) but not run, fetch, abort or clear tasks")
+        return None
+
+    def _call(self, method: Callable[..., Any], *args: Any, op: str = "") -> Deferred[Any]:
+        denied = self._denied(op or method.__name__)
+        if denied is not None:
+            # Refused before anything is queued: nothing runs.
+            if self.farm.events is not None:
+                self.farm.events.publish("denied", self.user, None,
+                                         {"op": op or method.__name__, "reason": str(denied)},
+                                         self.client)
+            return defer.succeed(_as_data(Failure(denied)))
         d = defer.maybeDeferred(method, *args)
         return d.addCallbacks(_ok, _as_data)
 
     def remote_reserve(self, n: int) -> Deferred[Any]:
-        return self._call(self.farm.reserve, n)
+        return self._call(self.farm.reserve, n, op="run tasks")
 
     def remote_submit(self, tasks: list[Any]) -> Deferred[Any]:
-        return self._call(self.farm.submit, tasks, self.client)
+        return self._call(self.farm.submit, tasks, self.client, self.user, op="run tasks")
 
     def remote_get_results(self, tids: list[int], block: bool) -> Deferred[Any]:
-        return self._call(self.farm.get_results, tids, block)
+        return self._call(self.farm.get_results, tids, block, op="get_task_result")
 
     def remote_wait(self, tids: list[int], all_: bool, timeout: Any) -> Deferred[Any]:
         return self._call(self.farm.wait, tids, all_, timeout)
 
     def remote_abort(self, tid: int) -> Deferred[Any]:
-        return self._call(self.farm.abort, tid)
+        return self._call(self.farm.abort, tid, self.user, op="abort")
 
     def remote_queue_status(self, verbose: bool) -> Deferred[Any]:
         return self._call(self.farm.queue_status, verbose)
@@ -855,7 +960,8 @@ class TaskFarmSession(Referenceable):  # type: ignore[misc]
                 isinstance(t, int) and not isinstance(t, bool) for t in tids)):
             return defer.succeed(_as_data(Failure(KernelError(
                 "clear() takes a list of task ids or None"))))
-        return self._call(self.farm.clear, tids, None if tids is not None else self.client)
+        return self._call(self.farm.clear, tids, None if tids is not None else self.client,
+                          self.user, op="clear")
 
     def remote_spin(self) -> Deferred[Any]:
         return self._call(self.farm.spin)
@@ -871,7 +977,21 @@ class TaskFarmReferenceable(Referenceable):  # type: ignore[misc]
         self.farm = farm
 
     def remote_connect(self, info: Any) -> TaskFarmSession:
-        name = f"task-client-{next(self._client_ids)}"
-        if isinstance(info, dict) and isinstance(info.get("name"), str):
-            name = f"{info['name']}-{name}"
-        return TaskFarmSession(self.farm, name)
+        # The owner's capability: everything is attributed to the owner.
+        owner = self.farm._owner()
+        return TaskFarmSession(self.farm, f"{owner}/task-client-{next(self._client_ids)}",
+                               owner)
+
+
+def id_ranges(tids: Iterable[int]) -> str:
+    """Write task ids compactly for events: [0, 1, 2, 5] -> "0-2,5"."""
+    out: list[str] = []
+    ids = sorted(set(tids))
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(out)

@@ -243,10 +243,12 @@ def _as_result(record: Any) -> TaskResult | None:
 class AsyncTaskClient:
     """The task farm over Foolscap; every method returns a Deferred."""
 
-    def __init__(self, session: Any, tub: Any = None, furl: str = "") -> None:
+    def __init__(self, session: Any, tub: Any = None, furl: str = "",
+                 parent: Any = None) -> None:
         from twisted.internet import reactor
 
         self._session = session
+        self._parent = parent  # the user's multi-engine session it came from, if any
         self._tub = tub
         self.furl = furl
         self._reactor = reactor
@@ -313,6 +315,8 @@ class AsyncTaskClient:
         Safe to call from any thread: the blocking client queues tasks from
         the user's thread without waiting for the reactor.
         """
+        if self._lost is not None:  # else run() would hand out ids of tasks never sent
+            raise ConnectionLost(self._lost)
         with self._lock:
             if self._next_tid >= self._end_tid:
                 return None

@@ -147,6 +147,9 @@ class UserDirectory:
         user_furl_file(self.cluster_dir, name).unlink(missing_ok=True)
         self._save()
         cleared = sum(r.queue.clear(name) for r in self.controller.engines.values())
+        farm = getattr(self.adapter.service, "adapters", {}).get("task")
+        if farm is not None:
+            cleared += farm.revoke(name)  # tasks not started yet fail with TaskAborted
         dropped = 0
         for session in list(record.sessions):
             session.revoked = True

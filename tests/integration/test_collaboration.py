@@ -288,3 +288,105 @@ def test_shell_shows_another_users_cell_and_output_and_keeps_the_typed_line(
         observer.expect("carol is an observer: cells cannot run on the cluster")
     finally:
         observer.terminate(force=True)
+
+
+# -- the task farm through users' own capabilities ------------------------------------
+
+def _gate(path: Path) -> Any:
+    """A task that holds its engine until path exists (at most 60 s)."""
+    from ipython1.kernel.client import StringTask
+
+    return StringTask("import os, time\nt = time.monotonic()\n"
+                      "while not os.path.exists(p) and time.monotonic() - t < 60:\n"
+                      "    time.sleep(0.01)", push={"p": str(path)})
+
+
+def test_users_run_tasks_with_their_own_furl_attributed_and_abort_only_their_own(
+        collab: tuple[Cluster, dict[str, str]], tmp_path: Path) -> None:
+    from ipython1.kernel.client import MultiEngineClient, StringTask, TaskClient
+    from ipython1.kernel.errors import TaskAborted
+
+    cluster, furls = collab
+    alice = TaskClient(furls["alice"], timeout=60)  # a user's FURL file finds the farm
+    bob_mec = MultiEngineClient(furls["bob"], timeout=60)
+    cluster.clients.append(bob_mec)
+    bob = bob_mec.task_client()
+    owner = TaskClient(cluster.task_furl, timeout=60)
+    try:
+        tid = alice.run(StringTask("b = a * 2", push={"a": "alice-secret-21"}, pull="b"))
+        assert alice.get_task_result(tid, block=True).ns.b == "alice-secret-21" * 2
+        gate = bob.run(_gate(tmp_path / "open"))
+        waiting = bob.run(StringTask("c = 1", after=[gate]))
+        bob.queue_status()  # ordered after bob's submission: the tasks are on the controller
+        with pytest.raises(PermissionDenied, match="'alice' may not abort task .*'bob'"):
+            alice.abort(waiting)
+        with pytest.raises(PermissionDenied, match="'alice' may not clear task"):
+            alice.clear([waiting])
+        owner.abort(waiting)  # the owner may
+        res = bob.get_task_result(waiting, block=True)
+        assert isinstance(res.failure, TaskAborted)
+        (tmp_path / "open").touch()
+        assert bob.get_task_result(gate, block=True).succeeded
+        assert alice.clear() == 1  # alice's own finished task only
+        assert bob.get_task_result(gate).succeeded  # bob's result is still there
+        events = [e for e in transcript(cluster) if e["kind"].startswith("task_")]
+        mine = {(e["kind"], e["data"].get("status")) for e in events if e["user"] == "alice"}
+        assert {("task_submitted", None), ("task_finished", "succeeded")} <= mine
+        assert any(e["user"] == "bob" and e["data"].get("status") == "failed"
+                   and e["data"]["errors"] == {"TaskAborted": 1} for e in events)
+        assert "alice-secret" not in (cluster.dir.log / "transcript.jsonl").read_text()
+    finally:
+        (tmp_path / "open").touch()
+        for tc in (alice, bob, owner):
+            tc.close()
+
+
+def test_observer_cannot_run_abort_or_clear_tasks_and_nothing_runs(
+        collab: tuple[Cluster, dict[str, str]]) -> None:
+    from ipython1.kernel.client import StringTask, TaskClient
+
+    cluster, furls = collab
+    carol = TaskClient(furls["carol"], timeout=30)
+    try:
+        before = carol.queue_status()  # watching is allowed
+        for op, call in (("run tasks", lambda: carol.run(StringTask("x = 1"))),
+                         ("abort", lambda: carol.abort(0)), ("clear", carol.clear),
+                         ("get_task_result", lambda: carol.get_task_result(0))):
+            with pytest.raises(PermissionDenied, match=f"'carol' is an observer and may not {op}"):
+                call()
+        after = carol.queue_status()
+        assert (after["pending"], after["succeeded"], after["failed"]) == (
+            before["pending"], before["succeeded"], before["failed"])
+        events = transcript(cluster)
+        assert not [e for e in events if e["user"] == "carol" and e["kind"] == "task_submitted"]
+        assert {"run tasks", "abort", "clear"} <= {
+            e["data"]["op"] for e in events if e["kind"] == "denied" and e["user"] == "carol"}
+    finally:
+        carol.close()
+
+
+def test_deluser_cuts_task_farm_access_at_once_and_aborts_waiting_tasks(
+        collab: tuple[Cluster, dict[str, str]], tmp_path: Path) -> None:
+    from ipython1.kernel.client import StringTask, TaskClient
+    from ipython1.kernel.errors import KernelError, TaskAborted
+
+    cluster, _ = collab
+    furl_file = cluster.ipcluster("adduser", "hank").stdout.strip()
+    hank = TaskClient(furl_file, timeout=10)
+    owner = TaskClient(cluster.task_furl, timeout=30)
+    try:
+        gate = hank.run(_gate(tmp_path / "open"))
+        waiting = hank.run(StringTask("c = 1", after=[gate]))
+        wait_until(lambda: owner.queue_status()["pending"] >= 1, 10, "hank's tasks queued")
+        assert cluster.ipcluster("deluser", "hank").returncode == 0
+        t0 = time.monotonic()
+        with pytest.raises(KernelError):  # ConnectionLost or PermissionDenied
+            wait_until(lambda: hank.queue_status() and False, 1, "hank to be cut off")
+        assert time.monotonic() - t0 < 1.0
+        with pytest.raises(KernelError):
+            hank.run(StringTask("x = 1"))
+        assert isinstance(owner.get_task_result(waiting, block=True).failure, TaskAborted)
+    finally:
+        (tmp_path / "open").touch()
+        hank.close()
+        owner.close()
