@@ -193,7 +193,10 @@ class AsyncMultiEngineClient:
         """Run code on targets; fire with one ExecuteResult per target."""
         if not isinstance(code, str):
             return defer.fail(TypeError(f"code must be a str, not {type(code).__name__}"))
-        return self._command("execute", (code, targets), block, _execute_record,
+        def record(rec: dict[str, Any]) -> ExecuteResult:
+            return ExecuteResult({"input": code, **rec})
+
+        return self._command("execute", (code, targets), block, record,
                              isinstance(targets, int))
 
     def push(self, namespace: dict[str, Any], targets: Any = "all",
@@ -525,7 +528,11 @@ def _finish_replies(replies: Any, transform: Callable[[Any], Any], single: bool)
     errors: list[KernelError] = []
     for reply in replies:
         if reply.get("status") == "ok":
-            results.append(transform(reply.get("value")))
+            value = reply.get("value")
+            if isinstance(value, dict) and "execution_count" in value and \
+                    "engine_id" not in value:
+                value["engine_id"] = reply.get("engine_id")  # slimmed execution record
+            results.append(transform(value))
         else:
             errors.append(error_from_wire(reply["error"]))
     if errors:

@@ -244,7 +244,7 @@ class EngineKernel:
         self._remember(record)
         if error is not None:
             raise _CellFailed(record)
-        return record
+        return _wire_record(record)
 
     def _remember(self, record: dict[str, Any]) -> None:
         count = record.get("execution_count")
@@ -434,6 +434,17 @@ class TaskWatchdog:
                 self._timer = None
             self._current = None
             return self._fired == tid
+
+
+def _wire_record(record: dict[str, Any]) -> dict[str, Any]:
+    """Return what the reply needs of an execution record.
+
+    The client knows the input and the reply names the engine; empty fields
+    are left out. Every token saved is work saved on the engine, the
+    controller and the client, once per engine per command.
+    """
+    return {k: v for k, v in record.items()
+            if k not in ("input", "engine_id") and v not in (None, "", [])}
 
 
 class _CellFailed(Exception):
