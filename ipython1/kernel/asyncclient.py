@@ -200,7 +200,10 @@ class AsyncMultiEngineClient:
              block: bool = True) -> Deferred[Any]:
         """Bind the values of namespace to its names on targets."""
         try:
-            frames = serialize_dict(_check_namespace(namespace))
+            # A blocking push may send large buffers straight from the caller's
+            # memory: the call returns only once they have been sent.
+            frames = _wire_frames(serialize_dict(_check_namespace(namespace), max_frame=None,
+                                                 copy=not block))
         except Exception as e:
             return defer.fail(e)
         if not any(datachannel.is_large(f) for f in frames.values()):
@@ -291,7 +294,9 @@ class AsyncMultiEngineClient:
 
         def send(ids: list[int]) -> Deferred[Any]:
             parts = scatter_mod.partitions(seq, len(ids), flatten=flatten)
-            namespaces = {e: {key: serialize(part)} for e, part in zip(ids, parts)}
+            namespaces = {e: _wire_frames({key: serialize(part, max_frame=None,
+                                                          copy=not block)})
+                          for e, part in zip(ids, parts)}
             d = self._ship(namespaces)
             return d.addCallback(
                 lambda ns: self._command("push_each", (ns,), block, _none, True))
@@ -485,6 +490,12 @@ def _then_join(pending: AsyncPendingResult) -> AsyncPendingResult:
                 parts if isinstance(parts, list) else [parts]))
 
     return _Gather(pending.client, pending.id, pending._finish)
+
+
+def _wire_frames(namespace: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Keep large values' frames for the data channel; make small ones bytes."""
+    return {key: frames if datachannel.is_large(frames) else [bytes(f) for f in frames]
+            for key, frames in namespace.items()}
 
 
 def _is_frames(value: Any) -> bool:

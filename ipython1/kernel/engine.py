@@ -52,8 +52,14 @@ def _incoming(frames: list[bytes]) -> list[Any]:
     return frames if ref is None else BLOBS.take(ref[0])
 
 
-def _outgoing(frames: list[bytes]) -> list[bytes]:
-    """Keep a large value in BLOBS for the data channel; return what to reply."""
+def _outgoing(value: Any) -> list[bytes]:
+    """Serialize a value to reply; keep a large one in BLOBS for the data channel.
+
+    Large values are copied once here (the engine may change them before the
+    client fetches them) and each buffer stays one frame, so the client
+    rebuilds arrays in the memory it receives them in.
+    """
+    frames = serialize(value, max_frame=None)
     if not datachannel.is_large(frames):
         return frames
     blob_id = datachannel.new_blob_id()
@@ -260,7 +266,7 @@ class EngineKernel:
         out = []
         for key in keys:
             try:
-                out.append(_outgoing(serialize(ns[key])))
+                out.append(_outgoing(ns[key]))
             except KernelError as e:
                 raise type(e)(f"cannot pull {key!r}: {e}") from None
         return out
@@ -271,7 +277,7 @@ class EngineKernel:
         with self._capturing():
             value = f(*call_args, **call_kwargs)
         self.stdout.take(), self.stderr.take()
-        return _outgoing(serialize(value))
+        return _outgoing(value)
 
     def get_result(self, n: int | None) -> dict[str, Any]:
         if not self.history:

@@ -68,9 +68,14 @@ _short_repr.maxother = 60
 _short_repr.maxlevel = 2
 
 
-def serialize(obj: object) -> list[bytes]:
-    """Turn obj into frames; raise SerializationError if it cannot be pickled."""
-    return _serialize(obj, None)
+def serialize(obj: object, max_frame: int | None = 0, copy: bool = True) -> list[Any]:
+    """Turn obj into frames; raise SerializationError if it cannot be pickled.
+
+    ``max_frame=0`` means `MAX_FRAME`. For the data channel, ``max_frame=None`` keeps each out-of-band buffer one
+    frame (so the receiver can rebuild it in place), and ``copy=False`` leaves
+    buffers as memoryviews of obj's own memory (valid while obj is unchanged).
+    """
+    return _serialize(obj, None, max_frame, copy)
 
 
 def deserialize(frames: Sequence[bytes]) -> object:
@@ -78,9 +83,10 @@ def deserialize(frames: Sequence[bytes]) -> object:
     return _deserialize(frames, None)
 
 
-def serialize_dict(ns: Mapping[str, object]) -> dict[str, list[bytes]]:
-    """Serialize each value of a namespace."""
-    return {key: _serialize(value, key) for key, value in ns.items()}
+def serialize_dict(ns: Mapping[str, object], max_frame: int | None = 0,
+                   copy: bool = True) -> dict[str, list[Any]]:
+    """Serialize each value of a namespace (see `serialize` for the options)."""
+    return {key: _serialize(value, key, max_frame, copy) for key, value in ns.items()}
 
 
 def deserialize_dict(frames_by_key: Mapping[str, Sequence[bytes]]) -> dict[str, object]:
@@ -149,9 +155,12 @@ def _rebuild_writeable(rebuild: Callable[..., Any], buf: Any, *args: Any) -> Any
     return rebuild(buf, *args)
 
 
-def _serialize(obj: object, key: str | None) -> list[bytes]:
+def _serialize(obj: object, key: str | None, max_frame: int | None = 0,
+               copy: bool = True) -> list[Any]:
     """Turn obj into frames; name key in errors."""
-    inband_limit, max_frame = INBAND_LIMIT, MAX_FRAME
+    inband_limit = INBAND_LIMIT
+    if max_frame == 0:
+        max_frame = MAX_FRAME  # read now: tests and callers may change it
     buffers: list[memoryview] = []
 
     def take_buffer(buffer: pickle.PickleBuffer) -> bool:
@@ -174,14 +183,17 @@ def _serialize(obj: object, key: str | None) -> list[bytes]:
             f"cannot serialize {_describe(obj, key)}: {type(exc).__name__}: {exc}"
         ) from exc
 
+    if max_frame is None:
+        data: list[Any] = [view if not copy else bytes(view) for view in buffers]
+        return [_header(stream, 1, buffers), stream, *data]
     stream_frames = [stream] if len(stream) <= max_frame else _pack([memoryview(stream)], max_frame)
-    header = b"".join(
-        [
-            _HEADER.pack(_MAGIC, len(stream), len(stream_frames), len(buffers)),
-            *(_LENGTH.pack(view.nbytes) for view in buffers),
-        ]
-    )
-    return [header, *stream_frames, *_pack(buffers, max_frame)]
+    return [_header(stream, len(stream_frames), buffers), *stream_frames,
+            *_pack(buffers, max_frame)]
+
+
+def _header(stream: bytes, stream_count: int, buffers: list[memoryview]) -> bytes:
+    return b"".join([_HEADER.pack(_MAGIC, len(stream), stream_count, len(buffers)),
+                     *(_LENGTH.pack(view.nbytes) for view in buffers)])
 
 
 def _pack(views: Iterable[memoryview], max_frame: int) -> list[bytes]:
@@ -261,6 +273,10 @@ def _split(frames: Sequence[bytes]) -> tuple[bytes, list[bytearray]]:
 def _unpack(frames: Sequence[bytes], sizes: Sequence[int]) -> list[bytearray]:
     """Cut concatenated frames into buffers of the given sizes, copying once."""
     # bytearray, not bytes: NumPy arrays built on bytes would be read-only.
+    if len(frames) == len(sizes) and all(
+            type(f) is bytearray and len(f) == s for f, s in zip(frames, sizes, strict=True)):
+        # One received buffer per frame (the data channel): rebuild in place.
+        return list(frames)  # type: ignore[arg-type]
     views = [memoryview(frame).cast("B") for frame in frames]
     buffers: list[bytearray] = []
     index, offset = 0, 0

@@ -458,3 +458,20 @@ def test_import_does_not_import_numpy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.strip() == "False"
+
+
+def test_unsplit_zero_copy_frames_round_trip_and_rebuild_in_place():
+    import numpy as np
+
+    from ipython1.kernel.serialize import deserialize, serialize
+
+    a = np.arange(300_000, dtype=np.float64).reshape(1000, 300)
+    frames = serialize({"a": a, "k": 1}, max_frame=None, copy=False)
+    assert isinstance(frames[-1], memoryview)  # the array's own memory, not a copy
+    # As received from the data channel: one bytearray per frame.
+    received = [bytearray(f) for f in frames]
+    back = deserialize(received)
+    assert np.array_equal(back["a"], a) and back["k"] == 1
+    assert back["a"].base is received[-1] or np.shares_memory(
+        back["a"], np.frombuffer(received[-1], dtype=np.uint8))
+    back["a"][0, 0] = -1  # writeable
