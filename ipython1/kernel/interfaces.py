@@ -409,6 +409,10 @@ class RITaskFarmSession(RemoteInterface):
     def get_results(tids=TaskIDs, block=bool):
         return Reply
 
+    def get_results_packed(tids=TaskIDs, block=bool):
+        """As get_results, the records pickled into one byte string (cheap to send)."""
+        return Reply
+
     def wait(tids=TaskIDs, all_=bool, timeout=ChoiceOf(float, int, None)):
         return Reply
 

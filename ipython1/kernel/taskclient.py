@@ -14,6 +14,7 @@ connection (Foolscap delivers one connection's messages in order).
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -405,13 +406,13 @@ class AsyncTaskClient:
 
     def get_task_result(self, tid: int, block: bool = False) -> Deferred[TaskResult | None]:
         """Fire with the task's TaskResult, or None if it is not finished (unless block)."""
-        d = self._remote("get_results", [tid], block)
-        return d.addCallback(lambda records: _as_result(records[0]))
+        d = self._remote("get_results_packed", [tid], block)
+        return d.addCallback(lambda blob: _as_result(pickle.loads(blob)[0]))
 
     def get_task_results(self, tids: list[int], block: bool = False) -> Deferred[Any]:
         """Fire with a TaskResult (or None) per task id."""
-        d = self._remote("get_results", list(tids), block)
-        return d.addCallback(lambda records: [_as_result(r) for r in records])
+        d = self._remote("get_results_packed", list(tids), block)
+        return d.addCallback(lambda blob: [_as_result(r) for r in pickle.loads(blob)])
 
     def wait(self, tids: list[int], all_: bool = False,
              timeout: float | None = None) -> Deferred[list[int]]:

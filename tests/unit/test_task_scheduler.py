@@ -280,6 +280,18 @@ def test_clear_and_unknown_ids():
         s.result(tid)
     with pytest.raises(KernelError, match="not reserved"):
         s.submit(spec(), tid=10**6)
+    # after= naming a succeeded-then-cleared task is refused, not guessed (docs/tasks.md)
+    later = s.submit(spec(after=[tid]))
+    assert "cleared" in str(error_of(s, later))
+
+
+def test_abort_waiting_aborts_only_that_users_unstarted_tasks():
+    s, _ = make(engines=())
+    mine = [s.submit(spec(), user="hank") for _ in range(2)]
+    other = s.submit(spec(), user="ivy")
+    assert s.abort_waiting("hank") == 2
+    assert all(type(error_of(s, t)).__name__ == "TaskAborted" for t in mine)
+    assert s.tasks[other].state == T.PENDING
 
 
 @pytest.mark.parametrize("meta, payload, message", [
