@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bootstrap  # noqa: E402
 
-bootstrap.reexec_in_venv()
+bootstrap.reexec_in_venv("test,mpi")  # one .venv serves both README commands
 
 import numpy as np  # noqa: E402
 

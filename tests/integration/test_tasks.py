@@ -67,7 +67,7 @@ def test_failures_come_back_as_errors(tc):
     with pytest.raises(RemoteError):
         res.raise_exception()
     with pytest.raises(RemoteError):
-        res.ns
+        _ = res.ns
     res = tc.get_task_result(tc.run(StringTask("x = 1", pull="nope")), block=True)
     assert res.failure.ename == "NameError"
 
