@@ -25,10 +25,12 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
@@ -352,3 +354,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+PHASE_ENGINES = {"throughput": THROUGHPUT_ENGINES, "data": DATA_ENGINES, "fault": FAULT_ENGINES}
+
+
+def phase_engines(args: argparse.Namespace) -> int:
+    """Return how many engines a phase runs on (scale: the --engines asked for)."""
+    return int(args.engines) if args.phase == "scale" else PHASE_ENGINES[args.phase]
+
+
+def run_phase(args: argparse.Namespace, results: Results,
+              phases: dict[str, Callable[[Results, Any, Settings], None]],
+              make_cluster: Callable[[int, Path], Any], workdir_prefix: str) -> None:
+    """Run one phase against a fresh cluster; always stop it and print the JSON document."""
+    n = phase_engines(args)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix=workdir_prefix))
+    cluster = make_cluster(n, workdir)
+    try:
+        with results.guard(args.phase.upper(), "phase", n):
+            phases[args.phase](results, cluster, Settings(args.quick))
+    finally:
+        try:
+            cluster.stop()
+        finally:
+            stop_my_descendants()
+            results.emit()

@@ -12,7 +12,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,7 @@ from typing import Any
 import distributed
 import numpy as np
 from common import (
-    DATA_ENGINES,
-    FAULT_ENGINES,
     MIB,
-    THROUGHPUT_ENGINES,
     Results,
     Settings,
     become_subreaper,
@@ -32,7 +28,7 @@ from common import (
     kill_later,
     log,
     parse_args,
-    stop_my_descendants,
+    run_phase,
     stop_tree,
     time_calls,
     wait_until,
@@ -275,29 +271,15 @@ def fault(results: Results, cluster: Cluster, settings: Settings) -> None:
             results.add("W5", variant, "errors", ",".join(out["errors"]))
 
 
-PHASE_ENGINES = {"throughput": THROUGHPUT_ENGINES, "data": DATA_ENGINES, "fault": FAULT_ENGINES}
 PHASES = {"scale": scale, "throughput": throughput, "data": data, "fault": fault}
 
 
 def main() -> None:
     """Run one phase against a fresh cluster and print its JSON document."""
     args = parse_args()
-    settings = Settings(args.quick)
     install_term_handler()
     become_subreaper()
-    results = Results(SYSTEM, distributed.__version__, args.phase)
-    n = args.engines if args.phase == "scale" else PHASE_ENGINES[args.phase]
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-dask-"))
-    cluster = Cluster(n, workdir)
-    try:
-        with results.guard(args.phase.upper(), "phase", n):
-            PHASES[args.phase](results, cluster, settings)
-    finally:
-        try:
-            cluster.stop()
-        finally:
-            stop_my_descendants()
-            results.emit()
+    run_phase(args, Results(SYSTEM, distributed.__version__, args.phase), PHASES, Cluster, "bench-dask-")
 
 
 if __name__ == "__main__":

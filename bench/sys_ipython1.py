@@ -16,7 +16,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,10 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from common import (
-    DATA_ENGINES,
-    FAULT_ENGINES,
     MIB,
-    THROUGHPUT_ENGINES,
     Results,
     Settings,
     become_subreaper,
@@ -38,7 +34,8 @@ from common import (
     kill_later,
     log,
     parse_args,
-    stop_my_descendants,
+    phase_engines,
+    run_phase,
     time_calls,
     wait_until,
 )
@@ -287,17 +284,15 @@ def fault(results: Results, cluster: Cluster, settings: Settings) -> None:
             results.add("W5", variant, "errors", ",".join(out["errors"]))
 
 
-PHASE_ENGINES = {"throughput": THROUGHPUT_ENGINES, "data": DATA_ENGINES, "fault": FAULT_ENGINES}
 PHASES = {"scale": scale, "throughput": throughput, "data": data, "fault": fault}
 
 
 def main() -> None:
     """Run one phase against a fresh cluster and print its JSON document."""
     args = parse_args()
-    settings = Settings(args.quick)
     install_term_handler()
     become_subreaper()
-    n = args.engines if args.phase == "scale" else PHASE_ENGINES[args.phase]
+    n = phase_engines(args)
     # The repository root, for a checkout that is not pip-installed.
     sys.path.append(str(Path(__file__).resolve().parent.parent))
     try:
@@ -314,17 +309,8 @@ def main() -> None:
         results.emit()
         return
     results = Results(SYSTEM, str(getattr(ipython1, "__version__", "dev")), args.phase)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ipython1-"))
-    cluster = Cluster(n, workdir, client)
-    try:
-        with results.guard(args.phase.upper(), "phase", n):
-            PHASES[args.phase](results, cluster, settings)
-    finally:
-        try:
-            cluster.stop()
-        finally:
-            stop_my_descendants()
-            results.emit()
+    run_phase(args, results, PHASES, lambda n, workdir: Cluster(n, workdir, client),
+              "bench-ipython1-")
 
 
 if __name__ == "__main__":
