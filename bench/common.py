@@ -356,6 +356,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def record_fault(results: Results, variant: str, settings: Settings, base: dict[str, Any],
+                 out: dict[str, Any]) -> None:
+    """Record W5: the no-fault run `base` and the run `out` with an engine killed."""
+    results.add("W5", variant, "nofault_wall_s", round(base["wall_s"], 3))
+    results.add("W5", variant, "completed", out["done"] == settings.w5_tasks)
+    results.add("W5", variant, "tasks_lost", settings.w5_tasks - out["done"])
+    results.add("W5", variant, "wall_s", round(out["wall_s"], 3))
+    results.add("W5", variant, "wall_over_nofault", round(out["wall_s"] / base["wall_s"], 2))
+    if out["errors"]:
+        results.add("W5", variant, "errors", ",".join(out["errors"]))
+
+
 PHASE_ENGINES = {"throughput": THROUGHPUT_ENGINES, "data": DATA_ENGINES, "fault": FAULT_ENGINES}
 
 

@@ -28,6 +28,7 @@ from common import (
     kill_later,
     log,
     parse_args,
+    record_fault,
     run_phase,
     stop_tree,
     time_calls,
@@ -260,15 +261,9 @@ def fault(results: Results, cluster: Cluster, settings: Settings) -> None:
     variant = "map"
     with results.guard("W5", variant):
         base = run_sleeps(client, settings, None)
-        results.add("W5", variant, "nofault_wall_s", round(base["wall_s"], 3))
         pids = client.run(os.getpid)
         out = run_sleeps(client, settings, pids[sorted(pids)[-1]])
-        results.add("W5", variant, "completed", out["done"] == settings.w5_tasks)
-        results.add("W5", variant, "tasks_lost", settings.w5_tasks - out["done"])
-        results.add("W5", variant, "wall_s", round(out["wall_s"], 3))
-        results.add("W5", variant, "wall_over_nofault", round(out["wall_s"] / base["wall_s"], 2))
-        if out["errors"]:
-            results.add("W5", variant, "errors", ",".join(out["errors"]))
+        record_fault(results, variant, settings, base, out)
 
 
 PHASES = {"scale": scale, "throughput": throughput, "data": data, "fault": fault}

@@ -35,6 +35,7 @@ from common import (
     log,
     parse_args,
     phase_engines,
+    record_fault,
     run_phase,
     time_calls,
     wait_until,
@@ -274,14 +275,8 @@ def fault(results: Results, cluster: Cluster, settings: Settings) -> None:
     variant = "task_retries1"
     with results.guard("W5", variant):
         base = run_sleeps(cluster, settings, None)
-        results.add("W5", variant, "nofault_wall_s", round(base["wall_s"], 3))
         out = run_sleeps(cluster, settings, cluster.engine_pids()[-1])
-        results.add("W5", variant, "completed", out["done"] == settings.w5_tasks)
-        results.add("W5", variant, "tasks_lost", settings.w5_tasks - out["done"])
-        results.add("W5", variant, "wall_s", round(out["wall_s"], 3))
-        results.add("W5", variant, "wall_over_nofault", round(out["wall_s"] / base["wall_s"], 2))
-        if out["errors"]:
-            results.add("W5", variant, "errors", ",".join(out["errors"]))
+        record_fault(results, variant, settings, base, out)
 
 
 PHASES = {"scale": scale, "throughput": throughput, "data": data, "fault": fault}

@@ -95,7 +95,8 @@ class AsyncMultiEngineClient:
         if failure.check(KernelError):
             return failure
         from foolscap.api import DeadReferenceError
-        from twisted.internet.error import ConnectionDone, ConnectionLost as TwistedLost
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.error import ConnectionLost as TwistedLost
 
         if failure.check(DeadReferenceError, ConnectionDone, TwistedLost) or self._lost:
             raise ConnectionLost(self._lost or f"the controller went away: "
@@ -556,10 +557,8 @@ def client_info() -> dict[str, Any]:
 
 
 @defer.inlineCallbacks
-def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
-                           timeout: float = 10.0) -> Any:
-    """Connect to a controller; fire with an AsyncMultiEngineClient."""
-    furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
+def _open_session(furl: str, timeout: float) -> Any:
+    """Connect to a FURL and open a session; fire with (tub, root, session)."""
     tub = wire.client_tub()
     try:
         root = yield wire.get_reference(tub, furl, timeout)
@@ -567,6 +566,15 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
     except Exception:
         tub.stopService()
         raise
+    return tub, root, session
+
+
+@defer.inlineCallbacks
+def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
+                           timeout: float = 10.0) -> Any:
+    """Connect to a controller; fire with an AsyncMultiEngineClient."""
+    furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
+    tub, _, session = yield _open_session(furl, timeout)
     return AsyncMultiEngineClient(session, tub, furl)
 
 
@@ -575,15 +583,12 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
                     timeout: float = 10.0) -> Any:
     """Connect to a controller's task farm; fire with an AsyncTaskClient."""
     from ipython1.kernel.cluster import TASK_FURL
+    from ipython1.kernel.interfaces import RIMultiEngine
     from ipython1.kernel.taskclient import AsyncTaskClient
 
-    from ipython1.kernel.interfaces import RIMultiEngine
-
     furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
-    tub = wire.client_tub()
+    tub, root, session = yield _open_session(furl, timeout)
     try:
-        root = yield wire.get_reference(tub, furl, timeout)
-        session = yield root.callRemote("connect", client_info())
         parent = None
         if getattr(root.tracker, "interfaceName", "") == RIMultiEngine.__remote_name__:
             # A user's own capability (security/users/NAME.furl): its session

@@ -237,14 +237,11 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def _denied(self, method: str) -> PermissionDenied | None:
         """Say why this session may not run method, or None if it may."""
-        if self.revoked:
-            return PermissionDenied(f"user {self.user!r}: the capability was revoked; "
-                                    f"{method} was not run")
-        if self.kind == "observer" and method not in OBSERVER_ALLOWED:
-            return PermissionDenied(
-                f"user {self.user!r} is an observer and may not {method}: observers can "
-                "watch events, read the transcript, list users and engines, and chat")
-        return None
+        from ipython1.kernel.users import permission_denied
+
+        return permission_denied(
+            self.user, self.kind, self.revoked, method, OBSERVER_ALLOWED,
+            "observers can watch events, read the transcript, list users and engines, and chat")
 
     def _call(self, block: bool, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         denied = self._denied(method)

@@ -927,14 +927,12 @@ class TaskFarmSession(Referenceable):  # type: ignore[misc]
         self.parent = parent
 
     def _denied(self, op: str) -> PermissionDenied | None:
-        if getattr(self.parent, "revoked", False):
-            return PermissionDenied(f"user {self.user!r}: the capability was revoked; "
-                                    f"{op} was not run")
-        if self.kind == "observer" and op not in OBSERVER_ALLOWED:
-            return PermissionDenied(
-                f"user {self.user!r} is an observer and may not {op}: observers can watch "
-                "the task farm (queue_status) but not run, fetch, abort or clear tasks")
-        return None
+        from ipython1.kernel.users import permission_denied
+
+        return permission_denied(
+            self.user, self.kind, getattr(self.parent, "revoked", False), op, OBSERVER_ALLOWED,
+            "observers can watch the task farm (queue_status) but not run, fetch, abort or "
+            "clear tasks")
 
     def _call(self, method: Callable[..., Any], *args: Any, op: str = "") -> Deferred[Any]:
         denied = self._denied(op or method.__name__)

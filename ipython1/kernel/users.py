@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ipython1.kernel import cluster, wire
-from ipython1.kernel.errors import InvalidUserName, KernelError, error_to_wire
+from ipython1.kernel.errors import InvalidUserName, KernelError, PermissionDenied, error_to_wire
 from ipython1.kernel.events import read_transcript
 from ipython1.kernel.interfaces import RIControllerAdmin
 
@@ -50,6 +50,17 @@ def validate_user_name(name: Any) -> str:
         raise InvalidUserName(
             f"invalid user name {name!r}: use 1 to 64 letters, digits, '-', '_' or '.'")
     return name
+
+
+def permission_denied(user: str, kind: str, revoked: bool, op: str,
+                      observer_allowed: frozenset[str], observer_scope: str
+                      ) -> PermissionDenied | None:
+    """Say why a user may not run op, or None if they may (shared by every adapter)."""
+    if revoked:
+        return PermissionDenied(f"user {user!r}: the capability was revoked; {op} was not run")
+    if kind == "observer" and op not in observer_allowed:
+        return PermissionDenied(f"user {user!r} is an observer and may not {op}: {observer_scope}")
+    return None
 
 
 def user_furl_file(cluster_dir: cluster.ClusterDir, name: str) -> Path:
