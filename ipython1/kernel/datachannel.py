@@ -49,6 +49,7 @@ Every blocking call here runs on a worker thread, never on a reactor thread.
 from __future__ import annotations
 
 import base64
+import collections
 import functools
 import hashlib
 import mmap
@@ -74,6 +75,10 @@ LOCAL_ENV = "IPYTHON1_LOCAL_DATA"  # "0" turns the same-host path off
 _CHUNK = 4 * 2**20
 _STATUS_OK = b"K"
 _STATUS_REFUSED = b"E"
+
+
+# Transfers this process completed as a client, by path ("local", "relay").
+TRANSFERS: collections.Counter[str] = collections.Counter()
 
 
 class TransferError(KernelError):
@@ -383,10 +388,14 @@ def client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None = None,
     (raising LocalUnavailable if it cannot be reached), any other through the
     relay. A failure is a TransferError.
     """
+    path = "local" if "local" in ticket else "relay"
     try:
-        if "local" in ticket:
-            return _local_client_transfer(ticket, frames, sizes)
-        return _relay_client_transfer(ticket, frames, sizes)
+        if path == "local":
+            result = _local_client_transfer(ticket, frames, sizes)
+        else:
+            result = _relay_client_transfer(ticket, frames, sizes)
+        TRANSFERS[path] += 1
+        return result
     except OSError as e:  # reset, broken pipe, timeout: the engine or the relay went away
         raise TransferError(f"the transfer failed: {e}") from e
 
@@ -528,8 +537,9 @@ class LocalServer:
         with sock:
             try:
                 _pid, uid = _peer(sock)
-                if uid != self.uid:
-                    return  # not our user: hang up before reading a byte
+                if uid != self.uid:  # not our user: hang up before reading a byte
+                    _refuse(sock, f"uid {uid} is not the engine's user")
+                    return
                 sock.settimeout(PAIR_TIMEOUT)
                 head = bytes(_recv_exact(sock, 16 + 32))
                 with self._lock:  # each ticket serves once, even a wrong guess
@@ -577,7 +587,10 @@ def _local_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
         if (pid, uid) != (local["pid"], local["uid"]):
             raise TransferError(f"the local socket of {who} is served by process {pid} of "
                                 f"uid {uid}, not by the engine (uid {local['uid']})")
-        sock.sendall(ticket["pairing_id"] + ticket["secret"])
+        try:
+            sock.sendall(ticket["pairing_id"] + ticket["secret"])
+        except OSError:
+            pass  # refused already? The reason waits in our receive queue.
         _expect_ok(sock, who)
         if frames is not None:
             for frame in frames:
