@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import functools
 import hashlib
 import mmap
@@ -61,7 +62,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ipython1.kernel.errors import KernelError
@@ -115,27 +116,71 @@ def new_blob_id() -> bytes:
 
 
 class BlobStore:
-    """Frames held by an engine between a transfer and the command using them."""
+    """Frames held by an engine between a transfer and the command using them.
+
+    A value to be downloaded may be *lent*: its frames are views of the
+    user's own memory, sent without a copy. `settle`, called on the shell
+    thread before each command, keeps that safe: it copies what is still
+    waiting for its download, and waits for downloads under way, so user
+    code never changes a value while it is sent.
+    """
 
     def __init__(self, ttl: float = BLOB_TTL) -> None:
-        self._blobs: dict[bytes, tuple[float, list[Any]]] = {}
+        self._blobs: dict[bytes, tuple[float, list[Any], bool]] = {}
         self._lock = threading.Lock()
         self._ttl = ttl
+        self._lent = 0  # entries holding views of user memory
+        self._sending: set[threading.Event] = set()  # downloads of lent memory under way
 
-    def put(self, blob_id: bytes, frames: list[Any]) -> None:
+    def put(self, blob_id: bytes, frames: list[Any], lent: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
             # Drop what nobody claimed in time, so failed commands leak nothing.
-            for key in [k for k, (t, _) in self._blobs.items() if now - t > self._ttl]:
-                del self._blobs[key]
-            self._blobs[blob_id] = (now, frames)
+            for key in [k for k, entry in self._blobs.items() if now - entry[0] > self._ttl]:
+                self._lent -= self._blobs.pop(key)[2]
+            self._blobs[blob_id] = (now, frames, lent)
+            self._lent += lent
 
     def take(self, blob_id: bytes) -> list[Any]:
+        """Remove and return a blob's frames (a copy if they were lent)."""
         with self._lock:
             entry = self._blobs.pop(blob_id, None)
+            if entry is not None:
+                self._lent -= entry[2]
         if entry is None:
             raise TransferError("a large value was not received by the engine (or expired)")
-        return entry[1]
+        return private_copy(entry[1]) if entry[2] else entry[1]
+
+    @contextlib.contextmanager
+    def lend(self, blob_id: bytes) -> Iterator[list[Any]]:
+        """Remove a blob and give its frames, as they are, while they are sent."""
+        done = threading.Event()
+        with self._lock:
+            entry = self._blobs.pop(blob_id, None)
+            if entry is not None and entry[2]:
+                self._lent -= 1
+                self._sending.add(done)
+        if entry is None:
+            raise TransferError("a large value was not received by the engine (or expired)")
+        try:
+            yield entry[1]
+        finally:
+            with self._lock:
+                self._sending.discard(done)
+            done.set()
+
+    def settle(self) -> None:
+        """Make lent memory safe to change: copy what waits, wait for what is sent."""
+        if not self._lent and not self._sending:
+            return
+        with self._lock:
+            for key, (t, frames, lent) in list(self._blobs.items()):
+                if lent:
+                    self._blobs[key] = (t, private_copy(frames), False)
+            self._lent = 0
+            sending = list(self._sending)
+        for done in sending:
+            done.wait()
 
     def __len__(self) -> int:
         return len(self._blobs)
@@ -371,8 +416,9 @@ def engine_transfer(context: ssl.SSLContext, relay: str, pairing_id: bytes, secr
                 store.put(blob_id, frames)
                 tls.sendall(b"K")
             elif direction == "download":
-                for frame in store.take(blob_id):
-                    tls.sendall(frame)
+                with store.lend(blob_id) as frames:
+                    for frame in frames:
+                        tls.sendall(frame)
                 _recv_exact(tls, 1)
             else:
                 raise TransferError(f"unknown direction {direction!r}")
@@ -573,16 +619,15 @@ class LocalServer:
                     sock.sendall(_STATUS_OK)
                 else:
                     try:
-                        frames = self.store.take(blob_id)
+                        with self.store.lend(blob_id) as frames:
+                            if [len(f) for f in frames] != sizes:
+                                raise TransferError("the value held by the engine has other sizes")
+                            sock.sendall(_STATUS_OK)
+                            for frame in frames:
+                                sock.sendall(frame)
                     except TransferError as e:
                         _refuse(sock, str(e))
                         return
-                    if [len(f) for f in frames] != sizes:
-                        _refuse(sock, "the value held by the engine has other sizes")
-                        return
-                    sock.sendall(_STATUS_OK)
-                    for frame in frames:
-                        sock.sendall(frame)
                 self.transfers += 1
             except (OSError, TransferError):
                 pass  # the client went away: it gets its own error

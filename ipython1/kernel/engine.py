@@ -55,15 +55,16 @@ def _incoming(frames: list[bytes]) -> list[Any]:
 def _outgoing(value: Any) -> list[bytes]:
     """Serialize a value to reply; keep a large one in BLOBS for the data channel.
 
-    Large values are copied once here (the engine may change them before the
-    client fetches them) and each buffer stays one frame, so the client
-    rebuilds arrays in the memory it receives them in.
+    A large value is lent, not copied: its buffers go out from the user's
+    memory, and BLOBS.settle() before the next command keeps them unchanged
+    until sent. Each buffer stays one frame, so the client rebuilds arrays in
+    the memory it receives them in.
     """
     frames = serialize(value, max_frame=None, copy=False)
     if not datachannel.is_large(frames):
         return [bytes(f) for f in frames]
     blob_id = datachannel.new_blob_id()
-    BLOBS.put(blob_id, datachannel.private_copy(frames))
+    BLOBS.put(blob_id, frames, lent=True)
     return datachannel.blob_ref(blob_id, [len(f) for f in frames])
 
 
@@ -518,6 +519,7 @@ class ShellRunner:
             if item is None:
                 return
             job, d = item
+            BLOBS.settle()  # values lent to downloads stay unchanged until sent
             reply = self._run(job)
             reactor.callFromThread(d.callback, reply)
 

@@ -76,6 +76,12 @@ def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster, monke
 def test_unreachable_local_socket_falls_back_to_the_relay(make_cluster, monkeypatch):
     cluster = make_cluster(1)
     mec = cluster.client(timeout=120)
+    # A pulled value is sent from the engine's memory, yet a later command
+    # that changes it does not change what the pull returns.
+    mec.execute("import numpy as np\nz = np.ones(2**18)", targets=0)
+    pending = mec.pull("z", targets=0, block=False)
+    mec.execute("z[:] = 0", targets=0)
+    assert pending.get_result().sum() == 2**18
     # As from another network namespace: the engine's socket is out of reach.
     monkeypatch.setattr(datachannel, "_address", lambda name: "\0ipython1-nowhere")
     before = dict(datachannel.TRANSFERS)

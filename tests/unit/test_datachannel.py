@@ -228,3 +228,28 @@ def test_host_key_names_boot_host_and_user_unless_turned_off(monkeypatch):
     assert key.endswith(f":{socket.gethostname()}:{os.getuid()}") and len(key) > 40
     monkeypatch.setenv(dc.LOCAL_ENV, "0")
     assert dc.host_key() == "" and not dc.local_enabled()
+
+
+def test_lent_frames_are_copied_before_the_next_command_if_not_yet_sent():
+    store = dc.BlobStore()
+    user = bytearray(b"a" * (2 * dc.HUGE_MIN))
+    store.put(b"l" * 16, [b"header", memoryview(user)], lent=True)
+    store.settle()  # the next command may change user's memory: copy first
+    user[:] = b"b" * len(user)
+    with store.lend(b"l" * 16) as frames:
+        assert bytes(frames[1]) == b"a" * len(user)
+    store.settle()  # nothing lent any more: returns at once
+
+
+def test_settle_waits_for_a_download_of_lent_memory_under_way():
+    store = dc.BlobStore()
+    user = bytearray(b"a" * 1000)
+    store.put(b"l" * 16, [memoryview(user)], lent=True)
+    settled = threading.Event()
+    with store.lend(b"l" * 16) as frames:
+        assert frames[0].obj is user  # sent as it is, no copy
+        t = threading.Thread(target=lambda: (store.settle(), settled.set()))
+        t.start()
+        assert not settled.wait(0.2)  # still sending: the next command waits
+    t.join(5)
+    assert settled.is_set() and len(store) == 0
