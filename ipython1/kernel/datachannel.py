@@ -27,11 +27,13 @@ Same host, same user: the local path
 When the client runs on the engine's host as the engine's user (same boot id,
 hostname and uid; the engine advertises them at registration as
 ``info["local_data"]``), the controller hands out a *local* ticket instead:
-the same pairing id and secret, plus the engine's abstract Unix socket name,
-pid and uid. The client connects to that socket and checks with
-``SO_PEERCRED`` that the process serving it is that engine (pid and uid); the
-engine accepts only peers of its own uid, then the pairing id and secret, as
-above. The bytes go with ``sendall``/``recv_into`` (two kernel copies, no
+a pairing id and secret good for `BOOK_USES` transfers with that engine
+within `BOOK_TTL` (a client asks once per engine, not once per value), plus
+the engine's abstract Unix socket name, pid and uid. The client connects to
+that socket and checks with ``SO_PEERCRED`` that the process serving it is
+that engine (pid and uid); the engine accepts only peers of its own uid,
+then the pairing id and secret (each try spends a use), then the transfer's
+direction, blob id and frame sizes. The bytes go with ``sendall``/``recv_into`` (two kernel copies, no
 TLS, no relay) into buffers mapped with transparent huge pages (see
 `buffer_for`). If the socket is not reachable from the client (another
 network namespace, say), the client asks again for a relayed TLS transfer.
@@ -73,8 +75,13 @@ PAIR_TIMEOUT = 30.0  # seconds a relay end waits for its peer
 BLOB_TTL = 600.0  # seconds an unclaimed blob is kept
 HUGE_MIN = 2**20  # frames at least this large are received into huge-page mappings
 LOCAL_ENV = "IPYTHON1_LOCAL_DATA"  # "0" turns the same-host path off
+BOOK_USES = 64  # transfers one local ticket (pairing id + secret) is good for
+BOOK_TTL = 300.0  # seconds a local ticket is good for
+MAX_FRAMES = 1_000_000
 _CHUNK = 4 * 2**20
 _LOCAL_SOCKET_BUFFER = 2**20
+# pairing id, secret, direction (U or D), blob id, frame count; the sizes follow.
+_LOCAL_HEAD = struct.Struct("<16s32s1s16sI")
 _STATUS_OK = b"K"
 _STATUS_REFUSED = b"E"
 
@@ -538,8 +545,10 @@ def _expect_ok(sock: socket.socket, who: str) -> None:
 class LocalServer:
     """The engine's end of same-host transfers: an abstract Unix socket.
 
-    Serves the transfers announced with `expect`, each once, to peers of
-    the engine's own uid that present the pairing id and the secret.
+    Serves peers of the engine's own uid that present a pairing id and
+    secret announced with `expect`, each good for a number of transfers (a
+    *book* of tickets) until BOOK_TTL; the client names each transfer
+    (direction, blob id, sizes) after the secret.
     """
 
     def __init__(self, store: BlobStore, uid: int | None = None) -> None:
@@ -550,7 +559,7 @@ class LocalServer:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(_address(self.name))
         self._listener.listen(128)
-        self._tickets: dict[bytes, tuple[float, bytes, str, bytes, list[int]]] = {}
+        self._books: dict[bytes, list[Any]] = {}  # pairing id -> [expiry, secret, uses left]
         self._lock = threading.Lock()
         self._closed = False
         self.transfers = 0
@@ -560,20 +569,17 @@ class LocalServer:
         """What the engine advertises at registration (``info["local_data"]``)."""
         return {"host": host_key(), "socket": self.name, "pid": self.pid, "uid": self.uid}
 
-    def expect(self, pairing_id: bytes, secret: bytes, direction: str, blob_id: bytes,
-               sizes: Sequence[int]) -> None:
-        """Allow one transfer by whoever presents pairing_id and secret."""
-        if direction not in ("upload", "download"):
-            raise TransferError(f"unknown direction {direction!r}")
+    def expect(self, pairing_id: bytes, secret: bytes, uses: int = BOOK_USES) -> None:
+        """Allow uses transfers by whoever presents pairing_id and secret, within BOOK_TTL."""
         now = time.monotonic()
         with self._lock:
-            for key in [k for k, t in self._tickets.items() if now - t[0] > PAIR_TIMEOUT]:
-                del self._tickets[key]
-            self._tickets[pairing_id] = (now, secret, direction, blob_id, list(sizes))
+            for key in [k for k, book in self._books.items() if book[0] < now]:
+                del self._books[key]
+            self._books[pairing_id] = [now + BOOK_TTL, secret, uses]
 
     def pending(self) -> int:
-        """Return how many announced transfers have not come yet."""
-        return len(self._tickets)
+        """Return how many announced transfers may still come."""
+        return sum(book[2] for book in self._books.values())
 
     def close(self) -> None:
         self._closed = True
@@ -593,6 +599,18 @@ class LocalServer:
                 continue  # e.g. EMFILE; do not let one failure end the service
             threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
 
+    def _use(self, pairing_id: bytes, secret: bytes) -> str | None:
+        """Spend one ticket of a book; return why not, or None."""
+        with self._lock:  # every try spends a ticket, even a wrong guess
+            book = self._books.get(pairing_id)
+            if book is None or book[0] < time.monotonic():
+                self._books.pop(pairing_id, None)
+                return "unknown or expired transfer"
+            book[2] -= 1
+            if book[2] <= 0:
+                del self._books[pairing_id]
+        return None if secrets.compare_digest(secret, book[1]) else "wrong transfer secret"
+
     def _serve(self, sock: socket.socket) -> None:
         with sock:
             try:
@@ -602,17 +620,16 @@ class LocalServer:
                     _refuse(sock, f"uid {uid} is not the engine's user")
                     return
                 sock.settimeout(PAIR_TIMEOUT)
-                head = bytes(_recv_exact(sock, 16 + 32))
-                with self._lock:  # each ticket serves once, even a wrong guess
-                    ticket = self._tickets.pop(head[:16], None)
-                if ticket is None:
-                    _refuse(sock, "unknown or expired transfer")
+                head = bytes(_recv_exact(sock, _LOCAL_HEAD.size))
+                pairing_id, secret, direction, blob_id, count = _LOCAL_HEAD.unpack(head)
+                refused = self._use(pairing_id, secret)
+                if refused is None and (direction not in b"UD" or count > MAX_FRAMES):
+                    refused = "malformed transfer"
+                if refused is not None:
+                    _refuse(sock, refused)
                     return
-                if not secrets.compare_digest(head[16:], ticket[1]):
-                    _refuse(sock, "wrong transfer secret")
-                    return
-                _, _, direction, blob_id, sizes = ticket
-                if direction == "upload":
+                sizes = list(struct.unpack(f"<{count}Q", _recv_exact(sock, 8 * count)))
+                if direction == b"U":
                     sock.sendall(_STATUS_OK)
                     frames = [_recv_frame(sock, size) for size in sizes]
                     self.store.put(blob_id, frames)
@@ -629,14 +646,34 @@ class LocalServer:
                         _refuse(sock, str(e))
                         return
                 self.transfers += 1
-            except (OSError, TransferError):
+            except (OSError, TransferError, struct.error):
                 pass  # the client went away: it gets its own error
+
+
+class TicketBook:
+    """A client's same-host ticket for one engine, and the uses it has left."""
+
+    def __init__(self, ticket: dict[str, Any]) -> None:
+        self.ticket = ticket
+        self.uses = int(ticket.get("uses", 1))
+        # Stop well before the engine forgets it: no transfer fails for a late ticket.
+        self.deadline = time.monotonic() + float(ticket.get("ttl", 0)) / 2
+
+    def spend(self) -> bool:
+        """Take one use; return False if none is left (or the ticket is too old)."""
+        if self.uses <= 0 or time.monotonic() > self.deadline:
+            return False
+        self.uses -= 1
+        return True
 
 
 def _local_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
                            sizes: Sequence[int] | None) -> list[Any] | None:
     local = ticket["local"]
     who = f"engine process {local['pid']}"
+    if frames is not None:
+        sizes = [len(f) for f in frames]
+    sizes = list(sizes or ())
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(PAIR_TIMEOUT)
         _tune(sock)
@@ -648,8 +685,11 @@ def _local_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
         if (pid, uid) != (local["pid"], local["uid"]):
             raise TransferError(f"the local socket of {who} is served by process {pid} of "
                                 f"uid {uid}, not by the engine (uid {local['uid']})")
+        head = _LOCAL_HEAD.pack(ticket["pairing_id"], ticket["secret"],
+                                b"U" if frames is not None else b"D", ticket["blob_id"],
+                                len(sizes))
         try:
-            sock.sendall(ticket["pairing_id"] + ticket["secret"])
+            sock.sendall(head + struct.pack(f"<{len(sizes)}Q", *sizes))
         except OSError:
             pass  # refused already? The reason waits in our receive queue.
         _expect_ok(sock, who)
@@ -658,4 +698,4 @@ def _local_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
                 sock.sendall(frame)
             _expect_ok(sock, who)
             return None
-        return [_recv_frame(sock, size) for size in sizes or ()]
+        return [_recv_frame(sock, size) for size in sizes]

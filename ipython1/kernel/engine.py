@@ -704,7 +704,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         if relay_port == 0:  # same host: the client comes to our local socket
             if self.local_data is None:
                 raise datachannel.TransferError("this engine has no local data channel")
-            self.local_data.expect(pairing_id, secret, direction, blob_id, sizes)
+            self.local_data.expect(pairing_id, secret)  # a book of tickets
             return True
         if self.tls_context is None or self.controller_host is None:
             raise datachannel.TransferError("this engine has no data channel")

@@ -199,9 +199,12 @@ class MultiEngine:
         """Set up a data-channel transfer with an engine (see datachannel).
 
         A client on the engine's host as the engine's user (same host key)
-        gets a local ticket: no relay, no TLS.
+        gets a local ticket instead, good for BOOK_USES transfers with that
+        engine within BOOK_TTL: no relay, no TLS.
         """
         import secrets
+
+        from ipython1.kernel.datachannel import BOOK_TTL, BOOK_USES
 
         record = self.controller.engines.get(engine_id)
         relay = self.controller.relay
@@ -212,8 +215,9 @@ class MultiEngine:
             pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
             d = record.ref.callRemote("open_transfer", pairing_id, secret, 0, direction,
                                       blob_id, sizes)
-            return d.addCallback(lambda _: {"pairing_id": pairing_id, "secret": secret, "local": {
-                k: local[k] for k in ("socket", "pid", "uid")}})
+            return d.addCallback(lambda _: {
+                "pairing_id": pairing_id, "secret": secret, "uses": BOOK_USES, "ttl": BOOK_TTL,
+                "local": {k: local[k] for k in ("socket", "pid", "uid")}})
         if relay is None:
             raise KernelError("this controller has no data channel")
         pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)

@@ -68,6 +68,8 @@ def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster, monke
     # Nothing is left behind in the engines' blob stores.
     assert mec.apply(lambda: __import__("ipython1.kernel.engine").kernel.engine.BLOBS.__len__()) \
         == [0, 0, 0]
+    # Same host: one ticket from the controller per engine serves every transfer.
+    assert len(mec._async._books) == (3 if path == "local" else 0)
     other = "relay" if path == "local" else "local"
     assert datachannel.TRANSFERS[path] - before.get(path, 0) >= 3 + 3 + 3 + 3 + 4 + 1
     assert datachannel.TRANSFERS[other] == before.get(other, 0)
@@ -93,3 +95,17 @@ def test_unreachable_local_socket_falls_back_to_the_relay(make_cluster, monkeypa
     monkeypatch.undo()  # remembered per engine: the relay from now on
     mec.push({"b": a}, targets=0)
     assert datachannel.TRANSFERS["relay"] - before.get("relay", 0) == 3
+
+
+def test_a_stale_local_ticket_is_replaced_not_a_reason_to_relay(make_cluster):
+    cluster = make_cluster(1)
+    mec = cluster.client(timeout=120)
+    a = np.random.default_rng(4).random(2**20 // 8)
+    mec.push({"a": a}, targets=0)
+    book = mec._async._books[0]
+    # As if engine 0 had been replaced by a new engine with the same id.
+    book.ticket = dict(book.ticket, local=dict(book.ticket["local"], socket="@ipython1-gone"))
+    before = dict(datachannel.TRANSFERS)
+    assert np.array_equal(mec.pull("a", targets=0), a)
+    assert datachannel.TRANSFERS["local"] - before.get("local", 0) == 1
+    assert mec._async._books[0] is not book and not mec._async._relay_only

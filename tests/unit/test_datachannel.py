@@ -119,11 +119,11 @@ def local_server():
     server.close()
 
 
-def _local_ticket(server, direction, blob_id, sizes, secret=None, **local):
+def _local_ticket(server, blob_id, secret=None, uses=1, **local):
     pairing_id, real_secret = secrets.token_bytes(16), secrets.token_bytes(32)
-    server.expect(pairing_id, real_secret, direction, blob_id, sizes)
+    server.expect(pairing_id, real_secret, uses)
     info = server.info()
-    return {"pairing_id": pairing_id, "secret": secret or real_secret,
+    return {"pairing_id": pairing_id, "secret": secret or real_secret, "blob_id": blob_id,
             "local": {"socket": info["socket"], "pid": info["pid"], "uid": info["uid"], **local}}
 
 
@@ -135,8 +135,8 @@ def test_local_upload_then_download_rebuilds_writeable_arrays(local_server):
     frames = serialize(a, max_frame=None, copy=False)
     sizes = [len(f) for f in frames]
     before = dict(dc.TRANSFERS)
-    assert dc.client_transfer(_local_ticket(local_server, "upload", b"u" * 16, sizes),
-                              frames=frames) is None
+    ticket = _local_ticket(local_server, b"u" * 16, uses=2)  # one ticket, both ways
+    assert dc.client_transfer(ticket, frames=frames) is None
     stored = local_server.store.take(b"u" * 16)
     on_engine = deserialize(stored)
     assert np.array_equal(on_engine, a) and on_engine.flags.writeable
@@ -144,8 +144,7 @@ def test_local_upload_then_download_rebuilds_writeable_arrays(local_server):
     assert stored[-1][:8] == np.float64(-1).tobytes()
 
     local_server.store.put(b"d" * 16, dc.private_copy(frames))
-    got = dc.client_transfer(_local_ticket(local_server, "download", b"d" * 16, sizes),
-                             sizes=sizes)
+    got = dc.client_transfer(dict(ticket, blob_id=b"d" * 16), sizes=sizes)
     back = deserialize(got)
     assert np.array_equal(back, a) and back.flags.writeable and back.flags.c_contiguous
     back[1] = 7.0
@@ -155,7 +154,7 @@ def test_local_upload_then_download_rebuilds_writeable_arrays(local_server):
 
 
 def test_local_transfer_refuses_a_wrong_secret_and_an_unknown_ticket(local_server):
-    ticket = _local_ticket(local_server, "upload", b"u" * 16, [10], secret=b"s" * 32)
+    ticket = _local_ticket(local_server, b"u" * 16, secret=b"s" * 32)
     with pytest.raises(dc.TransferError, match="wrong transfer secret"):
         dc.client_transfer(ticket, frames=[b"x" * 10])
     # A wrong guess uses the ticket up: the right secret comes too late.
@@ -164,8 +163,23 @@ def test_local_transfer_refuses_a_wrong_secret_and_an_unknown_ticket(local_serve
     assert len(local_server.store) == 0 and local_server.pending() == 0
 
 
+def test_a_ticket_book_serves_its_uses_then_no_more(local_server, monkeypatch):
+    ticket = _local_ticket(local_server, b"u" * 16, uses=3)
+    for i in range(3):
+        dc.client_transfer(dict(ticket, blob_id=bytes([i]) * 16), frames=[b"x" * 10])
+    with pytest.raises(dc.TransferError, match="unknown or expired transfer"):
+        dc.client_transfer(ticket, frames=[b"x" * 10])
+    assert len(local_server.store) == 3 and local_server.pending() == 0
+    monkeypatch.setattr(dc, "BOOK_TTL", -1.0)
+    with pytest.raises(dc.TransferError, match="unknown or expired transfer"):
+        dc.client_transfer(_local_ticket(local_server, b"v" * 16), frames=[b"x" * 10])
+    book = dc.TicketBook({"uses": 2, "ttl": 60})
+    assert book.spend() and book.spend() and not book.spend()
+    assert not dc.TicketBook({"uses": 2, "ttl": -1}).spend()
+
+
 def test_client_refuses_a_local_socket_served_by_another_process(local_server):
-    ticket = _local_ticket(local_server, "upload", b"u" * 16, [10], pid=1)
+    ticket = _local_ticket(local_server, b"u" * 16, pid=1)
     with pytest.raises(dc.TransferError, match="not by the engine") as info:
         dc.client_transfer(ticket, frames=[b"x" * 10])
     assert not isinstance(info.value, dc.LocalUnavailable)  # no fallback to an impostor
@@ -175,7 +189,7 @@ def test_client_refuses_a_local_socket_served_by_another_process(local_server):
 def test_engine_hangs_up_on_another_uid():
     server = dc.LocalServer(dc.BlobStore(), uid=os.getuid() + 1)  # as if we were someone else
     try:
-        ticket = _local_ticket(server, "upload", b"u" * 16, [10], uid=os.getuid())
+        ticket = _local_ticket(server, b"u" * 16, uid=os.getuid())
         with pytest.raises(dc.TransferError, match=f"uid {os.getuid()} is not the engine's"):
             dc.client_transfer(ticket, frames=[b"x" * 10])
         assert server.pending() == 1 and len(server.store) == 0
@@ -184,7 +198,7 @@ def test_engine_hangs_up_on_another_uid():
 
 
 def test_unreachable_local_socket_is_local_unavailable(local_server):
-    ticket = _local_ticket(local_server, "upload", b"u" * 16, [10])
+    ticket = _local_ticket(local_server, b"u" * 16)
     local_server.close()
     with pytest.raises(dc.LocalUnavailable, match="cannot reach"):
         dc.client_transfer(ticket, frames=[b"x" * 10])
@@ -200,12 +214,12 @@ def test_engine_vanishing_mid_download_is_a_prompt_transfer_error():
     def serve():
         conn, _ = listener.accept()
         with conn:
-            conn.recv(48)
+            conn.recv(dc._LOCAL_HEAD.size + 8)
             conn.sendall(b"K" + b"x" * 1024)
 
     t = threading.Thread(target=serve)
     t.start()
-    ticket = {"pairing_id": b"p" * 16, "secret": b"s" * 32,
+    ticket = {"pairing_id": b"p" * 16, "secret": b"s" * 32, "blob_id": b"b" * 16,
               "local": {"socket": name, "pid": os.getpid(), "uid": os.getuid()}}
     try:
         t0 = time.monotonic()
@@ -218,7 +232,7 @@ def test_engine_vanishing_mid_download_is_a_prompt_transfer_error():
 
 
 def test_download_of_a_missing_blob_is_refused_with_the_reason(local_server):
-    ticket = _local_ticket(local_server, "download", b"m" * 16, [10])
+    ticket = _local_ticket(local_server, b"m" * 16)
     with pytest.raises(dc.TransferError, match="not received by the engine"):
         dc.client_transfer(ticket, sizes=[10])
 
