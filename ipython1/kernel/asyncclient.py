@@ -75,6 +75,8 @@ class AsyncMultiEngineClient:
         self.furl = furl
         self._lost: str | None = None
         self._finishers: dict[int, Callable[[list[dict[str, Any]]], Any]] = {}
+        self._relay_only: set[int] = set()  # engines whose local socket is out of reach
+        self._books: dict[int, datachannel.TicketBook] = {}  # same-host tickets, by engine
         session.notifyOnDisconnect(self._disconnected)
 
     def _disconnected(self, *args: Any) -> None:
@@ -125,29 +127,65 @@ class AsyncMultiEngineClient:
 
     # -- the data channel: large values go beside Foolscap --
 
+    def _keep(self, engine_id: int, ticket: dict[str, Any]) -> dict[str, Any]:
+        """Keep a same-host ticket's other uses for the next transfers with engine_id."""
+        if ticket.get("uses", 1) > 1:
+            book = datachannel.TicketBook(ticket)
+            book.spend()
+            self._books[engine_id] = book
+        return ticket
+
     def _ticket(self, answer: Any) -> dict[str, Any]:
         answer = _check_global_error(answer)
+        if "local" in answer:
+            return dict(answer)
         host = wire.furl_location(self.furl).rsplit(":", 1)[0]
         return dict(answer, relay=f"{host}:{answer['relay_port']}")
 
-    def _upload(self, engine_id: int, frames: list[bytes]) -> Deferred[list[bytes]]:
-        """Send a large value to an engine's blob store; fire with its reference."""
+    def _transfer(self, engine_id: int, direction: str, blob_id: bytes, sizes: list[int],
+                  frames: list[bytes] | None = None, fresh: bool = False) -> Deferred[Any]:
+        """Open a transfer and run it on a worker thread: same-host if it can be, else relayed.
+
+        A same-host ticket is good for several transfers: those need no
+        round trip to the controller.
+        """
         from twisted.internet import threads
 
+        def run(ticket: dict[str, Any]) -> Deferred[Any]:
+            return threads.deferToThread(datachannel.client_transfer, dict(ticket, blob_id=blob_id),
+                                         frames=frames, sizes=sizes)
+
+        host = "" if engine_id in self._relay_only else datachannel.host_key()
+        book = self._books.get(engine_id)
+        if host and not fresh and book is not None and book.spend():
+            def stale(failure: Failure) -> Deferred[Any]:
+                if self._books.get(engine_id) is book:
+                    del self._books[engine_id]
+                failure.trap(datachannel.LocalUnavailable)  # a new engine with this id?
+                return self._transfer(engine_id, direction, blob_id, sizes, frames, fresh=True)
+
+            return run(book.ticket).addErrback(stale)
+        d = self._remote("open_transfer", engine_id, direction, blob_id, sizes, host)
+        d.addCallback(self._ticket).addCallback(lambda ticket: run(self._keep(engine_id, ticket)))
+
+        def relayed(failure: Failure) -> Deferred[Any]:
+            failure.trap(datachannel.LocalUnavailable)  # e.g. another network namespace
+            self._relay_only.add(engine_id)
+            self._books.pop(engine_id, None)
+            return self._transfer(engine_id, direction, blob_id, sizes, frames)
+
+        return d.addErrback(relayed) if host else d
+
+    def _upload(self, engine_id: int, frames: list[bytes]) -> Deferred[list[bytes]]:
+        """Send a large value to an engine's blob store; fire with its reference."""
         blob_id = datachannel.new_blob_id()
         sizes = [len(f) for f in frames]
-        d = self._remote("open_transfer", engine_id, "upload", blob_id, sizes)
-        d.addCallback(lambda answer: threads.deferToThread(
-            datachannel.client_transfer, self._ticket(answer), frames=frames))
+        d = self._transfer(engine_id, "upload", blob_id, sizes, frames)
         return d.addCallback(lambda _: datachannel.blob_ref(blob_id, sizes))
 
     def _download(self, engine_id: int, ref: tuple[bytes, list[int]]) -> Deferred[Any]:
-        from twisted.internet import threads
-
         blob_id, sizes = ref
-        d = self._remote("open_transfer", engine_id, "download", blob_id, sizes)
-        return d.addCallback(lambda answer: threads.deferToThread(
-            datachannel.client_transfer, self._ticket(answer), sizes=sizes))
+        return self._transfer(engine_id, "download", blob_id, sizes)
 
     def _ship(self, namespaces: dict[int, dict[str, list[bytes]]]) -> Deferred[Any]:
         """Upload the large values of per-engine namespaces; fire with references."""

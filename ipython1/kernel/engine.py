@@ -55,15 +55,16 @@ def _incoming(frames: list[bytes]) -> list[Any]:
 def _outgoing(value: Any) -> list[bytes]:
     """Serialize a value to reply; keep a large one in BLOBS for the data channel.
 
-    Large values are copied once here (the engine may change them before the
-    client fetches them) and each buffer stays one frame, so the client
-    rebuilds arrays in the memory it receives them in.
+    A large value is lent, not copied: its buffers go out from the user's
+    memory, and BLOBS.settle() before the next command keeps them unchanged
+    until sent. Each buffer stays one frame, so the client rebuilds arrays in
+    the memory it receives them in.
     """
-    frames = serialize(value, max_frame=None)
+    frames = serialize(value, max_frame=None, copy=False)
     if not datachannel.is_large(frames):
-        return frames
+        return [bytes(f) for f in frames]
     blob_id = datachannel.new_blob_id()
-    BLOBS.put(blob_id, frames)
+    BLOBS.put(blob_id, frames, lent=True)
     return datachannel.blob_ref(blob_id, [len(f) for f in frames])
 
 
@@ -566,6 +567,7 @@ class ShellRunner:
             if item is None:
                 return
             job, d = item
+            BLOBS.settle()  # values lent to downloads stay unchanged until sent
             reply = self._run(job)
             reactor.callFromThread(d.callback, reply)
 
@@ -661,6 +663,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._info = info
         self.tls_context: Any = None  # set once connected: the data channel's TLS identity
         self.controller_host: str | None = None
+        self.local_data: datachannel.LocalServer | None = None  # same-host transfers
         self._kernel: EngineKernel | None = None
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
@@ -746,6 +749,11 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def remote_open_transfer(self, pairing_id: bytes, secret: bytes, relay_port: int,
                              direction: str, blob_id: bytes, sizes: list[int]) -> bool:
         """Serve one data-channel transfer on a worker thread (never the shell thread)."""
+        if relay_port == 0:  # same host: the client comes to our local socket
+            if self.local_data is None:
+                raise datachannel.TransferError("this engine has no local data channel")
+            self.local_data.expect(pairing_id, secret)  # a book of tickets
+            return True
         if self.tls_context is None or self.controller_host is None:
             raise datachannel.TransferError("this engine has no data channel")
         from twisted.internet import threads
@@ -806,10 +814,21 @@ class EngineService(service.MultiService):
         # An MPI rank may sit in a GIL-holding collective, deaf to pings.
         self.tub = wire.client_tub(
             wire.MPI_DISCONNECT_TIMEOUT if "mpi_rank" in self.info else None)
+        if datachannel.local_enabled():
+            try:
+                self.referenceable.local_data = datachannel.LocalServer(BLOBS)
+                self.info["local_data"] = self.referenceable.local_data.info()
+            except OSError as e:
+                log.warn("no local data channel: {e}", e=e)
         # Build the IPython shell before registering: registered means ready.
         d = self.runner.submit(self.referenceable._kernel_now)
         d.addCallback(lambda _: self._register())
         d.addCallbacks(self.registered.callback, self._register_failed)
+
+    def stopService(self) -> Any:
+        if self.referenceable.local_data is not None:
+            self.referenceable.local_data.close()
+        return super().stopService()
 
     @defer.inlineCallbacks
     def _register(self) -> Any:

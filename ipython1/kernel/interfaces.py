@@ -15,7 +15,7 @@ from foolscap.api import RemoteInterface
 from foolscap.constraint import Any as AnyValue
 from foolscap.constraint import ByteStringConstraint
 from foolscap.slicers.unicode import UnicodeConstraint
-from foolscap.schema import ChoiceOf, DictOf, ListOf
+from foolscap.schema import ChoiceOf, DictOf, ListOf, Optional
 from zope.interface import Attribute, Interface
 
 # Shared wire constraints, named once with explicit bounds.
@@ -317,7 +317,8 @@ class RIMultiEngineSession(RemoteInterface):
     def clear_queue(targets=Targets):
         return Reply
 
-    def open_transfer(engine_id=int, direction=Name, blob_id=Token, sizes=Sizes):
+    def open_transfer(engine_id=int, direction=Name, blob_id=Token, sizes=Sizes,
+                      host=Optional(Name, "")):  # datachannel.host_key() of the client
         return Reply
 
     def engine_info(targets=Targets):

@@ -196,14 +196,29 @@ class MultiEngine:
         return defer.succeed(self.controller.clear_queue(ids, client))
 
     def open_transfer(self, engine_id: int, direction: str, blob_id: bytes,
-                      sizes: list[int], client: str = "") -> Deferred[dict[str, Any]]:
-        """Set up a data-channel transfer with an engine (see datachannel)."""
+                      sizes: list[int], client: str = "", host: str = "") -> Deferred[dict[str, Any]]:
+        """Set up a data-channel transfer with an engine (see datachannel).
+
+        A client on the engine's host as the engine's user (same host key)
+        gets a local ticket instead, good for BOOK_USES transfers with that
+        engine within BOOK_TTL: no relay, no TLS.
+        """
         import secrets
+
+        from ipython1.kernel.datachannel import BOOK_TTL, BOOK_USES
 
         record = self.controller.engines.get(engine_id)
         relay = self.controller.relay
         if record is None:
             raise InvalidEngineID(f"no engine with id {engine_id}")
+        local = record.info.get("local_data")
+        if host and isinstance(local, dict) and local.get("host") == host:
+            pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
+            d = record.ref.callRemote("open_transfer", pairing_id, secret, 0, direction,
+                                      blob_id, sizes)
+            return d.addCallback(lambda _: {
+                "pairing_id": pairing_id, "secret": secret, "uses": BOOK_USES, "ttl": BOOK_TTL,
+                "local": {k: local[k] for k in ("socket", "pid", "uid")}})
         if relay is None:
             raise KernelError("this controller has no data channel")
         pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
@@ -320,11 +335,12 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return self._call(True, "clear_queue", targets)
 
     def remote_open_transfer(self, engine_id: int, direction: str, blob_id: bytes,
-                             sizes: list[int]) -> Deferred[Any]:
+                             sizes: list[int], host: str = "") -> Deferred[Any]:
         denied = self._denied("open_transfer")  # moves data: not for observers
         if denied is not None:
             return defer.succeed(self._raise_as_data(Failure(denied)))
-        d = defer.maybeDeferred(self.adapter.open_transfer, engine_id, direction, blob_id, sizes)
+        d = defer.maybeDeferred(self.adapter.open_transfer, engine_id, direction, blob_id, sizes,
+                                host=host)
         return d.addErrback(self._raise_as_data)
 
     def remote_engine_info(self, targets: Any) -> Deferred[Any]:

@@ -31,6 +31,7 @@ copy, so the read-only flag of the sender's array protects nothing.
 from __future__ import annotations
 
 import io
+import mmap
 import pickle
 import reprlib
 import struct
@@ -146,9 +147,10 @@ def _rebuild_writeable(rebuild: Callable[..., Any], buf: Any, *args: Any) -> Any
     """Call NumPy's rebuild function on a writeable version of a read-only buffer."""
     if isinstance(buf, memoryview) and buf.readonly:
         owner = buf.obj
-        # An out-of-band buffer is a private bytearray made by deserialize;
-        # pickle only wrapped it read-only, so use it as is, without a copy.
-        if type(owner) is bytearray and len(owner) == buf.nbytes:
+        # An out-of-band buffer is a private bytearray (or mapping, from the
+        # data channel) made for deserialize; pickle only wrapped it
+        # read-only, so use it as is, without a copy.
+        if type(owner) in _PRIVATE and len(owner) == buf.nbytes:
             return rebuild(owner, *args)
     if isinstance(buf, (bytes, memoryview)):
         buf = bytearray(buf)  # in-band, hence small
@@ -270,11 +272,15 @@ def _split(frames: Sequence[bytes]) -> tuple[bytes, list[bytearray]]:
     return stream, _unpack(data_frames, sizes)
 
 
+# Writable frames received for this value alone (datachannel.buffer_for).
+_PRIVATE = (bytearray, mmap.mmap)
+
+
 def _unpack(frames: Sequence[bytes], sizes: Sequence[int]) -> list[bytearray]:
     """Cut concatenated frames into buffers of the given sizes, copying once."""
     # bytearray, not bytes: NumPy arrays built on bytes would be read-only.
     if len(frames) == len(sizes) and all(
-            type(f) is bytearray and len(f) == s for f, s in zip(frames, sizes, strict=True)):
+            type(f) in _PRIVATE and len(f) == s for f, s in zip(frames, sizes, strict=True)):
         # One received buffer per frame (the data channel): rebuild in place.
         return list(frames)  # type: ignore[arg-type]
     views = [memoryview(frame).cast("B") for frame in frames]

@@ -1,4 +1,4 @@
-"""Large NumPy arrays travel intact: 1 GiB each way through Foolscap."""
+"""Large NumPy arrays travel intact, over the same-host path and over the TLS relay."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 import pytest
+
+from ipython1.kernel import datachannel
 
 
 @pytest.mark.slow
@@ -41,13 +43,19 @@ def test_fortran_ordered_array_beyond_one_frame(make_cluster):
     assert back.flags.f_contiguous and np.array_equal(back, a)
 
 
-def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster):
+@pytest.mark.parametrize("path", ["local", "relay"])
+def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster, monkeypatch, path):
+    if path == "relay":  # client and engines: the TLS relay only
+        monkeypatch.setenv(datachannel.LOCAL_ENV, "0")
     cluster = make_cluster(3)
     mec = cluster.client(timeout=120)
+    assert all(("local_data" in info) == (path == "local") for info in mec.engine_info())
+    before = dict(datachannel.TRANSFERS)
     big = np.random.default_rng(2).random(3 * 2**20 // 8 * 4)  # 12 MiB
     mec.push({"big": big, "small": 1})
     for back in mec.pull("big"):
         assert np.array_equal(back, big)
+        back[0] = -1.0  # a private, writeable copy
     assert mec.pull("small") == [1, 1, 1]
     mec.scatter("part", big)
     assert [len(p) for p in mec.pull("part")] == [len(big) // 3] * 3
@@ -60,3 +68,44 @@ def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster):
     # Nothing is left behind in the engines' blob stores.
     assert mec.apply(lambda: __import__("ipython1.kernel.engine").kernel.engine.BLOBS.__len__()) \
         == [0, 0, 0]
+    # Same host: one ticket from the controller per engine serves every transfer.
+    assert len(mec._async._books) == (3 if path == "local" else 0)
+    other = "relay" if path == "local" else "local"
+    assert datachannel.TRANSFERS[path] - before.get(path, 0) >= 3 + 3 + 3 + 3 + 4 + 1
+    assert datachannel.TRANSFERS[other] == before.get(other, 0)
+
+
+def test_unreachable_local_socket_falls_back_to_the_relay(make_cluster, monkeypatch):
+    cluster = make_cluster(1)
+    mec = cluster.client(timeout=120)
+    # A pulled value is sent from the engine's memory, yet a later command
+    # that changes it does not change what the pull returns.
+    mec.execute("import numpy as np\nz = np.ones(2**18)", targets=0)
+    pending = mec.pull("z", targets=0, block=False)
+    mec.execute("z[:] = 0", targets=0)
+    assert pending.get_result().sum() == 2**18
+    # As from another network namespace: the engine's socket is out of reach.
+    monkeypatch.setattr(datachannel, "_address", lambda name: "\0ipython1-nowhere")
+    before = dict(datachannel.TRANSFERS)
+    a = np.random.default_rng(3).random(2**20 // 8 * 3)
+    mec.push({"a": a}, targets=0)
+    assert np.array_equal(mec.pull("a", targets=0), a)
+    assert datachannel.TRANSFERS["relay"] - before.get("relay", 0) == 2
+    assert datachannel.TRANSFERS["local"] == before.get("local", 0)
+    monkeypatch.undo()  # remembered per engine: the relay from now on
+    mec.push({"b": a}, targets=0)
+    assert datachannel.TRANSFERS["relay"] - before.get("relay", 0) == 3
+
+
+def test_a_stale_local_ticket_is_replaced_not_a_reason_to_relay(make_cluster):
+    cluster = make_cluster(1)
+    mec = cluster.client(timeout=120)
+    a = np.random.default_rng(4).random(2**20 // 8)
+    mec.push({"a": a}, targets=0)
+    book = mec._async._books[0]
+    # As if engine 0 had been replaced by a new engine with the same id.
+    book.ticket = dict(book.ticket, local=dict(book.ticket["local"], socket="@ipython1-gone"))
+    before = dict(datachannel.TRANSFERS)
+    assert np.array_equal(mec.pull("a", targets=0), a)
+    assert datachannel.TRANSFERS["local"] - before.get("local", 0) == 1
+    assert mec._async._books[0] is not book and not mec._async._relay_only

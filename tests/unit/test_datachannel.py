@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import threading
+import time
 
 import pytest
 from foolscap import crypto
@@ -105,3 +107,163 @@ def test_blob_references_round_trip():
     assert dc.parse_blob_ref(ref) == (b"i" * 16, [5, 2**30, 0])
     assert dc.parse_blob_ref([b"IPF1", b"x"]) is None
     assert dc.is_large([b"x" * dc.THRESHOLD]) and not dc.is_large([b"x"])
+
+
+# -- the same-host path --------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_server():
+    server = dc.LocalServer(dc.BlobStore())
+    yield server
+    server.close()
+
+
+def _local_ticket(server, blob_id, secret=None, uses=1, **local):
+    pairing_id, real_secret = secrets.token_bytes(16), secrets.token_bytes(32)
+    server.expect(pairing_id, real_secret, uses)
+    info = server.info()
+    return {"pairing_id": pairing_id, "secret": secret or real_secret, "blob_id": blob_id,
+            "local": {"socket": info["socket"], "pid": info["pid"], "uid": info["uid"], **local}}
+
+
+def test_local_upload_then_download_rebuilds_writeable_arrays(local_server):
+    np = pytest.importorskip("numpy")
+    from ipython1.kernel.serialize import deserialize, serialize
+
+    a = np.arange(3 * 2**18, dtype=np.float64)  # 6 MiB: one huge-page frame
+    frames = serialize(a, max_frame=None, copy=False)
+    sizes = [len(f) for f in frames]
+    before = dict(dc.TRANSFERS)
+    ticket = _local_ticket(local_server, b"u" * 16, uses=2)  # one ticket, both ways
+    assert dc.client_transfer(ticket, frames=frames) is None
+    stored = local_server.store.take(b"u" * 16)
+    on_engine = deserialize(stored)
+    assert np.array_equal(on_engine, a) and on_engine.flags.writeable
+    on_engine[0] = -1  # rebuilt in place on the received mapping: no copy
+    assert stored[-1][:8] == np.float64(-1).tobytes()
+
+    local_server.store.put(b"d" * 16, dc.private_copy(frames))
+    got = dc.client_transfer(dict(ticket, blob_id=b"d" * 16), sizes=sizes)
+    back = deserialize(got)
+    assert np.array_equal(back, a) and back.flags.writeable and back.flags.c_contiguous
+    back[1] = 7.0
+    assert dc.TRANSFERS["local"] == before.get("local", 0) + 2
+    assert local_server.transfers == 2 and local_server.pending() == 0
+    assert len(local_server.store) == 0
+
+
+def test_local_transfer_refuses_a_wrong_secret_and_an_unknown_ticket(local_server):
+    ticket = _local_ticket(local_server, b"u" * 16, secret=b"s" * 32)
+    with pytest.raises(dc.TransferError, match="wrong transfer secret"):
+        dc.client_transfer(ticket, frames=[b"x" * 10])
+    # A wrong guess uses the ticket up: the right secret comes too late.
+    with pytest.raises(dc.TransferError, match="unknown or expired transfer"):
+        dc.client_transfer(dict(ticket, secret=b"t" * 32), frames=[b"x" * 10])
+    assert len(local_server.store) == 0 and local_server.pending() == 0
+
+
+def test_a_ticket_book_serves_its_uses_then_no_more(local_server, monkeypatch):
+    ticket = _local_ticket(local_server, b"u" * 16, uses=3)
+    for i in range(3):
+        dc.client_transfer(dict(ticket, blob_id=bytes([i]) * 16), frames=[b"x" * 10])
+    with pytest.raises(dc.TransferError, match="unknown or expired transfer"):
+        dc.client_transfer(ticket, frames=[b"x" * 10])
+    assert len(local_server.store) == 3 and local_server.pending() == 0
+    monkeypatch.setattr(dc, "BOOK_TTL", -1.0)
+    with pytest.raises(dc.TransferError, match="unknown or expired transfer"):
+        dc.client_transfer(_local_ticket(local_server, b"v" * 16), frames=[b"x" * 10])
+    book = dc.TicketBook({"uses": 2, "ttl": 60})
+    assert book.spend() and book.spend() and not book.spend()
+    assert not dc.TicketBook({"uses": 2, "ttl": -1}).spend()
+
+
+def test_client_refuses_a_local_socket_served_by_another_process(local_server):
+    ticket = _local_ticket(local_server, b"u" * 16, pid=1)
+    with pytest.raises(dc.TransferError, match="not by the engine") as info:
+        dc.client_transfer(ticket, frames=[b"x" * 10])
+    assert not isinstance(info.value, dc.LocalUnavailable)  # no fallback to an impostor
+    assert local_server.pending() == 1  # the secret never left the client
+
+
+def test_engine_hangs_up_on_another_uid():
+    server = dc.LocalServer(dc.BlobStore(), uid=os.getuid() + 1)  # as if we were someone else
+    try:
+        ticket = _local_ticket(server, b"u" * 16, uid=os.getuid())
+        with pytest.raises(dc.TransferError, match=f"uid {os.getuid()} is not the engine's"):
+            dc.client_transfer(ticket, frames=[b"x" * 10])
+        assert server.pending() == 1 and len(server.store) == 0
+    finally:
+        server.close()
+
+
+def test_unreachable_local_socket_is_local_unavailable(local_server):
+    ticket = _local_ticket(local_server, b"u" * 16)
+    local_server.close()
+    with pytest.raises(dc.LocalUnavailable, match="cannot reach"):
+        dc.client_transfer(ticket, frames=[b"x" * 10])
+
+
+def test_engine_vanishing_mid_download_is_a_prompt_transfer_error():
+    # A stand-in engine that accepts, sends 1 KiB of 8 MiB, and dies.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    name = f"@ipython1-test-{secrets.token_hex(8)}"
+    listener.bind("\0" + name[1:])
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(dc._LOCAL_HEAD.size + 8)
+            conn.sendall(b"K" + b"x" * 1024)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    ticket = {"pairing_id": b"p" * 16, "secret": b"s" * 32, "blob_id": b"b" * 16,
+              "local": {"socket": name, "pid": os.getpid(), "uid": os.getuid()}}
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(dc.TransferError, match="closed after 1024 of"):
+            dc.client_transfer(ticket, sizes=[8 * 2**20])
+        assert time.monotonic() - t0 < 5
+    finally:
+        t.join(5)
+        listener.close()
+
+
+def test_download_of_a_missing_blob_is_refused_with_the_reason(local_server):
+    ticket = _local_ticket(local_server, b"m" * 16)
+    with pytest.raises(dc.TransferError, match="not received by the engine"):
+        dc.client_transfer(ticket, sizes=[10])
+
+
+def test_host_key_names_boot_host_and_user_unless_turned_off(monkeypatch):
+    key = dc.host_key()
+    assert key.endswith(f":{socket.gethostname()}:{os.getuid()}") and len(key) > 40
+    monkeypatch.setenv(dc.LOCAL_ENV, "0")
+    assert dc.host_key() == "" and not dc.local_enabled()
+
+
+def test_lent_frames_are_copied_before_the_next_command_if_not_yet_sent():
+    store = dc.BlobStore()
+    user = bytearray(b"a" * (2 * dc.HUGE_MIN))
+    store.put(b"l" * 16, [b"header", memoryview(user)], lent=True)
+    store.settle()  # the next command may change user's memory: copy first
+    user[:] = b"b" * len(user)
+    with store.lend(b"l" * 16) as frames:
+        assert bytes(frames[1]) == b"a" * len(user)
+    store.settle()  # nothing lent any more: returns at once
+
+
+def test_settle_waits_for_a_download_of_lent_memory_under_way():
+    store = dc.BlobStore()
+    user = bytearray(b"a" * 1000)
+    store.put(b"l" * 16, [memoryview(user)], lent=True)
+    settled = threading.Event()
+    with store.lend(b"l" * 16) as frames:
+        assert frames[0].obj is user  # sent as it is, no copy
+        t = threading.Thread(target=lambda: (store.settle(), settled.set()))
+        t.start()
+        assert not settled.wait(0.2)  # still sending: the next command waits
+    t.join(5)
+    assert settled.is_set() and len(store) == 0
