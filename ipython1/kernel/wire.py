@@ -13,7 +13,6 @@ from typing import Any
 
 from foolscap.api import Tub
 from foolscap.broker import Broker
-from foolscap.tokens import WrongNameError, WrongTubIdError
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 
@@ -175,15 +174,26 @@ def _free_port(ip: str, port: int) -> int:
 def publish(tub: Tub, obj: Any, furl_path: Path) -> str:
     """Register obj on tub and write its FURL to furl_path (0600).
 
-    Foolscap reuses the swiss number of an existing FURL file, so a
-    controller restarted with the same certificate keeps its FURLs.
+    The swiss number of an existing FURL file is reused, so a controller
+    restarted with the same certificate keeps its FURLs. The file is
+    replaced atomically (Foolscap would truncate and rewrite it in place):
+    whoever sees it reads a whole FURL, never an empty or partial one.
     """
+    from foolscap.referenceable import SturdyRef
+
+    name = None
     try:
-        furl: str = tub.registerReference(obj, furlFile=str(furl_path))
-    except (WrongTubIdError, WrongNameError):
-        furl_path.unlink()  # made by another certificate: start afresh
-        furl = tub.registerReference(obj, furlFile=str(furl_path))
-    os.chmod(furl_path, 0o600)
+        old = SturdyRef(furl_path.read_text().strip())
+        if old.tubID == tub.getTubID():
+            name = old.name  # else made by another certificate: start afresh
+    except (OSError, ValueError):
+        pass
+    furl: str = tub.registerReference(obj, name=name)
+    tmp = furl_path.with_name(f".{furl_path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(furl + "\n")
+    os.replace(tmp, furl_path)
     return furl
 
 

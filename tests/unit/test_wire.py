@@ -53,3 +53,28 @@ def test_each_message_reaches_tls_in_one_write_and_arrives_whole(tmp_path: Path)
     assert echoed == nested
     # Banana alone would have made hundreds of writes for this call.
     assert len(writes) == 1
+
+
+def test_a_republished_furl_keeps_its_swiss_number_and_the_file_is_private(
+        tmp_path: Path) -> None:
+    loop = ReactorThread.get()
+    furl_path = tmp_path / "thing.furl"
+
+    def publish_twice() -> Any:
+        furls = []
+        for _ in range(2):  # a controller restarted with the same certificate
+            tub, _port = wire.listening_tub(tmp_path / "cert.pem")
+            furls.append(wire.publish(tub, Echo(), furl_path))
+        other, _port = wire.listening_tub(tmp_path / "other-cert.pem")
+        furls.append(wire.publish(other, Echo(), furl_path))
+        return furls
+
+    first, again, other_cert = loop.submit(publish_twice).result(timeout=30)
+    def tubid_and_swiss(furl: str) -> tuple[str, str]:
+        return furl.split("@")[0], furl.rsplit("/", 1)[1]
+
+    assert tubid_and_swiss(again) == tubid_and_swiss(first)  # the port may change
+    assert tubid_and_swiss(other_cert)[1] != tubid_and_swiss(first)[1]
+    assert furl_path.read_text().strip() == other_cert
+    assert furl_path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
