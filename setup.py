@@ -36,6 +36,7 @@ setup(
         "numpy>=1.24",
         "tqdm>=4.66",
         "psutil>=5.9",
+        "msgpack>=1.0",
     ],
     extras_require={
         "mpi": ["mpich", "mpi4py>=4"],

@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from ipython1.kernel import datachannel, wire
+from ipython1.kernel import datachannel, replies, wire
 from ipython1.kernel import scatter as scatter_mod
 from ipython1.kernel.cluster import MEC_FURL
 from ipython1.kernel.errors import (
@@ -96,7 +96,7 @@ class AsyncMultiEngineClient:
         if self._lost is not None:
             return defer.fail(ConnectionLost(self._lost))
         d = self._session.callRemote(method, *args)
-        d.addErrback(self._translate_failure)
+        d.addCallbacks(replies.unpack, self._translate_failure)
         return d
 
     def _translate_failure(self, failure: Failure) -> Failure:

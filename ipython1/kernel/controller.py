@@ -346,13 +346,15 @@ class ControllerService(service.MultiService):
 
         self.controller.relay = Relay(self.ip)
         self.tub.setServiceParent(self)
+        # Listen first, then write the FURL files: whoever sees a file (a
+        # script, an engine, a test) can connect at once, never be refused.
+        super().startService()
         self.adapters["mec"] = MultiEngine(self.controller, self)
         self._publish(EngineRegistration(self.controller), cluster.ENGINE_FURL)
         self._publish(MultiEngineReferenceable(self.adapters["mec"]), cluster.MEC_FURL)
         self._publish_users()
         self._publish_extra_adapters()
         cluster.write_private(self.cluster_dir.pid_file("ipcontroller"), f"{os.getpid()}\n")
-        super().startService()
         log.info("controller listening on {ip}:{port}", ip=self.ip, port=self.port)
 
     def _publish_users(self) -> None:

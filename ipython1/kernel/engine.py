@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipython1 import __version__
-from ipython1.kernel import datachannel, introspection, wire
+from ipython1.kernel import datachannel, introspection, replies, wire
 from ipython1.kernel.errors import KernelError, TaskTimeout, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
 from ipython1.kernel.serialize import deserialize, serialize
@@ -153,7 +153,50 @@ def _make_shell(recorder: _Recorder) -> Any:
         recorder.current["traceback"] = shell.InteractiveTB.stb2text(stb)
 
     shell._showtraceback = showtraceback
+    manager = shell.input_transformer_manager
+    manager.transform_cell = StaticTransformCache(manager)
     return shell
+
+
+class StaticTransformCache:
+    """Remember what IPython's static input transformations make of a cell.
+
+    They are a pure function of the cell's text and of the transformer lists
+    (``%magic``, ``!cmd``, ``obj?``, prompts, indentation), yet they tokenize
+    the cell every time: on an engine among hundreds, whose caches are cold
+    when a command arrives, that is ~100 us of a no-op's ~500 us. The same
+    cells come back again and again (every engine of a broadcast, loops of
+    commands), so the result is kept per text, and all of it is forgotten if
+    a transformer is added or removed. IPython's dynamic transformations
+    (automagic, autocall), which depend on the namespace, still run each time.
+    """
+
+    MAX_CELLS = 256
+    MAX_CELL_CHARS = 4096
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+        self._transform = manager.transform_cell
+        self._transformers: tuple[Any, ...] = ()
+        self._cells: dict[str, str] = {}
+
+    def _current(self) -> tuple[Any, ...]:
+        m = self._manager
+        return (*m.cleanup_transforms, None, *m.line_transforms, None, *m.token_transformers)
+
+    def __call__(self, cell: str) -> str:
+        transformers = self._current()
+        if transformers != self._transformers:
+            self._cells.clear()
+            self._transformers = transformers
+        done = self._cells.get(cell)
+        if done is None:
+            done = self._transform(cell)
+            if len(cell) <= self.MAX_CELL_CHARS:
+                if len(self._cells) >= self.MAX_CELLS:
+                    del self._cells[next(iter(self._cells))]  # the oldest
+                self._cells[cell] = done
+        return done
 
 
 def _plain(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -222,6 +265,11 @@ class EngineKernel:
             try:
                 result = self.shell.run_cell(code, store_history=True)
             finally:
+                # Nothing writes IPython's in-memory history database out: its
+                # write-behind caches would only grow (In/Out are kept apart).
+                history = self.shell.history_manager
+                history.db_input_cache.clear()
+                history.db_output_cache.clear()
                 if self._runner is not None:
                     self._runner.in_cell = False
         record["execution_count"] = result.execution_count
@@ -647,7 +695,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
 
     def _submit(self, method: str, *args: Any) -> Deferred[Any]:
         d = self._runner.submit(lambda: getattr(self._kernel_now(), method)(*args))
-        return d.addBoth(self._flushed)
+        return d.addBoth(self._flushed).addCallback(replies.encode)
 
     def remote_execute(self, code: str) -> Deferred[Any]:
         return self._submit("execute", code)

@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from ipython1.kernel.interfaces import RIEventObserver
 from ipython1.kernel.queue import Command, user_of
+from ipython1.kernel.replies import decode as decode_reply
 
 log = Logger()
 
@@ -368,6 +369,7 @@ class EventBus:
                                               "call": call}, client)
 
     def _finished(self, engine: int | None, command: Command, reply: Any) -> None:
+        reply = decode_reply(reply)
         user, client = command.owner, command.client
         base = {"op": command.op, "call": command.call}
         streamed = command.id in self._streamed

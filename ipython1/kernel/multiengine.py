@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ipython1.kernel import replies
 from ipython1.kernel.controller import Controller
 from ipython1.kernel.errors import (
     InvalidEngineID,
@@ -273,6 +274,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         d = defer.maybeDeferred(getattr(self.adapter, method), *args, client=self.client,
                                 **kwargs)
         d.addErrback(self._raise_as_data)
+        d.addCallback(replies.pack)  # the engines' bytes, relayed as they are
         if block:
             return d
         pending_id = next(self._ids)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipython1.kernel.errors import SessionFileError
+from ipython1.kernel.replies import decode as decode_reply
 
 MAX_ENTRIES = 10_000  # commands kept in a controller's session log
 MAX_VALUE_BYTES = 1_000_000  # pushed values larger than this are not kept
@@ -81,6 +82,7 @@ class SessionLog:
         """Set an entry's status from its replies; pass the replies on."""
         errors = []
         for reply in replies if isinstance(replies, list) else []:
+            reply = decode_reply(reply)
             if isinstance(reply, dict) and reply.get("status") == "error":
                 err = reply.get("error") or {}
                 errors.append(f"{err.get('ename', 'Error')} on engine {reply.get('engine_id')}")

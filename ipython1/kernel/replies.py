@@ -1,0 +1,77 @@
+"""Engine replies travel as msgpack bytes that the controller relays as they are.
+
+Foolscap encodes a dict token by token, and every str is a container of its
+own: the two-level reply of a no-op execute is ~40 tokens, which costs more
+CPU, once on the engine, twice on the controller and once on the client, than
+running the cell. So an engine encodes each reply once with msgpack (safe to
+decode: plain data only, never code), Foolscap carries it as one bytes token,
+and the controller answers a command on N engines with *one* bytes value: a
+msgpack array header followed by the N replies exactly as the engines sent
+them. The controller may decode a reply to look at it (events, the session
+log) but it forwards the engine's bytes, never a re-encoding.
+
+A reply msgpack cannot encode (a value of an unexpected type) stays a dict,
+which Foolscap carries as before; every reader accepts both forms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+PACKED = b"IPR1"  # prefix of a packed list of replies
+
+
+def encode(reply: Any) -> Any:
+    """Return reply as msgpack bytes, or unchanged if msgpack cannot hold it."""
+    try:
+        return msgpack.packb(reply, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return reply
+
+
+def decode(reply: Any) -> Any:
+    """Return a reply as a dict, whichever form it came in."""
+    if isinstance(reply, bytes):
+        return msgpack.unpackb(reply, raw=False, strict_map_key=False)
+    return reply
+
+
+def pack(replies: Any) -> Any:
+    """Return a list of replies as one bytes value (see the module docstring).
+
+    Anything but a list of encoded or encodable replies is returned unchanged.
+    """
+    if not isinstance(replies, list):
+        return replies
+    parts = [_array_header(len(replies))]
+    for reply in replies:
+        if not isinstance(reply, bytes):
+            reply = encode(reply)
+            if not isinstance(reply, bytes):
+                return replies
+        parts.append(reply)
+    return PACKED + b"".join(parts)
+
+
+def unpack(answer: Any) -> Any:
+    """Undo pack(); anything else is returned unchanged (single replies decoded)."""
+    if isinstance(answer, bytes) and answer.startswith(PACKED):
+        return msgpack.unpackb(memoryview(answer)[len(PACKED):], raw=False,
+                               strict_map_key=False)
+    return answer
+
+
+def decode_all(replies: Sequence[Any]) -> list[Any]:
+    """Decode each reply of a list (for readers on the controller)."""
+    return [decode(r) for r in replies]
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 2**16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")

@@ -1,0 +1,65 @@
+"""The engine's IPython kernel in-process: what the speed-ups must not change."""
+
+from __future__ import annotations
+
+import pytest
+
+from ipython1.kernel.engine import EngineKernel, StaticTransformCache
+
+
+@pytest.fixture(scope="module")
+def kernel() -> EngineKernel:
+    return EngineKernel()
+
+
+def test_cached_cells_still_run_every_time(kernel: EngineKernel) -> None:
+    kernel.execute("hits = 0")
+    for _ in range(3):
+        kernel.execute("hits += 1")
+    assert kernel.shell.user_ns["hits"] == 3
+
+
+def test_magics_and_shell_escapes_are_transformed_from_the_cache(kernel: EngineKernel) -> None:
+    for _ in range(2):  # the second time from the cache
+        kernel.execute("listing = !echo cached")
+        kernel.execute("%alias_magic cached_time time")
+    assert list(kernel.shell.user_ns["listing"]) == ["cached"]
+
+
+def test_a_new_input_transformer_applies_to_cells_seen_before(kernel: EngineKernel) -> None:
+    manager = kernel.shell.input_transformer_manager
+    assert isinstance(manager.transform_cell, StaticTransformCache)
+    kernel.execute("seen = 'before'")
+
+    def rewrite(lines: list[str]) -> list[str]:
+        return [line.replace("'before'", "'after'") for line in lines]
+
+    manager.line_transforms.append(rewrite)
+    try:
+        kernel.execute("seen = 'before'")
+        assert kernel.shell.user_ns["seen"] == "after"
+    finally:
+        manager.line_transforms.remove(rewrite)
+    kernel.execute("seen = 'before'")
+    assert kernel.shell.user_ns["seen"] == "before"
+
+
+def test_the_cache_is_bounded(kernel: EngineKernel) -> None:
+    cache = kernel.shell.input_transformer_manager.transform_cell
+    for i in range(StaticTransformCache.MAX_CELLS + 50):
+        kernel.execute(f"x_{i} = {i}")
+    assert len(cache._cells) <= StaticTransformCache.MAX_CELLS
+    long_cell = "y = " + repr("x" * (StaticTransformCache.MAX_CELL_CHARS + 1))
+    kernel.execute(long_cell)  # long cells are not kept
+    assert kernel.shell.user_ns["y"] and long_cell not in cache._cells
+
+
+def test_history_keeps_in_and_out_but_no_write_behind_backlog(kernel: EngineKernel) -> None:
+    before = kernel.execute("1 + 1")["execution_count"]
+    for _ in range(20):
+        kernel.execute("pass")
+    history = kernel.shell.history_manager
+    assert history.input_hist_raw[before] == "1 + 1"
+    assert history.output_hist[before] == 2
+    # Nothing ever writes IPython's in-memory database out: these only grew.
+    assert history.db_input_cache == [] and history.db_output_cache == []
