@@ -35,6 +35,12 @@ def _map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
     return list(map(f, *chunks))
 
 
+def _first_error(failure: Failure) -> Failure:
+    """Give the error of the first failed transfer, not gatherResults' wrapper."""
+    failure.trap(defer.FirstError)
+    return failure.value.subFailure  # type: ignore[no-any-return]
+
+
 def _identity(value: Any) -> Any:
     return value
 
@@ -196,7 +202,8 @@ class AsyncMultiEngineClient:
                     d = self._upload(engine_id, frames)
                     d.addCallback(lambda ref, ns=ns, key=key: ns.__setitem__(key, ref))
                     ds.append(d)
-        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: namespaces)
+        d = defer.gatherResults(ds, consumeErrors=True).addErrback(_first_error)
+        return d.addCallback(lambda _: namespaces)
 
     def _fetch_blobs(self, replies: Any) -> Deferred[Any]:
         """Download the large values that replies refer to, in place."""
@@ -220,7 +227,8 @@ class AsyncMultiEngineClient:
                     ds.append(d)
         if not ds:
             return defer.succeed(replies)
-        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: replies)
+        d = defer.gatherResults(ds, consumeErrors=True).addErrback(_first_error)
+        return d.addCallback(lambda _: replies)
 
     # -- the multi-engine interface --
 

@@ -451,7 +451,9 @@ def client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None = None,
         TRANSFERS[path] += 1
         return result
     except OSError as e:  # reset, broken pipe, timeout: the engine or the relay went away
-        raise TransferError(f"the transfer failed: {e}") from e
+        peer = (f"engine process {ticket['local']['pid']}" if path == "local"
+                else f"the engine through the relay at {ticket.get('relay')}")
+        raise TransferError(f"the transfer with {peer} failed: {e}") from e
 
 
 def _relay_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,

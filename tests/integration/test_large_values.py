@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -109,3 +112,45 @@ def test_a_stale_local_ticket_is_replaced_not_a_reason_to_relay(make_cluster):
     assert np.array_equal(mec.pull("a", targets=0), a)
     assert datachannel.TRANSFERS["local"] - before.get("local", 0) == 1
     assert mec._async._books[0] is not book and not mec._async._relay_only
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _kill_when_growing(watched: int, victim: int, box: dict) -> None:
+    """SIGKILL victim once watched has taken 256 MiB more memory (a transfer is under way)."""
+    start = _rss(watched)
+    deadline = time.monotonic() + 30
+    while _rss(watched) < start + 2**28 and time.monotonic() < deadline and "error" not in box:
+        time.sleep(0.001)
+    box["killed_at"] = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_an_engine_dying_mid_transfer_is_a_prompt_transfer_error(make_cluster, direction):
+    cluster = make_cluster(1)
+    mec = cluster.client(timeout=60)
+    pid = cluster.engine_pid(mec, 0)
+    box: dict = {}
+    if direction == "push":
+        zeros = np.zeros(2**28)  # 2 GiB of untouched pages: free to send, not to receive
+        watcher = threading.Thread(target=_kill_when_growing, args=(pid, pid, box))
+        call = lambda: mec.push({"z": zeros}, targets=0)  # noqa: E731
+    else:
+        mec.execute("import numpy as np\nz = np.zeros(2**28)", targets=0)
+        watcher = threading.Thread(target=_kill_when_growing, args=(os.getpid(), pid, box))
+        call = lambda: mec.pull("z", targets=0)  # noqa: E731
+    watcher.start()
+    try:
+        with pytest.raises(datachannel.TransferError, match=f"{pid} failed|closed after"):
+            try:
+                call()
+            except BaseException as e:
+                box["error"] = e
+                raise
+    finally:
+        watcher.join(40)
+    assert time.monotonic() - box["killed_at"] < 5
