@@ -33,10 +33,12 @@ the engine's abstract Unix socket name, pid and uid. The client connects to
 that socket and checks with ``SO_PEERCRED`` that the process serving it is
 that engine (pid and uid); the engine accepts only peers of its own uid,
 then the pairing id and secret (each try spends a use), then the transfer's
-direction, blob id and frame sizes. The bytes go with ``sendall``/``recv_into`` (two kernel copies, no
-TLS, no relay) into buffers mapped with transparent huge pages (see
-`buffer_for`). If the socket is not reachable from the client (another
-network namespace, say), the client asks again for a relayed TLS transfer.
+direction, blob id and frame sizes. The bytes go with ``sendall`` /
+``recv_into`` (two kernel copies, no TLS, no relay) from the sender's own
+memory into buffers mapped with transparent huge pages (see `buffer_for`);
+a pulled value is lent from the engine's memory (see `BlobStore`). If the
+socket is not reachable from the client (another network namespace, say),
+the client asks again for a relayed TLS transfer, and remembers that engine.
 ``IPYTHON1_LOCAL_DATA=0`` in the client's or the engine's environment turns
 the local path off.
 
@@ -263,7 +265,7 @@ def buffer_for(size: int) -> bytearray | mmap.mmap:
 
 
 def private_copy(frames: Sequence[Any]) -> list[Any]:
-    """Copy frames, large ones into `buffer_for` buffers, so later changes to their source do not show."""
+    """Copy frames (large ones into `buffer_for` buffers): later changes don't show."""
     copies: list[Any] = []
     for frame in frames:
         if len(frame) < HUGE_MIN:
@@ -431,7 +433,7 @@ def engine_transfer(context: ssl.SSLContext, relay: str, pairing_id: bytes, secr
                 raise TransferError(f"unknown direction {direction!r}")
 
 
-# -- the client's end -------------------------------------------------------------------------------
+# -- the client's end --------------------------------------------------------------------
 
 
 def client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None = None,

@@ -267,3 +267,18 @@ def test_settle_waits_for_a_download_of_lent_memory_under_way():
         assert not settled.wait(0.2)  # still sending: the next command waits
     t.join(5)
     assert settled.is_set() and len(store) == 0
+
+
+def test_a_read_only_array_arrives_writeable_without_a_copy(local_server):
+    np = pytest.importorskip("numpy")
+    from ipython1.kernel.serialize import deserialize, serialize
+
+    a = np.arange(2**18, dtype=np.float64)  # 2 MiB
+    a.flags.writeable = False
+    frames = serialize(a, max_frame=None, copy=False)
+    dc.client_transfer(_local_ticket(local_server, b"r" * 16), frames=frames)
+    stored = local_server.store.take(b"r" * 16)
+    back = deserialize(stored)
+    assert np.array_equal(back, a) and back.flags.writeable
+    back[0] = 5.0  # on the received mapping itself
+    assert stored[-1][:8] == np.float64(5.0).tobytes()
