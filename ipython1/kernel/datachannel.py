@@ -25,8 +25,8 @@ byte by the controller, which never decrypts (and never unpickles) it:
 Same host, same user: the local path
 -------------------------------------
 When the client runs on the engine's host as the engine's user (same boot id,
-hostname and uid; the engine advertises them at registration as
-``info["local_data"]``), the controller hands out a *local* ticket instead:
+hostname, uid and namespaces: see `host_key`; the engine advertises its key at
+registration in ``info["local_data"]``), the controller hands out a *local* ticket instead:
 a pairing id and secret good for `BOOK_USES` transfers with that engine
 within `BOOK_TTL` (a client asks once per engine, not once per value), plus
 the engine's abstract Unix socket name, pid and uid. The client connects to
@@ -486,20 +486,28 @@ def local_enabled() -> bool:
 
 
 def host_key() -> str:
-    """Name this host and user (boot id, hostname, uid); "" if the local path is off."""
+    """Name this host, user and namespaces; "" if the local path is off.
+
+    Two processes with the same key can reach each other's abstract Unix
+    sockets (same network namespace) and see each other's true pid and uid
+    with SO_PEERCRED (same pid and user namespaces).
+    """
     if not local_enabled() or not hasattr(socket, "SO_PEERCRED"):
         return ""
-    boot_id = _boot_id()
-    return f"{boot_id}:{socket.gethostname()}:{os.getuid()}" if boot_id else ""
+    boot_id, namespaces = _boot_id_and_namespaces()
+    return f"{boot_id}:{socket.gethostname()}:{os.getuid()}:{namespaces}" if boot_id else ""
 
 
 @functools.lru_cache(maxsize=1)
-def _boot_id() -> str:
+def _boot_id_and_namespaces() -> tuple[str, str]:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
+            boot_id = f.read().strip()
+        namespaces = ".".join(str(os.stat(f"/proc/self/ns/{ns}").st_ino)
+                              for ns in ("net", "pid", "user"))
     except OSError:
-        return ""
+        return "", ""
+    return boot_id, namespaces
 
 
 def _peer(sock: socket.socket) -> tuple[int, int]:
