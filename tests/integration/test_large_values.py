@@ -59,6 +59,8 @@ def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster, monke
     for back in mec.pull("big"):
         assert np.array_equal(back, big)
         back[0] = -1.0  # a private, writeable copy
+    back, small = mec.pull(["big", "small"], targets=1)
+    assert np.array_equal(back, big) and small == 1
     assert mec.pull("small") == [1, 1, 1]
     mec.scatter("part", big)
     assert [len(p) for p in mec.pull("part")] == [len(big) // 3] * 3
