@@ -25,18 +25,20 @@ byte by the controller, which never decrypts (and never unpickles) it:
 Same host, same user: the local path
 -------------------------------------
 When the client runs on the engine's host as the engine's user (same boot id,
-hostname and uid; the engine advertises them at registration as
-``info["local_data"]``), the controller hands out a *local* ticket instead:
+hostname, uid and namespaces: see `host_key`; the engine advertises its key at
+registration in ``info["local_data"]``), the controller hands out a *local* ticket instead:
 a pairing id and secret good for `BOOK_USES` transfers with that engine
 within `BOOK_TTL` (a client asks once per engine, not once per value), plus
 the engine's abstract Unix socket name, pid and uid. The client connects to
 that socket and checks with ``SO_PEERCRED`` that the process serving it is
 that engine (pid and uid); the engine accepts only peers of its own uid,
 then the pairing id and secret (each try spends a use), then the transfer's
-direction, blob id and frame sizes. The bytes go with ``sendall``/``recv_into`` (two kernel copies, no
-TLS, no relay) into buffers mapped with transparent huge pages (see
-`buffer_for`). If the socket is not reachable from the client (another
-network namespace, say), the client asks again for a relayed TLS transfer.
+direction, blob id and frame sizes. The bytes go with ``sendall`` /
+``recv_into`` (two kernel copies, no TLS, no relay) from the sender's own
+memory into buffers mapped with transparent huge pages (see `buffer_for`);
+a pulled value is lent from the engine's memory (see `BlobStore`). If the
+socket is not reachable from the client (another network namespace, say),
+the client asks again for a relayed TLS transfer, and remembers that engine.
 ``IPYTHON1_LOCAL_DATA=0`` in the client's or the engine's environment turns
 the local path off.
 
@@ -263,7 +265,7 @@ def buffer_for(size: int) -> bytearray | mmap.mmap:
 
 
 def private_copy(frames: Sequence[Any]) -> list[Any]:
-    """Copy frames, large ones into `buffer_for` buffers, so later changes to their source do not show."""
+    """Copy frames (large ones into `buffer_for` buffers): later changes don't show."""
     copies: list[Any] = []
     for frame in frames:
         if len(frame) < HUGE_MIN:
@@ -431,7 +433,7 @@ def engine_transfer(context: ssl.SSLContext, relay: str, pairing_id: bytes, secr
                 raise TransferError(f"unknown direction {direction!r}")
 
 
-# -- the client's end -------------------------------------------------------------------------------
+# -- the client's end --------------------------------------------------------------------
 
 
 def client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None = None,
@@ -484,20 +486,28 @@ def local_enabled() -> bool:
 
 
 def host_key() -> str:
-    """Name this host and user (boot id, hostname, uid); "" if the local path is off."""
+    """Name this host, user and namespaces; "" if the local path is off.
+
+    Two processes with the same key can reach each other's abstract Unix
+    sockets (same network namespace) and see each other's true pid and uid
+    with SO_PEERCRED (same pid and user namespaces).
+    """
     if not local_enabled() or not hasattr(socket, "SO_PEERCRED"):
         return ""
-    boot_id = _boot_id()
-    return f"{boot_id}:{socket.gethostname()}:{os.getuid()}" if boot_id else ""
+    boot_id, namespaces = _boot_id_and_namespaces()
+    return f"{boot_id}:{socket.gethostname()}:{os.getuid()}:{namespaces}" if boot_id else ""
 
 
 @functools.lru_cache(maxsize=1)
-def _boot_id() -> str:
+def _boot_id_and_namespaces() -> tuple[str, str]:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
+            boot_id = f.read().strip()
+        namespaces = ".".join(str(os.stat(f"/proc/self/ns/{ns}").st_ino)
+                              for ns in ("net", "pid", "user"))
     except OSError:
-        return ""
+        return "", ""
+    return boot_id, namespaces
 
 
 def _peer(sock: socket.socket) -> tuple[int, int]:

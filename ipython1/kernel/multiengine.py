@@ -195,8 +195,8 @@ class MultiEngine:
         ids = self.controller.targets(targets)
         return defer.succeed(self.controller.clear_queue(ids, client))
 
-    def open_transfer(self, engine_id: int, direction: str, blob_id: bytes,
-                      sizes: list[int], client: str = "", host: str = "") -> Deferred[dict[str, Any]]:
+    def open_transfer(self, engine_id: int, direction: str, blob_id: bytes, sizes: list[int],
+                      client: str = "", host: str = "") -> Deferred[dict[str, Any]]:
         """Set up a data-channel transfer with an engine (see datachannel).
 
         A client on the engine's host as the engine's user (same host key)

@@ -59,6 +59,8 @@ def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster, monke
     for back in mec.pull("big"):
         assert np.array_equal(back, big)
         back[0] = -1.0  # a private, writeable copy
+    back, small = mec.pull(["big", "small"], targets=1)
+    assert np.array_equal(back, big) and small == 1
     assert mec.pull("small") == [1, 1, 1]
     mec.scatter("part", big)
     assert [len(p) for p in mec.pull("part")] == [len(big) // 3] * 3
@@ -154,3 +156,24 @@ def test_an_engine_dying_mid_transfer_is_a_prompt_transfer_error(make_cluster, d
     finally:
         watcher.join(40)
     assert time.monotonic() - box["killed_at"] < 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_another_user_is_refused_by_the_engine_even_with_a_valid_ticket(make_cluster):
+    cluster = make_cluster(1)
+    mec = cluster.client(timeout=60)
+    a = np.random.default_rng(5).random(2**17)
+    mec.push({"a": a}, targets=0)  # 1 MiB: the client now holds a same-host ticket
+    stolen = dict(mec._async._books[0].ticket, blob_id=b"s" * 16)
+    os.seteuid(65534)  # connect as nobody (SO_PEERCRED reports the effective uid)
+    try:
+        with pytest.raises(datachannel.TransferError, match="uid 65534 is not the engine's"):
+            datachannel.client_transfer(stolen, frames=[b"x" * 10])
+    finally:
+        os.seteuid(0)
+    # Refused before a byte was read: nothing stored, the ticket still good.
+    before = dict(datachannel.TRANSFERS)
+    mec.push({"b": a}, targets=0)
+    assert datachannel.TRANSFERS["local"] - before.get("local", 0) == 1
+    assert mec.apply(lambda: __import__("ipython1.kernel.engine").kernel.engine.BLOBS.__len__(),
+                     targets=0) == 0

@@ -239,7 +239,8 @@ def test_download_of_a_missing_blob_is_refused_with_the_reason(local_server):
 
 def test_host_key_names_boot_host_and_user_unless_turned_off(monkeypatch):
     key = dc.host_key()
-    assert key.endswith(f":{socket.gethostname()}:{os.getuid()}") and len(key) > 40
+    net = os.stat("/proc/self/ns/net").st_ino
+    assert f":{socket.gethostname()}:{os.getuid()}:{net}." in key and len(key) > 40
     monkeypatch.setenv(dc.LOCAL_ENV, "0")
     assert dc.host_key() == "" and not dc.local_enabled()
 
@@ -267,3 +268,18 @@ def test_settle_waits_for_a_download_of_lent_memory_under_way():
         assert not settled.wait(0.2)  # still sending: the next command waits
     t.join(5)
     assert settled.is_set() and len(store) == 0
+
+
+def test_a_read_only_array_arrives_writeable_without_a_copy(local_server):
+    np = pytest.importorskip("numpy")
+    from ipython1.kernel.serialize import deserialize, serialize
+
+    a = np.arange(2**18, dtype=np.float64)  # 2 MiB
+    a.flags.writeable = False
+    frames = serialize(a, max_frame=None, copy=False)
+    dc.client_transfer(_local_ticket(local_server, b"r" * 16), frames=frames)
+    stored = local_server.store.take(b"r" * 16)
+    back = deserialize(stored)
+    assert np.array_equal(back, a) and back.flags.writeable
+    back[0] = 5.0  # on the received mapping itself
+    assert stored[-1][:8] == np.float64(5.0).tobytes()
