@@ -66,6 +66,7 @@ import struct
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -571,6 +572,10 @@ class LocalServer:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(_address(self.name))
         self._listener.listen(128)
+        # A process user code forks must not keep the name alive after the
+        # engine ends: nobody would accept, and clients would wait in vain.
+        os.register_at_fork(after_in_child=functools.partial(_close_in_child,
+                                                             weakref.ref(self)))
         self._books: dict[bytes, list[Any]] = {}  # pairing id -> [expiry, secret, uses left]
         self._lock = threading.Lock()
         self._closed = False
@@ -677,6 +682,13 @@ class TicketBook:
             return False
         self.uses -= 1
         return True
+
+
+def _close_in_child(server_ref: weakref.ref[LocalServer]) -> None:
+    server = server_ref()
+    if server is not None:
+        server._closed = True
+        server._listener.close()  # this process's descriptor only: no shutdown
 
 
 def _local_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,

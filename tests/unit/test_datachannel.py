@@ -283,3 +283,13 @@ def test_a_read_only_array_arrives_writeable_without_a_copy(local_server):
     assert np.array_equal(back, a) and back.flags.writeable
     back[0] = 5.0  # on the received mapping itself
     assert stored[-1][:8] == np.float64(5.0).tobytes()
+
+
+def test_a_process_forked_from_the_engine_does_not_hold_its_socket(local_server):
+    pid = os.fork()
+    if pid == 0:  # the child closes its copy of the listener at once
+        os._exit(0 if local_server._listener.fileno() == -1 else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    ticket = _local_ticket(local_server, b"f" * 16)
+    dc.client_transfer(ticket, frames=[b"x" * 10])  # the parent still serves
+    assert len(local_server.store) == 1
