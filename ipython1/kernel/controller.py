@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ipython1.kernel import cluster, wire
+from ipython1.kernel import cluster, commandchannel, wire
 from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.events import EventBus, Transcript
@@ -40,6 +40,7 @@ class EngineRecord:
     ref: Any
     queue: EngineQueue
     info: dict[str, Any] = field(default_factory=dict)
+    channel: Any = None  # commandchannel.ControllerEnd, once the engine connected it
 
 
 MAX_ENGINE_ID = 2**31 - 1
@@ -93,6 +94,8 @@ class Controller(service.MultiService):
         self.events = EventBus()  # the shared, attributed view of everything (issue 8)
         self.add_observer(self.events.on_controller)
         self.relay: Any = None  # datachannel.Relay, set by ControllerService
+        # Engines on this host take their queued commands over it (see commandchannel).
+        self.command_channels: commandchannel.CommandChannelServer | None = None
         # Ids below reserve_ids are given only to engines that ask for them
         # (MPI ranks under `ipcluster start --mpi`); no id is ever given twice.
         self.reserve_ids = reserve_ids
@@ -110,7 +113,15 @@ class Controller(service.MultiService):
 
         def send(command: Command) -> Deferred[Any]:
             self._notify("command_started", {"engine_id": engine_id, "command": command})
-            d = engine.callRemote(command.op, *command.args)
+            d = None
+            channel = record.channel
+            if channel is not None and not channel.closed and command.op in commandchannel.OPS:
+                try:
+                    d = channel.call(command.op, command.args)
+                except (TypeError, ValueError, OverflowError):
+                    d = None  # arguments msgpack cannot hold: Foolscap carries them
+            if d is None:
+                d = engine.callRemote(command.op, *command.args)
 
             def finished(reply: Any) -> Any:
                 self._notify("command_finished",
@@ -123,6 +134,10 @@ class Controller(service.MultiService):
         record = EngineRecord(engine_id, engine, EngineQueue(engine_id, send), dict(info))
         self.engines[engine_id] = record
         engine.notifyOnDisconnect(self._engine_lost, engine_id)
+        channels = self.command_channels
+        if channels is not None and channels.host and info.get("host_key") == channels.host:
+            d = engine.callRemote("open_command_channel", engine_id, channels.offer(engine_id))
+            d.addErrback(lambda f: None)  # Foolscap carries its commands instead
         # Live stdout/stderr: the engine sends it to this receiver as it is written.
         d = defer.maybeDeferred(engine.callRemote, "subscribe_output",
                                 OutputReceiver(engine_id, self._engine_output))
@@ -168,6 +183,8 @@ class Controller(service.MultiService):
                       f"{self._broken_mpi_jobs[job]} first")
         reason = reason or f"engine {engine_id}{_rank(record)} died (connection lost)"
         log.info("{reason}", reason=reason)
+        if record.channel is not None:
+            record.channel.transport.loseConnection()
         record.queue.engine_died(reason)
         self._notify("engine_died", {"engine_id": engine_id})
         self._mpi_job_lost(record)
@@ -268,8 +285,11 @@ class Controller(service.MultiService):
         return statuses
 
     def engine_info(self, ids: list[int]) -> list[dict[str, Any]]:
-        """Return what each engine said of itself at registration (pid, MPI rank...)."""
-        return [dict(self.engines[i].info, engine_id=i) for i in ids if i in self.engines]
+        """Return what each engine said of itself at registration (pid, MPI rank...),
+        and whether its commands take the local command channel."""
+        return [dict(self.engines[i].info, engine_id=i,
+                     command_channel=self.engines[i].channel is not None)
+                for i in ids if i in self.engines]
 
     def clear_queue(self, ids: list[int], client: str | None = None) -> list[dict[str, Any]]:
         """Drop waiting commands: all of them for the owner, else only client's user's."""
@@ -345,6 +365,9 @@ class ControllerService(service.MultiService):
         from ipython1.kernel.datachannel import Relay
 
         self.controller.relay = Relay(self.ip)
+        if commandchannel.enabled() and commandchannel.host_key():
+            self.controller.command_channels = commandchannel.CommandChannelServer(
+                self.controller)
         self.tub.setServiceParent(self)
         # Listen first, then write the FURL files: whoever sees a file (a
         # script, an engine, a test) can connect at once, never be refused.
@@ -386,6 +409,8 @@ class ControllerService(service.MultiService):
     def stopService(self) -> Deferred[Any]:
         if self.controller.relay is not None:
             self.controller.relay.close()
+        if self.controller.command_channels is not None:
+            self.controller.command_channels.close()
         d = defer.maybeDeferred(super().stopService)
 
         def cleanup(result: Any) -> Any:

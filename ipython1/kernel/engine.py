@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipython1 import __version__
-from ipython1.kernel import datachannel, introspection, replies, wire
+from ipython1.kernel import commandchannel, datachannel, introspection, replies, wire
 from ipython1.kernel.errors import KernelError, TaskTimeout, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
 from ipython1.kernel.serialize import deserialize, serialize
@@ -746,6 +746,10 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def remote_interrupt(self) -> bool:
         return self._runner.interrupt()
 
+    def remote_open_command_channel(self, engine_id: int, offer: dict[str, Any]) -> bool:
+        """Take queued commands over the controller's local socket (see commandchannel)."""
+        return commandchannel.connect(self, engine_id, offer)
+
     def remote_open_transfer(self, pairing_id: bytes, secret: bytes, relay_port: int,
                              direction: str, blob_id: bytes, sizes: list[int]) -> bool:
         """Serve one data-channel transfer on a worker thread (never the shell thread)."""
@@ -781,6 +785,7 @@ def engine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "ipython1": __version__,
         "cwd": os.getcwd(),
+        "host_key": commandchannel.host_key(),
     }
 
 

@@ -209,6 +209,9 @@ class RIEngine(RemoteInterface):
                       blob_id=Token, sizes=Sizes):
         return bool
 
+    def open_command_channel(engine_id=int, offer=AnyValue()):
+        return bool
+
     def properties():
         return Info
 

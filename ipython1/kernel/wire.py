@@ -122,6 +122,11 @@ class CoalescingBroker(Broker):  # type: ignore[misc]
                 self.transport = transport
             if chunks:
                 transport.write(b"".join(chunks))
+                # Twisted's TLS layer holds small writes until the next reactor
+                # turn to aggregate them; this one is already whole: send it now.
+                aggregator = getattr(getattr(transport, "protocol", None), "_aggregator", None)
+                if aggregator is not None:
+                    aggregator.flush()
 
 
 def _new_tub(**kwargs: Any) -> Tub:

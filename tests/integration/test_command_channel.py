@@ -1,0 +1,62 @@
+"""Queued commands over the local command channel, and over Foolscap without it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from ipython1.kernel.errors import CompositeError, EngineError, RemoteError
+from tests.conftest import Cluster, wait_until
+
+
+def _exercise(cluster: Cluster) -> None:
+    """What every queued command must do, whichever way it travels."""
+    mec = cluster.client()
+    ids = mec.get_ids()
+    mec.execute("a = 6 * 7")
+    assert mec.pull("a") == [42] * len(ids)
+    mec.push({"b": {"nested": (1, 2.5, b"\x00")}})
+    assert mec.pull("b", targets=ids[0]) == {"nested": (1, 2.5, b"\x00")}
+    assert mec.apply(lambda x: x + 1, 1, targets=ids[0]) == 2
+    assert mec.map(lambda x: x * x, range(8)) == [x * x for x in range(8)]
+    records = mec.execute("print('hi'); a", targets=ids[0])
+    assert records.stdout == "hi\n" and records.output_repr == "42"
+    with pytest.raises(RemoteError) as info:
+        mec.execute("1/0", targets=ids[0])
+    assert "ZeroDivisionError" in str(info.value)
+    assert mec.complete("a", targets=ids[0])
+    # A dead engine fails its running command at once, naming it.
+    victim = ids[-1]
+    pid = cluster.engine_pid(mec, victim)
+    pending = mec.execute("import time; time.sleep(30)", targets=victim, block=False)
+    wait_until(lambda: mec.queue_status(targets=victim)[0]["running"], 10, "the sleep to start")
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises((EngineError, CompositeError)) as died:
+        pending.get_result(timeout=10)
+    assert str(victim) in str(died.value)
+    assert mec.pull("a", targets=ids[0]) == 42  # the others go on
+
+
+def test_engines_on_the_controllers_host_take_the_channel(tmp_path):
+    cluster = Cluster(tmp_path / "on").start(3)
+    try:
+        mec = cluster.client()
+        wait_until(lambda: all(i["command_channel"] for i in mec.engine_info()), 10,
+                   "every engine's command channel")
+        _exercise(cluster)
+    finally:
+        cluster.stop()
+
+
+def test_without_the_channel_commands_travel_over_foolscap(tmp_path):
+    cluster = Cluster(tmp_path / "off")
+    cluster.env["IPYTHON1_COMMAND_CHANNEL"] = "0"
+    cluster.start(3)
+    try:
+        mec = cluster.client()
+        assert not any(i["command_channel"] for i in mec.engine_info())
+        _exercise(cluster)
+    finally:
+        cluster.stop()
