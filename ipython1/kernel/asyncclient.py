@@ -165,7 +165,8 @@ class AsyncMultiEngineClient:
         return dict(answer, relay=f"{host}:{answer['relay_port']}")
 
     def _transfer(self, engine_id: int, direction: str, blob_id: bytes, sizes: list[int],
-                  frames: list[bytes] | None = None, fresh: bool = False) -> Deferred[Any]:
+                  frames: list[bytes] | None = None, fresh: bool = False,
+                  accepted: Callable[[], None] | None = None) -> Deferred[Any]:
         """Open a transfer and run it on a worker thread: same-host if it can be, else relayed.
 
         A same-host ticket is good for several transfers: those need no
@@ -175,7 +176,7 @@ class AsyncMultiEngineClient:
 
         def run(ticket: dict[str, Any]) -> Deferred[Any]:
             return threads.deferToThread(datachannel.client_transfer, dict(ticket, blob_id=blob_id),
-                                         frames=frames, sizes=sizes)
+                                         frames=frames, sizes=sizes, accepted=accepted)
 
         host = "" if engine_id in self._relay_only else datachannel.host_key()
         book = self._books.get(engine_id)
@@ -184,7 +185,7 @@ class AsyncMultiEngineClient:
                 if self._books.get(engine_id) is book:
                     del self._books[engine_id]
                 failure.trap(datachannel.LocalUnavailable)  # a new engine with this id?
-                return self._transfer(engine_id, direction, blob_id, sizes, frames, fresh=True)
+                return self._transfer(engine_id, direction, blob_id, sizes, frames, True, accepted)
 
             return run(book.ticket).addErrback(stale)
         d = self._remote("open_transfer", engine_id, direction, blob_id, sizes, host)
@@ -194,28 +195,81 @@ class AsyncMultiEngineClient:
             failure.trap(datachannel.LocalUnavailable)  # e.g. another network namespace
             self._relay_only.add(engine_id)
             self._books.pop(engine_id, None)
-            return self._transfer(engine_id, direction, blob_id, sizes, frames)
+            return self._transfer(engine_id, direction, blob_id, sizes, frames, True, accepted)
 
         return d.addErrback(relayed) if host else d
 
-    def _upload(self, engine_id: int, frames: list[bytes]) -> Deferred[list[bytes]]:
-        """Send a large value to an engine's blob store; fire with its reference."""
+    def _upload(self, engine_id: int, frames: list[bytes],
+                landings: list[Deferred[Any]] | None = None) -> Deferred[list[bytes]]:
+        """Send a large value to an engine's blob store; fire with its reference.
+
+        With landings, fire as soon as the engine has accepted the upload
+        (same host: it then holds a command using the value until the bytes
+        are in), and append a Deferred for the end of the upload to landings.
+        """
         blob_id = datachannel.new_blob_id()
         sizes = [len(f) for f in frames]
-        d = self._transfer(engine_id, "upload", blob_id, sizes, frames)
-        return d.addCallback(lambda _: datachannel.blob_ref(blob_id, sizes))
+        ref = datachannel.blob_ref(blob_id, sizes)
+        if landings is None:
+            return self._transfer(engine_id, "upload", blob_id, sizes, frames).addCallback(
+                lambda _: ref)
+        from twisted.internet import reactor
+
+        early: Deferred[list[bytes]] = Deferred()
+
+        def accepted() -> None:  # on the transfer's thread
+            reactor.callFromThread(lambda: early.called or early.callback(ref))
+
+        def ended(result: Any) -> Any:
+            if early.called:
+                return result  # a failure now is the upload's own, after the command went
+            if isinstance(result, Failure):
+                early.errback(result)
+                return None
+            early.callback(ref)  # relayed: accepted means received
+            return result
+
+        landings.append(self._transfer(engine_id, "upload", blob_id, sizes, frames,
+                                       accepted=accepted).addBoth(ended))
+        return early
 
     def _download(self, engine_id: int, ref: tuple[bytes, list[int]]) -> Deferred[Any]:
         blob_id, sizes = ref
         return self._transfer(engine_id, "download", blob_id, sizes)
 
-    def _ship(self, namespaces: dict[int, dict[str, list[bytes]]]) -> Deferred[Any]:
+    def _ship_then(self, namespaces: dict[int, dict[str, list[bytes]]], block: bool,
+                   command: Callable[[Any], Deferred[Any]]) -> Deferred[Any]:
+        """Upload the large values of namespaces, then send the command using them.
+
+        Blocking, the command goes as soon as every engine has accepted its
+        uploads, while the bytes are still on their way (same host); the call
+        ends when both are done, and an upload's error wins over the command's.
+        """
+        if not block:
+            return self._ship(namespaces).addCallback(command)
+        landings: list[Deferred[Any]] = []
+        d = self._ship(namespaces, landings).addCallback(command)
+
+        def landed(result: Any) -> Deferred[Any]:
+            def report(outcomes: list[tuple[bool, Any]]) -> Any:
+                if isinstance(result, Failure):
+                    for ok, value in outcomes:
+                        if not ok:
+                            return value
+                return result  # the command used every value: they all arrived
+
+            return defer.DeferredList(landings, consumeErrors=True).addCallback(report)
+
+        return d.addBoth(landed)
+
+    def _ship(self, namespaces: dict[int, dict[str, list[bytes]]],
+              landings: list[Deferred[Any]] | None = None) -> Deferred[Any]:
         """Upload the large values of per-engine namespaces; fire with references."""
         ds = []
         for engine_id, ns in namespaces.items():
             for key, frames in ns.items():
                 if datachannel.is_large(frames):
-                    d = self._upload(engine_id, frames)
+                    d = self._upload(engine_id, frames, landings)
                     d.addCallback(lambda ref, ns=ns, key=key: ns.__setitem__(key, ref))
                     ds.append(d)
         d = defer.gatherResults(ds, consumeErrors=True).addErrback(_first_error)
@@ -275,8 +329,9 @@ class AsyncMultiEngineClient:
         if not any(datachannel.is_large(f) for f in frames.values()):
             return self._command("push", (frames, targets), block, _none, True)
         d = self._ids(targets)
-        d.addCallback(lambda ids: self._ship({e: dict(frames) for e in ids}))
-        return d.addCallback(lambda ns: self._command("push_each", (ns,), block, _none, True))
+        return d.addCallback(lambda ids: self._ship_then(
+            {e: dict(frames) for e in ids}, block,
+            lambda ns: self._command("push_each", (ns,), block, _none, True)))
 
     push_function = push
 
@@ -348,10 +403,9 @@ class AsyncMultiEngineClient:
     def _apply_each(self, func: list[bytes], args: dict[int, list[bytes]], block: bool,
                     single: bool) -> Deferred[Any]:
         """Send apply_each, with large per-engine arguments over the data channel."""
-        d = self._ship({e: {"args": a} for e, a in args.items()})
-        return d.addCallback(lambda ns: self._command(
-            "apply_each", (func, {e: v["args"] for e, v in ns.items()}), block, deserialize,
-            single))
+        return self._ship_then({e: {"args": a} for e, a in args.items()}, block, lambda ns: (
+            self._command("apply_each", (func, {e: v["args"] for e, v in ns.items()}), block,
+                          deserialize, single)))
 
     def scatter(self, key: str, seq: Any, targets: Any = "all", flatten: bool = False,
                 block: bool = True) -> Deferred[Any]:
@@ -363,9 +417,8 @@ class AsyncMultiEngineClient:
             namespaces = {e: _wire_frames({key: serialize(part, max_frame=None,
                                                           copy=not block)})
                           for e, part in zip(ids, parts)}
-            d = self._ship(namespaces)
-            return d.addCallback(
-                lambda ns: self._command("push_each", (ns,), block, _none, True))
+            return self._ship_then(namespaces, block, lambda ns: self._command(
+                "push_each", (ns,), block, _none, True))
 
         return d.addCallback(send)
 

@@ -66,7 +66,8 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ipython1.kernel.errors import KernelError
@@ -132,6 +133,10 @@ class BlobStore:
     thread before each command, keeps that safe: it copies what is still
     waiting for its download, and waits for downloads under way, so user
     code never changes a value while it is sent.
+
+    An upload may be *announced* (`arriving`) before its bytes are in: the
+    command using it can then be on its way meanwhile, and `take` waits for
+    the upload to end (`put`, or `failed` with the reason).
     """
 
     def __init__(self, ttl: float = BLOB_TTL) -> None:
@@ -140,6 +145,8 @@ class BlobStore:
         self._ttl = ttl
         self._lent = 0  # entries holding views of user memory
         self._sending: set[threading.Event] = set()  # downloads of lent memory under way
+        # Announced uploads: blob id -> [time, done, why it failed or None].
+        self._arriving: dict[bytes, list[Any]] = {}
 
     def put(self, blob_id: bytes, frames: list[Any], lent: bool = False) -> None:
         now = time.monotonic()
@@ -147,11 +154,38 @@ class BlobStore:
             # Drop what nobody claimed in time, so failed commands leak nothing.
             for key in [k for k, entry in self._blobs.items() if now - entry[0] > self._ttl]:
                 self._lent -= self._blobs.pop(key)[2]
+            for key in [k for k, a in self._arriving.items() if now - a[0] > self._ttl]:
+                del self._arriving[key]
             self._blobs[blob_id] = (now, frames, lent)
             self._lent += lent
+            arriving = self._arriving.pop(blob_id, None)
+        if arriving is not None:
+            arriving[1].set()
+
+    def arriving(self, blob_id: bytes) -> None:
+        """Announce an upload under way: `take` will wait for it."""
+        with self._lock:
+            self._arriving[blob_id] = [time.monotonic(), threading.Event(), None]
+
+    def failed(self, blob_id: bytes, reason: str) -> None:
+        """Say an announced upload will not come, and why."""
+        with self._lock:
+            arriving = self._arriving.get(blob_id)
+            if arriving is None:
+                return
+            arriving[2] = reason
+        arriving[1].set()
 
     def take(self, blob_id: bytes) -> list[Any]:
         """Remove and return a blob's frames (a copy if they were lent)."""
+        with self._lock:
+            arriving = self._arriving.get(blob_id)
+        if arriving is not None:
+            arriving[1].wait(self._ttl)
+            with self._lock:
+                self._arriving.pop(blob_id, None)
+            if arriving[2] is not None:
+                raise TransferError(f"a large value did not reach the engine: {arriving[2]}")
         with self._lock:
             entry = self._blobs.pop(blob_id, None)
             if entry is not None:
@@ -437,17 +471,20 @@ def engine_transfer(context: ssl.SSLContext, relay: str, pairing_id: bytes, secr
 
 
 def client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None = None,
-                    sizes: Sequence[int] | None = None) -> list[Any] | None:
+                    sizes: Sequence[int] | None = None,
+                    accepted: Callable[[], None] | None = None) -> list[Any] | None:
     """Upload frames to, or download sizes from, an engine (blocking).
 
     A ticket with a ``"local"`` entry goes over the engine's local socket
     (raising LocalUnavailable if it cannot be reached), any other through the
-    relay. A failure is a TransferError.
+    relay. A failure is a TransferError. For a local upload, accepted() is
+    called as soon as the engine has announced the value (see
+    `BlobStore.arriving`): a command using it may go from then on.
     """
     path = "local" if "local" in ticket else "relay"
     try:
         if path == "local":
-            result = _local_client_transfer(ticket, frames, sizes)
+            result = _local_client_transfer(ticket, frames, sizes, accepted)
         else:
             result = _relay_client_transfer(ticket, frames, sizes)
         TRANSFERS[path] += 1
@@ -571,6 +608,10 @@ class LocalServer:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(_address(self.name))
         self._listener.listen(128)
+        # A process user code forks must not keep the name alive after the
+        # engine ends: nobody would accept, and clients would wait in vain.
+        os.register_at_fork(after_in_child=functools.partial(_close_in_child,
+                                                             weakref.ref(self)))
         self._books: dict[bytes, list[Any]] = {}  # pairing id -> [expiry, secret, uses left]
         self._lock = threading.Lock()
         self._closed = False
@@ -642,8 +683,15 @@ class LocalServer:
                     return
                 sizes = list(struct.unpack(f"<{count}Q", _recv_exact(sock, 8 * count)))
                 if direction == b"U":
-                    sock.sendall(_STATUS_OK)
-                    frames = [_recv_frame(sock, size) for size in sizes]
+                    # The client may send the command using this value as soon
+                    # as we accept: announce it, so that command waits for it.
+                    self.store.arriving(blob_id)
+                    try:
+                        sock.sendall(_STATUS_OK)
+                        frames = [_recv_frame(sock, size) for size in sizes]
+                    except BaseException as e:
+                        self.store.failed(blob_id, str(e) or type(e).__name__)
+                        raise
                     self.store.put(blob_id, frames)
                     sock.sendall(_STATUS_OK)
                 else:
@@ -679,8 +727,16 @@ class TicketBook:
         return True
 
 
+def _close_in_child(server_ref: weakref.ref[LocalServer]) -> None:
+    server = server_ref()
+    if server is not None:
+        server._closed = True
+        server._listener.close()  # this process's descriptor only: no shutdown
+
+
 def _local_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
-                           sizes: Sequence[int] | None) -> list[Any] | None:
+                           sizes: Sequence[int] | None,
+                           accepted: Callable[[], None] | None = None) -> list[Any] | None:
     local = ticket["local"]
     who = f"engine process {local['pid']}"
     if frames is not None:
@@ -706,6 +762,8 @@ def _local_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
             pass  # refused already? The reason waits in our receive queue.
         _expect_ok(sock, who)
         if frames is not None:
+            if accepted is not None:
+                accepted()
             for frame in frames:
                 sock.sendall(frame)
             _expect_ok(sock, who)

@@ -61,6 +61,8 @@ def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster, monke
         back[0] = -1.0  # a private, writeable copy
     back, small = mec.pull(["big", "small"], targets=1)
     assert np.array_equal(back, big) and small == 1
+    mec.push({"nb": big}, targets=2, block=False).get_result()  # copied, then sent
+    assert np.array_equal(mec.pull("nb", targets=2), big)
     assert mec.pull("small") == [1, 1, 1]
     mec.scatter("part", big)
     assert [len(p) for p in mec.pull("part")] == [len(big) // 3] * 3

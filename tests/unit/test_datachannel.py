@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import struct
 import threading
 import time
 
@@ -283,3 +284,37 @@ def test_a_read_only_array_arrives_writeable_without_a_copy(local_server):
     assert np.array_equal(back, a) and back.flags.writeable
     back[0] = 5.0  # on the received mapping itself
     assert stored[-1][:8] == np.float64(5.0).tobytes()
+
+
+def test_a_process_forked_from_the_engine_does_not_hold_its_socket(local_server):
+    pid = os.fork()
+    if pid == 0:  # the child closes its copy of the listener at once
+        os._exit(0 if local_server._listener.fileno() == -1 else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    ticket = _local_ticket(local_server, b"f" * 16)
+    dc.client_transfer(ticket, frames=[b"x" * 10])  # the parent still serves
+    assert len(local_server.store) == 1
+
+
+def test_a_command_waits_for_an_announced_upload_and_hears_why_it_failed(local_server):
+    store = local_server.store
+    got = []
+    store.arriving(b"a" * 16)
+    taker = threading.Thread(target=lambda: got.append(store.take(b"a" * 16)))
+    taker.start()  # the command came first: it waits for the bytes
+    store.put(b"a" * 16, [b"value"])
+    taker.join(5)
+    assert got == [[b"value"]] and len(store) == 0
+
+    # A client that is accepted, then vanishes mid-upload.
+    ticket = _local_ticket(local_server, b"b" * 16)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect("\0" + ticket["local"]["socket"][1:])
+        sock.sendall(dc._LOCAL_HEAD.pack(ticket["pairing_id"], ticket["secret"], b"U",
+                                         b"b" * 16, 1) + struct.pack("<Q", 2**20))
+        assert sock.recv(1) == b"K"  # accepted: the command may go now
+        sock.sendall(b"x" * 10)
+    t0 = time.monotonic()
+    with pytest.raises(dc.TransferError, match="did not reach the engine: .*10 of 1048576"):
+        store.take(b"b" * 16)
+    assert time.monotonic() - t0 < 5 and len(store) == 0
