@@ -155,7 +155,35 @@ def _make_shell(recorder: _Recorder) -> Any:
     shell._showtraceback = showtraceback
     manager = shell.input_transformer_manager
     manager.transform_cell = StaticTransformCache(manager)
+    shell.should_run_async = _cached_async_check(shell)
     return shell
+
+
+def _cached_async_check(shell: Any) -> Callable[..., bool]:
+    """Remember, per transformed cell, whether it needs IPython's autoawait.
+
+    IPython compiles every cell an extra time to look for a top-level
+    ``await``: a pure function of the cell's text, asked again for every
+    broadcast and every loop of the same cell.
+    """
+    ask = shell.should_run_async
+    known: dict[str, bool] = {}
+
+    def should_run_async(raw_cell: str, *, transformed_cell: str | None = None,
+                         preprocessing_exc_tuple: Any = None) -> bool:
+        if (transformed_cell is None or preprocessing_exc_tuple is not None
+                or not shell.autoawait or len(transformed_cell) > StaticTransformCache.MAX_CELL_CHARS):
+            return ask(raw_cell, transformed_cell=transformed_cell,
+                       preprocessing_exc_tuple=preprocessing_exc_tuple)
+        answer = known.get(transformed_cell)
+        if answer is None:
+            answer = known[transformed_cell] = bool(ask(
+                raw_cell, transformed_cell=transformed_cell, preprocessing_exc_tuple=None))
+            if len(known) > StaticTransformCache.MAX_CELLS:
+                del known[next(iter(known))]
+        return answer
+
+    return should_run_async
 
 
 class StaticTransformCache:
@@ -222,6 +250,20 @@ class _Recorder:
 
 
 @implementer(IEngineKernel)
+class _Capture:
+    """Point sys.stdout/stderr at a command's streams while it runs."""
+
+    def __init__(self, stdout: OutputStream, stderr: OutputStream) -> None:
+        self.streams = stdout, stderr
+
+    def __enter__(self) -> None:
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self.streams
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stdout, sys.stderr = self.saved
+
+
 class EngineKernel:
     """An IPython shell driven by execute/push/pull/apply; shell thread only."""
 
@@ -237,18 +279,8 @@ class EngineKernel:
             runner.guard_cells(self.shell)
         self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
 
-    def _capturing(self) -> Any:
-        kernel = self
-
-        class Capture:
-            def __enter__(self) -> None:
-                self.saved = sys.stdout, sys.stderr
-                sys.stdout, sys.stderr = kernel.stdout, kernel.stderr
-
-            def __exit__(self, *exc: Any) -> None:
-                sys.stdout, sys.stderr = self.saved
-
-        return Capture()
+    def _capturing(self) -> _Capture:
+        return _Capture(self.stdout, self.stderr)
 
     def execute(self, code: str) -> dict[str, Any]:
         """Run a cell; return its record, or raise _CellFailed with it."""

@@ -63,3 +63,16 @@ def test_history_keeps_in_and_out_but_no_write_behind_backlog(kernel: EngineKern
     assert history.output_hist[before] == 2
     # Nothing ever writes IPython's in-memory database out: these only grew.
     assert history.db_input_cache == [] and history.db_output_cache == []
+
+
+def test_top_level_await_still_runs_when_its_cell_comes_back(kernel: EngineKernel) -> None:
+    cell = "import asyncio\nawait asyncio.sleep(0)\nawaited = awaited + 1 if 'awaited' in dir() else 1"
+    for _ in range(2):
+        kernel.execute(cell)
+    assert kernel.shell.user_ns["awaited"] == 2
+    kernel.shell.autoawait = False
+    try:
+        with pytest.raises(Exception):
+            kernel.execute(cell)  # without autoawait the same cell is a SyntaxError
+    finally:
+        kernel.shell.autoawait = True
