@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from ipython1.kernel import datachannel, replies, wire
+from ipython1.kernel import commandchannel, datachannel, replies, wire
 from ipython1.kernel import scatter as scatter_mod
 from ipython1.kernel.cluster import MEC_FURL
 from ipython1.kernel.errors import (
@@ -75,8 +75,10 @@ class AsyncPendingResult:
 class AsyncMultiEngineClient:
     """The multi-engine interface over Foolscap; every method returns a Deferred."""
 
-    def __init__(self, session: Any, tub: Any = None, furl: str = "") -> None:
+    def __init__(self, session: Any, tub: Any = None, furl: str = "",
+                 channel: Any = None) -> None:
         self._session = session
+        self._channel = channel  # commandchannel.ClientEnd: this session over a local socket
         self._tub = tub
         self.furl = furl
         self._lost: str | None = None
@@ -92,10 +94,24 @@ class AsyncMultiEngineClient:
     def connected(self) -> bool:
         return self._lost is None
 
+    @property
+    def local_channel(self) -> bool:
+        """Tell whether commands take the controller's local command channel."""
+        return self._channel is not None and not self._channel.closed
+
     def _remote(self, method: str, *args: Any) -> Deferred[Any]:
         if self._lost is not None:
             return defer.fail(ConnectionLost(self._lost))
-        d = self._session.callRemote(method, *args)
+        d = None
+        channel = self._channel
+        if channel is not None and not channel.closed and \
+                method not in commandchannel.SESSION_FOOLSCAP_ONLY:
+            try:
+                d = channel.call(method, args)
+            except (TypeError, ValueError, OverflowError):
+                d = None  # arguments msgpack cannot hold: Foolscap carries them
+        if d is None:
+            d = self._session.callRemote(method, *args)
         d.addCallbacks(replies.unpack, self._translate_failure)
         return d
 
@@ -563,6 +579,8 @@ class AsyncMultiEngineClient:
 
     def disconnect(self) -> None:
         """Drop the connection to the controller."""
+        if self._channel is not None and self._channel.transport is not None:
+            self._channel.transport.loseConnection()
         if self._tub is not None:
             self._tub.stopService()
             self._tub = None
@@ -674,7 +692,22 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
     """Connect to a controller; fire with an AsyncMultiEngineClient."""
     furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
     tub, _, session = yield _open_session(furl, timeout)
-    return AsyncMultiEngineClient(session, tub, furl)
+    channel = yield _open_command_channel(session)
+    return AsyncMultiEngineClient(session, tub, furl, channel)
+
+
+@defer.inlineCallbacks
+def _open_command_channel(session: Any) -> Any:
+    """Reach the session over the controller's local socket if it is on this host."""
+    host = commandchannel.host_key()
+    if not host or not commandchannel.enabled():
+        return None
+    try:
+        offer = yield session.callRemote("open_command_channel", host)
+    except Exception:
+        return None  # a controller without it: Foolscap only
+    channel = yield commandchannel.connect_client(offer)
+    return channel
 
 
 @defer.inlineCallbacks

@@ -157,6 +157,12 @@ class MultiEngineClient:
                                    connect_timeout)
         self._async: asyncclient.AsyncMultiEngineClient = _wait(future, connect_timeout + 5)
 
+    @property
+    def local_channel(self) -> bool:
+        """Tell whether commands take the controller's local socket (same host and
+        user) rather than Foolscap; see docs/architecture.md."""
+        return self._async.local_channel
+
     # -- plumbing --
 
     def _run(self, method: Callable[..., Any], *args: Any, targets: Any = None,

@@ -52,6 +52,9 @@ ENV = "IPYTHON1_COMMAND_CHANNEL"
 OPS = frozenset({"execute", "push", "pull", "apply", "get_result", "keys", "reset",
                  "history", "inspect", "who", "whos", "complete", "run_tasks"})
 MAX_FRAME = 2**31 - 1
+# Session methods that take or give Foolscap references stay on Foolscap.
+SESSION_FOOLSCAP_ONLY = frozenset({"connect", "connect_tasks", "subscribe_output",
+                                   "subscribe_events", "open_command_channel"})
 
 
 def enabled() -> bool:
@@ -89,20 +92,83 @@ def _address(name: str) -> str:
     return "\0" + name[1:] if name.startswith("@") else name
 
 
-# -- the controller's end ----------------------------------------------------------
+# -- both ends: calls one way, answers the other ---------------------------------------
 
 
-class ControllerEnd(Int32StringReceiver):
-    """One engine's channel, as the controller sees it."""
+class _Channel(Int32StringReceiver):
+    """Length-prefixed msgpack frames: calls [seq, op, args], answers [seq, ok, payload]."""
 
     MAX_LENGTH = MAX_FRAME
+    lost_message = "the command channel closed"
 
-    def __init__(self, server: CommandChannelServer) -> None:
-        self.server = server
-        self.engine_id: int | None = None
+    def __init__(self) -> None:
         self._pending: dict[int, Deferred[Any]] = {}
         self._seqs = itertools.count(1)
         self.closed = False
+
+    # the calling side
+
+    def call(self, op: str, args: Any) -> Deferred[Any]:
+        """Send one call; fire with its answer. Raises if args do not fit msgpack."""
+        seq = next(self._seqs)
+        frame = _pack([seq, op, list(args)])  # TypeError etc.: the caller uses Foolscap
+        d: Deferred[Any] = Deferred()
+        self._pending[seq] = d
+        self.sendString(frame)
+        return d
+
+    def _answered(self, seq: int, ok: bool, payload: Any) -> None:
+        d = self._pending.pop(seq, None)
+        if d is None:
+            return
+        if ok:
+            d.callback(payload)
+        else:
+            d.errback(Failure(error_from_wire(payload)))
+
+    # the serving side
+
+    def _serve(self, seq: int, method: Any, args: Any, error_id: int | None = None) -> None:
+        """Answer a call with method(*args) (a Deferred, a value or an exception)."""
+        d = defer.maybeDeferred(method, *args)
+        d.addCallbacks(lambda answer: self._answer(seq, True, answer),
+                       lambda f: self._answer(seq, False, error_to_wire(f.value, error_id)))
+
+    def _answer(self, seq: int, ok: bool, payload: Any) -> None:
+        try:
+            frame = _pack([seq, ok, payload])
+        except (TypeError, ValueError, OverflowError) as e:
+            frame = _pack([seq, False, error_to_wire(KernelError(f"the answer cannot be sent: {e}"))])
+        if self.connected:
+            self.sendString(frame)
+
+    def _bad_frame(self, why: str) -> None:
+        log.warn("command channel: {why}; closing", why=why)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.closed = True
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(Failure(DeadReferenceError(self.lost_message)))
+
+
+# -- the controller's end ----------------------------------------------------------
+
+
+class ControllerEnd(_Channel):
+    """An engine's channel (the controller calls) or a client's (the client calls)."""
+
+    def __init__(self, server: CommandChannelServer) -> None:
+        super().__init__()
+        self.server = server
+        self.kind: str | None = None  # "engine" or "session", once attached
+        self.engine_id: int | None = None
+        self.session: Any = None
+
+    @property
+    def lost_message(self) -> str:  # type: ignore[override]
+        return f"engine {self.engine_id}'s command channel closed"
 
     def connectionMade(self) -> None:
         _pid, uid = peer_credentials(self.transport)
@@ -113,68 +179,88 @@ class ControllerEnd(Int32StringReceiver):
     def stringReceived(self, data: bytes) -> None:
         try:
             message = _unpack(data)
-            if self.engine_id is None:
-                engine_id, secret = message
-                if not self.server.attach(engine_id, secret, self):
-                    self.transport.loseConnection()
-                    return
-                self.engine_id = engine_id
-                return
-            seq, ok, payload = message
+            first, second, third = message
         except (ValueError, TypeError) as e:
-            log.warn("command channel: bad frame ({e}); closing", e=e)
-            self.transport.loseConnection()
+            return self._bad_frame(f"bad frame ({e})")
+        if self.kind is None:
+            if not self.server.attach(first, second, third, self):
+                self.transport.loseConnection()
+                return
+            self.kind = first
+            if self.kind == "session":
+                self.sendString(_pack(["ok", None, None]))  # the client may now call
             return
-        d = self._pending.pop(seq, None)
-        if d is None:
+        if self.kind == "engine":
+            self._answered(first, second, third)
             return
-        if ok:
-            d.callback(payload)
-        else:
-            d.errback(Failure(error_from_wire(payload)))
+        self._call_session(first, second, third)
 
-    def call(self, op: str, args: tuple[Any, ...]) -> Deferred[Any]:
-        """Send one command; fire with the engine's reply. Raises if args do not fit."""
-        seq = next(self._seqs)
-        frame = _pack([seq, op, list(args)])  # TypeError etc.: the caller uses Foolscap
-        d: Deferred[Any] = Deferred()
-        self._pending[seq] = d
-        self.sendString(frame)
-        return d
+    def _call_session(self, seq: Any, method: Any, args: Any) -> None:
+        from ipython1.kernel.interfaces import RIMultiEngineSession
+
+        try:
+            if method in SESSION_FOOLSCAP_ONLY or not isinstance(args, list):
+                raise KeyError(method)
+            schema = RIMultiEngineSession[method]
+        except KeyError:
+            self._answer(seq, False, error_to_wire(KernelError(
+                f"{method!r} cannot be called over the command channel")))
+            return
+        try:
+            schema.checkAllArgs(tuple(args), {}, True)  # what Foolscap checks on arrival
+        except Exception as e:
+            self._answer(seq, False, error_to_wire(KernelError(
+                f"bad arguments to {method}: {e}")))
+            return
+        self._serve(seq, getattr(self.session, "remote_" + method), args)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.closed = True
-        pending, self._pending = self._pending, {}
-        for d in pending.values():
-            d.errback(Failure(DeadReferenceError(
-                f"engine {self.engine_id}'s command channel closed")))
+        super().connectionLost(reason)
         self.server.detach(self)
 
 
 class CommandChannelServer:
-    """The controller's abstract Unix socket that engines on its host connect to."""
+    """The controller's abstract Unix socket that engines and clients on its host use."""
 
     def __init__(self, controller: Any) -> None:
         self.controller = controller
         self.name = f"@ipython1-controller-{os.getpid()}-{secrets.token_hex(8)}"
         self.host = host_key()
-        self._offers: dict[int, bytes] = {}  # engine id -> its one-time secret
+        self._offers: dict[tuple[str, int], tuple[bytes, Any]] = {}
+        self._session_ids = itertools.count(1)
         factory = protocol.Factory.forProtocol(lambda: ControllerEnd(self))
         self._port = reactor.listenUNIX(_address(self.name), factory)
 
+    def _offer(self, kind: str, ident: int, target: Any) -> dict[str, Any]:
+        secret = secrets.token_bytes(16)
+        self._offers[kind, ident] = (secret, target)
+        return {"socket": self.name, "kind": kind, "id": ident, "secret": secret,
+                "pid": os.getpid()}
+
     def offer(self, engine_id: int) -> dict[str, Any]:
         """Return what an engine needs to connect (sent to it over Foolscap)."""
-        secret = secrets.token_bytes(16)
-        self._offers[engine_id] = secret
-        return {"socket": self.name, "secret": secret, "pid": os.getpid()}
+        return self._offer("engine", engine_id, None)
 
-    def attach(self, engine_id: Any, secret: Any, end: ControllerEnd) -> bool:
-        expected = self._offers.pop(engine_id, None) if isinstance(engine_id, int) else None
-        record = self.controller.engines.get(engine_id)
-        if (expected is None or not isinstance(secret, bytes) or record is None
-                or not secrets.compare_digest(expected, secret)):
-            log.warn("command channel: refused a connection for engine {id!r}", id=engine_id)
+    def offer_session(self, session: Any) -> dict[str, Any]:
+        """Return what a client needs to reach its session (sent over Foolscap)."""
+        return self._offer("session", next(self._session_ids), session)
+
+    def attach(self, kind: Any, ident: Any, secret: Any, end: ControllerEnd) -> bool:
+        key = (kind, ident)
+        offered = self._offers.pop(key, None) if kind in ("engine", "session") and \
+            isinstance(ident, int) else None
+        if (offered is None or not isinstance(secret, bytes)
+                or not secrets.compare_digest(offered[0], secret)):
+            log.warn("command channel: refused a connection for {kind} {id!r}",
+                     kind=kind, id=ident)
             return False
+        if kind == "session":
+            end.session = offered[1]
+            return True
+        record = self.controller.engines.get(ident)
+        if record is None:
+            return False
+        end.engine_id = ident
         record.channel = end
         return True
 
@@ -187,19 +273,15 @@ class CommandChannelServer:
         return defer.maybeDeferred(self._port.stopListening)
 
 
-# -- the engine's end -----------------------------------------------------------------------
+# -- the engine's and the client's ends -------------------------------------------------------
 
 
-class EngineEnd(Int32StringReceiver):
-    """The engine's end: runs each command through its Foolscap-facing methods."""
+class _ConnectingEnd(_Channel):
+    """Checks that the controller serves the socket, then says who it is."""
 
-    MAX_LENGTH = MAX_FRAME
-
-    def __init__(self, engine: Any, engine_id: int, offer: dict[str, Any]) -> None:
-        self.engine = engine  # the EngineReferenceable
-        self.engine_id = engine_id
+    def __init__(self, offer: dict[str, Any]) -> None:
+        super().__init__()
         self.offer = offer
-        self.open = False
 
     def connectionMade(self) -> None:
         pid, uid = peer_credentials(self.transport)
@@ -207,42 +289,80 @@ class EngineEnd(Int32StringReceiver):
             log.warn("command channel: the socket is not served by the controller")
             self.transport.loseConnection()
             return
-        self.open = True
-        self.sendString(_pack([self.engine_id, self.offer["secret"]]))
+        self.sendString(_pack([self.offer["kind"], self.offer["id"], self.offer["secret"]]))
+
+
+class EngineEnd(_ConnectingEnd):
+    """The engine's end: runs each command through its Foolscap-facing methods."""
+
+    def __init__(self, engine: Any, offer: dict[str, Any]) -> None:
+        super().__init__(offer)
+        self.engine = engine  # the EngineReferenceable
 
     def stringReceived(self, data: bytes) -> None:
         try:
             seq, op, args = _unpack(data)
-        except (ValueError, TypeError):
-            self.transport.loseConnection()
+        except (ValueError, TypeError) as e:
+            return self._bad_frame(f"bad frame ({e})")
+        if op not in OPS or not isinstance(args, list):
+            self._answer(seq, False, error_to_wire(KernelError(f"unknown command {op!r}")))
             return
-        if op not in OPS:
-            self._answer(seq, False, error_to_wire(KernelError(f"unknown command {op!r}"),
-                                                   self.engine_id))
-            return
-        d = defer.maybeDeferred(getattr(self.engine, "remote_" + op), *args)
-        d.addCallbacks(lambda reply: self._answer(seq, True, reply),
-                       lambda f: self._answer(seq, False, error_to_wire(f.value, self.engine_id)))
+        self._serve(seq, getattr(self.engine, "remote_" + op), args, self.offer["id"])
 
-    def _answer(self, seq: int, ok: bool, payload: Any) -> None:
+
+class ClientEnd(_ConnectingEnd):
+    """A client's end: its session's calls go out here once the controller said ok."""
+
+    lost_message = "the controller's command channel closed"
+
+    def __init__(self, offer: dict[str, Any]) -> None:
+        super().__init__(offer)
+        self.ready: Deferred[ClientEnd] = Deferred()
+
+    def stringReceived(self, data: bytes) -> None:
         try:
-            frame = _pack([seq, ok, payload])
-        except (TypeError, ValueError, OverflowError) as e:
-            frame = _pack([seq, False, error_to_wire(
-                KernelError(f"the reply cannot be sent: {e}"), self.engine_id)])
-        if self.transport is not None and self.connected:
-            self.sendString(frame)
+            first, second, third = _unpack(data)
+        except (ValueError, TypeError) as e:
+            return self._bad_frame(f"bad frame ({e})")
+        if first == "ok" and not self.ready.called:
+            self.ready.callback(self)
+            return
+        self._answered(first, second, third)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        if self.open:
-            log.info("command channel closed: {r}", r=reason.getErrorMessage())
+        super().connectionLost(reason)
+        if not self.ready.called:
+            self.ready.errback(reason)
 
 
-def connect(engine: Any, engine_id: int, offer: dict[str, Any]) -> bool:
-    """Open the engine's end of the channel (called over Foolscap by the controller)."""
-    name = offer.get("socket")
-    if not isinstance(name, str) or not isinstance(offer.get("secret"), bytes):
+def connect_engine(engine: Any, offer: dict[str, Any]) -> bool:
+    """Open the engine's end (called over Foolscap by the controller)."""
+    if not _valid(offer):
         return False
-    factory = protocol.ClientFactory.forProtocol(lambda: EngineEnd(engine, engine_id, offer))
-    reactor.connectUNIX(_address(name), factory, timeout=10)
+    factory = protocol.ClientFactory.forProtocol(lambda: EngineEnd(engine, offer))
+    reactor.connectUNIX(_address(offer["socket"]), factory, timeout=10)
     return True
+
+
+def connect_client(offer: Any, timeout: float = 5.0) -> Deferred[ClientEnd | None]:
+    """Open a client's end; fire with it once the controller accepted it, else None."""
+    if not _valid(offer):
+        return defer.succeed(None)
+    end = ClientEnd(offer)
+    factory = protocol.ClientFactory.forProtocol(lambda: end)
+    reactor.connectUNIX(_address(offer["socket"]), factory, timeout=timeout)
+    d = end.ready
+    d.addTimeout(timeout, reactor)
+
+    def failed(_f: Failure) -> None:
+        if end.transport is not None:
+            end.transport.loseConnection()
+        return None
+
+    return d.addErrback(failed)
+
+
+def _valid(offer: Any) -> bool:
+    return (isinstance(offer, dict) and isinstance(offer.get("socket"), str)
+            and isinstance(offer.get("secret"), bytes) and isinstance(offer.get("pid"), int)
+            and isinstance(offer.get("id"), int) and offer.get("kind") in ("engine", "session"))

@@ -748,7 +748,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
 
     def remote_open_command_channel(self, engine_id: int, offer: dict[str, Any]) -> bool:
         """Take queued commands over the controller's local socket (see commandchannel)."""
-        return commandchannel.connect(self, engine_id, offer)
+        return commandchannel.connect_engine(self, offer)
 
     def remote_open_transfer(self, pairing_id: bytes, secret: bytes, relay_port: int,
                              direction: str, blob_id: bytes, sizes: list[int]) -> bool:

@@ -381,6 +381,10 @@ class RIMultiEngineSession(RemoteInterface):
     def transcript(user=AnyValue(), last=int):  # a name or None
         return Reply
 
+    def open_command_channel(host=Text):
+        """Offer this session over the controller's local socket (see commandchannel)."""
+        return AnyValue()
+
     def connect_tasks(info=Info):
         """Open this user's session with the task farm: {"status": "ok", "value": it}."""
         return Reply

@@ -294,6 +294,13 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
     def remote_get_ids(self) -> Deferred[Any]:
         return self.adapter.get_ids()
 
+    def remote_open_command_channel(self, host: str) -> dict[str, Any] | None:
+        """Offer this session over the local command channel to a client on this host."""
+        channels = self.adapter.controller.command_channels
+        if channels is None or not channels.host or host != channels.host:
+            return None
+        return channels.offer_session(self)
+
     def remote_execute(self, code: str, targets: Any, block: bool) -> Deferred[Any]:
         return self._call(block, "execute", code, targets)
 

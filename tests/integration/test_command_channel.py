@@ -43,6 +43,7 @@ def test_engines_on_the_controllers_host_take_the_channel(tmp_path):
     cluster = Cluster(tmp_path / "on").start(3)
     try:
         mec = cluster.client()
+        assert mec.local_channel
         wait_until(lambda: all(i["command_channel"] for i in mec.engine_info()), 10,
                    "every engine's command channel")
         _exercise(cluster)
@@ -56,6 +57,7 @@ def test_without_the_channel_commands_travel_over_foolscap(tmp_path):
     cluster.start(3)
     try:
         mec = cluster.client()
+        assert not mec.local_channel
         assert not any(i["command_channel"] for i in mec.engine_info())
         _exercise(cluster)
     finally:

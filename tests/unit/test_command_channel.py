@@ -32,12 +32,21 @@ def server() -> Any:
     loop.submit(server.close).result(timeout=10)
 
 
-def _hello(server: Any, engine_id: Any, secret: Any) -> socket.socket:
+def _send(sock: socket.socket, message: Any) -> None:
+    frame = msgpack.packb(message, use_bin_type=True)
+    sock.sendall(struct.pack("!I", len(frame)) + frame)
+
+
+def _receive(sock: socket.socket) -> Any:
+    (size,) = struct.unpack("!I", sock.recv(4, socket.MSG_WAITALL))
+    return msgpack.unpackb(sock.recv(size, socket.MSG_WAITALL), raw=False)
+
+
+def _hello(server: Any, engine_id: Any, secret: Any, kind: str = "engine") -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     sock.connect("\0" + server.name[1:])
-    frame = msgpack.packb([engine_id, secret], use_bin_type=True)
-    sock.sendall(struct.pack("!I", len(frame)) + frame)
+    _send(sock, [kind, engine_id, secret])
     return sock
 
 
@@ -81,3 +90,34 @@ def test_the_secret_handed_over_foolscap_attaches_the_engine_once(server: Any) -
     while server.controller.engines[5].channel is not None and time.monotonic() < end:
         time.sleep(0.01)
     assert server.controller.engines[5].channel is None  # closed: detached
+
+
+class FakeSession:
+    def remote_get_ids(self) -> list[int]:
+        return [0, 1]
+
+    def remote_execute(self, code: str, targets: Any, block: bool) -> Any:
+        return {"ran": code}
+
+
+def test_a_session_offer_lets_its_client_call_the_session_only(server: Any) -> None:
+    offer = ReactorThread.get().submit(server.offer_session, FakeSession()).result(timeout=10)
+    assert _refused(_hello(server, offer["id"], b"wrong secret!!!!", kind="session"))
+    offer = ReactorThread.get().submit(server.offer_session, FakeSession()).result(timeout=10)
+    sock = _hello(server, offer["id"], offer["secret"], kind="session")
+    try:
+        assert _receive(sock) == ["ok", None, None]
+        _send(sock, [1, "get_ids", []])
+        assert _receive(sock) == [1, True, [0, 1]]
+        _send(sock, [2, "execute", ["x = 1", "all", True]])
+        assert _receive(sock) == [2, True, {"ran": "x = 1"}]
+        # Foolscap's own argument checks still apply...
+        _send(sock, [3, "execute", [42, "all", True]])
+        seq, ok, error = _receive(sock)
+        assert (seq, ok) == (3, False) and "bad arguments to execute" in error["evalue"]
+        # ...and what needs Foolscap references is refused.
+        _send(sock, [4, "subscribe_events", [None, 0]])
+        seq, ok, error = _receive(sock)
+        assert (seq, ok) == (4, False) and "command channel" in error["evalue"]
+    finally:
+        sock.close()
