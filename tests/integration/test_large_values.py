@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ipython1.kernel import datachannel
+from tests.conftest import wait_until
 
 
 @pytest.mark.slow
@@ -53,6 +54,8 @@ def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster, monke
     cluster = make_cluster(3)
     mec = cluster.client(timeout=120)
     assert all(("local_data" in info) == (path == "local") for info in mec.engine_info())
+    fds = mec.apply(_open_fds)
+    client_fds = _open_fds()
     before = dict(datachannel.TRANSFERS)
     big = np.random.default_rng(2).random(3 * 2**20 // 8 * 4)  # 12 MiB
     mec.push({"big": big, "small": 1})
@@ -80,6 +83,13 @@ def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster, monke
     other = "relay" if path == "local" else "local"
     assert datachannel.TRANSFERS[path] - before.get(path, 0) >= 3 + 3 + 3 + 3 + 4 + 1
     assert datachannel.TRANSFERS[other] == before.get(other, 0)
+    # No descriptor is left open, on the engines or here.
+    wait_until(lambda: mec.apply(_open_fds) == fds and _open_fds() == client_fds, 10,
+               "descriptors back to their count")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def test_unreachable_local_socket_falls_back_to_the_relay(make_cluster, monkeypatch):
