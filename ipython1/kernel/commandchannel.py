@@ -51,6 +51,8 @@ ENV = "IPYTHON1_COMMAND_CHANNEL"
 # The queued commands of RIEngine: what the channel may carry, nothing else.
 OPS = frozenset({"execute", "push", "pull", "apply", "get_result", "keys", "reset",
                  "history", "inspect", "who", "whos", "complete", "run_tasks"})
+# Engine calls that bypass the queue but must not overtake a command sent before them.
+IMMEDIATE = frozenset({"interrupt"})
 MAX_FRAME = 2**31 - 1
 # Session methods that take or give Foolscap references stay on Foolscap.
 SESSION_FOOLSCAP_ONLY = frozenset({"connect", "connect_tasks", "subscribe_output",
@@ -304,7 +306,7 @@ class EngineEnd(_ConnectingEnd):
             seq, op, args = _unpack(data)
         except (ValueError, TypeError) as e:
             return self._bad_frame(f"bad frame ({e})")
-        if op not in OPS or not isinstance(args, list):
+        if (op not in OPS and op not in IMMEDIATE) or not isinstance(args, list):
             self._answer(seq, False, error_to_wire(KernelError(f"unknown command {op!r}")))
             return
         self._serve(seq, getattr(self.engine, "remote_" + op), args, self.offer["id"])

@@ -272,6 +272,10 @@ class Controller(service.MultiService):
         record = self.engines.get(engine_id)
         if record is None:
             return defer.fail(InvalidEngineID(f"no engine with id {engine_id}"))
+        channel = record.channel
+        if op in commandchannel.IMMEDIATE and channel is not None and not channel.closed:
+            # Behind the command it is meant for, never ahead of it.
+            return channel.call(op, args)
         return record.ref.callRemote(op, *args)
 
     def queue_status(self, ids: list[int]) -> list[dict[str, Any]]:

@@ -576,10 +576,16 @@ class ShellRunner:
         self._job_seq = 0
         self._sigints_sent = 0
         self._sigints_seen = 0
+        # A job handed over but not started yet is, for the controller, the
+        # running command: an interrupt for it stops it as it starts.
+        self._not_started = 0
+        self._interrupt_next = False
 
     def submit(self, job: Callable[[], Any]) -> Deferred[Any]:
         """Queue job for the shell thread; the Deferred fires with its reply."""
         d: Deferred[Any] = Deferred()
+        with self._lock:
+            self._not_started += 1
         self._jobs.put((job, d))
         return d
 
@@ -610,6 +616,10 @@ class ShellRunner:
                     self._busy = True
                     self._held_interrupt = False
                     self._job_seq += 1
+                    self._not_started -= 1
+                    interrupted, self._interrupt_next = self._interrupt_next, False
+                if interrupted:
+                    raise KeyboardInterrupt  # interrupted before it could start
                 value = job()
                 return {"engine_id": self.engine_id, "status": "ok", "value": value}
             finally:
@@ -666,6 +676,9 @@ class ShellRunner:
     def interrupt(self) -> bool:
         """Raise KeyboardInterrupt in the running job; False if idle."""
         with self._lock:
+            if not self._busy and self._not_started > 0:
+                self._interrupt_next = True
+                return True
             if not self._busy or self.thread_ident is None:
                 return False
             if self.in_cell and not self._in_user_code:

@@ -27,6 +27,13 @@ def _exercise(cluster: Cluster) -> None:
         mec.execute("1/0", targets=ids[0])
     assert "ZeroDivisionError" in str(info.value)
     assert mec.complete("a", targets=ids[0])
+    # An interrupt right behind its command stops it, even before it started.
+    for _ in range(5):
+        spinning = mec.execute("while True: pass", targets=ids[0], block=False)
+        mec.interrupt(targets=ids[0])
+        with pytest.raises(RemoteError) as stopped:
+            spinning.get_result(timeout=10)
+        assert "KeyboardInterrupt" in str(stopped.value)
     # A dead engine fails its running command at once, naming it.
     victim = ids[-1]
     pid = cluster.engine_pid(mec, victim)

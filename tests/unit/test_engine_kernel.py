@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from types import SimpleNamespace
+
 import pytest
 
-from ipython1.kernel.engine import EngineKernel, StaticTransformCache
+import ipython1.kernel.engine as engine_module
+from ipython1.kernel.engine import EngineKernel, ShellRunner, StaticTransformCache
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +80,27 @@ def test_top_level_await_still_runs_when_its_cell_comes_back(kernel: EngineKerne
             kernel.execute(cell)  # without autoawait the same cell is a SyntaxError
     finally:
         kernel.shell.autoawait = True
+
+
+def test_an_interrupt_for_a_command_not_yet_started_stops_it_as_it_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = ShellRunner()
+    ran: list[str] = []
+    replies: list[dict] = []
+    d = runner.submit(lambda: ran.append("job"))
+    d.addCallback(replies.append)
+    assert runner.interrupt()  # handed over, not started: still the running command
+    shell_thread = threading.Thread(target=runner.run_forever, daemon=True)
+    delivered = threading.Event()
+    # Replies reach the reactor with callFromThread: deliver them here instead.
+    monkeypatch.setattr(engine_module, "reactor", SimpleNamespace(
+        callFromThread=lambda f, *a: (f(*a), delivered.set())))
+    shell_thread.start()
+    try:
+        assert delivered.wait(10)
+    finally:
+        runner.stop()
+        shell_thread.join(10)
+    assert ran == []
+    assert replies[0]["status"] == "error" and replies[0]["error"]["ename"] == "KeyboardInterrupt"
+    assert not runner.interrupt()  # idle and nothing handed over: nothing to stop
