@@ -59,8 +59,13 @@ MAX_REPR = 500  # characters of an Out[n] repr kept in a "result" event
 Event = dict[str, Any]
 
 
+# One encoder for every event: json.dumps with options builds a new one per call,
+# and a broadcast to N engines publishes 2N events.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def encode(event: Event) -> bytes:
-    return json.dumps(event, separators=(",", ":"), default=str).encode()
+    return _ENCODER.encode(event).encode()
 
 
 def decode_batch(blob: bytes) -> list[Event]:
