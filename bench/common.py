@@ -62,7 +62,7 @@ class Settings:
     @staticmethod
     def startup_timeout(n: int) -> float:
         """Allow generous but bounded time for N engines to register."""
-        return 60.0 + 2.5 * n
+        return 60.0 + 1.5 * n
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
