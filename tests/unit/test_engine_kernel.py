@@ -104,3 +104,17 @@ def test_an_interrupt_for_a_command_not_yet_started_stops_it_as_it_starts(
     assert ran == []
     assert replies[0]["status"] == "error" and replies[0]["error"]["ename"] == "KeyboardInterrupt"
     assert not runner.interrupt()  # idle and nothing handed over: nothing to stop
+
+
+def test_keyword_lines_skip_the_prefilter_and_come_out_as_ipython_makes_them(
+        kernel: EngineKernel) -> None:
+    manager = kernel.shell.prefilter_manager
+    ipython = type(manager).prefilter_lines.__get__(manager)  # IPython's own
+    lines = ["pass", "import os", "  for i in range(3): pass", "x = 1", "ls", "pass  ",
+             "if True: y = 2", "lambda: 0", "not x", "print(1)", "cd /tmp", "import os\n"]
+    for line in lines:
+        assert manager.prefilter_lines(line) == ipython(line), line
+    # Magics still work as IPython makes them: "ls" is not a keyword.
+    kernel.execute("ls")
+    record = kernel.execute("import os; here = os.getcwd()")
+    assert record["execution_count"] and kernel.shell.user_ns["here"]
