@@ -106,7 +106,8 @@ def ipython1_python(option: str | None) -> str:
 def phase_timeout(phase: str, n: int) -> float:
     """Bound one child: start-up allowance plus the workloads, and a margin to stop."""
     if phase == "scale":
-        return Settings.startup_timeout(n) + 240.0 + n
+        # dask's client.run on 256 workers takes ~17 s a repetition here.
+        return Settings.startup_timeout(n) + 240.0 + 4.0 * n
     return PHASE_TIMEOUT_S
 
 
