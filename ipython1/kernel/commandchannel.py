@@ -7,8 +7,8 @@ CPU (docs/performance.md). Engines on the controller's own host (a laptop,
 over a lean channel beside Foolscap:
 
 1. The engine registers over Foolscap as always (the engine FURL is the
-   capability). If it advertises the controller's host key (boot id,
-   hostname, uid), the controller calls its ``open_command_channel`` with,
+   capability). If it advertises the controller's host key (`localhost`:
+   boot id, hostname, uid, namespaces), the controller calls its ``open_command_channel`` with,
    over that authenticated connection, the name of the controller's
    abstract Unix socket, a one-time secret and the controller's pid.
 2. The engine connects, checks with ``SO_PEERCRED`` that the controller's pid
@@ -31,8 +31,6 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-import socket
-import struct
 from typing import Any
 
 import msgpack
@@ -44,6 +42,8 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from ipython1.kernel.errors import KernelError, error_from_wire, error_to_wire
+from ipython1.kernel.localhost import env_enabled, host_key, peer_credentials
+from ipython1.kernel.localhost import socket_address as _address
 
 log = Logger()
 
@@ -60,26 +60,7 @@ SESSION_FOOLSCAP_ONLY = frozenset({"connect", "connect_tasks", "subscribe_output
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "no", "false", "off")
-
-
-def host_key() -> str:
-    """Name this host and user: engines with the controller's key may use the channel."""
-    if not hasattr(socket, "SO_PEERCRED"):
-        return ""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot_id = f.read().strip()
-    except OSError:
-        return ""
-    return f"{boot_id}:{socket.gethostname()}:{os.getuid()}"
-
-
-def peer_credentials(transport: Any) -> tuple[int, int]:
-    """Return the pid and uid of the process at the other end of a Unix socket."""
-    pid, uid, _gid = struct.unpack("3i", transport.getHandle().getsockopt(
-        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return pid, uid
+    return env_enabled(ENV)
 
 
 def _pack(message: Any) -> bytes:
@@ -88,10 +69,6 @@ def _pack(message: Any) -> bytes:
 
 def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-def _address(name: str) -> str:
-    return "\0" + name[1:] if name.startswith("@") else name
 
 
 # -- both ends: calls one way, answers the other ---------------------------------------
@@ -173,7 +150,7 @@ class ControllerEnd(_Channel):
         return f"engine {self.engine_id}'s command channel closed"
 
     def connectionMade(self) -> None:
-        _pid, uid = peer_credentials(self.transport)
+        _pid, uid = peer_credentials(self.transport.getHandle())
         if uid != os.getuid():
             log.warn("command channel: refused a process of uid {uid}", uid=uid)
             self.transport.loseConnection()
@@ -286,7 +263,7 @@ class _ConnectingEnd(_Channel):
         self.offer = offer
 
     def connectionMade(self) -> None:
-        pid, uid = peer_credentials(self.transport)
+        pid, uid = peer_credentials(self.transport.getHandle())
         if pid != self.offer["pid"] or uid != os.getuid():
             log.warn("command channel: the socket is not served by the controller")
             self.transport.loseConnection()

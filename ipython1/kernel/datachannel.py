@@ -71,6 +71,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ipython1.kernel.errors import KernelError
+from ipython1.kernel.localhost import env_enabled
+from ipython1.kernel.localhost import host_key as localhost_key
+from ipython1.kernel.localhost import peer_credentials as _peer
+from ipython1.kernel.localhost import socket_address as _address
 
 THRESHOLD = 256 * 2**10  # values at least this large take the data channel
 BLOB_MAGIC = b"IPB1"
@@ -519,44 +523,12 @@ def _relay_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
 
 def local_enabled() -> bool:
     """Tell whether IPYTHON1_LOCAL_DATA lets this process use the local path."""
-    return os.environ.get(LOCAL_ENV, "1").strip().lower() not in ("0", "no", "false", "off")
+    return env_enabled(LOCAL_ENV)
 
 
 def host_key() -> str:
-    """Name this host, user and namespaces; "" if the local path is off.
-
-    Two processes with the same key can reach each other's abstract Unix
-    sockets (same network namespace) and see each other's true pid and uid
-    with SO_PEERCRED (same pid and user namespaces).
-    """
-    if not local_enabled() or not hasattr(socket, "SO_PEERCRED"):
-        return ""
-    boot_id, namespaces = _boot_id_and_namespaces()
-    return f"{boot_id}:{socket.gethostname()}:{os.getuid()}:{namespaces}" if boot_id else ""
-
-
-@functools.lru_cache(maxsize=1)
-def _boot_id_and_namespaces() -> tuple[str, str]:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot_id = f.read().strip()
-        namespaces = ".".join(str(os.stat(f"/proc/self/ns/{ns}").st_ino)
-                              for ns in ("net", "pid", "user"))
-    except OSError:
-        return "", ""
-    return boot_id, namespaces
-
-
-def _peer(sock: socket.socket) -> tuple[int, int]:
-    """Return the pid and uid of the process at the other end of a Unix socket."""
-    pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
-        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return pid, uid
-
-
-def _address(name: str) -> str:
-    """Turn an advertised socket name ("@..." for the abstract namespace) into an address."""
-    return "\0" + name[1:] if name.startswith("@") else name
+    """Name this host, user and namespaces (see `localhost`); "" if the local path is off."""
+    return localhost_key() if local_enabled() else ""
 
 
 def _tune(sock: socket.socket) -> None:
