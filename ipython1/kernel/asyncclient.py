@@ -102,16 +102,8 @@ class AsyncMultiEngineClient:
     def _remote(self, method: str, *args: Any) -> Deferred[Any]:
         if self._lost is not None:
             return defer.fail(ConnectionLost(self._lost))
-        d = None
-        channel = self._channel
-        if channel is not None and not channel.closed and \
-                method not in commandchannel.SESSION_FOOLSCAP_ONLY:
-            try:
-                d = channel.call(method, args)
-            except (TypeError, ValueError, OverflowError):
-                d = None  # arguments msgpack cannot hold: Foolscap carries them
-        if d is None:
-            d = self._session.callRemote(method, *args)
+        d = commandchannel.call_remote(self._channel, self._session, method, args,
+                                       method not in commandchannel.SESSION_FOOLSCAP_ONLY)
         d.addCallbacks(replies.unpack, self._translate_failure)
         return d
 

@@ -1,4 +1,4 @@
-"""The command channel: an engine's queued commands, for engines on the controller's host.
+"""The command channel: commands of engines and clients on the controller's host.
 
 Foolscap parses and builds every message token by token in pure Python:
 for a no-op on 256 engines it is most of the controller's and the engines'
@@ -20,10 +20,17 @@ over a lean channel beside Foolscap:
    (see `replies`), relayed as before. One command runs at a time per
    engine, so switching from Foolscap to the channel never reorders.
 
-Everything else (registration, kill, interrupt, live output, transfers,
-engine death) stays on Foolscap. If the channel cannot be set up, or a
-command's arguments do not fit msgpack, commands go over Foolscap as before.
-``IPYTHON1_COMMAND_CHANNEL=0`` in the controller's environment turns it off.
+4. A client on the same host reaches its session the same way (the offer
+   comes from ``open_command_channel`` on the session, and the controller
+   says ok before the first call); its calls are checked against the same
+   Foolscap schemas and reach the same session methods.
+
+``interrupt`` takes the channel too, behind the command it is meant for.
+Everything else (registration, kill, live output, transfers, engine death,
+calls that pass Foolscap references) stays on Foolscap. If the channel cannot
+be set up, or a command's arguments do not fit msgpack, commands go over
+Foolscap as before. ``IPYTHON1_COMMAND_CHANNEL=0`` in the controller's (or a
+client's) environment turns it off.
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ import os
 import secrets
 from typing import Any
 
-import msgpack
 from foolscap.api import DeadReferenceError
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.defer import Deferred
@@ -43,6 +49,7 @@ from twisted.python.failure import Failure
 
 from ipython1.kernel.errors import KernelError, error_from_wire, error_to_wire
 from ipython1.kernel.localhost import env_enabled, host_key, peer_credentials
+from ipython1.kernel.replies import dumps, loads
 from ipython1.kernel.localhost import socket_address as _address
 
 log = Logger()
@@ -61,14 +68,6 @@ SESSION_FOOLSCAP_ONLY = frozenset({"connect", "connect_tasks", "subscribe_output
 
 def enabled() -> bool:
     return env_enabled(ENV)
-
-
-def _pack(message: Any) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 # -- both ends: calls one way, answers the other ---------------------------------------
@@ -90,7 +89,7 @@ class _Channel(Int32StringReceiver):
     def call(self, op: str, args: Any) -> Deferred[Any]:
         """Send one call; fire with its answer. Raises if args do not fit msgpack."""
         seq = next(self._seqs)
-        frame = _pack([seq, op, list(args)])  # TypeError etc.: the caller uses Foolscap
+        frame = dumps([seq, op, list(args)])  # TypeError etc.: the caller uses Foolscap
         d: Deferred[Any] = Deferred()
         self._pending[seq] = d
         self.sendString(frame)
@@ -115,9 +114,9 @@ class _Channel(Int32StringReceiver):
 
     def _answer(self, seq: int, ok: bool, payload: Any) -> None:
         try:
-            frame = _pack([seq, ok, payload])
+            frame = dumps([seq, ok, payload])
         except (TypeError, ValueError, OverflowError) as e:
-            frame = _pack([seq, False, error_to_wire(KernelError(f"the answer cannot be sent: {e}"))])
+            frame = dumps([seq, False, error_to_wire(KernelError(f"the answer cannot be sent: {e}"))])
         if self.connected:
             self.sendString(frame)
 
@@ -157,7 +156,7 @@ class ControllerEnd(_Channel):
 
     def stringReceived(self, data: bytes) -> None:
         try:
-            message = _unpack(data)
+            message = loads(data)
             first, second, third = message
         except (ValueError, TypeError) as e:
             return self._bad_frame(f"bad frame ({e})")
@@ -167,7 +166,7 @@ class ControllerEnd(_Channel):
                 return
             self.kind = first
             if self.kind == "session":
-                self.sendString(_pack(["ok", None, None]))  # the client may now call
+                self.sendString(dumps(["ok", None, None]))  # the client may now call
             return
         if self.kind == "engine":
             self._answered(first, second, third)
@@ -268,7 +267,7 @@ class _ConnectingEnd(_Channel):
             log.warn("command channel: the socket is not served by the controller")
             self.transport.loseConnection()
             return
-        self.sendString(_pack([self.offer["kind"], self.offer["id"], self.offer["secret"]]))
+        self.sendString(dumps([self.offer["kind"], self.offer["id"], self.offer["secret"]]))
 
 
 class EngineEnd(_ConnectingEnd):
@@ -280,7 +279,7 @@ class EngineEnd(_ConnectingEnd):
 
     def stringReceived(self, data: bytes) -> None:
         try:
-            seq, op, args = _unpack(data)
+            seq, op, args = loads(data)
         except (ValueError, TypeError) as e:
             return self._bad_frame(f"bad frame ({e})")
         if (op not in OPS and op not in IMMEDIATE) or not isinstance(args, list):
@@ -300,7 +299,7 @@ class ClientEnd(_ConnectingEnd):
 
     def stringReceived(self, data: bytes) -> None:
         try:
-            first, second, third = _unpack(data)
+            first, second, third = loads(data)
         except (ValueError, TypeError) as e:
             return self._bad_frame(f"bad frame ({e})")
         if first == "ok" and not self.ready.called:
@@ -312,6 +311,17 @@ class ClientEnd(_ConnectingEnd):
         super().connectionLost(reason)
         if not self.ready.called:
             self.ready.errback(reason)
+
+
+def call_remote(channel: _Channel | None, reference: Any, op: str, args: Any,
+                may_use_channel: bool = True) -> Deferred[Any]:
+    """Call op over the channel if it is open and can carry args, else over Foolscap."""
+    if may_use_channel and channel is not None and not channel.closed:
+        try:
+            return channel.call(op, args)
+        except (TypeError, ValueError, OverflowError):
+            pass  # arguments msgpack cannot hold: Foolscap carries them
+    return reference.callRemote(op, *args)
 
 
 def connect_engine(engine: Any, offer: dict[str, Any]) -> bool:

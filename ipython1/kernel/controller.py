@@ -113,15 +113,8 @@ class Controller(service.MultiService):
 
         def send(command: Command) -> Deferred[Any]:
             self._notify("command_started", {"engine_id": engine_id, "command": command})
-            d = None
-            channel = record.channel
-            if channel is not None and not channel.closed and command.op in commandchannel.OPS:
-                try:
-                    d = channel.call(command.op, command.args)
-                except (TypeError, ValueError, OverflowError):
-                    d = None  # arguments msgpack cannot hold: Foolscap carries them
-            if d is None:
-                d = engine.callRemote(command.op, *command.args)
+            d = commandchannel.call_remote(record.channel, engine, command.op, command.args,
+                                           command.op in commandchannel.OPS)
 
             def finished(reply: Any) -> Any:
                 self._notify("command_finished",
@@ -272,11 +265,9 @@ class Controller(service.MultiService):
         record = self.engines.get(engine_id)
         if record is None:
             return defer.fail(InvalidEngineID(f"no engine with id {engine_id}"))
-        channel = record.channel
-        if op in commandchannel.IMMEDIATE and channel is not None and not channel.closed:
-            # Behind the command it is meant for, never ahead of it.
-            return channel.call(op, args)
-        return record.ref.callRemote(op, *args)
+        # An interrupt takes the channel: behind the command it is meant for.
+        return commandchannel.call_remote(record.channel, record.ref, op, args,
+                                          op in commandchannel.IMMEDIATE)
 
     def queue_status(self, ids: list[int]) -> list[dict[str, Any]]:
         statuses = []

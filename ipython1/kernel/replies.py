@@ -16,7 +16,6 @@ which Foolscap carries as before; every reader accepts both forms.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -24,19 +23,27 @@ import msgpack
 PACKED = b"IPR1"  # prefix of a packed list of replies
 
 
+def dumps(value: Any) -> bytes:
+    """Encode plain data as msgpack: str stays str, bytes stay bytes."""
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def loads(data: Any) -> Any:
+    """Decode what dumps made (maps may have int keys, e.g. engine ids)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
 def encode(reply: Any) -> Any:
     """Return reply as msgpack bytes, or unchanged if msgpack cannot hold it."""
     try:
-        return msgpack.packb(reply, use_bin_type=True)
+        return dumps(reply)
     except (TypeError, ValueError, OverflowError):
         return reply
 
 
 def decode(reply: Any) -> Any:
     """Return a reply as a dict, whichever form it came in."""
-    if isinstance(reply, bytes):
-        return msgpack.unpackb(reply, raw=False, strict_map_key=False)
-    return reply
+    return loads(reply) if isinstance(reply, bytes) else reply
 
 
 def pack(replies: Any) -> Any:
@@ -57,16 +64,10 @@ def pack(replies: Any) -> Any:
 
 
 def unpack(answer: Any) -> Any:
-    """Undo pack(); anything else is returned unchanged (single replies decoded)."""
+    """Undo pack(); anything else is returned unchanged."""
     if isinstance(answer, bytes) and answer.startswith(PACKED):
-        return msgpack.unpackb(memoryview(answer)[len(PACKED):], raw=False,
-                               strict_map_key=False)
+        return loads(memoryview(answer)[len(PACKED):])
     return answer
-
-
-def decode_all(replies: Sequence[Any]) -> list[Any]:
-    """Decode each reply of a list (for readers on the controller)."""
-    return [decode(r) for r in replies]
 
 
 def _array_header(n: int) -> bytes:
