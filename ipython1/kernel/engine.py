@@ -203,16 +203,14 @@ def _cached_async_check(shell: Any) -> Callable[..., bool]:
 
     def should_run_async(raw_cell: str, *, transformed_cell: str | None = None,
                          preprocessing_exc_tuple: Any = None) -> bool:
-        if (transformed_cell is None or preprocessing_exc_tuple is not None
-                or not shell.autoawait or len(transformed_cell) > StaticTransformCache.MAX_CELL_CHARS):
+        if transformed_cell is None or preprocessing_exc_tuple is not None or not shell.autoawait:
             return ask(raw_cell, transformed_cell=transformed_cell,
                        preprocessing_exc_tuple=preprocessing_exc_tuple)
         answer = known.get(transformed_cell)
         if answer is None:
-            answer = known[transformed_cell] = bool(ask(
-                raw_cell, transformed_cell=transformed_cell, preprocessing_exc_tuple=None))
-            if len(known) > StaticTransformCache.MAX_CELLS:
-                del known[next(iter(known))]
+            answer = bool(ask(raw_cell, transformed_cell=transformed_cell,
+                              preprocessing_exc_tuple=None))
+            _remember_cell(known, transformed_cell, answer)
         return answer
 
     return should_run_async
@@ -252,11 +250,16 @@ class StaticTransformCache:
         done = self._cells.get(cell)
         if done is None:
             done = self._transform(cell)
-            if len(cell) <= self.MAX_CELL_CHARS:
-                if len(self._cells) >= self.MAX_CELLS:
-                    del self._cells[next(iter(self._cells))]  # the oldest
-                self._cells[cell] = done
+            _remember_cell(self._cells, cell, done)
         return done
+
+
+def _remember_cell(cells: dict[str, Any], cell: str, value: Any) -> None:
+    """Keep what a cell's text gave, for cells up to MAX_CELL_CHARS, the newest MAX_CELLS."""
+    if len(cell) <= StaticTransformCache.MAX_CELL_CHARS:
+        if len(cells) >= StaticTransformCache.MAX_CELLS:
+            del cells[next(iter(cells))]  # the oldest
+        cells[cell] = value
 
 
 def _plain(mapping: dict[str, Any]) -> dict[str, Any]:
