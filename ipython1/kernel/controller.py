@@ -265,9 +265,12 @@ class Controller(service.MultiService):
         record = self.engines.get(engine_id)
         if record is None:
             return defer.fail(InvalidEngineID(f"no engine with id {engine_id}"))
-        # An interrupt takes the channel: behind the command it is meant for.
-        return commandchannel.call_remote(record.channel, record.ref, op, args,
-                                          op in commandchannel.IMMEDIATE)
+        if op == "interrupt":
+            # A command on the channel may not have reached the engine yet: name
+            # it, so the engine stops it as it starts (and never a later one).
+            channel = record.channel
+            args = (channel.call_in_flight() if channel is not None else None, *args)
+        return record.ref.callRemote(op, *args)
 
     def queue_status(self, ids: list[int]) -> list[dict[str, Any]]:
         statuses = []

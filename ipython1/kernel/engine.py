@@ -16,6 +16,7 @@ import keyword
 import os
 import queue
 import re
+import select
 import signal
 import socket
 import sys
@@ -27,7 +28,7 @@ from typing import Any
 
 from foolscap.api import Referenceable
 from twisted.application import service
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -615,17 +616,45 @@ class ShellRunner:
         # running command: an interrupt for it stops it as it starts.
         self._not_started = 0
         self._interrupt_next = False
+        # The command channel, once open, is read on this thread (see
+        # commandchannel.EngineChannel); jobs from the reactor then wake it
+        # through a pipe. Interrupts name the channel call they are meant for.
+        self._channel: commandchannel.EngineChannel | None = None
+        self._channel_host: Any = None  # what runs the channel's calls (the engine)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a full pipe already wakes the shell
+        self._poll = select.poll()
+        self._poll.register(self._wake_r, select.POLLIN)
+        self._channel_seq = 0  # the last channel call started
+        self._interrupt_channel_seq: int | None = None
 
     def submit(self, job: Callable[[], Any]) -> Deferred[Any]:
         """Queue job for the shell thread; the Deferred fires with its reply."""
         d: Deferred[Any] = Deferred()
         with self._lock:
             self._not_started += 1
-        self._jobs.put((job, d))
+        self._put((job, d))
         return d
 
+    def open_channel(self, offer: dict[str, Any], host: Any) -> None:
+        """Connect the command channel on the shell thread; host runs its calls.
+
+        host.channel_job(op, args) gives (job, encode) or None for an unknown
+        op; host.output_idle() and host.drain_output() keep a command's live
+        output ahead of its reply.
+        """
+        self._put(("channel", offer, host))
+
     def stop(self) -> None:
-        self._jobs.put(None)
+        self._put(None)
+
+    def _put(self, item: Any) -> None:
+        self._jobs.put(item)
+        if self._channel is not None:  # the shell thread may be waiting on the channel
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass
 
     def run_forever(self) -> None:
         """Run jobs until stop(); call this on the shell thread."""
@@ -634,25 +663,99 @@ class ShellRunner:
             signal.signal(signal.SIGINT, self._on_sigint)
         while True:
             try:
-                item = self._jobs.get()
+                items = self._wait()
             except KeyboardInterrupt:
                 continue  # a late interrupt that missed its cell
-            if item is None:
-                return
-            job, d = item
-            BLOBS.settle()  # values lent to downloads stay unchanged until sent
-            reply = self._run(job)
-            reactor.callFromThread(d.callback, reply)
+            for item in items:
+                if item is None:
+                    return
+                if isinstance(item, bytes | bytearray):
+                    self._serve_channel_call(item)
+                elif item[0] == "channel":
+                    self._attach_channel(item[1], item[2])
+                else:
+                    job, d = item
+                    BLOBS.settle()  # values lent to downloads stay unchanged until sent
+                    reply = self._run(job)
+                    reactor.callFromThread(d.callback, reply)
 
-    def _run(self, job: Callable[[], Any]) -> dict[str, Any]:
+    def _wait(self) -> list[Any]:
+        """Return the next jobs from the reactor, or the next frames from the channel."""
+        channel = self._channel
+        if channel is None:
+            return [self._jobs.get()]
+        while True:
+            items = []
+            try:
+                while True:
+                    items.append(self._jobs.get_nowait())
+            except queue.Empty:
+                pass
+            if items:
+                return items
+            for fd, _event in self._poll.poll():
+                if fd == self._wake_r:
+                    os.read(fd, 4096)
+                    continue
+                frames = channel.receive()
+                if frames is None:  # the controller closed it: Foolscap from now on
+                    self._detach_channel()
+                    return []
+                if frames:
+                    return frames
+
+    def _attach_channel(self, offer: dict[str, Any], host: Any) -> None:
+        channel = commandchannel.EngineChannel.connect(offer)
+        if channel is None:
+            return
+        if self._channel is not None:
+            self._detach_channel()
+        with self._lock:
+            self._channel_seq, self._interrupt_channel_seq = 0, None
+        self._channel_host = host
+        self._poll.register(channel.fileno(), select.POLLIN)
+        self._channel = channel  # set last: from now on _put wakes the poll
+
+    def _detach_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            self._poll.unregister(channel.fileno())
+            channel.close()
+
+    def _serve_channel_call(self, frame: bytes) -> None:
+        channel = self._channel
+        try:
+            seq, op, args = replies.loads(frame)
+            found = self._channel_host.channel_job(op, args)
+        except (ValueError, TypeError) as e:
+            log.warn("command channel: bad frame ({e}); closing", e=e)
+            self._detach_channel()
+            return
+        if found is None:
+            channel.answer(seq, False, error_to_wire(
+                KernelError(f"unknown command {op!r}"), self.engine_id))
+            return
+        job, encode = found
+        BLOBS.settle()
+        reply = self._run(job, channel_seq=seq)
+        if not self._channel_host.output_idle():
+            # The reply must not overtake the command's last output (on Foolscap).
+            threads.blockingCallFromThread(reactor, self._channel_host.drain_output)
+        channel.answer(seq, True, replies.encode(reply) if encode else reply)
+
+    def _run(self, job: Callable[[], Any], channel_seq: int | None = None) -> dict[str, Any]:
         try:
             try:
                 with self._lock:
                     self._busy = True
                     self._held_interrupt = False
                     self._job_seq += 1
-                    self._not_started -= 1
-                    interrupted, self._interrupt_next = self._interrupt_next, False
+                    if channel_seq is None:
+                        self._not_started -= 1
+                        interrupted, self._interrupt_next = self._interrupt_next, False
+                    else:
+                        self._channel_seq = channel_seq
+                        interrupted = self._interrupt_channel_seq == channel_seq
                 if interrupted:
                     raise KeyboardInterrupt  # interrupted before it could start
                 value = job()
@@ -679,6 +782,8 @@ class ShellRunner:
     def _on_sigint(self, signum: int, frame: Any) -> None:
         """Raise KeyboardInterrupt, unless IPython would swallow it: then hold it."""
         self._sigints_seen = self._sigints_sent
+        if not self._busy:
+            return  # late, its job is over: never break a reply being sent
         if self.in_cell and not self._in_user_code:
             self._held_interrupt = True
             return
@@ -708,10 +813,20 @@ class ShellRunner:
     def busy(self) -> bool:
         return self._busy
 
-    def interrupt(self) -> bool:
-        """Raise KeyboardInterrupt in the running job; False if idle."""
+    def interrupt(self, channel_seq: int | None = None) -> bool:
+        """Raise KeyboardInterrupt in the running job; False if idle.
+
+        With channel_seq, only in that command channel call: at once if it
+        runs, as it starts if it has not yet; False if it is over.
+        """
         with self._lock:
-            if not self._busy and self._not_started > 0:
+            if channel_seq is not None:
+                if channel_seq > self._channel_seq:
+                    self._interrupt_channel_seq = channel_seq
+                    return True
+                if channel_seq < self._channel_seq:
+                    return False
+            elif not self._busy and self._not_started > 0:
                 self._interrupt_next = True
                 return True
             if not self._busy or self.thread_ident is None:
@@ -777,6 +892,29 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         d = self._runner.submit(lambda: getattr(self._kernel_now(), method)(*args))
         return d.addBoth(self._flushed).addCallback(replies.encode)
 
+    # What the command channel's calls run (on the shell thread): op -> kernel method.
+    KERNEL_METHODS = {"execute": "execute", "push": "push", "pull": "pull", "apply": "apply",
+                      "get_result": "get_result", "keys": "keys", "reset": "reset",
+                      "history": "input_history", "inspect": "inspect", "who": "who",
+                      "whos": "whos", "complete": "complete"}
+
+    def channel_job(self, op: Any, args: Any) -> tuple[Callable[[], Any], bool] | None:
+        """Return (job, whether its reply is msgpack-encoded) for a channel call."""
+        if not isinstance(args, list):
+            return None
+        if op == "run_tasks":
+            return self._tasks_job(*args), False
+        method = self.KERNEL_METHODS.get(op)
+        if method is None:
+            return None
+        return (lambda: getattr(self._kernel_now(), method)(*args)), True
+
+    def output_idle(self) -> bool:
+        return self.stream.idle()
+
+    def drain_output(self) -> Deferred[None]:
+        return self.stream.drain()
+
     def remote_execute(self, code: str) -> Deferred[Any]:
         return self._submit("execute", code)
 
@@ -823,12 +961,15 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         # Let Foolscap send the answer before the process goes.
         reactor.callLater(0.05, os._exit, 0)
 
-    def remote_interrupt(self) -> bool:
-        return self._runner.interrupt()
+    def remote_interrupt(self, channel_seq: int | None = None) -> bool:
+        return self._runner.interrupt(channel_seq)
 
     def remote_open_command_channel(self, engine_id: int, offer: dict[str, Any]) -> bool:
         """Take queued commands over the controller's local socket (see commandchannel)."""
-        return commandchannel.connect_engine(self, offer)
+        if not commandchannel.valid_engine_offer(offer):
+            return False
+        self._runner.open_channel(offer, self)
+        return True
 
     def remote_open_transfer(self, pairing_id: bytes, secret: bytes, relay_port: int,
                              direction: str, blob_id: bytes, sizes: list[int]) -> bool:
@@ -840,18 +981,19 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
             return True
         if self.tls_context is None or self.controller_host is None:
             raise datachannel.TransferError("this engine has no data channel")
-        from twisted.internet import threads
-
         d = threads.deferToThread(
             datachannel.engine_transfer, self.tls_context, f"{self.controller_host}:{relay_port}",
             pairing_id, secret, direction, blob_id, sizes, BLOBS)
         d.addErrback(lambda f: log.warn("data transfer failed: {e}", e=f.getErrorMessage()))
         return True
 
-    def remote_run_tasks(self, batch: list[dict[str, Any]]) -> Deferred[Any]:
+    def _tasks_job(self, batch: list[dict[str, Any]]) -> Callable[[], Any]:
         if not hasattr(self, "_watchdog"):
             self._watchdog = TaskWatchdog(self._runner)
-        return self._runner.submit(lambda: self._kernel_now().run_tasks(batch, self._watchdog))
+        return lambda: self._kernel_now().run_tasks(batch, self._watchdog)
+
+    def remote_run_tasks(self, batch: list[dict[str, Any]]) -> Deferred[Any]:
+        return self._runner.submit(self._tasks_job(batch))
 
     def remote_properties(self) -> dict[str, Any]:
         return dict(self._info, busy=self._runner.busy)

@@ -202,7 +202,8 @@ class RIEngine(RemoteInterface):
     def kill():
         return None
 
-    def interrupt():
+    def interrupt(channel_seq=ChoiceOf(int, None)):
+        """Stop the running command, or the command channel call channel_seq."""
         return bool
 
     def open_transfer(pairing_id=Token, secret=Token, relay_port=int, direction=Name,

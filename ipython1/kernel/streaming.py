@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from foolscap.api import Referenceable
+from twisted.internet.defer import Deferred, succeed
 
 MAX_PENDING = 4_000_000  # characters waiting to be sent from one engine
 FLUSH_DELAY = 0.05  # seconds: output is sent at most this often while a command runs
@@ -36,7 +37,7 @@ Chunk = list  # [stream name, text]
 class OutputBatcher:
     """Coalesce output written on any thread; send it from the reactor thread."""
 
-    def __init__(self, send: Callable[[list[Chunk]], None], delay: float = FLUSH_DELAY,
+    def __init__(self, send: Callable[[list[Chunk]], Any], delay: float = FLUSH_DELAY,
                  call_from_thread: Callable[..., Any] | None = None, clock: Any = None,
                  max_pending: int = MAX_PENDING) -> None:
         if call_from_thread is None or clock is None:
@@ -54,6 +55,8 @@ class OutputBatcher:
         self._pending = 0
         self._dropped = 0
         self._scheduled = False
+        self._in_flight: set[Any] = set()  # sends not yet acknowledged (reactor thread)
+        self._drain_waiters: list[Deferred[None]] = []
 
     def write(self, name: str, text: str) -> None:
         """Queue text written to stream name (called on the shell thread)."""
@@ -83,7 +86,34 @@ class OutputBatcher:
         if dropped:
             chunks.append(["stderr", f"\n[ipython1: {dropped} characters of live output "
                                      "dropped; the full output is in the result]\n"])
-        return self._send(chunks) if chunks else None
+        if not chunks:
+            return None
+        sent = self._send(chunks)
+        if isinstance(sent, Deferred):
+            self._in_flight.add(sent)
+            sent.addBoth(self._acknowledged, sent)
+        return sent
+
+    def _acknowledged(self, result: Any, sent: Deferred[Any]) -> Any:
+        self._in_flight.discard(sent)
+        if not self._in_flight:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        return result
+
+    def idle(self) -> bool:
+        """Tell whether all output written so far has been sent and acknowledged."""
+        return not self._scheduled and not self._in_flight
+
+    def drain(self) -> Deferred[None]:
+        """Send what is waiting; fire once every send so far is acknowledged (reactor thread)."""
+        self.flush()
+        if not self._in_flight:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append(waiter)
+        return waiter
 
 
 class OutputReceiver(Referenceable):  # type: ignore[misc]
