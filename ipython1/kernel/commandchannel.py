@@ -292,6 +292,7 @@ class EngineChannel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.fd = sock.fileno()  # kept: a closed socket forgets it
         self._buffer = bytearray()
         self.closed = False
 
@@ -315,9 +316,6 @@ class EngineChannel:
             log.warn("command channel: cannot connect ({e}); commands take Foolscap", e=e)
             sock.close()
             return None
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     def receive(self) -> list[Any] | None:
         """Read what has come (blocks until something has); return the whole frames.

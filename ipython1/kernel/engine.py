@@ -713,13 +713,13 @@ class ShellRunner:
         with self._lock:
             self._channel_seq, self._interrupt_channel_seq = 0, None
         self._channel_host = host
-        self._poll.register(channel.fileno(), select.POLLIN)
+        self._poll.register(channel.fd, select.POLLIN)
         self._channel = channel  # set last: from now on _put wakes the poll
 
     def _detach_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None:
-            self._poll.unregister(channel.fileno())
+            self._poll.unregister(channel.fd)
             channel.close()
 
     def _serve_channel_call(self, frame: bytes) -> None:

@@ -1,10 +1,13 @@
-"""The command channel's handshake, in-process: who may attach to an engine's queue."""
+"""The command channel in-process: who may attach to an engine's queue, and the engine's end."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -121,3 +124,124 @@ def test_a_session_offer_lets_its_client_call_the_session_only(server: Any) -> N
         assert (seq, ok) == (4, False) and "command channel" in error["evalue"]
     finally:
         sock.close()
+
+
+# -- the engine's end: read and answered on the shell thread --------------------------
+
+
+def test_the_engine_end_reads_whole_frames_however_they_arrive() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        channel = commandchannel.EngineChannel(ours)
+        small = [msgpack.packb([i, "keys", []]) for i in (1, 2)]
+        big = msgpack.packb([3, "push", [b"x" * 300_000]])
+        wire = b"".join(struct.pack("!I", len(f)) + f for f in [*small, big])
+        theirs.sendall(wire[:2])  # half a header
+        assert channel.receive() == []
+        # The rest in two writes (the big frame split), from another thread:
+        # the socket buffer cannot hold it all.
+        sender = threading.Thread(target=lambda: (theirs.sendall(wire[2:-100_000]),
+                                                  theirs.sendall(wire[-100_000:])))
+        sender.start()
+        frames: list[Any] = []
+        while len(frames) < 3:
+            frames += channel.receive()
+        sender.join(10)
+        assert [msgpack.unpackb(f) for f in frames[:2]] == [[1, "keys", []], [2, "keys", []]]
+        assert bytes(frames[2]) == big
+        channel.answer(7, True, b"reply")
+        (size,) = struct.unpack("!I", theirs.recv(4, socket.MSG_WAITALL))
+        assert msgpack.unpackb(theirs.recv(size, socket.MSG_WAITALL)) == [7, True, b"reply"]
+        channel.answer(8, True, {1, 2})  # msgpack cannot hold a set: an error, not silence
+        (size,) = struct.unpack("!I", theirs.recv(4, socket.MSG_WAITALL))
+        seq, ok, error = msgpack.unpackb(theirs.recv(size, socket.MSG_WAITALL))
+        assert (seq, ok) == (8, False) and "cannot be sent" in error["evalue"]
+        theirs.close()
+        assert channel.receive() is None and channel.closed
+    finally:
+        ours.close()
+        theirs.close()
+
+
+class EchoEngine:
+    """Stands in for EngineReferenceable: what the runner asks of its channel's host."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def channel_job(self, op: str, args: list[Any]) -> Any:
+        if op != "echo":
+            return None
+
+        def job() -> Any:
+            self.threads.append(threading.get_ident())
+            return args[0]
+
+        return job, False
+
+    def output_idle(self) -> bool:
+        return True
+
+
+def test_channel_calls_run_on_the_shell_thread_and_interrupts_name_their_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipython1.kernel import engine as engine_module
+    from ipython1.kernel.engine import ShellRunner
+
+    name = f"@ipython1-test-{os.getpid()}-{time.monotonic_ns()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + name[1:])
+    listener.listen(1)
+    listener.settimeout(10)
+    runner, host = ShellRunner(), EchoEngine()
+    shell = threading.Thread(target=runner.run_forever, daemon=True)
+    shell.start()
+    conn = None
+    try:
+        offer = {"socket": name, "kind": "engine", "id": 5, "secret": b"s" * 16,
+                 "pid": os.getpid()}
+        runner.open_channel(offer, host)
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        assert _receive(conn) == ["engine", 5, b"s" * 16]
+
+        def call(seq: int, op: str, *args: Any) -> Any:
+            _send(conn, [seq, op, list(args)])
+            answer = _receive(conn)
+            assert answer[0] == seq
+            return answer[1:]
+
+        ok, reply = call(1, "echo", "hi")
+        assert ok and reply["status"] == "ok" and reply["value"] == "hi"
+        assert host.threads == [runner.thread_ident]  # the shell thread ran it
+        assert not runner.interrupt(channel_seq=1)  # over: nothing to stop
+        assert runner.interrupt(channel_seq=2)  # not read yet: stopped as it starts
+        ok, reply = call(2, "echo", "never")
+        assert reply["status"] == "error" and reply["error"]["ename"] == "KeyboardInterrupt"
+        ok, reply = call(3, "echo", "after")  # the interrupt was for 2 only
+        assert reply["status"] == "ok" and reply["value"] == "after"
+        assert len(host.threads) == 2
+        ok, error = call(4, "nope")
+        assert not ok and "unknown command" in error["evalue"]
+        # Jobs from the reactor still run while the shell waits on the channel.
+        delivered = threading.Event()
+        monkeypatch.setattr(engine_module, "reactor", SimpleNamespace(
+            callFromThread=lambda f, *a: (f(*a), delivered.set())))
+        replies: list[Any] = []
+        runner.submit(lambda: "from the reactor").addCallback(replies.append)
+        assert delivered.wait(10) and replies[0]["value"] == "from the reactor"
+        # The controller closes the channel: the queue alone goes on.
+        conn.close()
+        delivered.clear()
+        end = time.monotonic() + 10
+        while runner._channel is not None and time.monotonic() < end:
+            time.sleep(0.01)
+        runner.submit(lambda: "still").addCallback(replies.append)
+        assert delivered.wait(10) and replies[1]["value"] == "still"
+    finally:
+        runner.stop()
+        shell.join(10)
+        listener.close()
+        if conn is not None:
+            conn.close()
+    assert not shell.is_alive()
