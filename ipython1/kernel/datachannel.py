@@ -319,6 +319,11 @@ def buffer_for(size: int) -> bytearray | mmap.mmap:
     return POOL.acquire(size)
 
 
+def join_buffer(size: int) -> mmap.mmap | None:
+    """Return `POOL` memory for a large joined value (see scatter.join), else None."""
+    return POOL.acquire(size) if size >= HUGE_MIN else None
+
+
 def _mapping(size: int) -> mmap.mmap:
     """Map size bytes of fresh, zeroed memory, advised to use huge pages."""
     # Measured and not taken: MAP_POPULATE (populated before the advice, so
