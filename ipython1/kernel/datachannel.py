@@ -409,12 +409,12 @@ class BufferPool:
                     self.reused += 1
                     return entry.buf  # type: ignore[no-any-return]
         buf = _mapping(size)
-        self.made += 1
-        if self.limit and size <= self.limit:
-            with self._lock:
-                if len(self._entries) < self.tracked and not self._closed:
-                    self._entries.append(_Entry(buf))
-                    self._start_reaper()
+        with self._lock:
+            self.made += 1
+            if (self.limit and size <= self.limit and len(self._entries) < self.tracked
+                    and not self._closed):
+                self._entries.append(_Entry(buf))
+                self._start_reaper()
         return buf
 
     def trim(self) -> None:
@@ -426,8 +426,7 @@ class BufferPool:
         """Forget every buffer (unmapping the unused ones) and stop the reaper."""
         with self._lock:
             self._closed = True
-            self._scan(float("inf"))
-            self._entries.clear()
+            self._entries.clear()  # the last reference to the unused ones: unmapped
             self._wake.notify_all()
         reaper = self._reaper
         if reaper is not None and reaper is not threading.current_thread():
@@ -444,8 +443,9 @@ class BufferPool:
 
     def _fitting(self, size: int) -> _Entry | None:
         """Return the smallest unused entry that fits size, cut to size; None if none."""
+        most = size + size // POOL_SLACK
         fits = sorted((e for e in self._entries
-                       if e.unused_since is not None and size <= len(e.buf) <= size + size // POOL_SLACK),
+                       if e.unused_since is not None and size <= len(e.buf) <= most),
                       key=lambda e: len(e.buf))
         for entry in fits:
             if len(entry.buf) == size:
