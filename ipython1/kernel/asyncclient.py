@@ -419,7 +419,7 @@ class AsyncMultiEngineClient:
         d = self.pull(key, targets=targets, block=block)
         if not block:
             return d.addCallback(_then_join)
-        return d.addCallback(lambda parts: scatter_mod.join(
+        return d.addCallback(lambda parts: _join(
             parts if isinstance(parts, list) and not isinstance(targets, int) else [parts]))
 
     def map(self, func: Callable[..., Any], *seqs: Sequence[Any], targets: Any = "all",
@@ -592,14 +592,19 @@ class _JoiningPending(AsyncPendingResult):
 def _join_parts(parts: Any) -> Any:
     if parts and isinstance(parts[0], list):
         return [x for chunk in parts for x in chunk]
-    return scatter_mod.join(parts)
+    return _join(parts)
+
+
+def _join(parts: list[Any]) -> Any:
+    """Join gathered parts; a large array lands in reused memory (datachannel.POOL)."""
+    return scatter_mod.join(parts, buffer=datachannel.join_buffer)
 
 
 def _then_join(pending: AsyncPendingResult) -> AsyncPendingResult:
     class _Gather(AsyncPendingResult):
         def get_result(self, block: bool = True) -> Deferred[Any]:
             d = AsyncPendingResult.get_result(self, block)
-            return d.addCallback(lambda parts: scatter_mod.join(
+            return d.addCallback(lambda parts: _join(
                 parts if isinstance(parts, list) else [parts]))
 
     return _Gather(pending.client, pending.id, pending._finish)

@@ -24,9 +24,10 @@ imported it, so it is looked up in ``sys.modules``.
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, SupportsIndex
 
 __all__ = ["join", "partition", "partitions"]
@@ -58,14 +59,18 @@ def partitions(seq: Any, n: SupportsIndex, flatten: bool = False) -> list[Any]:
     return [_part(seq, *_bounds(length, count, which), flatten) for which in range(count)]
 
 
-def join(parts: Sequence[Any]) -> Any:
-    """Put parts back together in order; the inverse of `partitions`."""
+def join(parts: Sequence[Any], buffer: Callable[[int], Any] | None = None) -> Any:
+    """Put parts back together in order; the inverse of `partitions`.
+
+    buffer(nbytes), if given, may return writable memory of nbytes (or None)
+    for joined arrays to be built on, instead of memory NumPy allocates.
+    """
     parts = list(parts)
     if not parts:
         return []
     np = sys.modules.get("numpy")
     if np is not None and any(isinstance(part, np.ndarray) for part in parts):
-        joined = _join_arrays(np, parts)
+        joined = _join_arrays(np, parts, buffer)
         if joined is not None:
             return joined
     if all(type(part) is tuple for part in parts):
@@ -124,7 +129,7 @@ def _part(seq: Any, start: int, stop: int, flatten: bool) -> Any:
     return list(itertools.islice(seq, start, stop))
 
 
-def _join_arrays(np: Any, parts: list[Any]) -> Any:
+def _join_arrays(np: Any, parts: list[Any], buffer: Callable[[int], Any] | None = None) -> Any:
     """Concatenate array parts along axis 0, or return None if they are not all arrays."""
     if not all(isinstance(part, (np.ndarray, np.generic)) for part in parts):
         return None
@@ -136,4 +141,27 @@ def _join_arrays(np: Any, parts: list[Any]) -> Any:
     dtype = dtypes.pop() if len(dtypes) == 1 else None
     # A part one dimension short is a row that flatten took out of its part.
     rows = [part if part.ndim == ndim else part[np.newaxis] for part in parts]
+    out = None if buffer is None else _empty_on(np, rows, dtype, buffer)
+    if out is not None:
+        return np.concatenate(rows, out=out)
     return np.concatenate(rows, dtype=dtype)
+
+
+def _empty_on(np: Any, rows: list[Any], dtype: Any, buffer: Callable[[int], Any]) -> Any:
+    """Return an array on buffer(nbytes) that rows concatenate into, or None."""
+    tail = rows[0].shape[1:]
+    if any(row.shape[1:] != tail for row in rows):
+        return None  # concatenate says what is wrong
+    if dtype is None:
+        try:
+            dtype = np.result_type(*{row.dtype for row in rows})
+        except TypeError:
+            return None
+    if dtype.hasobject:
+        return None
+    shape = (sum(row.shape[0] for row in rows), *tail)
+    count = math.prod(shape)
+    memory = buffer(count * dtype.itemsize) if count else None
+    if memory is None:
+        return None
+    return np.frombuffer(memory, dtype=dtype, count=count).reshape(shape)

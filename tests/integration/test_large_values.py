@@ -189,3 +189,35 @@ def test_another_user_is_refused_by_the_engine_even_with_a_valid_ticket(make_clu
     assert datachannel.TRANSFERS["local"] - before.get("local", 0) == 1
     assert mec.apply(lambda: __import__("ipython1.kernel.engine").kernel.engine.BLOBS.__len__(),
                      targets=0) == 0
+
+
+def _pool_reused() -> int:
+    from ipython1.kernel import datachannel
+
+    return datachannel.POOL.stats()["reused"]
+
+
+def test_reused_receive_buffers_leave_kept_views_intact(make_cluster):
+    cluster = make_cluster(1)
+    mec = cluster.client(timeout=120)
+    rng = np.random.default_rng(6)
+    n = 3 * 2**20 // 8  # 3 MiB: received into pooled mappings on both ends
+    first = rng.random(n)
+    mec.push({"a": first}, targets=0)
+    mec.execute("kept = a[1000:2000]", targets=0)  # a view on the engine of what was pushed
+    pulled = mec.pull("a", targets=0)
+    kept = pulled[5:50_000:7]  # a view here of what was pulled
+    expected = kept.copy()
+    del pulled
+    client_before, engine_before = _pool_reused(), mec.apply(_pool_reused, targets=0)
+    for _ in range(6):
+        value = rng.random(n)
+        mec.push({"a": value}, targets=0)
+        back = mec.pull("a", targets=0)
+        assert np.array_equal(back, value)
+        del back
+    assert np.array_equal(kept, expected)
+    assert np.array_equal(mec.pull("kept", targets=0), first[1000:2000])
+    # The transfers did reuse memory on both ends (else this tested nothing).
+    assert _pool_reused() - client_before >= 5
+    assert mec.apply(_pool_reused, targets=0) - engine_before >= 4

@@ -200,3 +200,41 @@ def test_import_does_not_import_numpy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.strip() == "False"
+
+
+@given(array=hnp.arrays(st.sampled_from([np.float64, np.dtype(">i4"), np.dtype("u1,f8")]),
+                        hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6)),
+       n=st.integers(1, 5))
+def test_join_into_given_memory_equals_a_plain_join(array: np.ndarray, n: int) -> None:
+    given_memory: list[bytearray] = []
+
+    def buffer(nbytes: int) -> bytearray:
+        given_memory.append(bytearray(b"\xff" * nbytes))  # stale bytes must not show
+        return given_memory[-1]
+
+    parts = partitions(array, n)
+    joined = join(parts, buffer=buffer)
+    plain = join(parts)
+    assert joined.dtype == plain.dtype and joined.shape == plain.shape
+    assert joined.tobytes() == plain.tobytes()
+    if array.size:  # built on the memory given, not a copy of it
+        assert len(given_memory) == 1
+        assert np.shares_memory(joined, np.frombuffer(given_memory[0], dtype=np.uint8))
+
+
+def test_join_falls_back_where_given_memory_cannot_serve() -> None:
+    asked: list[int] = []
+
+    def buffer(nbytes: int) -> None:
+        asked.append(nbytes)
+        return None  # e.g. too small to be worth it
+
+    assert join([np.arange(3), np.arange(2)], buffer=buffer).tolist() == [0, 1, 2, 0, 1]
+    assert asked == [5 * np.arange(1).itemsize]
+    objects = join([np.array([1, None], dtype=object), np.array(["x"], dtype=object)],
+                   buffer=lambda nbytes: pytest.fail("no raw memory for object arrays"))
+    assert objects.tolist() == [1, None, "x"]
+    mixed = join([np.zeros(2, np.int32), np.ones(1)], buffer=lambda nbytes: bytearray(nbytes))
+    assert mixed.dtype == np.float64 and mixed.tolist() == [0, 0, 1]
+    with pytest.raises(ValueError, match="dimensions"):  # concatenate's own error
+        join([np.zeros((2, 3)), np.zeros((2, 4))], buffer=lambda nbytes: bytearray(nbytes))
