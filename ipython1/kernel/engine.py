@@ -685,6 +685,9 @@ class ShellRunner:
         if channel is None:
             return [self._jobs.get()]
         while True:
+            if channel.closed:  # the controller closed it: Foolscap from now on
+                self._detach_channel()
+                return []
             items = []
             try:
                 while True:
@@ -698,9 +701,6 @@ class ShellRunner:
                     os.read(fd, 4096)
                     continue
                 frames = channel.receive()
-                if frames is None:  # the controller closed it: Foolscap from now on
-                    self._detach_channel()
-                    return []
                 if frames:
                     return frames
 
@@ -724,6 +724,8 @@ class ShellRunner:
 
     def _serve_channel_call(self, frame: bytes) -> None:
         channel = self._channel
+        if channel is None or channel.closed:
+            return  # a frame behind a bad one, or the controller is gone
         try:
             seq, op, args = replies.loads(frame)
             found = self._channel_host.channel_job(op, args)
