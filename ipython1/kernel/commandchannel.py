@@ -76,6 +76,15 @@ def enabled() -> bool:
 # -- both ends: calls one way, answers the other ---------------------------------------
 
 
+def answer_frame(seq: int, ok: bool, payload: Any) -> bytes:
+    """Encode [seq, ok, payload]; an answer msgpack cannot hold becomes an error."""
+    try:
+        return dumps([seq, ok, payload])
+    except (TypeError, ValueError, OverflowError) as e:
+        return dumps([seq, False, error_to_wire(KernelError(f"the answer cannot be sent: {e}"))])
+
+
+
 class _Channel(Int32StringReceiver):
     """Length-prefixed msgpack frames: calls [seq, op, args], answers [seq, ok, payload]."""
 
@@ -120,12 +129,8 @@ class _Channel(Int32StringReceiver):
                        lambda f: self._answer(seq, False, error_to_wire(f.value, error_id)))
 
     def _answer(self, seq: int, ok: bool, payload: Any) -> None:
-        try:
-            frame = dumps([seq, ok, payload])
-        except (TypeError, ValueError, OverflowError) as e:
-            frame = dumps([seq, False, error_to_wire(KernelError(f"the answer cannot be sent: {e}"))])
         if self.connected:
-            self.sendString(frame)
+            self.sendString(answer_frame(seq, ok, payload))
 
     def _bad_frame(self, why: str) -> None:
         log.warn("command channel: {why}; closing", why=why)
@@ -261,22 +266,6 @@ class CommandChannelServer:
 # -- the engine's and the client's ends -------------------------------------------------------
 
 
-class _ConnectingEnd(_Channel):
-    """Checks that the controller serves the socket, then says who it is."""
-
-    def __init__(self, offer: dict[str, Any]) -> None:
-        super().__init__()
-        self.offer = offer
-
-    def connectionMade(self) -> None:
-        pid, uid = peer_credentials(self.transport.getHandle())
-        if pid != self.offer["pid"] or uid != os.getuid():
-            log.warn("command channel: the socket is not served by the controller")
-            self.transport.loseConnection()
-            return
-        self.sendString(dumps([self.offer["kind"], self.offer["id"], self.offer["secret"]]))
-
-
 class EngineChannel:
     """The engine's end, read and written on the engine's shell thread.
 
@@ -366,13 +355,9 @@ class EngineChannel:
             self.sock.sendall(header + frame)
 
     def answer(self, seq: int, ok: bool, payload: Any) -> None:
-        """Send [seq, ok, payload]; an answer msgpack cannot hold becomes an error."""
+        """Send [seq, ok, payload]."""
         try:
-            frame = dumps([seq, ok, payload])
-        except (TypeError, ValueError, OverflowError) as e:
-            frame = dumps([seq, False, error_to_wire(KernelError(f"the answer cannot be sent: {e}"))])
-        try:
-            self.send(frame)
+            self.send(answer_frame(seq, ok, payload))
         except OSError:
             self.closed = True  # the controller went away: its owner closes it
 
@@ -382,14 +367,24 @@ class EngineChannel:
         self.sock.close()
 
 
-class ClientEnd(_ConnectingEnd):
+class ClientEnd(_Channel):
     """A client's end: its session's calls go out here once the controller said ok."""
 
     lost_message = "the controller's command channel closed"
 
     def __init__(self, offer: dict[str, Any]) -> None:
-        super().__init__(offer)
+        super().__init__()
+        self.offer = offer
         self.ready: Deferred[ClientEnd] = Deferred()
+
+    def connectionMade(self) -> None:
+        """Check that the controller serves the socket, then say who we are."""
+        pid, uid = peer_credentials(self.transport.getHandle())
+        if pid != self.offer["pid"] or uid != os.getuid():
+            log.warn("command channel: the socket is not served by the controller")
+            self.transport.loseConnection()
+            return
+        self.sendString(dumps([self.offer["kind"], self.offer["id"], self.offer["secret"]]))
 
     def stringReceived(self, data: bytes) -> None:
         try:
