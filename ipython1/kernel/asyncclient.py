@@ -562,12 +562,10 @@ class AsyncMultiEngineClient:
 
     def connect_tasks(self) -> Deferred[Any]:
         """Fire with an AsyncTaskClient for the task farm, acting as this client's user."""
-        from ipython1.kernel.taskclient import AsyncTaskClient
-
         if self._lost is not None:
             return defer.fail(ConnectionLost(self._lost))
         d = _connect_tasks(self._session)
-        return d.addCallback(lambda s: AsyncTaskClient(s, None, self.furl, self._session))
+        return d.addCallback(_task_client, None, self.furl, self._session)
 
     def disconnect(self) -> None:
         """Drop the connection to the controller."""
@@ -713,7 +711,6 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
     """Connect to a controller's task farm; fire with an AsyncTaskClient."""
     from ipython1.kernel.cluster import TASK_FURL
     from ipython1.kernel.interfaces import RIMultiEngine
-    from ipython1.kernel.taskclient import AsyncTaskClient
 
     furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
     tub, root, session = yield _open_session(furl, timeout)
@@ -727,7 +724,17 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
     except Exception:
         tub.stopService()
         raise
-    return AsyncTaskClient(session, tub, furl, parent)
+    client = yield _task_client(session, tub, furl, parent)
+    return client
+
+
+@defer.inlineCallbacks
+def _task_client(session: Any, tub: Any, furl: str, parent: Any) -> Any:
+    """Make an AsyncTaskClient, over the local command channel if it can be opened."""
+    from ipython1.kernel.taskclient import AsyncTaskClient
+
+    channel = yield _open_command_channel(session)
+    return AsyncTaskClient(session, tub, furl, parent, channel)
 
 
 def _connect_tasks(session: Any) -> Deferred[Any]:

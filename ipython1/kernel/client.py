@@ -564,6 +564,11 @@ class TaskClient:
         return _wait(self._loop.submit(method, *args, **kwargs),
                      self.timeout if timeout is None else timeout)
 
+    @property
+    def local_channel(self) -> bool:
+        """Tell whether calls take the controller's local command channel (same host)."""
+        return bool(self._async.local_channel)
+
     def run(self, task: Any) -> int:
         """Queue a StringTask or MapTask; return its task id at once."""
         if not hasattr(task, "to_wire"):

@@ -22,8 +22,9 @@ over a lean channel beside Foolscap:
 
 4. A client on the same host reaches its session the same way (the offer
    comes from ``open_command_channel`` on the session, and the controller
-   says ok before the first call); its calls are checked against the same
-   Foolscap schemas and reach the same session methods.
+   says ok before the first call); its calls are checked against the
+   session's own Foolscap schemas (``RIMultiEngineSession``,
+   ``RITaskFarmSession``) and reach the same session methods.
 
 The engine reads and answers its frames on its shell thread (see
 `EngineChannel`), so an ``interrupt`` cannot take the channel: it goes over
@@ -32,7 +33,7 @@ call whether it is running or not read yet (never a later one).
 Everything else (registration, kill, live output, transfers, engine death,
 calls that pass Foolscap references) stays on Foolscap. If the channel cannot
 be set up, or a command's arguments do not fit msgpack, commands go over
-Foolscap as before. ``IPYTHON1_COMMAND_CHANNEL=0`` in the controller's (or a
+Foolscap as before (a client's calls in their order: `SessionCalls`). ``IPYTHON1_COMMAND_CHANNEL=0`` in the controller's (or a
 client's) environment turns it off.
 """
 
@@ -67,6 +68,8 @@ MAX_FRAME = 2**31 - 1
 # Session methods that take or give Foolscap references stay on Foolscap.
 SESSION_FOOLSCAP_ONLY = frozenset({"connect", "connect_tasks", "subscribe_output",
                                    "subscribe_events", "open_command_channel"})
+# A client's no-op: answered as soon as read, so every call before it has arrived.
+SYNC = "_sync"
 
 
 def enabled() -> bool:
@@ -186,13 +189,15 @@ class ControllerEnd(_Channel):
         self._call_session(first, second, third)
 
     def _call_session(self, seq: Any, method: Any, args: Any) -> None:
-        from ipython1.kernel.interfaces import RIMultiEngineSession
-
+        if method == SYNC:  # every earlier call has been handed to the session
+            self._answer(seq, True, None)
+            return
         try:
             if method in SESSION_FOOLSCAP_ONLY or not isinstance(args, list):
                 raise KeyError(method)
-            schema = RIMultiEngineSession[method]
-        except KeyError:
+            # The session's own RemoteInterface (RIMultiEngineSession, RITaskFarmSession...).
+            schema = self.session.getInterface()[method]
+        except (KeyError, TypeError):
             self._answer(seq, False, error_to_wire(KernelError(
                 f"{method!r} cannot be called over the command channel")))
             return
@@ -411,6 +416,73 @@ def call_remote(channel: _Channel | None, reference: Any, op: str, args: Any,
         except (TypeError, ValueError, OverflowError):
             pass  # arguments msgpack cannot hold: Foolscap carries them
     return reference.callRemote(op, *args)
+
+
+class SessionCalls:
+    """Send a session's calls over the channel when they fit, else Foolscap; keep their order.
+
+    The controller reads the channel and the Foolscap connection separately,
+    so a call that must take Foolscap (its arguments do not fit msgpack)
+    could overtake channel calls sent before it, and channel calls sent after
+    it could overtake it (a ``submit`` behind the ``wait`` on its tasks).
+    So the path only changes once the other one is drained: before a call
+    leaves the channel for Foolscap while channel calls are unanswered, a
+    ``SYNC`` goes over the channel and this call and later ones are held until
+    it is answered (the controller has then handed every earlier call to the
+    session); while a Foolscap call is unanswered, later calls take Foolscap too.
+    """
+
+    def __init__(self, channel: _Channel | None, reference: Any) -> None:
+        self.channel = channel
+        self.reference = reference
+        self._foolscap_busy = 0  # Foolscap calls sent, not answered
+        self._unsynced = False  # channel calls sent since the last SYNC answer
+        self._held: list[tuple[str, Any, bool, Deferred[Any]]] | None = None
+
+    @property
+    def local(self) -> bool:
+        """Tell whether calls that fit msgpack take the channel."""
+        return self.channel is not None and not self.channel.closed
+
+    def call(self, op: str, args: Any, may_use_channel: bool = True) -> Deferred[Any]:
+        """Call op with args on the session; fire with its answer."""
+        if self._held is not None:
+            d: Deferred[Any] = Deferred()
+            self._held.append((op, args, may_use_channel, d))
+            return d
+        return self._send(op, args, may_use_channel)
+
+    def _send(self, op: str, args: Any, may_use_channel: bool) -> Deferred[Any]:
+        channel = self.channel
+        usable = channel is not None and not channel.closed
+        if usable and may_use_channel and not self._foolscap_busy:
+            try:
+                d = channel.call(op, args)  # type: ignore[union-attr]
+                self._unsynced = True
+                return d
+            except (TypeError, ValueError, OverflowError):
+                pass  # arguments msgpack cannot hold: Foolscap carries them
+        if usable and self._unsynced and channel._pending:  # type: ignore[union-attr]
+            held: Deferred[Any] = Deferred()
+            self._held = [(op, args, may_use_channel, held)]
+            channel.call(SYNC, ()).addBoth(self._release)  # type: ignore[union-attr]
+            return held
+        self._foolscap_busy += 1
+        d = defer.maybeDeferred(self.reference.callRemote, op, *args)
+        return d.addBoth(self._foolscap_answered)
+
+    def _release(self, _: Any) -> None:
+        held, self._held = self._held or [], None
+        self._unsynced = False  # the controller has every channel call sent so far
+        for op, args, may_use_channel, d in held:
+            if self._held is not None:  # a call just sent had to wait again
+                self._held.append((op, args, may_use_channel, d))
+            else:
+                self._send(op, args, may_use_channel).chainDeferred(d)
+
+    def _foolscap_answered(self, answer: Any) -> Any:
+        self._foolscap_busy -= 1
+        return answer
 
 
 def connect_client(offer: Any, timeout: float = 5.0) -> Deferred[ClientEnd | None]:

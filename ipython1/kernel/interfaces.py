@@ -437,6 +437,10 @@ class RITaskFarmSession(RemoteInterface):
     def spin():
         return Reply
 
+    def open_command_channel(host=Text):
+        """Offer this session over the controller's local socket (see commandchannel)."""
+        return AnyValue()
+
 
 class RITaskFarm(RemoteInterface):
     """The client-facing task farm capability: open a session."""

@@ -979,6 +979,13 @@ class TaskFarmSession(Referenceable):  # type: ignore[misc]
     def remote_spin(self) -> Deferred[Any]:
         return self._call(self.farm.spin)
 
+    def remote_open_command_channel(self, host: str) -> dict[str, Any] | None:
+        """Offer this session over the local command channel to a client on this host."""
+        channels = getattr(self.farm.controller, "command_channels", None)
+        if channels is None or not channels.host or host != channels.host:
+            return None
+        return channels.offer_session(self)
+
 
 @implementer(RITaskFarm)
 class TaskFarmReferenceable(Referenceable):  # type: ignore[misc]

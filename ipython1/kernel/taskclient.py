@@ -9,6 +9,12 @@ Submitting does not wait for the controller: the client reserves blocks of
 task ids and sends the tasks of one reactor turn in one message, so ``run``
 costs about a thread hop and ordering with later calls is kept by the
 connection (Foolscap delivers one connection's messages in order).
+
+On the controller's host the calls take the local command channel instead
+(see `commandchannel`), as the multi-engine client's do; a call whose
+arguments msgpack cannot hold takes Foolscap, and `commandchannel.SessionCalls`
+keeps the order across the switch. Answers are the same plain data either
+way (results come as one pickled byte string, ``get_results_packed``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from ipython1.kernel import commandchannel
 from ipython1.kernel.errors import ConnectionLost, KernelError, error_from_wire
 from ipython1.kernel.serialize import deserialize, serialize
 
@@ -242,13 +249,15 @@ def _as_result(record: Any) -> TaskResult | None:
 
 
 class AsyncTaskClient:
-    """The task farm over Foolscap; every method returns a Deferred."""
+    """The task farm over Foolscap (or the local command channel); methods return Deferreds."""
 
     def __init__(self, session: Any, tub: Any = None, furl: str = "",
-                 parent: Any = None) -> None:
+                 parent: Any = None, channel: Any = None) -> None:
         from twisted.internet import reactor
 
         self._session = session
+        self._channel = channel  # commandchannel.ClientEnd: this session over a local socket
+        self._calls = commandchannel.SessionCalls(channel, session)
         self._parent = parent  # the user's multi-engine session it came from, if any
         self._tub = tub
         self.furl = furl
@@ -271,17 +280,26 @@ class AsyncTaskClient:
         self._lost = (f"the connection to the task farm at {wire.furl_location(self.furl)} "
                       "was lost")
 
+    @property
+    def local_channel(self) -> bool:
+        """Tell whether calls take the controller's local command channel."""
+        return self._calls.local
+
     def _remote(self, method: str, *args: Any) -> Deferred[Any]:
         self._flush()
         if self._lost is not None:
             return defer.fail(ConnectionLost(self._lost))
-        d = self._session.callRemote(method, *args)
-        d.addErrback(self._translate)
+        d = self._calls.call(method, args)
+        d.addErrback(self._translate, method)
         return d.addCallback(_unwrap)
 
-    def _translate(self, failure: Any) -> Any:
+    def _translate(self, failure: Any, method: str = "") -> Any:
+        from foolscap.api import Violation
+
         if failure.check(KernelError):
             return failure
+        if failure.check(Violation):  # as the channel's schema check words it
+            raise KernelError(f"bad arguments to {method}: {failure.value}")
         raise ConnectionLost(self._lost or f"the task farm went away: "
                              f"{failure.getErrorMessage()}")
 
@@ -383,7 +401,7 @@ class AsyncTaskClient:
                        >= len(outbox))
 
     def _send(self, tasks: list[list[Any]], last: bool) -> None:
-        d = self._session.callRemote("submit", tasks)
+        d = self._calls.call("submit", (tasks,))
 
         def answered(answer: Any) -> None:
             for item, error in zip(tasks, _unwrap(answer)):
@@ -454,6 +472,9 @@ class AsyncTaskClient:
     def disconnect(self) -> None:
         """Drop the connection to the controller."""
         self._flush()
+        if self._channel is not None and self._channel.transport is not None:
+            channel, self._channel = self._channel, None
+            self._reactor.callLater(0.05, channel.transport.loseConnection)
         if self._tub is not None:
             tub, self._tub = self._tub, None
             self._reactor.callLater(0.05, tub.stopService)

@@ -12,8 +12,12 @@ from typing import Any
 
 import msgpack
 import pytest
+from foolscap.api import Referenceable
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
 
 from ipython1.kernel import commandchannel
+from ipython1.kernel.interfaces import RIMultiEngineSession
 from ipython1.kernel.client import ReactorThread
 from ipython1.kernel.controller import Controller, EngineRecord
 from ipython1.kernel.queue import EngineQueue
@@ -42,7 +46,7 @@ def _send(sock: socket.socket, message: Any) -> None:
 
 def _receive(sock: socket.socket) -> Any:
     (size,) = struct.unpack("!I", sock.recv(4, socket.MSG_WAITALL))
-    return msgpack.unpackb(sock.recv(size, socket.MSG_WAITALL), raw=False)
+    return msgpack.unpackb(sock.recv(size, socket.MSG_WAITALL), raw=False, strict_map_key=False)
 
 
 def _hello(server: Any, engine_id: Any, secret: Any, kind: str = "engine") -> socket.socket:
@@ -95,7 +99,8 @@ def test_the_secret_handed_over_foolscap_attaches_the_engine_once(server: Any) -
     assert server.controller.engines[5].channel is None  # closed: detached
 
 
-class FakeSession:
+@implementer(RIMultiEngineSession)
+class FakeSession(Referenceable):  # type: ignore[misc]
     def remote_get_ids(self) -> list[int]:
         return [0, 1]
 
@@ -124,6 +129,109 @@ def test_a_session_offer_lets_its_client_call_the_session_only(server: Any) -> N
         assert (seq, ok) == (4, False) and "command channel" in error["evalue"]
     finally:
         sock.close()
+
+
+def test_a_task_farm_session_is_checked_against_its_own_schema(server: Any) -> None:
+    from ipython1.kernel.task import TaskFarm, TaskFarmSession
+
+    def make() -> Any:
+        session = TaskFarmSession(TaskFarm(server.controller), "alice/client-1", "alice")
+        return server.offer_session(session)
+
+    offer = ReactorThread.get().submit(make).result(timeout=10)
+    sock = _hello(server, offer["id"], offer["secret"], kind="session")
+    try:
+        assert _receive(sock) == ["ok", None, None]
+        _send(sock, [1, "reserve", [3]])
+        assert _receive(sock) == [1, True, {"status": "ok", "value": 0}]
+        # RITaskFarmSession's argument checks, as Foolscap would apply them...
+        _send(sock, [2, "wait", [["not an id"], False, None]])
+        seq, ok, error = _receive(sock)
+        assert (seq, ok) == (2, False) and error["ename"] == "KernelError"
+        assert "bad arguments to wait" in error["evalue"]
+        _send(sock, [3, "reserve", []])
+        seq, ok, error = _receive(sock)
+        assert (seq, ok) == (3, False) and "bad arguments to reserve" in error["evalue"]
+        # ...the multi-engine session's methods are not this session's...
+        _send(sock, [4, "execute", ["x = 1", "all", True]])
+        seq, ok, error = _receive(sock)
+        assert (seq, ok) == (4, False) and "cannot be called over the command channel" in \
+            error["evalue"]
+        # ...and a call that hands out Foolscap references stays on Foolscap.
+        _send(sock, [5, "open_command_channel", ["host"]])
+        seq, ok, error = _receive(sock)
+        assert (seq, ok) == (5, False) and "'open_command_channel' cannot be called" in \
+            error["evalue"]
+        _send(sock, [6, commandchannel.SYNC, []])
+        assert _receive(sock) == [6, True, None]
+        _send(sock, [7, "queue_status", [False]])
+        seq, ok, status = _receive(sock)
+        assert (seq, ok) == (7, True) and status["value"]["pending"] == 0
+    finally:
+        sock.close()
+
+
+class _FakeChannel:
+    """Stands in for a ClientEnd: records calls, answered by hand."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._pending: dict[int, Deferred[Any]] = {}
+        self.sent: list[tuple[str, Any]] = []
+
+    def call(self, op: str, args: Any) -> Deferred[Any]:
+        msgpack.packb(list(args))  # as the real one: raises if msgpack cannot hold them
+        d: Deferred[Any] = Deferred()
+        self._pending[len(self.sent)] = d
+        self.sent.append((op, list(args)))
+        return d
+
+    def answer(self, i: int, value: Any = None) -> None:
+        self._pending.pop(i).callback(value)
+
+
+class _FakeReference:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+        self.answers: list[Deferred[Any]] = []
+
+    def callRemote(self, op: str, *args: Any) -> Deferred[Any]:
+        self.sent.append((op, list(args)))
+        self.answers.append(Deferred())
+        return self.answers[-1]
+
+
+def test_session_calls_never_overtake_each_other_across_the_two_paths() -> None:
+    channel, reference = _FakeChannel(), _FakeReference()
+    calls = commandchannel.SessionCalls(channel, reference)  # type: ignore[arg-type]
+    assert calls.local
+    first = calls.call("submit", ([[0, {}, [b"x"]]],))
+    # Too big for msgpack: Foolscap must carry it, but not before "first" arrived.
+    big = calls.call("submit", ([[1, {"priority": 10**30}, [b"x"]]],))
+    after = calls.call("wait", ([1], True, None))
+    assert channel.sent == [("submit", [[[0, {}, [b"x"]]]]), (commandchannel.SYNC, [])]
+    assert reference.sent == []
+    channel.answer(1)  # the SYNC: the controller has the first submit
+    assert [op for op, _ in reference.sent] == ["submit", "wait"]  # in order, one connection
+    assert not first.called and not big.called and not after.called
+    # While a Foolscap call is unanswered, later calls follow it there.
+    calls.call("reserve", (8,))
+    assert reference.sent[-1] == ("reserve", [8]) and len(channel.sent) == 2
+    for d in reference.answers:
+        d.callback({"status": "ok", "value": None})
+    assert big.called and after.called
+    calls.call("reserve", (8,))  # Foolscap drained: back on the channel, no SYNC needed
+    assert channel.sent[-1] == ("reserve", [8]) and len(reference.sent) == 3
+    # Nothing in flight on the channel: switching needs no SYNC.
+    channel.answer(0)
+    channel.answer(2)
+    calls.call("submit", ([[2, {"priority": 10**30}, [b"x"]]],))
+    assert reference.sent[-1][0] == "submit" and len(channel.sent) == 3
+    # A closed channel: everything takes Foolscap.
+    channel.closed = True
+    assert not calls.local
+    calls.call("spin", ())
+    assert reference.sent[-1] == ("spin", [])
 
 
 # -- the engine's end: read and answered on the shell thread --------------------------
