@@ -7,7 +7,14 @@ import signal
 
 import pytest
 
-from ipython1.kernel.errors import CompositeError, EngineError, RemoteError
+from ipython1.kernel.client import MapTask, StringTask, TaskClient
+from ipython1.kernel.errors import (
+    CompositeError,
+    EngineError,
+    InvalidTaskID,
+    KernelError,
+    RemoteError,
+)
 from tests.conftest import Cluster, wait_until
 
 
@@ -46,6 +53,25 @@ def _exercise(cluster: Cluster) -> None:
     assert mec.pull("a", targets=ids[0]) == 42  # the others go on
 
 
+def _exercise_tasks(cluster: Cluster, local: bool) -> None:
+    """The task farm's calls, whichever way they travel (tests/integration/test_tasks.py
+    runs the whole task farm over both paths of the client)."""
+    for tc in (TaskClient(cluster.task_furl, timeout=60), cluster.client().task_client()):
+        assert tc.local_channel == local
+        res = tc.get_task_result(tc.run(StringTask("b = a * 2", push={"a": 21}, pull="b")),
+                                 block=True)
+        assert res.ns.b == 42 and res.attempts == 1
+        assert tc.get_task_result(tc.run(MapTask(divmod, args=(17, 5))), block=True).result == (3, 2)
+        failed = tc.get_task_result(tc.run(StringTask("1/0")), block=True)
+        assert isinstance(failed.failure, RemoteError) and failed.failure.ename == "ZeroDivisionError"
+        with pytest.raises(InvalidTaskID, match="no task with id"):
+            tc.get_task_result(10**9)
+        with pytest.raises(KernelError, match="bad arguments to abort"):
+            tc.abort("x")
+        assert tc.map(lambda x: x + 1, range(50)) == list(range(1, 51))
+        tc.close()
+
+
 def test_engines_on_the_controllers_host_take_the_channel(tmp_path):
     cluster = Cluster(tmp_path / "on").start(3)
     try:
@@ -53,6 +79,7 @@ def test_engines_on_the_controllers_host_take_the_channel(tmp_path):
         assert mec.local_channel
         wait_until(lambda: all(i["command_channel"] for i in mec.engine_info()), 10,
                    "every engine's command channel")
+        _exercise_tasks(cluster, local=True)
         _exercise(cluster)
     finally:
         cluster.stop()
@@ -66,6 +93,7 @@ def test_without_the_channel_commands_travel_over_foolscap(tmp_path):
         mec = cluster.client()
         assert not mec.local_channel
         assert not any(i["command_channel"] for i in mec.engine_info())
+        _exercise_tasks(cluster, local=False)
         _exercise(cluster)
     finally:
         cluster.stop()
