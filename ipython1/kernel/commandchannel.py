@@ -33,8 +33,9 @@ call whether it is running or not read yet (never a later one).
 Everything else (registration, kill, live output, transfers, engine death,
 calls that pass Foolscap references) stays on Foolscap. If the channel cannot
 be set up, or a command's arguments do not fit msgpack, commands go over
-Foolscap as before (a client's calls in their order: `SessionCalls`). ``IPYTHON1_COMMAND_CHANNEL=0`` in the controller's (or a
-client's) environment turns it off.
+Foolscap as before (a client's calls in their order: `SessionCalls`).
+``IPYTHON1_COMMAND_CHANNEL=0`` in the controller's (or a client's)
+environment turns it off.
 """
 
 from __future__ import annotations

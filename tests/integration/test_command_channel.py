@@ -61,9 +61,11 @@ def _exercise_tasks(cluster: Cluster, local: bool) -> None:
         res = tc.get_task_result(tc.run(StringTask("b = a * 2", push={"a": 21}, pull="b")),
                                  block=True)
         assert res.ns.b == 42 and res.attempts == 1
-        assert tc.get_task_result(tc.run(MapTask(divmod, args=(17, 5))), block=True).result == (3, 2)
+        res = tc.get_task_result(tc.run(MapTask(divmod, args=(17, 5))), block=True)
+        assert res.result == (3, 2)
         failed = tc.get_task_result(tc.run(StringTask("1/0")), block=True)
-        assert isinstance(failed.failure, RemoteError) and failed.failure.ename == "ZeroDivisionError"
+        assert isinstance(failed.failure, RemoteError)
+        assert failed.failure.ename == "ZeroDivisionError"
         with pytest.raises(InvalidTaskID, match="no task with id"):
             tc.get_task_result(10**9)
         with pytest.raises(KernelError, match="bad arguments to abort"):

@@ -17,9 +17,9 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from ipython1.kernel import commandchannel
-from ipython1.kernel.interfaces import RIMultiEngineSession
 from ipython1.kernel.client import ReactorThread
 from ipython1.kernel.controller import Controller, EngineRecord
+from ipython1.kernel.interfaces import RIMultiEngineSession
 from ipython1.kernel.queue import EngineQueue
 
 pytestmark = pytest.mark.skipif(not commandchannel.host_key(), reason="needs Linux SO_PEERCRED")
