@@ -79,6 +79,8 @@ class AsyncMultiEngineClient:
                  channel: Any = None) -> None:
         self._session = session
         self._channel = channel  # commandchannel.ClientEnd: this session over a local socket
+        # Subscriptions take Foolscap, commands the channel: one order for both.
+        self._calls = commandchannel.SessionCalls(channel, session)
         self._tub = tub
         self.furl = furl
         self._lost: str | None = None
@@ -102,8 +104,7 @@ class AsyncMultiEngineClient:
     def _remote(self, method: str, *args: Any) -> Deferred[Any]:
         if self._lost is not None:
             return defer.fail(ConnectionLost(self._lost))
-        d = commandchannel.call_remote(self._channel, self._session, method, args,
-                                       method not in commandchannel.SESSION_FOOLSCAP_ONLY)
+        d = self._calls.call(method, args, method not in commandchannel.SESSION_FOOLSCAP_ONLY)
         d.addCallbacks(replies.unpack, self._translate_failure)
         return d
 

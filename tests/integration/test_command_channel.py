@@ -34,6 +34,17 @@ def _exercise(cluster: Cluster) -> None:
         mec.execute("1/0", targets=ids[0])
     assert "ZeroDivisionError" in str(info.value)
     assert mec.complete("a", targets=ids[0])
+    # A subscription (Foolscap) sent right before a command (the channel) is in
+    # place when the command runs: its output is not missed.
+    got: list[str] = []
+
+    def subscribe_then_execute() -> object:
+        mec._async.subscribe(lambda engine, name, text: got.append(text))
+        return mec._async.execute("print('ordered')", ids[0], True)
+
+    mec._call(subscribe_then_execute)
+    wait_until(lambda: "".join(got) == "ordered\n", 10, "the output of the command")
+    mec.unsubscribe()
     # An interrupt right behind its command stops it, even before it started.
     for _ in range(5):
         spinning = mec.execute("while True: pass", targets=ids[0], block=False)
