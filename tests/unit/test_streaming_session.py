@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from ipython1.kernel import wire
@@ -44,6 +45,26 @@ def test_batcher_flush_sends_at_once_and_caps_what_waits():
     assert sent[0][0] == ["stdout", "12345"]
     assert "9 characters of live output dropped" in sent[0][1][1]
     assert batcher.flush() is None
+
+
+def test_batcher_is_idle_only_once_every_send_is_acknowledged():
+    # An engine's reply on the command channel waits for this (engine.ShellRunner).
+    sends = []
+    clock = Clock()
+    batcher = OutputBatcher(lambda chunks: sends.append(Deferred()) or sends[-1], delay=0.05,
+                            call_from_thread=lambda f: f(), clock=clock)
+    assert batcher.idle() and batcher.drain().called
+    batcher.write("stdout", "a")
+    assert not batcher.idle()  # written, not sent
+    clock.advance(0.05)
+    batcher.write("stdout", "b")
+    drained = batcher.drain()  # sends "b" now; "a" is still unacknowledged
+    assert len(sends) == 2 and not drained.called and not batcher.idle()
+    sends[1].callback(None)
+    assert not drained.called  # "a" is still out
+    sends[0].errback(RuntimeError("the controller went away"))
+    assert drained.called and batcher.idle()
+    sends[0].addErrback(lambda f: None)
 
 
 def test_stream_printer_lines_and_carriage_returns():
