@@ -590,12 +590,16 @@ def _error_reply(engine_id: int | None, exc: BaseException) -> dict[str, Any]:
 
 
 class ShellRunner:
-    """Run jobs one at a time on one thread; hand replies to the reactor."""
+    """Run jobs one at a time on one thread (the shell thread).
+
+    Jobs come from the reactor (Foolscap calls; replies go back through the
+    reactor) or, once it is open, straight from the command channel, which
+    this thread reads and answers itself.
+    """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Deferred[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        # (job, Deferred), ("channel", offer, host) to open the channel, or None to stop.
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._busy = False
         self.thread_ident: int | None = None
