@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+import numpy as np
 import pytest
 
 from ipython1.kernel.client import MapTask, StringTask, TaskClient
@@ -27,6 +28,11 @@ def _exercise(cluster: Cluster) -> None:
     mec.push({"b": {"nested": (1, 2.5, b"\x00")}})
     assert mec.pull("b", targets=ids[0]) == {"nested": (1, 2.5, b"\x00")}
     assert mec.apply(lambda x: x + 1, 1, targets=ids[0]) == 2
+    # Values under the data channel's threshold travel in the command's own
+    # frames, here several times the engine end's read size, both ways.
+    medium = np.arange(25_000, dtype=np.float64)  # 200 kB
+    mec.push({"m": medium}, targets=ids[0])
+    assert np.array_equal(mec.pull("m", targets=ids[0]), medium)
     assert mec.map(lambda x: x * x, range(8)) == [x * x for x in range(8)]
     records = mec.execute("print('hi'); a", targets=ids[0])
     assert records.stdout == "hi\n" and records.output_repr == "42"
