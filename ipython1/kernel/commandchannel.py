@@ -298,9 +298,7 @@ class EngineChannel:
         try:
             sock.settimeout(timeout)
             sock.connect(_address(offer["socket"]))
-            pid, uid = peer_credentials(sock)
-            if pid != offer["pid"] or uid != os.getuid():
-                log.warn("command channel: the socket is not served by the controller")
+            if not _served_by_controller(sock, offer):
                 sock.close()
                 return None
             sock.settimeout(None)
@@ -385,9 +383,7 @@ class ClientEnd(_Channel):
 
     def connectionMade(self) -> None:
         """Check that the controller serves the socket, then say who we are."""
-        pid, uid = peer_credentials(self.transport.getHandle())
-        if pid != self.offer["pid"] or uid != os.getuid():
-            log.warn("command channel: the socket is not served by the controller")
+        if not _served_by_controller(self.transport.getHandle(), self.offer):
             self.transport.loseConnection()
             return
         self.sendString(dumps([self.offer["kind"], self.offer["id"], self.offer["secret"]]))
@@ -502,6 +498,15 @@ def connect_client(offer: Any, timeout: float = 5.0) -> Deferred[ClientEnd | Non
         return None
 
     return d.addErrback(failed)
+
+
+def _served_by_controller(sock: socket.socket, offer: dict[str, Any]) -> bool:
+    """Tell whether the offering controller (its pid, our uid) is at the other end."""
+    pid, uid = peer_credentials(sock)
+    if pid != offer["pid"] or uid != os.getuid():
+        log.warn("command channel: the socket is not served by the controller")
+        return False
+    return True
 
 
 def valid_engine_offer(offer: Any) -> bool:
