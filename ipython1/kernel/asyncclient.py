@@ -99,7 +99,7 @@ class AsyncMultiEngineClient:
     @property
     def local_channel(self) -> bool:
         """Tell whether commands take the controller's local command channel."""
-        return self._channel is not None and not self._channel.closed
+        return self._calls.local
 
     def _remote(self, method: str, *args: Any) -> Deferred[Any]:
         if self._lost is not None:

@@ -56,8 +56,8 @@ from twisted.python.failure import Failure
 
 from ipython1.kernel.errors import KernelError, error_from_wire, error_to_wire
 from ipython1.kernel.localhost import env_enabled, host_key, peer_credentials
-from ipython1.kernel.replies import dumps, loads
 from ipython1.kernel.localhost import socket_address as _address
+from ipython1.kernel.replies import dumps, loads
 
 log = Logger()
 
@@ -480,6 +480,14 @@ class SessionCalls:
     def _foolscap_answered(self, answer: Any) -> Any:
         self._foolscap_busy -= 1
         return answer
+
+
+def offer_to_client(channels: CommandChannelServer | None, session: Any,
+                    host: str) -> dict[str, Any] | None:
+    """Offer session to a client whose host key is host; None unless it is ours."""
+    if channels is None or not channels.host or host != channels.host:
+        return None
+    return channels.offer_session(session)
 
 
 def connect_client(offer: Any, timeout: float = 5.0) -> Deferred[ClientEnd | None]:

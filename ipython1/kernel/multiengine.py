@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ipython1.kernel import replies
+from ipython1.kernel import commandchannel, replies
 from ipython1.kernel.controller import Controller
 from ipython1.kernel.errors import (
     InvalidEngineID,
@@ -296,10 +296,8 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_open_command_channel(self, host: str) -> dict[str, Any] | None:
         """Offer this session over the local command channel to a client on this host."""
-        channels = self.adapter.controller.command_channels
-        if channels is None or not channels.host or host != channels.host:
-            return None
-        return channels.offer_session(self)
+        return commandchannel.offer_to_client(self.adapter.controller.command_channels,
+                                              self, host)
 
     def remote_execute(self, code: str, targets: Any, block: bool) -> Deferred[Any]:
         return self._call(block, "execute", code, targets)

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ipython1.kernel import commandchannel
 from ipython1.kernel.errors import (
     EngineError,
     InvalidTaskID,
@@ -981,10 +982,8 @@ class TaskFarmSession(Referenceable):  # type: ignore[misc]
 
     def remote_open_command_channel(self, host: str) -> dict[str, Any] | None:
         """Offer this session over the local command channel to a client on this host."""
-        channels = getattr(self.farm.controller, "command_channels", None)
-        if channels is None or not channels.host or host != channels.host:
-            return None
-        return channels.offer_session(self)
+        return commandchannel.offer_to_client(
+            getattr(self.farm.controller, "command_channels", None), self, host)
 
 
 @implementer(RITaskFarm)
