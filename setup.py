@@ -40,7 +40,8 @@ setup(
     ],
     extras_require={
         "mpi": ["mpich", "mpi4py>=4"],
-        "test": ["pytest>=8", "hypothesis>=6", "pexpect>=4.9", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8", "hypothesis>=6", "pexpect>=4.9", "pytest-timeout>=2.3",
+                 "nbclient>=0.10", "ipykernel>=6.29"],
     },
     cmdclass={"editable_wheel": editable_wheel_with_plugins},
     entry_points={

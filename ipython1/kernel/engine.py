@@ -453,6 +453,7 @@ class EngineKernel:
         watched = watchdog is not None and timeout is not None
         if watched:
             watchdog.start(tid, float(timeout))
+        spec: dict[str, Any] = {}
         try:
             try:
                 spec = deserialize(payload)
@@ -467,10 +468,10 @@ class EngineKernel:
                 else:
                     with self._capturing():
                         value = spec["func"](*spec.get("args", ()), **spec.get("kwargs", {}))
-                if spec.get("clear_after"):
-                    self.shell.reset(new_session=False)
             finally:
                 timed_out = watched and watchdog.finish(tid)
+                if spec.get("clear_after"):  # failed or not, as in IPython 0.10
+                    self.shell.reset(new_session=False)
             frames = serialize((spec["kind"], value, self.stdout.take(), self.stderr.take()))
             return [tid, "ok", time.perf_counter() - start, frames]
         except BaseException as e:  # noqa: B036 - user code may raise anything

@@ -1,0 +1,95 @@
+"""What a newcomer meets (issue 18), the parts that need no cluster."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from ipython1.kernel.engine import EngineKernel
+from ipython1.kernel.errors import (
+    CompositeError,
+    KernelError,
+    RemoteError,
+    SerializationError,
+    error_from_wire,
+)
+from ipython1.kernel.taskclient import StringTask
+
+
+@pytest.fixture(scope="module")
+def kernel() -> EngineKernel:
+    return EngineKernel()
+
+
+def test_clear_after_clears_the_namespace_when_the_task_fails_too(kernel: EngineKernel) -> None:
+    kernel.execute("kept = 1")
+    _, ok = StringTask("left = 2", clear_after=True).to_wire()
+    assert kernel.run_task(1, None, ok)[1] == "ok"
+    assert "kept" not in kernel.shell.user_ns and "left" not in kernel.shell.user_ns
+    kernel.execute("kept = 1")
+    _, failing = StringTask("left = 2\n1 / 0", clear_after=True).to_wire()
+    reply = kernel.run_task(2, None, failing)
+    assert reply[1] == "error" and reply[3]["error"]["ename"] == "ZeroDivisionError"
+    assert "kept" not in kernel.shell.user_ns and "left" not in kernel.shell.user_ns
+
+
+# -- remote tracebacks (item 6) ---------------------------------------------------------
+
+TRACEBACK = ("---------------------------------------------------------------------------\n"
+             "ZeroDivisionError                         Traceback (most recent call last)\n"
+             "Cell In[{n}], line 2, in f()\n----> 2     return 1/0\n\n"
+             "ZeroDivisionError: division by zero")
+
+
+def _zero_division(engine_id: int, n: int = 3) -> RemoteError:
+    return RemoteError(engine_id, "ZeroDivisionError", "division by zero",
+                       TRACEBACK.format(n=n), n)
+
+
+def test_a_remote_error_renders_the_engine_frames_in_ipython() -> None:
+    lines = _zero_division(1)._render_traceback_()
+    assert lines[0] == "[engine 1] ZeroDivisionError: division by zero"
+    assert "----> 2     return 1/0" in lines
+
+
+def test_a_remote_error_shows_its_engine_frames_not_the_client_ones() -> None:
+    shell = InteractiveShell.instance()
+    shown: list[str] = []
+    shell._showtraceback = lambda etype, value, stb: shown.extend(stb)
+    shell.user_ns["error"] = _zero_division(1)
+    try:
+        assert shell.run_cell("raise error").error_in_exec is not None
+    finally:
+        del shell._showtraceback
+    assert "----> 2     return 1/0" in shown and "raise error" not in "\n".join(shown)
+
+
+def test_a_composite_error_groups_identical_tracebacks() -> None:
+    errors: list[KernelError] = [_zero_division(i, n=3 + i % 2) for i in range(256)]
+    errors.insert(7, RemoteError(300, "NameError", "name 'y' is not defined", "tb y"))
+    err = CompositeError("execute failed", errors)
+    lines = err._render_traceback_()
+    assert "[engines 0-255: ZeroDivisionError: division by zero]" in lines
+    assert "[engine 300: NameError: name 'y' is not defined]" in lines
+    assert sum("return 1/0" in line for line in lines) == 1  # one traceback for 256 engines
+    assert len(lines) < 20
+    assert len(str(err).splitlines()) == 3
+
+
+def test_a_composite_error_truncates_many_kinds_of_errors() -> None:
+    errors: list[KernelError] = [RemoteError(i, "ValueError", f"bad {i}", f"tb {i}")
+                                 for i in range(100)]
+    lines = CompositeError("execute failed", errors)._render_traceback_()
+    assert len(lines) < 30
+    assert any("86 more kinds of error" in line for line in lines)
+    assert "print_tracebacks()" in lines[-1]
+
+
+def test_a_serialization_error_from_an_engine_names_it() -> None:
+    err = error_from_wire({"kind": "kernel", "ename": "SerializationError", "engine_id": 2,
+                           "evalue": "cannot pull 'lk': cannot serialize _thread.lock"})
+    assert isinstance(err, SerializationError) and str(err).startswith("[engine 2] ")
+    twice = CompositeError("pull failed", [err, error_from_wire(
+        {"kind": "kernel", "ename": "SerializationError", "engine_id": 3,
+         "evalue": "cannot pull 'lk': cannot serialize _thread.lock"})])
+    assert "engines 2-3: SerializationError: cannot pull 'lk'" in str(twice)
