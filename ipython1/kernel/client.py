@@ -328,12 +328,15 @@ class MultiEngineClient:
             f.write(to_script(entries, deserialize))
         return len(entries)
 
-    def restore_session(self, path: Any, stop_on_error: bool = False) -> list[dict[str, Any]]:
+    def restore_session(self, path: Any, stop_on_error: bool = False,
+                        include_failed: bool = False) -> list[dict[str, Any]]:
         """Replay a saved session onto the engines; report each command's outcome.
 
         The whole file is parsed first: if it does not parse, SessionFileError
-        is raised and nothing runs. Each report is {"n", "targets", "status":
-        "ok" | "error" | "skipped", "error"}.
+        is raised and nothing runs. Commands that failed or were interrupted
+        when recorded (saved commented out, '# failed: ...') are skipped unless
+        include_failed. Each report is {"n", "targets", "status": "ok" |
+        "error" | "skipped", "error"}.
         """
         from ipython1.kernel.session import parse_script
 
@@ -345,6 +348,9 @@ class MultiEngineClient:
                       "targets": command["targets"], "status": "ok", "error": None}
             if command["skip"] is not None:
                 report.update(status="skipped", error=command["skip"])
+            elif command["failed"] is not None and not include_failed:
+                report.update(status="skipped", error=f"failed when recorded: "
+                                                      f"{command['failed']}")
             elif command["code"].strip():
                 try:
                     self.execute(command["code"], targets=command["targets"], block=True)

@@ -13,6 +13,8 @@ from ipython1.kernel.errors import (
     SerializationError,
     error_from_wire,
 )
+from ipython1.kernel.serialize import deserialize
+from ipython1.kernel.session import SessionLog, parse_script, to_script
 from ipython1.kernel.taskclient import StringTask
 
 
@@ -93,3 +95,26 @@ def test_a_serialization_error_from_an_engine_names_it() -> None:
         {"kind": "kernel", "ename": "SerializationError", "engine_id": 3,
          "evalue": "cannot pull 'lk': cannot serialize _thread.lock"})])
     assert "engines 2-3: SerializationError: cannot pull 'lk'" in str(twice)
+
+
+# -- sessions: failed and interrupted commands (item 1) ----------------------------------
+
+
+def test_failed_and_interrupted_commands_are_saved_commented_out() -> None:
+    log = SessionLog(clock=lambda: 0.0)
+    ok = log.record("execute", "all", "me", code="x = 1")
+    log.finish([{"engine_id": 0, "status": "ok"}], ok)
+    loop = log.record("execute", [0], "me", code="while True:\n    pass")
+    log.finish([{"engine_id": 0, "status": "error",
+                 "error": {"ename": "KeyboardInterrupt"}}], loop)
+    log.record("execute", "all", "me", code="still_running()")  # no replies yet
+    text = to_script(log.snapshot(), deserialize)
+    assert "# failed: KeyboardInterrupt on engine 0\n# while True:\n#     pass\n" in text
+    assert "# failed: still running when the session was saved\n# still_running()" in text
+    ns: dict = {}
+    exec(text, ns)  # the saved file is a script: the failed commands do not run
+    assert ns["x"] == 1
+    commands = parse_script(text)
+    assert [c["failed"] for c in commands] == [
+        None, "KeyboardInterrupt on engine 0", "still running when the session was saved"]
+    assert commands[1]["code"] == "while True:\n    pass"  # for include_failed=True
