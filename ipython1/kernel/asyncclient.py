@@ -670,11 +670,11 @@ def client_info() -> dict[str, Any]:
 
 
 @defer.inlineCallbacks
-def _open_session(furl: str, timeout: float) -> Any:
+def _open_session(furl: str, timeout: float, source: str = "") -> Any:
     """Connect to a FURL and open a session; fire with (tub, root, session)."""
     tub = wire.client_tub()
     try:
-        root = yield wire.get_reference(tub, furl, timeout)
+        root = yield wire.get_reference(tub, furl, timeout, source)
         session = yield root.callRemote("connect", client_info())
     except Exception:
         tub.stopService()
@@ -687,7 +687,8 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
                            timeout: float = 10.0) -> Any:
     """Connect to a controller; fire with an AsyncMultiEngineClient."""
     furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
-    tub, _, session = yield _open_session(furl, timeout)
+    tub, _, session = yield _open_session(
+        furl, timeout, wire.furl_source(furl_or_file, profile, MEC_FURL))
     channel = yield _open_command_channel(session)
     return AsyncMultiEngineClient(session, tub, furl, channel)
 
@@ -714,7 +715,8 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
     from ipython1.kernel.interfaces import RIMultiEngine
 
     furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
-    tub, root, session = yield _open_session(furl, timeout)
+    tub, root, session = yield _open_session(
+        furl, timeout, wire.furl_source(furl_or_file, profile, TASK_FURL))
     try:
         parent = None
         if getattr(root.tracker, "interfaceName", "") == RIMultiEngine.__remote_name__:

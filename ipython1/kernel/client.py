@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from ipython1.kernel import asyncclient
-from ipython1.kernel.errors import ClientTimeout, ConnectionLost, KernelError
+from ipython1.kernel.errors import ClientTimeout, ConnectionLost, Interrupted, KernelError
 
 __all__ = ["MultiEngineClient", "PendingResult"]
 
@@ -90,16 +90,19 @@ class ReactorThread:
 
 
 def _wait(future: concurrent.futures.Future[Any], timeout: float | None,
-          on_interrupt: Callable[[], None] | None = None) -> Any:
-    """Wait for a future; Ctrl-C runs on_interrupt (e.g. interrupt engines)."""
+          on_interrupt: Callable[[], str] | None = None) -> Any:
+    """Wait for a future; Ctrl-C runs on_interrupt (e.g. interrupt engines).
+
+    Then Interrupted carries what on_interrupt said, and IPython shows just that.
+    """
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
         raise ClientTimeout(f"no result within {timeout:g} s") from None
     except KeyboardInterrupt:
-        if on_interrupt is not None:
-            on_interrupt()
-        raise
+        if on_interrupt is None:
+            raise
+        raise Interrupted(on_interrupt()) from None
 
 
 class PendingResult:
@@ -112,24 +115,68 @@ class PendingResult:
         self._result: Any = None
         self._error: BaseException | None = None
         self._done = False
+        # The controller hands a result over once: a wait that timed out keeps
+        # its fetch in flight here, and the next call waits on that same fetch.
+        self._fetch: concurrent.futures.Future[Any] | None = None
+        self._fetch_blocks = False
 
     def get_result(self, block: bool = True, timeout: float | None = None) -> Any:
-        """Return the result; without block, raise ResultNotReady if not done."""
-        if not self._done:
-            future = self.client._loop.submit(self._pending.get_result, block)
-            try:
-                self._result = _wait(future, timeout if timeout is not None
-                                     else self.client.timeout)
-            except KernelError as e:
-                from ipython1.kernel.errors import ResultNotReady
+        """Return the result; without block, raise ResultNotReady if not done.
 
-                if isinstance(e, (ResultNotReady, ClientTimeout)):
-                    raise
+        A wait that times out (ClientTimeout) loses nothing: the result stays
+        fetchable until it is fetched.
+        """
+        return self._get(block, timeout if timeout is not None else self.client.timeout)
+
+    def _get(self, block: bool, timeout: float | None) -> Any:
+        from ipython1.kernel.errors import ResultNotReady
+
+        while not self._done:
+            if self._fetch is None:
+                self._fetch = self.client._loop.submit(self._pending.get_result, block)
+                self._fetch_blocks = block
+            elif not block and not self._fetch.done():
+                raise ResultNotReady(f"result {self.id} is not ready yet")
+            try:
+                self._result = _wait(self._fetch, timeout)
+            except ClientTimeout:
+                raise
+            except ResultNotReady:
+                self._fetch = None
+                if block and not self._fetch_blocks:
+                    continue  # that was an earlier ready(): wait now
+                raise
+            except KernelError as e:
                 self._error = e
+            self._fetch = None
             self._done = True
         if self._error is not None:
             raise self._error
         return self._result
+
+    def ready(self) -> bool:
+        """Tell whether the result (or its error) has arrived, without waiting for it."""
+        if self._fetch is not None and not self._fetch.done():
+            return False
+        return self.wait(0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to timeout s (None: for ever) for the result; return whether it came.
+
+        The result is kept: get_result() returns it (or raises its error) at once.
+        """
+        from ipython1.kernel.errors import ResultNotReady
+
+        try:
+            if timeout == 0:  # ask once, without waiting on the controller
+                self._get(block=False, timeout=self.client.timeout)
+            else:
+                self._get(block=True, timeout=timeout)
+        except (ResultNotReady, ClientTimeout):
+            return False
+        except KernelError:
+            pass  # done, with an error: get_result() raises it
+        return True
 
     @property
     def r(self) -> Any:
@@ -184,11 +231,22 @@ class MultiEngineClient:
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return _wait(self._loop.submit(method, *args, **kwargs), self.timeout)
 
-    def _interrupt_quietly(self, targets: Any) -> None:
+    def _interrupt_quietly(self, targets: Any) -> str:
+        """Interrupt targets after a Ctrl-C; say which engines were running."""
+        from ipython1.kernel.events import format_targets
+
         try:
-            _wait(self._loop.submit(self._async.interrupt, targets), 5)
-        except Exception:
-            pass
+            ids = _wait(self._loop.submit(self._async._ids, targets), 5)
+            running = _wait(self._loop.submit(self._async.interrupt, ids), 5)
+        except Exception as e:
+            return f"the engines could not be interrupted ({e})"
+        hit = [i for i, was in zip(ids, running, strict=True) if was]
+        idle = [i for i in ids if i not in hit]
+        plural = "s" if len(hit) > 1 else ""
+        said = f"interrupted engine{plural} {format_targets(hit)}" if hit else \
+            "no engine was still running the call"
+        return said + (f" (engine{'s' if len(idle) > 1 else ''} {format_targets(idle)} "
+                       "had finished)" if hit and idle else "")
 
     # -- the multi-engine interface --
 

@@ -83,6 +83,14 @@ class InvalidTaskID(KernelError):
     """A task id is unknown (never submitted, or its result was cleared)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a blocking call; the message says which engines were interrupted."""
+
+    def _render_traceback_(self) -> list[str]:
+        """One line in IPython and Jupyter, not the client's waiting frames."""
+        return [f"KeyboardInterrupt: {self}"]
+
+
 class EngineError(KernelError):
     """An engine died or vanished while a command was queued or running."""
 

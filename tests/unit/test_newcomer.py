@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 
 from ipython1.kernel.engine import EngineKernel
 from ipython1.kernel.errors import (
@@ -16,6 +17,7 @@ from ipython1.kernel.errors import (
 from ipython1.kernel.serialize import deserialize
 from ipython1.kernel.session import SessionLog, parse_script, to_script
 from ipython1.kernel.taskclient import StringTask
+from ipython1.magics import activate, split_line_options
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +120,33 @@ def test_failed_and_interrupted_commands_are_saved_commented_out() -> None:
     assert [c["failed"] for c in commands] == [
         None, "KeyboardInterrupt on engine 0", "still running when the session was saved"]
     assert commands[1]["code"] == "while True:\n    pass"  # for include_failed=True
+
+
+# -- %px and %autopx (items 4, 5) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, options, code", [
+    ("--targets 0 x = 1", "--targets 0", "x = 1"),
+    ("-t 0:4 --noblock --stream print(1)", "-t 0:4 --noblock --stream", "print(1)"),
+    ("--targets=1,3 --block a - b", "--targets=1,3 --block", "a - b"),
+    ("x = -1", "", "x = -1"),
+    ("--no-such-option x", "", "--no-such-option x"),
+])
+def test_the_px_line_form_splits_its_options_from_its_code(line, options, code) -> None:
+    assert split_line_options(line) == (options, code)
+
+
+def test_autopx_leaves_input_completion_to_python() -> None:
+    shell = InteractiveShell.instance()
+    magics = activate(object(), shell)  # a client is not needed to toggle
+    manager = shell.input_transformer_manager
+    try:
+        with capture_output():
+            magics.autopx()
+        assert manager.check_complete("x = 1") == ("complete", None)  # one Enter runs it
+        assert manager.check_complete("for i in x:")[0] == "incomplete"
+        assert manager.transform_cell("x = 1").startswith("get_ipython().run_cell_magic('px'")
+    finally:
+        with capture_output():
+            magics.autopx()
+    assert manager.transform_cell("x = 1") == "x = 1\n"
