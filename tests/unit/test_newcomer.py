@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
@@ -150,3 +152,41 @@ def test_autopx_leaves_input_completion_to_python() -> None:
         with capture_output():
             magics.autopx()
     assert manager.transform_cell("x = 1") == "x = 1\n"
+
+
+# -- ipcluster's options (item 9) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["start", "-n", "0"], "ipcluster start: -n takes a number of engines, at least 1; not '0'"),
+    (["start", "-n", "-2"], "ipcluster start: -n takes a number of engines, at least 1; not '-2'"),
+    (["start", "-n", "abc"], "ipcluster start: -n takes a number of engines, at least 1; "
+                             "not 'abc'"),
+    (["start", "--timeout", "soon"], "ipcluster start: --timeout takes seconds"),
+    (["stop", "--grace", "-1"], "ipcluster stop: --grace takes seconds, not negative"),
+    (["start", "--bogus"], "ipcluster start: option --bogus not recognized"),
+    (["frob"], "ipcluster: Unknown command: frob"),
+])
+def test_ipcluster_option_errors_are_one_line(argv, message, tmp_path, monkeypatch) -> None:
+    from ipython1.scripts import ipcluster
+
+    monkeypatch.setenv("IPYTHON1_DIR", str(tmp_path))
+    out = io.StringIO()
+    assert ipcluster.main(argv, out=out) == 2
+    assert out.getvalue().startswith(message) and out.getvalue().count("\n") == 1
+    assert not list(tmp_path.iterdir())  # nothing was started or created
+
+
+def test_ipcluster_version_and_start_help(capsys) -> None:
+    import ipython1
+    from ipython1.scripts import ipcluster
+
+    with pytest.raises(SystemExit) as done:
+        ipcluster.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"ipcluster (ipython1) {ipython1.__version__}\n"
+    with pytest.raises(SystemExit):
+        ipcluster.main(["start", "--help"])
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("Usage: ipcluster [--profile NAME] start [options]\n")
+    assert "Twisted" not in help_text and "``start``" not in help_text
