@@ -5,6 +5,7 @@ a real terminal IPython in a pty (%autopx on one Enter, Ctrl-C in one line)."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -216,3 +217,28 @@ def test_ctrl_c_during_a_blocking_call_prints_one_line(terminal, mec):
         assert len([ln for ln in out.splitlines() if ln.strip()]) <= 4, out
         wait_until(lambda: not any(q["running"] for q in mec.queue_status()), 10,
                    "the engines free again")
+
+
+# -- the demo and the repository (item 11) ---------------------------------------------------
+
+
+def test_the_demo_leaves_nothing_in_the_temporary_directory(tmp_path):
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "IPYTHON1_DIR"}
+    env["TMPDIR"] = str(tmp)
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "equal to serial: True" in proc.stdout
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("ipython1-demo-")] == []
+
+
+def test_git_ignores_the_venv_the_docs_create():
+    from tests.conftest import ROOT
+
+    assert "venv/" in (ROOT / ".gitignore").read_text().split()

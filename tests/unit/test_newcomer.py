@@ -20,6 +20,7 @@ from ipython1.kernel.serialize import deserialize
 from ipython1.kernel.session import SessionLog, parse_script, to_script
 from ipython1.kernel.taskclient import StringTask
 from ipython1.magics import activate, split_line_options
+from ipython1.shell import EventPrinter
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +191,33 @@ def test_ipcluster_version_and_start_help(capsys) -> None:
     help_text = capsys.readouterr().out
     assert help_text.startswith("Usage: ipcluster [--profile NAME] start [options]\n")
     assert "Twisted" not in help_text and "``start``" not in help_text
+
+
+# -- ipython1-shell's event lines (item 11) -----------------------------------------------------
+
+
+def test_the_shell_echoes_its_own_chat_and_names_an_inspect_once() -> None:
+    out = io.StringIO()
+    printer = EventPrinter("alice-client-1", out)
+    printer.history_until = 0
+    printer({"seq": 1, "client": "alice-client-1", "user": "alice", "kind": "chat",
+             "data": {"text": "hello"}})
+    printer({"seq": 2, "client": "alice-client-1", "user": "alice", "kind": "queued",
+             "data": {"op": "execute", "targets": [0], "code": "x = 1"}})  # own: not echoed
+    printer({"seq": 3, "client": "bob-client-1", "user": "bob", "kind": "queued",
+             "data": {"op": "inspect", "targets": [0], "description": "inspect y"}})
+    printer({"seq": 4, "client": "bob-client-1", "user": "bob", "kind": "queued",
+             "data": {"op": "push", "targets": [0, 1], "names": ["a", "b"]}})
+    assert out.getvalue().splitlines() == [
+        "[alice] says: hello", "[bob] inspect y on 0", "[bob] push a, b on 0-1"]
+
+
+def test_the_shell_keeps_the_history_it_subscribed_with_for_recent() -> None:
+    out = io.StringIO()
+    printer = EventPrinter("carol-client-1", out)
+    printer({"seq": 1, "user": "bob", "kind": "chat", "data": {"text": "earlier"}, "time": 0})
+    printer({"seq": 2, "user": "alice", "kind": "joined", "data": {"kind": "full"}, "time": 0})
+    printer.history_until = 2  # the subscription's answer: events up to 2 are history
+    assert out.getvalue() == ""
+    assert [line.split(" ", 1)[1] for line in printer.recent(timeout=0)] == [
+        "[bob] says: earlier", "* alice joined (full)"]
