@@ -67,14 +67,17 @@ def _labelled(eid: Any, name: str, text: str) -> str:
     return "\n".join(f"[{name}:{eid}] {line}" for line in text.rstrip("\n").split("\n"))
 
 
-def _show_output_of_failures(error: KernelError) -> None:
-    """Print what failing engines printed before they raised, labelled per engine."""
+def _show_partial(error: KernelError, stdout: bool = True) -> None:
+    """Show what a failed command left: the failing engines' output, labelled per
+    engine (unless it was streamed live), and the other engines' results."""
     errors = error.errors if isinstance(error, CompositeError) else [error]
-    for err in errors:
+    for err in errors if stdout else []:
         record = getattr(err, "record", None) or {}
         for name in ("stdout", "stderr"):
             if record.get(name):
                 print(_labelled(getattr(err, "engine_id", "?"), name, record[name]))
+    for done in error.results if isinstance(error, CompositeError) else []:
+        _show(done, stdout=stdout)
 
 
 def _show_error(error: KernelError) -> None:
@@ -167,10 +170,7 @@ class ParallelMagics(Magics):  # type: ignore[misc]
                                          else self._targets(None), block=block)
         except KernelError as e:
             self.last = e
-            if not live:
-                _show_output_of_failures(e)
-            for done in e.results if isinstance(e, CompositeError) else []:
-                _show(done, stdout=not live)
+            _show_partial(e, stdout=not live)
             raise  # the cell fails; IPython shows the engines' frames (_render_traceback_)
         finally:
             if streaming_now and block:
@@ -237,13 +237,13 @@ class ParallelMagics(Magics):  # type: ignore[misc]
             elif hasattr(self.last, "get_result"):
                 self.last = result = self.last.get_result()
             elif isinstance(self.last, KernelError):
-                _show_error(self.last)
-                return None
+                raise self.last
             else:
                 result = self.last
         except KernelError as e:
-            _show_error(e)
-            return None
+            self.last = e
+            _show_partial(e, stdout=not self.stream)
+            raise  # the cell fails, as %px's would have
         _show(result)
         return None
 

@@ -142,6 +142,11 @@ def test_px_fails_the_cell_when_engines_raise(ipshell, mec):
     result, out = run(shell, "%px 10 / d")
     assert isinstance(result.error_in_exec, CompositeError)
     assert "[1] Out[" in out and "10.0" in out  # what succeeded is shown too
+    result, _ = run(shell, "%px --noblock 1 / d")
+    assert result.success  # nothing has failed yet
+    result, out = run(shell, "%result")
+    assert isinstance(result.error_in_exec, CompositeError) and "10.0" not in out
+    assert "[1] Out[" in out  # engine 1's 1.0
 
 
 # -- connection errors (item 11) -----------------------------------------------------------
