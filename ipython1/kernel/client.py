@@ -138,7 +138,9 @@ class PendingResult:
             elif not block and not self._fetch.done():
                 raise ResultNotReady(f"result {self.id} is not ready yet")
             try:
-                self._result = _wait(self._fetch, timeout)
+                self._result = _wait(self._fetch, timeout, lambda: (
+                    f"stopped waiting for result {self.id}; the engines go on, and "
+                    "get_result() fetches it later"))
             except ClientTimeout:
                 raise
             except ResultNotReady:

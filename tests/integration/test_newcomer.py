@@ -222,6 +222,15 @@ def test_ctrl_c_during_a_blocking_call_prints_one_line(terminal, mec):
         assert len([ln for ln in out.splitlines() if ln.strip()]) <= 4, out
         wait_until(lambda: not any(q["running"] for q in mec.queue_status()), 10,
                    "the engines free again")
+    # Waiting on a pending result: Ctrl-C stops the wait only; the result is kept.
+    child.sendline("p = mec.execute('import time; time.sleep(60); 5', targets=0, block=False); "
+                   "p.get_result()")
+    wait_until(lambda: mec.queue_status(0)[0]["running"], 30, "engine 0 busy")
+    child.sendintr()
+    out = settle()
+    assert "KeyboardInterrupt: stopped waiting for result" in out and "Traceback" not in out, out
+    mec.interrupt(targets=0)
+    assert "waited: True" in send("print('waited:', p.wait(30))")
 
 
 # -- the demo and the repository (item 11) ---------------------------------------------------
