@@ -66,6 +66,7 @@ OPS: dict[str, Op] = {
     "inspect": Op((("name", Text), ("detail_level", int))),
     "who": Op(),
     "whos": Op(),
+    "ping": Op(observer=True),
     "complete": Op((("text", Text), ("line", MaybeText), ("cursor_pos", MaybeInt))),
     # The task farm's batches; replies are plain data (the farm reads them).
     "run_tasks": Op((("batch", TaskBatch),), session=False, encoded=False),

@@ -488,6 +488,10 @@ class AsyncMultiEngineClient:
         return self._command("complete", (text, line, cursor_pos, targets), block, _identity,
                              isinstance(targets, int))
 
+    def ping(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Fire with each target's {"pid", "time"} once its queue reached the ping."""
+        return self._command("ping", (targets,), block, _identity, isinstance(targets, int))
+
     def session_log(self) -> Deferred[list[dict[str, Any]]]:
         """Fire with the controller's record of the commands it ran (with pushed frames)."""
         return self._remote("session_log").addCallback(_check_global_error)

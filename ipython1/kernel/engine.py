@@ -439,6 +439,10 @@ class EngineKernel:
     def complete(self, text: str, line: str | None, cursor_pos: int | None) -> dict[str, Any]:
         return introspection.complete(self.shell, text, line, cursor_pos)
 
+    def ping(self) -> dict[str, Any]:
+        """Answer through the queue: the engine's pid and clock (time.time())."""
+        return {"pid": os.getpid(), "time": time.time()}
+
     # -- the task farm --
 
     def run_tasks(self, batch: list[list[Any]],

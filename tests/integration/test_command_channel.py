@@ -83,6 +83,7 @@ def _every_op(mec: object, ids: list[int]) -> None:
     assert mec.history(targets=one)[-1][1].startswith("c = 3")
     mec.scatter("part", list(range(12)))
     assert mec.gather("part") == list(range(12))
+    assert all(p["pid"] > 0 for p in mec.ping())
     mec.reset(targets=one)
     assert mec.keys(targets=one) == []
 

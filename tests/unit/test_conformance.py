@@ -10,6 +10,7 @@ that carries the real frames on a later turn. Turns run when the test says.
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -253,6 +254,7 @@ def test_every_multiengine_op_on_every_pairing(cluster: Cluster, request: Any) -
     assert "abs" in c.result(mec.complete("ab", targets=0))["matches"]
     assert "a" in c.result(mec.who(targets=0))
     assert "a" in c.result(mec.whos(targets=0))["text"]
+    assert c.result(mec.ping(targets=0))["pid"] == os.getpid()
     with pytest.raises((RemoteError, CompositeError)):
         c.result(mec.execute("1 / 0"))
     assert c.result(mec.interrupt()) == [False]  # idle: nothing to stop
