@@ -32,9 +32,7 @@ from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
 
 
-def _map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
-    """Apply f elementwise on an engine (the body of MultiEngineClient.map)."""
-    return list(map(f, *chunks))
+_map_chunk = scatter_mod.map_chunk  # its old name
 
 
 def _first_error(failure: Failure) -> Failure:

@@ -28,8 +28,9 @@ from ipython1.kernel.events import EventBus, Transcript
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.queue import Command, EngineQueue, user_of
 from ipython1.kernel.streaming import OutputReceiver
-from ipython1.transport import IEngineConnection, engine_connection
 from ipython1.transport import channel as command_channel
+from ipython1.transport.foolscap import FoolscapEngineConnection
+from ipython1.transport.interfaces import IEngineConnection
 
 log = Logger()
 
@@ -125,7 +126,7 @@ class Controller(service.MultiService):
             d.addBoth(finished)
             return d.addErrback(self._call_failed, engine_id)
 
-        connection = engine_connection(engine)
+        connection = FoolscapEngineConnection(engine)
         record = EngineRecord(engine_id, connection, EngineQueue(engine_id, send), dict(info))
         self.engines[engine_id] = record
         connection.notifyOnDisconnect(self._engine_lost, engine_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foolscap.api import Referenceable
 from twisted.internet import defer
@@ -21,7 +21,6 @@ from zope.interface import implementer
 
 from ipython1.common import ops
 from ipython1.kernel import replies
-from ipython1.kernel.controller import Controller
 from ipython1.kernel.errors import (
     InvalidEngineID,
     InvalidPendingResult,
@@ -35,6 +34,9 @@ from ipython1.kernel.interfaces import IMultiEngine, RIMultiEngine, RIMultiEngin
 from ipython1.kernel.queue import Command, user_of
 from ipython1.kernel.session import SessionLog
 from ipython1.transport import channel as command_channel
+
+if TYPE_CHECKING:
+    from ipython1.kernel.controller import Controller
 
 log = Logger()
 
@@ -224,7 +226,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def _denied(self, method: str) -> PermissionDenied | None:
         """Say why this session may not run method, or None if it may."""
-        from ipython1.kernel.users import permission_denied
+        from ipython1.controller.users import permission_denied
 
         return permission_denied(
             self.user, self.kind, self.revoked, method, OBSERVER_ALLOWED,
@@ -377,7 +379,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return {"user": self.user, "kind": self.kind, "client": self.client}
 
     def remote_users(self) -> Any:
-        from ipython1.kernel.users import list_users
+        from ipython1.controller.users import list_users
 
         return list_users(self.adapter)
 
@@ -410,7 +412,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
             self.subscription = None
 
     def remote_transcript(self, user: str | None, last: int) -> Any:
-        from ipython1.kernel.users import transcript_tail
+        from ipython1.controller.users import transcript_tail
 
         if user is not None and not isinstance(user, str):
             return self._raise_as_data(Failure(KernelError("user must be a name or None")))

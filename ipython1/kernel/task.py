@@ -928,7 +928,7 @@ class TaskFarmSession(Referenceable):  # type: ignore[misc]
         self.parent = parent
 
     def _denied(self, op: str) -> PermissionDenied | None:
-        from ipython1.kernel.users import permission_denied
+        from ipython1.controller.users import permission_denied
 
         return permission_denied(
             self.user, self.kind, getattr(self.parent, "revoked", False), op, OBSERVER_ALLOWED,

@@ -491,7 +491,7 @@ def auto_chunksize(n: int, engines: int) -> int:
 def map_specs(func: Callable[..., Any], seqs: Sequence[Sequence[Any]], chunksize: int | None,
               engines: int, options: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int]]:
     """Cut seqs into chunks and build one MapTask spec per chunk."""
-    from ipython1.kernel.asyncclient import _map_chunk
+    from ipython1.kernel.scatter import map_chunk as _map_chunk
 
     if not seqs:
         raise TypeError("map() needs at least one sequence")

@@ -59,9 +59,9 @@ from ipython1.kernel.errors import KernelError, error_from_wire, error_to_wire
 from ipython1.kernel.localhost import env_enabled, host_key, peer_credentials
 from ipython1.kernel.localhost import socket_address as _address
 from ipython1.kernel.replies import dumps, loads
-from ipython1.transport import IEngineConnection, ISessionConnection
 from ipython1.transport.foolscap import FoolscapSessionConnection
 from ipython1.transport.framing import HEADER, MAX_FRAME, FrameReader, FrameReceiver
+from ipython1.transport.interfaces import IEngineConnection, ISessionConnection
 
 log = Logger()
 

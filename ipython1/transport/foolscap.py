@@ -8,7 +8,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from ipython1.transport import IEngineConnection, ISessionConnection
+from ipython1.transport.interfaces import IEngineConnection, ISessionConnection
 
 
 def call(reference: Any, method: str, *args: Any) -> Deferred[Any]:
