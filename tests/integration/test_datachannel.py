@@ -1,4 +1,4 @@
-"""The data channel: relay pairing, TLS identity checks, secrets, blob store."""
+"""(Real sockets: in tests/integration.) The data channel: relay pairing, TLS identity checks, secrets, blob store."""
 
 from __future__ import annotations
 
