@@ -1,4 +1,4 @@
-"""(Real sockets: in tests/integration.) The data channel: relay pairing, TLS identity checks, secrets, blob store."""
+"""The data channel: relay pairing, TLS identity checks, secrets, blob store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""(Real sockets: in tests/integration.) Foolscap Tubs as ipython1 sets them up, in-process over 127.0.0.1."""
+"""Foolscap Tubs as ipython1 sets them up, in-process over 127.0.0.1."""
 
 from __future__ import annotations
 
