@@ -197,7 +197,7 @@ class CompositeError(KernelError):
         elif len(known) == 1:
             where = f"engine {known[0]}"
         else:
-            from ipython1.kernel.events import format_targets
+            from ipython1.client.events import format_targets
 
             where = f"engines {format_targets(known)}"
         what = (f"{err.ename}: {err.evalue}" if isinstance(err, RemoteError)
