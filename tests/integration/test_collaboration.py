@@ -426,7 +426,7 @@ def test_two_shells_started_together_see_each_other_the_recent_history_and_echoe
         alice.expect("local-done")
         assert "ExecutionResult" not in alice.before
         alice.send("undefined_here?\r")
-        carol.expect(r"\[alice\] inspect undefined_here on 0\b")
+        carol.expect(r"\[alice\] inspect undefined_here (0 )?on 0\b")
         assert "inspect inspect" not in carol.before
     finally:
         for shell in shells.values():
