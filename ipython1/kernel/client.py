@@ -547,6 +547,12 @@ POLL_SECONDS = 0.5  # how long one wait on the controller lasts, so Ctrl-C is pr
 WAIT_WINDOW = 4096  # task ids per wait() call while collecting results
 
 
+def _stopped_waiting(tasks: int) -> Interrupted:
+    """Ctrl-C while waiting on tasks: say, in one line, that they go on."""
+    return Interrupted(f"stopped waiting for {tasks} task(s); they go on running "
+                       "(abort(tid) cancels one that waits)")
+
+
 class PendingTasks:
     """Tasks in flight (e.g. a non-blocking map): wait, watch, fetch."""
 
@@ -594,6 +600,8 @@ class PendingTasks:
                 if left <= 0:
                     return False
                 self._collect(left, bar)
+        except KeyboardInterrupt:
+            raise _stopped_waiting(len(self.tids) - len(self._results)) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -675,6 +683,8 @@ class TaskClient:
                 if finished:
                     bar.update(len(finished))
                     remaining = [t for t in remaining if t not in finished]
+        except KeyboardInterrupt:
+            raise _stopped_waiting(len(remaining)) from None
         finally:
             bar.close()
 

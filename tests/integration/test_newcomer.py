@@ -172,7 +172,8 @@ def test_after_ipcluster_stop_the_error_names_the_furl_file_and_profile(make_clu
 def terminal(cluster):
     import pexpect
 
-    env = dict(cluster.env, PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
+    env = dict(cluster.env, PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm",
+               IPYTHONDIR=str(cluster.root / "ipython"))
     child = pexpect.spawn(sys.executable, ["-m", "IPython", "--no-banner", "--colors=nocolor",
                                            "--no-confirm-exit", "--HistoryManager.enabled=False"],
                           env=env, encoding="utf-8", timeout=30, dimensions=(50, 200))
@@ -208,7 +209,7 @@ def test_autopx_runs_each_input_on_one_enter(terminal):
     assert "disabled" in send("%autopx")
 
 
-def test_ctrl_c_during_a_blocking_call_prints_one_line(terminal, mec):
+def test_ctrl_c_during_a_blocking_call_prints_one_line(terminal, mec, cluster):
     child, send, settle = terminal
     for command in ("mec.execute('import time; time.sleep(60)')",
                     "%px import time; time.sleep(60)"):
@@ -231,6 +232,16 @@ def test_ctrl_c_during_a_blocking_call_prints_one_line(terminal, mec):
     assert "KeyboardInterrupt: stopped waiting for result" in out and "Traceback" not in out, out
     mec.interrupt(targets=0)
     assert "waited: True" in send("print('waited:', p.wait(30))")
+    # Waiting on tasks: one line too; the tasks go on.
+    child.sendline(f"tc = client.TaskClient({cluster.task_furl!r}); "
+                   "tc.map(lambda s: __import__('time').sleep(s), [60, 60], chunksize=1)")
+    wait_until(lambda: all(q["running"] for q in mec.queue_status()), 30, "both engines busy")
+    child.sendintr()
+    out = settle()
+    assert "KeyboardInterrupt: stopped waiting for 2 task(s)" in out, out
+    assert "Traceback" not in out, out
+    assert all(q["running"] for q in mec.queue_status())  # the tasks go on
+    mec.interrupt()
 
 
 # -- the demo and the repository (item 11) ---------------------------------------------------

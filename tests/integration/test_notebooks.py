@@ -51,6 +51,8 @@ def notebook(tmp_path_factory):
         with pytest.MonkeyPatch.context() as patch:
             for key in ("IPYTHON1_DIR", "PYTHONPATH"):
                 patch.setenv(key, env[key])
+            patch.setenv("IPYTHONDIR", str(cluster.root / "ipython"))
+            patch.setenv("JUPYTER_RUNTIME_DIR", str(cluster.root / "jupyter"))
             patch.delenv("IPYTHON1_NONINTERACTIVE", raising=False)
             try:
                 client.execute()
