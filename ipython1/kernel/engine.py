@@ -154,6 +154,8 @@ def _make_shell(recorder: _Recorder) -> Any:
     InteractiveShell.displayhook_class = CapturingDisplayHook
     InteractiveShell.display_pub_class = CapturingDisplayPublisher
     shell = InteractiveShell.instance(config=config)
+    # The config applies only if this made the instance (a test process may hold one).
+    shell.Completer.use_jedi = False
 
     def showtraceback(etype: Any, evalue: Any, stb: list[str]) -> None:
         recorder.current["traceback"] = shell.InteractiveTB.stb2text(stb)
