@@ -25,8 +25,10 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",
-    packages=["ipython1", "ipython1.kernel", "ipython1.scripts", "twisted.plugins"],
-    package_data={"twisted": ["plugins/ipython1_plugins.py"]},
+    packages=["ipython1", "ipython1.common", "ipython1.controller", "ipython1.kernel",
+              "ipython1.scripts", "twisted.plugins"],
+    package_data={"twisted": ["plugins/ipython1_plugins.py"],
+                  "ipython1.controller": ["static/*"]},
     install_requires=[
         "twisted>=23.8",
         "foolscap>=23.11",
@@ -40,7 +42,8 @@ setup(
     ],
     extras_require={
         "mpi": ["mpich", "mpi4py>=4"],
-        "test": ["pytest>=8", "hypothesis>=6", "pexpect>=4.9", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8", "hypothesis>=6", "pexpect>=4.9", "pytest-timeout>=2.3",
+                 "playwright>=1.40"],
     },
     cmdclass={"editable_wheel": editable_wheel_with_plugins},
     entry_points={

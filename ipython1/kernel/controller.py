@@ -24,8 +24,8 @@ from zope.interface import implementer
 
 from ipython1.kernel import cluster, commandchannel, wire
 from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered
-from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.events import EventBus, Transcript
+from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.queue import Command, EngineQueue, user_of
 from ipython1.kernel.streaming import OutputReceiver
 
@@ -344,8 +344,12 @@ class ControllerService(service.MultiService):
     """Controller + Tub + FURL files: what `twistd ipcontroller` runs."""
 
     def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
-                 port: int = 0, reserve_ids: int = 0) -> None:
+                 port: int = 0, reserve_ids: int = 0,
+                 dashboard: tuple[str, int] | None = ("127.0.0.1", 0)) -> None:
         super().__init__()
+        self.dashboard_address = dashboard  # (ip, port) of the web dashboard, or None
+        self.monitor: Any = None
+        self.dashboard: Any = None
         self.cluster_dir = cluster_dir.create()
         self.ip = ip
         self.port = port
@@ -370,6 +374,9 @@ class ControllerService(service.MultiService):
         # Listen first, then write the FURL files: whoever sees a file (a
         # script, an engine, a test) can connect at once, never be refused.
         super().startService()
+        from ipython1.controller.monitor import ClusterMonitor
+
+        self.monitor = ClusterMonitor(self)
         self.adapters["mec"] = MultiEngine(self.controller, self)
         self._publish(EngineRegistration(self.controller), cluster.ENGINE_FURL)
         self._publish(MultiEngineReferenceable(self.adapters["mec"]), cluster.MEC_FURL)
@@ -377,6 +384,20 @@ class ControllerService(service.MultiService):
         self._publish_extra_adapters()
         cluster.write_private(self.cluster_dir.pid_file("ipcontroller"), f"{os.getpid()}\n")
         log.info("controller listening on {ip}:{port}", ip=self.ip, port=self.port)
+        self._start_monitoring()
+
+    def _start_monitoring(self) -> None:
+        """The status snapshots (ipcluster status) and the web dashboard."""
+        self.monitor.start()
+        if self.dashboard_address is not None:
+            from ipython1.controller.dashboard import Dashboard
+
+            self.dashboard = Dashboard(self, self.monitor, *self.dashboard_address)
+            try:
+                self.dashboard.start()
+            except Exception as e:  # a taken port must not stop the controller
+                log.error("no web dashboard: {e}", e=e)
+                self.dashboard = None
 
     def _publish_users(self) -> None:
         """The transcript, the named users' capabilities and the owner's admin FURL."""
@@ -389,7 +410,7 @@ class ControllerService(service.MultiService):
             Transcript(users.transcript_path(self.cluster_dir)))
         self.users = users.UserDirectory(self.adapters["mec"], self.tub, self.cluster_dir)
         self.users.load()
-        self._publish(users.ControllerAdmin(self.users), users.ADMIN_FURL)
+        self._publish(users.ControllerAdmin(self.users, self.monitor), users.ADMIN_FURL)
 
     def _publish_extra_adapters(self) -> None:
         """Publish the optional adapters that are installed (task farm)."""
@@ -405,6 +426,10 @@ class ControllerService(service.MultiService):
         self.furls[name] = wire.publish(self.tub, obj, path)
 
     def stopService(self) -> Deferred[Any]:
+        if self.dashboard is not None:
+            self.dashboard.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         if self.controller.relay is not None:
             self.controller.relay.close()
         if self.controller.command_channels is not None:

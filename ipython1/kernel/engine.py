@@ -26,14 +26,16 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 from foolscap.api import Referenceable
 from twisted.application import service
 from twisted.internet import defer, reactor, threads
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from zope.interface import implementer
 
 from ipython1 import __version__
+from ipython1.common.logring import LogRing
 from ipython1.kernel import commandchannel, datachannel, introspection, replies, wire
 from ipython1.kernel.errors import KernelError, TaskTimeout, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
@@ -47,6 +49,9 @@ RESEND_INTERRUPT = 0.05  # seconds before re-sending a SIGINT that woke nothing
 
 # Large values received or to be sent over the data channel, by blob id.
 BLOBS = datachannel.BlobStore()
+
+# This process's recent log lines, for logs() over the wire (engines on other hosts).
+LOG_RING = LogRing()
 
 
 def _incoming(frames: list[bytes]) -> list[Any]:
@@ -869,6 +874,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
         self.stream = OutputBatcher(self._send_output)
+        self._process: psutil.Process | None = None  # for stats(), made on first use
 
     def _send_output(self, chunks: list[list[str]]) -> Deferred[None] | None:
         if self._output_observer is None:
@@ -1004,6 +1010,18 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def remote_properties(self) -> dict[str, Any]:
         return dict(self._info, busy=self._runner.busy)
 
+    def remote_stats(self) -> dict[str, Any]:
+        """Answer on the reactor thread, so a busy engine still reports."""
+        if self._process is None:
+            self._process = psutil.Process()
+            self._process.cpu_percent(None)  # the first reading is always 0
+        with self._process.oneshot():
+            return {"cpu": self._process.cpu_percent(None),
+                    "rss": self._process.memory_info().rss, "busy": int(self._runner.busy)}
+
+    def remote_logs(self, lines: int) -> list[str]:
+        return LOG_RING.tail(lines)
+
 
 def engine_info() -> dict[str, Any]:
     """Describe this engine process for the controller."""
@@ -1042,6 +1060,7 @@ class EngineService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        globalLogPublisher.addObserver(LOG_RING)
         if self.own_shell_thread:
             threading.Thread(target=self.runner.run_forever, name="shell", daemon=True).start()
         # An MPI rank may sit in a GIL-holding collective, deaf to pings.

@@ -216,6 +216,14 @@ class RIEngine(RemoteInterface):
     def properties():
         return Info
 
+    def stats():
+        """This engine's CPU % since the last call and resident memory (not queued)."""
+        return DictOf(Name, ChoiceOf(float, int), maxKeys=16)
+
+    def logs(lines=int):
+        """The last lines of this engine's own log (not queued)."""
+        return ListOf(Text, maxLength=100_000)
+
     def history(start=ChoiceOf(int, None), stop=ChoiceOf(int, None)):
         return Reply
 
@@ -270,6 +278,10 @@ class RIControllerAdmin(RemoteInterface):
         return Reply
 
     def users():
+        return Reply
+
+    def status():
+        """The cluster's status: engines (host, pid, CPU, memory, queue), tasks, users."""
         return Reply
 
 
