@@ -17,6 +17,8 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ipython1.common.versions import compare as compare_versions
+from ipython1.common.versions import local_versions, refusal
 from ipython1.kernel import commandchannel, datachannel, replies, wire
 from ipython1.kernel import scatter as scatter_mod
 from ipython1.kernel.cluster import MEC_FURL
@@ -666,7 +668,26 @@ def client_info() -> dict[str, Any]:
         user = getpass.getuser()
     except Exception:
         user = "unknown"
-    return {"name": user, "host": socket.gethostname(), "pid": os.getpid()}
+    return {"name": user, "host": socket.gethostname(), "pid": os.getpid(),
+            "versions": local_versions()}
+
+
+def warn_about_engine_versions(infos: list[dict[str, Any]]) -> list[str]:
+    """Warn (once per difference) when engines run another Python or cloudpickle."""
+    import warnings
+
+    mine = local_versions()
+    by_message: dict[str, list[int]] = {}
+    for info in infos:
+        _, problems = compare_versions(mine, info.get("versions"), "this client",
+                                       "engine {ids}")
+        for problem in problems:
+            by_message.setdefault(problem, []).append(info.get("engine_id", -1))
+    messages = [m.replace("engine {ids}", "engine(s) " + ", ".join(map(str, ids)))
+                for m, ids in by_message.items()]
+    for message in messages:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return messages
 
 
 @defer.inlineCallbacks
@@ -675,7 +696,7 @@ def _open_session(furl: str, timeout: float) -> Any:
     tub = wire.client_tub()
     try:
         root = yield wire.get_reference(tub, furl, timeout)
-        session = yield root.callRemote("connect", client_info())
+        session = yield root.callRemote("connect", client_info()).addErrback(refusal)
     except Exception:
         tub.stopService()
         raise
@@ -689,7 +710,13 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
     furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
     tub, _, session = yield _open_session(furl, timeout)
     channel = yield _open_command_channel(session)
-    return AsyncMultiEngineClient(session, tub, furl, channel)
+    client = AsyncMultiEngineClient(session, tub, furl, channel)
+    try:
+        infos = yield client.engine_info()
+    except Exception:  # no engines yet, or an observer: nothing to compare with
+        infos = []
+    warn_about_engine_versions(infos)
+    return client
 
 
 @defer.inlineCallbacks

@@ -22,8 +22,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ipython1.common import versions
 from ipython1.kernel import cluster, commandchannel, wire
-from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered
+from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered, VersionMismatch
 from ipython1.kernel.events import EventBus, Transcript
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.queue import Command, EngineQueue, user_of
@@ -101,11 +102,13 @@ class Controller(service.MultiService):
         self.reserve_ids = reserve_ids
         self._used_ids: set[int] = set()
         self._broken_mpi_jobs: dict[str, str] = {}  # job -> the engine it lost first
+        self.versions = versions.local_versions()
 
     # -- registry --
 
     def register_engine(self, engine: Any, info: dict[str, Any]) -> int:
         """Add an engine; return its id, which it keeps for its life."""
+        self._check_versions(info, f"engine pid {info.get('pid')} on {info.get('hostname')}")
         engine_id = self._assign_id(info.get("requested_id"))
         if "mpi_rank" in info:
             # A rank blocked in a GIL-holding collective cannot answer pings.
@@ -138,6 +141,17 @@ class Controller(service.MultiService):
         log.info("engine {id} registered: {info}", id=engine_id, info=info)
         self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
         return engine_id
+
+    def _check_versions(self, info: Any, who: str) -> None:
+        """Refuse a peer speaking another protocol; log and publish other differences."""
+        theirs = info.get("versions") if isinstance(info, dict) else None
+        errors, warnings = versions.compare(self.versions, theirs, "the controller", who)
+        if errors:
+            log.error("refused {who}: {why}", who=who, why=errors[0])
+            raise VersionMismatch(errors[0])
+        for warning in warnings:
+            log.warn("{w}", w=warning)
+            self.events.publish("version_warning", data={"message": warning})
 
     def _call_failed(self, failure: Any, engine_id: int) -> Any:
         """A lost connection fails the call before notifyOnDisconnect fires:

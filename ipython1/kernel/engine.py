@@ -36,8 +36,9 @@ from zope.interface import implementer
 
 from ipython1 import __version__
 from ipython1.common.logring import LogRing
+from ipython1.common.versions import local_versions, refusal
 from ipython1.kernel import commandchannel, datachannel, introspection, replies, wire
-from ipython1.kernel.errors import KernelError, TaskTimeout, error_to_wire
+from ipython1.kernel.errors import KernelError, TaskTimeout, VersionMismatch, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
 from ipython1.kernel.serialize import deserialize, serialize
 from ipython1.kernel.streaming import OutputBatcher
@@ -1032,6 +1033,7 @@ def engine_info() -> dict[str, Any]:
         "ipython1": __version__,
         "cwd": os.getcwd(),
         "host_key": commandchannel.host_key(),
+        "versions": local_versions(),
     }
 
 
@@ -1092,8 +1094,10 @@ class EngineService(service.MultiService):
                 furl = self.furl or wire.resolve_furl(self.furl_file)
                 controller = yield wire.get_reference(
                     self.tub, furl, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
-                engine_id = yield controller.callRemote("register_engine", self.referenceable,
-                                                        self.info)
+                engine_id = yield controller.callRemote(
+                    "register_engine", self.referenceable, self.info).addErrback(refusal)
+            except VersionMismatch:
+                raise  # retrying cannot help
             except Exception as e:  # the controller may not be up yet: retry
                 last_error = e
                 yield _sleep(delay)

@@ -494,6 +494,9 @@ class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
     def remote_connect(self, info: Any) -> MultiEngineSession:
         # Everything done through this session is attributed to its user.
         user = self.user or self.adapter.controller.owner
+        where = info if isinstance(info, dict) else {}
+        self.adapter.controller._check_versions(
+            where, f"the client pid {where.get('pid')} on {where.get('host')}")
         session = MultiEngineSession(self.adapter, f"{user}/client-{next(self._client_ids)}",
                                      user, self.kind)
         directory = getattr(self.adapter, "directory", None)

@@ -199,3 +199,51 @@ def test_dashboard_in_a_real_browser(cluster, tmp_path):
         finally:
             browser.close()
     shutil.copy(shot, "/tmp/ipython1-dashboard.png") if Path("/tmp").is_dir() else None
+
+
+def _engine_with(cluster, patch):
+    """Start an engine process whose ipython1 reports patched versions."""
+    code = ("import ipython1.common.versions as v; real = v.local_versions; "
+            f"v.local_versions = lambda: dict(real(), **{patch!r}); "
+            "from ipython1.scripts.ipengine import main; "
+            f"main(['--profile', {cluster.profile!r}, '--connect-timeout', '20'])")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=cluster.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cluster.pids.append(proc.pid)
+    return proc
+
+
+def test_version_skew_is_named_at_connect(cluster):
+    # Another wire protocol: the engine is refused at once, told both versions, and exits.
+    proc = _engine_with(cluster, {"protocol": 99, "ipython1": "9.9"})
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode != 0
+    assert "protocol 99" in out and "ipython1 9.9" in out and "protocol 2" in out, out
+    # Another Python minor version: the engine joins; a client is warned, naming both.
+    skewed = _engine_with(cluster, {"python": "3.9.0"})
+    try:
+        mec = cluster.client()
+        wait_until(lambda: len(mec.get_ids()) == 3, timeout=60)
+        with pytest.warns(RuntimeWarning) as caught:
+            other = cluster.client()
+        messages = [str(w.message) for w in caught]
+        assert any("3.9.0" in m and "engine(s) 2" in m and sys.version.split()[0] in m
+                   for m in messages), messages
+        other.close()
+        log = cluster.dir.log_file("ipcontroller").read_text()
+        assert "3.9.0" in log
+    finally:
+        skewed.kill()
+        skewed.wait()
+        wait_until(lambda: len(mec.get_ids()) == 2, timeout=30)
+
+
+def test_a_client_of_another_protocol_is_refused_by_name(cluster):
+    code = ("import ipython1.common.versions as v; real = v.local_versions; "
+            "v.local_versions = lambda: dict(real(), protocol=99); "
+            "from ipython1.kernel.client import MultiEngineClient; "
+            f"MultiEngineClient({cluster.mec_furl!r}).get_ids()")
+    proc = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "VersionMismatch" in proc.stderr and "protocol 99" in proc.stderr, proc.stderr
