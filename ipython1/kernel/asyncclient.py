@@ -370,6 +370,11 @@ class AsyncMultiEngineClient:
         d = self._remote("interrupt", targets)
         return d.addCallback(_finish_replies, _identity, isinstance(targets, int))
 
+    def logs(self, targets: Any = "all", lines: int = 100) -> Deferred[Any]:
+        """Fire with the last lines of each target's own log (a list of lines per engine)."""
+        d = self._remote("logs", lines, targets)
+        return d.addCallback(_finish_replies, _identity, isinstance(targets, int))
+
     def queue_status(self, targets: Any = "all") -> Deferred[Any]:
         """Fire with each target's queue: the running command and the waiting ones."""
         d = self._remote("queue_status", targets)

@@ -265,6 +265,10 @@ class MultiEngineClient:
         """Raise KeyboardInterrupt in the code running on targets."""
         return self._call(self._async.interrupt, self.targets if targets is None else targets)
 
+    def logs(self, targets: Any = None, lines: int = 100) -> Any:
+        """Return the last lines of each target's log; an int target gives one list."""
+        return self._call(self._async.logs, self.targets if targets is None else targets, lines)
+
     def queue_status(self, targets: Any = None) -> Any:
         """Describe each target's queue."""
         return self._call(self._async.queue_status, self.targets if targets is None else targets)

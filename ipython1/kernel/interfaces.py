@@ -98,6 +98,9 @@ class IMultiEngine(Interface):
     def interrupt(targets: TargetSpec = "all") -> Any:
         """Raise KeyboardInterrupt in the code running on each target, at once."""
 
+    def logs(lines: int = 100, targets: TargetSpec = "all") -> Any:
+        """Fire with the last lines of each target's own log, at once (never queued)."""
+
     def queue_status(targets: TargetSpec = "all") -> Any:
         """Describe each target's queue: the running command and those waiting."""
 
@@ -325,6 +328,9 @@ class RIMultiEngineSession(RemoteInterface):
         return Reply
 
     def interrupt(targets=Targets):
+        return Reply
+
+    def logs(lines=int, targets=Targets):
         return Reply
 
     def queue_status(targets=Targets):

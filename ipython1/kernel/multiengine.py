@@ -40,6 +40,7 @@ MAX_PENDING_PER_CLIENT = 100_000  # unfetched non-blocking results kept per clie
 # What an observer's session may do: watch, list and chat; nothing that runs
 # code, moves data or changes state (every other command is refused).
 OBSERVER_ALLOWED = frozenset({"get_ids", "queue_status"})
+MAX_LOG_LINES = 10_000  # log lines one logs() call returns per engine at most
 _call_ids = itertools.count(1)
 
 
@@ -159,6 +160,18 @@ class MultiEngine:
             d = self.controller.call_now(engine_id, "interrupt")
             d.addCallback(lambda busy, e=engine_id: {"engine_id": e, "status": "ok",
                                                     "value": busy})
+            d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
+            ds.append(d)
+        return defer.gatherResults(ds, consumeErrors=True)
+
+    def logs(self, lines: int, targets: Any = "all", client: str = "") -> Deferred[Any]:
+        """Return the last lines of each target's own log (never queued)."""
+        lines = max(0, min(int(lines), MAX_LOG_LINES))
+        ds = []
+        for engine_id in self.controller.targets(targets):
+            d = self.controller.call_now(engine_id, "logs", lines)
+            d.addCallback(lambda text, e=engine_id: {"engine_id": e, "status": "ok",
+                                                    "value": text})
             d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
             ds.append(d)
         return defer.gatherResults(ds, consumeErrors=True)
@@ -329,6 +342,9 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_interrupt(self, targets: Any) -> Deferred[Any]:
         return self._call(True, "interrupt", targets)
+
+    def remote_logs(self, lines: int, targets: Any) -> Deferred[Any]:
+        return self._call(True, "logs", lines, targets)
 
     def remote_queue_status(self, targets: Any) -> Deferred[Any]:
         if self.revoked:

@@ -60,6 +60,15 @@ class StatusOptions(_ProfileOption):
     optParameters = [["interval", None, 2.0, "Seconds between refreshes with --watch.", float]]
 
 
+class LogsOptions(_ProfileOption):
+    optFlags = [["follow", "f", "Keep printing new lines until Ctrl-C."]]
+    optParameters = [
+        ["engine", "e", None, "This engine's log (asked of the engine itself, on any host); "
+         "default: the controller's log.", int],
+        ["lines", "n", 50, "How many of the last lines to print first.", int],
+    ]
+
+
 class DashboardOptions(_ProfileOption):
     optParameters = [
         ["furl-file", None, None, "The capability whose token to use "
@@ -97,7 +106,8 @@ class TranscriptOptions(usage.Options):
 
 
 class Options(usage.Options):
-    synopsis = "ipcluster start|stop|status|dashboard|adduser|deluser|users|transcript [options]"
+    synopsis = ("ipcluster start|stop|status|dashboard|logs|adduser|deluser|users|transcript "
+                "[options]")
     optParameters = [
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
     ]
@@ -110,13 +120,14 @@ class Options(usage.Options):
         ["users", None, UsersOptions, "List users: kind, connected, queued commands."],
         ["transcript", None, TranscriptOptions, "Print the shared transcript of events."],
         ["dashboard", None, DashboardOptions, "Print the web dashboard's URL (with its token)."],
+        ["logs", None, LogsOptions, "Print the controller's or an engine's log (--follow)."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError(
-                "choose a command: start, stop, status, dashboard, adduser, deluser, users "
-                "or transcript")
+                "choose a command: start, stop, status, dashboard, logs, adduser, deluser, "
+                "users or transcript")
 
 
 # -- processes ----------------------------------------------------------------
@@ -377,6 +388,65 @@ def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout, as_json: bool = F
         return 0
 
 
+def logs(cluster_dir: ClusterDir, engine: int | None = None, lines: int = 50,
+         follow: bool = False, out: IO[str] = sys.stdout) -> int:
+    """Print the last lines of the controller's log, or of an engine's (asked over the wire)."""
+    from ipython1.kernel.errors import KernelError
+
+    if engine is None:
+        path = cluster_dir.log_file("ipcontroller")
+        if not path.exists():
+            out.write(f"ipcluster: no controller log at {path}\n")
+            return 1
+        mec = None
+
+        def fetch() -> list[str]:
+            return path.read_text(errors="replace").splitlines()[-max(lines, 1000):]
+    else:
+        from ipython1.kernel.client import MultiEngineClient
+
+        try:
+            mec = MultiEngineClient(profile=cluster_dir.profile, timeout=10)
+        except KernelError as e:
+            out.write(f"ipcluster: {e}\n")
+            return 1
+
+        def fetch() -> list[str]:
+            return list(mec.logs(engine, lines=max(lines, 1000)))
+    try:
+        shown: list[str] = []
+        while True:
+            try:
+                current = fetch()
+            except KernelError as e:
+                out.write(f"ipcluster: {e}\n")
+                return 1
+            fresh = _after(shown, current) if shown else current[-lines:] if lines else []
+            for line in fresh:
+                out.write(line + "\n")
+            out.flush()
+            shown = current
+            if not follow:
+                return 0
+            time.sleep(1.0)  # polling a log; nothing to wait on
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if mec is not None:
+            mec.close()
+
+
+def _after(shown: list[str], current: list[str]) -> list[str]:
+    """Return the lines of current that come after what was shown (the logs overlap)."""
+    if not shown:
+        return current
+    last = shown[-1]
+    for i in range(len(current) - 1, -1, -1):
+        if current[i] == last:
+            return current[i + 1:]
+    return current  # we fell behind the ring: show all we have
+
+
 def dashboard(cluster_dir: ClusterDir, furl_file: str | None = None,
               out: IO[str] = sys.stdout) -> int:
     """Print the dashboard's URL with the token of a capability the caller holds."""
@@ -514,6 +584,8 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         return users(cluster_dir, out=out)
     if options.subCommand == "transcript":
         return transcript(cluster_dir, sub["user"], bool(sub["follow"]), out=out)
+    if options.subCommand == "logs":
+        return logs(cluster_dir, sub["engine"], sub["lines"], bool(sub["follow"]), out=out)
     if options.subCommand == "dashboard":
         return dashboard(cluster_dir, sub["furl-file"], out=out)
     return status(cluster_dir, out=out, as_json=bool(sub["json"]), watch=bool(sub["watch"]),

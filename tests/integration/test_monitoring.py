@@ -7,6 +7,7 @@ by Playwright): it lists the engines, and a command's event appears live.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,25 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.stop()
+
+
+class _Output:
+    """Collect a process's output without ever blocking on it."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.seen = b""
+        os.set_blocking(proc.stdout.fileno(), False)
+
+    def has(self, text):
+        chunk = self.proc.stdout.read()
+        if chunk:
+            self.seen += chunk
+        return text in self.seen
+
+    def count(self, text):
+        self.has(b"")
+        return self.seen.count(text)
 
 
 def _status_json(cluster):
@@ -103,14 +123,9 @@ def test_status_watch_refreshes_in_place(cluster):
          "status", "--watch", "--interval", "0.3"],
         env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        seen = b""
-
-        def two_screens():
-            nonlocal seen
-            seen += proc.stdout.read1(65536)
-            return seen.count(b"\x1b[H\x1b[2J") >= 2 and seen.count(b"2 engine(s)") >= 2
-
-        wait_until(two_screens, timeout=30)
+        out = _Output(proc)
+        wait_until(lambda: out.count(b"\x1b[H\x1b[2J") >= 2 and out.count(b"2 engine(s)") >= 2,
+                   timeout=30)
     finally:
         proc.kill()
         proc.wait()
@@ -247,3 +262,32 @@ def test_a_client_of_another_protocol_is_refused_by_name(cluster):
                           text=True, timeout=60)
     assert proc.returncode != 0
     assert "VersionMismatch" in proc.stderr and "protocol 99" in proc.stderr, proc.stderr
+
+
+def test_logs_of_an_engine_and_of_the_controller(cluster):
+    mec = cluster.client()
+    lines = mec.logs(1, lines=200)
+    assert any("registered with the controller as engine 1" in line for line in lines), lines
+    both = mec.logs([0, 1], lines=5)
+    assert len(both) == 2 and all(0 < len(x) <= 5 for x in both)
+    proc = cluster.ipcluster("logs", "--engine", "0", "-n", "200")
+    assert proc.returncode == 0 and "as engine 0" in proc.stdout
+    # --follow prints what is logged after it started.
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "ipython1.scripts.ipcluster", "--profile", cluster.profile,
+         "logs", "--follow", "-n", "1"], env=cluster.env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    try:
+        out = _Output(follow)
+        wait_until(lambda: out.has(b"\n"), timeout=30)  # the last line, then it follows
+        first = len(out.seen)
+        assert out.seen.count(b"\n") == 1  # -n 1: one line of the past
+        extra = cluster.start_engine()
+        wait_until(lambda: out.has(f"'pid': {extra.pid}".encode()), timeout=60)
+        assert out.seen[first:].count(b"registered: ") == 1  # new lines only, not old ones
+        extra.kill()
+        extra.wait()
+    finally:
+        follow.kill()
+        follow.wait()
+    wait_until(lambda: len(mec.get_ids()) == 2, timeout=30)
