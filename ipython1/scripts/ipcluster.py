@@ -69,6 +69,10 @@ class LogsOptions(_ProfileOption):
     ]
 
 
+class DoctorOptions(_ProfileOption):
+    optFlags = [["json", None, "Print the findings as JSON."]]
+
+
 class DashboardOptions(_ProfileOption):
     optParameters = [
         ["furl-file", None, None, "The capability whose token to use "
@@ -106,8 +110,8 @@ class TranscriptOptions(usage.Options):
 
 
 class Options(usage.Options):
-    synopsis = ("ipcluster start|stop|status|dashboard|logs|adduser|deluser|users|transcript "
-                "[options]")
+    synopsis = ("ipcluster start|stop|status|dashboard|logs|doctor|adduser|deluser|users|"
+                "transcript [options]")
     optParameters = [
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
     ]
@@ -121,13 +125,14 @@ class Options(usage.Options):
         ["transcript", None, TranscriptOptions, "Print the shared transcript of events."],
         ["dashboard", None, DashboardOptions, "Print the web dashboard's URL (with its token)."],
         ["logs", None, LogsOptions, "Print the controller's or an engine's log (--follow)."],
+        ["doctor", None, DoctorOptions, "Check the cluster for setup mistakes; say what to do."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError(
-                "choose a command: start, stop, status, dashboard, logs, adduser, deluser, "
-                "users or transcript")
+                "choose a command: start, stop, status, dashboard, logs, doctor, adduser, "
+                "deluser, users or transcript")
 
 
 # -- processes ----------------------------------------------------------------
@@ -584,6 +589,10 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         return users(cluster_dir, out=out)
     if options.subCommand == "transcript":
         return transcript(cluster_dir, sub["user"], bool(sub["follow"]), out=out)
+    if options.subCommand == "doctor":
+        from ipython1.cluster import doctor
+
+        return doctor.run(cluster_dir, out=out, as_json=bool(sub["json"]))
     if options.subCommand == "logs":
         return logs(cluster_dir, sub["engine"], sub["lines"], bool(sub["follow"]), out=out)
     if options.subCommand == "dashboard":

@@ -291,3 +291,29 @@ def test_logs_of_an_engine_and_of_the_controller(cluster):
         follow.kill()
         follow.wait()
     wait_until(lambda: len(mec.get_ids()) == 2, timeout=30)
+
+
+def test_doctor_passes_a_healthy_cluster_and_names_each_problem(cluster, tmp_path):
+    ok = cluster.ipcluster("doctor", timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "engine(s) 0, 1: Python" in ok.stdout and "FAIL" not in ok.stdout
+    assert "answers from here" in ok.stdout
+    # A FURL file others can read: a failure, with the command that fixes it.
+    furl = cluster.dir.security / "ipcontroller-mec.furl"
+    furl.chmod(0o644)
+    try:
+        bad = cluster.ipcluster("doctor", "--json", timeout=120)
+    finally:
+        furl.chmod(0o600)
+    assert bad.returncode == 1
+    findings = json.loads(bad.stdout)
+    assert any(f["level"] == "fail" and "can be read by others" in f["what"]
+               and f"chmod 600 {furl}" in f["advice"] for f in findings), findings
+    # A profile whose controller is gone: says so and what to do.
+    from ipython1.kernel.cluster import ClusterDir
+
+    ghost = Cluster(tmp_path)
+    ghost.dir.create()
+    gone = ghost.ipcluster("doctor", timeout=60)
+    assert gone.returncode == 1 and "ipcluster start" in gone.stdout
+    assert isinstance(ghost.dir, ClusterDir)
