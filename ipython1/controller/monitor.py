@@ -100,8 +100,8 @@ class ClusterMonitor:
 
     def _ask_engines(self) -> Deferred[Any]:
         asks = []
-        for engine_id, record in list(self.controller.engines.items()):
-            d = defer.maybeDeferred(record.ref.callRemote, "stats")
+        for engine_id in list(self.controller.engines):
+            d = self.controller.control(engine_id, "stats")
             d.addTimeout(STATS_TIMEOUT, self.clock)
             d.addCallbacks(self._got_stats, lambda f, i=engine_id: self.stats.pop(i, None),
                            callbackArgs=(engine_id,))
@@ -138,7 +138,7 @@ class ClusterMonitor:
                 "queued": len(record.queue),
                 "cpu": stats.get("cpu"),
                 "rss": stats.get("rss"),
-                "transport": "channel" if record.channel is not None else "foolscap",
+                "transport": "channel" if record.connection.local else "foolscap",
                 "python": info.get("python"),
                 "ipython1": info.get("ipython1"),
             })

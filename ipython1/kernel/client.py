@@ -315,6 +315,10 @@ class MultiEngineClient:
         return self._run(self._async.complete, text, line, cursor_pos, targets=targets,
                          block=block)
 
+    def ping(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Return each target's {"pid", "time"} once its queue reached the ping."""
+        return self._run(self._async.ping, targets=targets, block=block)
+
     def session_log(self) -> list[dict[str, Any]]:
         """Return the controller's record of commands: op, targets, client, time, status."""
         entries = self._call(self._async.session_log)

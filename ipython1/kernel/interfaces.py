@@ -14,26 +14,28 @@ from typing import Any
 from foolscap.api import RemoteInterface
 from foolscap.constraint import Any as AnyValue
 from foolscap.constraint import ByteStringConstraint
-from foolscap.slicers.unicode import UnicodeConstraint
 from foolscap.schema import ChoiceOf, DictOf, ListOf, Optional
 from zope.interface import Attribute, Interface
 
-# Shared wire constraints, named once with explicit bounds.
-MAX_ENGINES = 65536
-Text = UnicodeConstraint(None)  # Foolscap's `str` means bytes: say text explicitly
-Name = UnicodeConstraint(1000)
-Frame = ByteStringConstraint(None)  # values may be GiBs; see serialize.MAX_FRAME
-Frames = ListOf(Frame, maxLength=1_000_000)
-Namespace = DictOf(Name, Frames, maxKeys=100_000)
-# Foolscap cannot check a ChoiceOf that includes text; parse_targets validates.
-Targets = AnyValue()
-Keys = ListOf(Name, maxLength=100_000)
-FramesByEngine = DictOf(int, Frames, maxKeys=MAX_ENGINES)
-NamespaceByEngine = DictOf(int, Namespace, maxKeys=MAX_ENGINES)
-Info = AnyValue()
-Token = ByteStringConstraint(64)
-Sizes = ListOf(int, maxLength=1_000_000)
-Reply = AnyValue()
+from ipython1.common import ops
+from ipython1.common.constraints import (  # noqa: F401 - re-exported: the shared names
+    MAX_ENGINES,
+    Frame,
+    Frames,
+    FramesByEngine,
+    Info,
+    Keys,
+    Name,
+    Namespace,
+    NamespaceByEngine,
+    OpArgs,
+    OpName,
+    Reply,
+    Sizes,
+    Targets,
+    Text,
+    Token,
+)
 
 TargetSpec = Any  # "all" | int | list[int]
 
@@ -181,25 +183,8 @@ class RIEngine(RemoteInterface):
 
     __remote_name__ = "RIEngine.v1.ipython1"
 
-    def execute(code=Text):
-        return Reply
-
-    def push(namespace=Namespace):
-        return Reply
-
-    def pull(keys=Keys):
-        return Reply
-
-    def apply(func=Frames, args=Frames):
-        return Reply
-
-    def get_result(n=ChoiceOf(int, None)):
-        return Reply
-
-    def keys():
-        return Reply
-
-    def reset():
+    def run(op=OpName, args=OpArgs):
+        """Queue a command of the op table (ipython1.common.ops); args fit its schema."""
         return Reply
 
     def kill():
@@ -227,27 +212,9 @@ class RIEngine(RemoteInterface):
         """The last lines of this engine's own log (not queued)."""
         return ListOf(Text, maxLength=100_000)
 
-    def history(start=ChoiceOf(int, None), stop=ChoiceOf(int, None)):
-        return Reply
-
-    def inspect(name=Text, detail_level=int):
-        return Reply
-
-    def who():
-        return Reply
-
-    def whos():
-        return Reply
-
-    def complete(text=Text, line=AnyValue(), cursor_pos=ChoiceOf(int, None)):
-        return Reply
-
     def subscribe_output(observer=AnyValue()):
         """Send live stdout/stderr as observer.output([[name, text], ...])."""
         return None
-
-    def run_tasks(batch=ListOf(AnyValue(), maxLength=100_000)):
-        return Reply
 
 
 class RIEngineRegistration(RemoteInterface):
@@ -297,31 +264,16 @@ class RIMultiEngineSession(RemoteInterface):
 
     __remote_name__ = "RIMultiEngineSession.v1.ipython1"
 
+    # One method per op of the table: op(*its args, targets, block).
+    locals().update(ops.session_schemas())
+
     def get_ids():
         return ListOf(int, maxLength=MAX_ENGINES)
-
-    def execute(code=Text, targets=Targets, block=bool):
-        return Reply
-
-    def push(namespace=Namespace, targets=Targets, block=bool):
-        return Reply
 
     def push_each(namespaces=NamespaceByEngine, block=bool):
         return Reply
 
-    def pull(keys=Keys, targets=Targets, block=bool):
-        return Reply
-
     def apply_each(func=Frames, args=FramesByEngine, block=bool):
-        return Reply
-
-    def get_result(n=ChoiceOf(int, None), targets=Targets, block=bool):
-        return Reply
-
-    def keys(targets=Targets, block=bool):
-        return Reply
-
-    def reset(targets=Targets, block=bool):
         return Reply
 
     def kill(controller=bool, targets=Targets, block=bool):
@@ -351,23 +303,6 @@ class RIMultiEngineSession(RemoteInterface):
 
     def pending_ids():
         return ListOf(int, maxLength=1_000_000)
-
-    def history(start=ChoiceOf(int, None), stop=ChoiceOf(int, None), targets=Targets,
-                block=bool):
-        return Reply
-
-    def inspect(name=Text, detail_level=int, targets=Targets, block=bool):
-        return Reply
-
-    def who(targets=Targets, block=bool):
-        return Reply
-
-    def whos(targets=Targets, block=bool):
-        return Reply
-
-    def complete(text=Text, line=AnyValue(), cursor_pos=ChoiceOf(int, None),
-                 targets=Targets, block=bool):
-        return Reply
 
     def subscribe_output(observer=AnyValue(), own_only=bool):
         """Send live output as observer.output({"engine_id", "chunks", ...})."""
@@ -401,7 +336,7 @@ class RIMultiEngineSession(RemoteInterface):
         return Reply
 
     def open_command_channel(host=Text):
-        """Offer this session over the controller's local socket (see commandchannel)."""
+        """Offer this session over the controller's local socket (transport.channel)."""
         return AnyValue()
 
     def connect_tasks(info=Info):
@@ -456,7 +391,7 @@ class RITaskFarmSession(RemoteInterface):
         return Reply
 
     def open_command_channel(host=Text):
-        """Offer this session over the controller's local socket (see commandchannel)."""
+        """Offer this session over the controller's local socket (transport.channel)."""
         return AnyValue()
 
 
