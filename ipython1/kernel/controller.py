@@ -106,6 +106,7 @@ class Controller(service.MultiService):
         self._used_ids: set[int] = set()
         self._broken_mpi_jobs: dict[str, str] = {}  # job -> the engine it lost first
         self.versions = versions.local_versions()
+        self.debug_clients: dict[str, Any] = {}  # client name -> its debugger observer
 
     # -- registry --
 
@@ -138,7 +139,8 @@ class Controller(service.MultiService):
             d = connection.control("open_command_channel", engine_id, channels.offer(engine_id))
             d.addErrback(lambda f: None)  # Foolscap carries its commands instead
         # Live stdout/stderr: the engine sends it to this receiver as it is written.
-        d = connection.control("subscribe_output", OutputReceiver(engine_id, self._engine_output))
+        d = connection.control("subscribe_output", OutputReceiver(
+            engine_id, self._engine_output, self._engine_debugger))
         d.addErrback(lambda f: None)  # an engine without live output still works
         log.info("engine {id} registered: {info}", id=engine_id, info=info)
         self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
@@ -283,6 +285,24 @@ class Controller(service.MultiService):
         if op == "interrupt":
             return record.connection.interrupt()
         return record.connection.kill()
+
+    def _engine_debugger(self, engine_id: int, text: str) -> bool:
+        """Hand an engine's pdb prompt to the client whose command is running there."""
+        record = self.engines.get(engine_id)
+        command = record.queue.running if record is not None else None
+        observer = self.debug_clients.get(command.client) if command is not None else None
+        if observer is None:
+            return False
+        self.events.publish("debugger", command.owner, engine_id,
+                            {"op": command.op, "text": text[-2000:]}, command.client)
+        d = defer.maybeDeferred(observer.callRemote, "debugger_waiting", engine_id, text)
+        d.addErrback(lambda f: None)  # a client gone: interrupt ends the debugger
+        return True
+
+    def debugger_owner(self, engine_id: int) -> Any:
+        """Return the running command of an engine (its client owns the debugger)."""
+        record = self.engines.get(engine_id)
+        return record.queue.running if record is not None else None
 
     def control(self, engine_id: int, method: str, *args: Any) -> Deferred[Any]:
         """Ask an engine something it answers off its queue (stats, logs, debugger input)."""

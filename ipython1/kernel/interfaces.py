@@ -38,6 +38,8 @@ from ipython1.common.constraints import (  # noqa: F401 - re-exported: the share
 )
 
 TargetSpec = Any  # "all" | int | list[int]
+# A remote pdb's answer: {"output": text, "waiting": bool} (ChoiceOf cannot hold text).
+DebugReply = DictOf(Name, AnyValue(), maxKeys=4)
 
 
 # -- local interfaces --------------------------------------------------------
@@ -212,6 +214,10 @@ class RIEngine(RemoteInterface):
         """The last lines of this engine's own log (not queued)."""
         return ListOf(Text, maxLength=100_000)
 
+    def debug_input(line=Text):
+        """A line for the engine's waiting debugger; its output up to the next prompt."""
+        return DebugReply
+
     def subscribe_output(observer=AnyValue()):
         """Send live stdout/stderr as observer.output([[name, text], ...])."""
         return None
@@ -283,6 +289,10 @@ class RIMultiEngineSession(RemoteInterface):
         return Reply
 
     def logs(lines=int, targets=Targets):
+        return Reply
+
+    def debug_input(engine_id=int, line=Text):
+        """A line for the debugger this client's command opened on engine_id."""
         return Reply
 
     def queue_status(targets=Targets):

@@ -159,6 +159,16 @@ class MultiEngine:
             ds.append(d)
         return defer.gatherResults(ds, consumeErrors=True)
 
+    def debug_input(self, engine_id: int, line: str, client: str = "") -> Deferred[Any]:
+        """Send a line to the debugger of engine_id: only the client that started it may."""
+        command = self.controller.debugger_owner(engine_id)
+        if command is None or command.client != client:
+            raise PermissionDenied(f"engine {engine_id}'s debugger (if any) belongs to another "
+                                   "client; debug with your own command (mec.debug)")
+        self.controller.events.publish("debug_input", command.owner, engine_id,
+                                       {"line": line[:200]}, client)
+        return self.controller.control(engine_id, "debug_input", line)
+
     def logs(self, lines: int, targets: Any = "all", client: str = "") -> Deferred[Any]:
         """Return the last lines of each target's own log (never queued)."""
         lines = max(0, min(int(lines), MAX_LOG_LINES))
@@ -317,6 +327,9 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
     def remote_logs(self, lines: int, targets: Any) -> Deferred[Any]:
         return self._call(True, "logs", lines, targets)
 
+    def remote_debug_input(self, engine_id: int, line: str) -> Deferred[Any]:
+        return self._call(True, "debug_input", engine_id, line)
+
     def remote_queue_status(self, targets: Any) -> Deferred[Any]:
         if self.revoked:
             return defer.succeed(self._raise_as_data(Failure(self._denied("queue_status"))))
@@ -466,8 +479,11 @@ class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
         where = info if isinstance(info, dict) else {}
         self.adapter.controller._check_versions(
             where, f"the client pid {where.get('pid')} on {where.get('host')}")
+        debugger = where.pop("debugger", None)  # the client's remote-pdb observer
         session = MultiEngineSession(self.adapter, f"{user}/client-{next(self._client_ids)}",
                                      user, self.kind)
+        if debugger is not None and hasattr(debugger, "callRemote"):
+            self.adapter.controller.debug_clients[session.client] = debugger
         directory = getattr(self.adapter, "directory", None)
         if directory is not None:
             directory.session_opened(session, info)

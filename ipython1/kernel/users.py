@@ -222,6 +222,7 @@ class UserDirectory:
         return None
 
     def session_closed(self, session: Any) -> None:
+        self.controller.debug_clients.pop(session.client, None)
         sessions = self._sessions_of(session)
         if session in sessions:
             sessions.remove(session)
