@@ -533,7 +533,7 @@ class AsyncMultiEngineClient:
         comes; otherwise every command's. One subscription per client: a new
         one replaces the old.
         """
-        from ipython1.kernel.streaming import OutputObserver
+        from ipython1.client.output import OutputObserver
 
         self._observer = OutputObserver(callback)
         return self._remote("subscribe_output", self._observer, own_only)
@@ -581,7 +581,7 @@ class AsyncMultiEngineClient:
         Fires with {"seq": n}: events numbered up to n are history.
         (``subscribe`` is the live stdout/stderr of commands only; see streaming.)
         """
-        from ipython1.kernel.events import EventObserver
+        from ipython1.client.events import EventObserver
 
         self._event_observer = EventObserver(observer)
         d = self._remote("subscribe_events", self._event_observer, history)

@@ -28,7 +28,7 @@ from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered, Version
 from ipython1.kernel.events import EventBus, Transcript
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.queue import Command, EngineQueue, user_of
-from ipython1.kernel.streaming import OutputReceiver
+from ipython1.controller.output import OutputReceiver
 from ipython1.transport import channel as command_channel
 from ipython1.transport.foolscap import FoolscapEngineConnection
 from ipython1.transport.interfaces import IEngineConnection

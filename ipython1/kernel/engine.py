@@ -45,6 +45,7 @@ from ipython1.kernel.interfaces import IEngineKernel, RIEngine
 from ipython1.kernel.serialize import deserialize, serialize
 from ipython1.kernel.streaming import OutputBatcher
 from ipython1.transport import channel as command_channel
+from ipython1.transport import foolscap as foolscap_transport
 
 log = Logger()
 
@@ -932,7 +933,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def _send_output(self, chunks: list[list[str]]) -> Deferred[None] | None:
         if self._output_observer is None:
             return None
-        d = self._output_observer.callRemote("output", chunks)
+        d = foolscap_transport.call(self._output_observer, "output", chunks)
         return d.addErrback(lambda f: None)  # the controller may be gone: nothing to tell
 
     def _flushed(self, reply: Any) -> Any:

@@ -72,6 +72,9 @@ class IMultiEngine(Interface):
     def get_ids() -> Any:
         """Fire with the sorted ids of the registered engines."""
 
+    def run(op: str, args: tuple[Any, ...], targets: TargetSpec = "all") -> Any:
+        """Run a command of the op table (ipython1.common.ops) on each target."""
+
     def execute(code: str, targets: TargetSpec = "all") -> Any:
         """Run code on each target; results come back in target order."""
 
@@ -81,20 +84,8 @@ class IMultiEngine(Interface):
     def push_each(namespaces: dict[int, dict[str, list[bytes]]]) -> Any:
         """Bind different serialized values on each engine (scatter)."""
 
-    def pull(keys: list[str], targets: TargetSpec = "all") -> Any:
-        """Fetch serialized values of names from each target."""
-
     def apply_each(func: list[bytes], args: dict[int, list[bytes]]) -> Any:
         """Call a function on each engine with that engine's arguments."""
-
-    def get_result(n: int | None, targets: TargetSpec = "all") -> Any:
-        """Fetch an earlier execution record by execution number."""
-
-    def keys(targets: TargetSpec = "all") -> Any:
-        """List the user namespace on each target."""
-
-    def reset(targets: TargetSpec = "all") -> Any:
-        """Clear the user namespace on each target."""
 
     def kill(controller: bool = False, targets: TargetSpec = "all") -> Any:
         """End engines at once, bypassing their queues; optionally the controller."""
@@ -110,23 +101,6 @@ class IMultiEngine(Interface):
 
     def clear_queue(targets: TargetSpec = "all") -> Any:
         """Drop each target's waiting commands; they fail with QueueCleared."""
-
-    def history(start: int | None = None, stop: int | None = None,
-                targets: TargetSpec = "all") -> Any:
-        """Fetch each target's numbered inputs [[n, input], ...], start <= n < stop."""
-
-    def inspect(name: str, detail_level: int = 0, targets: TargetSpec = "all") -> Any:
-        """Describe a name as `name?` (0) or `name??` (1): {"data": {...}, "text": str}."""
-
-    def who(targets: TargetSpec = "all") -> Any:
-        """List the user's names on each target (like %who_ls)."""
-
-    def whos(targets: TargetSpec = "all") -> Any:
-        """Describe the user's names on each target: types, array shapes."""
-
-    def complete(text: str, line: str | None = None, cursor_pos: int | None = None,
-                 targets: TargetSpec = "all") -> Any:
-        """Fire with IPython's completions on each target: {"text", "matches"}."""
 
     def session_log() -> Any:
         """Fire with every command this controller ran: targets, client, time, status."""

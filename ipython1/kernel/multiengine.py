@@ -34,6 +34,7 @@ from ipython1.kernel.interfaces import IMultiEngine, RIMultiEngine, RIMultiEngin
 from ipython1.kernel.queue import Command, user_of
 from ipython1.kernel.session import SessionLog
 from ipython1.transport import channel as command_channel
+from ipython1.transport import foolscap as foolscap_transport
 
 if TYPE_CHECKING:
     from ipython1.kernel.controller import Controller
@@ -384,7 +385,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         def forward(kind: str, data: dict[str, Any]) -> Deferred[None] | None:
             if kind != "output" or (own_only and data.get("client") != self.client):
                 return None
-            d = observer.callRemote("output", data)
+            d = foolscap_transport.call(observer, "output", data)
             return d.addErrback(lambda f: self._drop_forward(forward))
 
         self._forward = forward
