@@ -112,7 +112,6 @@ class Controller(service.MultiService):
 
     def register_engine(self, engine: Any, info: dict[str, Any]) -> int:
         """Add an engine; return its id, which it keeps for its life."""
-        self._check_versions(info, f"engine pid {info.get('pid')} on {info.get('hostname')}")
         engine_id = self._assign_id(info.get("requested_id"))
         if "mpi_rank" in info:
             # A rank blocked in a GIL-holding collective cannot answer pings.
@@ -146,7 +145,7 @@ class Controller(service.MultiService):
         self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
         return engine_id
 
-    def _check_versions(self, info: Any, who: str) -> None:
+    def check_versions(self, info: Any, who: str) -> None:
         """Refuse a peer speaking another protocol; log and publish other differences."""
         theirs = info.get("versions") if isinstance(info, dict) else None
         errors, warnings = versions.compare(self.versions, theirs, "the controller", who)
@@ -376,6 +375,8 @@ class EngineRegistration(Referenceable):  # type: ignore[misc]
         self.controller = controller
 
     def remote_register_engine(self, engine: Any, info: dict[str, Any]) -> int:
+        self.controller.check_versions(
+            info, f"engine pid {info.get('pid')} on {info.get('hostname')}")
         return self.controller.register_engine(engine, info)
 
 

@@ -478,7 +478,7 @@ class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
         # Everything done through this session is attributed to its user.
         user = self.user or self.adapter.controller.owner
         where = info if isinstance(info, dict) else {}
-        self.adapter.controller._check_versions(
+        self.adapter.controller.check_versions(
             where, f"the client pid {where.get('pid')} on {where.get('host')}")
         debugger = where.pop("debugger", None)  # the client's remote-pdb observer
         session = MultiEngineSession(self.adapter, f"{user}/client-{next(self._client_ids)}",
