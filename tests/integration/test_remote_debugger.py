@@ -188,3 +188,25 @@ def test_debug_magic_in_a_jupyter_kernel_uses_the_input_box(cluster):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_debug_in_ipython1_shell(cluster, tmp_path):
+    from tests.integration.test_collaboration import spawn_shell
+
+    mec = cluster.client()
+    n = len(mec.get_ids())
+    shell = spawn_shell(cluster, cluster.mec_furl, tmp_path)
+    try:
+        shell.send("shell_secret = 99; 1/0\r")
+        shell.expect("ZeroDivisionError")
+        shell.expect(r"In \[\d+\]:")
+        shell.send("%debug\r")
+        for _ in range(n):  # one engine after another
+            shell.expect(r"\(Pdb \d+\) ")
+            shell.send("p shell_secret + 1\r")
+            shell.expect("100")
+            shell.expect(r"\(Pdb \d+\) ")
+            shell.send("q\r")
+        shell.expect(r"In \[\d+\]:")
+    finally:
+        shell.terminate(force=True)
