@@ -21,11 +21,9 @@ import bdb
 import io
 import pdb
 import queue
-import sys
 import threading
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any
 
 MAX_OUTPUT = 1 << 20  # characters of debugger output held between two prompts
 
