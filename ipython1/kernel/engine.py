@@ -946,8 +946,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
 
     def remote_open_command_channel(self, engine_id: int, offer: dict[str, Any]) -> bool:
         """Take queued commands over the controller's local socket (transport.channel)."""
-        if not command_channel.valid_engine_offer(offer):
-            return False
+        if not command_channel.enabled() or not command_channel.valid_engine_offer(offer):
+            return False  # IPYTHON1_COMMAND_CHANNEL=0 here too: Foolscap only
         self._runner.open_channel(offer, self)
         return True
 
