@@ -314,6 +314,7 @@ class EngineKernel:
         self.stderr = OutputStream("stderr", on_output)
         self.shell = _make_shell(self._recorder)
         self._runner = runner
+        self._watchdog: TaskWatchdog | None = None  # made with the first batch of tasks
         if runner is not None:
             runner.guard_cells(self.shell)
         self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
@@ -455,8 +456,9 @@ class EngineKernel:
         task's depend function gave, or "error" with ``{"error", "stdout", "stderr"}``.
         """
         if watchdog is None and self._runner is not None:
-            watchdog = self._watchdog = getattr(self, "_watchdog", None) or TaskWatchdog(
-                self._runner)
+            if self._watchdog is None:
+                self._watchdog = TaskWatchdog(self._runner)
+            watchdog = self._watchdog
         return [self.run_task(tid, timeout, payload, watchdog)
                 for tid, timeout, payload in batch]
 
@@ -659,7 +661,8 @@ class ShellRunner:
     def open_channel(self, offer: dict[str, Any], host: Any) -> None:
         """Connect the command channel on the shell thread; host runs its calls.
 
-        host.job(op, args) gives (job, encode), or None for args that are not a list; host.output_idle() and host.drain_output() keep a command's live
+        host.job(op, args) gives (job, encode), or None for args that are not a
+        list; host.output_idle() and host.drain_output() keep a command's live
         output ahead of its reply.
         """
         self._put(("channel", offer, host))
