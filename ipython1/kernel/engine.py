@@ -1046,7 +1046,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
                 session.feed("continue" if at_breakpoint else None)
 
         observer = self._output_observer
-        d = observer.callRemote("debugger", text) if observer else defer.succeed(False)
+        d = (foolscap_transport.call(observer, "debugger", text) if observer
+             else defer.succeed(False))
         d.addCallbacks(answered, lambda f: answered(False))
 
     def _debugger_ended(self, session: DebugSession, text: str) -> None:
