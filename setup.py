@@ -25,7 +25,8 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",
-    packages=["ipython1", "ipython1.kernel", "ipython1.scripts", "twisted.plugins"],
+    packages=["ipython1", "ipython1.client", "ipython1.engine", "ipython1.kernel", "ipython1.scripts",
+              "twisted.plugins"],
     package_data={"twisted": ["plugins/ipython1_plugins.py"]},
     install_requires=[
         "twisted>=23.8",
@@ -40,6 +41,7 @@ setup(
     ],
     extras_require={
         "mpi": ["mpich", "mpi4py>=4"],
+        "data": ["zarr>=2.16", "h5py>=3.8"],
         "test": ["pytest>=8", "hypothesis>=6", "pexpect>=4.9", "pytest-timeout>=2.3"],
     },
     cmdclass={"editable_wheel": editable_wheel_with_plugins},

@@ -1,0 +1,1 @@
+"""Client-side concepts built on the multi-engine client."""

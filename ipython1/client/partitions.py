@@ -1,0 +1,97 @@
+"""Engines load their own partitions of an on-disk data set.
+
+`assign_files` is pure: which engine loads which files (contiguous runs, as
+even as can be, so the rows come out in file order). `load_partitions`
+sends each engine its list of paths; the engine reads them itself
+(`ipython1.engine.loaders`), so no byte of the data passes the client or the
+controller. It fires with the layout: which engine holds which rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+
+from ipython1.engine import loaders
+from ipython1.kernel import scatter as scatter_mod
+from ipython1.kernel.errors import CompositeError, PartitionLoadError, RemoteError
+from ipython1.kernel.serialize import serialize
+
+__all__ = ["assign_files", "layout_from_rows", "load_partitions"]
+
+
+def assign_files(paths: Sequence[str], ids: Sequence[int]) -> dict[int, list[str]]:
+    """Give each engine a contiguous run of paths; run lengths differ by at most one."""
+    if not ids:
+        raise ValueError("no engines to load the files on")
+    return {e: list(part) for e, part in zip(ids, scatter_mod.partitions(list(paths), len(ids)))}
+
+
+def layout_from_rows(rows: dict[int, int], ids: Sequence[int]) -> dict[int, range]:
+    """Turn each engine's row count into its global rows, in engine order."""
+    out, start = {}, 0
+    for e in ids:
+        out[e] = range(start, start + rows[e])
+        start += rows[e]
+    return out
+
+
+def _each(client: Any, func: Callable[..., Any], args: dict[int, tuple[Any, ...]]) -> Any:
+    """Run func(*args[e]) on each engine e; fire with {engine: result}."""
+    frames = {e: serialize((a, {})) for e, a in args.items()}
+    d = client._apply_each(serialize(func), frames, True, False)
+    return d.addCallback(lambda results: dict(zip(sorted(frames), results)))
+
+
+def _load_error(key: str, failure: Any) -> Any:
+    error = failure.value
+    errors = error.errors if isinstance(error, CompositeError) else [error]
+    if not all(isinstance(e, RemoteError) for e in errors):
+        return failure
+    lines = [f"engine {e.engine_id}: {e.evalue}" for e in errors]
+    raise PartitionLoadError(f"could not load {key!r}:\n  " + "\n  ".join(lines),
+                             [e.engine_id for e in errors]) from error
+
+
+@defer.inlineCallbacks
+def load_partitions(client: Any, key: str, paths: Any, loader: Any = "npy",
+                    targets: Any = "all", mmap: bool = False,
+                    options: dict[str, Any] | None = None) -> Any:
+    """Have the targets load paths into key, each its share; fire with the layout.
+
+    paths: a list of files, a glob pattern (expanded on the first target,
+    sorted), or {engine_id: [files]} to choose the assignment. The layout is
+    {engine_id: {"rows": range, "files": [...]}} in engine order; an engine
+    given no file holds an array of no rows with the others' dtype.
+    """
+    if not isinstance(key, str) or not key.isidentifier():
+        raise ValueError(f"cannot load into {key!r}: not a valid Python name")
+    if not (isinstance(loader, str) or callable(loader)):
+        raise TypeError(f"loader must be 'npy', 'zarr', 'hdf5' or a callable, not {loader!r}")
+    ids = yield client._ids(targets)
+    if isinstance(paths, dict):
+        assignment = {e: list(paths.get(e, [])) for e in ids}
+    else:
+        if isinstance(paths, str):
+            pattern = paths
+            paths = yield client.apply(loaders.expand, pattern, targets=ids[0])
+            if not paths:
+                raise PartitionLoadError(f"could not load {key!r}: no file matches {pattern!r} "
+                                         f"on engine {ids[0]}", [ids[0]])
+        assignment = assign_files([str(p) for p in paths], ids)
+    busy = {e: (key, files, loader, mmap, options or {}) for e, files in assignment.items()
+            if files}
+    if not busy:
+        raise PartitionLoadError(f"could not load {key!r}: no files given", [])
+    d = _each(client, loaders.load, busy)
+    described = yield d.addErrback(lambda f: _load_error(key, f))
+    idle = [e for e in ids if e not in busy]
+    if idle:
+        first = described[next(iter(busy))]
+        more = yield _each(client, loaders.empty,
+                           {e: (key, first["trailing"], first["dtype"]) for e in idle})
+        described.update(more)
+    rows = layout_from_rows({e: described[e]["rows"] for e in ids}, ids)
+    return {e: {"rows": rows[e], "files": assignment[e]} for e in ids}
