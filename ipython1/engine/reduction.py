@@ -43,7 +43,7 @@ MAGIC = b"IP1R"
 HEADER = struct.Struct("!4sBIQ32s")  # magic, kind, sender index, payload length, mac
 OK, FAILED = 0, 1
 STAGE_TTL = 600.0  # a staged value whose combine never came is dropped after this
-TIMEOUT = float(os.environ.get("IPYTHON1_REDUCE_TIMEOUT", "300"))
+TIMEOUT = float(os.environ.get("IPYTHON1_REDUCE_TIMEOUT", "120"))
 
 # Reduction id -> {"value", "listener", "time"}: held between the two commands.
 _staged: dict[str, dict[str, Any]] = {}
