@@ -48,6 +48,9 @@ TIMEOUT = float(os.environ.get("IPYTHON1_REDUCE_TIMEOUT", "120"))
 # Reduction id -> {"value", "listener", "time"}: held between the two commands.
 _staged: dict[str, dict[str, Any]] = {}
 
+# How this engine's last reduction ran ("tree" or "mpi"): to check, and to debug.
+last_path = ""
+
 
 class ReductionError(RuntimeError):
     """Another engine of the reduction failed, or a peer could not be reached."""
@@ -181,6 +184,8 @@ def combine(reduction_id: str, func: Callable[[Any, Any], Any], index: int,
     and is bound to result_key on every engine. The root returns the result
     when return_result is set; every other engine returns None.
     """
+    global last_path
+    last_path = "tree"
     entry = _staged.pop(reduction_id, None)
     if entry is None:
         raise ReductionError(f"reduction {reduction_id} was not staged on this engine")
@@ -231,6 +236,8 @@ def mpi_allreduce(source: Any, func: Callable[[Any, Any], Any], result_key: str 
     """Reduce over MPI.COMM_WORLD with mpi4py; rank 0 returns the result."""
     from mpi4py import MPI
 
+    global last_path
+    last_path = "mpi"
     if isinstance(source, str):
         value = user_namespace()[source]
     else:
