@@ -30,7 +30,7 @@ def _each(mec: Any, func: Callable[..., Any], args: dict[int, tuple[Any, ...]]) 
     """Run func(*args[e]) on each engine e at once; return {engine: result}."""
     frames = {e: serialize((a, {})) for e, a in args.items()}
     results = mec._call(mec._async._apply_each, serialize(func), frames, True, False)
-    return dict(zip(sorted(frames), results))
+    return dict(zip(sorted(frames), results, strict=True))
 
 
 def _forget(mec: Any, ids: list[int], key: str) -> None:

@@ -26,7 +26,8 @@ def assign_files(paths: Sequence[str], ids: Sequence[int]) -> dict[int, list[str
     """Give each engine a contiguous run of paths; run lengths differ by at most one."""
     if not ids:
         raise ValueError("no engines to load the files on")
-    return {e: list(part) for e, part in zip(ids, scatter_mod.partitions(list(paths), len(ids)))}
+    parts = scatter_mod.partitions(list(paths), len(ids))
+    return {e: list(part) for e, part in zip(ids, parts, strict=True)}
 
 
 def layout_from_rows(rows: dict[int, int], ids: Sequence[int]) -> dict[int, range]:
@@ -42,7 +43,7 @@ def _each(client: Any, func: Callable[..., Any], args: dict[int, tuple[Any, ...]
     """Run func(*args[e]) on each engine e; fire with {engine: result}."""
     frames = {e: serialize((a, {})) for e, a in args.items()}
     d = client._apply_each(serialize(func), frames, True, False)
-    return d.addCallback(lambda results: dict(zip(sorted(frames), results)))
+    return d.addCallback(lambda results: dict(zip(sorted(frames), results, strict=True)))
 
 
 def _load_error(key: str, failure: Any) -> Any:

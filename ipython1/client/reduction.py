@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
 
 from ipython1.engine import reduction as engine_side
 from ipython1.kernel.serialize import serialize
@@ -59,7 +58,7 @@ def _mpi_job(infos: list[dict[str, Any]]) -> bool:
 
 def _results_by_engine(ids: list[int], results: list[Any]) -> dict[int, Any]:
     # apply_each answers in the order of sorted engine ids.
-    return dict(zip(sorted(ids), results))
+    return dict(zip(sorted(ids), results, strict=True))
 
 
 @defer.inlineCallbacks

@@ -56,12 +56,12 @@ def _load_npy(paths: Sequence[str], mmap: bool) -> Any:
     if any(fortran or dtype.hasobject for _, dtype, fortran, _ in headers):
         return _concatenate([np.load(p) for p in paths], paths)
     first_shape, dtype = headers[0][0], headers[0][1]
-    for path, (shape, other, _, _) in zip(paths, headers):
+    for path, (shape, other, _, _) in zip(paths, headers, strict=True):
         _check_compatible(path, shape, other, first_shape, dtype)
     rows = sum(shape[0] for shape, *_ in headers)
     out = np.empty((rows, *first_shape[1:]), dtype=dtype)
     start = 0
-    for path, (shape, _, _, offset) in zip(paths, headers):
+    for path, (shape, _, _, offset) in zip(paths, headers, strict=True):
         stop = start + shape[0]
         if out[start:stop].nbytes == 0:
             continue
@@ -112,7 +112,7 @@ def _check_compatible(path: str, shape: tuple[int, ...], dtype: Any,
 
 def _concatenate(parts: list[Any], paths: Sequence[str]) -> Any:
     arrays = [np.asarray(p) for p in parts]
-    for path, a in zip(paths, arrays):
+    for path, a in zip(paths, arrays, strict=True):
         _check_compatible(path, a.shape, a.dtype, arrays[0].shape, arrays[0].dtype)
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 

@@ -151,7 +151,8 @@ def _recv(sock: socket.socket, secret: bytes, reduction_id: str) -> tuple[int, i
 
 
 def _accept_children(listener: socket.socket, children: list[int], secret: bytes,
-                     reduction_id: str, deadline: float) -> dict[int, tuple[socket.socket, int, Any]]:
+                     reduction_id: str, deadline: float
+                     ) -> dict[int, tuple[socket.socket, int, Any]]:
     """Accept one authenticated frame from each child; ignore any other connection."""
     got: dict[int, tuple[socket.socket, int, Any]] = {}
     while len(got) < len(children):
@@ -208,7 +209,8 @@ def combine(reduction_id: str, func: Callable[[Any, Any], Any], index: int,
             except Exception as e:
                 failure = f"engine at tree position {index}: {type(e).__name__}: {e}"
         if parent is not None:
-            upward = socket.create_connection(parent, timeout=max(0.01, deadline - time.monotonic()))
+            upward = socket.create_connection(
+                parent, timeout=max(0.01, deadline - time.monotonic()))
             _send(upward, secret, reduction_id, FAILED if failure else OK, index,
                   failure if failure else value)
             if result_key is not None and failure is None:

@@ -93,7 +93,7 @@ def _partial(ns: dict, op: str, axis=None, **params):
     """Partial results of several engines' blocks, folded like the tree does."""
     per_engine = []
     offset = 0
-    for i, block in enumerate(ns["engines"]):
+    for block in ns["engines"]:
         ns["x"] = block
         rows = sum(c.shape[0] for c in (block if isinstance(block, list) else [block]))
         per_engine.append(blocks.partial("x", op, axis, dict(params, offset=offset)))
