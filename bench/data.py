@@ -3,6 +3,7 @@
     python bench/data.py                      # ~8 GiB as 64 npy files, 8 engines / workers
     python bench/data.py --gib 1 --files 16   # smaller
     python bench/data.py --systems ipython1   # one side only
+    python bench/data.py --repeat 2           # ipython1, dask, ipython1, dask
 
 Generates float64 data as npy files in a temporary directory (deleted at
 the end, even on failure), then, in one run:
@@ -215,6 +216,9 @@ def main() -> None:
     parser.add_argument("--systems", default="ipython1,dask")
     parser.add_argument("--read", action="store_true",
                         help="also run ipython1 reading the files into memory (mmap=False)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the systems this many times, alternating (the machine's load "
+                             "varies)")
     parser.add_argument("--out", default=str(BENCH / "results"))
     parser.add_argument("--datadir", default=None, help="parent of the generated data")
     parser.add_argument("--child", choices=["ipython1", "dask"], help=argparse.SUPPRESS)
@@ -240,7 +244,7 @@ def main() -> None:
                 runs.append(("ipython1", ipython1_python, []))
         if "dask" in systems:
             runs.append(("dask", dask_python, []))
-        for name, python, extra in runs:
+        for name, python, extra in runs * args.repeat:
             cmd = [python, __file__, "--child", name, "--dir", str(directory),
                    "--engines", str(args.engines), *extra]
             env = dict(os.environ, PYTHONPATH=str(REPO))
