@@ -198,41 +198,55 @@ class DistArray:
         return self.mec._call(reduction.reduce_on_engines, self.mec._async,
                               blocks.COMBINE[op][1], source, self.ids)
 
-    def sum(self, axis: Any = None, dtype: Any = None) -> Any:
+    def sum(self, axis: Any = None, dtype: Any = None, out: None = None) -> Any:
+        _no_out(out)
         if len(self) == 0:
             return np.sum(np.empty(self.shape, self.dtype), axis=axis, dtype=dtype)
         return self._reduce("sum", axis, dtype=dtype)
 
-    def mean(self, axis: Any = None) -> Any:
+    def mean(self, axis: Any = None, dtype: Any = None, out: None = None) -> Any:
+        _no_out(out)
         n, total = self._nonempty("mean", axis)
-        return total / n
+        result = total / n
+        return result if dtype is None else np.asarray(result).astype(dtype)[()]
 
-    def var(self, axis: Any = None, ddof: int = 0) -> Any:
+    def var(self, axis: Any = None, dtype: Any = None, out: None = None, ddof: int = 0) -> Any:
+        _no_out(out)
         n, _, m2 = self._nonempty("moments", axis)
-        return m2 / (n - ddof)
+        result = m2 / (n - ddof)
+        return result if dtype is None else np.asarray(result).astype(dtype)[()]
 
-    def std(self, axis: Any = None, ddof: int = 0) -> Any:
-        return np.sqrt(self.var(axis, ddof))
+    def std(self, axis: Any = None, dtype: Any = None, out: None = None, ddof: int = 0) -> Any:
+        return np.sqrt(self.var(axis, dtype, out, ddof))
 
-    def min(self, axis: Any = None) -> Any:
+    def min(self, axis: Any = None, out: None = None) -> Any:
+        _no_out(out)
         return self._nonempty("min", axis)
 
-    def max(self, axis: Any = None) -> Any:
+    def max(self, axis: Any = None, out: None = None) -> Any:
+        _no_out(out)
         return self._nonempty("max", axis)
 
     def argmax(self) -> int:
         """Return the index of the largest element in the flattened array (first one)."""
         return int(self._nonempty("argmax", None)[1])
 
-    def histogram(self, bins: int = 10, range: tuple[float, float] | None = None) -> Any:
-        """Return (counts, bin_edges) as np.histogram gives them for the whole array."""
-        if not isinstance(bins, int):
-            raise TypeError("histogram takes a number of equal bins")
-        if range is None:
-            range = (float(self.min()), float(self.max())) if len(self) else (0.0, 1.0)
-        edges = np.histogram_bin_edges(np.empty(0, self.dtype), bins, range)
+    def histogram(self, bins: Any = 10, range: tuple[float, float] | None = None) -> Any:
+        """Return (counts, bin_edges) as np.histogram gives them for the whole array.
+
+        bins is a number of equal bins over range (default: min to max), or
+        the bin edges themselves.
+        """
+        if isinstance(bins, int):
+            if range is None:
+                range = (float(self.min()), float(self.max())) if len(self) else (0.0, 1.0)
+            edges = np.histogram_bin_edges(np.empty(0, self.dtype), bins, range)
+            count = bins
+        else:
+            edges = np.asarray(bins)
+            bins, range, count = edges, None, len(edges) - 1
         counts = self._reduce("histogram", None, bins=bins, range=range)
-        return (counts if counts is not None else np.zeros(bins, np.int64)), edges
+        return (counts if counts is not None else np.zeros(count, np.int64)), edges
 
     def _nonempty(self, op: str, axis: Any) -> Any:
         result = self._reduce(op, axis)
@@ -247,6 +261,11 @@ class DistArray:
 
     def __abs__(self) -> DistArray:
         return np.absolute(self)  # type: ignore[no-any-return]
+
+
+def _no_out(out: Any) -> None:
+    if out is not None:
+        raise TypeError("a DistArray's statistics return new values; out= is not supported")
 
 
 def _slice_within(wanted: range, lo: int, hi: int) -> slice:

@@ -71,7 +71,9 @@ def test_loaded_partitions_give_numpy_results(mec, files, mmap):
     assert x.min() == full.min() and x.max() == full.max()
     np.testing.assert_array_equal(x.max(axis=0), full.max(axis=0))
     assert x.argmax() == full.argmax()
-    for bins, hist_range in ((100, (-5.0, 5.0)), (17, None)):
+    assert np.isclose(np.mean(x), full.mean()) and np.isclose(np.std(x, axis=0)[1],
+                                                               full.std(axis=0)[1])
+    for bins, hist_range in ((100, (-5.0, 5.0)), (17, None), ([-9.0, -1.0, 0.0, 0.5, 9.0], None)):
         counts, edges = x.histogram(bins, hist_range)
         want_counts, want_edges = np.histogram(full, bins, hist_range)
         np.testing.assert_array_equal(counts, want_counts)
