@@ -40,7 +40,9 @@ from ipython1.engine.loaders import user_namespace
 __all__ = ["combine", "discard", "mpi_allreduce", "own_address", "stage"]
 
 MAGIC = b"IP1R"
-HEADER = struct.Struct("!4sBIQ32s")  # magic, kind, sender index, payload length, mac
+# magic, kind, sender index, payload length, MAC of those, MAC of the payload
+HEADER = struct.Struct("!4sBIQ32s32s")
+HEADER_TIMEOUT = 10.0  # a peer sends its header at once: a silent connection is dropped
 OK, FAILED = 0, 1
 STAGE_TTL = 600.0  # a staged value whose combine never came is dropped after this
 TIMEOUT = float(os.environ.get("IPYTHON1_REDUCE_TIMEOUT", "120"))
@@ -116,16 +118,17 @@ def discard(reduction_id: str) -> None:
         entry["listener"].close()
 
 
-def _mac(secret: bytes, reduction_id: str, kind: int, index: int, payload: bytes) -> bytes:
+def _mac(secret: bytes, reduction_id: str, kind: int, index: int, data: bytes) -> bytes:
     head = f"{reduction_id}:{kind}:{index}:".encode()
-    return hmac.new(secret, head + payload, hashlib.sha256).digest()
+    return hmac.new(secret, head + data, hashlib.sha256).digest()
 
 
 def _send(sock: socket.socket, secret: bytes, reduction_id: str, kind: int, index: int,
           value: Any) -> None:
     payload = cloudpickle.dumps(value, protocol=5)
+    head_mac = _mac(secret, reduction_id, kind, index, str(len(payload)).encode())
     mac = _mac(secret, reduction_id, kind, index, payload)
-    sock.sendall(HEADER.pack(MAGIC, kind, index, len(payload), mac) + payload)
+    sock.sendall(HEADER.pack(MAGIC, kind, index, len(payload), head_mac, mac) + payload)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -139,11 +142,19 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _recv(sock: socket.socket, secret: bytes, reduction_id: str) -> tuple[int, int, Any]:
-    """Read one frame; fail unless its MAC is right (nothing is unpickled before)."""
-    magic, kind, index, length, mac = HEADER.unpack(_recv_exact(sock, HEADER.size))
-    if magic != MAGIC:
-        raise ReductionError("a peer sent something that is not a reduction frame")
+def _recv(sock: socket.socket, secret: bytes, reduction_id: str, deadline: float,
+          header_timeout: float = HEADER_TIMEOUT) -> tuple[int, int, Any]:
+    """Read one frame; fail unless its MACs are right.
+
+    The header's MAC is checked before the payload is read (a stranger
+    cannot make the engine allocate), the payload's before it is unpickled.
+    """
+    sock.settimeout(max(0.01, min(header_timeout, deadline - time.monotonic())))
+    magic, kind, index, length, head_mac, mac = HEADER.unpack(_recv_exact(sock, HEADER.size))
+    if magic != MAGIC or not hmac.compare_digest(
+            head_mac, _mac(secret, reduction_id, kind, index, str(length).encode())):
+        raise ReductionError("a peer sent something that is not a frame of this reduction")
+    sock.settimeout(max(0.01, deadline - time.monotonic()))
     payload = _recv_exact(sock, length)
     if not hmac.compare_digest(mac, _mac(secret, reduction_id, kind, index, payload)):
         raise ReductionError("a peer's frame failed the reduction's MAC")
@@ -163,9 +174,8 @@ def _accept_children(listener: socket.socket, children: list[int], secret: bytes
             missing = sorted(set(children) - set(got))
             raise ReductionError(f"no partial result from the engines at tree positions "
                                  f"{missing} within {TIMEOUT:g} s") from None
-        conn.settimeout(max(0.01, deadline - time.monotonic()))
         try:
-            kind, index, value = _recv(conn, secret, reduction_id)
+            kind, index, value = _recv(conn, secret, reduction_id, deadline)
         except (OSError, ReductionError, struct.error):
             conn.close()
             continue
@@ -214,7 +224,8 @@ def combine(reduction_id: str, func: Callable[[Any, Any], Any], index: int,
             _send(upward, secret, reduction_id, FAILED if failure else OK, index,
                   failure if failure else value)
             if result_key is not None and failure is None:
-                kind, _, value = _recv(upward, secret, reduction_id)
+                # The parent answers once the whole tree has: no header timeout.
+                kind, _, value = _recv(upward, secret, reduction_id, deadline, TIMEOUT)
                 if kind == FAILED:
                     failure = value
         if result_key is not None:

@@ -141,6 +141,33 @@ def test_reduce_is_an_ordered_tree_among_the_engines(mec):
     assert mec.reduce(lambda a, b: a + b, "piece") == ids
 
 
+def test_a_stranger_at_an_engines_reduction_port_is_ignored(mec):
+    import os
+    import socket
+
+    from ipython1.engine import reduction as engine_side
+    from ipython1.kernel.serialize import serialize
+
+    ids = mec.get_ids()[:2]
+    for e in ids:
+        mec.push({"piece": [e]}, targets=e)
+    address = mec.apply(engine_side.stage, "r1", "piece", True, targets=ids[0])
+    mec.apply(engine_side.stage, "r1", "piece", False, targets=ids[1])
+    # A frame under the wrong secret, claiming to be the child, and raw junk.
+    for junk in (engine_side.HEADER.pack(engine_side.MAGIC, 0, 1, 5, b"x" * 32, b"y" * 32)
+                 + b"hello", b"GET / HTTP/1.0\r\n\r\n"):
+        stranger = socket.create_connection(tuple(address))
+        stranger.sendall(junk)
+        stranger.close()
+    secret = os.urandom(32)
+    concat = lambda a, b: a + b  # noqa: E731 - sent by value
+    args = {ids[0]: ("r1", concat, 0, None, [1], secret),
+            ids[1]: ("r1", concat, 1, tuple(address), [], secret)}
+    results = mec._call(mec._async._apply_each, serialize(engine_side.combine),
+                        {e: serialize((a, {})) for e, a in args.items()}, True, False)
+    assert results == [ids, None]
+
+
 def test_zarr_and_hdf5_loaders(mec, tmp_path):
     zarr = pytest.importorskip("zarr")
     h5py = pytest.importorskip("h5py")
