@@ -25,6 +25,8 @@ from ipython1.kernel.serialize import serialize
 
 __all__ = ["DistArray"]
 
+REPR_ENGINES = 10  # a repr lists this many engines' rows at most
+
 
 def _each(mec: Any, func: Callable[..., Any], args: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
     """Run func(*args[e]) on each engine e at once; return {engine: result}."""
@@ -99,7 +101,15 @@ class DistArray:
     def __repr__(self) -> str:
         lines = [f"DistArray {self.key!r}: {self.dtype} {self.shape}, "
                  f"{_human(self.nbytes)} on {len(self.ids)} engine(s)"]
-        for e, r in self.rows.items():
+        shown = list(self.rows.items())
+        if len(shown) > REPR_ENGINES:  # the first and last few: enough to see the pattern
+            half = REPR_ENGINES // 2
+            shown = [*shown[:half], None, *shown[-half:]]  # type: ignore[list-item]
+        for item in shown:
+            if item is None:
+                lines.append(f"  ... ({len(self.rows) - 2 * half} more engines)")
+                continue
+            e, r = item
             lines.append(f"  engine {e}: rows {r.start}:{r.stop} ({len(r)})")
         return "\n".join(lines)
 
