@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from ipython1.client import reduction
+from ipython1.client.each import apply_each
 from ipython1.client.partitions import layout_from_rows
 from ipython1.engine import blocks, loaders
-from ipython1.kernel.serialize import serialize
 
 __all__ = ["DistArray"]
 
@@ -30,9 +30,7 @@ REPR_ENGINES = 10  # a repr lists this many engines' rows at most
 
 def _each(mec: Any, func: Callable[..., Any], args: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
     """Run func(*args[e]) on each engine e at once; return {engine: result}."""
-    frames = {e: serialize((a, {})) for e, a in args.items()}
-    results = mec._call(mec._async._apply_each, serialize(func), frames, True, False)
-    return dict(zip(sorted(frames), results, strict=True))
+    return mec._call(apply_each, mec._async, func, args)  # type: ignore[no-any-return]
 
 
 def _forget(mec: Any, ids: list[int], key: str) -> None:

@@ -9,15 +9,15 @@ controller. It fires with the layout: which engine holds which rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer
 
+from ipython1.client.each import apply_each
 from ipython1.engine import loaders
 from ipython1.kernel import scatter as scatter_mod
 from ipython1.kernel.errors import CompositeError, PartitionLoadError, RemoteError
-from ipython1.kernel.serialize import serialize
 
 __all__ = ["assign_files", "layout_from_rows", "load_partitions"]
 
@@ -37,13 +37,6 @@ def layout_from_rows(rows: dict[int, int], ids: Sequence[int]) -> dict[int, rang
         out[e] = range(start, start + rows[e])
         start += rows[e]
     return out
-
-
-def _each(client: Any, func: Callable[..., Any], args: dict[int, tuple[Any, ...]]) -> Any:
-    """Run func(*args[e]) on each engine e; fire with {engine: result}."""
-    frames = {e: serialize((a, {})) for e, a in args.items()}
-    d = client._apply_each(serialize(func), frames, True, False)
-    return d.addCallback(lambda results: dict(zip(sorted(frames), results, strict=True)))
 
 
 def _load_error(key: str, failure: Any) -> Any:
@@ -86,12 +79,12 @@ def load_partitions(client: Any, key: str, paths: Any, loader: Any = "npy",
             if files}
     if not busy:
         raise PartitionLoadError(f"could not load {key!r}: no files given", [])
-    d = _each(client, loaders.load, busy)
+    d = apply_each(client, loaders.load, busy)
     described = yield d.addErrback(lambda f: _load_error(key, f))
     idle = [e for e in ids if e not in busy]
     if idle:
         first = described[next(iter(busy))]
-        more = yield _each(client, loaders.empty,
+        more = yield apply_each(client, loaders.empty,
                            {e: (key, first["trailing"], first["dtype"]) for e in idle})
         described.update(more)
     rows = layout_from_rows({e: described[e]["rows"] for e in ids}, ids)

@@ -16,8 +16,8 @@ from typing import Any
 
 from twisted.internet import defer
 
+from ipython1.client.each import apply_each
 from ipython1.engine import reduction as engine_side
-from ipython1.kernel.serialize import serialize
 
 __all__ = ["TreeNode", "reduce_on_engines", "tree_plan"]
 
@@ -56,11 +56,6 @@ def _mpi_job(infos: list[dict[str, Any]]) -> bool:
             and ranks == list(range(len(infos))))
 
 
-def _results_by_engine(ids: list[int], results: list[Any]) -> dict[int, Any]:
-    # apply_each answers in the order of sorted engine ids.
-    return dict(zip(sorted(ids), results, strict=True))
-
-
 @defer.inlineCallbacks
 def reduce_on_engines(client: Any, func: Callable[[Any, Any], Any], source: Any,
                       ids: list[int], result_key: str | None = None,
@@ -79,34 +74,29 @@ def reduce_on_engines(client: Any, func: Callable[[Any, Any], Any], source: Any,
         ordered = sorted(infos, key=lambda info: ids.index(info["engine_id"]))
         use_mpi = _mpi_job(ordered) and [i["mpi_rank"] for i in ordered] == list(
             range(len(ids)))
+
     def source_of(e: int) -> Any:
         return source[e] if isinstance(source, dict) else source
 
     if use_mpi:
-        mpi_args = {e: serialize(((source_of(e), func, result_key, return_result), {}))
-                    for e in ids}
-        results = yield client._apply_each(serialize(engine_side.mpi_allreduce), mpi_args,
-                                           True, False)
-        by_engine = _results_by_engine(ids, results)
-        return by_engine[ids[0]]
+        results = yield apply_each(client, engine_side.mpi_allreduce, {
+            e: (source_of(e), func, result_key, return_result) for e in ids})
+        return results[ids[0]]
     rid = uuid.uuid4().hex
     plan = tree_plan(len(ids))
-    stage_args = {e: serialize(((rid, source_of(e), bool(plan[i][1])), {}))
-                  for i, e in enumerate(ids)}
     try:
-        staged = yield client._apply_each(serialize(engine_side.stage), stage_args, True, False)
+        addresses = yield apply_each(client, engine_side.stage, {
+            e: (rid, source_of(e), bool(plan[i][1])) for i, e in enumerate(ids)})
     except Exception:
         yield client.apply(engine_side.discard, rid, targets=ids, block=True).addErrback(
             lambda _: None)
         raise
-    addresses = _results_by_engine(ids, staged)
     secret = os.urandom(32)
     combine_args = {}
     for i, e in enumerate(ids):
         parent, children = plan[i]
         parent_address = None if parent is None else tuple(addresses[ids[parent]])
-        combine_args[e] = serialize(((rid, func, i, parent_address, children, secret,
-                                      result_key, return_result), {}))
-    results = yield client._apply_each(serialize(engine_side.combine), combine_args, True,
-                                       False)
-    return _results_by_engine(ids, results)[ids[0]]
+        combine_args[e] = (rid, func, i, parent_address, children, secret, result_key,
+                           return_result)
+    results = yield apply_each(client, engine_side.combine, combine_args)
+    return results[ids[0]]
