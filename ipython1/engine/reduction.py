@@ -58,6 +58,10 @@ class ReductionError(RuntimeError):
     """Another engine of the reduction failed, or a peer could not be reached."""
 
 
+class PeerLost(ReductionError):
+    """An authenticated peer's connection broke in the middle of its frame."""
+
+
 def own_address() -> str:
     """Return the IP address this engine reaches the controller from.
 
@@ -155,7 +159,10 @@ def _recv(sock: socket.socket, secret: bytes, reduction_id: str, deadline: float
             head_mac, _mac(secret, reduction_id, kind, index, str(length).encode())):
         raise ReductionError("a peer sent something that is not a frame of this reduction")
     sock.settimeout(max(0.01, deadline - time.monotonic()))
-    payload = _recv_exact(sock, length)
+    try:
+        payload = _recv_exact(sock, length)
+    except OSError as e:  # a peer of this reduction, lost mid-frame: no point waiting
+        raise PeerLost(f"the engine at tree position {index} was lost mid-send: {e}") from e
     if not hmac.compare_digest(mac, _mac(secret, reduction_id, kind, index, payload)):
         raise ReductionError("a peer's frame failed the reduction's MAC")
     return kind, index, pickle.loads(payload)
@@ -176,7 +183,10 @@ def _accept_children(listener: socket.socket, children: list[int], secret: bytes
                                  f"{missing} within {TIMEOUT:g} s") from None
         try:
             kind, index, value = _recv(conn, secret, reduction_id, deadline)
-        except (OSError, ReductionError, struct.error):
+        except PeerLost:
+            conn.close()
+            raise
+        except (OSError, ReductionError, struct.error):  # not a peer: ignore it
             conn.close()
             continue
         if index in children and index not in got:

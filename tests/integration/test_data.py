@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ipython1.kernel.errors import PartitionLoadError
+from ipython1.kernel.errors import PartitionLoadError, RemoteError
 from tests.conftest import ROOT, Cluster
 
 ENGINES = 3
@@ -166,6 +167,17 @@ def test_a_stranger_at_an_engines_reduction_port_is_ignored(mec):
     results = mec._call(mec._async._apply_each, serialize(engine_side.combine),
                         {e: serialize((a, {})) for e, a in args.items()}, True, False)
     assert results == [ids, None]
+    # A peer that authenticates its header, then breaks off: the parent fails at once.
+    address = mec.apply(engine_side.stage, "r2", "piece", True, targets=ids[0])
+    peer = socket.create_connection(tuple(address))
+    head_mac = engine_side._mac(secret, "r2", 0, 1, b"100")
+    peer.sendall(engine_side.HEADER.pack(engine_side.MAGIC, 0, 1, 100, head_mac, b"m" * 32)
+                 + b"short")
+    peer.close()
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match="PeerLost.*tree position 1 was lost mid-send"):
+        mec.apply(engine_side.combine, "r2", concat, 0, None, [1], secret, targets=ids[0])
+    assert time.monotonic() - started < 10
 
 
 def test_zarr_and_hdf5_loaders(mec, tmp_path):
