@@ -106,8 +106,11 @@ def _count_sum(piece: Any, axis: Any, params: dict[str, Any]) -> Any:
 def _moments(piece: Any, axis: Any, params: dict[str, Any]) -> Any:
     n = piece.size if axis is None else piece.shape[0]
     mean = np.mean(piece, axis=axis, dtype=np.float64)
-    dev = piece - mean
-    return n, mean, np.sum(dev * dev, axis=axis)
+    dev = np.subtract(piece, mean, dtype=np.float64)
+    if axis is None:  # a dot product: no second temporary, and BLAS is fast
+        flat = dev.reshape(-1)
+        return n, mean, float(np.dot(flat, flat))
+    return n, mean, np.einsum("i...,i...->...", dev, dev)
 
 
 def _min(piece: Any, axis: Any, params: dict[str, Any]) -> Any:
