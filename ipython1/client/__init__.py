@@ -1,1 +1,1 @@
-"""Client-side concepts built on the multi-engine client."""
+"""The client's role: modules only client processes import."""

@@ -13,11 +13,14 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from foolscap.api import Referenceable
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from ipython1.kernel import commandchannel, datachannel, replies, wire
+from ipython1.common.versions import compare as compare_versions
+from ipython1.common.versions import local_versions, refusal
+from ipython1.kernel import datachannel, replies, wire
 from ipython1.kernel import scatter as scatter_mod
 from ipython1.kernel.cluster import MEC_FURL
 from ipython1.kernel.errors import (
@@ -28,11 +31,11 @@ from ipython1.kernel.errors import (
 )
 from ipython1.kernel.results import ExecuteResult, ResultList
 from ipython1.kernel.serialize import deserialize, serialize, serialize_dict
+from ipython1.transport import channel as command_channel
+from ipython1.transport import foolscap as foolscap_transport
 
 
-def _map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
-    """Apply f elementwise on an engine (the body of MultiEngineClient.map)."""
-    return list(map(f, *chunks))
+_map_chunk = scatter_mod.map_chunk  # its old name
 
 
 def _first_error(failure: Failure) -> Failure:
@@ -78,16 +81,18 @@ class AsyncMultiEngineClient:
     def __init__(self, session: Any, tub: Any = None, furl: str = "",
                  channel: Any = None) -> None:
         self._session = session
-        self._channel = channel  # commandchannel.ClientEnd: this session over a local socket
+        self._channel = channel  # transport.channel.ClientEnd: this session over a local socket
         # Subscriptions take Foolscap, commands the channel: one order for both.
-        self._calls = commandchannel.SessionCalls(channel, session)
+        self._calls = command_channel.session_connection(session, channel)
         self._tub = tub
         self.furl = furl
         self._lost: str | None = None
         self._finishers: dict[int, Callable[[list[dict[str, Any]]], Any]] = {}
         self._relay_only: set[int] = set()  # engines whose local socket is out of reach
         self._books: dict[int, datachannel.TicketBook] = {}  # same-host tickets, by engine
-        session.notifyOnDisconnect(self._disconnected)
+        # Handles engine pdb prompts (engine id, text); the blocking client sets it.
+        self.on_debugger: Callable[[int, str], None] | None = None
+        self._calls.notifyOnDisconnect(self._disconnected)
 
     def _disconnected(self, *args: Any) -> None:
         self._lost = f"the connection to the controller at {wire.furl_location(self.furl)} was lost"
@@ -104,7 +109,7 @@ class AsyncMultiEngineClient:
     def _remote(self, method: str, *args: Any) -> Deferred[Any]:
         if self._lost is not None:
             return defer.fail(ConnectionLost(self._lost))
-        d = self._calls.call(method, args, method not in commandchannel.SESSION_FOOLSCAP_ONLY)
+        d = self._calls.call(method, args)
         d.addCallbacks(replies.unpack, self._translate_failure)
         return d
 
@@ -368,6 +373,11 @@ class AsyncMultiEngineClient:
         d = self._remote("interrupt", targets)
         return d.addCallback(_finish_replies, _identity, isinstance(targets, int))
 
+    def logs(self, targets: Any = "all", lines: int = 100) -> Deferred[Any]:
+        """Fire with the last lines of each target's own log (a list of lines per engine)."""
+        d = self._remote("logs", lines, targets)
+        return d.addCallback(_finish_replies, _identity, isinstance(targets, int))
+
     def queue_status(self, targets: Any = "all") -> Deferred[Any]:
         """Fire with each target's queue: the running command and the waiting ones."""
         d = self._remote("queue_status", targets)
@@ -486,6 +496,31 @@ class AsyncMultiEngineClient:
         return self._command("complete", (text, line, cursor_pos, targets), block, _identity,
                              isinstance(targets, int))
 
+    # -- remote pdb (engine.debugger) --
+
+    def debug(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Run pdb post mortem on each target's last exception; prompts go to on_debugger."""
+        return self._command("debug", (targets,), block, _identity, isinstance(targets, int))
+
+    def debug_input(self, engine_id: int, line: str) -> Deferred[dict[str, Any]]:
+        """Send a line to engine_id's debugger; fire with {"output", "waiting"}."""
+        return self._remote("debug_input", engine_id, line).addCallback(_check_global_error)
+
+    def debugger_waiting(self, engine_id: int, text: str) -> None:
+        """An engine's pdb (opened by this client's command) waits for a line.
+
+        Calls ``on_debugger(engine_id, text)`` if set; answer with debug_input.
+        Without a handler, the debugger is told to quit.
+        """
+        if self.on_debugger is not None:
+            self.on_debugger(engine_id, text)
+        else:
+            self.debug_input(engine_id, "quit").addErrback(lambda f: None)
+
+    def ping(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Fire with each target's {"pid", "time"} once its queue reached the ping."""
+        return self._command("ping", (targets,), block, _identity, isinstance(targets, int))
+
     def session_log(self) -> Deferred[list[dict[str, Any]]]:
         """Fire with the controller's record of the commands it ran (with pushed frames)."""
         return self._remote("session_log").addCallback(_check_global_error)
@@ -498,7 +533,7 @@ class AsyncMultiEngineClient:
         comes; otherwise every command's. One subscription per client: a new
         one replaces the old.
         """
-        from ipython1.kernel.streaming import OutputObserver
+        from ipython1.client.output import OutputObserver
 
         self._observer = OutputObserver(callback)
         return self._remote("subscribe_output", self._observer, own_only)
@@ -546,7 +581,7 @@ class AsyncMultiEngineClient:
         Fires with {"seq": n}: events numbered up to n are history.
         (``subscribe`` is the live stdout/stderr of commands only; see streaming.)
         """
-        from ipython1.kernel.events import EventObserver
+        from ipython1.client.events import EventObserver
 
         self._event_observer = EventObserver(observer)
         d = self._remote("subscribe_events", self._event_observer, history)
@@ -660,22 +695,52 @@ def _finish_replies(replies: Any, transform: Callable[[Any], Any], single: bool)
     return results
 
 
+class DebuggerObserver(Referenceable):  # type: ignore[misc]
+    """Where the controller hands this client an engine's waiting pdb prompt."""
+
+    client: AsyncMultiEngineClient | None = None
+
+    def remote_debugger_waiting(self, engine_id: int, text: str) -> None:
+        if self.client is not None:
+            self.client.debugger_waiting(engine_id, text)
+
+
 def client_info() -> dict[str, Any]:
     """Describe this client process for the controller's logs."""
     try:
         user = getpass.getuser()
     except Exception:
         user = "unknown"
-    return {"name": user, "host": socket.gethostname(), "pid": os.getpid()}
+    return {"name": user, "host": socket.gethostname(), "pid": os.getpid(),
+            "versions": local_versions()}
+
+
+def warn_about_engine_versions(infos: list[dict[str, Any]]) -> list[str]:
+    """Warn (once per difference) when engines run another Python or cloudpickle."""
+    import warnings
+
+    mine = local_versions()
+    by_message: dict[str, list[int]] = {}
+    for info in infos:
+        _, problems = compare_versions(mine, info.get("versions"), "this client",
+                                       "engine {ids}")
+        for problem in problems:
+            by_message.setdefault(problem, []).append(info.get("engine_id", -1))
+    messages = [m.replace("engine {ids}", "engine(s) " + ", ".join(map(str, ids)))
+                for m, ids in by_message.items()]
+    for message in messages:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return messages
 
 
 @defer.inlineCallbacks
-def _open_session(furl: str, timeout: float) -> Any:
+def _open_session(furl: str, timeout: float, **extra: Any) -> Any:
     """Connect to a FURL and open a session; fire with (tub, root, session)."""
     tub = wire.client_tub()
     try:
         root = yield wire.get_reference(tub, furl, timeout)
-        session = yield root.callRemote("connect", client_info())
+        session = yield foolscap_transport.call(
+            root, "connect", dict(client_info(), **extra)).addErrback(refusal)
     except Exception:
         tub.stopService()
         raise
@@ -687,22 +752,30 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
                            timeout: float = 10.0) -> Any:
     """Connect to a controller; fire with an AsyncMultiEngineClient."""
     furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
-    tub, _, session = yield _open_session(furl, timeout)
+    debugger = DebuggerObserver()
+    tub, _, session = yield _open_session(furl, timeout, debugger=debugger)
     channel = yield _open_command_channel(session)
-    return AsyncMultiEngineClient(session, tub, furl, channel)
+    client = AsyncMultiEngineClient(session, tub, furl, channel)
+    debugger.client = client
+    try:
+        infos = yield client.engine_info()
+    except Exception:  # no engines yet, or an observer: nothing to compare with
+        infos = []
+    warn_about_engine_versions(infos)
+    return client
 
 
 @defer.inlineCallbacks
 def _open_command_channel(session: Any) -> Any:
     """Reach the session over the controller's local socket if it is on this host."""
-    host = commandchannel.host_key()
-    if not host or not commandchannel.enabled():
+    host = command_channel.host_key()
+    if not host or not command_channel.enabled():
         return None
     try:
-        offer = yield session.callRemote("open_command_channel", host)
+        offer = yield foolscap_transport.call(session, "open_command_channel", host)
     except Exception:
         return None  # a controller without it: Foolscap only
-    channel = yield commandchannel.connect_client(offer)
+    channel = yield command_channel.connect_client(offer)
     return channel
 
 
@@ -740,7 +813,7 @@ def _task_client(session: Any, tub: Any, furl: str, parent: Any) -> Any:
 
 def _connect_tasks(session: Any) -> Deferred[Any]:
     """Ask a multi-engine session for a task farm session acting as its user."""
-    d = session.callRemote("connect_tasks", client_info())
+    d = foolscap_transport.call(session, "connect_tasks", client_info())
 
     def unwrap(answer: Any) -> Any:
         if isinstance(answer, dict) and answer.get("status") == "ok":
