@@ -9,6 +9,8 @@ controller. It fires with the layout: which engine holds which rows.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,12 +24,37 @@ from ipython1.kernel.errors import CompositeError, PartitionLoadError, RemoteErr
 __all__ = ["assign_files", "layout_from_rows", "load_partitions"]
 
 
-def assign_files(paths: Sequence[str], ids: Sequence[int]) -> dict[int, list[str]]:
-    """Give each engine a contiguous run of paths; run lengths differ by at most one."""
+def assign_files(paths: Sequence[str], ids: Sequence[int],
+                 sizes: Sequence[int] | None = None) -> dict[int, list[str]]:
+    """Give each engine a contiguous run of paths, as even as can be.
+
+    Without sizes the runs' lengths differ by at most one. With the files'
+    sizes (all known), each run ends at the file whose cumulative size comes
+    nearest to the engine's even share of the total, so engines get about
+    the same number of bytes.
+    """
     if not ids:
         raise ValueError("no engines to load the files on")
-    parts = scatter_mod.partitions(list(paths), len(ids))
-    return {e: list(part) for e, part in zip(ids, parts, strict=True)}
+    if sizes is None or len(paths) <= len(ids) or min(sizes, default=0) < 0 or not sum(sizes):
+        parts = scatter_mod.partitions(list(paths), len(ids))
+        return {e: list(part) for e, part in zip(ids, parts, strict=True)}
+    total = sum(sizes)
+    cumulative = list(itertools.accumulate(sizes))
+    out, start = {}, 0
+    for k, e in enumerate(ids):
+        left = len(ids) - k - 1  # engines after this one: leave each at least one file
+        if left == 0:
+            stop = len(paths)
+        else:
+            target = total * (k + 1) / len(ids)
+            stop = bisect.bisect_left(cumulative, target, start)
+            if stop < len(paths) and (stop == start or abs(cumulative[stop] - target) <=
+                                      abs(cumulative[stop - 1] - target)):
+                stop += 1  # include the file that crosses the share, if that is nearer
+            stop = max(start + 1, min(stop, len(paths) - left))
+        out[e] = list(paths[start:stop])
+        start = stop
+    return out
 
 
 def layout_from_rows(rows: dict[int, int], ids: Sequence[int]) -> dict[int, range]:
@@ -56,7 +83,9 @@ def load_partitions(client: Any, key: str, paths: Any, loader: Any = "npy",
     """Have the targets load paths into key, each its share; fire with the layout.
 
     paths: a list of files, a glob pattern (expanded on the first target,
-    sorted), or {engine_id: [files]} to choose the assignment. The layout is
+    sorted), or {engine_id: [files]} to choose the assignment. Files are
+    dealt out in contiguous runs of about equal bytes (sizes as the first
+    target sees them). The layout is
     {engine_id: {"rows": range, "files": [...]}} in engine order; an engine
     given no file holds an array of no rows with the others' dtype.
     """
@@ -68,13 +97,14 @@ def load_partitions(client: Any, key: str, paths: Any, loader: Any = "npy",
     if isinstance(paths, dict):
         assignment = {e: list(paths.get(e, [])) for e in ids}
     else:
-        if isinstance(paths, str):
-            pattern = paths
-            paths = yield client.apply(loaders.expand, pattern, targets=ids[0])
-            if not paths:
-                raise PartitionLoadError(f"could not load {key!r}: no file matches {pattern!r} "
-                                         f"on engine {ids[0]}", [ids[0]])
-        assignment = assign_files([str(p) for p in paths], ids)
+        pattern = paths if isinstance(paths, str) else None
+        found = yield client.apply(loaders.survey, pattern or [str(p) for p in paths],
+                                   targets=ids[0])
+        if not found:
+            raise PartitionLoadError(f"could not load {key!r}: no file matches {pattern!r} "
+                                     f"on engine {ids[0]}" if pattern else
+                                     f"could not load {key!r}: no files given", [ids[0]])
+        assignment = assign_files([p for p, _ in found], ids, [n for _, n in found])
     busy = {e: (key, files, loader, mmap, options or {}) for e, files in assignment.items()
             if files}
     if not busy:

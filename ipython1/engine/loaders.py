@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LOADERS", "PartitionFileError", "describe", "expand", "load", "user_namespace"]
+__all__ = ["LOADERS", "PartitionFileError", "describe", "expand", "load", "survey",
+           "user_namespace"]
 
 
 class PartitionFileError(OSError):
@@ -35,6 +36,18 @@ def user_namespace() -> dict[str, Any]:
 def expand(pattern: str) -> list[str]:
     """Return the files matching a glob pattern here, sorted (so every engine agrees)."""
     return sorted(glob.glob(os.path.expanduser(pattern)))
+
+
+def survey(paths: str | Sequence[str]) -> list[tuple[str, int]]:
+    """Return (path, size in bytes) of a glob pattern's files or of paths; -1 if unknown."""
+    names = expand(paths) if isinstance(paths, str) else list(paths)
+    out = []
+    for name in names:
+        try:
+            out.append((name, os.path.getsize(name)))
+        except OSError:
+            out.append((name, -1))  # the load names it, on the engine that gets it
+    return out
 
 
 def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype[Any], bool, int]:

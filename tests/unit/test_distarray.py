@@ -50,6 +50,31 @@ def test_files_are_dealt_in_contiguous_even_runs():
         4: range(0, 3), 7: range(3, 3), 9: range(3, 8)}
 
 
+@given(sizes=st.lists(st.integers(0, 1000), min_size=1, max_size=40),
+       engines=st.integers(1, 12))
+def test_files_by_size_are_contiguous_and_about_even(sizes, engines):
+    paths = [f"f{i}" for i in range(len(sizes))]
+    ids = list(range(100, 100 + engines))
+    assignment = assign_files(paths, ids, sizes)
+    assert list(assignment) == ids
+    assert [p for e in ids for p in assignment[e]] == paths  # contiguous, in order
+    if len(paths) >= engines:
+        assert all(assignment[e] for e in ids)
+    if len(paths) > engines and sum(sizes):
+        size = dict(zip(paths, sizes, strict=True))
+        share = sum(sizes) / engines
+        loads = [sum(size[p] for p in assignment[e]) for e in ids]
+        assert max(loads) <= share + 2 * max(sizes)
+
+
+def test_files_by_size_follow_the_bytes():
+    paths = [f"f{i}" for i in range(6)]
+    assert assign_files(paths, [0, 1], [10, 10, 10, 10, 10, 50]) == {
+        0: paths[:5], 1: paths[5:]}
+    assert assign_files(paths, [0, 1], [-1, 10, 10, 10, 10, 50]) == {  # a size unknown
+        0: paths[:3], 1: paths[3:]}
+
+
 @pytest.fixture
 def namespace(monkeypatch):
     ns: dict = {}
