@@ -133,6 +133,8 @@ class ParallelMagics(Magics):  # type: ignore[misc]
         self.autopx_on = False
         self._autopx_transform: _AutopxTransform | None = None
         self.last: Any = None
+        # IPython's own %debug, which ours calls unless told --engine N.
+        self._local_debug = shell.magics_manager.magics["line"].get("debug") if shell else None
 
     @property
     def client(self) -> Any:
@@ -158,6 +160,8 @@ class ParallelMagics(Magics):  # type: ignore[misc]
 
         If engines raise, show what the others returned, then raise: the cell fails.
         """
+        if code.strip() == "%debug":  # %px %debug: pdb on each engine's last exception
+            return self.debug_engines(targets if targets is not None else self._targets(None))
         block = self.block if block is None else block
         # One command's --stream; a non-blocking one leaves it on (%pxconfig --nostream).
         streaming_now = stream and not self.stream
@@ -205,6 +209,28 @@ class ParallelMagics(Magics):  # type: ignore[misc]
         block = False if args.noblock else (True if args.block else None)
         self.run(cell, targets=self._targets(args.targets), block=block,
                  stream=bool(args.stream))
+
+    def debug_engines(self, targets: Any) -> Any:
+        """Open pdb on the engines' last exceptions, one prompt after another, here."""
+        try:
+            return self.client.debug(targets)
+        except KernelError as e:
+            self.last = e
+            _show_error(e)
+            return None
+
+    @line_cell_magic
+    def debug(self, line: str = "", cell: str | None = None) -> Any:
+        """%debug --engine N: pdb on engine N's last exception; otherwise IPython's %debug."""
+        words = line.split()
+        if "--engine" in words or "-e" in words:
+            at = words.index("--engine") if "--engine" in words else words.index("-e")
+            if at + 1 >= len(words):
+                raise UsageError("%debug --engine needs an engine id, e.g. %debug --engine 3")
+            return self.debug_engines(parse_targets(words[at + 1]))
+        if self._local_debug is None:
+            raise UsageError("IPython's own %debug is not available here")
+        return self._local_debug(line, cell) if cell is not None else self._local_debug(line)
 
     @line_magic
     def autopx(self, line: str = "") -> None:
