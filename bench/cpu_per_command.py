@@ -5,7 +5,8 @@
 Starts ``ipcluster -n 1`` in a temporary IPYTHON1_DIR, runs 3,000
 ``execute("pass")``, 2,000 one-element ``map``s and 2,000 ``StringTask("pass")``
 (run and fetched), and prints one JSON document: per command, the wall time
-and the CPU (user + system, from /proc) of each process. CPU moves far less
+its median and minimum, and the CPU (user + system, from /proc) of each
+process. CPU moves far less
 than wall time on a shared machine, so before/after comparisons of small
 changes read it (docs/performance.md, issue 13). ``IPYTHON1_COMMAND_CHANNEL=0``
 measures the Foolscap path.
@@ -66,13 +67,18 @@ def main() -> None:
                 ("execute", lambda: mec.execute("pass"), 3000),
                 ("map", lambda: mec.map(abs, [1]), 2000),
                 ("task", lambda: tc.get_task_result(tc.run(task), block=True), 2000)]:
+            times = []
             before, start = used(), time.perf_counter()
             for _ in range(n):
+                t0 = time.perf_counter()
                 call()
+                times.append(time.perf_counter() - t0)
             wall, after = time.perf_counter() - start, used()
             ms = [(b - a) / n * 1e3 for a, b in zip(before, after, strict=True)]
+            times.sort()
             out[name] = {"controller_ms": ms[0], "engine_ms": ms[1], "client_ms": ms[-1],
                          "cpu_ms": sum(ms), "wall_ms": wall / n * 1e3,
+                         "p50_ms": times[n // 2] * 1e3, "min_ms": times[0] * 1e3,
                          "local": mec.local_channel}
     finally:
         ipcluster("stop")
