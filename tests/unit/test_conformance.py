@@ -256,10 +256,7 @@ def test_every_multiengine_op_on_every_pairing(cluster: Cluster, request: Any) -
     assert {"a", "b", "part"} <= set(c.result(mec.keys(targets=0)))
     assert [n for n, _ in c.result(mec.history(targets=0))][-1] >= 1
     assert "int" in c.result(mec.inspect("a", targets=0))["text"]
-    # What IPython completes depends on the shell's configuration, which the
-    # process's first InteractiveShell fixed (tests/integration/test_ipython.py
-    # checks the matches); here the op's answer crossing the transports.
-    assert set(c.result(mec.complete("ab", targets=0))) == {"text", "matches"}
+    assert "abs" in c.result(mec.complete("ab", targets=0))["matches"]
     assert "a" in c.result(mec.who(targets=0))
     assert "a" in c.result(mec.whos(targets=0))["text"]
     assert c.result(mec.ping(targets=0))["pid"] == os.getpid()
