@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,9 +39,10 @@ def main() -> None:
     os.environ.update(IPYTHON1_DIR=tmp, IPYTHON1_NONINTERACTIVE="1", PYTHONPATH=str(ROOT))
 
     def ipcluster(*args: str) -> subprocess.CompletedProcess[str]:
+        # cwd=ROOT: `python -m` puts the working directory first on the path.
         return subprocess.run([sys.executable, "-m", "ipython1.scripts.ipcluster", "--profile",
-                               "cpu", *args], env=dict(os.environ), capture_output=True,
-                              text=True, timeout=120)
+                               "cpu", *args], env=dict(os.environ), cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
 
     started = ipcluster("start", "-n", "1", "--daemon")
     out: dict[str, Any] = {}
@@ -82,6 +84,7 @@ def main() -> None:
                          "local": mec.local_channel}
     finally:
         ipcluster("stop")
+        shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out))
 
 
