@@ -12,9 +12,11 @@ on e2.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -298,6 +300,16 @@ def test_ipcluster_start_with_location_and_engines_joining_from_another_host(
         ctl.run([*ipcluster, "stop", "--grace", "5"], env=across.env)
 
 
+def first_line(proc: Any, timeout: float) -> str:
+    """Return proc's first line of stderr, or "" if none comes within timeout."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stderr.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        return ""
+
+
 def test_an_engine_says_which_addresses_it_tried_and_what_to_check(across: GridCluster) -> None:
     # A FURL naming a port where nothing listens, and one naming the controller's loopback.
     furl = Path(across.furl("engine")).read_text().strip()
@@ -311,7 +323,7 @@ def test_an_engine_says_which_addresses_it_tried_and_what_to_check(across: GridC
                         env=dict(across.env, IPYTHON1_ENGINE_FURL=loopback),
                         stderr=subprocess.PIPE, text=True)
     try:
-        line = waiting.stderr.readline()  # after 5 s of retrying, while still retrying
+        line = first_line(waiting, timeout=20)  # after 5 s of retrying, while still retrying
         assert "no controller yet" in line and "still trying" in line, line
         assert "tried ctl:42999 from host e1" in line and "TCP port 42999" in line, line
         assert waiting.poll() is None
