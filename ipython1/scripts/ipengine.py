@@ -124,6 +124,17 @@ def fork_engines(n: int) -> list[int] | None:
     return pids
 
 
+def _say_registered(engine_id: int, service: Any) -> int:
+    """Tell whoever started the engine by hand that it joined, and where."""
+    import socket
+
+    sys.__stderr__.write(f"ipengine: engine {engine_id} (host {socket.gethostname()}, pid "
+                         f"{os.getpid()}) registered with the controller at "
+                         f"{service.referenceable.controller_host}\n")
+    sys.__stderr__.flush()
+    return engine_id
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run an engine: user code on the main thread, the reactor beside it."""
     from ipython1.scripts import start_logging
@@ -147,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         service = _engine_service(options, own_shell_thread=False)
     except Exception as e:
         raise SystemExit(f"ipengine: {e}") from None
+    service.registered.addCallback(_say_registered, service)
     reactor.callWhenRunning(service.startService)
     threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
                      name="reactor", daemon=True).start()

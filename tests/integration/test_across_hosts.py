@@ -289,8 +289,12 @@ def test_ipcluster_start_with_location_and_engines_joining_from_another_host(
         assert out.returncode == 0, out.stdout + out.stderr
         furl = str(across.root / "cluster_late" / "security" / "ipcontroller-engine.furl")
         assert f"advertise ctl:42000; on another host: ipengine --furl-file {furl}" in out.stdout
-        across.grid["e1"].popen(across.command("ipengine", "--furl", Path(furl).read_text()),
-                                env=across.env)
+        engine = across.grid["e1"].popen(
+            across.command("ipengine", "--furl", Path(furl).read_text()), env=across.env,
+            stderr=subprocess.PIPE, text=True)
+        said = first_line(engine, timeout=30)
+        assert "(host e1, pid" in said, said
+        assert f"registered with the controller at {ctl.address}" in said, said
         py.exec("late = client.MultiEngineClient(path, timeout=60)",
                 path=furl.replace("engine.furl", "mec.furl"))
         wait_until(lambda: len(py.eval("late.get_ids()")) == 2, 30, "the engine from e1")
