@@ -25,6 +25,7 @@ the hosts files) is removed on exit, even after a failure.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import shutil
@@ -57,6 +58,17 @@ def unavailable_reason() -> str | None:
     for tool in ("ip", "unshare", "hostname"):
         if shutil.which(tool) is None:
             return f"{tool!r} is missing (apt-get install iproute2 util-linux hostname)"
+    return _probe()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> str | None:
+    """Make and remove one namespace: a container may forbid it even to root."""
+    name = f"ip1probe{os.getpid()}"
+    made = _ip("netns", "add", name, check=False)
+    _ip("netns", "del", name, check=False)
+    if made.returncode != 0:
+        return f"cannot make a network namespace: {made.stderr.strip()}"
     return None
 
 
