@@ -34,7 +34,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -268,7 +268,7 @@ class HostGrid:
     def __getitem__(self, name: str) -> Host:
         return self.hosts[name]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Host]:
         return iter(self.hosts.values())
 
     def __enter__(self) -> HostGrid:

@@ -179,6 +179,23 @@ def test_queue_status_clear_queue_and_events(py: HostPython) -> None:
     assert py.eval("mec.session_log()")  # the controller kept this client's session
 
 
+def test_live_output_events_and_pending_results_cross_hosts(py: HostPython) -> None:
+    py.exec("seen = []\nmec.subscribe(lambda e, name, text: seen.append((e, name, text)))\n"
+            "events = []\nmec.subscribe_events(events.append, history=0)")
+    py.exec("mec.execute('import socket; print(\"from\", socket.gethostname())', "
+            "targets=[0, 2])")
+    wait_until(lambda: len(py.eval("[t for _, n, t in seen if 'from' in t]")) == 2, 10,
+               "live output from two engines")
+    assert {t.split()[1] for t in py.eval("[t for _, n, t in seen if 'from' in t]")} \
+        <= {"e1", "e2"}
+    wait_until(lambda: py.eval("any(e.get('kind') == 'result' for e in events)"),
+               10, "events")
+    py.exec("mec.unsubscribe(); mec.unsubscribe_events()")
+    pid = py.eval("mec.execute('7 * 6', targets=1, block=False).id")
+    assert pid in py.eval("mec.pending_ids()")
+    assert py.eval(f"mec.get_pending_result({pid}).output") == 42
+
+
 def test_errors_from_engines_on_other_hosts_name_the_engine(py: HostPython) -> None:
     py.exec("try:\n    mec.execute('1 / 0', targets=[0, 1])\n    error = None\n"
             "except CompositeError as e:\n    error = e")
@@ -365,3 +382,14 @@ def test_sigkill_of_every_engine_on_one_host(across: GridCluster, py: HostPython
     assert py.eval("tc.map(lambda v: -v, range(20))") == [-v for v in range(20)]
     with pytest.raises(Exception, match=f"no engine with id {lost[0]}"):
         py.eval(f"mec.execute('1', targets={lost[0]})")
+
+
+def test_kill_ends_an_engine_on_another_host(across: GridCluster, py: HostPython) -> None:
+    before = across.grid["e1"].pids()
+    survivor, victim = py.eval("mec.get_ids()")
+    pid = py.eval(f"mec.apply(os.getpid, targets={victim})")
+    assert pid in before
+    py.exec(f"mec.kill(targets={victim})")
+    wait_until(lambda: pid not in across.grid["e1"].pids(), 10, "the engine process to exit")
+    wait_until(lambda: py.eval("mec.get_ids()") == [survivor], 10, "the engine to be dropped")
+    assert py.eval(f"mec.execute('1 + 1', targets={survivor}).output") == 2
