@@ -131,6 +131,20 @@ def test_furls_advertise_the_location_on_the_fixed_port(across: GridCluster) -> 
     assert f"0.0.0.0:{PORT} " in listening  # --location alone listens on every interface
 
 
+def test_a_named_users_furl_works_from_another_host(across: GridCluster, py: HostPython) -> None:
+    out = across.grid["ctl"].run(across.command("ipcluster", "--profile", PROFILE, "adduser",
+                                                "alice"), env=across.env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    path = out.stdout.strip()
+    assert furl_hints(path) == [f"tcp:ctl:{PORT}"]
+    py.exec("alice = client.MultiEngineClient(path, timeout=60)", path=path)
+    try:
+        assert py.eval("alice.user") == "alice"
+        assert py.eval("alice.execute('20 + 22', targets=0).output") == 42
+    finally:
+        py.exec("alice.close()")
+
+
 # -- every multi-engine op -----------------------------------------------------------------
 
 
