@@ -1076,13 +1076,12 @@ class EngineService(service.MultiService):
         deadline = started + self.connect_timeout
         delay = 0.05
         last_error: Exception | None = None
-        furl = ""
         next_report = started + UNREACHABLE_REPORT_AFTER
         while time.monotonic() < deadline:
             if last_error is not None and time.monotonic() >= next_report:
                 # Still retrying: tell whoever watches (a terminal, a job's output file).
                 next_report = time.monotonic() + UNREACHABLE_REPORT_EVERY
-                self._report_unreachable(furl, last_error, time.monotonic() - started)
+                self._report_unreachable(last_error, time.monotonic() - started)
             try:
                 furl = self.furl or wire.resolve_furl(self.furl_file)
                 controller = yield wire.get_reference(
@@ -1101,18 +1100,15 @@ class EngineService(service.MultiService):
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id
         source = "--furl" if self.furl else f"FURL file {self.furl_file}"
-        advice = (addresses.unreachable_advice(furl, socket.gethostname()) if furl else
-                  "check that the FURL file is there and readable on this host")
         raise KernelError(
             f"could not register with the controller within {self.connect_timeout:g} s "
-            f"({source}): {last_error}; {advice}"
+            f"({source}): {last_error}"
         )
 
-    def _report_unreachable(self, furl: str, error: Exception, waited: float) -> None:
-        advice = (addresses.unreachable_advice(furl, socket.gethostname()) if furl else
-                  "check that the FURL file is there and readable on this host")
+    def _report_unreachable(self, error: Exception, waited: float) -> None:
+        # A connection error names the addresses tried and what to check (wire.get_reference).
         message = (f"ipengine: no controller yet after {waited:.0f} s, still trying until "
-                   f"{self.connect_timeout:g} s ({error}); {advice}")
+                   f"{self.connect_timeout:g} s: {error}")
         log.warn("{msg}", msg=message)
         sys.__stderr__.write(message + "\n")
         sys.__stderr__.flush()
