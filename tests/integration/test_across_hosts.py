@@ -148,6 +148,36 @@ def test_a_named_users_furl_works_from_another_host(across: GridCluster, py: Hos
 # -- every multi-engine op -----------------------------------------------------------------
 
 
+# One call per command of the op table, on every engine (both hosts). A command
+# added to the table fails this test until it is called across hosts here too.
+OP_CALLS = {
+    "execute": ("mec.execute('op_x = 1')", None),
+    "push": ("mec.push({'op_y': 2})", None),
+    "pull": ("mec.pull('op_y')", [2, 2, 2, 2]),
+    "apply": ("mec.apply(lambda: 3)", [3, 3, 3, 3]),
+    "get_result": ("[r.output for r in mec.get_result()]", None),
+    "keys": ("['op_y' in k for k in mec.keys()]", [True] * 4),
+    "history": ("['op_x = 1' in str(h) for h in mec.history()]", [True] * 4),
+    "inspect": ("['int' in str(i) for i in mec.inspect('op_y')]", [True] * 4),
+    "who": ("['op_y' in str(w) for w in mec.who()]", [True] * 4),
+    "whos": ("['op_y' in str(w) for w in mec.whos()]", [True] * 4),
+    "ping": ("sorted(p['pid'] for p in mec.ping()) == sorted(mec.apply(os.getpid))", True),
+    "complete": ("[c['matches'] for c in mec.complete('op_')]", [["op_x", "op_y"]] * 4),
+    "run_tasks": ("tc.map(abs, [-1, -2, -3, -4, -5, -6, -7, -8])", [1, 2, 3, 4, 5, 6, 7, 8]),
+    "reset": ("(mec.reset(), ['op_y' in k for k in mec.keys()])[1]", [False] * 4),
+}
+
+
+def test_every_op_of_the_table_runs_on_engines_on_other_hosts(py: HostPython) -> None:
+    from ipython1.common import ops
+
+    assert set(OP_CALLS) == set(ops.OPS)
+    for name, (call, expected) in OP_CALLS.items():
+        value = py.eval(call)
+        if expected is not None:
+            assert value == expected, (name, value)
+
+
 def test_execute_push_pull_and_results(py: HostPython) -> None:
     result = py.eval("mec.execute('a = 6 * 7', targets=0)")
     assert "a = 6 * 7" in str(result)
