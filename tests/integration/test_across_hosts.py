@@ -340,6 +340,28 @@ def test_ipv6_only_controller_engine_and_client(across: GridCluster, py: HostPyt
         engine.wait(timeout=15)
 
 
+def test_an_unreachable_first_location_is_skipped_and_the_relay_follows_the_one_that_worked(
+        across: GridCluster, py: HostPython) -> None:
+    # 10.78.0.1 has no route from any grid host: dialling it fails at once, locally.
+    proc, furl = run_controller(across, "ctl", "multi", "--location", "10.78.0.1,ctl")
+    engine = across.grid["e1"].popen(across.command(
+        "ipengine", "--profile", "multi", "--furl-file", furl), env=across.env)
+    try:
+        assert [h.rsplit(":", 1)[0] for h in furl_hints(furl)] == ["tcp:10.78.0.1", "tcp:ctl"]
+        py.exec("multi = client.MultiEngineClient(path, timeout=60)",
+                path=furl.replace("engine.furl", "mec.furl"))
+        wait_until(lambda: py.eval("multi.get_ids()") == [0], 30, "the engine")
+        before = py.eval("datachannel.TRANSFERS['relay']")
+        py.exec("multi.push({'v': np.ones(2**20)}, targets=0)")
+        assert py.eval("float(multi.pull('v', targets=0).sum())") == 2**20
+        assert py.eval("datachannel.TRANSFERS['relay']") - before == 2
+    finally:
+        py.exec("multi.close()" if py.eval("'multi' in globals()") else "pass")
+        engine.terminate()
+        stop(proc)
+        engine.wait(timeout=15)
+
+
 def test_ipcluster_start_with_location_and_engines_joining_from_another_host(
         across: GridCluster, py: HostPython) -> None:
     ctl = across.grid["ctl"]
