@@ -397,7 +397,8 @@ def first_line(proc: Any, timeout: float) -> str:
         return ""
 
 
-def test_an_engine_says_which_addresses_it_tried_and_what_to_check(across: GridCluster) -> None:
+def test_an_engine_says_which_addresses_it_tried_and_what_to_check(
+        across: GridCluster, py: HostPython) -> None:
     # A FURL naming a port where nothing listens, and one naming the controller's loopback.
     furl = Path(across.furl("engine")).read_text().strip()
     tub, rest = furl.split("@", 1)
@@ -419,6 +420,11 @@ def test_an_engine_says_which_addresses_it_tried_and_what_to_check(across: GridC
         assert f"tried 127.0.0.1:{PORT} from host e1" in message, message
         assert "only works on the controller's own host" in message
         assert "--location" in message and "--ip 0.0.0.0" in message
+        # A client given such a FURL is told the same.
+        py.exec("try:\n    client.MultiEngineClient(furl, connect_timeout=5)\n    said = ''\n"
+                "except Exception as e:\n    said = str(e)", furl=loopback)
+        said = py.eval("said")
+        assert f"tried 127.0.0.1:{PORT} from host cli" in said and "--location" in said, said
     finally:
         waiting.kill()
         waiting.wait()
