@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ipython1.kernel import cluster, commandchannel, wire
+from ipython1.kernel import cluster, commandchannel, processes, wire
 from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.events import EventBus, Transcript
@@ -375,7 +375,7 @@ class ControllerService(service.MultiService):
         self._publish(MultiEngineReferenceable(self.adapters["mec"]), cluster.MEC_FURL)
         self._publish_users()
         self._publish_extra_adapters()
-        cluster.write_private(self.cluster_dir.pid_file("ipcontroller"), f"{os.getpid()}\n")
+        processes.write_pid_file(self.cluster_dir.pid_file("ipcontroller"), [os.getpid()])
         log.info("controller listening on {ip}:{port}", ip=self.ip, port=self.port)
 
     def _publish_users(self) -> None:

@@ -325,6 +325,13 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return self._call(block, "reset", targets)
 
     def remote_kill(self, controller: bool, targets: Any, block: bool) -> Deferred[Any]:
+        if controller and self.kind != "owner" and not self.revoked:
+            # Stopping the controller ends everyone's sessions: the owner's call.
+            denied = PermissionDenied(f"user {self.user!r} may not stop the controller "
+                                      "(only the owner may); nothing was killed")
+            self.adapter.controller.events.publish(
+                "denied", self.user, None, {"op": "kill", "reason": str(denied)}, self.client)
+            return defer.succeed(self._raise_as_data(Failure(denied)))
         return self._call(block, "kill", controller, targets)
 
     def remote_interrupt(self, targets: Any) -> Deferred[Any]:
@@ -393,6 +400,13 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return self._call(block, "complete", text, line, cursor_pos, targets)
 
     def remote_session_log(self) -> Deferred[Any]:
+        # Every user's code and pushed values: not for observers.
+        denied = self._denied("session_log")
+        if denied is not None:
+            self.adapter.controller.events.publish(
+                "denied", self.user, None, {"op": "session_log", "reason": str(denied)},
+                self.client)
+            return defer.succeed(self._raise_as_data(Failure(denied)))
         return self.adapter.session_log()
 
     def remote_subscribe_output(self, observer: Any, own_only: bool) -> None:
@@ -498,5 +512,5 @@ class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
                                      user, self.kind)
         directory = getattr(self.adapter, "directory", None)
         if directory is not None:
-            directory.session_opened(session, info)
+            directory.session_opened(session, info, self)
         return session

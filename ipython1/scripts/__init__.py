@@ -11,7 +11,9 @@ def start_logging(log_file: Path) -> None:
     """Send Twisted's log to a file (appending)."""
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    stream = open(log_file, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    from ipython1.kernel.cluster import open_private_log
+
+    stream = open_private_log(log_file)  # lives as long as the process; 0600: user output
     globalLogBeginner.beginLoggingTo([textFileLogObserver(stream)], redirectStandardIO=False)
 
 
