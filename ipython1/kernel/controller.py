@@ -362,7 +362,11 @@ class ControllerService(service.MultiService):
         self.tub, self.port = wire.listening_tub(cert, self.ip, self.port)
         from ipython1.kernel.datachannel import Relay
 
-        self.controller.relay = Relay(self.ip)
+        self.controller.relay = relay = Relay(self.ip)
+        # A transfer with an engine that died fails at once, not after PAIR_TIMEOUT.
+        self.controller.add_observer(
+            lambda kind, data: relay.engine_lost(data["engine_id"])
+            if kind == "engine_died" else None)
         if commandchannel.enabled() and commandchannel.host_key():
             self.controller.command_channels = commandchannel.CommandChannelServer(
                 self.controller)

@@ -567,15 +567,34 @@ class Relay:
         self.address = f"{ip}:{self._listener.getsockname()[1]}"
         self._expected: dict[bytes, float] = {}
         self._waiting: dict[bytes, socket.socket] = {}
+        self._engine_of: dict[bytes, Any] = {}  # pairing id -> the engine it is with
         self._lock = threading.Lock()
         self._closed = False
         self.transfers = 0
         threading.Thread(target=self._accept_loop, name="relay", daemon=True).start()
 
-    def expect(self, pairing_id: bytes) -> None:
+    def expect(self, pairing_id: bytes, engine_id: Any = None) -> None:
         """Allow two connections that present pairing_id to be spliced."""
         with self._lock:
             self._expected[pairing_id] = time.monotonic()
+            self._engine_of[pairing_id] = engine_id
+
+    def engine_lost(self, engine_id: Any) -> int:
+        """Fail at once the pairings with a dead engine: its end will never come.
+
+        A client already waiting is hung up on (its transfer fails now, not
+        after PAIR_TIMEOUT); one still on its way is refused. Returns how many.
+        """
+        with self._lock:
+            ids = [p for p, e in self._engine_of.items() if e == engine_id]
+            waiting = [self._waiting.pop(p, None) for p in ids]
+            for p in ids:
+                self._expected.pop(p, None)
+                self._engine_of.pop(p, None)
+        for sock in waiting:
+            if sock is not None:
+                _hang_up(sock)
+        return len(ids)
 
     def close(self) -> None:
         self._closed = True
@@ -603,6 +622,7 @@ class Relay:
             now = time.monotonic()
             for key in [k for k, t in self._expected.items() if now - t > PAIR_TIMEOUT]:
                 self._expected.pop(key)
+                self._engine_of.pop(key, None)
                 stale = self._waiting.pop(key, None)
                 if stale is not None:
                     stale.close()
@@ -614,12 +634,22 @@ class Relay:
                 self._waiting[pairing_id] = sock
                 return
             del self._expected[pairing_id]
+            self._engine_of.pop(pairing_id, None)
             self.transfers += 1
         for s in (sock, peer):
             s.settimeout(None)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=_pump, args=(peer, sock), daemon=True).start()
         _pump(sock, peer)
+
+
+def _hang_up(sock: socket.socket) -> None:
+    """Close a socket so that its peer sees the end at once (even one blocked reading)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:

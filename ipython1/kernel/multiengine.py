@@ -222,7 +222,7 @@ class MultiEngine:
         if relay is None:
             raise KernelError("this controller has no data channel")
         pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
-        relay.expect(pairing_id)
+        relay.expect(pairing_id, engine_id)
         d = record.ref.callRemote("open_transfer", pairing_id, secret,
                                   int(relay.address.rsplit(":", 1)[1]), direction, blob_id, sizes)
         return d.addCallback(lambda _: {

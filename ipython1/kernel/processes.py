@@ -29,6 +29,22 @@ def python_module(module: str, *args: str, python: str | None = None) -> list[st
     return [python or sys.executable, *SAFE_PATH_FLAGS, "-m", module, *args]
 
 
+def safe_environ(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Return env (default os.environ) without PYTHONPATH entries relative to the cwd.
+
+    An empty entry ("a::b", a trailing ":") or a relative one names the
+    directory a process runs in, which is what -P keeps off sys.path.
+    """
+    env = dict(os.environ if env is None else env)
+    if "PYTHONPATH" in env:
+        kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if os.path.isabs(p)]
+        if kept:
+            env["PYTHONPATH"] = os.pathsep.join(kept)
+        else:
+            del env["PYTHONPATH"]
+    return env
+
+
 @dataclass(frozen=True)
 class Identity:
     """What tells one process from a later one with the same pid."""

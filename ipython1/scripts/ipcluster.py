@@ -121,10 +121,11 @@ def _python_module(module: str, *args: str) -> list[str]:
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start a process in its own session, output to log_path."""
     from ipython1.kernel.cluster import open_private_log
+    from ipython1.kernel.processes import safe_environ
 
     with open_private_log(log_path) as log:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+                                start_new_session=True, env=safe_environ())
 
 
 def _tail(path: Path, lines: int = 15) -> str:
