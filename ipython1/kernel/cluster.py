@@ -79,7 +79,7 @@ class ClusterDir:
 
 def make_private(top: Path) -> None:
     """Make top and every directory below it 0700 and every file 0600."""
-    for root, dirs, files in os.walk(top):
+    for root, _dirs, files in os.walk(top):
         for name, mode in [(root, 0o700)] + [(os.path.join(root, f), 0o600) for f in files]:
             try:
                 if os.lstat(name).st_mode & 0o777 != mode and not os.path.islink(name):

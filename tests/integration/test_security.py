@@ -175,7 +175,7 @@ def test_every_file_in_the_cluster_directory_is_owner_only(shared) -> None:
     cluster, _ = shared
     cluster.client(timeout=30).execute("print('user output lands in the logs')")
     checked = 0
-    for root, dirs, files in os.walk(cluster.dir.path):
+    for root, _dirs, files in os.walk(cluster.dir.path):
         assert os.stat(root).st_mode & 0o777 == 0o700, root
         for name in files:
             path = os.path.join(root, name)
