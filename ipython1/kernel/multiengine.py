@@ -413,11 +413,20 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         """Forward live engine output (only this client's commands if own_only)."""
         self.remote_unsubscribe_output()
 
+        from ipython1.kernel.subscribers import BoundedForwarder
+
+        def send(data: dict[str, Any]) -> Deferred[Any]:
+            d = observer.callRemote("output", data)
+            return d.addErrback(lambda f: (self._drop_forward(forward), f)[1])
+
+        # Bounded, and waited for only by this client's own commands while it
+        # keeps up: a stalled subscriber slows no one (see subscribers).
+        forwarder = BoundedForwarder(send)
+
         def forward(kind: str, data: dict[str, Any]) -> Deferred[None] | None:
             if kind != "output" or (own_only and data.get("client") != self.client):
                 return None
-            d = observer.callRemote("output", data)
-            return d.addErrback(lambda f: self._drop_forward(forward))
+            return forwarder.offer(data, wait=data.get("client") == self.client)
 
         self._forward = forward
         self.adapter.controller.add_observer(forward)

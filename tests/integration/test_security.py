@@ -168,6 +168,49 @@ def test_controller_and_engines_never_import_from_the_start_directory(tmp_path: 
         cluster.stop()
 
 
+# -- 5. a stalled subscriber ------------------------------------------------------------------
+
+
+def subscribe_and_never_acknowledge(furl_file: str) -> object:
+    """Subscribe to everyone's live output and never answer; return the Tub (to stop)."""
+    from foolscap.api import Referenceable
+
+    from ipython1.kernel import wire
+    from ipython1.kernel.client import ReactorThread, _wait
+    from twisted.internet.defer import Deferred
+
+    class Stalled(Referenceable):
+        def remote_output(self, data: object) -> Deferred:
+            return Deferred()  # never fires: the acknowledgement never comes
+
+    def subscribe() -> object:
+        tub = wire.client_tub()
+        d = wire.get_reference(tub, Path(furl_file).read_text().strip(), 10)
+        d.addCallback(lambda root: root.callRemote("connect", {}))
+        d.addCallback(lambda session: session.callRemote("subscribe_output", Stalled(), False))
+        return d.addCallback(lambda _: tub)
+
+    return _wait(ReactorThread.get().submit(subscribe), 20)
+
+
+def test_a_stalled_output_subscriber_slows_no_command(shared) -> None:
+    from ipython1.kernel.client import ReactorThread
+
+    cluster, furls = shared
+    owner = cluster.client(timeout=60)
+    tub = subscribe_and_never_acknowledge(furls["carol"])
+    try:
+        owner.execute("print('warm up')", targets=0)
+        t0 = time.monotonic()
+        for i in range(5):
+            owner.execute(f"print('line', {i})", targets=0)
+        elapsed = time.monotonic() - t0
+        # Was OUTPUT_ACK_TIMEOUT (2 s) added to each printing command.
+        assert elapsed < 2.0, f"5 printing commands took {elapsed:.2f} s"
+    finally:
+        ReactorThread.get().submit(tub.stopService)
+
+
 # -- 8. files and logs --------------------------------------------------------------------------
 
 
