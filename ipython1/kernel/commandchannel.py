@@ -168,7 +168,27 @@ class ControllerEnd(_Channel):
         _pid, uid = peer_credentials(self.transport.getHandle())
         if uid != os.getuid():
             log.warn("command channel: refused a process of uid {uid}", uid=uid)
-            self.transport.loseConnection()
+            self.transport.abortConnection()
+            return
+        # Unauthenticated until it presents an offer's secret: capped and quick.
+        self._guard_slot = self.server.guard.admit()
+        if not self._guard_slot:
+            self.transport.abortConnection()
+            return
+        self._deadline = reactor.callLater(self.server.guard.deadline, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self.server.guard.timed_out_one()
+        self.transport.abortConnection()
+
+    def _authenticated(self) -> None:
+        """Leave the guard's count (attached, or gone)."""
+        if getattr(self, "_guard_slot", False):
+            self._guard_slot = False
+            self.server.guard.release()
+        deadline = getattr(self, "_deadline", None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
     def stringReceived(self, data: bytes) -> None:
         try:
@@ -180,6 +200,7 @@ class ControllerEnd(_Channel):
             if not self.server.attach(first, second, third, self):
                 self.transport.loseConnection()
                 return
+            self._authenticated()
             self.kind = first
             if self.kind == "session":
                 self.sendString(dumps(["ok", None, None]))  # the client may now call
@@ -211,6 +232,7 @@ class ControllerEnd(_Channel):
         self._serve(seq, getattr(self.session, "remote_" + method), args)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._authenticated()
         super().connectionLost(reason)
         self.server.detach(self)
 
@@ -224,6 +246,9 @@ class CommandChannelServer:
         self.host = host_key()
         self._offers: dict[tuple[str, int], tuple[bytes, Any]] = {}
         self._session_ids = itertools.count(1)
+        from ipython1.kernel.listenguard import ListenerGuard
+
+        self.guard = ListenerGuard(f"command channel {self.name}")
         factory = protocol.Factory.forProtocol(lambda: ControllerEnd(self))
         self._port = reactor.listenUNIX(_address(self.name), factory)
 

@@ -87,6 +87,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ipython1.kernel.errors import KernelError
+from ipython1.kernel.listenguard import ListenerGuard
 from ipython1.kernel.localhost import env_enabled
 from ipython1.kernel.localhost import host_key as localhost_key
 from ipython1.kernel.localhost import peer_credentials as _peer
@@ -571,6 +572,7 @@ class Relay:
         self._lock = threading.Lock()
         self._closed = False
         self.transfers = 0
+        self.guard = ListenerGuard(f"relay {self.address}")
         threading.Thread(target=self._accept_loop, name="relay", daemon=True).start()
 
     def expect(self, pairing_id: bytes, engine_id: Any = None) -> None:
@@ -602,22 +604,35 @@ class Relay:
             self._listener.close()
         except OSError:
             pass
+        self.guard.close()
 
     def _accept_loop(self) -> None:
         while not self._closed:
             try:
-                sock, _ = self._listener.accept()
+                sock = self.guard.accept(self._listener)  # capped; survives EMFILE
             except OSError:
-                return
-            threading.Thread(target=self._pair, args=(sock,), daemon=True).start()
+                return  # the listener was closed
+            if sock is None:
+                continue
+            try:
+                threading.Thread(target=self._pair, args=(sock,), daemon=True).start()
+            except RuntimeError:  # no more threads: shed it, keep accepting
+                self.guard.release()
+                sock.close()
 
     def _pair(self, sock: socket.socket) -> None:
         try:
-            sock.settimeout(PAIR_TIMEOUT)
+            # Unauthenticated until it names an expected pairing: a short deadline.
+            sock.settimeout(self.guard.deadline)
             pairing_id = bytes(_recv_exact(sock, 16))
-        except (OSError, TransferError):
+        except (OSError, TransferError) as e:
+            if isinstance(e, TimeoutError):
+                self.guard.timed_out_one()
             sock.close()
             return
+        finally:
+            self.guard.release()
+        sock.settimeout(PAIR_TIMEOUT)
         with self._lock:
             now = time.monotonic()
             for key in [k for k, t in self._expected.items() if now - t > PAIR_TIMEOUT]:
@@ -832,6 +847,7 @@ class LocalServer:
         self._lock = threading.Lock()
         self._closed = False
         self.transfers = 0
+        self.guard = ListenerGuard(f"engine data socket {self.name}")
         threading.Thread(target=self._accept_loop, name="local-data", daemon=True).start()
 
     def info(self) -> dict[str, Any]:
@@ -857,16 +873,24 @@ class LocalServer:
         except OSError:
             pass
         self._listener.close()
+        self.guard.close()
 
     def _accept_loop(self) -> None:
         while not self._closed:
             try:
-                sock, _ = self._listener.accept()
+                sock = self.guard.accept(self._listener)  # capped; survives EMFILE
             except OSError:
                 if self._closed:
                     return
-                continue  # e.g. EMFILE; do not let one failure end the service
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+                time.sleep(0.05)
+                continue  # do not let one failure end the service
+            if sock is None:
+                continue
+            try:
+                threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+            except RuntimeError:  # no more threads: shed it, keep accepting
+                self.guard.release()
+                sock.close()
 
     def _use(self, pairing_id: bytes, secret: bytes) -> str | None:
         """Spend one ticket of a book; return why not, or None."""
@@ -883,13 +907,20 @@ class LocalServer:
     def _serve(self, sock: socket.socket) -> None:
         with sock:
             try:
-                _tune(sock)
-                _pid, uid = _peer(sock)
-                if uid != self.uid:  # not our user: hang up before reading a byte
-                    _refuse(sock, f"uid {uid} is not the engine's user")
-                    return
+                try:
+                    _tune(sock)
+                    _pid, uid = _peer(sock)
+                    if uid != self.uid:  # not our user: hang up before reading a byte
+                        _refuse(sock, f"uid {uid} is not the engine's user")
+                        return
+                    sock.settimeout(self.guard.deadline)  # unauthenticated: be quick
+                    head = bytes(_recv_exact(sock, _LOCAL_HEAD.size))
+                except TimeoutError:
+                    self.guard.timed_out_one()
+                    raise
+                finally:
+                    self.guard.release()
                 sock.settimeout(PAIR_TIMEOUT)
-                head = bytes(_recv_exact(sock, _LOCAL_HEAD.size))
                 pairing_id, secret, direction, blob_id, count = _LOCAL_HEAD.unpack(head)
                 refused = self._use(pairing_id, secret)
                 if refused is None and (direction not in b"UD" or count > MAX_FRAMES):

@@ -155,6 +155,10 @@ def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0) -> tupl
     tub = _new_tub(certFile=str(cert_file))
     os.chmod(cert_file, 0o600)
     port = _free_port(ip, port)
+    from ipython1.kernel.listenguard import ListenerGuard, guarded_negotiation
+
+    # Connections that have not negotiated yet: capped, timed out, floods logged.
+    tub.negotiationClass = guarded_negotiation(ListenerGuard(f"Foolscap port {ip}:{port}"))
     tub.listenOn(f"tcp:{port}:interface={ip}")
     tub.setLocation(f"{ip}:{port}")
     return tub, port
