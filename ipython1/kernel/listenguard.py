@@ -77,6 +77,7 @@ class ListenerGuard:
         self.accept_errors: dict[str, int] = {}
         self.refused_total = 0
         self._last_report = -float("inf")
+        self._flush: threading.Timer | None = None
         self._reserve: int | None = _reserve_descriptor()
 
     # -- counting --
@@ -110,7 +111,13 @@ class ListenerGuard:
         with self._lock:
             now = self._clock()
             if not force and now - self._last_report < self.log_every:
+                if self._flush is None:  # report the rest when the window ends
+                    self._flush = threading.Timer(
+                        self._last_report + self.log_every - now, self._report, (True,))
+                    self._flush.daemon = True
+                    self._flush.start()
                 return
+            self._flush = None
             if not (self.refused or self.timed_out or self.accept_errors):
                 return
             parts = []
@@ -220,3 +227,36 @@ def guarded_negotiation(guard: ListenerGuard) -> type[Negotiation]:
             super().connectionLost(reason)
 
     return GuardedNegotiation
+
+
+class RepeatedLogLimiter:
+    """A twisted.logger filter predicate: let a listener's EMFILE message through once
+    per ``every`` seconds (Twisted's ports log one per shed connection: a flood
+    would fill the disk); the next one let through says how many were held back."""
+
+    MARKERS = ("EMFILE", "Could not accept new connection")
+
+    def __init__(self, every: float = LOG_EVERY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __call__(self, event: dict[str, Any]) -> Any:
+        from twisted.logger import PredicateResult
+
+        text = str(event.get("log_format") or event.get("format") or event.get("message", ""))
+        if not any(m in text for m in self.MARKERS):
+            return PredicateResult.maybe
+        key = text[:60]
+        now = self._clock()
+        if now - self._last.get(key, -float("inf")) < self.every:
+            self._held[key] = self._held.get(key, 0) + 1
+            return PredicateResult.no
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            event["log_format"] = text.replace("{", "{{").replace("}", "}}") + \
+                f" (and {held} more like it in the last {self.every:g} s)"
+        return PredicateResult.maybe

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import Cluster, wait_until
 
-FD_LIMIT = 400  # the controller's (and engines') RLIMIT_NOFILE in this module
+FD_LIMIT = 256  # the controller's (and engines') RLIMIT_NOFILE in this module
 FLOOD = 1200  # idle connections per flooded listener (the relay died at ~1,000)
 
 
