@@ -277,6 +277,7 @@ class CommandChannelServer:
             return False
         if kind == "session":
             end.session = offered[1]
+            end.session.channel_end = end  # its replies count as unread there too
             return True
         record = self.controller.engines.get(ident)
         if record is None:

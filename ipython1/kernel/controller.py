@@ -101,6 +101,8 @@ class Controller(service.MultiService):
         self.reserve_ids = reserve_ids
         self._used_ids: set[int] = set()
         self._broken_mpi_jobs: dict[str, str] = {}  # job -> the engine it lost first
+        # Clients not reading their replies: their queued commands wait (backpressure).
+        self.held_clients: set[str] = set()
 
     # -- registry --
 
@@ -125,6 +127,7 @@ class Controller(service.MultiService):
             return d.addErrback(self._call_failed, engine_id)
 
         record = EngineRecord(engine_id, engine, EngineQueue(engine_id, send), dict(info))
+        record.queue.held = lambda command: command.client in self.held_clients
         self.engines[engine_id] = record
         engine.notifyOnDisconnect(self._engine_lost, engine_id)
         channels = self.command_channels

@@ -13,13 +13,14 @@ from collections import OrderedDict
 from typing import Any
 
 from foolscap.api import Referenceable
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ipython1.kernel import commandchannel, replies
+from ipython1.kernel.backpressure import ReplyBackpressure
 from ipython1.kernel.controller import Controller
 from ipython1.kernel.errors import (
     InvalidEngineID,
@@ -250,6 +251,34 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         self.subscription: Any = None
         self.pending: OrderedDict[int, Deferred[Any]] = OrderedDict()
         self.done: dict[int, Any] = {}
+        self.done_bytes = 0  # of the results in done
+        self.channel_end: Any = None  # its command channel, if it has one
+        controller = adapter.controller
+        self.backpressure = ReplyBackpressure(
+            client, getattr(controller, "held_clients", set()),
+            lambda: [r.queue.kick() for r in list(controller.engines.values())],
+            self._transports, lambda: self.done_bytes)
+
+    def _transports(self) -> list[Any]:
+        ends = (getattr(self, "_broker", None), self.channel_end)
+        return [e.transport for e in ends if getattr(e, "transport", None) is not None]
+
+    def _reply_sent(self, reply: Any) -> Any:
+        """Count a reply as unread until its connection has sent it (backpressure)."""
+        reactor.callLater(0, self.backpressure.check)
+        return reply
+
+    def closed(self) -> None:
+        """The client went away: drop its waiting commands and results (its own only)."""
+        cleared = sum(r.queue.clear_client(self.client)
+                      for r in list(self.adapter.controller.engines.values()))
+        self.backpressure.close()
+        self.pending.clear()
+        self.done.clear()
+        self.done_bytes = 0
+        if cleared:
+            log.info("client {c} went away: {n} of its queued command(s) dropped",
+                     c=self.client, n=cleared)
 
     def _denied(self, method: str) -> PermissionDenied | None:
         """Say why this session may not run method, or None if it may."""
@@ -276,7 +305,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         d.addErrback(self._raise_as_data)
         d.addCallback(replies.pack)  # the engines' bytes, relayed as they are
         if block:
-            return d
+            return d.addCallback(self._reply_sent)
         pending_id = next(self._ids)
         self.pending[pending_id] = d
         d.addBoth(self._store, pending_id)
@@ -285,6 +314,13 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
     def _store(self, result: Any, pending_id: int) -> None:
         if pending_id in self.pending:
             self.done[pending_id] = result
+            self.done_bytes += len(result) if isinstance(result, bytes) else 0
+            self.backpressure.check()
+
+    def _fetched(self, pending_id: int) -> Any:
+        result = self.done.pop(pending_id)
+        self.done_bytes -= len(result) if isinstance(result, bytes) else 0
+        return self._reply_sent(result)
 
     @staticmethod
     def _raise_as_data(failure: Failure) -> dict[str, Any]:
@@ -365,7 +401,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
                 f"no pending result with id {pending_id} (unknown, or already fetched)"))))
         if pending_id in self.done:
             del self.pending[pending_id]
-            return defer.succeed(self.done.pop(pending_id))
+            return defer.succeed(self._fetched(pending_id))
         if not block:
             return defer.succeed(self._raise_as_data(Failure(ResultNotReady(
                 f"result {pending_id} is not ready yet"))))
@@ -373,7 +409,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
         def deliver(_: Any) -> None:
             self.pending.pop(pending_id, None)
-            d.callback(self.done.pop(pending_id))
+            d.callback(self._fetched(pending_id))
 
         self.pending[pending_id].addBoth(deliver)
         return d

@@ -286,6 +286,9 @@ class UserDirectory:
         if session in sessions:
             sessions.remove(session)
         session.remote_unsubscribe_events()
+        closed = getattr(session, "closed", None)
+        if closed is not None:
+            closed()  # its queued commands and results go with it
         self.controller.events.publish("left", session.user, None, {"kind": session.kind},
                                        session.client)
 

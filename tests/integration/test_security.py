@@ -22,11 +22,14 @@ from ipython1.kernel.errors import ControllerNotFound, KernelError, PermissionDe
 from tests.conftest import ROOT, Cluster, pid_alive, wait_until
 
 VENV_BIN = Path(sys.executable).parent
+UNREAD_MB = 16  # the controller holds a client with more unread replies than this
+UNREAD_AGENT = str(Path(__file__).with_name("unread_agent.py"))
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, dict[str, str]]]:
     cluster = Cluster(tmp_path_factory.mktemp("security"))
+    cluster.env["IPYTHON1_UNREAD_REPLY_MB"] = str(UNREAD_MB)
     try:
         cluster.start(2)
         furls = {}
@@ -209,6 +212,67 @@ def test_a_stalled_output_subscriber_slows_no_command(shared) -> None:
         assert elapsed < 2.0, f"5 printing commands took {elapsed:.2f} s"
     finally:
         ReactorThread.get().submit(tub.stopService)
+
+
+# -- 7. unread replies, dead clients ------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_agent(cluster: Cluster, furl: str, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, UNREAD_AGENT, furl, *args],
+                            env=cluster.env, text=True, stdout=subprocess.PIPE)
+    cluster.pids.append(proc.pid)
+    assert proc.stdout.readline().strip() == "queued"
+    return proc
+
+
+def test_a_client_that_never_reads_its_replies_is_held_not_buffered(shared) -> None:
+    cluster, furls = shared
+    owner = cluster.client(timeout=60)
+    owner.execute("blob = 'x' * 200_000", targets=0)  # under the data channel threshold
+    controller = int(cluster.dir.pid_file("ipcontroller").read_text().split()[0])
+    before = rss_mb(controller)
+    attacker = start_agent(cluster, furls["alice"], "pulls", "1500")  # 300 MB of replies if all were run
+    try:
+        wait_until(lambda: any(q["per_user"] for q in owner.queue_status(targets=0)) or
+                   rss_mb(controller) - before > 3 * UNREAD_MB, 30, "the pipelined pulls")
+        time.sleep(2)  # let it run what it would run
+        grown = rss_mb(controller) - before
+        # The owner is not stuck behind the held client's commands.
+        t0 = time.monotonic()
+        assert owner.execute("1 + 1", targets=0).output_repr == "2"
+        assert time.monotonic() - t0 < 3
+        waiting = sum(q["per_user"].get("alice", 0) for q in owner.queue_status(targets=0))
+        assert waiting > 100  # held, not run
+        print(f"controller grew {grown:.0f} MB under the unread-replies attack")
+        assert grown < UNREAD_MB * 4 + 40, f"controller grew {grown:.0f} MB"
+    finally:
+        attacker.kill()
+        attacker.wait()
+    # Gone: its queued commands are dropped, and memory comes back down.
+    wait_until(lambda: not any(q["queued"] for q in owner.queue_status(targets=0)), 10,
+               "the dead client's commands to be dropped")
+
+
+def test_a_dead_clients_queued_commands_are_dropped(shared) -> None:
+    cluster, furls = shared
+    owner = cluster.client(timeout=60)
+    victim = start_agent(cluster, furls["alice"], "sleeps", "200")  # 40 s of work queued on engine 0
+    wait_until(lambda: sum(len(q["queued"]) for q in owner.queue_status(targets=0)) > 150, 20,
+               "the client's commands to be queued")
+    victim.kill()
+    victim.wait()
+    t0 = time.monotonic()
+    wait_until(lambda: not any(q["queued"] for q in owner.queue_status(targets=0)), 10,
+               "the dead client's queued commands to be dropped")
+    owner.execute("pass", targets=0)
+    assert time.monotonic() - t0 < 3  # was 40 s behind the dead client's commands
 
 
 # -- 8. files and logs --------------------------------------------------------------------------
