@@ -177,10 +177,10 @@ def test_controller_and_engines_never_import_from_the_start_directory(tmp_path: 
 def subscribe_and_never_acknowledge(furl_file: str) -> object:
     """Subscribe to everyone's live output and never answer; return the Tub (to stop)."""
     from foolscap.api import Referenceable
+    from twisted.internet.defer import Deferred
 
     from ipython1.kernel import wire
     from ipython1.kernel.client import ReactorThread, _wait
-    from twisted.internet.defer import Deferred
 
     class Stalled(Referenceable):
         def remote_output(self, data: object) -> Deferred:
@@ -238,11 +238,12 @@ def test_a_client_that_never_reads_its_replies_is_held_not_buffered(shared) -> N
     owner.execute("blob = 'x' * 200_000", targets=0)  # under the data channel threshold
     controller = int(cluster.dir.pid_file("ipcontroller").read_text().split()[0])
     before = rss_mb(controller)
-    attacker = start_agent(cluster, furls["alice"], "pulls", "1500")  # 300 MB of replies if all were run
+    # 1,500 pulls of 200 kB: 300 MB of replies if they all ran.
+    attacker = start_agent(cluster, furls["alice"], "pulls", "1500")
     try:
         wait_until(lambda: any(q["per_user"] for q in owner.queue_status(targets=0)) or
                    rss_mb(controller) - before > 3 * UNREAD_MB, 30, "the pipelined pulls")
-        time.sleep(2)  # let it run what it would run
+        time.sleep(4)  # let it run what it would run (unbounded, 98 MB in 2 s)
         grown = rss_mb(controller) - before
         # The owner is not stuck behind the held client's commands.
         t0 = time.monotonic()
@@ -251,7 +252,7 @@ def test_a_client_that_never_reads_its_replies_is_held_not_buffered(shared) -> N
         waiting = sum(q["per_user"].get("alice", 0) for q in owner.queue_status(targets=0))
         assert waiting > 100  # held, not run
         print(f"controller grew {grown:.0f} MB under the unread-replies attack")
-        assert grown < UNREAD_MB * 4 + 40, f"controller grew {grown:.0f} MB"
+        assert grown < 80, f"controller grew {grown:.0f} MB"
     finally:
         attacker.kill()
         attacker.wait()
@@ -263,7 +264,8 @@ def test_a_client_that_never_reads_its_replies_is_held_not_buffered(shared) -> N
 def test_a_dead_clients_queued_commands_are_dropped(shared) -> None:
     cluster, furls = shared
     owner = cluster.client(timeout=60)
-    victim = start_agent(cluster, furls["alice"], "sleeps", "200")  # 40 s of work queued on engine 0
+    # 40 s of work queued on engine 0, then the client dies.
+    victim = start_agent(cluster, furls["alice"], "sleeps", "200")
     wait_until(lambda: sum(len(q["queued"]) for q in owner.queue_status(targets=0)) > 150, 20,
                "the client's commands to be queued")
     victim.kill()
