@@ -8,6 +8,7 @@ the start directory, stale pid files) make one.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,30 @@ def _call_admin_furl(furl: str) -> None:
 # -- 3. code from the start directory ---------------------------------------------------------
 
 
+OTHER_UID = 64016  # a throwaway account: setpriv needs no passwd entry, nothing to clean up
+OTHER_ACCOUNT = """
+import json, os, socket, sys
+out = {}
+for path in sys.argv[1:-2]:
+    try:
+        os.listdir(path) if os.path.isdir(path) else open(path).read()
+        out[path] = "read"
+    except PermissionError:
+        out[path] = "denied"
+for name in sys.argv[-2:]:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    try:
+        s.connect("\\0" + name[1:])
+        s.sendall(b"\\0\\0\\0\\x0bhello world" + os.urandom(64))
+        data = s.recv(200)
+        out[name] = "hung up" if not data or data[:1] == b"E" else "answered %r" % data
+    except OSError as e:
+        out[name] = "hung up (%s)" % e
+print(json.dumps(out))
+"""
+
+
 def test_controller_and_engines_never_import_from_the_start_directory(tmp_path: Path) -> None:
     planted = tmp_path / "shared-dir"
     planted.mkdir()
@@ -154,7 +179,10 @@ def test_controller_and_engines_never_import_from_the_start_directory(tmp_path: 
         (planted / f"{module}.py").write_text(
             f"open({str(marker)!r}, 'a').write({module!r} + '\\n')\n"
             f"raise SystemExit('planted {module} imported')\n")
-    cluster = Cluster(tmp_path / "c")
+    import tempfile
+
+    # Under /tmp, not pytest's private directory: another account must be able to try.
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="ipython1-security-")))
     cluster.env["PYTHONPATH"] = str(ROOT)  # no empty entry: that would name the cwd
     try:
         proc = subprocess.run([str(VENV_BIN / "ipcluster"), "--profile", cluster.profile,
@@ -167,8 +195,36 @@ def test_controller_and_engines_never_import_from_the_start_directory(tmp_path: 
         assert mec.execute("import os; cwd = os.getcwd()")
         assert mec.pull("cwd", targets=0) == str(planted)  # it did start there
         assert not marker.exists(), marker.read_text()
+        if os.geteuid() == 0:
+            another_local_account_reaches_nothing(cluster, mec)
     finally:
         cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+def another_local_account_reaches_nothing(cluster: Cluster, mec: object) -> None:
+    """Run as another uid: no file of the cluster directory, no same-host socket."""
+    from tests.integration.test_listeners import listening
+
+    os.chmod(cluster.root, 0o711)  # let it reach our cluster directory (under /tmp)
+    controller = int(cluster.dir.pid_file("ipcontroller").read_text().split()[0])
+    command_channel = listening(controller)[1][0]
+    data_socket = mec.engine_info()[0]["local_data"]["socket"]
+    paths = [cluster.dir.path, cluster.dir.security, cluster.dir.log, cluster.mec_furl,
+             cluster.dir.log_file("ipcontroller"), cluster.dir.log / "transcript.jsonl"]
+    proc = subprocess.run(
+        ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
+         "/usr/bin/python3", "-I", "-c", OTHER_ACCOUNT, *map(str, paths), command_channel,
+         data_socket], capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    seen = json.loads(proc.stdout)
+    print("another local account:", seen)
+    assert {seen[str(p)] for p in paths} == {"denied"}, seen
+    assert seen[command_channel].startswith("hung up"), seen
+    assert seen[data_socket].startswith("hung up"), seen
+    assert mec.execute("1") and mec.local_channel  # the owner's channel still works
 
 
 # -- 5. a stalled subscriber ------------------------------------------------------------------
