@@ -280,22 +280,26 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def start_agent(cluster: Cluster, furl: str, *args: str) -> subprocess.Popen[str]:
+def start_agent(cluster: Cluster, furl: str, *args: str,
+                transport: str = "channel") -> subprocess.Popen[str]:
+    env = dict(cluster.env, IPYTHON1_COMMAND_CHANNEL="0" if transport == "foolscap" else "1")
     proc = subprocess.Popen([sys.executable, UNREAD_AGENT, furl, *args],
-                            env=cluster.env, text=True, stdout=subprocess.PIPE)
+                            env=env, text=True, stdout=subprocess.PIPE)
     cluster.pids.append(proc.pid)
     assert proc.stdout.readline().strip() == "queued"
     return proc
 
 
-def test_a_client_that_never_reads_its_replies_is_held_not_buffered(shared) -> None:
+@pytest.mark.parametrize("transport", ["channel", "foolscap"])
+def test_a_client_that_never_reads_its_replies_is_held_not_buffered(shared,
+                                                                    transport: str) -> None:
     cluster, furls = shared
     owner = cluster.client(timeout=60)
     owner.execute("blob = 'x' * 200_000", targets=0)  # under the data channel threshold
     controller = int(cluster.dir.pid_file("ipcontroller").read_text().split()[0])
     before = rss_mb(controller)
     # 1,500 pulls of 200 kB: 300 MB of replies if they all ran.
-    attacker = start_agent(cluster, furls["alice"], "pulls", "1500")
+    attacker = start_agent(cluster, furls["alice"], "pulls", "1500", transport=transport)
     try:
         wait_until(lambda: any(q["per_user"] for q in owner.queue_status(targets=0)) or
                    rss_mb(controller) - before > 3 * UNREAD_MB, 30, "the pipelined pulls")
