@@ -13,7 +13,7 @@ from collections import OrderedDict
 from typing import Any
 
 from foolscap.api import Referenceable
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -264,9 +264,8 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return [e.transport for e in ends if getattr(e, "transport", None) is not None]
 
     def _reply_sent(self, reply: Any) -> Any:
-        """Count a reply as unread until its connection has sent it (backpressure)."""
-        reactor.callLater(0, self.backpressure.check)
-        return reply
+        """Look at the unread replies before sending one more (backpressure)."""
+        return self.backpressure.check(reply)
 
     def closed(self) -> None:
         """The client went away: drop its waiting commands and results (its own only)."""
@@ -291,10 +290,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
     def _call(self, block: bool, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         denied = self._denied(method)
         if denied is not None:
-            # Refused before anything is queued: nothing runs.
-            self.adapter.controller.events.publish(
-                "denied", self.user, None, {"op": method, "reason": str(denied)}, self.client)
-            return defer.succeed(self._raise_as_data(Failure(denied)))
+            return self._refuse(method, denied)  # before anything is queued: nothing runs
         if not block and len(self.pending) >= MAX_PENDING_PER_CLIENT:
             # Refuse before running anything rather than grow without bound.
             return defer.succeed(self._raise_as_data(Failure(KernelError(
@@ -310,6 +306,12 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         self.pending[pending_id] = d
         d.addBoth(self._store, pending_id)
         return defer.succeed({"pending_id": pending_id})
+
+    def _refuse(self, op: str, denied: PermissionDenied) -> Deferred[Any]:
+        """Answer PermissionDenied, and say so in the event stream."""
+        self.adapter.controller.events.publish(
+            "denied", self.user, None, {"op": op, "reason": str(denied)}, self.client)
+        return defer.succeed(self._raise_as_data(Failure(denied)))
 
     def _store(self, result: Any, pending_id: int) -> None:
         if pending_id in self.pending:
@@ -363,11 +365,9 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
     def remote_kill(self, controller: bool, targets: Any, block: bool) -> Deferred[Any]:
         if controller and self.kind != "owner" and not self.revoked:
             # Stopping the controller ends everyone's sessions: the owner's call.
-            denied = PermissionDenied(f"user {self.user!r} may not stop the controller "
-                                      "(only the owner may); nothing was killed")
-            self.adapter.controller.events.publish(
-                "denied", self.user, None, {"op": "kill", "reason": str(denied)}, self.client)
-            return defer.succeed(self._raise_as_data(Failure(denied)))
+            return self._refuse("kill", PermissionDenied(
+                f"user {self.user!r} may not stop the controller (only the owner may); "
+                "nothing was killed"))
         return self._call(block, "kill", controller, targets)
 
     def remote_interrupt(self, targets: Any) -> Deferred[Any]:
@@ -439,10 +439,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         # Every user's code and pushed values: not for observers.
         denied = self._denied("session_log")
         if denied is not None:
-            self.adapter.controller.events.publish(
-                "denied", self.user, None, {"op": "session_log", "reason": str(denied)},
-                self.client)
-            return defer.succeed(self._raise_as_data(Failure(denied)))
+            return self._refuse("session_log", denied)
         return self.adapter.session_log()
 
     def remote_subscribe_output(self, observer: Any, own_only: bool) -> None:
