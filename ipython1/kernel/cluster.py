@@ -50,15 +50,17 @@ class ClusterDir:
     def pid(self) -> Path:
         return self.path / "pid"
 
-    def create(self) -> ClusterDir:
+    def create(self, tighten: bool = False) -> ClusterDir:
         """Make the directories, owner-only: directories 0700, files 0600.
 
-        Logs hold user code's output, and FURL files are credentials; what
+        Logs hold user code's output, and FURL files are credentials. With
+        tighten (the controller and ipcluster start, not every engine), what
         an older version left more open is tightened too.
         """
         for d in (self.path, self.security, self.log, self.pid):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        make_private(self.path)
+        if tighten:
+            make_private(self.path)
         return self
 
     def furl_file(self, name: str) -> Path:

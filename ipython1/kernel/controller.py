@@ -347,7 +347,7 @@ class ControllerService(service.MultiService):
     def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
                  port: int = 0, reserve_ids: int = 0) -> None:
         super().__init__()
-        self.cluster_dir = cluster_dir.create()
+        self.cluster_dir = cluster_dir.create(tighten=True)
         self.ip = ip
         self.port = port
         self.controller = Controller(reserve_ids=reserve_ids)

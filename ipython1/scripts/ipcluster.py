@@ -202,7 +202,7 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
     """Start a controller and n engines; return 0 once all have registered."""
     if n < 1:
         raise usage.UsageError("-n must be at least 1")
-    cluster_dir.create()
+    cluster_dir.create(tighten=True)
     if cluster_dir.controller_running():
         pid = read_pid(cluster_dir.pid_file("ipcontroller"))
         out.write(f"ipcluster: a controller is already running for profile "
