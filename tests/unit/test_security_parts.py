@@ -140,3 +140,18 @@ def test_spawned_processes_never_look_in_the_current_directory() -> None:
     env = processes.safe_environ({"PYTHONPATH": f"/abs/one{os.pathsep}{os.pathsep}rel/two"})
     assert env["PYTHONPATH"] == "/abs/one"
     assert "PYTHONPATH" not in processes.safe_environ({"PYTHONPATH": ""})
+
+
+def test_what_an_older_version_left_open_is_tightened(tmp_path: Path) -> None:
+    from ipython1.kernel.cluster import ClusterDir
+
+    cluster_dir = ClusterDir("old", root=tmp_path)
+    cluster_dir.log.mkdir(parents=True, mode=0o755)
+    old_log = cluster_dir.log / "ipengine-1.log"
+    old_log.write_text("user output")
+    os.chmod(old_log, 0o644)
+    os.chmod(cluster_dir.log, 0o755)
+    cluster_dir.create(tighten=True)
+    assert os.stat(old_log).st_mode & 0o777 == 0o600
+    for d in (cluster_dir.path, cluster_dir.log, cluster_dir.security, cluster_dir.pid):
+        assert os.stat(d).st_mode & 0o777 == 0o700
