@@ -133,7 +133,8 @@ def test_idle_connection_floods_leave_every_listener_accepting(cluster: Cluster)
     pid = controller_pid(cluster)
     assert serving(cluster)
     ports, names = listening(pid)
-    assert len(ports) == 2 and len(names) == 1  # Foolscap port, relay; command channel
+    # Foolscap port, relay (and the web dashboard's, when there is one); command channel
+    assert len(ports) >= 2 and len(names) == 1
     before = rss_kb(pid)
     flood: list[socket.socket] = []
     try:
@@ -143,7 +144,7 @@ def test_idle_connection_floods_leave_every_listener_accepting(cluster: Cluster)
                 sock = connect(address, family)
                 if sock is not None:
                     flood.append(sock)
-        assert len(flood) > 3 * FLOOD * 0.9
+        assert len(flood) > (len(ports) + 1) * FLOOD * 0.9
         # Unauthenticated connections are closed by the controller within its deadline.
         sample = flood[:20] + flood[FLOOD:FLOOD + 20]
 
@@ -172,7 +173,8 @@ def test_fuzzing_every_listener_leaves_the_controller_serving(cluster: Cluster) 
     pid = controller_pid(cluster)
     rng = random.Random(16)
     addresses = all_addresses(cluster)
-    assert len(addresses) == 4  # Foolscap port, relay, command channel, an engine's data socket
+    # Foolscap port, relay, command channel, an engine's data socket (and the dashboard's)
+    assert len(addresses) >= 4
     assert serving(cluster, relayed=True) and serving(cluster, relayed=False)
     before = rss_kb(pid)
     deadline = time.monotonic() + 25

@@ -236,6 +236,7 @@ def subscribe_and_never_acknowledge(furl_file: str) -> object:
     from twisted.internet.defer import Deferred
 
     from ipython1.kernel import wire
+    from ipython1.kernel.asyncclient import _open_session
     from ipython1.kernel.client import ReactorThread, _wait
 
     class Stalled(Referenceable):
@@ -243,11 +244,10 @@ def subscribe_and_never_acknowledge(furl_file: str) -> object:
             return Deferred()  # never fires: the acknowledgement never comes
 
     def subscribe() -> object:
-        tub = wire.client_tub()
-        d = wire.get_reference(tub, Path(furl_file).read_text().strip(), 10)
-        d.addCallback(lambda root: root.callRemote("connect", {}))
-        d.addCallback(lambda session: session.callRemote("subscribe_output", Stalled(), False))
-        return d.addCallback(lambda _: tub)
+        d = _open_session(wire.resolve_furl(furl_file), 10)
+        d.addCallback(lambda opened: opened[2].callRemote(
+            "subscribe_output", Stalled(), False).addCallback(lambda _: opened[0]))
+        return d
 
     return _wait(ReactorThread.get().submit(subscribe), 20)
 
