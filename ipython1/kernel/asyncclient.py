@@ -319,6 +319,11 @@ class AsyncMultiEngineClient:
                                                  copy=not block))
         except Exception as e:
             return defer.fail(e)
+        return self._push_frames(frames, targets, block)
+
+    def _push_frames(self, frames: dict[str, list[Any]], targets: Any,
+                     block: bool) -> Deferred[Any]:
+        """Push serialized values; large ones take the data channel."""
         if not any(datachannel.is_large(f) for f in frames.values()):
             return self._command("push", (frames, targets), block, _none, True)
         d = self._ids(targets)
@@ -508,6 +513,118 @@ class AsyncMultiEngineClient:
         self._observer = None
         return self._remote("unsubscribe_output")
 
+    # -- more IPython 0.10 names (issue 20) --
+
+    def push_serialized(self, namespace: dict[str, list[bytes]], targets: Any = "all",
+                        block: bool = True) -> Deferred[Any]:
+        """Bind already serialized values (serialize.serialize(value)) to their names."""
+        try:
+            _check_namespace(namespace)
+            if not all(_is_frames(v) for v in namespace.values()):
+                raise TypeError("push_serialized() takes {name: serialize(value)}")
+        except Exception as e:
+            return defer.fail(e)
+        return self._push_frames(_wire_frames(dict(namespace)), targets, block)
+
+    def pull_serialized(self, keys: str | Sequence[str], targets: Any = "all",
+                        block: bool = True) -> Deferred[Any]:
+        """Fetch names without deserializing them: frames (serialize.deserialize(frames))."""
+        names = [keys] if isinstance(keys, str) else list(keys)
+        if not all(isinstance(k, str) for k in names):
+            return defer.fail(TypeError(f"keys must be a str or a list of str, not {keys!r}"))
+        def transform(value: Any) -> Any:
+            frames = [[bytes(f) for f in v] for v in value]
+            return frames[0] if isinstance(keys, str) else frames
+
+        return self._command("pull", (names, targets), block, transform,
+                             isinstance(targets, int))
+
+    def zip_pull(self, keys: Sequence[str], targets: Any = "all",
+                 block: bool = True) -> Deferred[Any]:
+        """Pull several names; fire with one tuple per name, its values in target order."""
+        if isinstance(keys, str):
+            return defer.fail(TypeError("zip_pull() takes a list of names"))
+
+        def zipped(values: Any) -> list[tuple[Any, ...]]:
+            per_engine = [values] if isinstance(targets, int) else values
+            return list(zip(*per_engine))
+
+        return _then(self.pull(keys, targets=targets, block=block), block, zipped)
+
+    def run(self, filename: Any, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Run a local Python file's code on targets (read here, executed there)."""
+        try:
+            with open(filename, encoding="utf-8") as f:
+                code = f.read()
+        except Exception as e:
+            return defer.fail(e)
+        return self.execute(code, targets=targets, block=block)
+
+    def clear_pending_results(self) -> Deferred[int]:
+        """Drop this client's unfetched results on the controller; fire with how many."""
+        self._finishers.clear()
+        return self._remote("clear_pending_results")
+
+    flush = clear_pending_results
+
+    def mapper(self, dist: str = "b", targets: Any = "all", block: bool = True) -> Any:
+        """Return a Mapper: m.map(f, xs) fires with the results (see client.parallel)."""
+        from ipython1.client.parallel import Mapper
+
+        return Mapper(self, dist, targets, block)
+
+    def raw_map(self, func: Callable[..., Any], seqs: Sequence[Sequence[Any]],
+                dist: str = "b", targets: Any = None, block: Any = None) -> Deferred[Any]:
+        """raw_map(f, [xs, ys]) is map(f, xs, ys)."""
+        from ipython1.client.parallel import raw_map
+
+        return raw_map(self, func, seqs, dist, targets, block)  # type: ignore[no-any-return]
+
+    def parallel(self, dist: str = "b", targets: Any = "all", block: bool = True) -> Any:
+        """Return a decorator: @mec.parallel() def f(x): ...; f(xs) fires with the map."""
+        from ipython1.client.parallel import Parallel
+
+        return Parallel(self.mapper(dist, targets, block))
+
+    def get_properties(self, keys: Sequence[str] | None = None, targets: Any = "all",
+                       block: bool = True) -> Deferred[Any]:
+        """Fire with each target's properties: a dict of the named ones, or of all."""
+        names = None if keys is None else [keys] if isinstance(keys, str) else list(keys)
+        return self._command("get_properties", (names, targets), block, _identity,
+                             isinstance(targets, int))
+
+    def set_properties(self, properties: dict[str, Any], targets: Any = "all",
+                       block: bool = True) -> Deferred[Any]:
+        """Set properties (plain data) of targets; see properties.py."""
+        from ipython1.kernel.properties import check_plain
+
+        try:
+            check_plain(properties)
+            if not isinstance(properties, dict):
+                raise TypeError("set_properties() takes a dict")
+        except Exception as e:
+            return defer.fail(e)
+        return self._command("update_properties", ("set", properties, targets), block,
+                             _none, True)
+
+    def del_properties(self, keys: Sequence[str], targets: Any = "all",
+                       block: bool = True) -> Deferred[Any]:
+        """Remove the named properties of targets."""
+        names = [keys] if isinstance(keys, str) else list(keys)
+        return self._command("update_properties", ("del", names, targets), block, _none, True)
+
+    def has_properties(self, keys: Sequence[str], targets: Any = "all",
+                       block: bool = True) -> Deferred[Any]:
+        """Fire with, per target, a list of booleans: is each name set there?"""
+        names = [keys] if isinstance(keys, str) else list(keys)
+        return self._command("get_properties", (None, targets), block,
+                             lambda props: [n in props for n in names],
+                             isinstance(targets, int))
+
+    def clear_properties(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Remove every property of targets."""
+        return self._command("update_properties", ("clear", None, targets), block, _none, True)
+
     def _ids(self, targets: Any) -> Deferred[list[int]]:
         """Resolve targets to engine ids (asking the controller for 'all')."""
         if isinstance(targets, int) and not isinstance(targets, bool):
@@ -586,6 +703,25 @@ class _JoiningPending(AsyncPendingResult):
     def get_result(self, block: bool = True) -> Deferred[Any]:
         d = super().get_result(block)
         return d.addCallback(_join_parts)
+
+
+class _ThenPending(AsyncPendingResult):
+    """A pending result whose value goes through a function when fetched."""
+
+    def __init__(self, inner: AsyncPendingResult, then: Callable[[Any], Any]) -> None:
+        super().__init__(inner.client, inner.id, inner._finish)
+        self._inner = inner
+        self._then = then
+
+    def get_result(self, block: bool = True) -> Deferred[Any]:
+        return self._inner.get_result(block).addCallback(self._then)
+
+
+def _then(d: Deferred[Any], block: bool, then: Callable[[Any], Any]) -> Deferred[Any]:
+    """Pass a command's result through then(), now (block) or when it is fetched."""
+    if block:
+        return d.addCallback(then)
+    return d.addCallback(lambda pending: _ThenPending(pending, then))
 
 
 def _join_parts(parts: Any) -> Any:

@@ -41,6 +41,8 @@ class EngineRecord:
     queue: EngineQueue
     info: dict[str, Any] = field(default_factory=dict)
     channel: Any = None  # commandchannel.ControllerEnd, once the engine connected it
+    # set_properties() (IPython 0.10): plain data kept here, where property depends run
+    properties: dict[str, Any] = field(default_factory=dict)
 
 
 MAX_ENGINE_ID = 2**31 - 1

@@ -334,6 +334,18 @@ class RIMultiEngineSession(RemoteInterface):
     def pending_ids():
         return ListOf(int, maxLength=1_000_000)
 
+    def clear_pending_results():
+        """Drop this session's unfetched results (flush()); return how many."""
+        return int
+
+    def get_properties(keys=ChoiceOf(Keys, None), targets=Targets, block=bool):
+        """Each target's engine properties (IPython 0.10): the named ones, or all."""
+        return Reply
+
+    def update_properties(action=Name, arg=AnyValue(), targets=Targets, block=bool):
+        """Set (arg: a dict of plain data), del (arg: names) or clear properties."""
+        return Reply
+
     def history(start=ChoiceOf(int, None), stop=ChoiceOf(int, None), targets=Targets,
                 block=bool):
         return Reply

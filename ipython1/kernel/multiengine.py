@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ipython1.kernel import commandchannel, replies
+from ipython1.kernel import commandchannel, properties, replies
 from ipython1.kernel.controller import Controller
 from ipython1.kernel.errors import (
     InvalidEngineID,
@@ -39,7 +39,7 @@ log = Logger()
 MAX_PENDING_PER_CLIENT = 100_000  # unfetched non-blocking results kept per client
 # What an observer's session may do: watch, list and chat; nothing that runs
 # code, moves data or changes state (every other command is refused).
-OBSERVER_ALLOWED = frozenset({"get_ids", "queue_status"})
+OBSERVER_ALLOWED = frozenset({"get_ids", "queue_status", "get_properties"})
 _call_ids = itertools.count(1)
 
 
@@ -233,6 +233,33 @@ class MultiEngine:
         """Answered by the controller: works while engines are busy."""
         return defer.succeed(self.controller.engine_info(self.controller.targets(targets)))
 
+    # -- engine properties (IPython 0.10), kept here: see properties.py --
+
+    def _each_properties(self, targets: Any, use: Any) -> list[dict[str, Any]]:
+        out = []
+        for engine_id in self.controller.targets(targets):
+            try:
+                value = use(self.controller.engines[engine_id].properties)
+                out.append({"engine_id": engine_id, "status": "ok", "value": value})
+            except KernelError as e:
+                out.append({"engine_id": engine_id, "status": "error",
+                            "error": error_to_wire(e, engine_id)})
+        return out
+
+    def get_properties(self, keys: Any = None, targets: Any = "all",
+                       client: str = "") -> Deferred[Any]:
+        """Fire with each target's properties (the named ones, or all)."""
+        return defer.succeed(self._each_properties(
+            targets, lambda props: properties.select(props, keys)))
+
+    def update_properties(self, action: str, arg: Any = None, targets: Any = "all",
+                          client: str = "") -> Deferred[Any]:
+        """Set (arg: a dict), del (arg: names) or clear each target's properties."""
+        out = self._each_properties(targets, lambda props: properties.update(props, action, arg))
+        for reply in out:
+            self.controller._notify("engine_properties", {"engine_id": reply["engine_id"]})
+        return defer.succeed(out)
+
 
 @implementer(RIMultiEngineSession)
 class MultiEngineSession(Referenceable):  # type: ignore[misc]
@@ -366,6 +393,10 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
         def deliver(_: Any) -> None:
             self.pending.pop(pending_id, None)
+            if pending_id not in self.done:  # dropped by clear_pending_results meanwhile
+                d.callback(self._raise_as_data(Failure(InvalidPendingResult(
+                    f"result {pending_id} was flushed before it was fetched"))))
+                return
             d.callback(self.done.pop(pending_id))
 
         self.pending[pending_id].addBoth(deliver)
@@ -373,6 +404,20 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_pending_ids(self) -> list[int]:
         return list(self.pending)
+
+    def remote_clear_pending_results(self) -> int:
+        """Drop this session's unfetched results (flush()); return how many."""
+        n = len(self.pending)
+        self.pending.clear()
+        self.done.clear()
+        return n
+
+    def remote_get_properties(self, keys: Any, targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "get_properties", keys, targets)
+
+    def remote_update_properties(self, action: str, arg: Any, targets: Any,
+                                 block: bool) -> Deferred[Any]:
+        return self._call(block, "update_properties", action, arg, targets)
 
     def remote_history(self, start: int | None, stop: int | None, targets: Any,
                        block: bool) -> Deferred[Any]:

@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred
 
 from ipython1.kernel import commandchannel
 from ipython1.kernel.errors import ConnectionLost, KernelError, error_from_wire
+from ipython1.kernel.properties import takes_properties
 from ipython1.kernel.serialize import deserialize, serialize
 
 __all__ = ["AsyncTaskClient", "MapTask", "StringTask", "TaskResult"]
@@ -85,6 +86,8 @@ class _BaseTask:
             meta["after"] = list(self.after)
         if self.recovery_task is not None:
             meta["recovery"] = list(self.recovery_task.to_wire())
+        if takes_properties(self.depend):
+            meta["depend"] = serialize(self.depend)  # f(properties), run by the controller
         return meta
 
     def _body(self) -> dict[str, Any]:
@@ -94,7 +97,7 @@ class _BaseTask:
             body["clear_before"] = True
         if self.clear_after:
             body["clear_after"] = True
-        if self.depend is not None:
+        if self.depend is not None and not takes_properties(self.depend):
             f, *args = self.depend if isinstance(self.depend, tuple) else (self.depend,)
             body["depend"] = (f, tuple(args))
         return body
@@ -468,6 +471,22 @@ class AsyncTaskClient:
         records = yield self.get_task_results(tids)
         yield self.clear(tids)
         return join_map_results(records)
+
+    def mapper(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
+               recovery_task: Any = None, depend: Any = None, **options: Any) -> Any:
+        """Return a TaskMapper: m.map(f, xs) fires with the results (IPython 0.10)."""
+        from ipython1.client.parallel import TaskMapper
+
+        return TaskMapper(self, clear_before, clear_after, retries, recovery_task, depend,
+                          **options)
+
+    def parallel(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
+                 recovery_task: Any = None, depend: Any = None, **options: Any) -> Any:
+        """Return a decorator: @tc.parallel() def f(x): ...; f(xs) fires with the map."""
+        from ipython1.client.parallel import Parallel
+
+        return Parallel(self.mapper(clear_before, clear_after, retries, recovery_task, depend,
+                                    **options))
 
     def disconnect(self) -> None:
         """Drop the connection to the controller."""
