@@ -539,6 +539,14 @@ class MultiEngineClient:
         return self._run(self._async.run, filename, targets=targets, block=block,
                          interruptible=True)
 
+    def barrier(self, pending_results: Sequence[PendingResult]) -> None:
+        """Wait for every PendingResult (0.10): errors are kept for their get_result()."""
+        for pending in sorted(pending_results, key=lambda p: p.id):
+            try:
+                pending.get_result(block=True)
+            except KernelError:
+                pass
+
     def flush(self) -> None:
         """Drop this client's results not yet fetched (other clients' stay)."""
         self._call(self._async.clear_pending_results)
@@ -885,6 +893,10 @@ class TaskClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+
+from ipython1.client.interactive import interactive  # noqa: E402 - ipyparallel's name
+
+__all__ += ["interactive"]
 
 # -- IPython 0.10: the errors, importable from client (client.CompositeError...) --
 

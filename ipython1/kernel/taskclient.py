@@ -230,6 +230,25 @@ class TaskResult:
     def __getitem__(self, name: str) -> Any:
         return self.ns[name]
 
+    # IPython 0.10's names for the same things.
+    @property
+    def taskid(self) -> int | None:
+        return self.tid
+
+    @property
+    def engineid(self) -> int | None:
+        return self.engine_id
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """A StringTask's pulled names as a dict ({} if it failed)."""
+        return {} if self.failure is not None else dict(self.ns)
+
+    @property
+    def keys(self) -> list[str]:
+        """The names a StringTask pulled ([] if it failed)."""
+        return list(self.results)
+
     def __repr__(self) -> str:
         if self.failure is not None:
             what = f"failed: {self.failure!r}"
