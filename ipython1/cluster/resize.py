@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import IO, Any
+from typing import Any
 
 from ipython1.kernel.cluster import ClusterDir, pid_alive, write_private
 from ipython1.scripts import ipcluster

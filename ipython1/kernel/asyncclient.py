@@ -547,7 +547,7 @@ class AsyncMultiEngineClient:
 
         def zipped(values: Any) -> list[tuple[Any, ...]]:
             per_engine = [values] if isinstance(targets, int) else values
-            return list(zip(*per_engine))
+            return list(zip(*per_engine, strict=True))
 
         return _then(self.pull(keys, targets=targets, block=block), block, zipped)
 

@@ -111,8 +111,8 @@ def test_clear_properties(mec):  # testClearProperties
     mec.set_properties(DIKT)
     mec.clear_properties()
     assert mec.get_properties() == 4 * [{}]
-    mec.set_properties(DIKT, block=False).r
-    mec.clear_properties(block=False).r
+    _ = mec.set_properties(DIKT, block=False).r
+    _ = mec.clear_properties(block=False).r
     assert mec.get_properties(block=False).r == 4 * [{}]
 
 
@@ -120,8 +120,8 @@ def test_del_has_properties(mec):  # testDelHasProperties
     mec.set_properties(DIKT)
     mec.del_properties(("b", "e"))
     assert mec.has_properties(("a", "b", "c", "d", "e")) == 4 * [[True, False, True, True, False]]
-    mec.set_properties(DIKT, block=False).r
-    mec.del_properties(("b", "e"), block=False).r
+    _ = mec.set_properties(DIKT, block=False).r
+    _ = mec.del_properties(("b", "e"), block=False).r
     assert mec.has_properties(("a", "b", "c", "d", "e"), block=False).r == \
         4 * [[True, False, True, True, False]]
 
@@ -376,7 +376,7 @@ def test_tasktest_ported(tc, mec):
     mec.execute("i=0", targets=0)  # test_simple_retries
     t = StringTask("i += 1\nassert i == 16", pull="i", retries=10, **pin)
     with pytest.raises(RemoteError, match="AssertionError"):
-        tc.get_task_result(tc.run(t), block=True).ns.i
+        _ = tc.get_task_result(tc.run(t), block=True).ns.i
     assert tc.get_task_result(tc.run(t), block=True).ns.i == 16
 
     t = StringTask("i=16", pull="i")  # test_recovery_tasks
@@ -393,17 +393,17 @@ def test_tasktest_ported(tc, mec):
                                                              {"a": 5})
     tr = tc.get_task_result(tc.run(StringTask("7=5")), block=True)  # test_string_task_results
     with pytest.raises(RemoteError, match="SyntaxError"):
-        tr.ns
+        _ = tr.ns
     tr = tc.get_task_result(tc.run(StringTask("", pull="never_set")), block=True)
     with pytest.raises(RemoteError, match="NameError"):
-        tr.ns
+        _ = tr.ns
 
     # test_map_task: 0.10 returned a MapTask's value itself; here it is .result
     for task in (MapTask(lambda x: 2 * x, (10,)), MapTask(lambda: 20),
                  MapTask(lambda x: x, (), {"x": 20})):
         assert tc.get_task_result(tc.run(task), block=True).result == 20
     with pytest.raises(RemoteError, match="ZeroDivisionError"):  # test_map_task_failure
-        tc.get_task_result(tc.run(MapTask(lambda x: 1 / 0, (10,))), block=True).result
+        _ = tc.get_task_result(tc.run(MapTask(lambda x: 1 / 0, (10,))), block=True).result
 
     tid = tc.run(MapTask(lambda x: 2 * x, (10,)))  # test_clear
     assert tc.get_task_result(tid, block=True).result == 20
@@ -432,4 +432,4 @@ def test_barrier_keeps_each_result(mec):
     mec.barrier([bad, ok])
     assert [r.engine_id for r in ok.get_result(block=False)] == [0, 1, 2, 3]
     with pytest.raises(RemoteError):
-        bad.r
+        _ = bad.r
