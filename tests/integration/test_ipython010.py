@@ -246,6 +246,22 @@ def test_async_client_has_the_same_names(mec, shared_cluster):
         assert run(amec.flush) == 0
     finally:
         loop.reactor.callFromThread(amec.disconnect)
+    atc = run(lambda: asyncclient.get_task_client(shared_cluster.task_furl))
+    try:
+        assert run(lambda: atc.mapper(retries=1).map(abs, [-1, -2])) == [1, 2]
+        g = atc.parallel()(lambda x: x * 3)
+        assert run(lambda: g([1, 2])) == [3, 6]
+    finally:
+        loop.reactor.callFromThread(atc.disconnect)
+
+
+def test_benchmark(mec):
+    """0.10's benchmark(): latency and push throughput, same keys and units."""
+    numbers = mec.benchmark(push_size=1000)
+    assert set(numbers) == {"single_engine_latency", "all_engine_latency",
+                            "all_engine_push", "single_engine_push"}
+    for value, unit in numbers.values():
+        assert value > 0 and unit in ("msec", "MB/sec")
 
 
 # -- tasktest.py / test_taskfc.py ------------------------------------------------------
