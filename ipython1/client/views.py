@@ -40,6 +40,13 @@ class View(MultiEngineClient):
     def __len__(self) -> int:
         return 1 if isinstance(self.targets, int) else len(self.targets)
 
+    def view(self, targets: Any) -> View:
+        """Narrow this view: view[0] is its first engine, view[::2] every other one."""
+        mine = [self.targets] if isinstance(self.targets, int) else list(self.targets)
+        if isinstance(targets, int) and not isinstance(targets, bool):
+            return View(self.client, mine[targets])
+        return View(self.client, resolve(targets, lambda: mine))
+
     def __repr__(self) -> str:
         return f"<View targets={self.targets!r}>"
 

@@ -5,8 +5,8 @@ may depend on them: ``StringTask(..., depend=lambda props: props.get("gpu"))``
 is evaluated *on the controller* against each engine's properties before the
 task is sent, as IPython 0.10 did, so an engine without the property never
 sees the task. Values are plain data (None, bool, int, float, str, bytes and
-lists, tuples or str-keyed dicts of them), so the controller stores them
-without unpickling anything; only a property depend function is unpickled,
+lists, tuples or str-keyed dicts of them; a tuple reads back as a list), so
+the controller stores them without unpickling anything; only a property depend function is unpickled,
 and only the cluster's owner may submit one (see docs/tasks.md).
 
 Pure logic: no reactor, no Foolscap.
@@ -117,6 +117,8 @@ def unmet_reason(depend: Callable[[dict[str, Any]], Any], properties: dict[str, 
     """Call depend(properties); return why the engine does not qualify, or ''."""
     try:
         ok = depend(dict(properties))  # a copy: a depend cannot change the engine's
-    except Exception as e:
+    except BaseException as e:  # noqa: B036 - not even exit() may stop the controller
+        if isinstance(e, KeyboardInterrupt):
+            raise
         return f"depend(properties) raised {type(e).__name__}: {e}"
     return "" if ok else "depend(properties) returned False"

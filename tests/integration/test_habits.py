@@ -40,6 +40,7 @@ def test_views_restrict_targets(mec):
     assert mec[::2].apply(os.getpid) == pids[::2]
     assert mec[3].apply(os.getpid) == pids[3]  # an int: one result
     assert mec[[3, 1]].targets == [3, 1]
+    assert mec[1:][0].targets == 1 and mec[::2][1:].targets == [2]  # a view of a view
     assert len(mec[0:4]) == 4 and len(mec[3]) == 1 and len(mec) == 4
     view = mec[1:3]
     view.execute("a = 7")

@@ -449,3 +449,27 @@ def test_barrier_keeps_each_result(mec):
     assert [r.engine_id for r in ok.get_result(block=False)] == [0, 1, 2, 3]
     with pytest.raises(RemoteError):
         _ = bad.r
+
+
+def test_new_names_over_foolscap_too(shared_cluster, monkeypatch):
+    """The session calls added here (properties, flush) take Foolscap off the channel."""
+    monkeypatch.setenv("IPYTHON1_COMMAND_CHANNEL", "0")
+    mec = shared_cluster.client(timeout=60)
+    assert not mec.local_channel
+    try:
+        mec.set_properties({"t": (1, "x"), "n": None}, targets=[0, 1])
+        # Plain data, as the wire carries it: a tuple reads back as a list.
+        assert mec.get_properties(targets=[0, 1]) == [{"t": [1, "x"], "n": None}] * 2
+        assert mec.has_properties(["t", "zz"], targets=0) == [True, False]
+        mec.del_properties(["t"], targets=[0, 1])
+        assert mec.get_properties(targets=0) == {"n": None}
+        mec.clear_properties()
+        pending = mec.execute("a = 1", block=False)
+        mec.flush()
+        with pytest.raises(InvalidPendingResult):
+            pending.get_result()
+        mec.push_serialized({"s": serialize([1, 2])}, targets=0)
+        assert deserialize(mec.pull_serialized("s", targets=0)) == [1, 2]
+    finally:
+        mec.clear_properties()
+        mec.close()

@@ -63,6 +63,9 @@ def test_which_depends_are_property_depends():
     props = {"n": 1}
     P.unmet_reason(lambda p: p.pop("n"), props)
     assert props == {"n": 1}  # a depend cannot change the engine's properties
+    import sys
+
+    assert "SystemExit" in P.unmet_reason(lambda p: sys.exit(3), props)  # never stops it
 
 
 def test_tasks_put_property_depends_in_meta_and_engine_depends_in_the_payload():
