@@ -431,21 +431,31 @@ class AsyncMultiEngineClient:
     def map(self, func: Callable[..., Any], *seqs: Sequence[Any], targets: Any = "all",
             block: bool = True) -> Deferred[Any]:
         """Apply func to the elements of seqs across targets; results in order."""
+        return self._map(func, seqs, targets, block)
+
+    def _map(self, func: Callable[..., Any], seqs: Sequence[Sequence[Any]], targets: Any,
+             block: bool, keep_stdout: bool = False) -> Deferred[Any]:
         if not seqs:
             return defer.fail(TypeError("map() needs at least one sequence"))
         d = self._ids(targets)
+        # keep_stdout: each engine's chunk runs inside call_with_stdout
+        prefix: tuple[Any, ...] = (_map_chunk,) if keep_stdout else ()
 
         def send(ids: list[int]) -> Deferred[Any]:
             length = min(len(s) for s in seqs)
             parts = [scatter_mod.partitions(list(s)[:length], len(ids)) for s in seqs]
-            func_frames = serialize(_map_chunk)
-            args = {e: serialize(((func, *(p[i] for p in parts)), {}))
+            func_frames = serialize(call_with_stdout if keep_stdout else _map_chunk)
+            args = {e: serialize(((*prefix, func, *(p[i] for p in parts)), {}))
                     for i, e in enumerate(ids)}
             return self._apply_each(func_frames, args, block, False)
 
         def joined(result: Any) -> Any:
             if isinstance(result, AsyncPendingResult):
+                if keep_stdout:
+                    return _StdoutPending(result, single=False, join=True)
                 return _JoiningPending(result)
+            if keep_stdout:
+                result = [chunk for chunk, _ in result]
             return [x for chunk in result for x in chunk]
 
         return d.addCallback(send).addCallback(joined)
@@ -566,6 +576,20 @@ class AsyncMultiEngineClient:
         return self._remote("clear_pending_results")
 
     flush = clear_pending_results
+
+    def apply_keeping_stdout(self, func: Callable[..., Any], *args: Any, targets: Any = "all",
+                             block: bool = False, **kwargs: Any) -> Deferred[Any]:
+        """apply() whose pending result keeps what each call printed (its .stdout)."""
+        d = self.apply(call_with_stdout, func, *args, targets=targets, block=block, **kwargs)
+        single = isinstance(targets, int)
+        if block:
+            return d.addCallback(lambda r: r[0] if single else [v for v, _ in r])
+        return d.addCallback(lambda pending: _StdoutPending(pending, single))
+
+    def map_keeping_stdout(self, func: Callable[..., Any], *seqs: Sequence[Any],
+                           targets: Any = "all", block: bool = False) -> Deferred[Any]:
+        """map() whose pending result keeps what each engine printed (its .stdout)."""
+        return self._map(func, seqs, targets, block, keep_stdout=True)
 
     def mapper(self, dist: str = "b", targets: Any = "all", block: bool = True) -> Any:
         """Return a Mapper: m.map(f, xs) fires with the results (see client.parallel)."""
@@ -703,6 +727,59 @@ class _JoiningPending(AsyncPendingResult):
     def get_result(self, block: bool = True) -> Deferred[Any]:
         d = super().get_result(block)
         return d.addCallback(_join_parts)
+
+
+def call_with_stdout(func: Callable[..., Any], /, *args: Any,
+                     **kwargs: Any) -> tuple[Any, str]:
+    """On an engine: call func; return (its value, what it printed). Output still streams."""
+    import io
+    import sys
+
+    kept = io.StringIO()
+    live = sys.stdout
+
+    class Tee:
+        def write(self, text: str) -> int:
+            kept.write(text)
+            return live.write(text)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(live, name)
+
+    sys.stdout = Tee()
+    try:
+        value = func(*args, **kwargs)
+    finally:
+        sys.stdout = live
+    return value, kept.getvalue()
+
+
+class _StdoutPending(AsyncPendingResult):
+    """A pending apply/map run through call_with_stdout: values out, stdout kept."""
+
+    def __init__(self, inner: AsyncPendingResult, single: bool, join: bool = False) -> None:
+        super().__init__(inner.client, inner.id, inner._finish)
+        self._inner = inner
+        self._single = single
+        self._join = join
+        self.stdout: Any = None
+
+    def get_result(self, block: bool = True) -> Deferred[Any]:
+        def split(result: Any) -> Any:
+            if self._single:
+                value, self.stdout = result
+                return value
+            self.stdout = [out for _, out in result]
+            values = [value for value, _ in result]
+            return [x for chunk in values for x in chunk] if self._join else values
+
+        def unwrap(failure: Failure) -> Failure:
+            if failure.check(CompositeError):  # the engines that succeeded: values only
+                failure.value.results = [r[0] if isinstance(r, tuple) and len(r) == 2 else r
+                                         for r in failure.value.results]
+            return failure
+
+        return self._inner.get_result(block).addCallbacks(split, unwrap)
 
 
 class _ThenPending(AsyncPendingResult):

@@ -165,14 +165,14 @@ class PendingResult:
     @property
     def stdout(self) -> Any:
         """What each engine printed (waits for the result): a str per engine, one for an
-        int target. Kept for execute, run and get_result; apply and map output is
-        streamed live (subscribe()), not kept, so it is None for those."""
+        int target; None for calls that print nothing (push, pull...)."""
         try:
             self.get_result()
             value = self._result
         except KernelError:
             value = self._error
-        return _stdout_of(value)
+        kept = getattr(self._pending, "stdout", None)  # apply and map (call_with_stdout)
+        return kept if kept is not None else _stdout_of(value)
 
     def __repr__(self) -> str:
         return f"<PendingResult id={self.id} {'done' if self._done else 'pending'}>"
@@ -297,13 +297,18 @@ class MultiEngineClient:
     def map(self, func: Callable[..., Any], *seqs: Sequence[Any], targets: Any = None,
             block: bool | None = None) -> Any:
         """Apply func elementwise across targets; results in order."""
-        return self._run(self._async.map, func, *seqs, targets=targets, block=block,
+        method = self._async.map if (self.block if block is None else block) else \
+            self._async.map_keeping_stdout
+        return self._run(method, func, *seqs, targets=targets, block=block,
                          interruptible=True)
 
     def apply(self, func: Callable[..., Any], *args: Any, targets: Any = None,
               block: bool | None = None, **kwargs: Any) -> Any:
         """Call func(*args, **kwargs) on each target."""
-        return self._run(self._async.apply, func, *args, targets=targets, block=block,
+        # Non-blocking, the PendingResult keeps what the calls printed (its .stdout).
+        method = self._async.apply if (self.block if block is None else block) else \
+            self._async.apply_keeping_stdout
+        return self._run(method, func, *args, targets=targets, block=block,
                          interruptible=True, **kwargs)
 
     def get_result(self, n: int | None = None, targets: Any = None,

@@ -121,6 +121,34 @@ def test_pending_result_elapsed_stdout_and_callbacks(mec):
         one.add_callback("not callable")
 
 
+def test_apply_and_map_keep_their_stdout(mec):
+    def shout(x):
+        print("got", x)
+        return x * 2
+
+    pending = mec[0:2].apply_async(shout, 5)
+    assert pending.get_result() == [10, 10]
+    assert pending.stdout == ["got 5\n", "got 5\n"]
+    single = mec[3].apply_async(shout, 1)
+    assert single.get_result() == 2 and single.stdout == "got 1\n"
+    mapped = mec[0:2].map_async(shout, range(4))
+    assert mapped.get_result() == [0, 2, 4, 6]
+    assert mapped.stdout == ["got 0\ngot 1\n", "got 2\ngot 3\n"]
+    assert mec.apply(shout, 2, targets=[0, 1]) == [4, 4]  # blocking: values only
+    assert mec.map(shout, [1, 2]) == [2, 4]
+
+    def half_fails(x):
+        print("trying", x)
+        if x:
+            raise ValueError(x)
+        return "fine"
+
+    failing = mec[0:2].map_async(half_fails, [0, 1])
+    with pytest.raises(CompositeError) as info:
+        failing.get_result()
+    assert info.value.results == [["fine"]]  # values, not (value, stdout) pairs
+
+
 # -- executors ---------------------------------------------------------------------------
 
 
