@@ -776,8 +776,8 @@ class TaskClient:
         """Tell whether calls take the controller's local command channel (same host)."""
         return bool(self._async.local_channel)
 
-    def run(self, task: Any) -> int:
-        """Queue a StringTask or MapTask; return its task id at once."""
+    def run(self, task: Any, block: bool = False) -> int:
+        """Queue a StringTask or MapTask; return its task id at once (block: 0.10's, unused)."""
         if not hasattr(task, "to_wire"):
             raise TypeError(f"run() takes a StringTask or a MapTask, not {type(task).__name__}")
         spec = task.to_wire()  # serialize here, not on the reactor thread

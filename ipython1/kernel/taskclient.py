@@ -205,6 +205,8 @@ class TaskResult:
         if self.failure is not None:
             raise self.failure
 
+    raiseException = raise_exception  # IPython 0.10's docs' spelling
+
     @property
     def result(self) -> Any:
         """Return a MapTask's value or a StringTask's pulled names; raise if it failed."""
@@ -468,8 +470,13 @@ class AsyncTaskClient:
         return self._remote("abort", tid)
 
     def queue_status(self, verbose: bool = False) -> Deferred[dict[str, Any]]:
-        """Fire with counts of pending, running (per engine), succeeded, failed tasks."""
-        return self._remote("queue_status", verbose)
+        """Fire with counts of pending, running (per engine), succeeded, failed tasks.
+
+        "scheduled" is IPython 0.10's name for the waiting ones (ids with verbose).
+        """
+        d = self._remote("queue_status", verbose)
+        return d.addCallback(lambda status: dict(
+            status, scheduled=status.get("pending_ids" if verbose else "pending")))
 
     def clear(self, tids: list[int] | None = None) -> Deferred[int]:
         """Drop finished results (these, or all of this client's) from the controller."""
