@@ -244,3 +244,53 @@ def test_engine_ids_for_ipcluster_engines_remove():
     for bad in ([], ["x"], ["1-"], ["-2"]):
         with pytest.raises(ValueError):
             parse_ids(bad)
+
+
+def test_call_with_stdout_keeps_and_passes_on_what_is_printed(capsys):
+    from ipython1.kernel.asyncclient import call_with_stdout
+
+    def loud(x, *, end="!"):
+        print("value", x, end=end)
+        return x * 2
+
+    assert call_with_stdout(loud, 3, end="?") == (6, "value 3?")
+    assert capsys.readouterr().out == "value 3?"  # still written where it went (streamed)
+    import sys
+
+    before = sys.stdout
+    with pytest.raises(ZeroDivisionError):
+        call_with_stdout(lambda: 1 / 0)
+    assert sys.stdout is before
+
+
+def test_stdout_pending_splits_values_from_output():
+    from twisted.internet import defer
+
+    from ipython1.kernel.asyncclient import AsyncPendingResult, _StdoutPending
+    from ipython1.kernel.errors import CompositeError
+
+    class Inner(AsyncPendingResult):
+        def __init__(self, outcome):
+            super().__init__(None, 7, lambda r: r)
+            self.outcome = outcome
+
+        def get_result(self, block=True):
+            if isinstance(self.outcome, Exception):
+                return defer.fail(self.outcome)
+            return defer.succeed(self.outcome)
+
+    many = _StdoutPending(Inner([(1, "a"), (2, "b")]), single=False)
+    got = []
+    many.get_result().addCallback(got.append)
+    assert got == [[1, 2]] and many.stdout == ["a", "b"] and many.id == 7
+    one = _StdoutPending(Inner((5, "x\n")), single=True)
+    one.get_result().addCallback(got.append)
+    assert got[-1] == 5 and one.stdout == "x\n"
+    joined = _StdoutPending(Inner([([1, 2], ""), ([3], "c")]), single=False, join=True)
+    joined.get_result().addCallback(got.append)
+    assert got[-1] == [1, 2, 3] and joined.stdout == ["", "c"]
+    error = CompositeError("boom", [], [(1, "out")])
+    failed = _StdoutPending(Inner(error), single=False)
+    failures = []
+    failed.get_result().addErrback(failures.append)
+    assert failures[0].value.results == [1]
