@@ -224,14 +224,15 @@ def test_interactive_rebinds_globals_where_an_ipython_shell_runs(monkeypatch):
     assert f.__name__ == "_global_reader"
     with pytest.raises(TypeError):
         interactive(len)
+    import IPython
+
     # No shell here: it comes back as itself, its own globals.
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
     back = pickle.loads(pickle.dumps(f))
     assert isinstance(back, InteractiveFunction)
 
     class Shell:
         user_ns = {"some_engine_global": 41}
-
-    import IPython
 
     monkeypatch.setattr(IPython, "get_ipython", lambda: Shell)
     on_engine = deserialize(serialize(f))
