@@ -38,6 +38,8 @@ from ipython1.common.constraints import (  # noqa: F401 - re-exported: the share
 )
 
 TargetSpec = Any  # "all" | int | list[int]
+PropertyNames = ChoiceOf(Keys, None)  # get_properties(): the named ones, or all
+PropertyValues = AnyValue()  # checked as plain data by properties.update on arrival
 
 
 # -- local interfaces --------------------------------------------------------
@@ -264,11 +266,11 @@ class RIMultiEngineSession(RemoteInterface):
         """Drop this session's unfetched results (flush()); return how many."""
         return int
 
-    def get_properties(keys=ChoiceOf(Keys, None), targets=Targets, block=bool):
+    def get_properties(keys=PropertyNames, targets=Targets, block=bool):
         """Each target's engine properties (IPython 0.10): the named ones, or all."""
         return Reply
 
-    def update_properties(action=Name, arg=AnyValue(), targets=Targets, block=bool):
+    def update_properties(action=Name, arg=PropertyValues, targets=Targets, block=bool):
         """Set (arg: a dict of plain data), del (arg: names) or clear properties."""
         return Reply
 
