@@ -91,6 +91,10 @@ class TaskRejectError(KernelError):
     """
 
 
+class VersionMismatch(KernelError):
+    """The two sides run incompatible ipython1 versions; the message names both."""
+
+
 class EngineError(KernelError):
     """An engine died or vanished while a command was queued or running."""
 
@@ -191,6 +195,7 @@ _LOCAL_ERRORS: dict[str, type[KernelError]] = {
         TaskTimeout,
         InvalidTaskID,
         TaskRejectError,
+        VersionMismatch,
     )
 }
 

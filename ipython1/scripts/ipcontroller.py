@@ -22,7 +22,11 @@ class Options(usage.Options):
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
         ["reserve-ids", None, 0, "Give ids below this only to engines that ask for them "
          "(MPI ranks; ipcluster start --mpi sets it to -n).", int],
+        ["dashboard-ip", None, "127.0.0.1", "Interface the web dashboard listens on."],
+        ["dashboard-port", None, 0, "The web dashboard's TCP port (default: any free port).",
+         int],
     ]
+    optFlags = [["no-dashboard", None, "Serve no web dashboard."]]
 
 
 def makeService(options: Any) -> Any:
@@ -30,7 +34,9 @@ def makeService(options: Any) -> Any:
     from ipython1.kernel.controller import ControllerService
 
     return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
-                             port=options["port"], reserve_ids=options["reserve-ids"])
+                             port=options["port"], reserve_ids=options["reserve-ids"],
+                             dashboard=None if options["no-dashboard"] else
+                             (options["dashboard-ip"], options["dashboard-port"]))
 
 
 def main(argv: list[str] | None = None) -> None:
