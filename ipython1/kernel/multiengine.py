@@ -274,6 +274,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         self.subscription: Any = None
         self.pending: OrderedDict[int, Deferred[Any]] = OrderedDict()
         self.done: dict[int, Any] = {}
+        self.fetching: dict[int, Deferred[Any]] = {}  # blocked fetches, ended by a flush
 
     def _denied(self, method: str) -> PermissionDenied | None:
         """Say why this session may not run method, or None if it may."""
@@ -394,12 +395,11 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
         def deliver(_: Any) -> None:
             self.pending.pop(pending_id, None)
-            if pending_id not in self.done:  # dropped by clear_pending_results meanwhile
-                d.callback(self._raise_as_data(Failure(InvalidPendingResult(
-                    f"result {pending_id} was flushed before it was fetched"))))
-                return
-            d.callback(self.done.pop(pending_id))
+            self.fetching.pop(pending_id, None)
+            if not d.called:  # else flushed meanwhile: answered already
+                d.callback(self.done.pop(pending_id))
 
+        self.fetching[pending_id] = d
         self.pending[pending_id].addBoth(deliver)
         return d
 
@@ -411,6 +411,10 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         n = len(self.pending)
         self.pending.clear()
         self.done.clear()
+        fetching, self.fetching = self.fetching, {}
+        for pending_id, d in fetching.items():  # a fetch blocked on one ends now
+            d.callback(self._raise_as_data(Failure(InvalidPendingResult(
+                f"result {pending_id} was flushed before it was fetched"))))
         return n
 
     def remote_get_properties(self, keys: Any, targets: Any, block: bool) -> Deferred[Any]:

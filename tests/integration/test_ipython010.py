@@ -23,6 +23,7 @@ from ipython1.kernel.errors import (
     UnmetDependency,
 )
 from ipython1.kernel.serialize import deserialize, serialize
+from tests.conftest import wait_until
 
 DIKT = {"a": 5, "b": "asdf", "c": True, "d": None, "e": list(range(5))}
 
@@ -139,6 +140,33 @@ def test_flush_drops_this_clients_pending_results_only(mec, shared_cluster):
             pending.get_result()
     assert mec.pending_ids() == []
     assert [r.engine_id for r in theirs.get_result()] == [0, 1, 2, 3]  # no one else's
+
+
+def test_flush_ends_a_fetch_waiting_on_a_result(mec):
+    """test_save_get_delete: a blocked fetch of a flushed result fails at once."""
+    import threading
+    import time
+
+    slow = mec.execute("import time; time.sleep(3)", targets=0, block=False)
+    outcome: list[BaseException] = []
+    waiter = threading.Thread(target=lambda: outcome.append(_raises(slow.get_result)))
+    waiter.start()
+    # Once the fetch is in the client's reactor queue, the flush is sent after it.
+    wait_until(lambda: mec._loop._futures, 10, "the fetch to be sent")
+    t0 = time.monotonic()
+    mec.flush()
+    waiter.join(10)
+    assert isinstance(outcome[0], InvalidPendingResult) and "flushed" in str(outcome[0])
+    assert time.monotonic() - t0 < 2  # not when the command ends
+    mec.execute("pass", targets=0)  # the engine is still fine afterwards
+
+
+def _raises(call):
+    try:
+        call()
+    except BaseException as e:  # noqa: B036
+        return e
+    return None
 
 
 def test_zip_pull(mec):  # testZipPull, testZipPullNonblocking
