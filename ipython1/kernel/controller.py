@@ -46,6 +46,8 @@ class EngineRecord:
     connection: IEngineConnection
     queue: EngineQueue
     info: dict[str, Any] = field(default_factory=dict)
+    # set_properties() (IPython 0.10): plain data kept here, where property depends run
+    properties: dict[str, Any] = field(default_factory=dict)
 
 
 MAX_ENGINE_ID = 2**31 - 1

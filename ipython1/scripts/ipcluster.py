@@ -120,9 +120,45 @@ class TranscriptOptions(usage.Options):
     optParameters = [["user", "u", None, "Only this user's events."]]
 
 
+class EnginesAddOptions(usage.Options):
+    synopsis = "N [--timeout S]"
+    optParameters = [["timeout", None, 120.0, "Seconds to wait for them to register.", float]]
+
+    def parseArgs(self, n: str) -> None:
+        if not n.isdigit() or int(n) < 1:
+            raise usage.UsageError(f"the number of engines to add must be a positive int, "
+                                   f"not {n!r}")
+        self["n"] = int(n)
+
+
+class EnginesRemoveOptions(usage.Options):
+    synopsis = "IDS (e.g. 3 4, 3,4 or 2-5)"
+    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]]
+
+    def parseArgs(self, *ids: str) -> None:
+        from ipython1.cluster.resize import parse_ids
+
+        try:
+            self["ids"] = parse_ids(ids)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class EnginesOptions(_ProfileOption):
+    synopsis = "add N | remove IDS"
+    subCommands = [
+        ["add", None, EnginesAddOptions, "Start N more engines for the running cluster."],
+        ["remove", None, EnginesRemoveOptions, "Stop the engines with these ids."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("choose: engines add N, or engines remove IDS")
+
+
 class Options(usage.Options):
-    synopsis = ("ipcluster start|stop|status|dashboard|logs|doctor|adduser|deluser|users|"
-                "transcript [options]")
+    synopsis = ("ipcluster start|stop|status|engines|dashboard|logs|doctor|adduser|deluser|"
+                "users|transcript [options]")
     optParameters = [
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
     ]
@@ -130,6 +166,7 @@ class Options(usage.Options):
         ["start", None, StartOptions, "Start a controller and N engines."],
         ["stop", None, StopOptions, "Stop the cluster's engines and controller."],
         ["status", None, StatusOptions, "Show the controller, engines and queues."],
+        ["engines", None, EnginesOptions, "Resize the running cluster: add N, remove IDS."],
         ["adduser", None, AddUserOptions, "Give a user their own FURL; print its path."],
         ["deluser", None, DelUserOptions, "Revoke a user's FURL and drop their connections."],
         ["users", None, UsersOptions, "List users: kind, connected, queued commands."],
@@ -142,8 +179,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError(
-                "choose a command: start, stop, status, dashboard, logs, doctor, adduser, "
-                "deluser, users or transcript")
+                "choose a command: start, stop, status, engines, dashboard, logs, doctor, "
+                "adduser, deluser, users or transcript")
 
 
 # -- processes ----------------------------------------------------------------
@@ -536,6 +573,29 @@ def dashboard(cluster_dir: ClusterDir, furl_file: str | None = None,
 # -- users (issue 8) ------------------------------------------------------------
 
 
+def engines(cluster_dir: ClusterDir, options: usage.Options, out: IO[str] = sys.stdout) -> int:
+    """Add or remove engines of the running cluster (see ipython1.cluster.resize)."""
+    from ipython1.cluster import resize
+    from ipython1.kernel.errors import KernelError
+
+    sub = options.subOptions
+    try:
+        if options.subCommand == "add":
+            ids = resize.add_engines(cluster_dir, sub["n"], sub["timeout"])
+            out.write(f"ipcluster: added {len(ids)} engine(s): ids {_id_list(ids)}\n")
+        else:
+            ids = resize.remove_engines(cluster_dir, sub["ids"], sub["grace"])
+            out.write(f"ipcluster: removed {len(ids)} engine(s): ids {_id_list(ids)}\n")
+    except (KernelError, RuntimeError, ValueError, OSError) as e:
+        out.write(f"ipcluster: could not {options.subCommand} engines: {e}\n")
+        return 1
+    return 0
+
+
+def _id_list(ids: list[int]) -> str:
+    return ", ".join(map(str, ids))
+
+
 def adduser(cluster_dir: ClusterDir, name: str, observer: bool = False,
             out: IO[str] = sys.stdout) -> int:
     """Ask the running controller for a new user's capability; print its FURL file."""
@@ -654,6 +714,8 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
                      location=sub["location"], port=sub["port"], relay_port=sub["relay-port"])
     if options.subCommand == "stop":
         return stop(cluster_dir, sub["grace"], out=out)
+    if options.subCommand == "engines":
+        return engines(cluster_dir, sub, out=out)
     if options.subCommand == "adduser":
         return adduser(cluster_dir, sub["name"], bool(sub["observer"]), out=out)
     if options.subCommand == "deluser":
