@@ -276,6 +276,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         self.pending: OrderedDict[int, Deferred[Any]] = OrderedDict()
         self.done: dict[int, Any] = {}
         self.done_bytes = 0  # of the results in done
+        self.fetching: dict[int, Deferred[Any]] = {}  # blocked fetches, ended by a flush
         self.channel_end: Any = None  # its command channel, if it has one
         controller = adapter.controller
         self.backpressure = ReplyBackpressure(
@@ -302,7 +303,6 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         if cleared:
             log.info("client {c} went away: {n} of its queued command(s) dropped",
                      c=self.client, n=cleared)
-        self.fetching: dict[int, Deferred[Any]] = {}  # blocked fetches, ended by a flush
 
     def _denied(self, method: str) -> PermissionDenied | None:
         """Say why this session may not run method, or None if it may."""
