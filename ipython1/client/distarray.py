@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from ipython1.client import reduction
 from ipython1.client.each import apply_each
 from ipython1.client.partitions import layout_from_rows
 from ipython1.engine import blocks, loaders
@@ -203,8 +202,7 @@ class DistArray:
         offsets = {e: r.start * (self.size // max(1, len(self))) for e, r in self.rows.items()}
         source = {e: (blocks.partial, (self.key, op, axis, dict(params, offset=offsets[e])))
                   for e in self.ids}
-        return self.mec._call(reduction.reduce_on_engines, self.mec._async,
-                              blocks.COMBINE[op][1], source, self.ids)
+        return self.mec._reduce(blocks.COMBINE[op][1], source, self.ids)
 
     def sum(self, axis: Any = None, dtype: Any = None, out: None = None) -> Any:
         _no_out(out)

@@ -147,6 +147,46 @@ def test_reduce_is_an_ordered_tree_among_the_engines(mec):
     assert mec.reduce(lambda a, b: a + b, "piece") == ids
 
 
+INTERRUPTED_CLIENT = """
+import sys, time
+from ipython1.kernel.client import MultiEngineClient
+mec = MultiEngineClient(sys.argv[1], timeout=120)
+mec.execute("v = 1")
+def slow_add(a, b, marker=sys.argv[2]):
+    open(marker, "w").close()  # the test waits for this: the reduction is under way
+    time.sleep(600)
+    return a + b
+print("reducing", flush=True)
+try:
+    mec.reduce(slow_add, "v")
+except KeyboardInterrupt:
+    started = time.monotonic()
+    mec.execute("w = 2")
+    print("engines free after", round(time.monotonic() - started, 1), flush=True)
+"""
+
+
+def test_ctrl_c_in_the_client_stops_a_reduction_on_the_engines(cluster, tmp_path):
+    import signal
+
+    from tests.conftest import wait_until
+
+    marker = tmp_path / "folding"
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_CLIENT, cluster.mec_furl,
+                             str(marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cluster.env, cwd=str(ROOT))
+    try:
+        assert proc.stdout.readline() == "reducing\n"
+        wait_until(marker.exists, 60, "an engine to fold partial results")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "engines free after" in out, err[-2000:]
+    assert float(out.split()[-1]) < 10
+
+
 def test_a_stranger_at_an_engines_reduction_port_is_ignored(mec):
     import os
     import socket
