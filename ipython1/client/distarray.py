@@ -245,7 +245,8 @@ class DistArray:
         """
         if isinstance(bins, int):
             if range is None:
-                range = (float(self.min()), float(self.max())) if len(self) else (0.0, 1.0)
+                low, high = self._nonempty("minmax", None) if len(self) else (0.0, 1.0)
+                range = (float(low), float(high))
             edges = np.histogram_bin_edges(np.empty(0, self.dtype), bins, range)
             count = bins
         else:

@@ -121,6 +121,10 @@ def _max(piece: Any, axis: Any, params: dict[str, Any]) -> Any:
     return np.max(piece, axis=axis)
 
 
+def _minmax(piece: Any, axis: Any, params: dict[str, Any]) -> Any:
+    return np.min(piece, axis=axis), np.max(piece, axis=axis)
+
+
 def _argmax(piece: Any, axis: Any, params: dict[str, Any]) -> Any:
     i = int(np.argmax(piece))
     return piece.flat[i], i + params["offset"]
@@ -160,6 +164,12 @@ def maximum(a: Any, b: Any) -> Any:
     return b if a is None else a if b is None else np.maximum(a, b)
 
 
+def min_and_max(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return b if a is None else a
+    return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])
+
+
 def _nan_max_key(item: Any) -> tuple[bool, Any]:
     value = item[0]
     return bool(np.isnan(value)) if np.issubdtype(type(value), np.inexact) else False, value
@@ -189,6 +199,7 @@ COMBINE: dict[str, tuple[Callable[..., Any], Callable[[Any, Any], Any]]] = {
     "moments": (_moments, merge_moments),
     "min": (_min, minimum),
     "max": (_max, maximum),
+    "minmax": (_minmax, min_and_max),
     "argmax": (_argmax, first_argmax),
     "histogram": (_histogram, add),
 }
