@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def test_ids_equal_ranks(mpi_cluster):
     assert mec.pull("rank") == [0, 1, 2, 3]
     assert [q["mpi_rank"] for q in mec.queue_status()] == [0, 1, 2, 3]
     status = cluster.ipcluster("status")
-    assert "engine 3 (MPI rank 3): 'idle'" in status.stdout, status.stdout + status.stderr
+    assert re.search(r"\n\s+3/r3 .* idle ", status.stdout), status.stdout + status.stderr
 
 
 def test_allreduce_through_execute(mpi_cluster):
