@@ -113,6 +113,8 @@ class DistArray:
     # -- fetching rows --
 
     def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, DistArray):
+            return self._select(index)
         first, rest = (index[0], tuple(index[1:])) if isinstance(index, tuple) else (index, ())
         if first is Ellipsis:
             first, rest = slice(None), (Ellipsis, *rest)
@@ -145,6 +147,14 @@ class DistArray:
         parts = _each(self.mec, blocks.rows, args)
         ordered = [parts[e] for e in self.ids if e in parts]
         return ordered[0] if len(ordered) == 1 else np.concatenate(ordered)
+
+    def _select(self, mask: DistArray) -> DistArray:
+        """Keep the rows where a boolean DistArray of one value per row is true."""
+        if mask.dtype != np.bool_ or mask.ndim != 1 or mask.layout != self.layout:
+            raise IndexError("a DistArray index must be boolean, one value per row, laid out "
+                             f"as {self.key!r} is")
+        return self._new(lambda out: {e: (out, self.key, mask.key) for e in self.ids},
+                         blocks.select)
 
     def to_numpy(self) -> Any:
         """Fetch the whole array (mind the client's memory)."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from ipython1.engine.loaders import user_namespace
 
-__all__ = ["COMBINE", "delete", "elementwise", "map_blocks", "partial", "rows"]
+__all__ = ["COMBINE", "delete", "elementwise", "map_blocks", "partial", "rows", "select"]
 
 PIECE_BYTES = 16 * 2**20
 
@@ -83,6 +83,15 @@ def map_blocks(out_key: str, func: Callable[..., Any], key: str, args: tuple[Any
                kwargs: dict[str, Any]) -> None:
     """Bind out_key to func(chunk, *args, **kwargs) for each chunk of key's block."""
     _apply_to_chunks(out_key, lambda block: func(block, *args, **kwargs), [("key", key)])
+
+
+def select(out_key: str, key: str, mask_key: str) -> None:
+    """Bind out_key to the rows of key's block where mask_key's block is true."""
+    def joined(name: str) -> Any:
+        parts = chunks(name)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    user_namespace()[out_key] = joined(key)[joined(mask_key)]
 
 
 def delete(keys: list[str]) -> None:

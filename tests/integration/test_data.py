@@ -95,6 +95,11 @@ def test_arithmetic_and_ufuncs_run_on_the_engines(mec, files):
     np.testing.assert_allclose((x + np.array([1.0, 2.0, 3.0])).to_numpy(), full + [1, 2, 3])
     np.testing.assert_allclose(x.map_blocks(np.cumsum, axis=1)[10:20], np.cumsum(full, 1)[10:20])
     assert np.isclose((-x).sum(), -full.sum())
+    hot = x[x.map_blocks(lambda b: b[:, 1] > 1.0)]  # rows filtered on the engines
+    np.testing.assert_array_equal(hot.to_numpy(), full[full[:, 1] > 1.0])
+    assert np.isclose(hot.mean(), full[full[:, 1] > 1.0].mean())
+    with pytest.raises(IndexError):
+        x[x > 0]  # one value per element, not per row
     mec.scatter("s", full)  # scatter's layout is a DistArray's too
     s_ = mec.distarray("s")
     assert [len(r) for r in s_.layout.values()] == [52, 52, 51]
