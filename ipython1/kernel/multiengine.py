@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ipython1.common import ops
-from ipython1.kernel import replies
+from ipython1.kernel import properties, replies
 from ipython1.kernel.backpressure import ReplyBackpressure
 from ipython1.kernel.errors import (
     InvalidEngineID,
@@ -231,6 +231,33 @@ class MultiEngine:
         """Answered by the controller: works while engines are busy."""
         return defer.succeed(self.controller.engine_info(self.controller.targets(targets)))
 
+    # -- engine properties (IPython 0.10), kept here: see properties.py --
+
+    def _each_properties(self, targets: Any, use: Any) -> list[dict[str, Any]]:
+        out = []
+        for engine_id in self.controller.targets(targets):
+            try:
+                value = use(self.controller.engines[engine_id].properties)
+                out.append({"engine_id": engine_id, "status": "ok", "value": value})
+            except KernelError as e:
+                out.append({"engine_id": engine_id, "status": "error",
+                            "error": error_to_wire(e, engine_id)})
+        return out
+
+    def get_properties(self, keys: Any = None, targets: Any = "all",
+                       client: str = "") -> Deferred[Any]:
+        """Fire with each target's properties (the named ones, or all)."""
+        return defer.succeed(self._each_properties(
+            targets, lambda props: properties.select(props, keys)))
+
+    def update_properties(self, action: str, arg: Any = None, targets: Any = "all",
+                          client: str = "") -> Deferred[Any]:
+        """Set (arg: a dict), del (arg: names) or clear each target's properties."""
+        out = self._each_properties(targets, lambda props: properties.update(props, action, arg))
+        for reply in out:
+            self.controller._notify("engine_properties", {"engine_id": reply["engine_id"]})
+        return defer.succeed(out)
+
 
 @implementer(RIMultiEngineSession)
 class MultiEngineSession(Referenceable):  # type: ignore[misc]
@@ -249,6 +276,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         self.pending: OrderedDict[int, Deferred[Any]] = OrderedDict()
         self.done: dict[int, Any] = {}
         self.done_bytes = 0  # of the results in done
+        self.fetching: dict[int, Deferred[Any]] = {}  # blocked fetches, ended by a flush
         self.channel_end: Any = None  # its command channel, if it has one
         controller = adapter.controller
         self.backpressure = ReplyBackpressure(
@@ -410,12 +438,34 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         def deliver(_: Any) -> None:
             self.pending.pop(pending_id, None)
             d.callback(self._fetched(pending_id))
+            self.fetching.pop(pending_id, None)
+            if not d.called:  # else flushed meanwhile: answered already
+                d.callback(self.done.pop(pending_id))
 
+        self.fetching[pending_id] = d
         self.pending[pending_id].addBoth(deliver)
         return d
 
     def remote_pending_ids(self) -> list[int]:
         return list(self.pending)
+
+    def remote_clear_pending_results(self) -> int:
+        """Drop this session's unfetched results (flush()); return how many."""
+        n = len(self.pending)
+        self.pending.clear()
+        self.done.clear()
+        fetching, self.fetching = self.fetching, {}
+        for pending_id, d in fetching.items():  # a fetch blocked on one ends now
+            d.callback(self._raise_as_data(Failure(InvalidPendingResult(
+                f"result {pending_id} was flushed before it was fetched"))))
+        return n
+
+    def remote_get_properties(self, keys: Any, targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "get_properties", keys, targets)
+
+    def remote_update_properties(self, action: str, arg: Any, targets: Any,
+                                 block: bool) -> Deferred[Any]:
+        return self._call(block, "update_properties", action, arg, targets)
 
     def remote_session_log(self) -> Deferred[Any]:
         # Every user's code and pushed values: not for observers.

@@ -37,7 +37,12 @@ class StartOptions(_ProfileOption):
     ]
     optParameters = [
         ["n", "n", 2, "Number of engines.", int],
-        ["ip", None, "127.0.0.1", "Interface the controller listens on."],
+        ["ip", None, None, "Address the controller listens on: 0.0.0.0 or :: for every "
+         "interface (default: 127.0.0.1, or every interface when --location is given)."],
+        ["location", None, None, "HOST[:PORT][,HOST2...]: what the controller's FURLs "
+         "advertise to engines and clients on other hosts (see ipcontroller --help)."],
+        ["port", None, 0, "TCP port of the controller (default: any free port).", int],
+        ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
         ["timeout", None, 120.0, "Seconds to wait for all engines to register.", float],
         ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
         ["mpi-args", None, "", "Extra arguments for mpiexec."],
@@ -46,6 +51,11 @@ class StartOptions(_ProfileOption):
     def parseArgs(self, *args: str) -> None:
         if args:
             raise usage.UsageError(f"unexpected arguments: {' '.join(args)}")
+
+    def postOptions(self) -> None:
+        from ipython1.scripts.ipcontroller import check_network_options
+
+        check_network_options(self)
 
 
 class StopOptions(_ProfileOption):
@@ -110,9 +120,45 @@ class TranscriptOptions(usage.Options):
     optParameters = [["user", "u", None, "Only this user's events."]]
 
 
+class EnginesAddOptions(usage.Options):
+    synopsis = "N [--timeout S]"
+    optParameters = [["timeout", None, 120.0, "Seconds to wait for them to register.", float]]
+
+    def parseArgs(self, n: str) -> None:
+        if not n.isdigit() or int(n) < 1:
+            raise usage.UsageError(f"the number of engines to add must be a positive int, "
+                                   f"not {n!r}")
+        self["n"] = int(n)
+
+
+class EnginesRemoveOptions(usage.Options):
+    synopsis = "IDS (e.g. 3 4, 3,4 or 2-5)"
+    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]]
+
+    def parseArgs(self, *ids: str) -> None:
+        from ipython1.cluster.resize import parse_ids
+
+        try:
+            self["ids"] = parse_ids(ids)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class EnginesOptions(_ProfileOption):
+    synopsis = "add N | remove IDS"
+    subCommands = [
+        ["add", None, EnginesAddOptions, "Start N more engines for the running cluster."],
+        ["remove", None, EnginesRemoveOptions, "Stop the engines with these ids."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("choose: engines add N, or engines remove IDS")
+
+
 class Options(usage.Options):
-    synopsis = ("ipcluster start|stop|status|dashboard|logs|doctor|adduser|deluser|users|"
-                "transcript [options]")
+    synopsis = ("ipcluster start|stop|status|engines|dashboard|logs|doctor|adduser|deluser|"
+                "users|transcript [options]")
     optParameters = [
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
     ]
@@ -120,6 +166,7 @@ class Options(usage.Options):
         ["start", None, StartOptions, "Start a controller and N engines."],
         ["stop", None, StopOptions, "Stop the cluster's engines and controller."],
         ["status", None, StatusOptions, "Show the controller, engines and queues."],
+        ["engines", None, EnginesOptions, "Resize the running cluster: add N, remove IDS."],
         ["adduser", None, AddUserOptions, "Give a user their own FURL; print its path."],
         ["deluser", None, DelUserOptions, "Revoke a user's FURL and drop their connections."],
         ["users", None, UsersOptions, "List users: kind, connected, queued commands."],
@@ -132,8 +179,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError(
-                "choose a command: start, stop, status, dashboard, logs, doctor, adduser, "
-                "deluser, users or transcript")
+                "choose a command: start, stop, status, engines, dashboard, logs, doctor, "
+                "adduser, deluser, users or transcript")
 
 
 # -- processes ----------------------------------------------------------------
@@ -227,7 +274,8 @@ def _stale_pid_files(cluster_dir: ClusterDir, out: IO[str]) -> None:
 def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float = 120.0,
           daemon: bool = True, mpi: bool = False, mpiexec: str | None = None,
           mpi_args: str = "", out: IO[str] = sys.stdout,
-          on_start: Callable[[int], None] | None = None) -> int:
+          on_start: Callable[[int], None] | None = None, location: str | None = None,
+          port: int = 0, relay_port: int = 0) -> int:
     """Start a controller and n engines; return 0 once all have registered."""
     if n < 1:
         raise usage.UsageError("-n must be at least 1")
@@ -238,7 +286,9 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
                   f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first\n")
         return 1
     profile = ["--profile", cluster_dir.profile]
-    controller_args = [*profile, "--ip", ip]
+    controller_args = [*profile, "--ip", ip, "--port", str(port),
+                       "--relay-port", str(relay_port),
+                       *(["--location", location] if location else [])]
     if mpi:
         try:
             mpi_command = _mpi_preflight(n, mpiexec, mpi_args)
@@ -295,6 +345,8 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
         return 1
     out.write(f"ipcluster: controller and {n} engines are up in {time.monotonic() - t0:.1f} s "
               f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
+    if ip not in ("127.0.0.1", "::1", "localhost") or location:
+        out.write(_other_hosts_hint(cluster_dir))
     out.flush()
     if daemon:
         return 0
@@ -307,6 +359,20 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
     except KeyboardInterrupt:
         pass
     return stop(cluster_dir, out=out)
+
+
+def _other_hosts_hint(cluster_dir: ClusterDir) -> str:
+    """Say where the controller is reached from and how engines on other hosts join."""
+    from ipython1.kernel.cluster import ENGINE_FURL
+    from ipython1.kernel.wire import furl_location
+
+    path = cluster_dir.furl_file(ENGINE_FURL)
+    try:
+        where = furl_location(path.read_text().strip())
+    except OSError:
+        return ""
+    return (f"ipcluster: the controller's FURLs advertise {where}; on another host: "
+            f"ipengine --furl-file {path}\n")
 
 
 def _mpi_preflight(n: int, mpiexec: str | None,
@@ -507,6 +573,29 @@ def dashboard(cluster_dir: ClusterDir, furl_file: str | None = None,
 # -- users (issue 8) ------------------------------------------------------------
 
 
+def engines(cluster_dir: ClusterDir, options: usage.Options, out: IO[str] = sys.stdout) -> int:
+    """Add or remove engines of the running cluster (see ipython1.cluster.resize)."""
+    from ipython1.cluster import resize
+    from ipython1.kernel.errors import KernelError
+
+    sub = options.subOptions
+    try:
+        if options.subCommand == "add":
+            ids = resize.add_engines(cluster_dir, sub["n"], sub["timeout"])
+            out.write(f"ipcluster: added {len(ids)} engine(s): ids {_id_list(ids)}\n")
+        else:
+            ids = resize.remove_engines(cluster_dir, sub["ids"], sub["grace"])
+            out.write(f"ipcluster: removed {len(ids)} engine(s): ids {_id_list(ids)}\n")
+    except (KernelError, RuntimeError, ValueError, OSError) as e:
+        out.write(f"ipcluster: could not {options.subCommand} engines: {e}\n")
+        return 1
+    return 0
+
+
+def _id_list(ids: list[int]) -> str:
+    return ", ".join(map(str, ids))
+
+
 def adduser(cluster_dir: ClusterDir, name: str, observer: bool = False,
             out: IO[str] = sys.stdout) -> int:
     """Ask the running controller for a new user's capability; print its FURL file."""
@@ -621,9 +710,12 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         return 2
     if options.subCommand == "start":
         return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
-                     bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out)
+                     bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
+                     location=sub["location"], port=sub["port"], relay_port=sub["relay-port"])
     if options.subCommand == "stop":
         return stop(cluster_dir, sub["grace"], out=out)
+    if options.subCommand == "engines":
+        return engines(cluster_dir, sub, out=out)
     if options.subCommand == "adduser":
         return adduser(cluster_dir, sub["name"], bool(sub["observer"]), out=out)
     if options.subCommand == "deluser":
