@@ -313,10 +313,14 @@ class MultiEngineClient:
         """Run method in the reactor thread; wait, or return a PendingResult."""
         targets = self.targets if targets is None else targets
         block = self.block if block is None else block
-        future = self._loop.submit(method, *args, targets=targets, block=block, **kwargs)
         on_interrupt = (lambda: self._interrupt_quietly(targets)) if interruptible else None
         try:
+            future = self._loop.submit(method, *args, targets=targets, block=block, **kwargs)
             result = _wait(future, self.timeout, on_interrupt, self._serve_debugger)
+        except KeyboardInterrupt as e:  # Ctrl-C may come before the wait starts, too
+            if on_interrupt is None or isinstance(e, Interrupted):
+                raise
+            raise Interrupted(on_interrupt()) from None
         finally:
             if getattr(self, "_printer", None) is not None:
                 self._printer.flush()  # a command's output came before its reply
