@@ -397,7 +397,10 @@ class ControllerService(service.MultiService):
             from ipython1.kernel.task import TaskFarm, TaskFarmReferenceable
         except ImportError:
             return
-        self.adapters["task"] = TaskFarm(self.controller)
+        from ipython1.controller.journal import open_journal
+
+        self.journal = open_journal(self.cluster_dir.path)
+        self.adapters["task"] = TaskFarm(self.controller, journal=self.journal)
         self._publish(TaskFarmReferenceable(self.adapters["task"]), cluster.TASK_FURL)
 
     def _publish(self, obj: Any, name: str) -> None:
@@ -410,6 +413,8 @@ class ControllerService(service.MultiService):
         if self.controller.command_channels is not None:
             self.controller.command_channels.close()
         d = defer.maybeDeferred(super().stopService)
+        if getattr(self, "journal", None) is not None:
+            self.journal.close()
 
         def cleanup(result: Any) -> Any:
             pid_file = self.cluster_dir.pid_file("ipcontroller")

@@ -1,0 +1,1 @@
+"""Controller-side concepts that outlive one controller process (the task journal)."""
