@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ipython1.client.reconnect import IN_FLIGHT_HINT, Reconnector
 from ipython1.kernel import commandchannel, datachannel, replies, wire
 from ipython1.kernel import scatter as scatter_mod
 from ipython1.kernel.cluster import MEC_FURL
@@ -87,10 +88,23 @@ class AsyncMultiEngineClient:
         self._finishers: dict[int, Callable[[list[dict[str, Any]]], Any]] = {}
         self._relay_only: set[int] = set()  # engines whose local socket is out of reach
         self._books: dict[int, datachannel.TicketBook] = {}  # same-host tickets, by engine
+        # Set by get_multiengine_client: reopens the session once the controller is back.
+        self.reconnector: Reconnector | None = None
         session.notifyOnDisconnect(self._disconnected)
 
     def _disconnected(self, *args: Any) -> None:
         self._lost = f"the connection to the controller at {wire.furl_location(self.furl)} was lost"
+
+    def _reconnected(self, opened: tuple[Any, Any, Any]) -> None:
+        """Take the session reopened after a restart (subscriptions are not renewed)."""
+        if self._tub is not None:
+            self._tub.stopService()
+        self._tub, self._session, self._channel = opened
+        self._calls = commandchannel.SessionCalls(self._channel, self._session)
+        self._books.clear()
+        self._relay_only.clear()
+        self._lost = None
+        self._session.notifyOnDisconnect(self._disconnected)
 
     @property
     def connected(self) -> bool:
@@ -103,7 +117,10 @@ class AsyncMultiEngineClient:
 
     def _remote(self, method: str, *args: Any) -> Deferred[Any]:
         if self._lost is not None:
-            return defer.fail(ConnectionLost(self._lost))
+            if self.reconnector is None:
+                return defer.fail(ConnectionLost(self._lost))
+            # Wait for the controller to come back, then send it (issue 15).
+            return self.reconnector.ensure().addCallback(lambda _: self._remote(method, *args))
         d = self._calls.call(method, args, method not in commandchannel.SESSION_FOOLSCAP_ONLY)
         d.addCallbacks(replies.unpack, self._translate_failure)
         return d
@@ -116,8 +133,8 @@ class AsyncMultiEngineClient:
         from twisted.internet.error import ConnectionLost as TwistedLost
 
         if failure.check(DeadReferenceError, ConnectionDone, TwistedLost) or self._lost:
-            raise ConnectionLost(self._lost or f"the controller went away: "
-                                 f"{failure.getErrorMessage()}")
+            raise ConnectionLost((self._lost or f"the controller went away: "
+                                  f"{failure.getErrorMessage()}") + "; " + IN_FLIGHT_HINT)
         return failure
 
     def _command(self, method: str, args: tuple[Any, ...], block: bool,
@@ -689,7 +706,21 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
     furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
     tub, _, session = yield _open_session(furl, timeout)
     channel = yield _open_command_channel(session)
-    return AsyncMultiEngineClient(session, tub, furl, channel)
+    client = AsyncMultiEngineClient(session, tub, furl, channel)
+    client.reconnector = Reconnector(
+        lambda seconds: _reopen(furl_or_file, profile, MEC_FURL, seconds),
+        client._reconnected, "the multi-engine client")
+    return client
+
+
+@defer.inlineCallbacks
+def _reopen(furl_or_file: Any, profile: str, default_name: str, timeout: float) -> Any:
+    """Open a session again (the FURL file may name a new port); fire with
+    (tub, session, channel)."""
+    furl = wire.resolve_furl(furl_or_file, profile, default_name)
+    tub, _, session = yield _open_session(furl, timeout)
+    channel = yield _open_command_channel(session)
+    return tub, session, channel
 
 
 @defer.inlineCallbacks
@@ -726,6 +757,10 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
         tub.stopService()
         raise
     client = yield _task_client(session, tub, furl, parent)
+    if parent is None:  # a user's capability reopens through its multi-engine session
+        client.reconnector = Reconnector(
+            lambda seconds: _reopen(furl_or_file, profile, TASK_FURL, seconds),
+            client._reconnected, "the task client")
     return client
 
 

@@ -102,6 +102,13 @@ def _wait(future: concurrent.futures.Future[Any], timeout: float | None,
         raise
 
 
+def _wait_for_restarts(client: Any, timeout: float | None) -> None:
+    """Let calls made while the controller is down wait up to the client's timeout."""
+    if timeout is not None and getattr(client, "reconnector", None) is not None:
+        # A little under: the call ends with ConnectionLost's advice, not ClientTimeout.
+        client.reconnector.timeout = timeout * 0.9
+
+
 class PendingResult:
     """The result of a non-blocking call, fetched later with get_result()."""
 
@@ -156,6 +163,7 @@ class MultiEngineClient:
         future = self._loop.submit(asyncclient.get_multiengine_client, furl_or_file, profile,
                                    connect_timeout)
         self._async: asyncclient.AsyncMultiEngineClient = _wait(future, connect_timeout + 5)
+        _wait_for_restarts(self._async, timeout)
 
     @property
     def local_channel(self) -> bool:
@@ -558,6 +566,7 @@ class TaskClient:
         future = self._loop.submit(asyncclient.get_task_client, furl_or_file, profile,
                                    connect_timeout)
         self._async = _wait(future, connect_timeout + 5)
+        _wait_for_restarts(self._async, timeout)
 
     def _call(self, method: Callable[..., Any], *args: Any, timeout: float | None = None,
               **kwargs: Any) -> Any:

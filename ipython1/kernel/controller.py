@@ -106,7 +106,9 @@ class Controller(service.MultiService):
 
     def register_engine(self, engine: Any, info: dict[str, Any]) -> int:
         """Add an engine; return its id, which it keeps for its life."""
-        engine_id = self._assign_id(info.get("requested_id"))
+        info = dict(info)
+        late_tasks = info.pop("late_tasks", None)  # a rejoining engine's (issue 15)
+        engine_id = self._assign_id(info.get("requested_id"), bool(info.get("rejoin")))
         if "mpi_rank" in info:
             # A rank blocked in a GIL-holding collective cannot answer pings.
             wire.relax_disconnect_timeout(engine)
@@ -136,8 +138,19 @@ class Controller(service.MultiService):
                                 OutputReceiver(engine_id, self._engine_output))
         d.addErrback(lambda f: None)  # an engine without live output still works
         log.info("engine {id} registered: {info}", id=engine_id, info=info)
-        self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
+        self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info),
+                                           "late_tasks": late_tasks})
         return engine_id
+
+    def deliver_late(self, engine_id: int, replies: Any) -> None:
+        """Pass on task replies an engine kept while the controller was away."""
+        if engine_id in self.engines and isinstance(replies, list):
+            self._notify("late_replies", {"engine_id": engine_id, "late_tasks": replies})
+
+    def remember_ids(self, ids: set[int]) -> None:
+        """Keep ids given by an earlier controller for the engines that rejoin."""
+        self._used_ids |= ids
+        self._next_id = max([self._next_id, *(i + 1 for i in ids)])
 
     def _call_failed(self, failure: Any, engine_id: int) -> Any:
         """A lost connection fails the call before notifyOnDisconnect fires:
@@ -146,14 +159,17 @@ class Controller(service.MultiService):
             self._engine_lost(engine_id)
         return failure
 
-    def _assign_id(self, requested: Any) -> int:
+    def _assign_id(self, requested: Any, rejoin: bool = False) -> int:
         """Give the requested id if no engine ever had it, else the next free one.
 
+        An engine that rejoins (its controller restarted, or a supervisor
+        replaced it) gets its old id back unless a live engine holds it.
         Registration runs on the reactor thread, so checking and taking an id
         is atomic: two engines asking for the same id get different ones.
         """
         if (isinstance(requested, int) and not isinstance(requested, bool)
-                and 0 <= requested < MAX_ENGINE_ID and requested not in self._used_ids):
+                and 0 <= requested < MAX_ENGINE_ID and requested not in self.engines
+                and (rejoin or requested not in self._used_ids)):
             engine_id = requested
         else:
             engine_id = max(self._next_id, self.reserve_ids)
@@ -329,6 +345,40 @@ def _first_of(d: Deferred[Any], timeout: float, clock: Any = None) -> Deferred[N
     return done
 
 
+def _furl_port(furl_file: Path) -> int:
+    """Return the port of the FURL in furl_file, or 0 (any) if there is none."""
+    try:
+        return int(wire.furl_location(furl_file.read_text().strip()).rsplit(":", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class EngineIds:
+    """The ids this cluster's controller gave, kept for `ipcontroller --reuse`."""
+
+    FILE_NAME = "engine-ids"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ids: set[int] = set()
+
+    def load(self) -> set[int]:
+        try:
+            self.ids = {int(w) for w in self.path.read_text().split()}
+        except (OSError, ValueError):
+            self.ids = set()
+        return set(self.ids)
+
+    def save(self, ids: set[int]) -> None:
+        self.ids = set(ids)
+        cluster.write_private(self.path, "".join(f"{i}\n" for i in sorted(ids)))
+
+    def on_controller(self, kind: str, data: dict[str, Any]) -> None:
+        engine_id = data.get("engine_id")
+        if kind == "engine_registered" and engine_id not in self.ids:
+            self.save(self.ids | {engine_id})
+
+
 @implementer(RIEngineRegistration)
 class EngineRegistration(Referenceable):  # type: ignore[misc]
     """The engine-facing capability: engines call register_engine."""
@@ -339,18 +389,30 @@ class EngineRegistration(Referenceable):  # type: ignore[misc]
     def remote_register_engine(self, engine: Any, info: dict[str, Any]) -> int:
         return self.controller.register_engine(engine, info)
 
+    def remote_deliver_late(self, engine_id: int, replies: Any) -> None:
+        self.controller.deliver_late(engine_id, replies)
+
 
 class ControllerService(service.MultiService):
     """Controller + Tub + FURL files: what `twistd ipcontroller` runs."""
 
     def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
-                 port: int = 0, reserve_ids: int = 0) -> None:
+                 port: int = 0, reserve_ids: int = 0, reuse: bool = False) -> None:
         super().__init__()
         self.cluster_dir = cluster_dir.create()
         self.ip = ip
         self.port = port
         self.controller = Controller(reserve_ids=reserve_ids)
         self.controller.setServiceParent(self)
+        # --reuse (issue 15): the last controller's port and engine ids, so its
+        # engines and clients find this one at the same FURLs and rejoin as before.
+        self.engine_ids = EngineIds(self.cluster_dir.path / EngineIds.FILE_NAME)
+        if reuse:
+            self.port = port or _furl_port(self.cluster_dir.furl_file(cluster.ENGINE_FURL))
+            self.controller.remember_ids(self.engine_ids.load())
+        else:
+            self.engine_ids.save(set())
+        self.controller.add_observer(self.engine_ids.on_controller)
         self.furls: dict[str, str] = {}
         self.adapters: dict[str, Any] = {}
         self.tub: Any = None

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipython1 import __version__
+from ipython1.engine.rejoin import RECONNECT_TIMEOUT, LateReplies
 from ipython1.kernel import commandchannel, datachannel, introspection, replies, wire
 from ipython1.kernel.errors import KernelError, TaskTimeout, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
@@ -869,6 +870,9 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
         self.stream = OutputBatcher(self._send_output)
+        # Task replies that outlive a lost controller (issue 15); on_late sends them.
+        self.late = LateReplies()
+        self.on_late: Callable[[], None] = lambda: None
 
     def _send_output(self, chunks: list[list[str]]) -> Deferred[None] | None:
         if self._output_observer is None:
@@ -996,7 +1000,17 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def _tasks_job(self, batch: list[dict[str, Any]]) -> Callable[[], Any]:
         if not hasattr(self, "_watchdog"):
             self._watchdog = TaskWatchdog(self._runner)
-        return lambda: self._kernel_now().run_tasks(batch, self._watchdog)
+        def job() -> Any:
+            generation = self.late.started([item[0] for item in batch])
+            value = None
+            try:
+                value = self._kernel_now().run_tasks(batch, self._watchdog)
+                return value
+            finally:
+                if self.late.finished(generation, value):
+                    reactor.callFromThread(self.on_late)
+
+        return job
 
     def remote_run_tasks(self, batch: list[dict[str, Any]]) -> Deferred[Any]:
         return self._runner.submit(self._tasks_job(batch))
@@ -1023,12 +1037,16 @@ class EngineService(service.MultiService):
     def __init__(self, furl_file: str, runner: ShellRunner, connect_timeout: float = 60.0,
                  furl: str | None = None, info: dict[str, Any] | None = None,
                  on_controller_lost: Callable[[], None] | None = None,
-                 own_shell_thread: bool = True) -> None:
+                 own_shell_thread: bool = True,
+                 reconnect_timeout: float = RECONNECT_TIMEOUT) -> None:
         super().__init__()
         self.furl_file = furl_file
         self.furl = furl
         self.runner = runner
         self.connect_timeout = connect_timeout
+        # How long to keep trying to rejoin a lost controller (0: exit at once).
+        self.reconnect_timeout = reconnect_timeout
+        self._registration: Any = None
         self.info = dict(engine_info(), **(info or {}))
         self.on_controller_lost = on_controller_lost or (lambda: os._exit(0))
         self.own_shell_thread = own_shell_thread
@@ -1036,6 +1054,7 @@ class EngineService(service.MultiService):
         self.registered: Deferred[int] = Deferred()
         self.tub = None
         self.referenceable = EngineReferenceable(self._make_kernel, runner, self.info)
+        self.referenceable.on_late = self._deliver_late
 
     def _make_kernel(self) -> EngineKernel:
         return EngineKernel(on_output=self.referenceable.stream.write, runner=self.runner)
@@ -1064,22 +1083,30 @@ class EngineService(service.MultiService):
         return super().stopService()
 
     @defer.inlineCallbacks
-    def _register(self) -> Any:
-        deadline = time.monotonic() + self.connect_timeout
+    def _register(self, rejoin: bool = False) -> Any:
+        timeout = self.reconnect_timeout if rejoin else self.connect_timeout
+        deadline = time.monotonic() + timeout
         delay = 0.05
         last_error: Exception | None = None
         while time.monotonic() < deadline:
+            info = self.info
+            if rejoin:  # the same id, and what finished while the controller was away
+                info = dict(info, requested_id=self.engine_id, rejoin=True,
+                            **self.referenceable.late.registration_info())
             try:
                 furl = self.furl or wire.resolve_furl(self.furl_file)
                 controller = yield wire.get_reference(
                     self.tub, furl, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
                 engine_id = yield controller.callRemote("register_engine", self.referenceable,
-                                                        self.info)
+                                                        info)
             except Exception as e:  # the controller may not be up yet: retry
                 last_error = e
                 yield _sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
+            if rejoin:
+                self.referenceable.late.rejoined(len(info["late_tasks"]))
+            self._registration = controller
             self.engine_id = self.runner.engine_id = engine_id
             self.referenceable.controller_host = wire.furl_location(furl).rsplit(":", 1)[0]
             self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
@@ -1087,8 +1114,8 @@ class EngineService(service.MultiService):
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id
         raise KernelError(
-            f"could not register with the controller within {self.connect_timeout:g} s "
-            f"(FURL file {self.furl_file}): {last_error}"
+            f"could not {'rejoin' if rejoin else 'register with'} the controller within "
+            f"{timeout:g} s (FURL file {self.furl_file}): {last_error}"
         )
 
     def _register_failed(self, failure: Any) -> None:
@@ -1098,8 +1125,33 @@ class EngineService(service.MultiService):
         os._exit(3)
 
     def _controller_lost(self, *args: Any) -> None:
-        log.info("lost the connection to the controller; exiting")
-        self.on_controller_lost()
+        self.referenceable.late.lost()
+        self._registration = None
+        if self.reconnect_timeout <= 0:
+            log.info("lost the connection to the controller; exiting")
+            self.on_controller_lost()
+            return
+        # Keep the namespace (and a running command) and rejoin with the same id.
+        log.info("lost the connection to the controller; trying to rejoin for up to "
+                 "{t:g} s as engine {id}", t=self.reconnect_timeout, id=self.engine_id)
+        d = self._register(rejoin=True)
+
+        def gave_up(failure: Any) -> None:
+            log.error("{msg}; exiting", msg=failure.getErrorMessage())
+            self.on_controller_lost()
+
+        d.addErrback(gave_up)
+
+    def _deliver_late(self) -> None:
+        """Send task replies kept while the controller was away, if it is back."""
+        registration = self._registration
+        if registration is None or not self.referenceable.late.connected:
+            return  # they go with the next registration
+        replies = self.referenceable.late.take()
+        if not replies:
+            return
+        d = registration.callRemote("deliver_late", self.engine_id, replies)
+        d.addErrback(lambda f: self.referenceable.late.put_back(replies))
 
 
 def _sleep(seconds: float) -> Deferred[None]:

@@ -345,7 +345,7 @@ class EventBus:
         if kind == "engine_registered":
             info = data.get("info") or {}
             self.publish("engine_registered", engine=engine,
-                         data={k: info[k] for k in ("host", "pid") if k in info})
+                         data={k: info[k] for k in ("host", "pid", "rejoin") if k in info})
         elif kind == "engine_died":
             self.publish("engine_died", engine=engine)
         elif kind == "command_started":

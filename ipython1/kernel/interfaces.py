@@ -247,6 +247,10 @@ class RIEngineRegistration(RemoteInterface):
     def register_engine(engine=RIEngine, info=Info):
         return int
 
+    def deliver_late(engine_id=int, replies=Reply):
+        """Task replies that finished while the controller was away (issue 15)."""
+        return None
+
 
 class RIEventObserver(RemoteInterface):
     """A client's subscriber to the controller's event stream."""

@@ -33,6 +33,9 @@ class StartOptions(_ProfileOption):
     optFlags = [
         ["daemon", None, "Return once the cluster is up; leave it running."],
         ["mpi", None, "Start the engines with mpiexec; each initialises MPI (mpi4py)."],
+        ["reuse", "r", "Restart what is missing: the controller (with ipcontroller --reuse: "
+         "same port and FURLs) if it died, and only the engines that are not alive; "
+         "live engines rejoin with their ids and namespaces."],
     ]
     optParameters = [
         ["n", "n", 2, "Number of engines.", int],
@@ -161,8 +164,12 @@ def _reap() -> None:
 
 
 def engine_pids(cluster_dir: ClusterDir) -> list[int]:
+    return engine_pids_in(cluster_dir.pid_file(ENGINES_PID_FILE))
+
+
+def engine_pids_in(path: Path) -> list[int]:
     try:
-        text = cluster_dir.pid_file(ENGINES_PID_FILE).read_text()
+        text = path.read_text()
     except OSError:
         return []
     return [int(line) for line in text.split() if line.strip().isdigit()]
@@ -174,18 +181,27 @@ def engine_pids(cluster_dir: ClusterDir) -> list[int]:
 def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float = 120.0,
           daemon: bool = True, mpi: bool = False, mpiexec: str | None = None,
           mpi_args: str = "", out: IO[str] = sys.stdout,
-          on_start: Callable[[int], None] | None = None) -> int:
-    """Start a controller and n engines; return 0 once all have registered."""
+          on_start: Callable[[int], None] | None = None, reuse: bool = False) -> int:
+    """Start a controller and n engines; return 0 once all have registered.
+
+    With reuse, start only what is missing: the controller if it is not
+    running, and engines for those of the last start that are not alive.
+    """
     if n < 1:
         raise usage.UsageError("-n must be at least 1")
     cluster_dir.create()
-    if cluster_dir.controller_running():
+    running = cluster_dir.controller_running()
+    if running and not reuse:
         pid = read_pid(cluster_dir.pid_file("ipcontroller"))
         out.write(f"ipcluster: a controller is already running for profile "
-                  f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first\n")
+                  f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first "
+                  "(or start with --reuse to add only missing engines)\n")
         return 1
+    live = [p for p in engine_pids(cluster_dir) if pid_alive(p)] if reuse else []
+    # Live engines rejoin by themselves (an MPI job's pid file names mpiexec).
+    rejoining = (n if live else 0) if mpi else min(len(live), n)
     profile = ["--profile", cluster_dir.profile]
-    controller_args = [*profile, "--ip", ip]
+    controller_args = [*profile, "--ip", ip] + (["--reuse"] if reuse else [])
     if mpi:
         try:
             mpi_command = _mpi_preflight(n, mpiexec, mpi_args)
@@ -203,47 +219,74 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
         return proc
 
     t0 = time.monotonic()
+    controller = None
+    engines: list[subprocess.Popen[bytes]] = []
+    new_pids = cluster_dir.pid_file(ENGINES_PID_FILE + "-new")
     try:
-        controller = track(_spawn(
-            _python_module("ipython1.scripts.ipcontroller", *controller_args),
-            cluster_dir.log_file("ipcontroller-console")))
-        _wait_for(lambda: read_pid(cluster_dir.pid_file("ipcontroller")) == controller.pid,
-                  timeout, lambda: controller.poll() is not None,
-                  lambda: "the controller exited:\n"
-                  + _tail(cluster_dir.log_file("ipcontroller-console")))
+        if not running:
+            controller = track(_spawn(
+                _python_module("ipython1.scripts.ipcontroller", *controller_args),
+                cluster_dir.log_file("ipcontroller-console")))
+            _wait_for(lambda: read_pid(cluster_dir.pid_file("ipcontroller")) == controller.pid,
+                      timeout, lambda: controller.poll() is not None,
+                      lambda: "the controller exited:\n"
+                      + _tail(cluster_dir.log_file("ipcontroller-console")))
         engine_options = [*profile, "--connect-timeout", str(timeout)]
         engine_argv = _python_module("ipython1.scripts.ipengine", *engine_options)
-        if mpi:
-            engines = [track(_spawn(mpi_command(engine_options),
-                                    cluster_dir.log_file("mpiexec")))]
-            write_private(cluster_dir.pid_file(ENGINES_PID_FILE), f"{engines[0].pid}\n")
-        else:
-            # One warmed-up process forks the others: start-up and memory are shared.
-            engines = [track(_spawn(
-                engine_argv + ["--fork", str(n), "--pid-file",
-                               str(cluster_dir.pid_file(ENGINES_PID_FILE))],
-                cluster_dir.log_file("ipengine-console")))]
         from ipython1.kernel.client import MultiEngineClient
 
         mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
         try:
+            if rejoining:
+                _wait_for(lambda: len(mec.get_ids()) >= rejoining, timeout,
+                          lambda: not any(pid_alive(p) for p in live),
+                          lambda: "the live engines died before they rejoined")
+            if mpi and not rejoining:
+                engines = [track(_spawn(mpi_command(engine_options),
+                                        cluster_dir.log_file("mpiexec")))]
+                write_private(cluster_dir.pid_file(ENGINES_PID_FILE), f"{engines[0].pid}\n")
+            elif n > rejoining:
+                # One warmed-up process forks the others: start-up and memory are shared.
+                engines = [track(_spawn(
+                    engine_argv + ["--fork", str(n - rejoining), "--pid-file", str(new_pids)],
+                    cluster_dir.log_file("ipengine-console")))]
             _wait_for(lambda: len(mec.get_ids()) >= n, timeout,
                       lambda: any(p.poll() is not None for p in engines),
                       lambda: _engine_failure(cluster_dir, engines))
+            if not mpi and n > rejoining:
+                _wait_for(lambda: len(engine_pids_in(new_pids)) == n - rejoining, timeout,
+                          lambda: False, lambda: "the engines wrote no pid file")
+                write_private(cluster_dir.pid_file(ENGINES_PID_FILE), "".join(
+                    f"{p}\n" for p in live + engine_pids_in(new_pids)))
+                new_pids.unlink(missing_ok=True)
             if mpi:
                 _check_mpi_job(mec.engine_info(), n)
         finally:
             mec.close()
     except Exception as e:
         out.write(f"ipcluster: could not start the cluster: {e}\n")
-        stop_pids(engine_pids(cluster_dir) + list(reversed(started)), grace=3)
-        for name in ("ipcontroller", ENGINES_PID_FILE):
-            cluster_dir.pid_file(name).unlink(missing_ok=True)
+        if reuse:  # leave alone what was running before
+            stop_pids(engine_pids_in(new_pids) + list(reversed(started)), grace=3)
+        else:
+            stop_pids(engine_pids(cluster_dir) + engine_pids_in(new_pids)
+                      + list(reversed(started)), grace=3)
+            for name in ("ipcontroller", ENGINES_PID_FILE, ENGINES_PID_FILE + "-new"):
+                cluster_dir.pid_file(name).unlink(missing_ok=True)
         return 1
-    out.write(f"ipcluster: controller and {n} engines are up in {time.monotonic() - t0:.1f} s "
-              f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
+    if reuse:
+        out.write(f"ipcluster: {'controller restarted' if controller else 'controller running'}"
+                  f", {rejoining} engine(s) rejoined, {n - rejoining} started in "
+                  f"{time.monotonic() - t0:.1f} s (profile {cluster_dir.profile!r}, "
+                  f"{cluster_dir.path})\n")
+    else:
+        out.write(f"ipcluster: controller and {n} engines are up in "
+                  f"{time.monotonic() - t0:.1f} s "
+                  f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
     out.flush()
     if daemon:
+        return 0
+    if controller is None:
+        out.write("ipcluster: the controller was running already; not waiting on it\n")
         return 0
     out.write("ipcluster: press Ctrl-C to stop the cluster\n")
     out.flush()
@@ -460,7 +503,8 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         return 2
     if options.subCommand == "start":
         return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
-                     bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out)
+                     bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
+                     reuse=bool(sub["reuse"]))
     if options.subCommand == "stop":
         return stop(cluster_dir, sub["grace"], out=out)
     if options.subCommand == "adduser":

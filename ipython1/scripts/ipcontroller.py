@@ -23,6 +23,10 @@ class Options(usage.Options):
         ["reserve-ids", None, 0, "Give ids below this only to engines that ask for them "
          "(MPI ranks; ipcluster start --mpi sets it to -n).", int],
     ]
+    optFlags = [
+        ["reuse", "r", "Take over from the profile's last controller: its port (unless "
+         "--port), certificate, FURLs and engine ids, so its engines and clients rejoin."],
+    ]
 
 
 def makeService(options: Any) -> Any:
@@ -30,7 +34,8 @@ def makeService(options: Any) -> Any:
     from ipython1.kernel.controller import ControllerService
 
     return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
-                             port=options["port"], reserve_ids=options["reserve-ids"])
+                             port=options["port"], reserve_ids=options["reserve-ids"],
+                             reuse=bool(options["reuse"]))
 
 
 def main(argv: list[str] | None = None) -> None:

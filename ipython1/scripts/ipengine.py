@@ -30,6 +30,8 @@ class Options(usage.Options):
          "security/ipcontroller-engine.furl)."],
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
         ["connect-timeout", None, 60.0, "Seconds to keep retrying registration.", float],
+        ["reconnect-timeout", None, 600.0, "Seconds to keep trying to rejoin a lost "
+         "controller, keeping the namespace and the engine id (0: exit at once).", float],
         ["mpi", None, None, "Initialise MPI at start-up with this module (mpi4py)."],
         ["fork", None, 1, "Start this many engines, forked from one warmed-up process "
          "(start-up work and memory are shared; ipcluster uses it).", int],
@@ -57,6 +59,7 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
         info["requested_id"] = info["mpi_rank"]
     return EngineService(options["furl-file"], ShellRunner(),
                          connect_timeout=options["connect-timeout"], info=info,
+                         reconnect_timeout=options["reconnect-timeout"],
                          own_shell_thread=own_shell_thread)
 
 

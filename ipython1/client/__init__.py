@@ -1,0 +1,1 @@
+"""Client-side concepts beside the kernel's clients (reconnecting after a restart)."""

@@ -1,0 +1,1 @@
+"""Engine-side concepts beside the kernel (rejoining the controller after a loss)."""
