@@ -380,6 +380,10 @@ class AsyncMultiEngineClient:
         """End engines at once; with controller=True, the controller too."""
         return self._command("kill", (controller, targets), block, _none, True)
 
+    def restart(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Start engines afresh (new namespace, same id); fire once they are back."""
+        return self._command("restart", (targets,), block, _none, False)
+
     def interrupt(self, targets: Any = "all") -> Deferred[Any]:
         """Raise KeyboardInterrupt in the code running on targets."""
         d = self._remote("interrupt", targets)

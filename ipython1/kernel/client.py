@@ -269,6 +269,10 @@ class MultiEngineClient:
         """End engines at once; with controller=True, the controller too."""
         return self._run(self._async.kill, controller, targets=targets, block=block)
 
+    def restart(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Start engines afresh (new namespace, same id); return once they are back."""
+        return self._run(self._async.restart, targets=targets, block=block)
+
     def interrupt(self, targets: Any = None) -> Any:
         """Raise KeyboardInterrupt in the code running on targets."""
         return self._call(self._async.interrupt, self.targets if targets is None else targets)

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipython1.kernel import cluster, commandchannel, wire
-from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered
+from ipython1.kernel.errors import EngineError, InvalidEngineID, NoEnginesRegistered
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.events import EventBus, Transcript
 from ipython1.kernel.queue import Command, EngineQueue, user_of
@@ -101,6 +101,9 @@ class Controller(service.MultiService):
         self.reserve_ids = reserve_ids
         self._used_ids: set[int] = set()
         self._broken_mpi_jobs: dict[str, str] = {}  # job -> the engine it lost first
+        # pid -> Deferred[report or None]: a supervised engine's end (ControllerService)
+        self.exit_reports: Callable[[Any], Deferred[dict[str, Any] | None]] | None = None
+        self._dying: dict[int, list[Callable[[], None]]] = {}  # engines awaiting a report
 
     # -- registry --
 
@@ -157,6 +160,11 @@ class Controller(service.MultiService):
         mark the engine dead now, so its commands fail with the full reason."""
         if failure.check(DeadReferenceError):
             self._engine_lost(engine_id)
+            hold = self._dying.get(engine_id)
+            if hold is not None:  # its commands fail with how it ended, in a moment
+                d: Deferred[Any] = Deferred()
+                hold.append(lambda: d.errback(failure))
+                return d
         return failure
 
     def _assign_id(self, requested: Any, rejoin: bool = False) -> int:
@@ -190,11 +198,28 @@ class Controller(service.MultiService):
         if reason is None and job in self._broken_mpi_jobs:
             reason = (f"engine {engine_id}{_rank(record)} died: its MPI job {job} lost "
                       f"{self._broken_mpi_jobs[job]} first")
-        reason = reason or f"engine {engine_id}{_rank(record)} died (connection lost)"
+        death = {k: record.info[v] for k, v in (("host", "hostname"), ("pid", "pid"))
+                 if v in record.info}
+        where = (f" on {death['host']}, pid {death['pid']}"
+                 if {"host", "pid"} <= set(death) else "")
+        reason = reason or f"engine {engine_id}{_rank(record)}{where} died (connection lost)"
         log.info("{reason}", reason=reason)
         if record.channel is not None:
             record.channel.transport.loseConnection()
-        record.queue.engine_died(reason)
+        if record.info.get("supervised") and self.exit_reports is not None:
+            # Its supervisor tells how it ended (signal, code, stderr) in a moment.
+            self._dying[engine_id] = hold = []
+
+            def report_came(report: dict[str, Any] | None) -> None:
+                record.queue.engine_died(*with_exit_report(reason, death, report))
+                if self._dying.get(engine_id) is hold:
+                    del self._dying[engine_id]
+                for release in hold:
+                    release()
+
+            self.exit_reports(death.get("pid")).addCallback(report_came)
+        else:
+            record.queue.engine_died(reason, death)
         self._notify("engine_died", {"engine_id": engine_id})
         self._mpi_job_lost(record)
 
@@ -238,6 +263,28 @@ class Controller(service.MultiService):
         return _first_of(defer.DeferredList(
             [r for r in results if isinstance(r, Deferred)], consumeErrors=True),
             OUTPUT_ACK_TIMEOUT)
+
+    def wait_registered(self, ids: list[int], timeout: float) -> Deferred[None]:
+        """Fire once each of ids has registered again (restart), or fail at timeout."""
+        waiting = set(ids)
+        done: Deferred[None] = Deferred()
+
+        def observe(kind: str, data: dict[str, Any]) -> None:
+            if kind == "engine_registered":
+                waiting.discard(data.get("engine_id"))
+                if not waiting and not done.called:
+                    self.remove_observer(observe)
+                    expiry.cancel()
+                    done.callback(None)
+
+        def expire() -> None:
+            self.remove_observer(observe)
+            done.errback(EngineError(min(waiting), f"engine(s) {sorted(waiting)} did not "
+                                                   f"come back within {timeout:g} s"))
+
+        self.add_observer(observe)
+        expiry = reactor.callLater(timeout, expire)
+        return done
 
     def unregister_engine(self, engine_id: int) -> None:
         """Forget an engine as though it died (e.g. after kill)."""
@@ -345,6 +392,39 @@ def _first_of(d: Deferred[Any], timeout: float, clock: Any = None) -> Deferred[N
     return done
 
 
+EXIT_REPORT_WAIT = 2.0  # seconds a supervised engine's commands wait for how it ended
+
+
+def with_exit_report(reason: str, death: dict[str, Any],
+                     report: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """Add what the supervisor saw (exit, stderr) to an engine's death."""
+    if not report:
+        return reason, death
+    death = dict(death, exit=report.get("exit"), stderr=report.get("stderr") or "")
+    reason = reason.replace("(connection lost)", f"({death['exit']})")
+    if death["stderr"]:
+        reason += "; the last lines of its stderr:\n" + death["stderr"]
+    return reason, death
+
+
+def wait_for_exit_report(pid_dir: Path, pid: Any, timeout: float = EXIT_REPORT_WAIT,
+                         interval: float = 0.05) -> Deferred[dict[str, Any] | None]:
+    """Fire with the supervisor's report of pid's end, or None after timeout."""
+    from twisted.internet import task
+
+    from ipython1.cluster.supervisor import read_exit_report
+
+    deadline = reactor.seconds() + timeout
+
+    def look() -> Any:
+        report = read_exit_report(pid_dir, pid)
+        if report is not None or reactor.seconds() > deadline:
+            return report
+        return task.deferLater(reactor, interval, look)
+
+    return defer.maybeDeferred(look)
+
+
 def _furl_port(furl_file: Path) -> int:
     """Return the port of the FURL in furl_file, or 0 (any) if there is none."""
     try:
@@ -413,6 +493,7 @@ class ControllerService(service.MultiService):
         else:
             self.engine_ids.save(set())
         self.controller.add_observer(self.engine_ids.on_controller)
+        self.controller.exit_reports = lambda pid: wait_for_exit_report(self.cluster_dir.pid, pid)
         self.furls: dict[str, str] = {}
         self.adapters: dict[str, Any] = {}
         self.tub: Any = None

@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from ipython1 import __version__
 from ipython1.engine.rejoin import RECONNECT_TIMEOUT, LateReplies
+from ipython1.engine.restart import exec_fresh
 from ipython1.kernel import commandchannel, datachannel, introspection, replies, wire
 from ipython1.kernel.errors import KernelError, TaskTimeout, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
@@ -970,6 +971,14 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         log.info("killed by the controller")
         # Let Foolscap send the answer before the process goes.
         reactor.callLater(0.05, os._exit, 0)
+
+    def remote_restart(self) -> None:
+        """Start afresh in this process: same pid and id, a new namespace (mec.restart)."""
+        if "mpi_rank" in self._info:
+            raise KernelError("an MPI rank cannot be restarted alone: restart the whole job "
+                              "(ipcluster start --mpi --restart-engines does on a death)")
+        log.info("restarting on the controller's request")
+        reactor.callLater(0.05, exec_fresh, self._runner.engine_id)
 
     def remote_interrupt(self, channel_seq: int | None = None) -> bool:
         return self._runner.interrupt(channel_seq)

@@ -346,6 +346,9 @@ class EventBus:
             info = data.get("info") or {}
             self.publish("engine_registered", engine=engine,
                          data={k: info[k] for k in ("host", "pid", "rejoin") if k in info})
+            if info.get("restarted"):  # by its supervisor, fresh, after it died (issue 15)
+                self.publish("engine_restarted", engine=engine,
+                             data={"after": str(info["restarted"]), "pid": info.get("pid")})
         elif kind == "engine_died":
             self.publish("engine_died", engine=engine)
         elif kind == "command_started":

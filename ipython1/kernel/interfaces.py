@@ -95,6 +95,9 @@ class IMultiEngine(Interface):
     def kill(controller: bool = False, targets: TargetSpec = "all") -> Any:
         """End engines at once, bypassing their queues; optionally the controller."""
 
+    def restart(targets: TargetSpec = "all") -> Any:
+        """Start engines afresh (new namespace, same id); fire once they are back."""
+
     def interrupt(targets: TargetSpec = "all") -> Any:
         """Raise KeyboardInterrupt in the code running on each target, at once."""
 
@@ -200,6 +203,10 @@ class RIEngine(RemoteInterface):
         return Reply
 
     def kill():
+        return None
+
+    def restart():
+        """Replace this process with a fresh engine of the same id (mec.restart)."""
         return None
 
     def interrupt(channel_seq=ChoiceOf(int, None)):
@@ -314,6 +321,9 @@ class RIMultiEngineSession(RemoteInterface):
         return Reply
 
     def kill(controller=bool, targets=Targets, block=bool):
+        return Reply
+
+    def restart(targets=Targets, block=bool):
         return Reply
 
     def interrupt(targets=Targets):

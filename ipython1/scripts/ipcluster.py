@@ -7,6 +7,7 @@ pid, and waits until they are gone.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from twisted.python import usage
 from ipython1.kernel.cluster import ClusterDir, pid_alive, read_pid, write_private
 
 ENGINES_PID_FILE = "ipengines"
+SUPERVISOR_PID_FILE = "ipsupervisor"
 
 
 class _ProfileOption(usage.Options):
@@ -36,6 +38,9 @@ class StartOptions(_ProfileOption):
         ["reuse", "r", "Restart what is missing: the controller (with ipcontroller --reuse: "
          "same port and FURLs) if it died, and only the engines that are not alive; "
          "live engines rejoin with their ids and namespaces."],
+        ["restart-engines", None, "Run a supervisor that starts a dead engine again (fresh "
+         "namespace, same id) and reports it as an event; with --mpi it restarts the "
+         "whole MPI job, since a single rank cannot be replaced."],
     ]
     optParameters = [
         ["n", "n", 2, "Number of engines.", int],
@@ -181,7 +186,8 @@ def engine_pids_in(path: Path) -> list[int]:
 def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float = 120.0,
           daemon: bool = True, mpi: bool = False, mpiexec: str | None = None,
           mpi_args: str = "", out: IO[str] = sys.stdout,
-          on_start: Callable[[int], None] | None = None, reuse: bool = False) -> int:
+          on_start: Callable[[int], None] | None = None, reuse: bool = False,
+          restart_engines: bool = False) -> int:
     """Start a controller and n engines; return 0 once all have registered.
 
     With reuse, start only what is missing: the controller if it is not
@@ -241,7 +247,16 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
                 _wait_for(lambda: len(mec.get_ids()) >= rejoining, timeout,
                           lambda: not any(pid_alive(p) for p in live),
                           lambda: "the live engines died before they rejoined")
-            if mpi and not rejoining:
+            if restart_engines and n > rejoining:
+                # The supervisor starts (and restarts) the engines and keeps the pid file.
+                commands = ([[None, mpi_command(engine_options)]] if mpi else
+                            [[i, engine_argv + ["--engine-id", str(i)]]
+                             for i in range(rejoining, n)])
+                engines = [track(_spawn(
+                    _python_module("ipython1.cluster.supervisor", cluster_dir.profile,
+                                   json.dumps(commands)),
+                    cluster_dir.log_file("ipsupervisor")))]
+            elif mpi and not rejoining:
                 engines = [track(_spawn(mpi_command(engine_options),
                                         cluster_dir.log_file("mpiexec")))]
                 write_private(cluster_dir.pid_file(ENGINES_PID_FILE), f"{engines[0].pid}\n")
@@ -253,7 +268,7 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
             _wait_for(lambda: len(mec.get_ids()) >= n, timeout,
                       lambda: any(p.poll() is not None for p in engines),
                       lambda: _engine_failure(cluster_dir, engines))
-            if not mpi and n > rejoining:
+            if not mpi and n > rejoining and not restart_engines:
                 _wait_for(lambda: len(engine_pids_in(new_pids)) == n - rejoining, timeout,
                           lambda: False, lambda: "the engines wrote no pid file")
                 write_private(cluster_dir.pid_file(ENGINES_PID_FILE), "".join(
@@ -360,7 +375,10 @@ def _wait_for(condition: Callable[[], bool], timeout: float, failed: Callable[[]
 
 
 def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout) -> int:
-    """Stop the engines, then the controller; wait until they are gone."""
+    """Stop the supervisor, the engines, then the controller; wait until they are gone."""
+    supervisor = read_pid(cluster_dir.pid_file(SUPERVISOR_PID_FILE))
+    if pid_alive(supervisor):  # first, or it would start the engines again
+        stop_pids([supervisor], grace)
     engines = [p for p in engine_pids(cluster_dir) if pid_alive(p)]
     controller = read_pid(cluster_dir.pid_file("ipcontroller"))
     pids = engines + ([controller] if pid_alive(controller) else [])
@@ -504,7 +522,7 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     if options.subCommand == "start":
         return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
                      bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
-                     reuse=bool(sub["reuse"]))
+                     reuse=bool(sub["reuse"]), restart_engines=bool(sub["restart-engines"]))
     if options.subCommand == "stop":
         return stop(cluster_dir, sub["grace"], out=out)
     if options.subCommand == "adduser":

@@ -36,6 +36,8 @@ class Options(usage.Options):
         ["fork", None, 1, "Start this many engines, forked from one warmed-up process "
          "(start-up work and memory are shared; ipcluster uses it).", int],
         ["pid-file", None, None, "Write the pids of the engines started to this file."],
+        ["engine-id", None, None, "Ask for this engine id, even if an engine had it before "
+         "(the supervisor of ipcluster start --restart-engines uses it).", int],
     ]
 
     def postOptions(self) -> None:
@@ -48,15 +50,24 @@ class Options(usage.Options):
 
 
 def _engine_service(options: Any, own_shell_thread: bool) -> Any:
+    from ipython1.cluster.supervisor import RESTART_ENV, SUPERVISED_ENV
     from ipython1.kernel.engine import EngineService, ShellRunner
 
     info: dict[str, Any] = {}
+    if options["engine-id"] is not None:
+        info.update(requested_id=options["engine-id"], rejoin=True)
+    if os.environ.get(SUPERVISED_ENV):
+        info["supervised"] = True  # its supervisor reports how it ends
+    if os.environ.get(RESTART_ENV):
+        info["restarted"] = os.environ[RESTART_ENV]
     if options["mpi"]:
         from ipython1.kernel import mpi
 
         info.update(mpi.initialize(options["mpi"]))
         # Engine ids equal ranks when the controller can give them.
         info["requested_id"] = info["mpi_rank"]
+        if os.environ.get(SUPERVISED_ENV):
+            info["rejoin"] = True  # the whole job was restarted: ranks take their ids back
     return EngineService(options["furl-file"], ShellRunner(),
                          connect_timeout=options["connect-timeout"], info=info,
                          reconnect_timeout=options["reconnect-timeout"],

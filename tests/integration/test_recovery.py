@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ import pytest
 
 from ipython1.kernel import client
 from ipython1.kernel.cluster import read_pid
-from ipython1.kernel.errors import ConnectionLost
+from ipython1.kernel.errors import ConnectionLost, EngineError
 from tests.conftest import Cluster, wait_until
 
 
@@ -139,3 +140,54 @@ def test_three_crash_restart_cycles_under_load(cluster, tmp_path):
     results = [tc.get_task_result(t) for t in tids]
     assert [r.result for r in results] == [c * 100 + i for c in range(3) for i in range(30)]
     assert all(r.attempts >= 1 for r in results)
+
+
+def test_missing_engines_only_are_started_with_reuse(cluster):
+    """Last in the module: it replaces one of the shared cluster's engines."""
+    from ipython1.scripts.ipcluster import engine_pids
+
+    mec = cluster.client(timeout=60)
+    survivor, doomed = mec.apply(os.getpid)
+    os.kill(doomed, signal.SIGKILL)
+    crash_controller(cluster)
+    out = restart(cluster)
+    assert "1 engine(s) rejoined, 1 started" in out, out
+    ids = mec.get_ids()
+    assert len(ids) == 2 and 0 in ids  # engine 0 kept its id; the new one has a new id
+    pids = mec.apply(os.getpid)
+    assert survivor in pids and doomed not in pids
+    assert sorted(engine_pids(cluster.dir)) == sorted(pids)  # ipcluster stop finds both
+
+
+def test_restart_engines_brings_a_killed_engine_back_with_its_id(make_cluster):
+    cluster = make_cluster(2, "--restart-engines")
+    mec = cluster.client(timeout=60)
+    events: list[dict] = []
+    mec.subscribe_events(events.append)
+    mec.execute("x = 1")
+    old = cluster.engine_pid(mec, 1)
+    running = mec.execute("import os, time; os.write(2, b'last words\\n'); time.sleep(60)",
+                          targets=1, block=False)
+    stderr = cluster.dir.log_file("ipengine-1.stderr")
+    wait_until(lambda: b"last words" in stderr.read_bytes(), 10, "the cell running")
+    os.kill(old, signal.SIGKILL)
+    with pytest.raises(EngineError) as info:
+        running.get_result()
+    error = info.value
+    assert error.engine_id == 1 and error.host == socket.gethostname()
+    assert "SIGKILL" in error.exit and "last words" in error.stderr
+    assert f"pid {old}" in str(error) and "SIGKILL" in str(error) and "last words" in str(error)
+    # Back with its id and a fresh namespace (the timing is in bench/restart.py).
+    wait_until(lambda: 1 in mec.get_ids() and cluster.engine_pid(mec, 1) != old, 15,
+               "engine 1 restarted")
+    assert "x" not in mec.keys(targets=1) and "x" in mec.keys(targets=0)
+    wait_until(lambda: any(e["kind"] == "engine_restarted" and e["engine"] == 1
+                           for e in events), 10, "the engine_restarted event")
+    from ipython1.scripts.ipcluster import engine_pids
+
+    assert cluster.engine_pid(mec, 1) in engine_pids(cluster.dir)
+    # mec.restart: on request, fresh namespaces, same ids, back when it returns.
+    mec.execute("y = 2")
+    mec.restart()
+    assert mec.get_ids() == [0, 1]
+    assert not any("y" in keys for keys in mec.keys())

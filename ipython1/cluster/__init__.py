@@ -1,0 +1,1 @@
+"""Running a cluster's processes: the engine supervisor (ipcluster start --restart-engines)."""
