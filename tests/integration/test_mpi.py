@@ -294,3 +294,21 @@ def test_ipcluster_reports_an_mpiexec_that_does_not_match_mpi4py(tmp_path):
         assert "--mpiexec PATH" in done.stdout
     finally:
         cluster.stop()
+
+
+def test_restart_engines_restarts_the_whole_mpi_job(make_cluster):
+    cluster = make_cluster(2, "--mpi", "--restart-engines")
+    mec = cluster.client(timeout=60)
+    old = {info["engine_id"]: info["pid"] for info in mec.engine_info()}
+    cluster.pids += list(old.values())
+    mec.execute("x = 1")
+    os.kill(old[1], signal.SIGKILL)
+    # A single rank cannot be replaced: the supervisor starts the job again,
+    # and its ranks take their ids back.
+    wait_until(lambda: mec.get_ids() == [0, 1] and not set(
+        i["pid"] for i in mec.engine_info()) & set(old.values()), 60, "a new MPI job")
+    infos = mec.engine_info()
+    cluster.pids += [info["pid"] for info in infos]
+    assert [(i["engine_id"], i["mpi_rank"]) for i in infos] == [(0, 0), (1, 1)]
+    assert mec.apply(lambda: __import__("mpi4py.MPI").MPI.COMM_WORLD.allreduce(1)) == [2, 2]
+    assert not any("x" in keys for keys in mec.keys())
