@@ -64,7 +64,7 @@ MAX_RESULT_BYTES = 1 << 30  # result frames kept on the controller until clear()
 MAX_RESULTS = 1_000_000  # finished tasks kept on the controller until clear()
 MAX_BATCH_WIRE = 100_000  # task ids per reserve() call
 # After a restart, tasks that were running wait this long for their engine to
-# rejoin with their results before they run again (IPYTHON1_REJOIN_GRACE).
+# rejoin with their results before they run again.
 REJOIN_GRACE = 60.0
 
 _META_KEYS = {"retries": int, "priority": int, "after": list, "timeout": (int, float),
