@@ -115,7 +115,7 @@ def supervisor(reps: int) -> dict[str, Any]:
             pid = mec.apply(os.getpid, targets=1)
             t0 = time.time()
             os.kill(pid, signal.SIGKILL)
-            event = wait(lambda: events(root, "engine_restarted", t0))[0]
+            event = wait(lambda t0=t0: events(root, "engine_restarted", t0))[0]
             back.append(event["time"] - t0)
             t0 = time.monotonic()
             mec.restart(targets=1)
@@ -140,7 +140,7 @@ def journal_in_process(n: int = 20_000, batch: int = 64) -> dict[str, Any]:
         s.estimate = T.TARGET_BATCH_SECONDS / batch  # batches of `batch` tasks
         payload = [b"x" * 100]
         t0 = time.perf_counter()
-        for start in range(0, n, 1000):
+        for _ in range(0, n, 1000):
             for _ in range(1000):
                 s.submit(T.validate_spec({}, payload))
             if journal:

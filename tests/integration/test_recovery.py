@@ -132,7 +132,7 @@ def test_three_crash_restart_cycles_under_load(cluster, tmp_path):
         batch = [tc.run(client.MapTask(logged_task(log, 0.05), args=(cycle * 100 + i,)))
                  for i in range(30)]
         tids += batch
-        wait_until(lambda: len(runs(log)) >= 30 * cycle + 5, 30, "tasks running")
+        wait_until(lambda n=30 * cycle + 5: len(runs(log)) >= n, 30, "tasks running")
         crash_controller(cluster)
         restart(cluster)
         assert mec.apply(os.getpid) == pids

@@ -96,3 +96,82 @@ def test_engine_error_names_host_exit_and_stderr_across_the_wire():
     assert "pid 5 died (killed by signal 9 (SIGKILL))" in str(error)
     assert "MemoryError" in str(error)
     assert with_exit_report("r", {}, None) == ("r", {})
+
+
+# -- the controller's rejoin rules, with stand-in engines -------------------------
+
+def test_a_rejoining_engine_gets_its_id_back_unless_a_live_engine_has_it():
+    from ipython1.kernel.controller import Controller
+    from tests.unit.test_mpi_controller import FakeEngine
+
+    controller = Controller()
+    first = FakeEngine()
+    assert controller.register_engine(first, {}) == 0
+    assert controller.register_engine(FakeEngine(), {}) == 1
+    # While engine 0 lives, nobody gets its id, rejoining or not.
+    assert controller.register_engine(FakeEngine(), {"requested_id": 0, "rejoin": True}) == 2
+    first.disconnect()
+    assert controller.register_engine(FakeEngine(), {"requested_id": 0}) == 3  # not a rejoin
+    assert controller.register_engine(FakeEngine(), {"requested_id": 0, "rejoin": True}) == 0
+
+
+def test_a_reused_controller_keeps_the_old_ids_for_the_engines_that_rejoin():
+    from ipython1.kernel.controller import Controller
+    from tests.unit.test_mpi_controller import FakeEngine
+
+    controller = Controller()
+    controller.remember_ids({0, 1, 5})
+    assert controller.register_engine(FakeEngine(), {}) == 6  # a new engine: a new id
+    assert controller.register_engine(FakeEngine(), {"requested_id": 1, "rejoin": True}) == 1
+
+
+def test_late_task_replies_reach_the_observers_not_the_engine_info():
+    from ipython1.kernel.controller import Controller
+    from tests.unit.test_mpi_controller import FakeEngine
+
+    controller = Controller()
+    seen: list[tuple[str, dict]] = []
+    controller.add_observer(lambda kind, data: seen.append((kind, data)))
+    engine_id = controller.register_engine(FakeEngine(), {"late_tasks": [[7, "ok", 0.1, []]],
+                                                          "running_tasks": [8]})
+    registered = [d for k, d in seen if k == "engine_registered"][0]
+    assert registered["late_tasks"] == [[7, "ok", 0.1, []]]
+    assert "late_tasks" not in controller.engine_info([engine_id])[0]
+    controller.deliver_late(engine_id, [[8, "ok", 0.2, []]])
+    assert [d["late_tasks"] for k, d in seen if k == "late_replies"] == [[[8, "ok", 0.2, []]]]
+
+
+# -- the client's reconnection, with a fake clock ------------------------------------
+
+def test_reconnector_shares_one_attempt_and_gives_up_at_the_deadline():
+    from twisted.internet import defer, task
+
+    from ipython1.client.reconnect import Reconnector
+    from ipython1.kernel.errors import ConnectionLost
+
+    clock = task.Clock()
+    tries: list[float] = []
+    installed: list[object] = []
+    up = [False]
+
+    def reopen(seconds):
+        tries.append(clock.seconds())
+        return defer.succeed("session") if up[0] else defer.fail(OSError("refused"))
+
+    r = Reconnector(reopen, installed.append, "the client", timeout=10, clock=clock)
+    a, b = r.ensure(), r.ensure()
+    clock.advance(0.1)
+    clock.advance(0.2)
+    assert len(tries) == 3 and not a.called
+    up[0] = True
+    clock.advance(0.4)
+    assert a.called and b.called and installed == ["session"]  # one attempt for both
+    up[0] = False
+    late = r.ensure()
+    for _ in range(30):
+        clock.advance(1)
+    failure = []
+    late.addErrback(failure.append)
+    assert failure and failure[0].check(ConnectionLost)
+    assert "did not come back within 10 s" in str(failure[0].value)
+    assert "--reuse" in str(failure[0].value)
