@@ -2,9 +2,14 @@
 
 One database per cluster directory (``tasks.sqlite``, WAL). The scheduler
 marks a task dirty whenever its state changes; ``commit()`` writes every
-dirty task in one transaction (one fsync of the WAL), so the farm commits
-once per client call and once per reactor turn of replies, not once per
-task. A result larger than ``LARGE_RESULT`` bytes goes to a file of its own
+dirty task in one transaction, so the farm commits once per client call and
+once per reactor turn of replies, not once per task. Where it matters the
+commit is fsynced (``durable``): tasks a client is told are accepted, and
+ids handed out, survive a crash of the machine. Results and state changes
+are written to the WAL at once, which a crash of the controller cannot undo,
+and reach the disk with the next durable commit or checkpoint: after a crash
+of the machine a task whose result was not yet fsynced runs again. A result
+larger than ``LARGE_RESULT`` bytes goes to a file of its own
 (``task-results/<tid>``), fsynced before the row that names it is committed.
 
 What is kept: each task's spec (until it finishes), state, engine, attempts,
@@ -113,10 +118,8 @@ class TaskJournal:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         os.chmod(self.path, 0o600)  # task values may be private
         self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: each commit fsyncs the WAL, so an accepted task or a result
-        # survives a crash of the machine too, not only of the controller.
-        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._synchronous = ""
         self._dirty: dict[int, Any] = {}
         self._dropped: set[int] = set()
         self._next_tid: int | None = None
@@ -139,10 +142,18 @@ class TaskJournal:
     def pending(self) -> bool:
         return bool(self._dirty or self._dropped or self._next_tid is not None)
 
-    def commit(self) -> None:
-        """Write every change since the last commit in one transaction."""
+    def commit(self, durable: bool = True) -> None:
+        """Write every change since the last commit in one transaction.
+
+        durable: fsync it (FULL); else it survives a crash of this process,
+        not of the machine, until the next durable commit (NORMAL).
+        """
         if not self.pending():
             return
+        synchronous = "FULL" if durable else "NORMAL"
+        if synchronous != self._synchronous:  # per connection, between transactions
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._synchronous = synchronous
         dirty, self._dirty = self._dirty, {}
         dropped, self._dropped = self._dropped, set()
         next_tid, self._next_tid = self._next_tid, None

@@ -848,18 +848,19 @@ class TaskFarm:
         self._commit_soon()
 
     def _commit_soon(self) -> None:
-        """Commit the journal at the end of this reactor turn: one fsync per turn."""
+        """Commit the journal at the end of this reactor turn (no fsync: see journal)."""
         if self.journal is not None and self._commit_call is None and self.journal.pending():
-            self._commit_call = self.clock.callLater(0, self.commit)
+            self._commit_call = self.clock.callLater(0, self.commit, False)
 
-    def commit(self) -> None:
-        """Write the journal now (before telling a client its tasks are accepted)."""
+    def commit(self, durable: bool = True) -> None:
+        """Write the journal now; durable (fsynced) before a client is told its tasks
+        are accepted or given ids."""
         if self._commit_call is not None:
             if self._commit_call.active():
                 self._commit_call.cancel()
             self._commit_call = None
         if self.journal is not None:
-            self.journal.commit()
+            self.journal.commit(durable)
 
     def _send(self, batch: Batch) -> None:
         command = Command("run_tasks", (batch.specs,), client="task farm",

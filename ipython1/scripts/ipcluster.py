@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,8 +205,10 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
                   "(or start with --reuse to add only missing engines)\n")
         return 1
     live = [p for p in engine_pids(cluster_dir) if pid_alive(p)] if reuse else []
-    # Live engines rejoin by themselves (an MPI job's pid file names mpiexec).
-    rejoining = (n if live else 0) if mpi else min(len(live), n)
+    # Live engines rejoin by themselves (an MPI job's pid file names mpiexec),
+    # and a live supervisor starts again whatever of its engines died.
+    supervised = reuse and pid_alive(read_pid(cluster_dir.pid_file(SUPERVISOR_PID_FILE)))
+    rejoining = n if supervised or (mpi and live) else 0 if mpi else min(len(live), n)
     profile = ["--profile", cluster_dir.profile]
     controller_args = [*profile, "--ip", ip] + (["--reuse"] if reuse else [])
     if mpi:
@@ -377,16 +380,19 @@ def _wait_for(condition: Callable[[], bool], timeout: float, failed: Callable[[]
 def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout) -> int:
     """Stop the supervisor, the engines, then the controller; wait until they are gone."""
     supervisor = read_pid(cluster_dir.pid_file(SUPERVISOR_PID_FILE))
-    if pid_alive(supervisor):  # first, or it would start the engines again
-        stop_pids([supervisor], grace)
+    supervised = [supervisor] if pid_alive(supervisor) else []
+    if supervised:  # first, or it would start the engines again; it stops them too
+        stop_pids(supervised, grace)
     engines = [p for p in engine_pids(cluster_dir) if pid_alive(p)]
     controller = read_pid(cluster_dir.pid_file("ipcontroller"))
     pids = engines + ([controller] if pid_alive(controller) else [])
-    if not pids:
+    if not pids and not supervised:
         out.write(f"ipcluster: no cluster is running for profile {cluster_dir.profile!r}\n")
     killed = stop_pids(pids, grace)
-    for name in ("ipcontroller", ENGINES_PID_FILE):
+    for name in ("ipcontroller", ENGINES_PID_FILE, SUPERVISOR_PID_FILE):
         cluster_dir.pid_file(name).unlink(missing_ok=True)
+    shutil.rmtree(cluster_dir.pid / "exits", ignore_errors=True)
+    pids = supervised + pids
     if pids:
         out.write(f"ipcluster: stopped {len(pids)} process(es)"
                   + (f" ({len(killed)} needed SIGKILL)" if killed else "") + "\n")

@@ -142,6 +142,17 @@ def test_three_crash_restart_cycles_under_load(cluster, tmp_path):
     assert all(r.attempts >= 1 for r in results)
 
 
+def test_restart_on_request_replaces_the_engine_in_place(cluster):
+    mec = cluster.client(timeout=60)
+    mec.execute("z = 1")
+    pids = mec.apply(os.getpid)
+    mec.restart(targets=0)  # returns once it is back
+    assert mec.get_ids() == [0, 1]
+    assert mec.apply(os.getpid) == pids  # the same process, exec'd afresh
+    assert "z" not in mec.keys(targets=0) and "z" in mec.keys(targets=1)
+    assert mec.execute("1 + 1", targets=0).output == 2
+
+
 def test_missing_engines_only_are_started_with_reuse(cluster):
     """Last in the module: it replaces one of the shared cluster's engines."""
     from ipython1.scripts.ipcluster import engine_pids
