@@ -128,23 +128,37 @@ def supervisor(reps: int) -> dict[str, Any]:
             "mec_restart_s": statistics.median(requested)}
 
 
-def journal_in_process(n: int = 20_000, batch: int = 64) -> dict[str, Any]:
+def journal_in_process(n: int = 20_000, batch: int = 64, reps: int = 3) -> dict[str, Any]:
+    """Scheduler work per task without and with a journal (median of reps each):
+    on the reactor's thread (encoding, TaskJournal.prepare) and on the writer's
+    (SQLite and fsync, which TaskFarm runs on a thread of its own)."""
     from ipython1.controller.journal import FILE_NAME, TaskJournal
     from ipython1.kernel import task as T
 
-    def run(with_journal: bool) -> tuple[float, int]:
+    def run(with_journal: bool) -> tuple[float, float, int]:
         tmp = Path(tempfile.mkdtemp(prefix="bench-journal-"))
         journal = TaskJournal(tmp / FILE_NAME) if with_journal else None
         s = T.Scheduler(time.time, journal=journal)
         s.add_engine(0)
         s.estimate = T.TARGET_BATCH_SECONDS / batch  # batches of `batch` tasks
         payload = [b"x" * 100]
+        writes = 0.0
+
+        def commit(durable: bool) -> None:
+            nonlocal writes
+            if journal is None:
+                return
+            write = journal.prepare(durable)
+            if write is not None:
+                t = time.perf_counter()
+                write()
+                writes += time.perf_counter() - t
+
         t0 = time.perf_counter()
         for _ in range(0, n, 1000):
             for _ in range(1000):
                 s.submit(T.validate_spec({}, payload))
-            if journal:
-                journal.commit()  # one per submit call, as TaskFarm.submit
+            commit(True)  # one per submit call, as TaskFarm.submit
         while True:
             batches = s.assign()
             if not batches:
@@ -152,17 +166,18 @@ def journal_in_process(n: int = 20_000, batch: int = 64) -> dict[str, Any]:
             for b in batches:
                 s.batch_done(0, b.id, [[tid, "ok", s.estimate, [b"r" * 50]]
                                        for tid, _ in b.tasks])
-            if journal:
-                journal.commit(durable=False)  # one per reactor turn of replies
+            commit(False)  # one per reactor turn of replies
         elapsed = time.perf_counter() - t0
-        return elapsed, journal.commits if journal else 0
+        return elapsed - writes, writes, journal.commits if journal else 0
 
-    memory, _ = run(False)
-    durable, commits = run(True)
-    return {"tasks": n, "tasks_per_batch": batch, "commits": commits,
-            "memory_us_per_task": memory / n * 1e6, "journal_us_per_task": durable / n * 1e6,
-            "cost_us_per_task": (durable - memory) / n * 1e6,
-            "cost_ms_per_commit": (durable - memory) / max(commits, 1) * 1e3}
+    memory = statistics.median(run(False)[0] for _ in range(reps))
+    journaled = [run(True) for _ in range(reps)]
+    reactor = statistics.median(j[0] for j in journaled)
+    writer = statistics.median(j[1] for j in journaled)
+    return {"tasks": n, "tasks_per_batch": batch, "commits": journaled[0][2],
+            "memory_us_per_task": memory / n * 1e6,
+            "reactor_thread_cost_us_per_task": (reactor - memory) / n * 1e6,
+            "writer_thread_us_per_task": writer / n * 1e6}
 
 
 def journal_end_to_end(n: int = 2000) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,10 @@ class TaskJournal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         self._synchronous = ""
+        # Reads (start-up, fetching a restored result) on their own connection:
+        # the writer may be busy on another thread.
+        self._reader = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False)
         self._dirty: dict[int, Any] = {}
         self._dropped: set[int] = set()
         self._next_tid: int | None = None
@@ -143,23 +147,42 @@ class TaskJournal:
         return bool(self._dirty or self._dropped or self._next_tid is not None)
 
     def commit(self, durable: bool = True) -> None:
-        """Write every change since the last commit in one transaction.
+        """Write every change since the last commit in one transaction, now."""
+        write = self.prepare(durable)
+        if write is not None:
+            write()
 
+    def prepare(self, durable: bool = True) -> Callable[[], None] | None:
+        """Take every change since the last call; return the transaction that writes
+        them (None if there are none), to run on any one thread, in order.
+
+        Encoding happens here, on the caller's thread, while the tasks hold
+        these values; the SQLite work and fsync happen in the returned call.
         durable: fsync it (FULL); else it survives a crash of this process,
         not of the machine, until the next durable commit (NORMAL).
         """
         if not self.pending():
-            return
-        synchronous = "FULL" if durable else "NORMAL"
-        if synchronous != self._synchronous:  # per connection, between transactions
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._synchronous = synchronous
+            return None
         dirty, self._dirty = self._dirty, {}
         dropped, self._dropped = self._dropped, set()
         next_tid, self._next_tid = self._next_tid, None
         rows = [self._row(task) for task in dirty.values()]
-        files = self._files(dropped)
+        for task in dirty.values():
+            task.journaled = True  # its spec is on its way: later rows leave it alone
+        return lambda: self._write(rows, dropped, next_tid, durable)
+
+    def _write(self, rows: list[list[Any]], dropped: set[int], next_tid: int | None,
+               durable: bool) -> None:
         db = self._db
+        synchronous = "FULL" if durable else "NORMAL"
+        if synchronous != self._synchronous:  # per connection, between transactions
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            self._synchronous = synchronous
+        for row in rows:
+            if row[11] is not None and len(row[11]) > self.large_result:
+                row[12] = self._write_file(row[0], row[11])
+                row[11] = None
+        files = self._files(dropped)
         db.execute("BEGIN IMMEDIATE")
         try:
             if next_tid is not None:
@@ -172,23 +195,15 @@ class TaskJournal:
             db.execute("ROLLBACK")
             raise
         self.commits += 1
-        for task in dirty.values():
-            task.journaled = True  # its spec is stored: later rows leave it alone
         for path in files:
             path.unlink(missing_ok=True)
 
-    def _row(self, task: Any) -> tuple[Any, ...]:
+    def _row(self, task: Any) -> list[Any]:
         finished = task.result is not None and task.state in ("succeeded", "failed")
-        result = result_file = None
-        if finished:
-            result = _dumps(task.result)
-            if len(result) > self.large_result:
-                result_file = self._write_file(task.tid, result)
-                result = None
-        return (task.tid, task.client, task.user, task.state, task.engine_id, task.attempts,
+        return [task.tid, task.client, task.user, task.state, task.engine_id, task.attempts,
                 task.retries_left, recovery_depth(task), task.submitted,
                 None if finished or task.journaled else _dumps(task.spec),
-                _dumps(task.first_error), result, result_file)
+                _dumps(task.first_error), _dumps(task.result) if finished else None, None]
 
     def _write_file(self, tid: int, data: bytes) -> str:
         self.results_dir.mkdir(mode=0o700, exist_ok=True)
@@ -213,13 +228,13 @@ class TaskJournal:
 
     def next_tid(self) -> int:
         """Return the first task id never handed out."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'next_tid'").fetchone()
-        top = self._db.execute("SELECT max(tid) FROM tasks").fetchone()[0]
+        row = self._reader.execute("SELECT value FROM meta WHERE key = 'next_tid'").fetchone()
+        top = self._reader.execute("SELECT max(tid) FROM tasks").fetchone()[0]
         return max(row[0] if row else 0, 0 if top is None else top + 1)
 
     def load(self) -> Iterator[StoredTask]:
         """Yield every task, in id order, without finished results (see load_result)."""
-        cursor = self._db.execute(
+        cursor = self._reader.execute(
             "SELECT tid, client, user, state, engine_id, attempts, retries_left, "
             "recovery_depth, submitted, spec, first_error FROM tasks ORDER BY tid")
         for row in cursor:
@@ -227,8 +242,8 @@ class TaskJournal:
 
     def load_result(self, tid: int) -> dict[str, Any] | None:
         """Return a finished task's result record, or None."""
-        row = self._db.execute("SELECT result, result_file FROM tasks WHERE tid = ?",
-                               (tid,)).fetchone()
+        row = self._reader.execute("SELECT result, result_file FROM tasks WHERE tid = ?",
+                                   (tid,)).fetchone()
         if row is None:
             return None
         if row[1] is not None:
@@ -238,6 +253,40 @@ class TaskJournal:
     def close(self) -> None:
         self.commit()
         self._db.close()
+        self._reader.close()
+
+
+class JournalWriter:
+    """Run a journal's writes on one thread of their own, in order.
+
+    The reactor never waits for SQLite or an fsync; a caller that must know
+    its write is on disk (a client's submission) waits for the Deferred.
+    """
+
+    def __init__(self, reactor: Any = None) -> None:
+        from twisted.python.threadpool import ThreadPool
+
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._pool = ThreadPool(1, 1, "task-journal")
+        self._started = False
+
+    def run(self, write: Callable[[], None]) -> Any:
+        """Queue write; return a Deferred that fires once it is done."""
+        from twisted.internet import threads
+
+        if not self._started:
+            self._started = True
+            self._pool.start()
+            self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+        return threads.deferToThreadPool(self._reactor, self._pool, write)
+
+    def stop(self) -> None:
+        """Finish the queued writes and end the thread."""
+        if self._started:
+            self._started = False
+            self._pool.stop()
 
 
 def open_journal(cluster_path: Path) -> TaskJournal | None:

@@ -556,8 +556,8 @@ class ControllerService(service.MultiService):
         if self.controller.command_channels is not None:
             self.controller.command_channels.close()
         d = defer.maybeDeferred(super().stopService)
-        if getattr(self, "journal", None) is not None:
-            self.journal.close()
+        if "task" in self.adapters:
+            self.adapters["task"].close()
 
         def cleanup(result: Any) -> Any:
             pid_file = self.cluster_dir.pid_file("ipcontroller")

@@ -139,11 +139,12 @@ class ITaskFarm(Interface):
     ids are reserved first so that a client can submit without waiting.
     """
 
-    def reserve(n: int) -> int:
-        """Reserve n consecutive task ids; return the first."""
+    def reserve(n: int) -> Any:
+        """Reserve n consecutive task ids; fire with the first once journaled."""
 
-    def submit(tasks: list[Any], client: str = "") -> list[Any]:
-        """Queue ``[tid, meta, payload]`` tasks under reserved ids; None or an error each."""
+    def submit(tasks: list[Any], client: str = "") -> Any:
+        """Queue ``[tid, meta, payload]`` tasks under reserved ids; fire, once they
+        are journaled, with None or an error each."""
 
     def get_results(tids: list[int], block: bool = False) -> Any:
         """Fire with each task's result record (None if unfinished and not block)."""

@@ -735,6 +735,11 @@ class TaskFarm:
         self.clock = clock
         self.journal = journal  # controller.journal.TaskJournal, or None
         self._commit_call: Any = None
+        self._writer: Any = None
+        if journal is not None:
+            from ipython1.controller.journal import JournalWriter
+
+            self._writer = JournalWriter()
         self.scheduler = Scheduler(clock.seconds, self._finished, max_result_bytes,
                                    max_results, journal)
         if journal is not None:
@@ -850,17 +855,33 @@ class TaskFarm:
     def _commit_soon(self) -> None:
         """Commit the journal at the end of this reactor turn (no fsync: see journal)."""
         if self.journal is not None and self._commit_call is None and self.journal.pending():
-            self._commit_call = self.clock.callLater(0, self.commit, False)
+            self._commit_call = self.clock.callLater(0, self._commit_turn)
 
-    def commit(self, durable: bool = True) -> None:
-        """Write the journal now; durable (fsynced) before a client is told its tasks
-        are accepted or given ids."""
+    def _commit_turn(self) -> None:
+        self._commit_call = None
+        self.commit(durable=False).addErrback(
+            lambda f: log.failure("the task journal could not be written", f))
+
+    def commit(self, durable: bool = True) -> Deferred[None]:
+        """Write the journal (on its own thread); fire once it is written.
+
+        durable: fsynced, before a client is told its tasks are accepted or
+        given ids."""
         if self._commit_call is not None:
             if self._commit_call.active():
                 self._commit_call.cancel()
             self._commit_call = None
+        write = self.journal.prepare(durable) if self.journal is not None else None
+        if write is None:
+            return defer.succeed(None)
+        return self._writer.run(write)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Write what is left and close the journal (the controller stops)."""
+        if self._writer is not None:
+            self._writer.stop()
         if self.journal is not None:
-            self.journal.commit(durable)
+            self.journal.close()
 
     def _send(self, batch: Batch) -> None:
         command = Command("run_tasks", (batch.specs,), client="task farm",
@@ -926,12 +947,12 @@ class TaskFarm:
 
     # -- ITaskFarm --
 
-    def reserve(self, n: int) -> int:
+    def reserve(self, n: int) -> Deferred[int]:
         first = self.scheduler.reserve(n)
-        self.commit()  # never hand out an id twice, even across a crash
-        return first
+        # Never hand out an id twice, even across a crash.
+        return self.commit().addCallback(lambda _: first)
 
-    def submit(self, tasks: list[Any], client: str = "", user: str = "") -> list[Any]:
+    def submit(self, tasks: list[Any], client: str = "", user: str = "") -> Deferred[list[Any]]:
         """Accept ``[tid, meta, payload]`` tasks with reserved ids; None or an error each."""
         answers: list[Any] = []
         sched = self.scheduler
@@ -958,8 +979,7 @@ class TaskFarm:
             self.events.publish("task_submitted", user, None,
                                 {"n": len(accepted), "tids": id_ranges(accepted)}, client)
         self.pump()
-        self.commit()  # accepted means journaled
-        return answers
+        return self.commit().addCallback(lambda _: answers)  # accepted means journaled
 
     def revoke(self, user: str) -> int:
         """Abort the tasks of a removed user that have not started; return how many."""

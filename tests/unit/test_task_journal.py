@@ -19,6 +19,7 @@ def scheduler(path, engines=(0,), **kw):
 def restart(s, journal, path, engines=(0,), **kw):
     """Drop the scheduler as a crash would (after its last commit); load a new one."""
     journal._db.close()
+    journal._reader.close()
     return scheduler(path, engines, **kw)
 
 
