@@ -1,1 +1,1 @@
-"""Client-side concepts beside the kernel's clients (reconnecting after a restart)."""
+"""The client's role: modules only client processes import."""

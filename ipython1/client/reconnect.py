@@ -27,6 +27,15 @@ IN_FLIGHT_HINT = (
     "`ipcontroller --reuse`); engines and queued tasks rejoin it.")
 
 
+def channel_closed(channel: Any) -> bool:
+    """Tell whether a client's local command channel was open and has closed.
+
+    Only the controller's end closes it, when the controller goes: a client
+    learns of a crash from it sooner than from Foolscap's connection.
+    """
+    return channel is not None and bool(getattr(channel, "closed", False))
+
+
 class Reconnector:
     """Reopen a session with retries and backoff; one attempt for all waiting calls."""
 

@@ -1,1 +1,1 @@
-"""Controller-side concepts that outlive one controller process (the task journal)."""
+"""The controller's role: modules only the controller process imports."""

@@ -34,13 +34,16 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipython1 import __version__
+from ipython1.common import ops
 from ipython1.engine.rejoin import RECONNECT_TIMEOUT, LateReplies
 from ipython1.engine.restart import exec_fresh
-from ipython1.kernel import commandchannel, datachannel, introspection, replies, wire
+from ipython1.kernel import datachannel, introspection, localhost, replies, wire
 from ipython1.kernel.errors import KernelError, TaskTimeout, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
 from ipython1.kernel.serialize import deserialize, serialize
 from ipython1.kernel.streaming import OutputBatcher
+from ipython1.transport import channel as command_channel
+from ipython1.transport import foolscap as foolscap_transport
 
 log = Logger()
 
@@ -320,6 +323,12 @@ class EngineKernel:
     def _capturing(self) -> _Capture:
         return _Capture(self.stdout, self.stderr)
 
+    def dispatch(self, name: str, args: list[Any]) -> Any:
+        """Run one command of the op table (ipython1.common.ops); both transports call this."""
+        entry = ops.op(name)
+        ops.check_args(name, args)
+        return getattr(self, entry.kernel_method(name))(*args)
+
     def execute(self, code: str) -> dict[str, Any]:
         """Run a cell; return its record, or raise _CellFailed with it."""
         self._recorder.current = record = {
@@ -433,6 +442,10 @@ class EngineKernel:
     def complete(self, text: str, line: str | None, cursor_pos: int | None) -> dict[str, Any]:
         return introspection.complete(self.shell, text, line, cursor_pos)
 
+    def ping(self) -> dict[str, Any]:
+        """Answer through the queue: the engine's pid and clock (time.time())."""
+        return {"pid": os.getpid(), "time": time.time()}
+
     # -- the task farm --
 
     def run_tasks(self, batch: list[list[Any]],
@@ -443,6 +456,9 @@ class EngineKernel:
         frames of ``(kind, value, stdout, stderr)``, "unmet" with the reason the
         task's depend function gave, or "error" with ``{"error", "stdout", "stderr"}``.
         """
+        if watchdog is None and self._runner is not None:
+            watchdog = self._watchdog = getattr(self, "_watchdog", None) or TaskWatchdog(
+                self._runner)
         return [self.run_task(tid, timeout, payload, watchdog)
                 for tid, timeout, payload in batch]
 
@@ -623,9 +639,9 @@ class ShellRunner:
         self._not_started = 0
         self._interrupt_next = False
         # The command channel, once open, is read on this thread (see
-        # commandchannel.EngineChannel); jobs from the reactor then wake it
+        # transport.channel.EngineChannel); jobs from the reactor then wake it
         # through a pipe. Interrupts name the channel call they are meant for.
-        self._channel: commandchannel.EngineChannel | None = None
+        self._channel: command_channel.EngineChannel | None = None
         self._channel_host: Any = None  # what runs the channel's calls (the engine)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)  # a full pipe already wakes the shell
@@ -645,8 +661,7 @@ class ShellRunner:
     def open_channel(self, offer: dict[str, Any], host: Any) -> None:
         """Connect the command channel on the shell thread; host runs its calls.
 
-        host.channel_job(op, args) gives (job, encode) or None for an unknown
-        op; host.output_idle() and host.drain_output() keep a command's live
+        host.job(op, args) gives (job, encode), or None for args that are not a list; host.output_idle() and host.drain_output() keep a command's live
         output ahead of its reply.
         """
         self._put(("channel", offer, host))
@@ -711,7 +726,7 @@ class ShellRunner:
                     return frames
 
     def _attach_channel(self, offer: dict[str, Any], host: Any) -> None:
-        channel = commandchannel.EngineChannel.connect(offer)
+        channel = command_channel.EngineChannel.connect(offer)
         if channel is None:
             return
         if self._channel is not None:
@@ -734,7 +749,7 @@ class ShellRunner:
             return  # a frame behind a bad one, or the controller is gone
         try:
             seq, op, args = replies.loads(frame)
-            found = self._channel_host.channel_job(op, args)
+            found = self._channel_host.job(op, args)
         except (ValueError, TypeError) as e:
             log.warn("command channel: bad frame ({e}); closing", e=e)
             self._detach_channel()
@@ -878,7 +893,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def _send_output(self, chunks: list[list[str]]) -> Deferred[None] | None:
         if self._output_observer is None:
             return None
-        d = self._output_observer.callRemote("output", chunks)
+        d = foolscap_transport.call(self._output_observer, "output", chunks)
         return d.addErrback(lambda f: None)  # the controller may be gone: nothing to tell
 
     def _flushed(self, reply: Any) -> Any:
@@ -899,26 +914,31 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._kernel.engine_id = self._runner.engine_id
         return self._kernel
 
-    def _submit(self, method: str, *args: Any) -> Deferred[Any]:
-        d = self._runner.submit(lambda: getattr(self._kernel_now(), method)(*args))
-        return d.addBoth(self._flushed).addCallback(replies.encode)
-
-    # What the command channel's calls run (on the shell thread): op -> kernel method.
-    KERNEL_METHODS = {"execute": "execute", "push": "push", "pull": "pull", "apply": "apply",
-                      "get_result": "get_result", "keys": "keys", "reset": "reset",
-                      "history": "input_history", "inspect": "inspect", "who": "who",
-                      "whos": "whos", "complete": "complete"}
-
-    def channel_job(self, op: Any, args: Any) -> tuple[Callable[[], Any], bool] | None:
-        """Return (job, whether its reply is msgpack-encoded) for a channel call."""
+    def job(self, name: Any, args: Any) -> tuple[Callable[[], Any], bool] | None:
+        """Return (job, whether its reply is msgpack-encoded) for a command; None if args
+        is not a list. The job runs on the shell thread: EngineKernel.dispatch."""
         if not isinstance(args, list):
             return None
-        if op == "run_tasks":
-            return self._tasks_job(*args), False
-        method = self.KERNEL_METHODS.get(op)
-        if method is None:
-            return None
-        return (lambda: getattr(self._kernel_now(), method)(*args)), True
+        entry = ops.OPS.get(name) if isinstance(name, str) else None
+        run: Callable[[], Any] = lambda: self._kernel_now().dispatch(name, args)  # noqa: E731
+        if name == "run_tasks" and args and isinstance(args[0], list):
+            run = self._kept_if_lost(args[0], run)
+        return run, (entry is None or entry.encoded)
+
+    def _kept_if_lost(self, batch: list[Any], run: Callable[[], Any]) -> Callable[[], Any]:
+        """Keep a task batch's replies if the controller goes away while it runs (issue 15)."""
+        def job() -> Any:
+            generation = self.late.started(
+                [item[0] for item in batch if isinstance(item, list) and item])
+            value = None
+            try:
+                value = run()
+                return value
+            finally:
+                if self.late.finished(generation, value):
+                    reactor.callFromThread(self.on_late)
+
+        return job
 
     def output_idle(self) -> bool:
         return self.stream.idle()
@@ -926,42 +946,13 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def drain_output(self) -> Deferred[None]:
         return self.stream.drain()
 
-    def remote_execute(self, code: str) -> Deferred[Any]:
-        return self._submit("execute", code)
-
-    def remote_push(self, namespace: dict[str, list[bytes]]) -> Deferred[Any]:
-        return self._submit("push", namespace)
-
-    def remote_pull(self, keys: list[str]) -> Deferred[Any]:
-        return self._submit("pull", keys)
-
-    def remote_apply(self, func: list[bytes], args: list[bytes]) -> Deferred[Any]:
-        return self._submit("apply", func, args)
-
-    def remote_get_result(self, n: int | None) -> Deferred[Any]:
-        return self._submit("get_result", n)
-
-    def remote_keys(self) -> Deferred[Any]:
-        return self._submit("keys")
-
-    def remote_reset(self) -> Deferred[Any]:
-        return self._submit("reset")
-
-    def remote_history(self, start: int | None, stop: int | None) -> Deferred[Any]:
-        return self._submit("input_history", start, stop)
-
-    def remote_inspect(self, name: str, detail_level: int) -> Deferred[Any]:
-        return self._submit("inspect", name, detail_level)
-
-    def remote_who(self) -> Deferred[Any]:
-        return self._submit("who")
-
-    def remote_whos(self) -> Deferred[Any]:
-        return self._submit("whos")
-
-    def remote_complete(self, text: str, line: str | None,
-                        cursor_pos: int | None) -> Deferred[Any]:
-        return self._submit("complete", text, line, cursor_pos)
+    def remote_run(self, name: str, args: list[Any]) -> Deferred[Any]:
+        """Queue one command of the op table for the shell thread."""
+        job, encoded = self.job(name, list(args))  # type: ignore[misc]
+        d = self._runner.submit(job)
+        if encoded:
+            d.addBoth(self._flushed).addCallback(replies.encode)
+        return d
 
     def remote_subscribe_output(self, observer: Any) -> None:
         """Send live stdout/stderr to observer.output(chunks) from now on."""
@@ -984,8 +975,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         return self._runner.interrupt(channel_seq)
 
     def remote_open_command_channel(self, engine_id: int, offer: dict[str, Any]) -> bool:
-        """Take queued commands over the controller's local socket (see commandchannel)."""
-        if not commandchannel.valid_engine_offer(offer):
+        """Take queued commands over the controller's local socket (transport.channel)."""
+        if not command_channel.valid_engine_offer(offer):
             return False
         self._runner.open_channel(offer, self)
         return True
@@ -1006,24 +997,6 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         d.addErrback(lambda f: log.warn("data transfer failed: {e}", e=f.getErrorMessage()))
         return True
 
-    def _tasks_job(self, batch: list[dict[str, Any]]) -> Callable[[], Any]:
-        if not hasattr(self, "_watchdog"):
-            self._watchdog = TaskWatchdog(self._runner)
-        def job() -> Any:
-            generation = self.late.started([item[0] for item in batch])
-            value = None
-            try:
-                value = self._kernel_now().run_tasks(batch, self._watchdog)
-                return value
-            finally:
-                if self.late.finished(generation, value):
-                    reactor.callFromThread(self.on_late)
-
-        return job
-
-    def remote_run_tasks(self, batch: list[dict[str, Any]]) -> Deferred[Any]:
-        return self._runner.submit(self._tasks_job(batch))
-
     def remote_properties(self) -> dict[str, Any]:
         return dict(self._info, busy=self._runner.busy)
 
@@ -1036,7 +1009,7 @@ def engine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "ipython1": __version__,
         "cwd": os.getcwd(),
-        "host_key": commandchannel.host_key(),
+        "host_key": localhost.host_key(),
     }
 
 
