@@ -411,6 +411,9 @@ def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
     try:
         ids = mec.get_ids()
         out.write(f"controller: pid {pid}, {len(ids)} engine(s), {cluster_dir.path}\n")
+        supervisor = read_pid(cluster_dir.pid_file(SUPERVISOR_PID_FILE))
+        if pid_alive(supervisor):
+            out.write(f"supervisor: pid {supervisor} (restarts dead engines)\n")
         if ids:
             for q in mec.queue_status():
                 running = q["running"]["description"] if q["running"] else "idle"
