@@ -964,6 +964,12 @@ class TaskFarm:
                 answers.append(error_to_wire(KernelError("a task must be [tid, meta, payload]")))
                 continue
             tid, meta, payload = item
+            known = sched.tasks.get(tid)
+            if known is not None and known.user == user:
+                # Sent again by a client whose answer was lost with the
+                # controller (issue 15): it has it already, once.
+                answers.append(None)
+                continue
             try:
                 sched.submit(validate_spec(meta, payload), client, tid, user)
                 answers.append(None)

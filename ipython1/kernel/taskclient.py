@@ -236,6 +236,15 @@ class TaskResult:
                 f"duration={self.duration if self.duration is None else round(self.duration, 6)}>")
 
 
+def _connection_lost(failure: Any) -> bool:
+    """Tell whether a call failed because the connection to the controller went."""
+    from foolscap.api import DeadReferenceError
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.error import ConnectionLost as TwistedLost
+
+    return bool(failure.check(DeadReferenceError, ConnectionDone, TwistedLost, ConnectionLost))
+
+
 def _unwrap(answer: Any) -> Any:
     if isinstance(answer, dict) and answer.get("status") == "ok":
         return answer.get("value")
@@ -444,8 +453,17 @@ class AsyncTaskClient:
             if again:
                 self._flush()
 
-        d.addCallback(answered)
-        d.addErrback(lambda f: None)  # a lost connection shows up on the next call
+        def lost(failure: Any) -> None:
+            # The controller went away with the answer: send these again once it
+            # is back (it keeps what it had journaled, and takes repeats once).
+            if self.reconnector is not None and _connection_lost(failure):
+                with self._lock:
+                    self._outbox[:0] = tasks
+                if self._lost is None:
+                    self._disconnected()
+
+        d.addCallbacks(answered, lost)
+        d.addErrback(lambda f: None)  # anything else shows up on the next call
         if last:
             d.addBoth(next_batch)
 

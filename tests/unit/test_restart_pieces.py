@@ -175,3 +175,31 @@ def test_reconnector_shares_one_attempt_and_gives_up_at_the_deadline():
     assert failure and failure[0].check(ConnectionLost)
     assert "did not come back within 10 s" in str(failure[0].value)
     assert "--reuse" in str(failure[0].value)
+
+
+def test_the_farm_takes_a_resent_submission_once():
+    """A client whose submit answer was lost with the controller sends it again."""
+    from twisted.internet import task
+
+    from ipython1.kernel.task import TaskFarm
+
+    class Controller:
+        owner = "me"
+
+        def ids(self):
+            return []
+
+        def add_observer(self, observer):
+            pass
+
+    farm = TaskFarm(Controller(), clock=task.Clock())
+    first = farm.scheduler.reserve(2)
+    batch = [[first, {}, [b"payload"]], [first + 1, {}, [b"payload"]]]
+    answers = []
+    farm.submit(batch, "c", "me").addCallback(answers.append)
+    farm.submit(batch, "c", "me").addCallback(answers.append)
+    assert answers == [[None, None], [None, None]]
+    assert farm.queue_status()["pending"] == 2
+    # Another user cannot pass off a repeat of someone else's ids.
+    farm.submit(batch[:1], "d", "eve").addCallback(answers.append)
+    assert answers[-1][0]["ename"] == "InvalidTaskID"
