@@ -28,7 +28,8 @@ setup(
     packages=["ipython1", "ipython1.client", "ipython1.cluster", "ipython1.common",
               "ipython1.controller", "ipython1.engine", "ipython1.kernel", "ipython1.scripts",
               "ipython1.transport", "twisted.plugins"],
-    package_data={"twisted": ["plugins/ipython1_plugins.py"]},
+    package_data={"twisted": ["plugins/ipython1_plugins.py"],
+                  "ipython1.controller": ["static/*"]},
     install_requires=[
         "twisted>=23.8",
         "foolscap>=23.11",
@@ -42,7 +43,9 @@ setup(
     ],
     extras_require={
         "mpi": ["mpich", "mpi4py>=4"],
-        "test": ["pytest>=8", "hypothesis>=6", "pexpect>=4.9", "pytest-timeout>=2.3"],
+        "data": ["zarr>=2.16", "h5py>=3.8"],
+        "test": ["pytest>=8", "hypothesis>=6", "pexpect>=4.9", "pytest-timeout>=2.3",
+                 "playwright>=1.40", "zarr>=2.16", "h5py>=3.8"],
     },
     cmdclass={"editable_wheel": editable_wheel_with_plugins},
     entry_points={

@@ -1,1 +1,2 @@
-"""Engine-side concepts beside the kernel (rejoining the controller after a loss)."""
+"""Engine-side concepts: code that runs inside an engine (client commands' halves,
+rejoining the controller after a loss, restarting in place)."""

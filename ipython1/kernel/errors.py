@@ -82,6 +82,10 @@ class InvalidTaskID(KernelError):
     """A task id is unknown (never submitted, or its result was cleared)."""
 
 
+class VersionMismatch(KernelError):
+    """The two sides run incompatible ipython1 versions; the message names both."""
+
+
 class EngineError(KernelError):
     """An engine died or vanished while a command was queued or running.
 
@@ -191,6 +195,7 @@ _LOCAL_ERRORS: dict[str, type[KernelError]] = {
         TaskAborted,
         TaskTimeout,
         InvalidTaskID,
+        VersionMismatch,
     )
 }
 
@@ -239,3 +244,14 @@ def error_from_wire(data: dict[str, Any]) -> KernelError:
     # What the command printed before it raised: nothing is lost.
     remote.record = data.get("record")  # type: ignore[attr-defined]
     return remote
+
+
+class PartitionLoadError(KernelError):
+    """Engines could not load their partitions; names each file and engine."""
+
+    def __init__(self, message: str, engine_ids: list[int | None]) -> None:
+        self.engine_ids = engine_ids
+        super().__init__(message)
+
+    def __reduce__(self) -> Any:
+        return (PartitionLoadError, (str(self), self.engine_ids))

@@ -22,8 +22,12 @@ class Options(usage.Options):
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
         ["reserve-ids", None, 0, "Give ids below this only to engines that ask for them "
          "(MPI ranks; ipcluster start --mpi sets it to -n).", int],
+        ["dashboard-ip", None, "127.0.0.1", "Interface the web dashboard listens on."],
+        ["dashboard-port", None, 0, "The web dashboard's TCP port (default: any free port).",
+         int],
     ]
     optFlags = [
+        ["no-dashboard", None, "Serve no web dashboard."],
         ["reuse", "r", "Take over from the profile's last controller: its port (unless "
          "--port), certificate, FURLs and engine ids, so its engines and clients rejoin."],
     ]
@@ -35,6 +39,8 @@ def makeService(options: Any) -> Any:
 
     return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
                              port=options["port"], reserve_ids=options["reserve-ids"],
+                             dashboard=None if options["no-dashboard"] else
+                             (options["dashboard-ip"], options["dashboard-port"]),
                              reuse=bool(options["reuse"]))
 
 
