@@ -166,6 +166,7 @@ class Controller(service.MultiService):
         """Keep ids given by an earlier controller for the engines that rejoin."""
         self._used_ids |= ids
         self._next_id = max([self._next_id, *(i + 1 for i in ids)])
+
     def check_versions(self, info: Any, who: str) -> None:
         """Refuse a peer speaking another protocol; log and publish other differences."""
         theirs = info.get("versions") if isinstance(info, dict) else None
