@@ -233,6 +233,14 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
                   f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first "
                   "(or start with --reuse to add only missing engines)\n")
         return 1
+    if not reuse and not running:
+        orphans = [p for p in engine_pids(cluster_dir) if pid_alive(p)]
+        if orphans:  # they would rejoin the new controller beside N new engines
+            out.write(f"ipcluster: engines of the last cluster of profile "
+                      f"{cluster_dir.profile!r} are still running (pids "
+                      f"{', '.join(map(str, orphans))}) and would rejoin: run 'ipcluster "
+                      "start --reuse' to take them back, or 'ipcluster stop' first\n")
+            return 1
     live = [p for p in engine_pids(cluster_dir) if pid_alive(p)] if reuse else []
     # Live engines rejoin by themselves (an MPI job's pid file names mpiexec),
     # and a live supervisor starts again whatever of its engines died.

@@ -153,6 +153,13 @@ def test_restart_on_request_replaces_the_engine_in_place(cluster):
     assert mec.execute("1 + 1", targets=0).output == 2
 
 
+def test_a_plain_start_refuses_while_the_last_engines_live(cluster):
+    crash_controller(cluster)
+    proc = cluster.ipcluster("start", "-n", "2", "--daemon")
+    assert proc.returncode == 1 and "--reuse" in proc.stdout, proc.stdout
+    restart(cluster)
+
+
 def test_missing_engines_only_are_started_with_reuse(cluster):
     """Last in the module: it replaces one of the shared cluster's engines."""
     from ipython1.scripts.ipcluster import engine_pids
