@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 RECONNECT_TIMEOUT = 600.0  # seconds an engine keeps trying to rejoin (ipengine --reconnect-timeout)
+MAX_NOTES = 100  # commands finished while away that a rejoining engine reports, at most
 
 
 class LateReplies:
@@ -27,6 +28,30 @@ class LateReplies:
         self._lost = False
         self._running: list[Any] = []
         self._late: list[Any] = []
+        self._notes: list[dict[str, Any]] = []  # other commands that finished while away
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def lost_since(self, generation: int) -> bool:
+        """Tell whether the connection of generation is gone (read without the lock:
+        a command checks it once as it ends)."""
+        return self._lost or generation != self._generation
+
+    def note(self, op: str, reply: Any) -> bool:
+        """Remember that a command finished with nobody to answer (its reply stays
+        in the engine's history: execution records by number). Return True if the
+        engine has rejoined meanwhile (the caller then tries deliver_late)."""
+        note: dict[str, Any] = {"op": op}
+        value = reply.get("value") if isinstance(reply, dict) else None
+        if isinstance(value, dict) and "execution_count" in value:
+            note["execution_count"] = value["execution_count"]
+        if isinstance(reply, dict) and reply.get("status") == "error":
+            note["error"] = str((reply.get("error") or {}).get("ename", "error"))
+        with self._lock:
+            self._notes = (self._notes + [note])[-MAX_NOTES:]
+            return not self._lost
 
     def started(self, tids: list[Any]) -> int:
         """Note a batch starting; return the connection it belongs to."""
@@ -56,6 +81,7 @@ class LateReplies:
             self._generation += 1
             self._lost = False
             del self._late[:handed_over]
+            self._notes = []
 
     @property
     def connected(self) -> bool:
@@ -64,15 +90,18 @@ class LateReplies:
     def registration_info(self) -> dict[str, Any]:
         """What a rejoining engine tells the controller (a copy; see rejoined)."""
         with self._lock:
-            return {"late_tasks": list(self._late), "running_tasks": list(self._running)}
+            return {"late_tasks": list(self._late), "running_tasks": list(self._running),
+                    "finished_while_away": list(self._notes)}
 
-    def take(self) -> list[Any]:
-        """Take the kept replies, to send them now."""
+    def take(self) -> dict[str, list[Any]]:
+        """Take the kept task replies and notes, to send them now (deliver_late)."""
         with self._lock:
-            late, self._late = self._late, []
+            late = {"tasks": self._late, "finished": self._notes}
+            self._late, self._notes = [], []
             return late
 
-    def put_back(self, replies: list[Any]) -> None:
-        """Keep replies that could not be sent after all."""
+    def put_back(self, late: dict[str, list[Any]]) -> None:
+        """Keep what could not be sent after all."""
         with self._lock:
-            self._late[:0] = replies
+            self._late[:0] = late["tasks"]
+            self._notes[:0] = late["finished"]

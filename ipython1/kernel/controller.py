@@ -157,10 +157,16 @@ class Controller(service.MultiService):
                                            "late_tasks": late_tasks})
         return engine_id
 
-    def deliver_late(self, engine_id: int, replies: Any) -> None:
-        """Pass on task replies an engine kept while the controller was away."""
-        if engine_id in self.engines and isinstance(replies, list):
-            self._notify("late_replies", {"engine_id": engine_id, "late_tasks": replies})
+    def deliver_late(self, engine_id: int, late: Any) -> None:
+        """Pass on what ended on an engine while the controller was away: task
+        replies to the task farm, other commands as a finished_while_away event."""
+        if engine_id not in self.engines or not isinstance(late, dict):
+            return
+        if isinstance(late.get("tasks"), list) and late["tasks"]:
+            self._notify("late_replies", {"engine_id": engine_id, "late_tasks": late["tasks"]})
+        if isinstance(late.get("finished"), list) and late["finished"]:
+            self.events.publish("finished_while_away", engine=engine_id,
+                                data={"commands": late["finished"][:100]})
 
     def remember_ids(self, ids: set[int]) -> None:
         """Keep ids given by an earlier controller for the engines that rejoin."""
@@ -517,8 +523,8 @@ class EngineRegistration(Referenceable):  # type: ignore[misc]
             info, f"engine pid {info.get('pid')} on {info.get('hostname')}")
         return self.controller.register_engine(engine, info)
 
-    def remote_deliver_late(self, engine_id: int, replies: Any) -> None:
-        self.controller.deliver_late(engine_id, replies)
+    def remote_deliver_late(self, engine_id: int, late: Any) -> None:
+        self.controller.deliver_late(engine_id, late)
 
 
 class ControllerService(service.MultiService):

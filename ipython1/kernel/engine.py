@@ -972,7 +972,33 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         run: Callable[[], Any] = lambda: self._kernel_now().dispatch(name, args)  # noqa: E731
         if name == "run_tasks" and args and isinstance(args[0], list):
             run = self._kept_if_lost(args[0], run)
+        else:
+            run = self._noted_if_lost(name, run)
         return run, (entry is None or entry.encoded)
+
+    def _noted_if_lost(self, name: Any, run: Callable[[], Any]) -> Callable[[], Any]:
+        """Note a command that ends after the controller went away (issue 15): the
+        engine reports it when it rejoins; its record stays in the history."""
+        late = self.late
+
+        def job() -> Any:
+            generation = late.generation
+            outcome: dict[str, Any] = {}
+            try:
+                value = run()
+                outcome = {"status": "ok", "value": value}
+                return value
+            except _CellFailed as e:
+                outcome = {"status": "error", "value": e.record, "error": e.record.get("error")}
+                raise
+            except BaseException as e:  # noqa: B036 - noted, then handled as before
+                outcome = {"status": "error", "error": {"ename": type(e).__name__}}
+                raise
+            finally:
+                if late.lost_since(generation) and late.note(str(name), outcome):
+                    reactor.callFromThread(self.on_late)
+
+        return job
 
     def _kept_if_lost(self, batch: list[Any], run: Callable[[], Any]) -> Callable[[], Any]:
         """Keep a task batch's replies if the controller goes away while it runs (issue 15)."""
@@ -1241,11 +1267,11 @@ class EngineService(service.MultiService):
         registration = self._registration
         if registration is None or not self.referenceable.late.connected:
             return  # they go with the next registration
-        replies = self.referenceable.late.take()
-        if not replies:
+        late = self.referenceable.late.take()
+        if not late["tasks"] and not late["finished"]:
             return
-        d = registration.callRemote("deliver_late", self.engine_id, replies)
-        d.addErrback(lambda f: self.referenceable.late.put_back(replies))
+        d = registration.callRemote("deliver_late", self.engine_id, late)
+        d.addErrback(lambda f: self.referenceable.late.put_back(late))
 
 
 def _sleep(seconds: float) -> Deferred[None]:

@@ -213,8 +213,9 @@ class RIEngineRegistration(RemoteInterface):
     def register_engine(engine=RIEngine, info=Info):
         return int
 
-    def deliver_late(engine_id=int, replies=Reply):
-        """Task replies that finished while the controller was away (issue 15)."""
+    def deliver_late(engine_id=int, late=Reply):
+        """What ended while the controller was away (issue 15): {"tasks": task
+        replies, "finished": notes of other commands}."""
         return None
 
 

@@ -153,6 +153,22 @@ def test_restart_on_request_replaces_the_engine_in_place(cluster):
     assert mec.execute("1 + 1", targets=0).output == 2
 
 
+def test_a_cell_running_at_the_crash_finishes_and_is_reported_on_rejoin(cluster):
+    mec = cluster.client(timeout=60)
+    mec.execute("import time", targets=1)
+    mec.execute("time.sleep(2); answer = 42", targets=1, block=False)
+    wait_until(lambda: mec.queue_status(targets=1)[0]["running"] is not None, 10, "running")
+    crash_controller(cluster)
+    restart(cluster)
+    wait_until(lambda: mec.pull("answer", targets=1) == 42, 20, "the cell to finish")
+    notes = wait_until(lambda: [e for e in mec.transcript()
+                                if e["kind"] == "finished_while_away"], 10, "the note")
+    assert notes[-1]["engine"] == 1, notes
+    (note,) = notes[-1]["data"]["commands"]
+    assert note["op"] == "execute"
+    assert mec.get_result(note["execution_count"], targets=1).engine_id == 1
+
+
 def test_a_plain_start_refuses_while_the_last_engines_live(cluster):
     crash_controller(cluster)
     proc = cluster.ipcluster("start", "-n", "2", "--daemon")

@@ -68,13 +68,14 @@ def test_fresh_argv_drops_first_start_options_and_asks_for_the_id():
 def test_late_replies_are_kept_only_when_their_connection_is_gone():
     late = LateReplies()
     gen = late.started([1, 2])
-    assert late.registration_info() == {"late_tasks": [], "running_tasks": [1, 2]}
+    assert late.registration_info() == {"late_tasks": [], "running_tasks": [1, 2],
+                                        "finished_while_away": []}
     assert not late.finished(gen, [["r1"]])  # answered on its own connection
     gen = late.started([3])
     late.lost()
     assert late.finished(gen, [["r3"]])
     info = late.registration_info()
-    assert info == {"late_tasks": [["r3"]], "running_tasks": []}
+    assert info["late_tasks"] == [["r3"]] and info["running_tasks"] == []
     late.rejoined(len(info["late_tasks"]))
     assert late.registration_info()["late_tasks"] == [] and late.connected
     # Lost while running, finished after the rejoin: sent now, not with a registration.
@@ -82,7 +83,8 @@ def test_late_replies_are_kept_only_when_their_connection_is_gone():
     late.lost()
     late.rejoined(0)
     assert late.finished(gen, [["r4"]])
-    assert late.take() == [["r4"]] and late.take() == []
+    assert late.take() == {"tasks": [["r4"]], "finished": []}
+    assert late.take() == {"tasks": [], "finished": []}
 
 
 def test_engine_error_names_host_exit_and_stderr_across_the_wire():
@@ -137,7 +139,7 @@ def test_late_task_replies_reach_the_observers_not_the_engine_info():
     registered = [d for k, d in seen if k == "engine_registered"][0]
     assert registered["late_tasks"] == [[7, "ok", 0.1, []]]
     assert "late_tasks" not in controller.engine_info([engine_id])[0]
-    controller.deliver_late(engine_id, [[8, "ok", 0.2, []]])
+    controller.deliver_late(engine_id, {"tasks": [[8, "ok", 0.2, []]], "finished": []})
     assert [d["late_tasks"] for k, d in seen if k == "late_replies"] == [[[8, "ok", 0.2, []]]]
 
 
@@ -203,3 +205,22 @@ def test_the_farm_takes_a_resent_submission_once():
     # Another user cannot pass off a repeat of someone else's ids.
     farm.submit(batch[:1], "d", "eve").addCallback(answers.append)
     assert answers[-1][0]["ename"] == "InvalidTaskID"
+
+
+def test_commands_finished_while_away_are_noted_for_the_rejoin():
+    late = LateReplies()
+    gen = late.generation
+    assert not late.lost_since(gen)
+    late.lost()
+    assert late.lost_since(gen)
+    late.note("execute", {"status": "ok", "value": {"execution_count": 7}})
+    late.note("push", {"status": "error", "error": {"ename": "KeyboardInterrupt"}})
+    assert late.registration_info()["finished_while_away"] == [
+        {"op": "execute", "execution_count": 7},
+        {"op": "push", "error": "KeyboardInterrupt"}]
+    late.rejoined(0)
+    assert late.registration_info()["finished_while_away"] == []
+    assert not late.lost_since(late.generation) and late.lost_since(gen)
+    # Ending after the rejoin: sent at once (the caller is told to).
+    assert late.note("execute", {"status": "ok", "value": {"execution_count": 8}})
+    assert late.take()["finished"] == [{"op": "execute", "execution_count": 8}]
