@@ -36,6 +36,14 @@ def channel_closed(channel: Any) -> bool:
     return channel is not None and bool(getattr(channel, "closed", False))
 
 
+def refused(error: BaseException) -> bool:
+    """Tell whether waiting cannot help: the controller answered but does not know
+    the FURL (Foolscap's unknown swiss number: a revoked user, or another cluster
+    on that port), or the FURL file is gone (a controller never deletes its own)."""
+    text = str(error)
+    return "unable to find reference" in text or "cannot read FURL file" in text
+
+
 class Reconnector:
     """Reopen a session with retries and backoff; one attempt for all waiting calls."""
 
@@ -68,6 +76,10 @@ class Reconnector:
             try:
                 opened = yield self.reopen(max(0.5, min(5.0, left)))
             except Exception as e:
+                if refused(e):  # the controller answered: waiting will not help
+                    raise ConnectionLost(
+                        f"{self.what}: the controller no longer knows this client's FURL "
+                        f"(revoked?): {e}") from None
                 if self.clock.seconds() + delay > deadline:
                     raise ConnectionLost(
                         f"{self.what}: the controller did not come back within "

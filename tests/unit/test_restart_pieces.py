@@ -224,3 +224,19 @@ def test_commands_finished_while_away_are_noted_for_the_rejoin():
     # Ending after the rejoin: sent at once (the caller is told to).
     assert late.note("execute", {"status": "ok", "value": {"execution_count": 8}})
     assert late.take()["finished"] == [{"op": "execute", "execution_count": 8}]
+
+
+def test_reconnector_gives_up_at_once_when_the_furl_is_refused():
+    from twisted.internet import defer, task
+
+    from ipython1.client.reconnect import Reconnector
+    from ipython1.kernel.errors import ConnectionLost, ControllerNotFound
+
+    clock = task.Clock()
+    r = Reconnector(lambda s: defer.fail(ControllerNotFound(
+        "cannot connect: \"unable to find reference for name starting with 'ab'\"")),
+        lambda opened: None, "the client", timeout=60, clock=clock)
+    failure = []
+    r.ensure().addErrback(failure.append)
+    assert failure and failure[0].check(ConnectionLost)  # at once, no waiting
+    assert "revoked" in str(failure[0].value)
