@@ -1,1 +1,2 @@
-"""Running a cluster's processes: the engine supervisor (ipcluster start --restart-engines)."""
+"""Clusters from Python and their processes: ipython1.Cluster, ipcluster engines
+add/remove, and the engine supervisor (ipcluster start --restart-engines)."""

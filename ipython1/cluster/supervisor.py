@@ -141,7 +141,8 @@ def tail(path: Path, start: int, lines: int = STDERR_LINES) -> str:
 def run(profile: str, commands: list[tuple[int | None, list[str]]],
         poll_interval: float = 0.05) -> None:
     """Supervise commands until SIGTERM; then stop them all."""
-    from ipython1.kernel.cluster import ClusterDir, write_private
+    from ipython1.kernel.cluster import ClusterDir, open_private_log
+    from ipython1.kernel.processes import write_pid_file
     from ipython1.scripts.ipcluster import stop_pids
 
     cluster_dir = ClusterDir(profile).create()
@@ -153,7 +154,7 @@ def run(profile: str, commands: list[tuple[int | None, list[str]]],
         env = dict(os.environ, **{SUPERVISED_ENV: "1"})
         if why is not None:
             env[RESTART_ENV] = why
-        with open(err, "ab") as stderr:
+        with open_private_log(err) as stderr:
             start = stderr.tell()
             proc = subprocess.Popen(slot.argv, stdin=subprocess.DEVNULL, stderr=stderr,
                                     stdout=subprocess.DEVNULL, env=env,
@@ -168,14 +169,14 @@ def run(profile: str, commands: list[tuple[int | None, list[str]]],
             "exit": why, "stderr": tail(err, start) if err else ""})
 
     def write_pids() -> None:
-        write_private(cluster_dir.pid_file(ENGINES_PID_FILE),
-                      "".join(f"{p}\n" for p in supervisor.pids()))
+        # With start times and command lines: ipcluster stop signals only these.
+        write_pid_file(cluster_dir.pid_file(ENGINES_PID_FILE), supervisor.pids())
 
     supervisor = Supervisor(spawn, on_exit)
     stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *a: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *a: stopping.append(True))
-    write_private(cluster_dir.pid_file(SUPERVISOR_PID_FILE), f"{os.getpid()}\n")
+    write_pid_file(cluster_dir.pid_file(SUPERVISOR_PID_FILE), [os.getpid()])
     supervisor.start([Slot(engine_id, argv) for engine_id, argv in commands])
     write_pids()
     try:

@@ -6,7 +6,7 @@ import signal
 
 from ipython1.cluster.supervisor import Slot, Supervisor, describe_exit
 from ipython1.engine.rejoin import LateReplies
-from ipython1.engine.restart import fresh_argv
+from ipython1.engine.restart import take_in_place_id
 from ipython1.kernel.controller import with_exit_report
 from ipython1.kernel.errors import EngineError, error_from_wire, error_to_wire
 
@@ -58,11 +58,14 @@ def test_supervisor_gives_up_on_an_engine_that_keeps_dying():
     assert sup.slots[0].given_up and sup.pids() == []
 
 
-def test_fresh_argv_drops_first_start_options_and_asks_for_the_id():
-    argv = ["-m", "ipython1.scripts.ipengine", "--profile", "p", "--fork", "4",
-            "--pid-file=/x", "--engine-id", "7", "--connect-timeout", "9"]
-    assert fresh_argv(argv, 2) == ["-m", "ipython1.scripts.ipengine", "--profile", "p",
-                                   "--connect-timeout", "9", "--engine-id", "2"]
+def test_an_engine_restarted_in_place_asks_for_its_id_and_forks_nothing():
+    options = {"engine-id": None, "fork": 4, "pid-file": "/x/ipengines.pid"}
+    environ = {"IPYTHON1_ENGINE_ID": "2"}
+    take_in_place_id(options, environ)
+    assert options == {"engine-id": 2, "fork": 1, "pid-file": None} and not environ
+    untouched = {"engine-id": None, "fork": 4, "pid-file": "/x"}
+    take_in_place_id(untouched, {})
+    assert untouched == {"engine-id": None, "fork": 4, "pid-file": "/x"}
 
 
 def test_late_replies_are_kept_only_when_their_connection_is_gone():
