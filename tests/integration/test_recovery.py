@@ -149,6 +149,9 @@ def test_restart_on_request_replaces_the_engine_in_place(cluster):
     mec.restart(targets=0)  # returns once it is back
     assert mec.get_ids() == [0, 1]
     assert mec.apply(os.getpid) == pids  # the same process, exec'd afresh
+    from ipython1.scripts.ipcluster import engine_pids
+
+    assert set(pids) <= set(engine_pids(cluster.dir))  # ipcluster stop still finds it
     assert "z" not in mec.keys(targets=0) and "z" in mec.keys(targets=1)
     assert mec.execute("1 + 1", targets=0).output == 2
 
