@@ -35,16 +35,55 @@ class StartOptions(_ProfileOption):
         ["mpi", None, "Start the engines with mpiexec; each initialises MPI (mpi4py)."],
     ]
     optParameters = [
-        ["n", "n", 2, "Number of engines.", int],
+        ["n", "n", None, "Number of engines (default 2; with --engines ssh, every host slot).",
+         int],
         ["ip", None, "127.0.0.1", "Interface the controller listens on."],
         ["timeout", None, 120.0, "Seconds to wait for all engines to register.", float],
         ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
         ["mpi-args", None, "", "Extra arguments for mpiexec."],
+        # Where engines run (ipython1.cluster); see docs/deployment.md.
+        ["engines", None, "local", "Where engines run: local, mpiexec, ssh, slurm, sge, pbs "
+         "or lsf."],
+        ["ipengine", None, None, "Command that starts an engine on a node (default: this "
+         "Python with -m ipython1.scripts.ipengine)."],
+        ["hosts", None, None, "ssh: hosts and engines per host, h1:4,h2:4."],
+        ["hostfile", None, None, "ssh: a file of HOST[:N] lines."],
+        ["ssh-args", None, "", "ssh: extra arguments for ssh (e.g. '-p 2222 -i KEY')."],
+        ["queue", None, None, "Batch: the queue (Slurm: the partition)."],
+        ["time", None, None, "Batch: wall time of each job, minutes or H:MM:SS."],
+        ["template", None, None, "Batch: job script template (see docs/deployment.md)."],
+        ["engines-per-job", None, None, "Batch: split the engines into jobs of K.", int],
+        ["partition", None, None, "Slurm: partition."],
+        ["account", None, None, "Slurm: account."],
+        ["qos", None, None, "Slurm: quality of service."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["sbatch-arg"] = []
+        self["batch-arg"] = []
+
+    def opt_sbatch_arg(self, value: str) -> None:
+        """Slurm: one more #SBATCH line, e.g. --sbatch-arg=--mem=4G (repeatable)."""
+        self["sbatch-arg"].append(value)
+
+    def opt_batch_arg(self, value: str) -> None:
+        """SGE/PBS/LSF: one more directive line, e.g. --batch-arg='-l mem=4G' (repeatable)."""
+        self["batch-arg"].append(value)
 
     def parseArgs(self, *args: str) -> None:
         if args:
             raise usage.UsageError(f"unexpected arguments: {' '.join(args)}")
+
+    def postOptions(self) -> None:
+        from ipython1.cluster import ENGINE_KINDS
+
+        if self["engines"] not in ENGINE_KINDS:
+            raise usage.UsageError(f"--engines must be one of {', '.join(ENGINE_KINDS)}")
+        if self["engines"] == "mpiexec":
+            self["mpi"] = True
+        elif self["mpi"] and self["engines"] != "local":
+            raise usage.UsageError("--mpi starts engines with mpiexec: use --engines mpiexec")
 
 
 class StopOptions(_ProfileOption):
@@ -171,12 +210,19 @@ def engine_pids(cluster_dir: ClusterDir) -> list[int]:
 # -- commands -------------------------------------------------------------------
 
 
-def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float = 120.0,
-          daemon: bool = True, mpi: bool = False, mpiexec: str | None = None,
-          mpi_args: str = "", out: IO[str] = sys.stdout,
-          on_start: Callable[[int], None] | None = None) -> int:
-    """Start a controller and n engines; return 0 once all have registered."""
-    if n < 1:
+def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
+          timeout: float = 120.0, daemon: bool = True, mpi: bool = False,
+          mpiexec: str | None = None, mpi_args: str = "", out: IO[str] = sys.stdout,
+          on_start: Callable[[int], None] | None = None, engines_kind: str = "local",
+          launch_options: dict[str, Any] | None = None) -> int:
+    """Start a controller and n engines; return 0 once all have registered.
+
+    engines_kind other than local/mpiexec names a launcher of ipython1.cluster
+    (ssh, slurm, sge, pbs, lsf) configured from launch_options.
+    """
+    if n is None and engines_kind != "ssh":
+        n = 2
+    if n is not None and n < 1:
         raise usage.UsageError("-n must be at least 1")
     cluster_dir.create()
     if cluster_dir.controller_running():
@@ -213,7 +259,12 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
                   + _tail(cluster_dir.log_file("ipcontroller-console")))
         engine_options = [*profile, "--connect-timeout", str(timeout)]
         engine_argv = _python_module("ipython1.scripts.ipengine", *engine_options)
-        if mpi:
+        launcher = None
+        if engines_kind not in ("local", "mpiexec"):
+            launcher, n = _start_launcher(cluster_dir, engines_kind, n, timeout,
+                                          launch_options or {})
+            engines = []
+        elif mpi:
             engines = [track(_spawn(mpi_command(engine_options),
                                     cluster_dir.log_file("mpiexec")))]
             write_private(cluster_dir.pid_file(ENGINES_PID_FILE), f"{engines[0].pid}\n")
@@ -227,15 +278,20 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
 
         mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
         try:
-            _wait_for(lambda: len(mec.get_ids()) >= n, timeout,
-                      lambda: any(p.poll() is not None for p in engines),
-                      lambda: _engine_failure(cluster_dir, engines))
+            if launcher is not None:
+                if not _wait_for_launcher(launcher, mec, n, timeout, out):
+                    return 0  # jobs still queued: their engines join when they start
+            else:
+                _wait_for(lambda: len(mec.get_ids()) >= n, timeout,
+                          lambda: any(p.poll() is not None for p in engines),
+                          lambda: _engine_failure(cluster_dir, engines))
             if mpi:
                 _check_mpi_job(mec.engine_info(), n)
         finally:
             mec.close()
     except Exception as e:
         out.write(f"ipcluster: could not start the cluster: {e}\n")
+        _stop_launcher(cluster_dir, grace=3, out=out)
         stop_pids(engine_pids(cluster_dir) + list(reversed(started)), grace=3)
         for name in ("ipcontroller", ENGINES_PID_FILE):
             cluster_dir.pid_file(name).unlink(missing_ok=True)
@@ -254,6 +310,63 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
     except KeyboardInterrupt:
         pass
     return stop(cluster_dir, out=out)
+
+
+def _start_launcher(cluster_dir: ClusterDir, kind: str, n: int | None, timeout: float,
+                    options: dict[str, Any]) -> tuple[Any, int]:
+    """Start engines with a launcher of ipython1.cluster; record it for stop and status."""
+    from ipython1 import cluster
+
+    engine = cluster.EngineCommand.for_cluster(cluster_dir, connect_timeout=timeout,
+                                               ipengine=options.get("ipengine"))
+    launcher = cluster.make_launcher(kind, cluster_dir, engine, options, os.environ)
+    if kind == "ssh":
+        n = sum(h.slots for h in launcher.plan(n))
+    assert n is not None
+    try:
+        launcher.start(n)
+    finally:
+        cluster.save_state(cluster_dir, launcher)  # whatever started must be stoppable
+    return launcher, n
+
+
+def _wait_for_launcher(launcher: Any, mec: Any, n: int, timeout: float, out: IO[str]) -> bool:
+    """Wait until n engines registered; False when time ran out with jobs still queued."""
+    failure: list[str] = []
+
+    def failed() -> bool:
+        failure[:] = [launcher.failure() or ""]
+        return bool(failure[0])
+
+    try:
+        _wait_for(lambda: len(mec.get_ids()) >= n, timeout, failed, lambda: failure[0])
+        return True
+    except RuntimeError as e:
+        waiting = launcher.waiting() if str(e).startswith("timed out") else []
+        if not waiting:
+            raise RuntimeError(f"{e}; {len(mec.get_ids())} of {n} engines registered "
+                               "(engines on other hosts need a controller they can reach: "
+                               "--ip and --location; see docs/deployment.md)") from None
+    out.write(f"ipcluster: {len(mec.get_ids())} of {n} engines registered after "
+              f"{timeout:g} s; still queued:\n"
+              + "".join(f"  {line}\n" for line in waiting)
+              + "ipcluster: their engines join when the jobs start ('ipcluster status'); "
+              "the cluster stays up\n")
+    return False
+
+
+def _stop_launcher(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
+    """Stop what a launcher of ipython1.cluster started (jobs, ssh), if any."""
+    from ipython1 import cluster
+
+    try:
+        launcher = cluster.launcher_from_state(cluster_dir)
+        if launcher is not None:
+            for line in launcher.stop(grace):
+                out.write(f"ipcluster: {line}\n")
+    except Exception as e:  # the controller must still be stopped
+        out.write(f"ipcluster: could not stop the launched engines: {e}\n")
+    cluster.clear_state(cluster_dir)
 
 
 def _mpi_preflight(n: int, mpiexec: str | None,
@@ -318,6 +431,7 @@ def _wait_for(condition: Callable[[], bool], timeout: float, failed: Callable[[]
 
 def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout) -> int:
     """Stop the engines, then the controller; wait until they are gone."""
+    _stop_launcher(cluster_dir, grace, out)
     engines = [p for p in engine_pids(cluster_dir) if pid_alive(p)]
     controller = read_pid(cluster_dir.pid_file("ipcontroller"))
     pids = engines + ([controller] if pid_alive(controller) else [])
@@ -333,7 +447,12 @@ def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout
 
 
 def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
-    """Print the controller's pid, the engines and their queues."""
+    """Print the controller's pid, the engines and their queues (and launched jobs)."""
+    from ipython1 import cluster
+
+    launcher = cluster.launcher_from_state(cluster_dir)
+    for line in launcher.status() if launcher is not None else []:
+        out.write(f"{line}\n")
     pid = read_pid(cluster_dir.pid_file("ipcontroller"))
     if not pid_alive(pid):
         out.write(f"ipcluster: no controller is running for profile {cluster_dir.profile!r}\n")
@@ -459,8 +578,13 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         out.write(f"ipcluster: {e}\n")
         return 2
     if options.subCommand == "start":
-        return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
-                     bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out)
+        try:
+            return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
+                         bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
+                         engines_kind=sub["engines"], launch_options=dict(sub))
+        except usage.UsageError as e:
+            out.write(f"ipcluster: {e}\n")
+            return 2
     if options.subCommand == "stop":
         return stop(cluster_dir, sub["grace"], out=out)
     if options.subCommand == "adduser":
