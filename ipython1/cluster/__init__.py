@@ -7,6 +7,7 @@ by name and rebuilt from its record for ``ipcluster status`` and ``stop``.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,7 +53,7 @@ def make_launcher(kind: str, cluster_dir: ClusterDir, engine: EngineCommand,
     if kind not in BATCH_LAUNCHERS:
         raise LaunchError(f"unknown --engines {kind!r}: choose one of {', '.join(ENGINE_KINDS)}")
     if kind == "slurm" and in_allocation(environ):
-        return SlurmStepLauncher(cluster_dir, engine, options.get("srun-args") or [],
+        return SlurmStepLauncher(cluster_dir, engine, shlex.split(options.get("srun-args") or ""),
                                  environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID", ""))
     batch = BatchOptions(
         queue=options.get("queue"), time=options.get("time"), template=options.get("template"),
@@ -60,7 +61,7 @@ def make_launcher(kind: str, cluster_dir: ClusterDir, engine: EngineCommand,
         extra_args=list(options.get("sbatch-arg") or []) if kind == "slurm"
         else list(options.get("batch-arg") or []),
         partition=options.get("partition"), account=options.get("account"),
-        qos=options.get("qos"))
+        qos=options.get("qos"), srun_args=shlex.split(options.get("srun-args") or ""))
     if kind != "slurm":
         for name in ("partition", "account", "qos", "sbatch-arg"):
             if options.get(name):

@@ -79,6 +79,7 @@ class BatchOptions:
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
+    srun_args: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -192,13 +193,17 @@ class BatchLauncher:
 
     def render(self, n: int, index: int = 0) -> str:
         """Return the job script for a job of n engines (the index-th of this start)."""
-        directives = "\n".join(f"{self.directive} {line}" for line in
-                               self.directive_lines(n, index))
-        values = {
+        values = self.values(n)
+        values["directives"] = "\n".join(f"{self.directive} {line}" for line in
+                                         self.directive_lines(n, index))
+        return string.Template(self.template_text()).safe_substitute(values)
+
+    def values(self, n: int) -> dict[str, str]:
+        """Return the template's placeholders for a job of n engines (but its directives)."""
+        return {
             "n": str(n),
             "engine_command": self.engine.shell(),
             "fork_command": self.engine.shell("--fork", str(n)),
-            "directives": directives,
             "job_name": self.job_name,
             "output": self.output_path(),
             "profile": self.engine.profile,
@@ -206,7 +211,6 @@ class BatchLauncher:
             "queue": self.options.queue or "",
             "time": format_hms(self.time_seconds) if self.time_seconds is not None else "",
         }
-        return string.Template(self.template_text()).safe_substitute(values)
 
     def script_path(self, index: int) -> Path:
         return self.cluster_dir.path / JOBS_DIR / f"{self.name}-engines-{index}.sh"

@@ -10,6 +10,7 @@ engines on the allocation's nodes.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,12 @@ class SlurmLauncher(BatchLauncher):
 
     name = "slurm"
     directive = "#SBATCH"
-    default_template = "#!/bin/sh\n${directives}\nsrun ${engine_command}\n"
+    default_template = "#!/bin/sh\n${directives}\nsrun ${srun_args}${engine_command}\n"
     output_pattern = "{log}/slurm-{id}.out"
+
+    def values(self, n: int) -> dict[str, str]:
+        args = shlex.join(self.options.srun_args)
+        return {**super().values(n), "srun_args": args + " " if args else ""}
 
     def directive_lines(self, n: int, index: int) -> list[str]:
         o = self.options

@@ -56,6 +56,7 @@ class StartOptions(_ProfileOption):
         ["partition", None, None, "Slurm: partition."],
         ["account", None, None, "Slurm: account."],
         ["qos", None, None, "Slurm: quality of service."],
+        ["srun-args", None, "", "Slurm: extra arguments for srun (e.g. --mpi=pmix)."],
     ]
 
     def __init__(self) -> None:
@@ -82,8 +83,9 @@ class StartOptions(_ProfileOption):
             raise usage.UsageError(f"--engines must be one of {', '.join(ENGINE_KINDS)}")
         if self["engines"] == "mpiexec":
             self["mpi"] = True
-        elif self["mpi"] and self["engines"] != "local":
-            raise usage.UsageError("--mpi starts engines with mpiexec: use --engines mpiexec")
+        elif self["mpi"] and self["engines"] not in ("local", "slurm"):
+            raise usage.UsageError("--mpi starts engines with mpiexec (--engines mpiexec) "
+                                   "or srun (--engines slurm)")
 
 
 class StopOptions(_ProfileOption):
@@ -232,7 +234,10 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
         return 1
     profile = ["--profile", cluster_dir.profile]
     controller_args = [*profile, "--ip", ip]
-    if mpi:
+    if mpi and engines_kind == "slurm":
+        # srun starts the ranks; ids 0..n-1 wait for them.
+        controller_args += ["--reserve-ids", str(n)]
+    elif mpi:
         try:
             mpi_command = _mpi_preflight(n, mpiexec, mpi_args)
         except Exception as e:
@@ -262,7 +267,7 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
         launcher = None
         if engines_kind not in ("local", "mpiexec"):
             launcher, n = _start_launcher(cluster_dir, engines_kind, n, timeout,
-                                          launch_options or {})
+                                          launch_options or {}, mpi)
             engines = []
         elif mpi:
             engines = [track(_spawn(mpi_command(engine_options),
@@ -313,12 +318,13 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
 
 
 def _start_launcher(cluster_dir: ClusterDir, kind: str, n: int | None, timeout: float,
-                    options: dict[str, Any]) -> tuple[Any, int]:
+                    options: dict[str, Any], mpi: bool = False) -> tuple[Any, int]:
     """Start engines with a launcher of ipython1.cluster; record it for stop and status."""
     from ipython1 import cluster
 
-    engine = cluster.EngineCommand.for_cluster(cluster_dir, connect_timeout=timeout,
-                                               ipengine=options.get("ipengine"))
+    engine = cluster.EngineCommand.for_cluster(
+        cluster_dir, connect_timeout=timeout, ipengine=options.get("ipengine"),
+        extra=["--mpi", "mpi4py"] if mpi else [])
     launcher = cluster.make_launcher(kind, cluster_dir, engine, options, os.environ)
     if kind == "ssh":
         n = sum(h.slots for h in launcher.plan(n))

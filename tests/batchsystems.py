@@ -1,0 +1,188 @@
+"""Real batch systems for the launcher tests, on this machine, started and stopped by pid.
+
+``SlurmTestCluster`` runs munged, slurmctld and slurmd (Debian slurm-wlm and
+munge) from a private directory: its own munge key and socket, a slurm.conf
+with proctrack/linuxproc and free ports, one node (``ip1node``, 127.0.0.1)
+claiming 8 CPUs so several engine jobs fit on a 2-core machine. Commands
+reach it through ``SLURM_CONF`` in ``env``. Nothing outside the directory is
+touched, and every daemon is stopped by pid on exit, even after a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+SLURM_NODE = "ip1node"
+SLURM_CPUS = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def slurm_unavailable() -> str | None:
+    """Return why a Slurm test cluster cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "slurmd must run as root"
+    for tool in ("munged", "slurmctld", "slurmd", "sbatch", "srun", "salloc", "scontrol"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing (apt-get install slurm-wlm munge)"
+    return None
+
+
+class Daemons:
+    """Processes started by a fixture: stopped by pid (TERM, then KILL) in reverse order."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(self.directory / f"{name}.out", "ab") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, grace: float = 10.0) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self.procs.clear()
+
+    def died(self) -> str | None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                out = self.directory / f"{Path(str(proc.args[0])).name}.out"
+                return f"{proc.args[0]} exited ({proc.returncode}): " + (
+                    out.read_text(errors="replace")[-2000:] if out.exists() else "")
+        return None
+
+
+class SlurmTestCluster:
+    """munged + slurmctld + slurmd on 127.0.0.1 from a private directory; a context manager."""
+
+    def __init__(self, directory: Path, timeout: float = 60.0) -> None:
+        self.dir = directory
+        self.timeout = timeout
+        self.conf = directory / "slurm.conf"
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+        self.daemons = Daemons(directory)
+
+    def __enter__(self) -> SlurmTestCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.daemons.stop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def write_config(self) -> None:
+        d = self.dir
+        os.chmod(d, 0o711)  # munged wants the socket's directory searchable
+        for sub in ("state", "spool"):
+            (d / sub).mkdir(exist_ok=True)
+        key = d / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        host = socket.gethostname().split(".")[0]
+        self.conf.write_text(f"""\
+ClusterName=ip1test
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+AuthType=auth/munge
+AuthInfo=socket={d}/munge.sock
+CredType=cred/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+SlurmdParameters=config_overrides
+MinJobAge=600
+NodeName={SLURM_NODE} NodeAddr=127.0.0.1 NodeHostname={host} CPUs={SLURM_CPUS} RealMemory=1000
+PartitionName=debug Nodes={SLURM_NODE} Default=YES MaxTime=INFINITE State=UP
+""")
+
+    def start(self) -> None:
+        self.write_config()
+        d, env = self.dir, self.env
+        self.daemons.start("munged", [
+            "munged", "-F", "-f", f"--socket={d}/munge.sock", f"--key-file={d}/munge.key",
+            f"--pid-file={d}/munged.pid", f"--seed-file={d}/munged.seed"], env)
+        self._wait(lambda: (d / "munge.sock").exists(), "munged's socket")
+        self.daemons.start("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)], env)
+        self.daemons.start("slurmd", ["slurmd", "-D", "-N", SLURM_NODE, "-f", str(self.conf)],
+                           env)
+        self._wait(lambda: "idle" in self.run("sinfo", "-h", "-o", "%t").stdout,
+                   "the node to be idle")
+
+    def _wait(self, condition: Any, what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not condition():
+            died = self.daemons.died()
+            if died:
+                raise RuntimeError(f"slurm test cluster: {died}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"slurm test cluster: timed out waiting for {what}; "
+                                   + self.logs())
+            time.sleep(0.1)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
+                         for p in sorted(self.dir.glob("*.log")) + sorted(self.dir.glob("*.out")))
+
+    def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def job_state(self, job_id: str) -> str:
+        out = self.run("scontrol", "-o", "show", "job", job_id).stdout
+        return out.split("JobState=", 1)[1].split()[0] if "JobState=" in out else ""
+
+    def jobs(self) -> list[str]:
+        """Return the ids of the jobs Slurm still lists as pending or running."""
+        return self.run("squeue", "-h", "-o", "%i").stdout.split()
+
+    def stop(self) -> None:
+        try:
+            if self.daemons.procs and self.jobs():
+                self.run("scancel", *self.jobs(), timeout=30)
+                deadline = time.monotonic() + 30  # let slurmd end the jobs' processes
+                while self.jobs() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+        except Exception:
+            pass
+        self.daemons.stop()
