@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.hostgrid import HostGrid, unavailable_reason
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -153,3 +155,33 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
         yield cluster
     finally:
         cluster.stop()
+
+
+def _grid(names: tuple[str, ...]) -> Iterator[HostGrid]:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"no grid of hosts: {reason}")
+    with HostGrid(names) as grid:
+        yield grid
+
+
+@pytest.fixture(scope="module")
+def host_grid() -> Iterator[HostGrid]:
+    """Four namespace hosts (ctl, e1, e2, cli) shared by a module; see tests/hostgrid.py."""
+    yield from _grid(("ctl", "e1", "e2", "cli"))
+
+
+@pytest.fixture
+def make_host_grid() -> Iterator[Callable[..., HostGrid]]:
+    """Make grids of the given host names on demand; all are torn down at the end."""
+    grids: list[Iterator[HostGrid]] = []
+
+    def make(*names: str) -> HostGrid:
+        grids.append(_grid(names or ("ctl", "e1", "e2", "cli")))
+        return next(grids[-1])
+
+    try:
+        yield make
+    finally:
+        for grid in reversed(grids):
+            next(grid, None)
