@@ -186,3 +186,96 @@ PartitionName=debug Nodes={SLURM_NODE} Default=YES MaxTime=INFINITE State=UP
         except Exception:
             pass
         self.daemons.stop()
+
+
+# -- sshd ---------------------------------------------------------------------------
+
+SSHD = "/usr/sbin/sshd"
+SSH_PORT = 2222
+
+
+def ssh_unavailable() -> str | None:
+    """Return why sshd hosts cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "sshd needs root"
+    for tool, package in ((SSHD, "openssh-server"), ("ssh", "openssh-client"),
+                          ("ssh-keygen", "openssh-client")):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing (apt-get install {package})"
+    return None
+
+
+class SSHDs:
+    """A real sshd in each given grid host: its own host key, config and port, stopped by pid.
+
+    The test's own client key (``key``) is the only one authorized; ``ssh_args``
+    are what ipcluster's --ssh-args needs to use it. Each host's sessions get
+    their own IPYTHON1_DIR (``home(host)``), as a host without a shared
+    filesystem would.
+    """
+
+    def __init__(self, directory: Path, hosts: list[Any], port: int = SSH_PORT) -> None:
+        self.dir = directory
+        self.hosts = hosts
+        self.port = port
+        self.key = directory / "id_ed25519"
+        self.daemons = Daemons(directory)
+
+    def home(self, host: Any) -> Path:
+        """The host's own IPYTHON1_DIR (sshd sets it), apart from the test cluster's."""
+        return self.dir / f"home-{host.name}"
+
+    @property
+    def ssh_args(self) -> str:
+        return (f"-p {self.port} -i {self.key} -o IdentitiesOnly=yes -o ConnectTimeout=10 "
+                f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+
+    def __enter__(self) -> SSHDs:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        d = self.dir
+        for path, kind in ((self.key, "ed25519"), (d / "host_ed25519", "ed25519")):
+            subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)],
+                           check=True, capture_output=True, timeout=30)
+        (d / "authorized_keys").write_text(Path(f"{self.key}.pub").read_text())
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation
+        for host in self.hosts:
+            config = d / f"sshd_config-{host.name}"
+            config.write_text(f"""\
+Port {self.port}
+HostKey {d}/host_ed25519
+AuthorizedKeysFile {d}/authorized_keys
+PidFile {d}/sshd-{host.name}.pid
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+SetEnv IPYTHON1_DIR={self.home(host)}
+""")
+            with open(d / f"sshd-{host.name}.out", "ab") as out:
+                proc = host.popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out,
+                                  stderr=out, stdin=subprocess.DEVNULL)
+            self.daemons.procs.append(proc)
+        deadline = time.monotonic() + 30
+        for host in self.hosts:
+            while host.run(["ssh", *self.ssh_args.split(), "-o", "BatchMode=yes",
+                            host.name, "true"], timeout=30).returncode != 0:
+                died = self.daemons.died()
+                if died or time.monotonic() > deadline:
+                    raise RuntimeError(f"sshd on {host.name} did not come up: {died or ''}"
+                                       + (d / f"sshd-{host.name}.out").read_text())
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.daemons.stop()

@@ -42,7 +42,9 @@ class Options(usage.Options):
         if self["fork"] > 1 and self["mpi"]:
             raise usage.UsageError("--fork cannot be combined with --mpi (mpiexec starts ranks)")
         if self["furl-file"] is None:
-            self["furl-file"] = str(ClusterDir(self["profile"]).furl_file(ENGINE_FURL))
+            # A FURL handed over by a launcher (ipcluster --engines ssh), never on argv.
+            self["furl-file"] = (os.environ.get("IPYTHON1_ENGINE_FURL")
+                                 or str(ClusterDir(self["profile"]).furl_file(ENGINE_FURL)))
 
 
 def _engine_service(options: Any, own_shell_thread: bool) -> Any:
