@@ -279,3 +279,189 @@ SetEnv IPYTHON1_DIR={self.home(host)}
 
     def stop(self) -> None:
         self.daemons.stop()
+
+
+# -- Grid Engine --------------------------------------------------------------------
+
+SGE_BIN = Path("/var/lib/gridengine")  # Debian's SGE_ROOT: bin, lib, util, utilbin
+SGE_QUEUE = """\
+qname all.q
+hostlist {host}
+seq_no 0
+load_thresholds NONE
+suspend_thresholds NONE
+nsuspend 1
+suspend_interval 00:05:00
+priority 0
+min_cpu_interval 00:05:00
+processors UNDEFINED
+qtype BATCH INTERACTIVE
+ckpt_list NONE
+pe_list NONE
+rerun FALSE
+slots 8
+tmpdir /tmp
+shell /bin/sh
+prolog NONE
+epilog NONE
+shell_start_mode posix_compliant
+starter_method NONE
+suspend_method NONE
+resume_method NONE
+terminate_method NONE
+notify 00:00:60
+owner_list NONE
+user_lists NONE
+xuser_lists NONE
+subordinate_list NONE
+complex_values NONE
+projects NONE
+xprojects NONE
+calendar NONE
+initial_state default
+""" + "".join(f"{limit} INFINITY\n" for limit in (
+    "s_rt", "h_rt", "s_cpu", "h_cpu", "s_fsize", "h_fsize", "s_data", "h_data", "s_stack",
+    "h_stack", "s_core", "h_core", "s_rss", "h_rss", "s_vmem", "h_vmem"))
+
+
+def sge_unavailable() -> str | None:
+    """Return why a Grid Engine test cell cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "sge_execd must run as root"
+    for path in ("/usr/sbin/sge_qmaster", "/usr/sbin/sge_execd", "/usr/lib/gridengine/spoolinit",
+                 str(SGE_BIN / "bin")):
+        if not Path(path).exists():
+            return f"{path} is missing (apt-get install gridengine-master gridengine-exec " \
+                   "gridengine-client)"
+    return None
+
+
+class SGETestCluster:
+    """A Grid Engine cell (qmaster + execd, classic spooling) in a private directory.
+
+    The cell lives in its own SGE_ROOT (links to Debian's binaries) with free
+    ports, one exec host (this machine, 8 slots in all.q) and a scheduler that
+    runs every second. Commands reach it through ``env``; both daemons run in
+    the foreground (SGE_ND) and are stopped by pid.
+    """
+
+    def __init__(self, directory: Path, timeout: float = 60.0) -> None:
+        self.dir = directory
+        self.timeout = timeout
+        self.root = directory / "root"
+        self.host = socket.gethostname()
+        self.env = dict(os.environ, SGE_ROOT=str(self.root), SGE_CELL="ip1",
+                        SGE_QMASTER_PORT=str(free_port()), SGE_EXECD_PORT=str(free_port()))
+        self.daemons = Daemons(directory)
+
+    def __enter__(self) -> SGETestCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def run(self, *argv: str, input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(argv), env=self.env, input=input, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def _qconf(self, flag: str, text: str) -> None:
+        path = self.dir / f"qconf{flag}"
+        path.write_text(text)
+        proc = self.run("qconf", flag, str(path))
+        if proc.returncode != 0:
+            raise RuntimeError(f"qconf {flag}: {proc.stdout}{proc.stderr}")
+
+    def start(self) -> None:
+        d, common = self.dir, self.root / "ip1" / "common"
+        common.mkdir(parents=True)
+        (d / "qmaster").mkdir()
+        (d / "execd").mkdir()
+        for name in ("bin", "lib", "util", "utilbin"):
+            (self.root / name).symlink_to(SGE_BIN / name)
+        (common / "bootstrap").write_text(f"""\
+admin_user none
+default_domain none
+ignore_fqdn true
+spooling_method classic
+spooling_lib libspoolc
+spooling_params {common};{d}/qmaster
+binary_path /usr/sbin
+qmaster_spool_dir {d}/qmaster
+security_mode none
+listener_threads 2
+worker_threads 2
+scheduler_threads 1
+""")
+        (common / "act_qmaster").write_text(self.host + "\n")
+        # 127.0.0.1 may resolve back to "localhost": one host under both names.
+        (common / "host_aliases").write_text(f"{self.host} localhost\n")
+        defaults = Path("/usr/share/gridengine/default-configuration").read_text()
+        conf = []
+        for line in defaults.splitlines():
+            key = line.split()[0] if line.split() else ""
+            conf.append({"execd_spool_dir": f"execd_spool_dir {d}/execd",
+                         "min_uid": "min_uid 0", "min_gid": "min_gid 0",
+                         "load_report_time": "load_report_time 00:00:05"}.get(key, line))
+        (common / "configuration").write_text("\n".join(conf) + "\n")
+        init = self.run("/usr/lib/gridengine/spoolinit", "classic", "libspoolc",
+                        f"{common};{d}/qmaster", "init")
+        if init.returncode != 0:
+            raise RuntimeError(f"spoolinit: {init.stdout}{init.stderr}")
+        for kind, path in (("complexes", "centry"), ("usersets", "usersets")):
+            self.run("/usr/lib/gridengine/spooldefaults", kind,
+                     f"/usr/share/gridengine/util/resources/{path}")
+        self.run("/usr/lib/gridengine/spooldefaults", "managers", "root")
+        self.run("/usr/lib/gridengine/spooldefaults", "adminhosts", self.host)
+
+        daemon_env = dict(self.env, SGE_ND="1")
+        self.daemons.start("sge_qmaster", ["/usr/sbin/sge_qmaster"], daemon_env)
+        self._wait(lambda: self.run("qconf", "-sh").returncode == 0, "sge_qmaster")
+        sconf = self.run("qconf", "-ssconf").stdout
+        self._qconf("-Msconf", "\n".join(
+            {"schedule_interval": "schedule_interval 0:0:1",
+             "flush_submit_sec": "flush_submit_sec 1",
+             "flush_finish_sec": "flush_finish_sec 1"}.get(line.split()[0], line)
+            for line in sconf.splitlines() if line.split()) + "\n")
+        self.run("qconf", "-as", self.host)
+        self._qconf("-Ae", f"hostname {self.host}\nload_scaling NONE\ncomplex_values NONE\n"
+                    "user_lists NONE\nxuser_lists NONE\nprojects NONE\nxprojects NONE\n"
+                    "usage_scaling NONE\nreport_variables NONE\n")
+        self._qconf("-Aq", SGE_QUEUE.format(host=self.host))
+        self.daemons.start("sge_execd", ["/usr/sbin/sge_execd"], daemon_env)
+        self._wait(lambda: "lx-" in self.run("qstat", "-f").stdout, "the exec host to report")
+
+    def _wait(self, condition: Any, what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not condition():
+            died = self.daemons.died()
+            if died or time.monotonic() > deadline:
+                raise RuntimeError(f"SGE test cell: {died or 'timed out waiting for ' + what}; "
+                                   + self.logs())
+            time.sleep(0.2)
+
+    def logs(self) -> str:
+        paths = [*self.dir.glob("*.out"), self.dir / "qmaster" / "messages"]
+        return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-1500:]}"
+                         for p in paths if p.exists())
+
+    def jobs(self) -> list[str]:
+        lines = self.run("qstat").stdout.splitlines()
+        return sorted({line.split()[0] for line in lines if line.split()[:1] != []
+                       and line.split()[0].isdigit()})
+
+    def stop(self) -> None:
+        try:
+            if self.daemons.procs and self.jobs():
+                self.run("qdel", "-f", *self.jobs(), timeout=30)
+                deadline = time.monotonic() + 30
+                while self.jobs() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+        except Exception:
+            pass
+        self.daemons.stop()
