@@ -407,7 +407,11 @@ scheduler_threads 1
             key = line.split()[0] if line.split() else ""
             conf.append({"execd_spool_dir": f"execd_spool_dir {d}/execd",
                          "min_uid": "min_uid 0", "min_gid": "min_gid 0",
-                         "load_report_time": "load_report_time 00:00:05"}.get(key, line))
+                         "load_report_time": "load_report_time 00:00:05",
+                         # qacct tells how a job ended only once accounting is flushed
+                         "reporting_params": "reporting_params accounting=true reporting=false "
+                         "flush_time=00:00:01 joblog=false sharelog=00:00:00 "
+                         "accounting_flush_time=00:00:00"}.get(key, line))
         (common / "configuration").write_text("\n".join(conf) + "\n")
         init = self.run("/usr/lib/gridengine/spoolinit", "classic", "libspoolc",
                         f"{common};{d}/qmaster", "init")

@@ -272,9 +272,13 @@ class BatchLauncher:
                 for job in self.jobs]
 
     def stop(self, grace: float) -> list[str]:
-        ids = [job.id for job in self.jobs]
+        try:
+            self.refresh()
+        except Exception:
+            pass  # cancel them all, then
+        ids = [job.id for job in self.jobs if job.state not in FINISHED]
         if not ids:
-            return []
+            return [f"{self.name}: no job left to cancel"] if self.jobs else []
         proc = self.run(self.cancel_argv(ids))
         if proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip()

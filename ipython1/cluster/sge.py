@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ipython1.cluster.batch import CANCELLED, FAILED, PENDING, RUNNING, BatchLauncher, Job
+from ipython1.cluster.batch import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    BatchLauncher,
+    Job,
+)
 from ipython1.cluster.launcher import LaunchError
 
 
@@ -54,7 +62,13 @@ class SGELauncher(BatchLauncher):
         proc = self.run(["qstat"])
         if proc.returncode != 0:
             raise LaunchError(f"qstat failed: {(proc.stderr or proc.stdout).strip()}")
-        return parse_qstat(proc.stdout, [job.id for job in jobs])
+        known = parse_qstat(proc.stdout, [job.id for job in jobs])
+        for job in jobs:
+            if job.id not in known:  # finished: accounting tells how (when it is kept)
+                finished = self.run(["qacct", "-j", job.id])
+                if finished.returncode == 0:
+                    known[job.id] = parse_qacct(finished.stdout)
+        return known
 
     def cancel_argv(self, ids: Sequence[str]) -> list[str]:
         return ["qdel", *ids]
@@ -75,3 +89,15 @@ def parse_qstat(text: str, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
                                  + job_id if state == FAILED else "")
                 break
     return known
+
+
+def parse_qacct(text: str) -> tuple[str, str]:
+    """Return (state, reason) of a finished job from `qacct -j`; any failed task fails it."""
+    failed = [line.split(None, 1)[1].strip() for line in text.splitlines()
+              if line.startswith("failed") and len(line.split()) > 1 and line.split()[1] != "0"]
+    codes = [line.split()[1] for line in text.splitlines()
+             if line.startswith("exit_status") and len(line.split()) > 1]
+    bad = [code for code in codes if code != "0"]
+    if failed or bad:
+        return FAILED, ", ".join([f"exit status {bad[0]}"] * bool(bad) + failed[:1])
+    return DONE, ""

@@ -348,7 +348,9 @@ def _wait_for_launcher(launcher: Any, mec: Any, n: int, timeout: float, out: IO[
         _wait_for(lambda: len(mec.get_ids()) >= n, timeout, failed, lambda: failure[0])
         return True
     except RuntimeError as e:
-        waiting = launcher.waiting() if str(e).startswith("timed out") else []
+        if not str(e).startswith("timed out"):
+            raise
+        waiting = launcher.waiting()
         if not waiting:
             raise RuntimeError(f"{e}; {len(mec.get_ids())} of {n} engines registered "
                                "(engines on other hosts need a controller they can reach: "

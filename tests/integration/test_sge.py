@@ -66,7 +66,7 @@ def test_a_failed_job_is_reported_with_its_output(sge: SGETestCluster, cluster: 
                                 "--ipengine", "/nonexistent/ipengine", "--timeout", "60")
     cluster.record_pids()
     assert started.returncode == 1, started.stdout
-    job = re.search(r"sge job (\d+) is (DONE|FAILED)", started.stdout)
+    job = re.search(r"sge job (\d+) is FAILED \(exit status 127\)", started.stdout)
     assert job, started.stdout
     assert f"{cluster.dir.log}/sge-{job.group(1)}.1.out" in started.stdout
     assert "/nonexistent/ipengine" in started.stdout  # the shell's complaint, from the file

@@ -24,7 +24,7 @@ from ipython1.cluster.batch import (
 from ipython1.cluster.launcher import EngineCommand, LaunchError
 from ipython1.cluster.lsf import LSFLauncher
 from ipython1.cluster.pbs import PBSLauncher
-from ipython1.cluster.sge import SGELauncher, parse_qstat
+from ipython1.cluster.sge import SGELauncher, parse_qacct, parse_qstat
 from ipython1.cluster.slurm import SlurmLauncher, SlurmStepLauncher, parse_scontrol
 from ipython1.cluster.ssh import (
     HostSlots,
@@ -186,7 +186,7 @@ def test_slurm_submits_jobs_of_k_and_keeps_scripts(cdir: ClusterDir,
     assert launcher.jobs[0].output == f"{cdir.log}/slurm-101.out"
     run.calls.clear()
     assert launcher.stop(1) == ["slurm: cancelled job(s) 101, 102, 103"]
-    assert run.calls == [(["scancel", "101", "102", "103"], None)]
+    assert run.calls[-1] == (["scancel", "101", "102", "103"], None)
 
 
 def test_slurm_refused_submission_says_why(cdir: ClusterDir, engine: EngineCommand) -> None:
@@ -360,3 +360,12 @@ def test_unknown_engines_kind(cdir: ClusterDir, engine: EngineCommand) -> None:
 
 def test_job_states_are_normalised() -> None:
     assert {DONE, FAILED, CANCELLED} == set(cluster.batch.FINISHED)
+
+
+def test_parse_qacct() -> None:
+    ok = "jobnumber    5\ntaskid       1\nfailed       0\nexit_status  0\n"
+    assert parse_qacct(ok + ok) == (DONE, "")
+    bad = "jobnumber    5\ntaskid       2\nfailed       0\nexit_status  127\n"
+    assert parse_qacct(ok + bad) == (FAILED, "exit status 127")
+    lost = "failed       100 : assumedly after job\nexit_status  137\n"
+    assert parse_qacct(lost) == (FAILED, "exit status 137, 100 : assumedly after job")
