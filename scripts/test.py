@@ -17,5 +17,8 @@ bootstrap.reexec_in_venv("test,mpi")
 
 os.chdir(bootstrap.ROOT)
 os.environ.setdefault("IPYTHON1_NONINTERACTIVE", "1")
+args = sys.argv[1:]
+# Paths given (tests/unit, tests/integration/test_x.py::test_y) replace the default "tests".
+paths = [a for a in args if not a.startswith("-") and os.path.exists(a.split("::")[0])]
 os.execv(sys.executable, [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                          "tests", *sys.argv[1:]])
+                          *([] if paths else ["tests"]), *args])

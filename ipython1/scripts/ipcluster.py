@@ -37,7 +37,12 @@ class StartOptions(_ProfileOption):
     optParameters = [
         ["n", "n", None, "Number of engines (default 2; with --engines ssh, every host slot).",
          int],
-        ["ip", None, "127.0.0.1", "Interface the controller listens on."],
+        ["ip", None, None, "Address the controller listens on: 0.0.0.0 or :: for every "
+         "interface (default: 127.0.0.1, or every interface when --location is given)."],
+        ["location", None, None, "HOST[:PORT][,HOST2...]: what the controller's FURLs "
+         "advertise to engines and clients on other hosts (see ipcontroller --help)."],
+        ["port", None, 0, "TCP port of the controller (default: any free port).", int],
+        ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
         ["timeout", None, 120.0, "Seconds to wait for all engines to register.", float],
         ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
         ["mpi-args", None, "", "Extra arguments for mpiexec."],
@@ -78,6 +83,9 @@ class StartOptions(_ProfileOption):
 
     def postOptions(self) -> None:
         from ipython1.cluster import ENGINE_KINDS
+        from ipython1.scripts.ipcontroller import check_network_options
+
+        check_network_options(self)
 
         if self["engines"] not in ENGINE_KINDS:
             raise usage.UsageError(f"--engines must be one of {', '.join(ENGINE_KINDS)}")
@@ -215,7 +223,8 @@ def engine_pids(cluster_dir: ClusterDir) -> list[int]:
 def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
           timeout: float = 120.0, daemon: bool = True, mpi: bool = False,
           mpiexec: str | None = None, mpi_args: str = "", out: IO[str] = sys.stdout,
-          on_start: Callable[[int], None] | None = None, engines_kind: str = "local",
+          on_start: Callable[[int], None] | None = None, location: str | None = None,
+          port: int = 0, relay_port: int = 0, engines_kind: str = "local",
           launch_options: dict[str, Any] | None = None) -> int:
     """Start a controller and n engines; return 0 once all have registered.
 
@@ -233,7 +242,9 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                   f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first\n")
         return 1
     profile = ["--profile", cluster_dir.profile]
-    controller_args = [*profile, "--ip", ip]
+    controller_args = [*profile, "--ip", ip, "--port", str(port),
+                       "--relay-port", str(relay_port),
+                       *(["--location", location] if location else [])]
     if mpi and engines_kind == "slurm":
         # srun starts the ranks; ids 0..n-1 wait for them.
         controller_args += ["--reserve-ids", str(n)]
@@ -303,6 +314,8 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
         return 1
     out.write(f"ipcluster: controller and {n} engines are up in {time.monotonic() - t0:.1f} s "
               f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
+    if ip != "127.0.0.1" or location:
+        out.write(_other_hosts_hint(cluster_dir))
     out.flush()
     if daemon:
         return 0
@@ -375,6 +388,20 @@ def _stop_launcher(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
     except Exception as e:  # the controller must still be stopped
         out.write(f"ipcluster: could not stop the launched engines: {e}\n")
     cluster.clear_state(cluster_dir)
+
+
+def _other_hosts_hint(cluster_dir: ClusterDir) -> str:
+    """Say where the controller is reached from and how engines on other hosts join."""
+    from ipython1.kernel.cluster import ENGINE_FURL
+    from ipython1.kernel.wire import furl_location
+
+    path = cluster_dir.furl_file(ENGINE_FURL)
+    try:
+        where = furl_location(path.read_text().strip())
+    except OSError:
+        return ""
+    return (f"ipcluster: the controller's FURLs advertise {where}; on another host: "
+            f"ipengine --furl-file {path}\n")
 
 
 def _mpi_preflight(n: int, mpiexec: str | None,
@@ -589,7 +616,9 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         try:
             return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
                          bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
-                         engines_kind=sub["engines"], launch_options=dict(sub))
+                         location=sub["location"], port=sub["port"],
+                         relay_port=sub["relay-port"], engines_kind=sub["engines"],
+                         launch_options=dict(sub))
         except usage.UsageError as e:
             out.write(f"ipcluster: {e}\n")
             return 2
