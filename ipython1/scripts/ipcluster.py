@@ -367,7 +367,8 @@ def _wait_for_launcher(launcher: Any, mec: Any, n: int, timeout: float, out: IO[
         if not waiting:
             raise RuntimeError(f"{e}; {len(mec.get_ids())} of {n} engines registered "
                                "(engines on other hosts need a controller they can reach: "
-                               "--ip and --location; see docs/deployment.md)") from None
+                               "--ip and --location; see docs/deployment.md)"
+                               + "".join(f"\n  {line}" for line in launcher.status())) from None
     out.write(f"ipcluster: {len(mec.get_ids())} of {n} engines registered after "
               f"{timeout:g} s; still queued:\n"
               + "".join(f"  {line}\n" for line in waiting)

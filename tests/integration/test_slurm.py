@@ -108,3 +108,43 @@ def test_inside_an_allocation_engines_are_an_srun_step(slurm: SlurmTestCluster,
     assert steps.count(f"'{allocation}.0'") == 2, out
     assert "slurm-step: stopped 1 process(es)" in out
 
+
+
+@pytest.mark.mpi
+def test_mpi_engines_with_mpiexec_inside_an_allocation(slurm: SlurmTestCluster,
+                                                       cluster: Cluster) -> None:
+    # MPICH's mpiexec (Hydra) starts its ranks through srun inside an allocation.
+    pytest.importorskip("mpi4py")
+    ipcluster = f"{sys.executable} -m ipython1.scripts.ipcluster --profile {cluster.profile}"
+    check = ("from ipython1.kernel.client import MultiEngineClient as M; "
+             "m = M(profile='test'); "
+             "m.execute('import os; from mpi4py import MPI; w = MPI.COMM_WORLD; "
+             "r = (w.Get_rank(), w.Get_size(), w.allreduce(w.Get_rank()), "
+             "os.environ[\\'SLURM_JOB_ID\\'])'); "
+             "print('RANKS', m.pull('r')); m.close()")
+    script = (f"{ipcluster} start -n 3 --engines mpiexec --daemon --timeout 90 && "
+              f"{sys.executable} -c \"{check}\"; {ipcluster} stop")
+    proc = subprocess.run(["salloc", "-n", "3", "--", "sh", "-c", script], env=cluster.env,
+                          capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    job = re.search(r"Granted job allocation (\d+)", out).group(1)  # type: ignore[union-attr]
+    # Engine ids are ranks of one MPI world of 3, all inside the allocation.
+    assert f"RANKS [(0, 3, 3, '{job}'), (1, 3, 3, '{job}'), (2, 3, 3, '{job}')]" in out, out
+
+def test_queued_jobs_join_when_they_start(slurm: SlurmTestCluster, cluster: Cluster) -> None:
+    # Each job takes 6 of the node's 8 CPUs: the second waits for the first to end.
+    started = cluster.ipcluster("start", "-n", "4", "--engines", "slurm", "--engines-per-job",
+                                "2", "--sbatch-arg=--cpus-per-task=3", "--daemon",
+                                "--timeout", "15")
+    cluster.record_pids()
+    assert started.returncode == 0, started.stdout + started.stderr
+    first, second = _job_ids(cluster.ipcluster("status").stdout)
+    assert "2 of 4 engines registered after 15 s; still queued:" in started.stdout
+    assert f"slurm job {second} (2 engines) is PENDING: Resources" in started.stdout
+    assert "their engines join when the jobs start" in started.stdout
+    mec = cluster.client()
+    assert mec.get_ids() == [0, 1]
+    slurm.run("scancel", first)
+    wait_until(lambda: mec.get_ids() == [2, 3], 60, "the second job's engines to join")
+    assert mec.apply(lambda: __import__("os").environ["SLURM_JOB_ID"]) == [second, second]

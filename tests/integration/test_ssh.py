@@ -89,7 +89,7 @@ def test_engines_on_two_hosts_over_ssh(grid: tuple[HostGrid, SSHDs],
                                        cluster: GridCluster) -> None:
     hosts, sshds = grid
     started = cluster.ipcluster(
-        "start", "--engines", "ssh", "--hosts", "e1:2,e2:1", "--ip", hosts["ctl"].address,
+        "start", "--engines", "ssh", "--hosts", "e1:2,e2:1", "--location", "ctl",
         "--ssh-args", sshds.ssh_args, "--daemon", "--timeout", "90")
     assert started.returncode == 0, started.stdout + started.stderr
     assert "controller and 3 engines are up" in started.stdout
