@@ -30,7 +30,7 @@ class ProcessLauncher:
     def spawn(self, argv: list[str], what: str, log: Path, stdin_text: str | None = None,
               **record: Any) -> subprocess.Popen[bytes]:
         """Start argv in its own session, output to log, stdin_text (if any) on its stdin."""
-        with open(log, "ab") as out:
+        with open(log, "wb") as out:  # this start's output only: its tail explains a failure
             proc = subprocess.Popen(
                 argv, stdout=out, stderr=out, start_new_session=True,
                 stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL)
