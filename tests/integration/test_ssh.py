@@ -136,3 +136,43 @@ def test_ssh_that_cannot_log_in_is_reported(grid: tuple[HostGrid, SSHDs],
         in started.stdout
     assert "Permission denied (publickey)" in started.stdout
     assert not cluster.cluster.dir.controller_running()
+
+
+MPI_CHECK = """
+from ipython1.kernel.client import MultiEngineClient
+mec = MultiEngineClient(profile="test")
+mec.execute("import socket; from mpi4py import MPI; w = MPI.COMM_WORLD; "
+            "r = (w.Get_rank(), w.Get_size(), socket.gethostname(), w.allreduce(w.Get_rank()))")
+print("RANKS", mec.pull("r"))
+mec.close()
+"""
+
+
+@pytest.mark.mpi
+def test_mpi_ranks_on_two_hosts_with_mpiexec(grid: tuple[HostGrid, SSHDs],
+                                             cluster: GridCluster, tmp_path: Path) -> None:
+    # MPICH's mpiexec (Hydra) reaches e1 and e2 over the test's ssh (port, key).
+    pytest.importorskip("mpi4py")
+    from ipython1.kernel import mpi
+
+    try:
+        mpiexec = mpi.find_mpiexec()
+    except Exception as e:
+        pytest.skip(f"no mpiexec: {e}")
+    if mpi.mpiexec_flavor(mpiexec) != "mpich":
+        pytest.skip("the host list and ssh options are MPICH's (Hydra)")
+    hosts, sshds = grid
+    wrapper = tmp_path / "ssh-wrapper"
+    wrapper.write_text(f'#!/bin/sh\nexec ssh {sshds.ssh_args} "$@"\n')
+    wrapper.chmod(0o755)
+    started = cluster.ipcluster(
+        "start", "-n", "4", "--engines", "mpiexec", "--location", "ctl", "--mpi-args",
+        f"-hosts e1:2,e2:2 -launcher ssh -launcher-exec {wrapper}", "--daemon",
+        "--timeout", "90")
+    assert started.returncode == 0, started.stdout + started.stderr
+    proc = cluster.ctl.run([sys.executable, "-c", MPI_CHECK], env=cluster.cluster.env,
+                           timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # One MPI world over two hosts; engine ids are ranks.
+    assert "RANKS [(0, 4, 'e1', 6), (1, 4, 'e1', 6), (2, 4, 'e2', 6), (3, 4, 'e2', 6)]" \
+        in proc.stdout, proc.stdout
