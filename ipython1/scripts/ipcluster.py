@@ -62,6 +62,8 @@ class StartOptions(_ProfileOption):
         ["account", None, None, "Slurm: account."],
         ["qos", None, None, "Slurm: quality of service."],
         ["srun-args", None, "", "Slurm: extra arguments for srun (e.g. --mpi=pmix)."],
+        ["controller-host", None, None, "Run the controller on this host, over ssh "
+         "(--ssh-args apply; its FURLs advertise the host unless --location says otherwise)."],
     ]
 
     def __init__(self) -> None:
@@ -83,8 +85,11 @@ class StartOptions(_ProfileOption):
 
     def postOptions(self) -> None:
         from ipython1.cluster import ENGINE_KINDS
+        from ipython1.cluster.remote import host_name
         from ipython1.scripts.ipcontroller import check_network_options
 
+        if self["controller-host"] and not self["location"]:
+            self["location"] = host_name(self["controller-host"])
         check_network_options(self)
 
         if self["engines"] not in ENGINE_KINDS:
@@ -265,10 +270,16 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
         return proc
 
     t0 = time.monotonic()
+    controller_host = (launch_options or {}).get("controller-host")
     try:
-        controller = track(_spawn(
-            _python_module("ipython1.scripts.ipcontroller", *controller_args),
-            cluster_dir.log_file("ipcontroller-console")))
+        if controller_host:
+            controller = track(_start_remote_controller(
+                cluster_dir, controller_host, (launch_options or {}).get("ssh-args") or "",
+                controller_args, timeout))
+        else:
+            controller = track(_spawn(
+                _python_module("ipython1.scripts.ipcontroller", *controller_args),
+                cluster_dir.log_file("ipcontroller-console")))
         _wait_for(lambda: read_pid(cluster_dir.pid_file("ipcontroller")) == controller.pid,
                   timeout, lambda: controller.poll() is not None,
                   lambda: "the controller exited:\n"
@@ -308,6 +319,7 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
     except Exception as e:
         out.write(f"ipcluster: could not start the cluster: {e}\n")
         _stop_launcher(cluster_dir, grace=3, out=out)
+        _stop_remote_controller(cluster_dir, grace=3, out=out)
         stop_pids(engine_pids(cluster_dir) + list(reversed(started)), grace=3)
         for name in ("ipcontroller", ENGINES_PID_FILE):
             cluster_dir.pid_file(name).unlink(missing_ok=True)
@@ -375,6 +387,39 @@ def _wait_for_launcher(launcher: Any, mec: Any, n: int, timeout: float, out: IO[
               + "ipcluster: their engines join when the jobs start ('ipcluster status'); "
               "the cluster stays up\n")
     return False
+
+
+def _start_remote_controller(cluster_dir: ClusterDir, host: str, ssh_args: str,
+                             controller_args: list[str],
+                             timeout: float) -> subprocess.Popen[bytes]:
+    """Start the controller on host over ssh; return the ssh client once its FURLs are here."""
+    import shlex
+
+    from ipython1.cluster.remote import RemoteController
+
+    for name in ("ipcontroller-engine.furl", "ipcontroller-mec.furl", "ipcontroller-task.furl"):
+        cluster_dir.furl_file(name).unlink(missing_ok=True)  # never a stale one from here
+    remote = RemoteController(cluster_dir, host, shlex.split(ssh_args))
+    log = cluster_dir.log_file("ipcontroller-console")
+    proc = _spawn(remote.argv(_python_module("ipython1.scripts.ipcontroller",
+                                             *controller_args)), log)
+    remote.save()
+    _wait_for(remote.fetch, timeout, lambda: proc.poll() is not None,
+              lambda: f"the controller on {host} exited (ssh status {proc.returncode}):\n"
+              + _tail(log))
+    # The local ssh client stands for the controller in this host's pid file.
+    write_private(cluster_dir.pid_file("ipcontroller"), f"{proc.pid}\n")
+    return proc
+
+
+def _stop_remote_controller(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
+    """Ask the controller's host to end it, when it runs on another host."""
+    from ipython1.cluster.remote import RemoteController
+
+    remote = RemoteController.load(cluster_dir)
+    error = remote.stop(grace) if remote is not None else None
+    if error:
+        out.write(f"ipcluster: {error}\n")
 
 
 def _stop_launcher(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
@@ -468,6 +513,7 @@ def _wait_for(condition: Callable[[], bool], timeout: float, failed: Callable[[]
 def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout) -> int:
     """Stop the engines, then the controller; wait until they are gone."""
     _stop_launcher(cluster_dir, grace, out)
+    _stop_remote_controller(cluster_dir, grace, out)
     engines = [p for p in engine_pids(cluster_dir) if pid_alive(p)]
     controller = read_pid(cluster_dir.pid_file("ipcontroller"))
     pids = engines + ([controller] if pid_alive(controller) else [])

@@ -43,8 +43,8 @@ mec.close()
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HostGrid, SSHDs]]:
-    with HostGrid(["ctl", "e1", "e2"]) as grid, \
-            SSHDs(tmp_path_factory.mktemp("ssh"), [grid["e1"], grid["e2"]]) as sshds:
+    with HostGrid(["ctl", "e1", "e2", "cli"]) as grid, \
+            SSHDs(tmp_path_factory.mktemp("ssh"), [grid["e1"], grid["e2"], grid["ctl"]]) as sshds:
         yield grid, sshds
 
 
@@ -56,21 +56,25 @@ class GridCluster:
         self.cluster = Cluster(root)
         self.ctl = grid["ctl"]
         self.pids: list[int] = []
+        self.stop_on = "ctl"  # the host whose ipcluster started the cluster
 
-    def ipcluster(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return self.ctl.run([sys.executable, "-m", "ipython1.scripts.ipcluster", "--profile",
-                             "test", *args], env=self.cluster.env, timeout=timeout)
+    def ipcluster(self, *args: str, timeout: float = 180,
+                  on: str = "ctl") -> subprocess.CompletedProcess[str]:
+        return self.grid[on].run([sys.executable, "-m", "ipython1.scripts.ipcluster",
+                                  "--profile", "test", *args], env=self.cluster.env,
+                                 timeout=timeout)
 
-    def check(self) -> dict[str, Any]:
-        proc = self.ctl.run([sys.executable, "-c", CHECK], env=self.cluster.env, timeout=60)
+    def check(self, on: str = "ctl") -> dict[str, Any]:
+        proc = self.grid[on].run([sys.executable, "-c", CHECK], env=self.cluster.env,
+                                 timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         result: dict[str, Any] = json.loads(proc.stdout.split("RESULT ", 1)[1])
         self.pids += [e["pid"] for e in result["engines"]]
         return result
 
-    def stop(self) -> None:
+    def stop(self, on: str = "ctl") -> None:
         try:
-            self.ipcluster("stop", "--grace", "5", timeout=60)
+            self.ipcluster("stop", "--grace", "5", timeout=60, on=on)
         finally:
             self.cluster.record_pids()
             kill_all(self.pids + self.cluster.pids)
@@ -82,7 +86,7 @@ def cluster(grid: tuple[HostGrid, SSHDs], tmp_path: Path) -> Iterator[GridCluste
     try:
         yield c
     finally:
-        c.stop()
+        c.stop(on=c.stop_on)
 
 
 def test_engines_on_two_hosts_over_ssh(grid: tuple[HostGrid, SSHDs],
@@ -176,3 +180,31 @@ def test_mpi_ranks_on_two_hosts_with_mpiexec(grid: tuple[HostGrid, SSHDs],
     # One MPI world over two hosts; engine ids are ranks.
     assert "RANKS [(0, 4, 'e1', 6), (1, 4, 'e1', 6), (2, 4, 'e2', 6), (3, 4, 'e2', 6)]" \
         in proc.stdout, proc.stdout
+
+
+def test_controller_on_another_host_too(grid: tuple[HostGrid, SSHDs],
+                                        cluster: GridCluster) -> None:
+    # ipcluster on cli; the controller on ctl and the engines on e1, e2, all over ssh.
+    hosts, sshds = grid
+    cluster.stop_on = "cli"
+    started = cluster.ipcluster(
+        "start", "--engines", "ssh", "--hosts", "e1:1,e2:1", "--controller-host", "ctl",
+        "--ssh-args", sshds.ssh_args, "--daemon", "--timeout", "90", on="cli")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "the controller's FURLs advertise ctl:" in started.stdout
+    # The FURLs came back over ssh from ctl's own cluster directory into cli's.
+    remote = sshds.home(hosts["ctl"]) / "cluster_test"
+    assert (remote / "pid" / "ipcontroller.pid").exists()
+    for name in ("ipcontroller-engine.furl", "ipcontroller-mec.furl"):
+        assert (cluster.cluster.dir.security / name).read_text() == \
+            (remote / "security" / name).read_text()
+    controller_pid = int((remote / "pid" / "ipcontroller.pid").read_text().split()[0])
+    result = cluster.check(on="cli")
+    assert sorted(e["host"] for e in result["engines"]) == ["e1", "e2"]
+    assert "controller: pid" in cluster.ipcluster("status", on="cli").stdout
+
+    stopped = cluster.ipcluster("stop", on="cli")
+    assert stopped.returncode == 0 and "could not stop" not in stopped.stdout, stopped.stdout
+    wait_until(lambda: not pid_alive(controller_pid), 30, "the controller on ctl to exit")
+    wait_until(lambda: not any(pid_alive(e["pid"]) for e in result["engines"]), 30,
+               "the engines to exit")

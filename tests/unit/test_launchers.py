@@ -369,3 +369,23 @@ def test_parse_qacct() -> None:
     assert parse_qacct(ok + bad) == (FAILED, "exit status 127")
     lost = "failed       100 : assumedly after job\nexit_status  137\n"
     assert parse_qacct(lost) == (FAILED, "exit status 137, 100 : assumedly after job")
+
+
+# -- a controller on another host -------------------------------------------------
+
+def test_remote_controller_commands() -> None:
+    from ipython1.cluster import remote
+
+    assert remote.host_name("alice@ctl") == "ctl"
+    assert remote.host_name("[fd77::10]") == "fd77::10"
+    start = remote.start_command(["/py", "-m", "ipython1.scripts.ipcontroller", "--ip", "::"],
+                                 "lab")
+    # Old FURL files go first, so a stale one is never fetched.
+    assert start.startswith('rm -f "${IPYTHON1_DIR:-$HOME/.ipython1}/cluster_lab"/security/'
+                            'ipcontroller-engine.furl ')
+    assert start.endswith("; exec /py -m ipython1.scripts.ipcontroller --ip :: </dev/null")
+    assert remote.fetch_command("lab").count("cluster_lab/security/ipcontroller-") == 3
+    assert remote.parse_furls("pb://a@x/e\npb://a@x/m\n") is None
+    assert remote.parse_furls("pb://a@x/e\npb://a@x/m\npb://a@x/t\n") == {
+        "ipcontroller-engine.furl": "pb://a@x/e", "ipcontroller-mec.furl": "pb://a@x/m",
+        "ipcontroller-task.furl": "pb://a@x/t"}
