@@ -25,8 +25,8 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",
-    packages=["ipython1", "ipython1.cluster", "ipython1.kernel", "ipython1.scripts",
-              "twisted.plugins"],
+    packages=["ipython1", "ipython1.cluster", "ipython1.common", "ipython1.kernel",
+              "ipython1.scripts", "ipython1.transport", "twisted.plugins"],
     package_data={"twisted": ["plugins/ipython1_plugins.py"]},
     install_requires=[
         "twisted>=23.8",

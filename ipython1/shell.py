@@ -23,7 +23,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.terminal.interactiveshell import TerminalInteractiveShell
 
 from ipython1.kernel.errors import KernelError, PermissionDenied
-from ipython1.kernel.events import format_targets
+from ipython1.client.events import format_targets
 
 # Cells that start with one of these run in the shell itself, not on the engines.
 LOCAL_COMMANDS = ("%targets", "%local", "%%local", "%users", "%say", "%mute", "%unmute",
@@ -156,7 +156,7 @@ class CollaborationMagics(Magics):  # type: ignore[misc]
     @line_magic
     def transcript(self, line: str) -> None:
         """%transcript [NAME] [-n N]: the shared history, attributed and timestamped."""
-        from ipython1.kernel.events import format_event
+        from ipython1.client.events import format_event
 
         words = line.split()
         last = 50

@@ -25,6 +25,7 @@ the hosts files) is removed on exit, even after a failure.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import shutil
@@ -33,7 +34,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -57,6 +58,17 @@ def unavailable_reason() -> str | None:
     for tool in ("ip", "unshare", "hostname"):
         if shutil.which(tool) is None:
             return f"{tool!r} is missing (apt-get install iproute2 util-linux hostname)"
+    return _probe()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> str | None:
+    """Make and remove one namespace: a container may forbid it even to root."""
+    name = f"ip1probe{os.getpid()}"
+    made = _ip("netns", "add", name, check=False)
+    _ip("netns", "del", name, check=False)
+    if made.returncode != 0:
+        return f"cannot make a network namespace: {made.stderr.strip()}"
     return None
 
 
@@ -256,7 +268,7 @@ class HostGrid:
     def __getitem__(self, name: str) -> Host:
         return self.hosts[name]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Host]:
         return iter(self.hosts.values())
 
     def __enter__(self) -> HostGrid:

@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from ipython1.kernel import commandchannel, datachannel, replies, wire
+from ipython1.kernel import datachannel, replies, wire
 from ipython1.kernel import scatter as scatter_mod
 from ipython1.kernel.addresses import join_host_port
 from ipython1.kernel.cluster import MEC_FURL
@@ -29,11 +29,11 @@ from ipython1.kernel.errors import (
 )
 from ipython1.kernel.results import ExecuteResult, ResultList
 from ipython1.kernel.serialize import deserialize, serialize, serialize_dict
+from ipython1.transport import channel as command_channel
+from ipython1.transport import foolscap as foolscap_transport
 
 
-def _map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
-    """Apply f elementwise on an engine (the body of MultiEngineClient.map)."""
-    return list(map(f, *chunks))
+_map_chunk = scatter_mod.map_chunk  # its old name
 
 
 def _first_error(failure: Failure) -> Failure:
@@ -79,16 +79,16 @@ class AsyncMultiEngineClient:
     def __init__(self, session: Any, tub: Any = None, furl: str = "",
                  channel: Any = None) -> None:
         self._session = session
-        self._channel = channel  # commandchannel.ClientEnd: this session over a local socket
+        self._channel = channel  # transport.channel.ClientEnd: this session over a local socket
         # Subscriptions take Foolscap, commands the channel: one order for both.
-        self._calls = commandchannel.SessionCalls(channel, session)
+        self._calls = command_channel.session_connection(session, channel)
         self._tub = tub
         self.furl = furl
         self._lost: str | None = None
         self._finishers: dict[int, Callable[[list[dict[str, Any]]], Any]] = {}
         self._relay_only: set[int] = set()  # engines whose local socket is out of reach
         self._books: dict[int, datachannel.TicketBook] = {}  # same-host tickets, by engine
-        session.notifyOnDisconnect(self._disconnected)
+        self._calls.notifyOnDisconnect(self._disconnected)
 
     def _disconnected(self, *args: Any) -> None:
         self._lost = f"the connection to the controller at {wire.furl_location(self.furl)} was lost"
@@ -105,7 +105,7 @@ class AsyncMultiEngineClient:
     def _remote(self, method: str, *args: Any) -> Deferred[Any]:
         if self._lost is not None:
             return defer.fail(ConnectionLost(self._lost))
-        d = self._calls.call(method, args, method not in commandchannel.SESSION_FOOLSCAP_ONLY)
+        d = self._calls.call(method, args)
         d.addCallbacks(replies.unpack, self._translate_failure)
         return d
 
@@ -487,6 +487,10 @@ class AsyncMultiEngineClient:
         return self._command("complete", (text, line, cursor_pos, targets), block, _identity,
                              isinstance(targets, int))
 
+    def ping(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Fire with each target's {"pid", "time"} once its queue reached the ping."""
+        return self._command("ping", (targets,), block, _identity, isinstance(targets, int))
+
     def session_log(self) -> Deferred[list[dict[str, Any]]]:
         """Fire with the controller's record of the commands it ran (with pushed frames)."""
         return self._remote("session_log").addCallback(_check_global_error)
@@ -499,7 +503,7 @@ class AsyncMultiEngineClient:
         comes; otherwise every command's. One subscription per client: a new
         one replaces the old.
         """
-        from ipython1.kernel.streaming import OutputObserver
+        from ipython1.client.output import OutputObserver
 
         self._observer = OutputObserver(callback)
         return self._remote("subscribe_output", self._observer, own_only)
@@ -547,7 +551,7 @@ class AsyncMultiEngineClient:
         Fires with {"seq": n}: events numbered up to n are history.
         (``subscribe`` is the live stdout/stderr of commands only; see streaming.)
         """
-        from ipython1.kernel.events import EventObserver
+        from ipython1.client.events import EventObserver
 
         self._event_observer = EventObserver(observer)
         d = self._remote("subscribe_events", self._event_observer, history)
@@ -676,7 +680,7 @@ def _open_session(furl: str, timeout: float) -> Any:
     tub = wire.client_tub()
     try:
         root = yield wire.get_reference(tub, furl, timeout)
-        session = yield root.callRemote("connect", client_info())
+        session = yield foolscap_transport.call(root, "connect", client_info())
     except Exception:
         tub.stopService()
         raise
@@ -696,14 +700,14 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
 @defer.inlineCallbacks
 def _open_command_channel(session: Any) -> Any:
     """Reach the session over the controller's local socket if it is on this host."""
-    host = commandchannel.host_key()
-    if not host or not commandchannel.enabled():
+    host = command_channel.host_key()
+    if not host or not command_channel.enabled():
         return None
     try:
-        offer = yield session.callRemote("open_command_channel", host)
+        offer = yield foolscap_transport.call(session, "open_command_channel", host)
     except Exception:
         return None  # a controller without it: Foolscap only
-    channel = yield commandchannel.connect_client(offer)
+    channel = yield command_channel.connect_client(offer)
     return channel
 
 
@@ -741,7 +745,7 @@ def _task_client(session: Any, tub: Any, furl: str, parent: Any) -> Any:
 
 def _connect_tasks(session: Any) -> Deferred[Any]:
     """Ask a multi-engine session for a task farm session acting as its user."""
-    d = session.callRemote("connect_tasks", client_info())
+    d = foolscap_transport.call(session, "connect_tasks", client_info())
 
     def unwrap(answer: Any) -> Any:
         if isinstance(answer, dict) and answer.get("status") == "ok":

@@ -311,6 +311,10 @@ class MultiEngineClient:
         return self._run(self._async.complete, text, line, cursor_pos, targets=targets,
                          block=block)
 
+    def ping(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Return each target's {"pid", "time"} once its queue reached the ping."""
+        return self._run(self._async.ping, targets=targets, block=block)
+
     def session_log(self) -> list[dict[str, Any]]:
         """Return the controller's record of commands: op, targets, client, time, status."""
         entries = self._call(self._async.session_log)
@@ -321,7 +325,7 @@ class MultiEngineClient:
     def save_session(self, path: Any) -> int:
         """Write the controller's session log to path as a Python script; return its size."""
         from ipython1.kernel.serialize import deserialize
-        from ipython1.kernel.session import to_script
+        from ipython1.client.sessionfile import to_script
 
         entries = self._call(self._async.session_log)
         with open(path, "w", encoding="utf-8") as f:
@@ -335,7 +339,7 @@ class MultiEngineClient:
         is raised and nothing runs. Each report is {"n", "targets", "status":
         "ok" | "error" | "skipped", "error"}.
         """
-        from ipython1.kernel.session import parse_script
+        from ipython1.client.sessionfile import parse_script
 
         with open(path, encoding="utf-8") as f:
             commands = parse_script(f.read(), str(path))
@@ -358,7 +362,7 @@ class MultiEngineClient:
     def subscribe(self, callback: Callable[[int, str, str], None] | None = None,
                   own_only: bool = True) -> None:
         """Receive live stdout/stderr; by default print it as '[stdout:3] line'."""
-        from ipython1.kernel.streaming import StreamPrinter
+        from ipython1.client.output import StreamPrinter
 
         self._printer = StreamPrinter() if callback is None else None
         self._call(self._async.subscribe, callback or self._printer, own_only)

@@ -14,6 +14,7 @@ from pathlib import Path
 ENGINE_FURL = "ipcontroller-engine.furl"
 MEC_FURL = "ipcontroller-mec.furl"
 TASK_FURL = "ipcontroller-task.furl"
+ADMIN_FURL = "ipcontroller-admin.furl"  # the owner's: manage users
 CONTROLLER_CERT = "ipcontroller.pem"
 
 _PROFILE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")

@@ -22,25 +22,28 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ipython1.kernel import cluster, commandchannel, wire
+from ipython1.kernel import cluster, wire
 from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered
-from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.events import EventBus, Transcript
+from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.queue import Command, EngineQueue, user_of
-from ipython1.kernel.streaming import OutputReceiver
+from ipython1.controller.output import OutputReceiver
+from ipython1.transport import channel as command_channel
+from ipython1.transport.foolscap import FoolscapEngineConnection
+from ipython1.transport.interfaces import IEngineConnection
 
 log = Logger()
 
 
 @dataclass
 class EngineRecord:
-    """A registered engine: its id, remote reference, queue and properties."""
+    """A registered engine: its id, connection, queue and properties."""
 
     id: int
-    ref: Any
+    # Foolscap's, swapped for the command channel's while the engine's channel is open.
+    connection: IEngineConnection
     queue: EngineQueue
     info: dict[str, Any] = field(default_factory=dict)
-    channel: Any = None  # commandchannel.ControllerEnd, once the engine connected it
 
 
 MAX_ENGINE_ID = 2**31 - 1
@@ -94,8 +97,8 @@ class Controller(service.MultiService):
         self.events = EventBus()  # the shared, attributed view of everything (issue 8)
         self.add_observer(self.events.on_controller)
         self.relay: Any = None  # datachannel.Relay, set by ControllerService
-        # Engines on this host take their queued commands over it (see commandchannel).
-        self.command_channels: commandchannel.CommandChannelServer | None = None
+        # Engines on this host take their queued commands over it (see transport.channel).
+        self.command_channels: command_channel.CommandChannelServer | None = None
         # Ids below reserve_ids are given only to engines that ask for them
         # (MPI ranks under `ipcluster start --mpi`); no id is ever given twice.
         self.reserve_ids = reserve_ids
@@ -113,8 +116,7 @@ class Controller(service.MultiService):
 
         def send(command: Command) -> Deferred[Any]:
             self._notify("command_started", {"engine_id": engine_id, "command": command})
-            d = commandchannel.call_remote(record.channel, engine, command.op, command.args,
-                                           command.op in commandchannel.OPS)
+            d = record.connection.call(command.op, command.args)
 
             def finished(reply: Any) -> Any:
                 self._notify("command_finished",
@@ -124,16 +126,16 @@ class Controller(service.MultiService):
             d.addBoth(finished)
             return d.addErrback(self._call_failed, engine_id)
 
-        record = EngineRecord(engine_id, engine, EngineQueue(engine_id, send), dict(info))
+        connection = FoolscapEngineConnection(engine)
+        record = EngineRecord(engine_id, connection, EngineQueue(engine_id, send), dict(info))
         self.engines[engine_id] = record
-        engine.notifyOnDisconnect(self._engine_lost, engine_id)
+        connection.notifyOnDisconnect(self._engine_lost, engine_id)
         channels = self.command_channels
         if channels is not None and channels.host and info.get("host_key") == channels.host:
-            d = engine.callRemote("open_command_channel", engine_id, channels.offer(engine_id))
+            d = connection.control("open_command_channel", engine_id, channels.offer(engine_id))
             d.addErrback(lambda f: None)  # Foolscap carries its commands instead
         # Live stdout/stderr: the engine sends it to this receiver as it is written.
-        d = defer.maybeDeferred(engine.callRemote, "subscribe_output",
-                                OutputReceiver(engine_id, self._engine_output))
+        d = connection.control("subscribe_output", OutputReceiver(engine_id, self._engine_output))
         d.addErrback(lambda f: None)  # an engine without live output still works
         log.info("engine {id} registered: {info}", id=engine_id, info=info)
         self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
@@ -176,8 +178,7 @@ class Controller(service.MultiService):
                       f"{self._broken_mpi_jobs[job]} first")
         reason = reason or f"engine {engine_id}{_rank(record)} died (connection lost)"
         log.info("{reason}", reason=reason)
-        if record.channel is not None:
-            record.channel.transport.loseConnection()
+        record.connection.close()
         record.queue.engine_died(reason)
         self._notify("engine_died", {"engine_id": engine_id})
         self._mpi_job_lost(record)
@@ -198,7 +199,7 @@ class Controller(service.MultiService):
             log.warn("MPI job {job} lost engine {id}{rank}: ending its other engines {peers}",
                      job=job, id=record.id, rank=_rank(record), peers=[p.id for p in peers])
         for peer in peers:
-            d = peer.ref.callRemote("kill")
+            d = peer.connection.kill()
             d.addErrback(lambda f: None)  # it may be gone already
             self._engine_lost(peer.id, (
                 f"engine {peer.id}{_rank(peer)} was ended: its MPI job {job} lost "
@@ -260,17 +261,14 @@ class Controller(service.MultiService):
             return defer.fail(InvalidEngineID(f"no engine with id {engine_id}"))
         return record.queue.submit(command)
 
-    def call_now(self, engine_id: int, op: str, *args: Any) -> Deferred[Any]:
-        """Call an engine directly, bypassing its queue (interrupt, kill)."""
+    def call_now(self, engine_id: int, op: str) -> Deferred[Any]:
+        """Call an engine directly, bypassing its queue: "interrupt" or "kill"."""
         record = self.engines.get(engine_id)
         if record is None:
             return defer.fail(InvalidEngineID(f"no engine with id {engine_id}"))
         if op == "interrupt":
-            # A command on the channel may not have reached the engine yet: name
-            # it, so the engine stops it as it starts (and never a later one).
-            channel = record.channel
-            args = (channel.call_in_flight() if channel is not None else None, *args)
-        return record.ref.callRemote(op, *args)
+            return record.connection.interrupt()
+        return record.connection.kill()
 
     def queue_status(self, ids: list[int]) -> list[dict[str, Any]]:
         statuses = []
@@ -286,7 +284,7 @@ class Controller(service.MultiService):
         """Return what each engine said of itself at registration (pid, MPI rank...),
         and whether its commands take the local command channel."""
         return [dict(self.engines[i].info, engine_id=i,
-                     command_channel=self.engines[i].channel is not None)
+                     command_channel=self.engines[i].connection.local)
                 for i in ids if i in self.engines]
 
     def clear_queue(self, ids: list[int], client: str | None = None) -> list[dict[str, Any]]:
@@ -368,8 +366,8 @@ class ControllerService(service.MultiService):
         self.controller.relay = Relay(self.ip, self.relay_port)
         self.relay_port = self.controller.relay.port
         self.tub, self.port = wire.listening_tub(cert, self.ip, self.port, self.location)
-        if commandchannel.enabled() and commandchannel.host_key():
-            self.controller.command_channels = commandchannel.CommandChannelServer(
+        if command_channel.enabled() and command_channel.host_key():
+            self.controller.command_channels = command_channel.CommandChannelServer(
                 self.controller)
         self.tub.setServiceParent(self)
         # Listen first, then write the FURL files: whoever sees a file (a

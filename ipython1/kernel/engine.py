@@ -34,11 +34,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipython1 import __version__
-from ipython1.kernel import addresses, commandchannel, datachannel, introspection, replies, wire
+from ipython1.common import ops
+from ipython1.kernel import addresses, datachannel, introspection, localhost, replies, wire
 from ipython1.kernel.errors import KernelError, TaskTimeout, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
 from ipython1.kernel.serialize import deserialize, serialize
 from ipython1.kernel.streaming import OutputBatcher
+from ipython1.transport import channel as command_channel
+from ipython1.transport import foolscap as foolscap_transport
 
 log = Logger()
 
@@ -318,6 +321,12 @@ class EngineKernel:
     def _capturing(self) -> _Capture:
         return _Capture(self.stdout, self.stderr)
 
+    def dispatch(self, name: str, args: list[Any]) -> Any:
+        """Run one command of the op table (ipython1.common.ops); both transports call this."""
+        entry = ops.op(name)
+        ops.check_args(name, args)
+        return getattr(self, entry.kernel_method(name))(*args)
+
     def execute(self, code: str) -> dict[str, Any]:
         """Run a cell; return its record, or raise _CellFailed with it."""
         self._recorder.current = record = {
@@ -431,6 +440,10 @@ class EngineKernel:
     def complete(self, text: str, line: str | None, cursor_pos: int | None) -> dict[str, Any]:
         return introspection.complete(self.shell, text, line, cursor_pos)
 
+    def ping(self) -> dict[str, Any]:
+        """Answer through the queue: the engine's pid and clock (time.time())."""
+        return {"pid": os.getpid(), "time": time.time()}
+
     # -- the task farm --
 
     def run_tasks(self, batch: list[list[Any]],
@@ -441,6 +454,9 @@ class EngineKernel:
         frames of ``(kind, value, stdout, stderr)``, "unmet" with the reason the
         task's depend function gave, or "error" with ``{"error", "stdout", "stderr"}``.
         """
+        if watchdog is None and self._runner is not None:
+            watchdog = self._watchdog = getattr(self, "_watchdog", None) or TaskWatchdog(
+                self._runner)
         return [self.run_task(tid, timeout, payload, watchdog)
                 for tid, timeout, payload in batch]
 
@@ -621,9 +637,9 @@ class ShellRunner:
         self._not_started = 0
         self._interrupt_next = False
         # The command channel, once open, is read on this thread (see
-        # commandchannel.EngineChannel); jobs from the reactor then wake it
+        # transport.channel.EngineChannel); jobs from the reactor then wake it
         # through a pipe. Interrupts name the channel call they are meant for.
-        self._channel: commandchannel.EngineChannel | None = None
+        self._channel: command_channel.EngineChannel | None = None
         self._channel_host: Any = None  # what runs the channel's calls (the engine)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)  # a full pipe already wakes the shell
@@ -643,8 +659,7 @@ class ShellRunner:
     def open_channel(self, offer: dict[str, Any], host: Any) -> None:
         """Connect the command channel on the shell thread; host runs its calls.
 
-        host.channel_job(op, args) gives (job, encode) or None for an unknown
-        op; host.output_idle() and host.drain_output() keep a command's live
+        host.job(op, args) gives (job, encode), or None for args that are not a list; host.output_idle() and host.drain_output() keep a command's live
         output ahead of its reply.
         """
         self._put(("channel", offer, host))
@@ -709,7 +724,7 @@ class ShellRunner:
                     return frames
 
     def _attach_channel(self, offer: dict[str, Any], host: Any) -> None:
-        channel = commandchannel.EngineChannel.connect(offer)
+        channel = command_channel.EngineChannel.connect(offer)
         if channel is None:
             return
         if self._channel is not None:
@@ -732,7 +747,7 @@ class ShellRunner:
             return  # a frame behind a bad one, or the controller is gone
         try:
             seq, op, args = replies.loads(frame)
-            found = self._channel_host.channel_job(op, args)
+            found = self._channel_host.job(op, args)
         except (ValueError, TypeError) as e:
             log.warn("command channel: bad frame ({e}); closing", e=e)
             self._detach_channel()
@@ -873,7 +888,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def _send_output(self, chunks: list[list[str]]) -> Deferred[None] | None:
         if self._output_observer is None:
             return None
-        d = self._output_observer.callRemote("output", chunks)
+        d = foolscap_transport.call(self._output_observer, "output", chunks)
         return d.addErrback(lambda f: None)  # the controller may be gone: nothing to tell
 
     def _flushed(self, reply: Any) -> Any:
@@ -894,26 +909,14 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._kernel.engine_id = self._runner.engine_id
         return self._kernel
 
-    def _submit(self, method: str, *args: Any) -> Deferred[Any]:
-        d = self._runner.submit(lambda: getattr(self._kernel_now(), method)(*args))
-        return d.addBoth(self._flushed).addCallback(replies.encode)
-
-    # What the command channel's calls run (on the shell thread): op -> kernel method.
-    KERNEL_METHODS = {"execute": "execute", "push": "push", "pull": "pull", "apply": "apply",
-                      "get_result": "get_result", "keys": "keys", "reset": "reset",
-                      "history": "input_history", "inspect": "inspect", "who": "who",
-                      "whos": "whos", "complete": "complete"}
-
-    def channel_job(self, op: Any, args: Any) -> tuple[Callable[[], Any], bool] | None:
-        """Return (job, whether its reply is msgpack-encoded) for a channel call."""
+    def job(self, name: Any, args: Any) -> tuple[Callable[[], Any], bool] | None:
+        """Return (job, whether its reply is msgpack-encoded) for a command; None if args
+        is not a list. The job runs on the shell thread: EngineKernel.dispatch."""
         if not isinstance(args, list):
             return None
-        if op == "run_tasks":
-            return self._tasks_job(*args), False
-        method = self.KERNEL_METHODS.get(op)
-        if method is None:
-            return None
-        return (lambda: getattr(self._kernel_now(), method)(*args)), True
+        entry = ops.OPS.get(name) if isinstance(name, str) else None
+        return (lambda: self._kernel_now().dispatch(name, args)), (
+            entry is None or entry.encoded)
 
     def output_idle(self) -> bool:
         return self.stream.idle()
@@ -921,42 +924,13 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def drain_output(self) -> Deferred[None]:
         return self.stream.drain()
 
-    def remote_execute(self, code: str) -> Deferred[Any]:
-        return self._submit("execute", code)
-
-    def remote_push(self, namespace: dict[str, list[bytes]]) -> Deferred[Any]:
-        return self._submit("push", namespace)
-
-    def remote_pull(self, keys: list[str]) -> Deferred[Any]:
-        return self._submit("pull", keys)
-
-    def remote_apply(self, func: list[bytes], args: list[bytes]) -> Deferred[Any]:
-        return self._submit("apply", func, args)
-
-    def remote_get_result(self, n: int | None) -> Deferred[Any]:
-        return self._submit("get_result", n)
-
-    def remote_keys(self) -> Deferred[Any]:
-        return self._submit("keys")
-
-    def remote_reset(self) -> Deferred[Any]:
-        return self._submit("reset")
-
-    def remote_history(self, start: int | None, stop: int | None) -> Deferred[Any]:
-        return self._submit("input_history", start, stop)
-
-    def remote_inspect(self, name: str, detail_level: int) -> Deferred[Any]:
-        return self._submit("inspect", name, detail_level)
-
-    def remote_who(self) -> Deferred[Any]:
-        return self._submit("who")
-
-    def remote_whos(self) -> Deferred[Any]:
-        return self._submit("whos")
-
-    def remote_complete(self, text: str, line: str | None,
-                        cursor_pos: int | None) -> Deferred[Any]:
-        return self._submit("complete", text, line, cursor_pos)
+    def remote_run(self, name: str, args: list[Any]) -> Deferred[Any]:
+        """Queue one command of the op table for the shell thread."""
+        job, encoded = self.job(name, list(args))  # type: ignore[misc]
+        d = self._runner.submit(job)
+        if encoded:
+            d.addBoth(self._flushed).addCallback(replies.encode)
+        return d
 
     def remote_subscribe_output(self, observer: Any) -> None:
         """Send live stdout/stderr to observer.output(chunks) from now on."""
@@ -971,8 +945,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         return self._runner.interrupt(channel_seq)
 
     def remote_open_command_channel(self, engine_id: int, offer: dict[str, Any]) -> bool:
-        """Take queued commands over the controller's local socket (see commandchannel)."""
-        if not commandchannel.valid_engine_offer(offer):
+        """Take queued commands over the controller's local socket (transport.channel)."""
+        if not command_channel.valid_engine_offer(offer):
             return False
         self._runner.open_channel(offer, self)
         return True
@@ -994,14 +968,6 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         d.addErrback(lambda f: log.warn("data transfer failed: {e}", e=f.getErrorMessage()))
         return True
 
-    def _tasks_job(self, batch: list[dict[str, Any]]) -> Callable[[], Any]:
-        if not hasattr(self, "_watchdog"):
-            self._watchdog = TaskWatchdog(self._runner)
-        return lambda: self._kernel_now().run_tasks(batch, self._watchdog)
-
-    def remote_run_tasks(self, batch: list[dict[str, Any]]) -> Deferred[Any]:
-        return self._runner.submit(self._tasks_job(batch))
-
     def remote_properties(self) -> dict[str, Any]:
         return dict(self._info, busy=self._runner.busy)
 
@@ -1014,7 +980,7 @@ def engine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "ipython1": __version__,
         "cwd": os.getcwd(),
-        "host_key": commandchannel.host_key(),
+        "host_key": localhost.host_key(),
     }
 
 
@@ -1076,13 +1042,12 @@ class EngineService(service.MultiService):
         deadline = started + self.connect_timeout
         delay = 0.05
         last_error: Exception | None = None
-        furl = ""
         next_report = started + UNREACHABLE_REPORT_AFTER
         while time.monotonic() < deadline:
             if last_error is not None and time.monotonic() >= next_report:
                 # Still retrying: tell whoever watches (a terminal, a job's output file).
                 next_report = time.monotonic() + UNREACHABLE_REPORT_EVERY
-                self._report_unreachable(furl, last_error, time.monotonic() - started)
+                self._report_unreachable(last_error, time.monotonic() - started)
             try:
                 furl = self.furl or wire.resolve_furl(self.furl_file)
                 controller = yield wire.get_reference(
@@ -1101,18 +1066,15 @@ class EngineService(service.MultiService):
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id
         source = "--furl" if self.furl else f"FURL file {self.furl_file}"
-        advice = (addresses.unreachable_advice(furl, socket.gethostname()) if furl else
-                  "check that the FURL file is there and readable on this host")
         raise KernelError(
             f"could not register with the controller within {self.connect_timeout:g} s "
-            f"({source}): {last_error}; {advice}"
+            f"({source}): {last_error}"
         )
 
-    def _report_unreachable(self, furl: str, error: Exception, waited: float) -> None:
-        advice = (addresses.unreachable_advice(furl, socket.gethostname()) if furl else
-                  "check that the FURL file is there and readable on this host")
+    def _report_unreachable(self, error: Exception, waited: float) -> None:
+        # A connection error names the addresses tried and what to check (wire.get_reference).
         message = (f"ipengine: no controller yet after {waited:.0f} s, still trying until "
-                   f"{self.connect_timeout:g} s ({error}); {advice}")
+                   f"{self.connect_timeout:g} s: {error}")
         log.warn("{msg}", msg=message)
         sys.__stderr__.write(message + "\n")
         sys.__stderr__.flush()

@@ -33,16 +33,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from foolscap.api import Referenceable
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from ipython1.kernel.interfaces import RIEventObserver
 from ipython1.kernel.queue import Command, user_of
 from ipython1.kernel.replies import decode as decode_reply
+from ipython1.transport import foolscap as foolscap_transport
 
 log = Logger()
 
@@ -66,14 +64,6 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 def encode(event: Event) -> bytes:
     return _ENCODER.encode(event).encode()
-
-
-def decode_batch(blob: bytes) -> list[Event]:
-    """Turn one delivery (a JSON list) back into events."""
-    events = json.loads(blob)
-    if not isinstance(events, list):
-        raise ValueError("an event batch must be a JSON list")
-    return events
 
 
 def _clip(text: str, limit: int) -> str:
@@ -142,58 +132,6 @@ def read_transcript(path: Path, user: str | None = None) -> Iterator[Event]:
                 continue
             if user is None or event.get("user") == user:
                 yield event
-
-
-def format_event(event: Event) -> str:
-    """Render one event as a line of text: time, user, what happened."""
-    when = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
-    user = event.get("user") or "-"
-    kind = event.get("kind", "?")
-    engine = event.get("engine")
-    data = event.get("data") or {}
-    where = f" on {engine}" if engine is not None else ""
-    if kind == "queued":
-        targets = format_targets(data.get("targets", []))
-        what = data.get("code") or ", ".join(data.get("names", [])) or data.get("description", "")
-        text = f"{data.get('op')} on {targets}: {what}"
-    elif kind in ("stdout", "stderr"):
-        text = f"[{kind}:{engine}] {data.get('text', '').rstrip()}"
-        where = ""
-    elif kind == "result":
-        n = data.get("execution_count")
-        text = f"{data.get('op')} done" + (f" Out[{n}]" if n is not None else "") + (
-            f": {data['repr']}" if data.get("repr") else "")
-    elif kind == "error":
-        text = f"{data.get('ename')}: {data.get('evalue')}"
-    elif kind == "chat":
-        text = f"says: {data.get('text', '')}"
-    elif kind == "denied":
-        text = f"denied {data.get('op')}: {data.get('reason', '')}"
-    elif kind in ("task_submitted", "task_finished"):
-        status = f" {data['status']}" if data.get("status") else ""
-        errors = ", ".join(f"{k} x{v}" for k, v in (data.get("errors") or {}).items())
-        text = f"{data.get('n')} task(s){status}: {data.get('tids')}" + (
-            f" ({errors})" if errors else "")
-    else:
-        text = " ".join(f"{k}={v}" for k, v in data.items())
-    return f"{when} [{user}] {kind}{where}: {text}"
-
-
-def format_targets(ids: list[int]) -> str:
-    """Render engine ids compactly: [0, 1, 2, 3, 5] -> '0-3,5'."""
-    if not ids:
-        return "-"
-    ids = sorted(ids)
-    parts = []
-    start = prev = ids[0]
-    for i in ids[1:] + [None]:  # type: ignore[list-item]
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if i is not None:
-            start = prev = i
-    return ",".join(parts)
 
 
 class Subscription:
@@ -418,25 +356,19 @@ class EventBus:
                 self._text(name, engine, text, user, client, call)
 
 
-@implementer(RIEventObserver)
-class EventObserver(Referenceable):  # type: ignore[misc]
-    """The client's end of a subscription: calls callback(event) for each event."""
-
-    def __init__(self, callback: Callable[[Event], Any]) -> None:
-        self.callback = callback
-
-    def remote_events(self, batch: bytes) -> None:
-        for event in decode_batch(batch):
-            try:
-                self.callback(event)
-            except Exception:
-                log.failure("event observer {cb} failed", cb=self.callback)
-
-
 def remote_deliverer(observer: Any) -> Callable[[bytes], Deferred[Any]]:
     """Deliver batches to a remote EventObserver."""
 
     def deliver(blob: bytes) -> Deferred[Any]:
-        return observer.callRemote("events", blob)
+        return foolscap_transport.call(observer, "events", blob)
 
     return deliver
+
+
+def __getattr__(name: str) -> Any:
+    """Re-export the client half from its own module, imported only when asked for."""
+    if name in ("EventObserver", "decode_batch", "format_event", "format_targets"):
+        from ipython1.client import events
+
+        return getattr(events, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,26 +14,28 @@ from typing import Any
 from foolscap.api import RemoteInterface
 from foolscap.constraint import Any as AnyValue
 from foolscap.constraint import ByteStringConstraint
-from foolscap.slicers.unicode import UnicodeConstraint
-from foolscap.schema import ChoiceOf, DictOf, ListOf, Optional
+from foolscap.schema import ChoiceOf, ListOf, Optional
 from zope.interface import Attribute, Interface
 
-# Shared wire constraints, named once with explicit bounds.
-MAX_ENGINES = 65536
-Text = UnicodeConstraint(None)  # Foolscap's `str` means bytes: say text explicitly
-Name = UnicodeConstraint(1000)
-Frame = ByteStringConstraint(None)  # values may be GiBs; see serialize.MAX_FRAME
-Frames = ListOf(Frame, maxLength=1_000_000)
-Namespace = DictOf(Name, Frames, maxKeys=100_000)
-# Foolscap cannot check a ChoiceOf that includes text; parse_targets validates.
-Targets = AnyValue()
-Keys = ListOf(Name, maxLength=100_000)
-FramesByEngine = DictOf(int, Frames, maxKeys=MAX_ENGINES)
-NamespaceByEngine = DictOf(int, Namespace, maxKeys=MAX_ENGINES)
-Info = AnyValue()
-Token = ByteStringConstraint(64)
-Sizes = ListOf(int, maxLength=1_000_000)
-Reply = AnyValue()
+from ipython1.common import ops
+from ipython1.common.constraints import (  # noqa: F401 - re-exported: the shared names
+    MAX_ENGINES,
+    Frame,
+    Frames,
+    FramesByEngine,
+    Info,
+    Keys,
+    Name,
+    Namespace,
+    NamespaceByEngine,
+    OpArgs,
+    OpName,
+    Reply,
+    Sizes,
+    Targets,
+    Text,
+    Token,
+)
 
 TargetSpec = Any  # "all" | int | list[int]
 
@@ -68,6 +70,9 @@ class IMultiEngine(Interface):
     def get_ids() -> Any:
         """Fire with the sorted ids of the registered engines."""
 
+    def run(op: str, args: tuple[Any, ...], targets: TargetSpec = "all") -> Any:
+        """Run a command of the op table (ipython1.common.ops) on each target."""
+
     def execute(code: str, targets: TargetSpec = "all") -> Any:
         """Run code on each target; results come back in target order."""
 
@@ -77,20 +82,8 @@ class IMultiEngine(Interface):
     def push_each(namespaces: dict[int, dict[str, list[bytes]]]) -> Any:
         """Bind different serialized values on each engine (scatter)."""
 
-    def pull(keys: list[str], targets: TargetSpec = "all") -> Any:
-        """Fetch serialized values of names from each target."""
-
     def apply_each(func: list[bytes], args: dict[int, list[bytes]]) -> Any:
         """Call a function on each engine with that engine's arguments."""
-
-    def get_result(n: int | None, targets: TargetSpec = "all") -> Any:
-        """Fetch an earlier execution record by execution number."""
-
-    def keys(targets: TargetSpec = "all") -> Any:
-        """List the user namespace on each target."""
-
-    def reset(targets: TargetSpec = "all") -> Any:
-        """Clear the user namespace on each target."""
 
     def kill(controller: bool = False, targets: TargetSpec = "all") -> Any:
         """End engines at once, bypassing their queues; optionally the controller."""
@@ -103,23 +96,6 @@ class IMultiEngine(Interface):
 
     def clear_queue(targets: TargetSpec = "all") -> Any:
         """Drop each target's waiting commands; they fail with QueueCleared."""
-
-    def history(start: int | None = None, stop: int | None = None,
-                targets: TargetSpec = "all") -> Any:
-        """Fetch each target's numbered inputs [[n, input], ...], start <= n < stop."""
-
-    def inspect(name: str, detail_level: int = 0, targets: TargetSpec = "all") -> Any:
-        """Describe a name as `name?` (0) or `name??` (1): {"data": {...}, "text": str}."""
-
-    def who(targets: TargetSpec = "all") -> Any:
-        """List the user's names on each target (like %who_ls)."""
-
-    def whos(targets: TargetSpec = "all") -> Any:
-        """Describe the user's names on each target: types, array shapes."""
-
-    def complete(text: str, line: str | None = None, cursor_pos: int | None = None,
-                 targets: TargetSpec = "all") -> Any:
-        """Fire with IPython's completions on each target: {"text", "matches"}."""
 
     def session_log() -> Any:
         """Fire with every command this controller ran: targets, client, time, status."""
@@ -178,25 +154,8 @@ class RIEngine(RemoteInterface):
 
     __remote_name__ = "RIEngine.v1.ipython1"
 
-    def execute(code=Text):
-        return Reply
-
-    def push(namespace=Namespace):
-        return Reply
-
-    def pull(keys=Keys):
-        return Reply
-
-    def apply(func=Frames, args=Frames):
-        return Reply
-
-    def get_result(n=ChoiceOf(int, None)):
-        return Reply
-
-    def keys():
-        return Reply
-
-    def reset():
+    def run(op=OpName, args=OpArgs):
+        """Queue a command of the op table (ipython1.common.ops); args fit its schema."""
         return Reply
 
     def kill():
@@ -216,27 +175,9 @@ class RIEngine(RemoteInterface):
     def properties():
         return Info
 
-    def history(start=ChoiceOf(int, None), stop=ChoiceOf(int, None)):
-        return Reply
-
-    def inspect(name=Text, detail_level=int):
-        return Reply
-
-    def who():
-        return Reply
-
-    def whos():
-        return Reply
-
-    def complete(text=Text, line=AnyValue(), cursor_pos=ChoiceOf(int, None)):
-        return Reply
-
     def subscribe_output(observer=AnyValue()):
         """Send live stdout/stderr as observer.output([[name, text], ...])."""
         return None
-
-    def run_tasks(batch=ListOf(AnyValue(), maxLength=100_000)):
-        return Reply
 
 
 class RIEngineRegistration(RemoteInterface):
@@ -282,31 +223,16 @@ class RIMultiEngineSession(RemoteInterface):
 
     __remote_name__ = "RIMultiEngineSession.v1.ipython1"
 
+    # One method per op of the table: op(*its args, targets, block).
+    locals().update(ops.session_schemas())
+
     def get_ids():
         return ListOf(int, maxLength=MAX_ENGINES)
-
-    def execute(code=Text, targets=Targets, block=bool):
-        return Reply
-
-    def push(namespace=Namespace, targets=Targets, block=bool):
-        return Reply
 
     def push_each(namespaces=NamespaceByEngine, block=bool):
         return Reply
 
-    def pull(keys=Keys, targets=Targets, block=bool):
-        return Reply
-
     def apply_each(func=Frames, args=FramesByEngine, block=bool):
-        return Reply
-
-    def get_result(n=ChoiceOf(int, None), targets=Targets, block=bool):
-        return Reply
-
-    def keys(targets=Targets, block=bool):
-        return Reply
-
-    def reset(targets=Targets, block=bool):
         return Reply
 
     def kill(controller=bool, targets=Targets, block=bool):
@@ -333,23 +259,6 @@ class RIMultiEngineSession(RemoteInterface):
 
     def pending_ids():
         return ListOf(int, maxLength=1_000_000)
-
-    def history(start=ChoiceOf(int, None), stop=ChoiceOf(int, None), targets=Targets,
-                block=bool):
-        return Reply
-
-    def inspect(name=Text, detail_level=int, targets=Targets, block=bool):
-        return Reply
-
-    def who(targets=Targets, block=bool):
-        return Reply
-
-    def whos(targets=Targets, block=bool):
-        return Reply
-
-    def complete(text=Text, line=AnyValue(), cursor_pos=ChoiceOf(int, None),
-                 targets=Targets, block=bool):
-        return Reply
 
     def subscribe_output(observer=AnyValue(), own_only=bool):
         """Send live output as observer.output({"engine_id", "chunks", ...})."""
@@ -383,7 +292,7 @@ class RIMultiEngineSession(RemoteInterface):
         return Reply
 
     def open_command_channel(host=Text):
-        """Offer this session over the controller's local socket (see commandchannel)."""
+        """Offer this session over the controller's local socket (transport.channel)."""
         return AnyValue()
 
     def connect_tasks(info=Info):
@@ -438,7 +347,7 @@ class RITaskFarmSession(RemoteInterface):
         return Reply
 
     def open_command_channel(host=Text):
-        """Offer this session over the controller's local socket (see commandchannel)."""
+        """Offer this session over the controller's local socket (transport.channel)."""
         return AnyValue()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foolscap.api import Referenceable
 from twisted.internet import defer
@@ -19,8 +19,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ipython1.kernel import commandchannel, replies
-from ipython1.kernel.controller import Controller
+from ipython1.common import ops
+from ipython1.kernel import replies
 from ipython1.kernel.errors import (
     InvalidEngineID,
     InvalidPendingResult,
@@ -33,13 +33,18 @@ from ipython1.kernel.events import describe_command
 from ipython1.kernel.interfaces import IMultiEngine, RIMultiEngine, RIMultiEngineSession
 from ipython1.kernel.queue import Command, user_of
 from ipython1.kernel.session import SessionLog
+from ipython1.transport import channel as command_channel
+from ipython1.transport import foolscap as foolscap_transport
+
+if TYPE_CHECKING:
+    from ipython1.kernel.controller import Controller
 
 log = Logger()
 
 MAX_PENDING_PER_CLIENT = 100_000  # unfetched non-blocking results kept per client
 # What an observer's session may do: watch, list and chat; nothing that runs
 # code, moves data or changes state (every other command is refused).
-OBSERVER_ALLOWED = frozenset({"get_ids", "queue_status"})
+OBSERVER_ALLOWED = ops.observer_allowed()
 _call_ids = itertools.count(1)
 
 
@@ -87,6 +92,14 @@ class MultiEngine:
     def get_ids(self) -> Deferred[list[int]]:
         return defer.succeed(self.controller.ids())
 
+    def run(self, op: str, args: tuple[Any, ...], targets: Any = "all",
+            client: str = "") -> Deferred[Any]:
+        """Run a command of the op table on each target (the session log keeps logged ones)."""
+        ids = self.controller.targets(targets)
+        entry = self.commands.record(op, targets, client) if ops.op(op).logged else None
+        d = self._each(ids, op, tuple(args), client, ops.describe(op, args))
+        return d if entry is None else d.addCallback(self.commands.finish, entry)
+
     def execute(self, code: str, targets: Any = "all", client: str = "") -> Deferred[Any]:
         ids = self.controller.targets(targets)
         entry = self.commands.record("execute", targets, client, code=code)
@@ -108,28 +121,11 @@ class MultiEngine:
         d = self._each(ids, "push", lambda e: (namespaces[e],), client, "push " + names)
         return d.addCallback(self.commands.finish, entry)
 
-    def pull(self, keys: list[str], targets: Any = "all", client: str = "") -> Deferred[Any]:
-        ids = self.controller.targets(targets)
-        return self._each(ids, "pull", (keys,), client, "pull " + ", ".join(keys))
-
     def apply_each(self, func: list[bytes], args: dict[int, list[bytes]],
                    client: str = "") -> Deferred[Any]:
         ids = self.controller.targets(sorted(args))
         entry = self.commands.record("apply", ids, client, description="apply/map")
         d = self._each(ids, "apply", lambda e: (func, args[e]), client, "apply")
-        return d.addCallback(self.commands.finish, entry)
-
-    def get_result(self, n: int | None, targets: Any = "all", client: str = "") -> Deferred[Any]:
-        ids = self.controller.targets(targets)
-        return self._each(ids, "get_result", (n,), client, f"get_result {n}")
-
-    def keys(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
-        return self._each(self.controller.targets(targets), "keys", (), client, "keys")
-
-    def reset(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
-        ids = self.controller.targets(targets)
-        entry = self.commands.record("reset", targets, client)
-        d = self._each(ids, "reset", (), client, "reset")
         return d.addCallback(self.commands.finish, entry)
 
     def kill(self, controller: bool = False, targets: Any = "all",
@@ -163,28 +159,6 @@ class MultiEngine:
             ds.append(d)
         return defer.gatherResults(ds, consumeErrors=True)
 
-    def history(self, start: int | None = None, stop: int | None = None,
-                targets: Any = "all", client: str = "") -> Deferred[Any]:
-        ids = self.controller.targets(targets)
-        return self._each(ids, "history", (start, stop), client, "history")
-
-    def inspect(self, name: str, detail_level: int = 0, targets: Any = "all",
-                client: str = "") -> Deferred[Any]:
-        ids = self.controller.targets(targets)
-        return self._each(ids, "inspect", (name, detail_level), client, f"inspect {name}")
-
-    def who(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
-        return self._each(self.controller.targets(targets), "who", (), client, "who")
-
-    def whos(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
-        return self._each(self.controller.targets(targets), "whos", (), client, "whos")
-
-    def complete(self, text: str, line: str | None = None, cursor_pos: int | None = None,
-                 targets: Any = "all", client: str = "") -> Deferred[Any]:
-        ids = self.controller.targets(targets)
-        return self._each(ids, "complete", (text, line, cursor_pos), client,
-                          f"complete {text[:50]}")
-
     def session_log(self) -> Deferred[Any]:
         return defer.succeed(self.commands.snapshot())
 
@@ -214,8 +188,8 @@ class MultiEngine:
         local = record.info.get("local_data")
         if host and isinstance(local, dict) and local.get("host") == host:
             pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
-            d = record.ref.callRemote("open_transfer", pairing_id, secret, 0, direction,
-                                      blob_id, sizes)
+            d = record.connection.control("open_transfer", pairing_id, secret, 0, direction,
+                                          blob_id, sizes)
             return d.addCallback(lambda _: {
                 "pairing_id": pairing_id, "secret": secret, "uses": BOOK_USES, "ttl": BOOK_TTL,
                 "local": {k: local[k] for k in ("socket", "pid", "uid")}})
@@ -223,11 +197,11 @@ class MultiEngine:
             raise KernelError("this controller has no data channel")
         pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
         relay.expect(pairing_id)
-        d = record.ref.callRemote("open_transfer", pairing_id, secret,
+        d = record.connection.control("open_transfer", pairing_id, secret,
                                   int(relay.address.rsplit(":", 1)[1]), direction, blob_id, sizes)
         return d.addCallback(lambda _: {
             "pairing_id": pairing_id, "secret": secret, "relay_port": int(
-                relay.address.rsplit(":", 1)[1]), "tubid": record.ref.getRemoteTubID()})
+                relay.address.rsplit(":", 1)[1]), "tubid": record.connection.tubid})
 
     def engine_info(self, targets: Any = "all") -> Deferred[Any]:
         """Answered by the controller: works while engines are busy."""
@@ -253,18 +227,20 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def _denied(self, method: str) -> PermissionDenied | None:
         """Say why this session may not run method, or None if it may."""
-        from ipython1.kernel.users import permission_denied
+        from ipython1.controller.users import permission_denied
 
         return permission_denied(
             self.user, self.kind, self.revoked, method, OBSERVER_ALLOWED,
             "observers can watch events, read the transcript, list users and engines, and chat")
 
-    def _call(self, block: bool, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        denied = self._denied(method)
+    def _call(self, block: bool, method: str, *args: Any, op: str = "",
+              **kwargs: Any) -> Deferred[Any]:
+        denied = self._denied(op or method)
         if denied is not None:
             # Refused before anything is queued: nothing runs.
             self.adapter.controller.events.publish(
-                "denied", self.user, None, {"op": method, "reason": str(denied)}, self.client)
+                "denied", self.user, None, {"op": op or method, "reason": str(denied)},
+                self.client)
             return defer.succeed(self._raise_as_data(Failure(denied)))
         if not block and len(self.pending) >= MAX_PENDING_PER_CLIENT:
             # Refuse before running anything rather than grow without bound.
@@ -291,38 +267,34 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         """Errors before anything was queued (bad targets...) as an error reply."""
         return {"engine_id": None, "status": "error", "error": error_to_wire(failure.value)}
 
+    def doRemoteCall(self, methodname: str, args: Any, kwargs: Any) -> Any:
+        """Run a command of the op table (Foolscap and the command channel call this)."""
+        entry = ops.OPS.get(methodname)
+        if entry is None or not entry.session:
+            return super().doRemoteCall(methodname, args, kwargs)
+        schema = RIMultiEngineSession[methodname]
+        named = dict(zip(schema.argumentNames, args, strict=False), **kwargs)
+        op_args = tuple(named[name] for name, _ in entry.args)
+        block = named["block"]
+        adapter = getattr(self.adapter, methodname, None)  # execute, push: logged with details
+        if adapter is not None:
+            return self._call(block, methodname, *op_args, named["targets"])
+        return self._call(block, "run", methodname, op_args, named["targets"], op=methodname)
+
     def remote_get_ids(self) -> Deferred[Any]:
         return self.adapter.get_ids()
 
     def remote_open_command_channel(self, host: str) -> dict[str, Any] | None:
         """Offer this session over the local command channel to a client on this host."""
-        return commandchannel.offer_to_client(self.adapter.controller.command_channels,
+        return command_channel.offer_to_client(self.adapter.controller.command_channels,
                                               self, host)
-
-    def remote_execute(self, code: str, targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "execute", code, targets)
-
-    def remote_push(self, namespace: dict[str, Any], targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "push", namespace, targets)
 
     def remote_push_each(self, namespaces: dict[int, Any], block: bool) -> Deferred[Any]:
         return self._call(block, "push_each", namespaces)
 
-    def remote_pull(self, keys: list[str], targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "pull", keys, targets)
-
     def remote_apply_each(self, func: list[bytes], args: dict[int, Any],
                           block: bool) -> Deferred[Any]:
         return self._call(block, "apply_each", func, args)
-
-    def remote_get_result(self, n: int | None, targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "get_result", n, targets)
-
-    def remote_keys(self, targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "keys", targets)
-
-    def remote_reset(self, targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "reset", targets)
 
     def remote_kill(self, controller: bool, targets: Any, block: bool) -> Deferred[Any]:
         return self._call(block, "kill", controller, targets)
@@ -374,24 +346,6 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
     def remote_pending_ids(self) -> list[int]:
         return list(self.pending)
 
-    def remote_history(self, start: int | None, stop: int | None, targets: Any,
-                       block: bool) -> Deferred[Any]:
-        return self._call(block, "history", start, stop, targets)
-
-    def remote_inspect(self, name: str, detail_level: int, targets: Any,
-                       block: bool) -> Deferred[Any]:
-        return self._call(block, "inspect", name, detail_level, targets)
-
-    def remote_who(self, targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "who", targets)
-
-    def remote_whos(self, targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "whos", targets)
-
-    def remote_complete(self, text: str, line: str | None, cursor_pos: int | None,
-                        targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "complete", text, line, cursor_pos, targets)
-
     def remote_session_log(self) -> Deferred[Any]:
         return self.adapter.session_log()
 
@@ -402,7 +356,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         def forward(kind: str, data: dict[str, Any]) -> Deferred[None] | None:
             if kind != "output" or (own_only and data.get("client") != self.client):
                 return None
-            d = observer.callRemote("output", data)
+            d = foolscap_transport.call(observer, "output", data)
             return d.addErrback(lambda f: self._drop_forward(forward))
 
         self._forward = forward
@@ -426,7 +380,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return {"user": self.user, "kind": self.kind, "client": self.client}
 
     def remote_users(self) -> Any:
-        from ipython1.kernel.users import list_users
+        from ipython1.controller.users import list_users
 
         return list_users(self.adapter)
 
@@ -459,7 +413,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
             self.subscription = None
 
     def remote_transcript(self, user: str | None, last: int) -> Any:
-        from ipython1.kernel.users import transcript_tail
+        from ipython1.controller.users import transcript_tail
 
         if user is not None and not isinstance(user, str):
             return self._raise_as_data(Failure(KernelError("user must be a name or None")))

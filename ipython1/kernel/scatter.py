@@ -165,3 +165,8 @@ def _empty_on(np: Any, rows: list[Any], dtype: Any, buffer: Callable[[int], Any]
     if memory is None:
         return None
     return np.frombuffer(memory, dtype=dtype, count=count).reshape(shape)
+
+
+def map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
+    """Apply f elementwise on an engine (the body of map, direct or as tasks)."""
+    return list(map(f, *chunks))

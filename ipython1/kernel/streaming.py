@@ -7,11 +7,13 @@ Three pieces, one per process:
   so a tight print loop sends a few large messages, not a flood. Everything
   is flushed before a command's reply is sent, so a client sees a command's
   output before its result.
-- ``OutputReceiver`` (controller): the Referenceable the controller hands
-  each engine; it labels chunks with the engine and the running command and
-  passes them to the controller's observers (client sessions subscribe).
-- ``StreamPrinter`` (client): prints chunks as ``[stdout:3] line``, one line
-  at a time, honouring carriage returns as a terminal would.
+- ``OutputReceiver`` (controller, in ``ipython1.controller.output``): the
+  Referenceable the controller hands each engine; it labels chunks with the
+  engine and the running command and passes them to the controller's
+  observers (client sessions subscribe).
+- ``StreamPrinter`` (client, in ``ipython1.client.output``): prints chunks as
+  ``[stdout:3] line``, one line at a time, honouring carriage returns as a
+  terminal would.
 
 Output that arrives faster than it can be sent is capped (``MAX_PENDING``
 characters waiting); the excess is replaced by a marker. The full output is
@@ -20,12 +22,10 @@ always kept in the command's execution record.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
-from foolscap.api import Referenceable
 from twisted.internet.defer import Deferred, succeed
 
 MAX_PENDING = 4_000_000  # characters waiting to be sent from one engine
@@ -116,67 +116,14 @@ class OutputBatcher:
         return waiter
 
 
-class OutputReceiver(Referenceable):  # type: ignore[misc]
-    """The controller's end of one engine's output stream."""
+def __getattr__(name: str) -> Any:
+    """Re-export the client half from its own module, imported only when asked for."""
+    if name in ("OutputObserver", "StreamPrinter"):
+        from ipython1.client import output
 
-    def __init__(self, engine_id: int, deliver: Callable[[int, list[Chunk]], Any]) -> None:
-        self.engine_id = engine_id
-        self._deliver = deliver
+        return getattr(output, name)
+    if name in ("OutputReceiver",):
+        from ipython1.controller import output
 
-    def remote_output(self, chunks: list[Chunk]) -> Any:
-        clean = [[str(name), str(text)] for name, text in chunks
-                 if name in ("stdout", "stderr") and isinstance(text, str)]
-        return self._deliver(self.engine_id, clean) if clean else None
-
-
-class OutputObserver(Referenceable):  # type: ignore[misc]
-    """The client's end of a subscription: calls callback(engine_id, name, text)."""
-
-    def __init__(self, callback: Callable[[int, str, str], None]) -> None:
-        self.callback = callback
-
-    def remote_output(self, event: dict[str, Any]) -> None:
-        engine_id = event.get("engine_id")
-        for name, text in event.get("chunks", []):
-            self.callback(engine_id, name, text)
-
-
-class StreamPrinter:
-    """Print live output line by line as ``[stdout:3] text``.
-
-    A line is printed when its newline arrives (or on ``flush``); within a
-    line, a carriage return discards what came before it, as a terminal
-    shows a progress bar's final state.
-    """
-
-    def __init__(self, out: IO[str] | None = None) -> None:
-        self._out = out
-        self._partial: dict[tuple[int, str], str] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def out(self) -> IO[str]:
-        return self._out if self._out is not None else sys.stdout
-
-    def __call__(self, engine_id: int, name: str, text: str) -> None:
-        with self._lock:
-            key = (engine_id, name)
-            buffer = self._partial.pop(key, "") + text
-            *lines, rest = buffer.split("\n")
-            for line in lines:
-                self._emit(engine_id, name, line)
-            if rest:
-                self._partial[key] = rest
-            self.out.flush()
-
-    def flush(self) -> None:
-        """Print every unfinished line."""
-        with self._lock:
-            partial, self._partial = self._partial, {}
-            for (engine_id, name), rest in sorted(partial.items()):
-                self._emit(engine_id, name, rest)
-            self.out.flush()
-
-    def _emit(self, engine_id: int, name: str, line: str) -> None:
-        line = line.rstrip("\r").rsplit("\r", 1)[-1]
-        self.out.write(f"[{name}:{engine_id}] {line}\n")
+        return getattr(output, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,7 +38,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ipython1.kernel import commandchannel
 from ipython1.kernel.errors import (
     EngineError,
     InvalidTaskID,
@@ -51,6 +50,7 @@ from ipython1.kernel.errors import (
 )
 from ipython1.kernel.interfaces import ITaskFarm, RITaskFarm, RITaskFarmSession
 from ipython1.kernel.queue import Command
+from ipython1.transport import channel as command_channel
 
 log = Logger()
 
@@ -928,7 +928,7 @@ class TaskFarmSession(Referenceable):  # type: ignore[misc]
         self.parent = parent
 
     def _denied(self, op: str) -> PermissionDenied | None:
-        from ipython1.kernel.users import permission_denied
+        from ipython1.controller.users import permission_denied
 
         return permission_denied(
             self.user, self.kind, getattr(self.parent, "revoked", False), op, OBSERVER_ALLOWED,
@@ -982,7 +982,7 @@ class TaskFarmSession(Referenceable):  # type: ignore[misc]
 
     def remote_open_command_channel(self, host: str) -> dict[str, Any] | None:
         """Offer this session over the local command channel to a client on this host."""
-        return commandchannel.offer_to_client(
+        return command_channel.offer_to_client(
             getattr(self.farm.controller, "command_channels", None), self, host)
 
 

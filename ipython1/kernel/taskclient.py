@@ -11,8 +11,8 @@ costs about a thread hop and ordering with later calls is kept by the
 connection (Foolscap delivers one connection's messages in order).
 
 On the controller's host the calls take the local command channel instead
-(see `commandchannel`), as the multi-engine client's do; a call whose
-arguments msgpack cannot hold takes Foolscap, and `commandchannel.SessionCalls`
+(see `ipython1.transport.channel`), as the multi-engine client's do; a call whose
+arguments msgpack cannot hold takes Foolscap, and `ChannelSessionConnection`
 keeps the order across the switch. Answers are the same plain data either
 way (results come as one pickled byte string, ``get_results_packed``).
 """
@@ -29,9 +29,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from ipython1.kernel import commandchannel
 from ipython1.kernel.errors import ConnectionLost, KernelError, error_from_wire
 from ipython1.kernel.serialize import deserialize, serialize
+from ipython1.transport import channel as command_channel
 
 __all__ = ["AsyncTaskClient", "MapTask", "StringTask", "TaskResult"]
 
@@ -256,8 +256,8 @@ class AsyncTaskClient:
         from twisted.internet import reactor
 
         self._session = session
-        self._channel = channel  # commandchannel.ClientEnd: this session over a local socket
-        self._calls = commandchannel.SessionCalls(channel, session)
+        self._channel = channel  # transport.channel.ClientEnd: this session over a local socket
+        self._calls = command_channel.session_connection(session, channel)
         self._parent = parent  # the user's multi-engine session it came from, if any
         self._tub = tub
         self.furl = furl
@@ -272,7 +272,7 @@ class AsyncTaskClient:
         self._submitting = 0
         self._lock = threading.Lock()
         self.rejected: dict[int, KernelError] = {}
-        session.notifyOnDisconnect(self._disconnected)
+        self._calls.notifyOnDisconnect(self._disconnected)
 
     def _disconnected(self, *args: Any) -> None:
         from ipython1.kernel import wire
@@ -491,7 +491,7 @@ def auto_chunksize(n: int, engines: int) -> int:
 def map_specs(func: Callable[..., Any], seqs: Sequence[Sequence[Any]], chunksize: int | None,
               engines: int, options: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int]]:
     """Cut seqs into chunks and build one MapTask spec per chunk."""
-    from ipython1.kernel.asyncclient import _map_chunk
+    from ipython1.kernel.scatter import map_chunk as _map_chunk
 
     if not seqs:
         raise TypeError("map() needs at least one sequence")

@@ -15,7 +15,6 @@ of its live sessions.
 
 from __future__ import annotations
 
-import collections
 import json
 import re
 from dataclasses import dataclass, field
@@ -29,19 +28,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ipython1.controller.users import (  # noqa: F401 - re-exported: their old home
+    MAX_TRANSCRIPT_EVENTS,
+    TRANSCRIPT,
+    list_users,
+    permission_denied,
+    transcript_path,
+    transcript_tail,
+)
 from ipython1.kernel import cluster, wire
-from ipython1.kernel.errors import InvalidUserName, KernelError, PermissionDenied, error_to_wire
-from ipython1.kernel.events import read_transcript
+from ipython1.kernel.errors import InvalidUserName, KernelError, error_to_wire
 from ipython1.kernel.interfaces import RIControllerAdmin
 
 log = Logger()
 
-ADMIN_FURL = "ipcontroller-admin.furl"
+ADMIN_FURL = cluster.ADMIN_FURL
 USERS_FILE = "users.json"
-TRANSCRIPT = "transcript.jsonl"
 KINDS = ("full", "observer")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-MAX_TRANSCRIPT_EVENTS = 10_000  # events one transcript() call returns at most
 
 
 def validate_user_name(name: Any) -> str:
@@ -52,23 +56,10 @@ def validate_user_name(name: Any) -> str:
     return name
 
 
-def permission_denied(user: str, kind: str, revoked: bool, op: str,
-                      observer_allowed: frozenset[str], observer_scope: str
-                      ) -> PermissionDenied | None:
-    """Say why a user may not run op, or None if they may (shared by every adapter)."""
-    if revoked:
-        return PermissionDenied(f"user {user!r}: the capability was revoked; {op} was not run")
-    if kind == "observer" and op not in observer_allowed:
-        return PermissionDenied(f"user {user!r} is an observer and may not {op}: {observer_scope}")
-    return None
-
 
 def user_furl_file(cluster_dir: cluster.ClusterDir, name: str) -> Path:
     return cluster_dir.security / "users" / f"{validate_user_name(name)}.furl"
 
-
-def transcript_path(cluster_dir: cluster.ClusterDir) -> Path:
-    return cluster_dir.log / TRANSCRIPT
 
 
 @dataclass
@@ -244,25 +235,6 @@ class UserDirectory:
         return True
 
 
-def list_users(adapter: Any) -> list[dict[str, Any]]:
-    """Who can use this controller, and who is connected (session.users())."""
-    directory = getattr(adapter, "directory", None)
-    if directory is None:
-        return [{"name": adapter.controller.owner, "kind": "owner", "connected": 0,
-                 "queued": 0}]
-    return directory.listing()
-
-
-def transcript_tail(adapter: Any, user: str | None, last: int) -> list[dict[str, Any]]:
-    """Return the last events of the transcript (optionally one user's)."""
-    directory = getattr(adapter, "directory", None)
-    last = max(0, min(int(last), MAX_TRANSCRIPT_EVENTS))
-    if directory is None:
-        return []
-    path = transcript_path(directory.cluster_dir)
-    if not path.exists():
-        return []
-    return list(collections.deque(read_transcript(path, user), maxlen=last))
 
 
 @implementer(RIControllerAdmin)
@@ -289,33 +261,10 @@ class ControllerAdmin(Referenceable):  # type: ignore[misc]
         return self._answer(self.directory.listing)
 
 
-def admin_call(cluster_dir: cluster.ClusterDir, method: str, *args: Any,
-               timeout: float = 10.0) -> Any:
-    """Call the running controller's admin capability (blocking); return the value."""
-    from ipython1.kernel.client import ReactorThread, _wait
-    from ipython1.kernel.errors import error_from_wire
+def __getattr__(name: str) -> Any:
+    """Re-export the client half (admin_call) without the controller importing it."""
+    if name == "admin_call":
+        from ipython1.client.admin import admin_call
 
-    furl = wire.resolve_furl(cluster_dir.furl_file(ADMIN_FURL), cluster_dir.profile,
-                             ADMIN_FURL) if cluster_dir.furl_file(ADMIN_FURL).exists() else None
-    if furl is None:
-        from ipython1.kernel.errors import ControllerNotFound
-
-        raise ControllerNotFound(f"no admin FURL in {cluster_dir.security}: is a controller "
-                                 f"running for profile {cluster_dir.profile!r}?")
-
-    def call() -> Any:
-        tub = wire.client_tub()
-        d = wire.get_reference(tub, furl, timeout)
-        d.addCallback(lambda ref: ref.callRemote(method, *args))
-
-        def done(result: Any) -> Any:
-            tub.stopService()
-            return result
-
-        return d.addBoth(done)
-
-    answer = _wait(ReactorThread.get().submit(call), timeout + 5)
-    if answer.get("status") != "ok":
-        raise error_from_wire(answer["error"])
-    return answer["value"]
-
+        return admin_call
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -244,13 +244,16 @@ def get_reference(tub: Tub, furl: str, timeout: float = 10.0) -> Deferred[Any]:
     d = tub.getReference(furl)
 
     def failed(f: Any) -> None:
+        from ipython1.kernel.addresses import unreachable_advice
+
+        advice = unreachable_advice(furl, socket.gethostname())
         if f.check(defer.CancelledError):
             raise ControllerNotFound(
-                f"no controller answered at {furl_location(furl)} within {timeout:g} s"
+                f"no controller answered at {furl_location(furl)} within {timeout:g} s; {advice}"
             )
         raise ControllerNotFound(
             f"cannot connect to the controller at {furl_location(furl)}: "
-            f"{f.getErrorMessage()}"
+            f"{f.getErrorMessage()}; {advice}"
         )
 
     d.addTimeout(timeout, reactor)

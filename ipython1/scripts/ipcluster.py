@@ -326,7 +326,7 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
         return 1
     out.write(f"ipcluster: controller and {n} engines are up in {time.monotonic() - t0:.1f} s "
               f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
-    if ip != "127.0.0.1" or location:
+    if ip not in ("127.0.0.1", "::1", "localhost") or location:
         out.write(_other_hosts_hint(cluster_dir))
     out.flush()
     if daemon:

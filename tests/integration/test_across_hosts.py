@@ -131,7 +131,51 @@ def test_furls_advertise_the_location_on_the_fixed_port(across: GridCluster) -> 
     assert f"0.0.0.0:{PORT} " in listening  # --location alone listens on every interface
 
 
+def test_a_named_users_furl_works_from_another_host(across: GridCluster, py: HostPython) -> None:
+    out = across.grid["ctl"].run(across.command("ipcluster", "--profile", PROFILE, "adduser",
+                                                "alice"), env=across.env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    path = out.stdout.strip()
+    assert furl_hints(path) == [f"tcp:ctl:{PORT}"]
+    py.exec("alice = client.MultiEngineClient(path, timeout=60)", path=path)
+    try:
+        assert py.eval("alice.user") == "alice"
+        assert py.eval("alice.execute('20 + 22', targets=0).output") == 42
+    finally:
+        py.exec("alice.close()")
+
+
 # -- every multi-engine op -----------------------------------------------------------------
+
+
+# One call per command of the op table, on every engine (both hosts). A command
+# added to the table fails this test until it is called across hosts here too.
+OP_CALLS = {
+    "execute": ("mec.execute('op_x = 1')", None),
+    "push": ("mec.push({'op_y': 2})", None),
+    "pull": ("mec.pull('op_y')", [2, 2, 2, 2]),
+    "apply": ("mec.apply(lambda: 3)", [3, 3, 3, 3]),
+    "get_result": ("[r.output for r in mec.get_result()]", None),
+    "keys": ("['op_y' in k for k in mec.keys()]", [True] * 4),
+    "history": ("['op_x = 1' in str(h) for h in mec.history()]", [True] * 4),
+    "inspect": ("['int' in str(i) for i in mec.inspect('op_y')]", [True] * 4),
+    "who": ("['op_y' in str(w) for w in mec.who()]", [True] * 4),
+    "whos": ("['op_y' in str(w) for w in mec.whos()]", [True] * 4),
+    "ping": ("sorted(p['pid'] for p in mec.ping()) == sorted(mec.apply(os.getpid))", True),
+    "complete": ("[c['matches'] for c in mec.complete('op_')]", [["op_x", "op_y"]] * 4),
+    "run_tasks": ("tc.map(abs, [-1, -2, -3, -4, -5, -6, -7, -8])", [1, 2, 3, 4, 5, 6, 7, 8]),
+    "reset": ("(mec.reset(), ['op_y' in k for k in mec.keys()])[1]", [False] * 4),
+}
+
+
+def test_every_op_of_the_table_runs_on_engines_on_other_hosts(py: HostPython) -> None:
+    from ipython1.common import ops
+
+    assert set(OP_CALLS) == set(ops.OPS)
+    for name, (call, expected) in OP_CALLS.items():
+        value = py.eval(call)
+        if expected is not None:
+            assert value == expected, (name, value)
 
 
 def test_execute_push_pull_and_results(py: HostPython) -> None:
@@ -177,6 +221,23 @@ def test_queue_status_clear_queue_and_events(py: HostPython) -> None:
     assert cleared[0]["cleared"] >= 1
     py.exec("blocker.get_result(timeout=30)")
     assert py.eval("mec.session_log()")  # the controller kept this client's session
+
+
+def test_live_output_events_and_pending_results_cross_hosts(py: HostPython) -> None:
+    py.exec("seen = []\nmec.subscribe(lambda e, name, text: seen.append((e, name, text)))\n"
+            "events = []\nmec.subscribe_events(events.append, history=0)")
+    py.exec("mec.execute('import socket; print(\"from\", socket.gethostname())', "
+            "targets=[0, 2])")
+    wait_until(lambda: len(py.eval("[t for _, n, t in seen if 'from' in t]")) == 2, 10,
+               "live output from two engines")
+    assert {t.split()[1] for t in py.eval("[t for _, n, t in seen if 'from' in t]")} \
+        <= {"e1", "e2"}
+    wait_until(lambda: py.eval("any(e.get('kind') == 'result' for e in events)"),
+               10, "events")
+    py.exec("mec.unsubscribe(); mec.unsubscribe_events()")
+    pid = py.eval("mec.execute('7 * 6', targets=1, block=False).id")
+    assert pid in py.eval("mec.pending_ids()")
+    assert py.eval(f"mec.get_pending_result({pid}).output") == 42
 
 
 def test_errors_from_engines_on_other_hosts_name_the_engine(py: HostPython) -> None:
@@ -279,6 +340,28 @@ def test_ipv6_only_controller_engine_and_client(across: GridCluster, py: HostPyt
         engine.wait(timeout=15)
 
 
+def test_an_unreachable_first_location_is_skipped_and_the_relay_follows_the_one_that_worked(
+        across: GridCluster, py: HostPython) -> None:
+    # 10.78.0.1 has no route from any grid host: dialling it fails at once, locally.
+    proc, furl = run_controller(across, "ctl", "multi", "--location", "10.78.0.1,ctl")
+    engine = across.grid["e1"].popen(across.command(
+        "ipengine", "--profile", "multi", "--furl-file", furl), env=across.env)
+    try:
+        assert [h.rsplit(":", 1)[0] for h in furl_hints(furl)] == ["tcp:10.78.0.1", "tcp:ctl"]
+        py.exec("multi = client.MultiEngineClient(path, timeout=60)",
+                path=furl.replace("engine.furl", "mec.furl"))
+        wait_until(lambda: py.eval("multi.get_ids()") == [0], 30, "the engine")
+        before = py.eval("datachannel.TRANSFERS['relay']")
+        py.exec("multi.push({'v': np.ones(2**20)}, targets=0)")
+        assert py.eval("float(multi.pull('v', targets=0).sum())") == 2**20
+        assert py.eval("datachannel.TRANSFERS['relay']") - before == 2
+    finally:
+        py.exec("multi.close()" if py.eval("'multi' in globals()") else "pass")
+        engine.terminate()
+        stop(proc)
+        engine.wait(timeout=15)
+
+
 def test_ipcluster_start_with_location_and_engines_joining_from_another_host(
         across: GridCluster, py: HostPython) -> None:
     ctl = across.grid["ctl"]
@@ -314,7 +397,8 @@ def first_line(proc: Any, timeout: float) -> str:
         return ""
 
 
-def test_an_engine_says_which_addresses_it_tried_and_what_to_check(across: GridCluster) -> None:
+def test_an_engine_says_which_addresses_it_tried_and_what_to_check(
+        across: GridCluster, py: HostPython) -> None:
     # A FURL naming a port where nothing listens, and one naming the controller's loopback.
     furl = Path(across.furl("engine")).read_text().strip()
     tub, rest = furl.split("@", 1)
@@ -336,6 +420,11 @@ def test_an_engine_says_which_addresses_it_tried_and_what_to_check(across: GridC
         assert f"tried 127.0.0.1:{PORT} from host e1" in message, message
         assert "only works on the controller's own host" in message
         assert "--location" in message and "--ip 0.0.0.0" in message
+        # A client given such a FURL is told the same.
+        py.exec("try:\n    client.MultiEngineClient(furl, connect_timeout=5)\n    said = ''\n"
+                "except Exception as e:\n    said = str(e)", furl=loopback)
+        said = py.eval("said")
+        assert f"tried 127.0.0.1:{PORT} from host cli" in said and "--location" in said, said
     finally:
         waiting.kill()
         waiting.wait()
@@ -365,3 +454,14 @@ def test_sigkill_of_every_engine_on_one_host(across: GridCluster, py: HostPython
     assert py.eval("tc.map(lambda v: -v, range(20))") == [-v for v in range(20)]
     with pytest.raises(Exception, match=f"no engine with id {lost[0]}"):
         py.eval(f"mec.execute('1', targets={lost[0]})")
+
+
+def test_kill_ends_an_engine_on_another_host(across: GridCluster, py: HostPython) -> None:
+    before = across.grid["e1"].pids()
+    survivor, victim = py.eval("mec.get_ids()")
+    pid = py.eval(f"mec.apply(os.getpid, targets={victim})")
+    assert pid in before
+    py.exec(f"mec.kill(targets={victim})")
+    wait_until(lambda: pid not in across.grid["e1"].pids(), 10, "the engine process to exit")
+    wait_until(lambda: py.eval("mec.get_ids()") == [survivor], 10, "the engine to be dropped")
+    assert py.eval(f"mec.execute('1 + 1', targets={survivor}).output") == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -70,6 +71,23 @@ def _exercise(cluster: Cluster) -> None:
     assert mec.pull("a", targets=ids[0]) == 42  # the others go on
 
 
+def _every_op(mec: object, ids: list[int]) -> None:
+    """The op table's commands end to end (tests/unit/test_conformance.py has them all
+    over every pairing in-process)."""
+    one = ids[0]
+    mec.execute("c = 3; print('x')", targets=one)
+    assert mec.get_result(targets=one).stdout == "x\n"
+    assert "c" in mec.keys(targets=one) and "c" in mec.who(targets=one)
+    assert "int" in mec.whos(targets=one)["text"]
+    assert "int" in mec.inspect("c", targets=one)["text"]
+    assert mec.history(targets=one)[-1][1].startswith("c = 3")
+    mec.scatter("part", list(range(12)))
+    assert mec.gather("part") == list(range(12))
+    assert all(p["pid"] > 0 for p in mec.ping())
+    mec.reset(targets=one)
+    assert mec.keys(targets=one) == []
+
+
 def _exercise_tasks(cluster: Cluster, local: bool) -> None:
     """The task farm's calls, whichever way they travel (tests/integration/test_tasks.py
     runs the whole task farm over both paths of the client)."""
@@ -99,6 +117,22 @@ def test_engines_on_the_controllers_host_take_the_channel(tmp_path):
         wait_until(lambda: all(i["command_channel"] for i in mec.engine_info()), 10,
                    "every engine's command channel")
         _exercise_tasks(cluster, local=True)
+        _every_op(mec, mec.get_ids())
+        # A large reply crosses the channel in linear time (it took 31.5 s for
+        # 64 MiB when each read re-joined the whole buffer; ~1 s over Foolscap).
+        start = time.monotonic()
+        printed = mec.execute("print('x' * (64 * 2**20), end='')", targets=0)
+        elapsed = time.monotonic() - start
+        assert len(printed.stdout) == 64 * 2**20
+        assert elapsed < 8, f"64 MiB of output took {elapsed:.1f} s over the channel"
+        # Mixed: a client on Foolscap, engines on the channel.
+        os.environ["IPYTHON1_COMMAND_CHANNEL"] = "0"
+        try:
+            remote = cluster.client()
+        finally:
+            del os.environ["IPYTHON1_COMMAND_CHANNEL"]
+        assert not remote.local_channel
+        _every_op(remote, remote.get_ids())
         _exercise(cluster)
     finally:
         cluster.stop()
@@ -113,6 +147,7 @@ def test_without_the_channel_commands_travel_over_foolscap(tmp_path):
         assert not mec.local_channel
         assert not any(i["command_channel"] for i in mec.engine_info())
         _exercise_tasks(cluster, local=False)
+        _every_op(mec, mec.get_ids())
         _exercise(cluster)
     finally:
         cluster.stop()

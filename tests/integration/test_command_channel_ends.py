@@ -1,4 +1,5 @@
-"""The command channel in-process: who may attach to an engine's queue, and the engine's end."""
+"""The command channel's ends over real Unix sockets: who may attach to an engine's queue,
+and the engine's end."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ from typing import Any
 import msgpack
 import pytest
 from foolscap.api import Referenceable
-from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from ipython1.kernel import commandchannel
 from ipython1.kernel.client import ReactorThread
 from ipython1.kernel.controller import Controller, EngineRecord
 from ipython1.kernel.interfaces import RIMultiEngineSession
 from ipython1.kernel.queue import EngineQueue
+from ipython1.transport import channel as commandchannel
+from ipython1.transport.foolscap import FoolscapEngineConnection
 
 pytestmark = pytest.mark.skipif(not commandchannel.host_key(), reason="needs Linux SO_PEERCRED")
 
@@ -31,7 +32,8 @@ def server() -> Any:
 
     def setup() -> Any:
         controller = Controller()
-        controller.engines[5] = EngineRecord(5, None, EngineQueue(5, lambda c: None))
+        controller.engines[5] = EngineRecord(5, FoolscapEngineConnection(None),
+                                             EngineQueue(5, lambda c: None))
         return commandchannel.CommandChannelServer(controller)
 
     server = loop.submit(setup).result(timeout=10)
@@ -67,9 +69,9 @@ def _refused(sock: socket.socket) -> bool:
 def _attached(server: Any, deadline: float = 10.0) -> Any:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        channel = server.controller.engines[5].channel
-        if channel is not None:
-            return channel
+        connection = server.controller.engines[5].connection
+        if connection.local:
+            return connection.end
         time.sleep(0.01)
     return None
 
@@ -81,7 +83,7 @@ def test_a_wrong_secret_or_engine_id_is_refused(server: Any) -> None:
     assert _refused(_hello(server, 5, offer["secret"]))
     offer = ReactorThread.get().submit(server.offer, 5).result(timeout=10)
     assert _refused(_hello(server, 6, offer["secret"]))  # no such engine
-    assert server.controller.engines[5].channel is None
+    assert not server.controller.engines[5].connection.local
 
 
 def test_the_secret_handed_over_foolscap_attaches_the_engine_once(server: Any) -> None:
@@ -94,9 +96,9 @@ def test_the_secret_handed_over_foolscap_attaches_the_engine_once(server: Any) -
     finally:
         sock.close()
     end = time.monotonic() + 10
-    while server.controller.engines[5].channel is not None and time.monotonic() < end:
+    while server.controller.engines[5].connection.local and time.monotonic() < end:
         time.sleep(0.01)
-    assert server.controller.engines[5].channel is None  # closed: detached
+    assert not server.controller.engines[5].connection.local  # closed: detached
 
 
 @implementer(RIMultiEngineSession)
@@ -171,69 +173,6 @@ def test_a_task_farm_session_is_checked_against_its_own_schema(server: Any) -> N
         sock.close()
 
 
-class _FakeChannel:
-    """Stands in for a ClientEnd: records calls, answered by hand."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self._pending: dict[int, Deferred[Any]] = {}
-        self.sent: list[tuple[str, Any]] = []
-
-    def call(self, op: str, args: Any) -> Deferred[Any]:
-        msgpack.packb(list(args))  # as the real one: raises if msgpack cannot hold them
-        d: Deferred[Any] = Deferred()
-        self._pending[len(self.sent)] = d
-        self.sent.append((op, list(args)))
-        return d
-
-    def answer(self, i: int, value: Any = None) -> None:
-        self._pending.pop(i).callback(value)
-
-
-class _FakeReference:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any]] = []
-        self.answers: list[Deferred[Any]] = []
-
-    def callRemote(self, op: str, *args: Any) -> Deferred[Any]:
-        self.sent.append((op, list(args)))
-        self.answers.append(Deferred())
-        return self.answers[-1]
-
-
-def test_session_calls_never_overtake_each_other_across_the_two_paths() -> None:
-    channel, reference = _FakeChannel(), _FakeReference()
-    calls = commandchannel.SessionCalls(channel, reference)  # type: ignore[arg-type]
-    assert calls.local
-    first = calls.call("submit", ([[0, {}, [b"x"]]],))
-    # Too big for msgpack: Foolscap must carry it, but not before "first" arrived.
-    big = calls.call("submit", ([[1, {"priority": 10**30}, [b"x"]]],))
-    after = calls.call("wait", ([1], True, None))
-    assert channel.sent == [("submit", [[[0, {}, [b"x"]]]]), (commandchannel.SYNC, [])]
-    assert reference.sent == []
-    channel.answer(1)  # the SYNC: the controller has the first submit
-    assert [op for op, _ in reference.sent] == ["submit", "wait"]  # in order, one connection
-    assert not first.called and not big.called and not after.called
-    # While a Foolscap call is unanswered, later calls follow it there.
-    calls.call("reserve", (8,))
-    assert reference.sent[-1] == ("reserve", [8]) and len(channel.sent) == 2
-    for d in reference.answers:
-        d.callback({"status": "ok", "value": None})
-    assert big.called and after.called
-    calls.call("reserve", (8,))  # Foolscap drained: back on the channel, no SYNC needed
-    assert channel.sent[-1] == ("reserve", [8]) and len(reference.sent) == 3
-    # Nothing in flight on the channel: switching needs no SYNC.
-    channel.answer(0)
-    channel.answer(2)
-    calls.call("submit", ([[2, {"priority": 10**30}, [b"x"]]],))
-    assert reference.sent[-1][0] == "submit" and len(channel.sent) == 3
-    # A closed channel: everything takes Foolscap.
-    channel.closed = True
-    assert not calls.local
-    calls.call("spin", ())
-    assert reference.sent[-1] == ("spin", [])
-
-
 # -- the engine's end: read and answered on the shell thread --------------------------
 
 
@@ -277,7 +216,7 @@ class EchoEngine:
     def __init__(self) -> None:
         self.threads: list[int] = []
 
-    def channel_job(self, op: str, args: list[Any]) -> Any:
+    def job(self, op: str, args: list[Any]) -> Any:
         if op != "echo":
             return None
 

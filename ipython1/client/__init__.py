@@ -1,0 +1,1 @@
+"""The client's role: modules only client processes import."""

@@ -1,0 +1,1 @@
+"""What every role shares: the op table and the wire constraints."""

@@ -1,0 +1,1 @@
+"""The controller's role: modules only the controller process imports."""
