@@ -86,6 +86,8 @@ class ParallelMagics(Magics):  # type: ignore[misc]
         self.stream = False
         self.autopx_on = False
         self.last: Any = None
+        # IPython's own %debug, which ours calls unless told --engine N.
+        self._local_debug = shell.magics_manager.magics["line"].get("debug") if shell else None
 
     @property
     def client(self) -> Any:
@@ -107,6 +109,8 @@ class ParallelMagics(Magics):  # type: ignore[misc]
 
     def run(self, code: str, targets: Any = None, block: bool | None = None) -> Any:
         """Run code on targets and show the results; return them."""
+        if code.strip() == "%debug":  # %px %debug: pdb on each engine's last exception
+            return self.debug_engines(targets if targets is not None else self._targets(None))
         block = self.block if block is None else block
         try:
             result = self.client.execute(code, targets=targets if targets is not None
@@ -137,6 +141,28 @@ class ParallelMagics(Magics):  # type: ignore[misc]
         args = parse_argstring(self.px, line)
         block = False if args.noblock else (True if args.block else None)
         self.run(cell, targets=self._targets(args.targets), block=block)
+
+    def debug_engines(self, targets: Any) -> Any:
+        """Open pdb on the engines' last exceptions, one prompt after another, here."""
+        try:
+            return self.client.debug(targets)
+        except KernelError as e:
+            self.last = e
+            _show_error(e)
+            return None
+
+    @line_cell_magic
+    def debug(self, line: str = "", cell: str | None = None) -> Any:
+        """%debug --engine N: pdb on engine N's last exception; otherwise IPython's %debug."""
+        words = line.split()
+        if "--engine" in words or "-e" in words:
+            at = words.index("--engine") if "--engine" in words else words.index("-e")
+            if at + 1 >= len(words):
+                raise UsageError("%debug --engine needs an engine id, e.g. %debug --engine 3")
+            return self.debug_engines(parse_targets(words[at + 1]))
+        if self._local_debug is None:
+            raise UsageError("IPython's own %debug is not available here")
+        return self._local_debug(line, cell) if cell is not None else self._local_debug(line)
 
     @line_magic
     def autopx(self, line: str = "") -> None:

@@ -227,6 +227,8 @@ class ClusterShell(TerminalInteractiveShell):  # type: ignore[misc]
             return None
         inspect = _INSPECT.match(raw_cell)
         try:
+            if raw_cell.strip() == "%debug":  # pdb on the engines' last exceptions, here
+                return self.mec.debug(self.cluster_targets)
             if inspect:
                 return self._inspect(inspect.group(1), len(inspect.group(2)) - 1)
             return self._run_remote(raw_cell)

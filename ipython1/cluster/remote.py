@@ -18,6 +18,7 @@ from typing import Any
 from ipython1.cluster.launcher import run_command
 from ipython1.cluster.ssh import ssh_argv
 from ipython1.kernel.cluster import (
+    ADMIN_FURL,
     ENGINE_FURL,
     MEC_FURL,
     TASK_FURL,
@@ -26,7 +27,8 @@ from ipython1.kernel.cluster import (
 )
 
 RECORD = "controller-host.json"
-FURLS = (ENGINE_FURL, MEC_FURL, TASK_FURL)
+# The admin FURL is the owner's: ipcluster status and adduser talk to the controller with it.
+FURLS = (ENGINE_FURL, MEC_FURL, TASK_FURL, ADMIN_FURL)
 
 
 def host_name(host: str) -> str:

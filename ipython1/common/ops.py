@@ -67,6 +67,8 @@ OPS: dict[str, Op] = {
     "who": Op(),
     "whos": Op(),
     "ping": Op(observer=True),
+    # Post mortem pdb on the engine's last exception; the client that sent it drives it.
+    "debug": Op(),
     "complete": Op((("text", Text), ("line", MaybeText), ("cursor_pos", MaybeInt))),
     # The task farm's batches; replies are plain data (the farm reads them).
     "run_tasks": Op((("batch", TaskBatch),), session=False, encoded=False),

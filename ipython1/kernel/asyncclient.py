@@ -13,10 +13,13 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from foolscap.api import Referenceable
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ipython1.common.versions import compare as compare_versions
+from ipython1.common.versions import local_versions, refusal
 from ipython1.kernel import datachannel, replies, wire
 from ipython1.kernel import scatter as scatter_mod
 from ipython1.kernel.addresses import join_host_port
@@ -88,6 +91,8 @@ class AsyncMultiEngineClient:
         self._finishers: dict[int, Callable[[list[dict[str, Any]]], Any]] = {}
         self._relay_only: set[int] = set()  # engines whose local socket is out of reach
         self._books: dict[int, datachannel.TicketBook] = {}  # same-host tickets, by engine
+        # Handles engine pdb prompts (engine id, text); the blocking client sets it.
+        self.on_debugger: Callable[[int, str], None] | None = None
         self._calls.notifyOnDisconnect(self._disconnected)
 
     def _disconnected(self, *args: Any) -> None:
@@ -369,6 +374,11 @@ class AsyncMultiEngineClient:
         d = self._remote("interrupt", targets)
         return d.addCallback(_finish_replies, _identity, isinstance(targets, int))
 
+    def logs(self, targets: Any = "all", lines: int = 100) -> Deferred[Any]:
+        """Fire with the last lines of each target's own log (a list of lines per engine)."""
+        d = self._remote("logs", lines, targets)
+        return d.addCallback(_finish_replies, _identity, isinstance(targets, int))
+
     def queue_status(self, targets: Any = "all") -> Deferred[Any]:
         """Fire with each target's queue: the running command and the waiting ones."""
         d = self._remote("queue_status", targets)
@@ -486,6 +496,27 @@ class AsyncMultiEngineClient:
             return defer.fail(TypeError("complete() takes text and line as str"))
         return self._command("complete", (text, line, cursor_pos, targets), block, _identity,
                              isinstance(targets, int))
+
+    # -- remote pdb (engine.debugger) --
+
+    def debug(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Run pdb post mortem on each target's last exception; prompts go to on_debugger."""
+        return self._command("debug", (targets,), block, _identity, isinstance(targets, int))
+
+    def debug_input(self, engine_id: int, line: str) -> Deferred[dict[str, Any]]:
+        """Send a line to engine_id's debugger; fire with {"output", "waiting"}."""
+        return self._remote("debug_input", engine_id, line).addCallback(_check_global_error)
+
+    def debugger_waiting(self, engine_id: int, text: str) -> None:
+        """An engine's pdb (opened by this client's command) waits for a line.
+
+        Calls ``on_debugger(engine_id, text)`` if set; answer with debug_input.
+        Without a handler, the debugger is told to quit.
+        """
+        if self.on_debugger is not None:
+            self.on_debugger(engine_id, text)
+        else:
+            self.debug_input(engine_id, "quit").addErrback(lambda f: None)
 
     def ping(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
         """Fire with each target's {"pid", "time"} once its queue reached the ping."""
@@ -665,22 +696,52 @@ def _finish_replies(replies: Any, transform: Callable[[Any], Any], single: bool)
     return results
 
 
+class DebuggerObserver(Referenceable):  # type: ignore[misc]
+    """Where the controller hands this client an engine's waiting pdb prompt."""
+
+    client: AsyncMultiEngineClient | None = None
+
+    def remote_debugger_waiting(self, engine_id: int, text: str) -> None:
+        if self.client is not None:
+            self.client.debugger_waiting(engine_id, text)
+
+
 def client_info() -> dict[str, Any]:
     """Describe this client process for the controller's logs."""
     try:
         user = getpass.getuser()
     except Exception:
         user = "unknown"
-    return {"name": user, "host": socket.gethostname(), "pid": os.getpid()}
+    return {"name": user, "host": socket.gethostname(), "pid": os.getpid(),
+            "versions": local_versions()}
+
+
+def warn_about_engine_versions(infos: list[dict[str, Any]]) -> list[str]:
+    """Warn (once per difference) when engines run another Python or cloudpickle."""
+    import warnings
+
+    mine = local_versions()
+    by_message: dict[str, list[int]] = {}
+    for info in infos:
+        _, problems = compare_versions(mine, info.get("versions"), "this client",
+                                       "engine {ids}")
+        for problem in problems:
+            by_message.setdefault(problem, []).append(info.get("engine_id", -1))
+    messages = [m.replace("engine {ids}", "engine(s) " + ", ".join(map(str, ids)))
+                for m, ids in by_message.items()]
+    for message in messages:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return messages
 
 
 @defer.inlineCallbacks
-def _open_session(furl: str, timeout: float) -> Any:
+def _open_session(furl: str, timeout: float, **extra: Any) -> Any:
     """Connect to a FURL and open a session; fire with (tub, root, session)."""
     tub = wire.client_tub()
     try:
         root = yield wire.get_reference(tub, furl, timeout)
-        session = yield foolscap_transport.call(root, "connect", client_info())
+        session = yield foolscap_transport.call(
+            root, "connect", dict(client_info(), **extra)).addErrback(refusal)
     except Exception:
         tub.stopService()
         raise
@@ -692,9 +753,17 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
                            timeout: float = 10.0) -> Any:
     """Connect to a controller; fire with an AsyncMultiEngineClient."""
     furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
-    tub, _, session = yield _open_session(furl, timeout)
+    debugger = DebuggerObserver()
+    tub, _, session = yield _open_session(furl, timeout, debugger=debugger)
     channel = yield _open_command_channel(session)
-    return AsyncMultiEngineClient(session, tub, furl, channel)
+    client = AsyncMultiEngineClient(session, tub, furl, channel)
+    debugger.client = client
+    try:
+        infos = yield client.engine_info()
+    except Exception:  # no engines yet, or an observer: nothing to compare with
+        infos = []
+    warn_about_engine_versions(infos)
+    return client
 
 
 @defer.inlineCallbacks

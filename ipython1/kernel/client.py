@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -90,16 +92,46 @@ class ReactorThread:
 
 
 def _wait(future: concurrent.futures.Future[Any], timeout: float | None,
-          on_interrupt: Callable[[], None] | None = None) -> Any:
-    """Wait for a future; Ctrl-C runs on_interrupt (e.g. interrupt engines)."""
+          on_interrupt: Callable[[], None] | None = None,
+          debugger: Callable[[], float] | None = None) -> Any:
+    """Wait for a future; Ctrl-C runs on_interrupt (e.g. interrupt engines).
+
+    With debugger, serve engine pdb prompts while waiting: debugger() drives any
+    waiting debugger and returns the seconds it took, which the timeout excludes.
+    """
     try:
-        return future.result(timeout)
+        if debugger is None:
+            return future.result(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is not None:
+                deadline += debugger()
+            else:
+                debugger()
+            left = None if deadline is None else deadline - time.monotonic()
+            try:
+                return future.result(DEBUGGER_POLL if left is None
+                                     else max(0.0, min(DEBUGGER_POLL, left)))
+            except concurrent.futures.TimeoutError:
+                if left is not None and left <= DEBUGGER_POLL:
+                    raise
     except concurrent.futures.TimeoutError:
         raise ClientTimeout(f"no result within {timeout:g} s") from None
     except KeyboardInterrupt:
         if on_interrupt is not None:
             on_interrupt()
         raise
+
+
+DEBUGGER_POLL = 0.1  # s: how often a blocking wait looks for an engine's pdb prompt
+
+
+def _split_prompt(text: str) -> tuple[str, str]:
+    """Split pdb's output into what it printed and its trailing prompt."""
+    at = text.rfind("(Pdb")
+    if at >= 0 and text.endswith(") ") and "\n" not in text[at:]:
+        return text[:at], text[at:]
+    return text, "(Pdb) "
 
 
 class PendingResult:
@@ -119,7 +151,8 @@ class PendingResult:
             future = self.client._loop.submit(self._pending.get_result, block)
             try:
                 self._result = _wait(future, timeout if timeout is not None
-                                     else self.client.timeout)
+                                     else self.client.timeout,
+                                     debugger=self.client._serve_debugger)
             except KernelError as e:
                 from ipython1.kernel.errors import ResultNotReady
 
@@ -156,6 +189,10 @@ class MultiEngineClient:
         future = self._loop.submit(asyncclient.get_multiengine_client, furl_or_file, profile,
                                    connect_timeout)
         self._async: asyncclient.AsyncMultiEngineClient = _wait(future, connect_timeout + 5)
+        # Engine pdb prompts arrive on the reactor thread; blocking waits serve them.
+        self._debug_prompts: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+        self._async.on_debugger = lambda engine_id, text: self._debug_prompts.put(
+            (engine_id, text))
 
     @property
     def local_channel(self) -> bool:
@@ -173,7 +210,7 @@ class MultiEngineClient:
         future = self._loop.submit(method, *args, targets=targets, block=block, **kwargs)
         on_interrupt = (lambda: self._interrupt_quietly(targets)) if interruptible else None
         try:
-            result = _wait(future, self.timeout, on_interrupt)
+            result = _wait(future, self.timeout, on_interrupt, self._serve_debugger)
         finally:
             if getattr(self, "_printer", None) is not None:
                 self._printer.flush()  # a command's output came before its reply
@@ -183,6 +220,46 @@ class MultiEngineClient:
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return _wait(self._loop.submit(method, *args, **kwargs), self.timeout)
+
+    def _serve_debugger(self) -> float:
+        """Drive every engine pdb waiting for this client; return the seconds it took."""
+        started = time.monotonic()
+        served = False
+        while True:
+            try:
+                engine_id, text = self._debug_prompts.get_nowait()
+            except queue.Empty:
+                return time.monotonic() - started if served else 0.0
+            served = True
+            self._drive_debugger(engine_id, text)
+
+    def _drive_debugger(self, engine_id: int, text: str) -> None:
+        """Show pdb's output, read a line here (terminal, Jupyter's input box), send it."""
+        while True:
+            printed, prompt = _split_prompt(text)
+            sys.stdout.write(printed)
+            sys.stdout.flush()
+            try:
+                line = input(prompt)
+            except (EOFError, KeyboardInterrupt):
+                line = "quit"
+            try:
+                answer = self._call(self._async.debug_input, engine_id, line)
+            except KernelError:  # the engine died or was killed: its command says so
+                return
+            text = str(answer.get("output", ""))
+            if not answer.get("waiting"):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                return
+
+    def debug(self, targets: Any = None) -> Any:
+        """Open pdb post mortem on each target's last exception, here; return how it ended.
+
+        The prompt appears in this terminal (or Jupyter's input box); the engine's
+        queue waits meanwhile. breakpoint() in engine code opens the same prompt.
+        """
+        return self._run(self._async.debug, targets=targets, block=True)
 
     def _interrupt_quietly(self, targets: Any) -> None:
         try:
@@ -264,6 +341,10 @@ class MultiEngineClient:
     def interrupt(self, targets: Any = None) -> Any:
         """Raise KeyboardInterrupt in the code running on targets."""
         return self._call(self._async.interrupt, self.targets if targets is None else targets)
+
+    def logs(self, targets: Any = None, lines: int = 100) -> Any:
+        """Return the last lines of each target's log; an int target gives one list."""
+        return self._call(self._async.logs, self.targets if targets is None else targets, lines)
 
     def queue_status(self, targets: Any = None) -> Any:
         """Describe each target's queue."""

@@ -22,8 +22,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ipython1.common import versions
 from ipython1.kernel import cluster, wire
-from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered
+from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered, VersionMismatch
 from ipython1.kernel.events import EventBus, Transcript
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.queue import Command, EngineQueue, user_of
@@ -104,6 +105,8 @@ class Controller(service.MultiService):
         self.reserve_ids = reserve_ids
         self._used_ids: set[int] = set()
         self._broken_mpi_jobs: dict[str, str] = {}  # job -> the engine it lost first
+        self.versions = versions.local_versions()
+        self.debug_clients: dict[str, Any] = {}  # client name -> its debugger observer
 
     # -- registry --
 
@@ -135,11 +138,23 @@ class Controller(service.MultiService):
             d = connection.control("open_command_channel", engine_id, channels.offer(engine_id))
             d.addErrback(lambda f: None)  # Foolscap carries its commands instead
         # Live stdout/stderr: the engine sends it to this receiver as it is written.
-        d = connection.control("subscribe_output", OutputReceiver(engine_id, self._engine_output))
+        d = connection.control("subscribe_output", OutputReceiver(
+            engine_id, self._engine_output, self._engine_debugger))
         d.addErrback(lambda f: None)  # an engine without live output still works
         log.info("engine {id} registered: {info}", id=engine_id, info=info)
         self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
         return engine_id
+
+    def check_versions(self, info: Any, who: str) -> None:
+        """Refuse a peer speaking another protocol; log and publish other differences."""
+        theirs = info.get("versions") if isinstance(info, dict) else None
+        errors, warnings = versions.compare(self.versions, theirs, "the controller", who)
+        if errors:
+            log.error("refused {who}: {why}", who=who, why=errors[0])
+            raise VersionMismatch(errors[0])
+        for warning in warnings:
+            log.warn("{w}", w=warning)
+            self.events.publish("version_warning", data={"message": warning})
 
     def _call_failed(self, failure: Any, engine_id: int) -> Any:
         """A lost connection fails the call before notifyOnDisconnect fires:
@@ -270,6 +285,31 @@ class Controller(service.MultiService):
             return record.connection.interrupt()
         return record.connection.kill()
 
+    def _engine_debugger(self, engine_id: int, text: str) -> bool:
+        """Hand an engine's pdb prompt to the client whose command is running there."""
+        record = self.engines.get(engine_id)
+        command = record.queue.running if record is not None else None
+        observer = self.debug_clients.get(command.client) if command is not None else None
+        if observer is None:
+            return False
+        self.events.publish("debugger", command.owner, engine_id,
+                            {"op": command.op, "text": text[-2000:]}, command.client)
+        d = defer.maybeDeferred(observer.callRemote, "debugger_waiting", engine_id, text)
+        d.addErrback(lambda f: None)  # a client gone: interrupt ends the debugger
+        return True
+
+    def debugger_owner(self, engine_id: int) -> Any:
+        """Return the running command of an engine (its client owns the debugger)."""
+        record = self.engines.get(engine_id)
+        return record.queue.running if record is not None else None
+
+    def control(self, engine_id: int, method: str, *args: Any) -> Deferred[Any]:
+        """Ask an engine something it answers off its queue (stats, logs, debugger input)."""
+        record = self.engines.get(engine_id)
+        if record is None:
+            return defer.fail(InvalidEngineID(f"no engine with id {engine_id}"))
+        return record.connection.control(method, *args)
+
     def queue_status(self, ids: list[int]) -> list[dict[str, Any]]:
         statuses = []
         for i in ids:
@@ -335,6 +375,8 @@ class EngineRegistration(Referenceable):  # type: ignore[misc]
         self.controller = controller
 
     def remote_register_engine(self, engine: Any, info: dict[str, Any]) -> int:
+        self.controller.check_versions(
+            info, f"engine pid {info.get('pid')} on {info.get('hostname')}")
         return self.controller.register_engine(engine, info)
 
 
@@ -343,8 +385,12 @@ class ControllerService(service.MultiService):
 
     def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
                  port: int = 0, reserve_ids: int = 0, location: str | None = None,
-                 relay_port: int = 0) -> None:
+                 relay_port: int = 0,
+                 dashboard: tuple[str, int] | None = ("127.0.0.1", 0)) -> None:
         super().__init__()
+        self.dashboard_address = dashboard  # (ip, port) of the web dashboard, or None
+        self.monitor: Any = None
+        self.dashboard: Any = None
         self.cluster_dir = cluster_dir.create()
         self.ip = ip
         self.port = port
@@ -373,6 +419,9 @@ class ControllerService(service.MultiService):
         # Listen first, then write the FURL files: whoever sees a file (a
         # script, an engine, a test) can connect at once, never be refused.
         super().startService()
+        from ipython1.controller.monitor import ClusterMonitor
+
+        self.monitor = ClusterMonitor(self)
         self.adapters["mec"] = MultiEngine(self.controller, self)
         self._publish(EngineRegistration(self.controller), cluster.ENGINE_FURL)
         self._publish(MultiEngineReferenceable(self.adapters["mec"]), cluster.MEC_FURL)
@@ -382,6 +431,20 @@ class ControllerService(service.MultiService):
         log.info("controller listening on {ip}:{port} (data relay on port {relay}); "
                  "FURLs advertise {location}", ip=self.ip, port=self.port,
                  relay=self.relay_port, location=wire.furl_location(self.furls[cluster.MEC_FURL]))
+        self._start_monitoring()
+
+    def _start_monitoring(self) -> None:
+        """The status snapshots (ipcluster status) and the web dashboard."""
+        self.monitor.start()
+        if self.dashboard_address is not None:
+            from ipython1.controller.dashboard import Dashboard
+
+            self.dashboard = Dashboard(self, self.monitor, *self.dashboard_address)
+            try:
+                self.dashboard.start()
+            except Exception as e:  # a taken port must not stop the controller
+                log.error("no web dashboard: {e}", e=e)
+                self.dashboard = None
 
     def _publish_users(self) -> None:
         """The transcript, the named users' capabilities and the owner's admin FURL."""
@@ -394,7 +457,7 @@ class ControllerService(service.MultiService):
             Transcript(users.transcript_path(self.cluster_dir)))
         self.users = users.UserDirectory(self.adapters["mec"], self.tub, self.cluster_dir)
         self.users.load()
-        self._publish(users.ControllerAdmin(self.users), users.ADMIN_FURL)
+        self._publish(users.ControllerAdmin(self.users, self.monitor), users.ADMIN_FURL)
 
     def _publish_extra_adapters(self) -> None:
         """Publish the optional adapters that are installed (task farm)."""
@@ -410,6 +473,10 @@ class ControllerService(service.MultiService):
         self.furls[name] = wire.publish(self.tub, obj, path)
 
     def stopService(self) -> Deferred[Any]:
+        if self.dashboard is not None:
+            self.dashboard.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         if self.controller.relay is not None:
             self.controller.relay.close()
         if self.controller.command_channels is not None:

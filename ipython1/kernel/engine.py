@@ -26,17 +26,21 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 from foolscap.api import Referenceable
 from twisted.application import service
 from twisted.internet import defer, reactor, threads
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from zope.interface import implementer
 
 from ipython1 import __version__
 from ipython1.common import ops
+from ipython1.common.logring import LogRing
+from ipython1.common.versions import local_versions, refusal
+from ipython1.engine.debugger import DebugSession
 from ipython1.kernel import addresses, datachannel, introspection, localhost, replies, wire
-from ipython1.kernel.errors import KernelError, TaskTimeout, error_to_wire
+from ipython1.kernel.errors import KernelError, TaskTimeout, VersionMismatch, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
 from ipython1.kernel.serialize import deserialize, serialize
 from ipython1.kernel.streaming import OutputBatcher
@@ -50,6 +54,9 @@ RESEND_INTERRUPT = 0.05  # seconds before re-sending a SIGINT that woke nothing
 
 # Large values received or to be sent over the data channel, by blob id.
 BLOBS = datachannel.BlobStore()
+
+# This process's recent log lines, for logs() over the wire (engines on other hosts).
+LOG_RING = LogRing()
 
 
 def _incoming(frames: list[bytes]) -> list[Any]:
@@ -317,6 +324,11 @@ class EngineKernel:
         if runner is not None:
             runner.guard_cells(self.shell)
         self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+        # Remote pdb: made by the engine's network side, which relays prompts and lines.
+        self.debug_session_factory: Callable[[bool], DebugSession] | None = None
+        self.debugging: DebugSession | None = None
+        self.last_error: BaseException | None = None  # what debug() examines
+        sys.breakpointhook = self._breakpoint
 
     def _capturing(self) -> _Capture:
         return _Capture(self.stdout, self.stderr)
@@ -325,7 +337,32 @@ class EngineKernel:
         """Run one command of the op table (ipython1.common.ops); both transports call this."""
         entry = ops.op(name)
         ops.check_args(name, args)
-        return getattr(self, entry.kernel_method(name))(*args)
+        try:
+            return getattr(self, entry.kernel_method(name))(*args)
+        finally:
+            if self.debugging is not None:  # stepped off the end of the command
+                sys.settrace(None)
+                self.debugging.end()
+                self.debugging = None
+
+    def debug(self) -> str:
+        """Run pdb post mortem on this engine's last exception; the client drives it."""
+        error = self.last_error
+        if error is None or error.__traceback__ is None:
+            raise KernelError(f"engine {self.engine_id} has no exception to debug: "
+                              "run the code that fails first")
+        if self.debug_session_factory is None:
+            raise KernelError(f"engine {self.engine_id} cannot run a remote debugger")
+        self.debugging = self.debug_session_factory(False)
+        return self.debugging.post_mortem(error.__traceback__)
+
+    def _breakpoint(self, *args: Any, **kwargs: Any) -> None:
+        """breakpoint() in engine code: pause here and hand the prompt to the client."""
+        if self.debug_session_factory is None or (
+                self._runner is not None and self._runner.thread_ident != threading.get_ident()):
+            return  # not on the shell thread (a user's own thread): nobody to drive it
+        self.debugging = self.debug_session_factory(True)
+        self.debugging.set_trace(sys._getframe(1))
 
     def execute(self, code: str) -> dict[str, Any]:
         """Run a cell; return its record, or raise _CellFailed with it."""
@@ -359,6 +396,7 @@ class EngineKernel:
                 record["result"]["frames"] = None  # repr only; the value stays remote
         error = result.error_in_exec or result.error_before_exec
         if error is not None:
+            self.last_error = error
             record["error"] = {
                 "kind": "remote",
                 "engine_id": self.engine_id,
@@ -401,7 +439,11 @@ class EngineKernel:
         f = deserialize(_incoming(func))
         call_args, call_kwargs = deserialize(_incoming(args))
         with self._capturing():
-            value = f(*call_args, **call_kwargs)
+            try:
+                value = f(*call_args, **call_kwargs)
+            except BaseException as e:
+                self.last_error = e
+                raise
         self.stdout.take(), self.stderr.take()
         return _outgoing(value)
 
@@ -884,6 +926,9 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
         self.stream = OutputBatcher(self._send_output)
+        self._process: psutil.Process | None = None  # for stats(), made on first use
+        self._debug: DebugSession | None = None  # the debugger a client drives, if any
+        self._debug_reply: Deferred[dict[str, Any]] | None = None  # its next prompt
 
     def _send_output(self, chunks: list[list[str]]) -> Deferred[None] | None:
         if self._output_observer is None:
@@ -906,6 +951,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         """Return the kernel, creating it on first use (on the shell thread)."""
         if self._kernel is None:
             self._kernel = self._kernel_factory()
+            self._kernel.debug_session_factory = self._debug_session
         self._kernel.engine_id = self._runner.engine_id
         return self._kernel
 
@@ -971,6 +1017,64 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def remote_properties(self) -> dict[str, Any]:
         return dict(self._info, busy=self._runner.busy)
 
+    # -- remote pdb: prompts go to the controller, lines come back (see engine.debugger) --
+
+    def _debug_session(self, at_breakpoint: bool) -> DebugSession:
+        """Make a debugger whose prompts reach the client (called on the shell thread)."""
+        def prompt(text: str) -> None:
+            reactor.callFromThread(self._debugger_prompt, session, text, at_breakpoint)
+
+        def end(text: str) -> None:
+            reactor.callFromThread(self._debugger_ended, session, text)
+
+        session = DebugSession(self._runner.engine_id, prompt, end)
+        self._debug = session
+        return session
+
+    def _debugger_prompt(self, session: DebugSession, text: str, at_breakpoint: bool) -> None:
+        reply, self._debug_reply = self._debug_reply, None
+        if reply is not None:
+            reply.callback({"output": text, "waiting": True})
+            return
+
+        def answered(taken: Any) -> None:
+            if taken is not True:  # no client will drive it: go on, or give up
+                log.info("no client to drive the debugger; {what}",
+                         what="continuing" if at_breakpoint else "quitting")
+                session.feed("continue" if at_breakpoint else None)
+
+        observer = self._output_observer
+        d = observer.callRemote("debugger", text) if observer else defer.succeed(False)
+        d.addCallbacks(answered, lambda f: answered(False))
+
+    def _debugger_ended(self, session: DebugSession, text: str) -> None:
+        if self._debug is session:
+            self._debug = None
+        reply, self._debug_reply = self._debug_reply, None
+        if reply is not None:
+            reply.callback({"output": text, "waiting": False})
+
+    def remote_debug_input(self, line: str) -> Any:
+        """Give the waiting debugger a line; fire with its output up to the next prompt."""
+        session = self._debug
+        if session is None or not session.waiting or self._debug_reply is not None:
+            return {"output": "", "waiting": False}
+        self._debug_reply = Deferred()
+        session.feed(line)
+        return self._debug_reply
+
+    def remote_stats(self) -> dict[str, Any]:
+        """Answer on the reactor thread, so a busy engine still reports."""
+        if self._process is None:
+            self._process = psutil.Process()
+            self._process.cpu_percent(None)  # the first reading is always 0
+        with self._process.oneshot():
+            return {"cpu": self._process.cpu_percent(None),
+                    "rss": self._process.memory_info().rss, "busy": int(self._runner.busy)}
+
+    def remote_logs(self, lines: int) -> list[str]:
+        return LOG_RING.tail(lines)
+
 
 def engine_info() -> dict[str, Any]:
     """Describe this engine process for the controller."""
@@ -981,6 +1085,7 @@ def engine_info() -> dict[str, Any]:
         "ipython1": __version__,
         "cwd": os.getcwd(),
         "host_key": localhost.host_key(),
+        "versions": local_versions(),
     }
 
 
@@ -1015,6 +1120,7 @@ class EngineService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        globalLogPublisher.addObserver(LOG_RING)
         if self.own_shell_thread:
             threading.Thread(target=self.runner.run_forever, name="shell", daemon=True).start()
         # An MPI rank may sit in a GIL-holding collective, deaf to pings.
@@ -1052,8 +1158,10 @@ class EngineService(service.MultiService):
                 furl = self.furl or wire.resolve_furl(self.furl_file)
                 controller = yield wire.get_reference(
                     self.tub, furl, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
-                engine_id = yield controller.callRemote("register_engine", self.referenceable,
-                                                        self.info)
+                engine_id = yield controller.callRemote(
+                    "register_engine", self.referenceable, self.info).addErrback(refusal)
+            except VersionMismatch:
+                raise  # retrying cannot help
             except Exception as e:  # the controller may not be up yet: retry
                 last_error = e
                 yield _sleep(delay)

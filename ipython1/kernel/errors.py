@@ -82,6 +82,10 @@ class InvalidTaskID(KernelError):
     """A task id is unknown (never submitted, or its result was cleared)."""
 
 
+class VersionMismatch(KernelError):
+    """The two sides run incompatible ipython1 versions; the message names both."""
+
+
 class EngineError(KernelError):
     """An engine died or vanished while a command was queued or running."""
 
@@ -181,6 +185,7 @@ _LOCAL_ERRORS: dict[str, type[KernelError]] = {
         TaskAborted,
         TaskTimeout,
         InvalidTaskID,
+        VersionMismatch,
     )
 }
 

@@ -14,7 +14,7 @@ from typing import Any
 from foolscap.api import RemoteInterface
 from foolscap.constraint import Any as AnyValue
 from foolscap.constraint import ByteStringConstraint
-from foolscap.schema import ChoiceOf, ListOf, Optional
+from foolscap.schema import ChoiceOf, DictOf, ListOf, Optional
 from zope.interface import Attribute, Interface
 
 from ipython1.common import ops
@@ -38,6 +38,8 @@ from ipython1.common.constraints import (  # noqa: F401 - re-exported: the share
 )
 
 TargetSpec = Any  # "all" | int | list[int]
+# A remote pdb's answer: {"output": text, "waiting": bool} (ChoiceOf cannot hold text).
+DebugReply = DictOf(Name, AnyValue(), maxKeys=4)
 
 
 # -- local interfaces --------------------------------------------------------
@@ -90,6 +92,9 @@ class IMultiEngine(Interface):
 
     def interrupt(targets: TargetSpec = "all") -> Any:
         """Raise KeyboardInterrupt in the code running on each target, at once."""
+
+    def logs(lines: int = 100, targets: TargetSpec = "all") -> Any:
+        """Fire with the last lines of each target's own log, at once (never queued)."""
 
     def queue_status(targets: TargetSpec = "all") -> Any:
         """Describe each target's queue: the running command and those waiting."""
@@ -175,6 +180,18 @@ class RIEngine(RemoteInterface):
     def properties():
         return Info
 
+    def stats():
+        """This engine's CPU % since the last call and resident memory (not queued)."""
+        return DictOf(Name, ChoiceOf(float, int), maxKeys=16)
+
+    def logs(lines=int):
+        """The last lines of this engine's own log (not queued)."""
+        return ListOf(Text, maxLength=100_000)
+
+    def debug_input(line=Text):
+        """A line for the engine's waiting debugger; its output up to the next prompt."""
+        return DebugReply
+
     def subscribe_output(observer=AnyValue()):
         """Send live stdout/stderr as observer.output([[name, text], ...])."""
         return None
@@ -213,6 +230,10 @@ class RIControllerAdmin(RemoteInterface):
     def users():
         return Reply
 
+    def status():
+        """The cluster's status: engines (host, pid, CPU, memory, queue), tasks, users."""
+        return Reply
+
 
 class RIMultiEngineSession(RemoteInterface):
     """One client's session with the multi-engine adapter.
@@ -239,6 +260,13 @@ class RIMultiEngineSession(RemoteInterface):
         return Reply
 
     def interrupt(targets=Targets):
+        return Reply
+
+    def logs(lines=int, targets=Targets):
+        return Reply
+
+    def debug_input(engine_id=int, line=Text):
+        """A line for the debugger this client's command opened on engine_id."""
         return Reply
 
     def queue_status(targets=Targets):

@@ -45,6 +45,7 @@ MAX_PENDING_PER_CLIENT = 100_000  # unfetched non-blocking results kept per clie
 # What an observer's session may do: watch, list and chat; nothing that runs
 # code, moves data or changes state (every other command is refused).
 OBSERVER_ALLOWED = ops.observer_allowed()
+MAX_LOG_LINES = 10_000  # log lines one logs() call returns per engine at most
 _call_ids = itertools.count(1)
 
 
@@ -155,6 +156,28 @@ class MultiEngine:
             d = self.controller.call_now(engine_id, "interrupt")
             d.addCallback(lambda busy, e=engine_id: {"engine_id": e, "status": "ok",
                                                     "value": busy})
+            d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
+            ds.append(d)
+        return defer.gatherResults(ds, consumeErrors=True)
+
+    def debug_input(self, engine_id: int, line: str, client: str = "") -> Deferred[Any]:
+        """Send a line to the debugger of engine_id: only the client that started it may."""
+        command = self.controller.debugger_owner(engine_id)
+        if command is None or command.client != client:
+            raise PermissionDenied(f"engine {engine_id}'s debugger (if any) belongs to another "
+                                   "client; debug with your own command (mec.debug)")
+        self.controller.events.publish("debug_input", command.owner, engine_id,
+                                       {"line": line[:200]}, client)
+        return self.controller.control(engine_id, "debug_input", line)
+
+    def logs(self, lines: int, targets: Any = "all", client: str = "") -> Deferred[Any]:
+        """Return the last lines of each target's own log (never queued)."""
+        lines = max(0, min(int(lines), MAX_LOG_LINES))
+        ds = []
+        for engine_id in self.controller.targets(targets):
+            d = self.controller.control(engine_id, "logs", lines)
+            d.addCallback(lambda text, e=engine_id: {"engine_id": e, "status": "ok",
+                                                    "value": text})
             d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
             ds.append(d)
         return defer.gatherResults(ds, consumeErrors=True)
@@ -302,6 +325,12 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
     def remote_interrupt(self, targets: Any) -> Deferred[Any]:
         return self._call(True, "interrupt", targets)
 
+    def remote_logs(self, lines: int, targets: Any) -> Deferred[Any]:
+        return self._call(True, "logs", lines, targets)
+
+    def remote_debug_input(self, engine_id: int, line: str) -> Deferred[Any]:
+        return self._call(True, "debug_input", engine_id, line)
+
     def remote_queue_status(self, targets: Any) -> Deferred[Any]:
         if self.revoked:
             return defer.succeed(self._raise_as_data(Failure(self._denied("queue_status"))))
@@ -448,8 +477,14 @@ class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
     def remote_connect(self, info: Any) -> MultiEngineSession:
         # Everything done through this session is attributed to its user.
         user = self.user or self.adapter.controller.owner
+        where = info if isinstance(info, dict) else {}
+        self.adapter.controller.check_versions(
+            where, f"the client pid {where.get('pid')} on {where.get('host')}")
+        debugger = where.pop("debugger", None)  # the client's remote-pdb observer
         session = MultiEngineSession(self.adapter, f"{user}/client-{next(self._client_ids)}",
                                      user, self.kind)
+        if debugger is not None and hasattr(debugger, "callRemote"):
+            self.adapter.controller.debug_clients[session.client] = debugger
         directory = getattr(self.adapter, "directory", None)
         if directory is not None:
             directory.session_opened(session, info)

@@ -24,6 +24,7 @@ from typing import Any
 from foolscap.api import Referenceable
 from twisted.internet import error as net_error
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -196,6 +197,7 @@ class UserDirectory:
         where = {}
         if isinstance(info, dict):
             where = {k: info[k] for k in ("host", "pid") if isinstance(info.get(k), (str, int))}
+        session.where = where  # for status and the dashboard
         self.controller.events.publish("joined", session.user, None,
                                        {"kind": session.kind, **where}, session.client)
         # The session reaches its client in the answer to connect(); find its
@@ -220,6 +222,7 @@ class UserDirectory:
         return None
 
     def session_closed(self, session: Any) -> None:
+        self.controller.debug_clients.pop(session.client, None)
         sessions = self._sessions_of(session)
         if session in sessions:
             sessions.remove(session)
@@ -241,8 +244,9 @@ class UserDirectory:
 class ControllerAdmin(Referenceable):  # type: ignore[misc]
     """The owner's administrative capability: add, remove and list users."""
 
-    def __init__(self, directory: UserDirectory) -> None:
+    def __init__(self, directory: UserDirectory, monitor: Any = None) -> None:
         self.directory = directory
+        self.monitor = monitor  # monitor.ClusterMonitor, for status()
 
     @staticmethod
     def _answer(fn: Any, *args: Any) -> dict[str, Any]:
@@ -259,6 +263,11 @@ class ControllerAdmin(Referenceable):  # type: ignore[misc]
 
     def remote_users(self) -> dict[str, Any]:
         return self._answer(self.directory.listing)
+
+    def remote_status(self) -> Deferred[dict[str, Any]]:
+        """The cluster's status snapshot (ipcluster status), engine figures fresh."""
+        monitor = self.monitor
+        return monitor.refresh().addCallback(lambda _: self._answer(monitor.snapshot))
 
 
 def __getattr__(name: str) -> Any:

@@ -107,7 +107,31 @@ class StopOptions(_ProfileOption):
 
 
 class StatusOptions(_ProfileOption):
-    pass
+    optFlags = [
+        ["json", None, "Print the status as JSON (for scripts)."],
+        ["watch", "w", "Refresh in place every --interval seconds until Ctrl-C."],
+    ]
+    optParameters = [["interval", None, 2.0, "Seconds between refreshes with --watch.", float]]
+
+
+class LogsOptions(_ProfileOption):
+    optFlags = [["follow", "f", "Keep printing new lines until Ctrl-C."]]
+    optParameters = [
+        ["engine", "e", None, "This engine's log (asked of the engine itself, on any host); "
+         "default: the controller's log.", int],
+        ["lines", "n", 50, "How many of the last lines to print first.", int],
+    ]
+
+
+class DoctorOptions(_ProfileOption):
+    optFlags = [["json", None, "Print the findings as JSON."]]
+
+
+class DashboardOptions(_ProfileOption):
+    optParameters = [
+        ["furl-file", None, None, "The capability whose token to use "
+         "(default: the owner's admin FURL; a user passes their own FURL file)."],
+    ]
 
 
 class AddUserOptions(usage.Options):
@@ -140,7 +164,8 @@ class TranscriptOptions(usage.Options):
 
 
 class Options(usage.Options):
-    synopsis = "ipcluster start|stop|status|adduser|deluser|users|transcript [options]"
+    synopsis = ("ipcluster start|stop|status|dashboard|logs|doctor|adduser|deluser|users|"
+                "transcript [options]")
     optParameters = [
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
     ]
@@ -152,12 +177,16 @@ class Options(usage.Options):
         ["deluser", None, DelUserOptions, "Revoke a user's FURL and drop their connections."],
         ["users", None, UsersOptions, "List users: kind, connected, queued commands."],
         ["transcript", None, TranscriptOptions, "Print the shared transcript of events."],
+        ["dashboard", None, DashboardOptions, "Print the web dashboard's URL (with its token)."],
+        ["logs", None, LogsOptions, "Print the controller's or an engine's log (--follow)."],
+        ["doctor", None, DoctorOptions, "Check the cluster for setup mistakes; say what to do."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError(
-                "choose a command: start, stop, status, adduser, deluser, users or transcript")
+                "choose a command: start, stop, status, dashboard, logs, doctor, adduser, "
+                "deluser, users or transcript")
 
 
 # -- processes ----------------------------------------------------------------
@@ -395,9 +424,9 @@ def _start_remote_controller(cluster_dir: ClusterDir, host: str, ssh_args: str,
     """Start the controller on host over ssh; return the ssh client once its FURLs are here."""
     import shlex
 
-    from ipython1.cluster.remote import RemoteController
+    from ipython1.cluster.remote import FURLS, RemoteController
 
-    for name in ("ipcontroller-engine.furl", "ipcontroller-mec.furl", "ipcontroller-task.furl"):
+    for name in FURLS:
         cluster_dir.furl_file(name).unlink(missing_ok=True)  # never a stale one from here
     remote = RemoteController(cluster_dir, host, shlex.split(ssh_args))
     log = cluster_dir.log_file("ipcontroller-console")
@@ -528,31 +557,119 @@ def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout
     return 0
 
 
-def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
-    """Print the controller's pid, the engines and their queues (and launched jobs)."""
+def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout, as_json: bool = False,
+           watch: bool = False, interval: float = 2.0) -> int:
+    """Print the controller, each engine (host, pid, CPU, memory, queue), tasks and users."""
+    import json
+
     from ipython1 import cluster
+    from ipython1.controller.monitor import format_snapshot
+    from ipython1.kernel.errors import KernelError
+    from ipython1.kernel.users import admin_call
 
     launcher = cluster.launcher_from_state(cluster_dir)
-    for line in launcher.status() if launcher is not None else []:
-        out.write(f"{line}\n")
+    for line in launcher.status() if launcher is not None and not as_json else []:
+        out.write(f"{line}\n")  # what the launcher started: jobs, ssh clients
     pid = read_pid(cluster_dir.pid_file("ipcontroller"))
     if not pid_alive(pid):
         out.write(f"ipcluster: no controller is running for profile {cluster_dir.profile!r}\n")
         return 1
-    from ipython1.kernel.client import MultiEngineClient
-
-    mec = MultiEngineClient(profile=cluster_dir.profile, timeout=10)
     try:
-        ids = mec.get_ids()
-        out.write(f"controller: pid {pid}, {len(ids)} engine(s), {cluster_dir.path}\n")
-        if ids:
-            for q in mec.queue_status():
-                running = q["running"]["description"] if q["running"] else "idle"
-                rank = f" (MPI rank {q['mpi_rank']})" if "mpi_rank" in q else ""
-                out.write(f"  engine {q['engine_id']}{rank}: {running!r}, "
-                          f"{len(q['queued'])} queued\n")
+        while True:
+            try:
+                snap = admin_call(cluster_dir, "status")
+            except KernelError as e:
+                out.write(f"ipcluster: {e}\n")
+                return 1
+            text = json.dumps(snap, indent=1) + "\n" if as_json else format_snapshot(snap)
+            if watch:
+                out.write("\x1b[H\x1b[2J")  # home, clear: refresh in place
+            out.write(text)
+            out.flush()
+            if not watch:
+                return 0
+            time.sleep(interval)  # polling a display; nothing to wait on
+    except KeyboardInterrupt:
+        return 0
+
+
+def logs(cluster_dir: ClusterDir, engine: int | None = None, lines: int = 50,
+         follow: bool = False, out: IO[str] = sys.stdout) -> int:
+    """Print the last lines of the controller's log, or of an engine's (asked over the wire)."""
+    from ipython1.kernel.errors import KernelError
+
+    if engine is None:
+        path = cluster_dir.log_file("ipcontroller")
+        if not path.exists():
+            out.write(f"ipcluster: no controller log at {path}\n")
+            return 1
+        mec = None
+
+        def fetch() -> list[str]:
+            return path.read_text(errors="replace").splitlines()[-max(lines, 1000):]
+    else:
+        from ipython1.kernel.client import MultiEngineClient
+
+        try:
+            mec = MultiEngineClient(profile=cluster_dir.profile, timeout=10)
+        except KernelError as e:
+            out.write(f"ipcluster: {e}\n")
+            return 1
+
+        def fetch() -> list[str]:
+            return list(mec.logs(engine, lines=max(lines, 1000)))
+    try:
+        shown: list[str] = []
+        while True:
+            try:
+                current = fetch()
+            except KernelError as e:
+                out.write(f"ipcluster: {e}\n")
+                return 1
+            fresh = _after(shown, current) if shown else current[-lines:] if lines else []
+            for line in fresh:
+                out.write(line + "\n")
+            out.flush()
+            shown = current
+            if not follow:
+                return 0
+            time.sleep(1.0)  # polling a log; nothing to wait on
+    except KeyboardInterrupt:
+        return 0
     finally:
-        mec.close()
+        if mec is not None:
+            mec.close()
+
+
+def _after(shown: list[str], current: list[str]) -> list[str]:
+    """Return the lines of current that come after what was shown (the logs overlap)."""
+    if not shown:
+        return current
+    last = shown[-1]
+    for i in range(len(current) - 1, -1, -1):
+        if current[i] == last:
+            return current[i + 1:]
+    return current  # we fell behind the ring: show all we have
+
+
+def dashboard(cluster_dir: ClusterDir, furl_file: str | None = None,
+              out: IO[str] = sys.stdout) -> int:
+    """Print the dashboard's URL with the token of a capability the caller holds."""
+    from ipython1.controller.dashboard import dashboard_token, read_dashboard_url
+    from ipython1.kernel.users import ADMIN_FURL
+
+    url = read_dashboard_url(cluster_dir)
+    if url is None:
+        out.write(f"ipcluster: no dashboard is running for profile {cluster_dir.profile!r} "
+                  "(is the controller up? was it started with --no-dashboard?)\n")
+        return 1
+    path = Path(furl_file) if furl_file else cluster_dir.furl_file(ADMIN_FURL)
+    try:
+        furl = path.read_text()
+    except OSError as e:
+        out.write(f"ipcluster: cannot read the capability {path}: {e.strerror}\n")
+        return 1
+    out.write(f"{url}?token={dashboard_token(furl)}\n")
     return 0
 
 
@@ -679,7 +796,16 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         return users(cluster_dir, out=out)
     if options.subCommand == "transcript":
         return transcript(cluster_dir, sub["user"], bool(sub["follow"]), out=out)
-    return status(cluster_dir, out=out)
+    if options.subCommand == "doctor":
+        from ipython1.cluster import doctor
+
+        return doctor.run(cluster_dir, out=out, as_json=bool(sub["json"]))
+    if options.subCommand == "logs":
+        return logs(cluster_dir, sub["engine"], sub["lines"], bool(sub["follow"]), out=out)
+    if options.subCommand == "dashboard":
+        return dashboard(cluster_dir, sub["furl-file"], out=out)
+    return status(cluster_dir, out=out, as_json=bool(sub["json"]), watch=bool(sub["watch"]),
+                  interval=sub["interval"])
 
 
 def console() -> None:

@@ -28,7 +28,11 @@ class Options(usage.Options):
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
         ["reserve-ids", None, 0, "Give ids below this only to engines that ask for them "
          "(MPI ranks; ipcluster start --mpi sets it to -n).", int],
+        ["dashboard-ip", None, "127.0.0.1", "Interface the web dashboard listens on."],
+        ["dashboard-port", None, 0, "The web dashboard's TCP port (default: any free port).",
+         int],
     ]
+    optFlags = [["no-dashboard", None, "Serve no web dashboard."]]
 
     def postOptions(self) -> None:
         check_network_options(self)
@@ -55,7 +59,9 @@ def makeService(options: Any) -> Any:
 
     return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
                              port=options["port"], reserve_ids=options["reserve-ids"],
-                             location=options["location"], relay_port=options["relay-port"])
+                             location=options["location"], relay_port=options["relay-port"],
+                             dashboard=None if options["no-dashboard"] else
+                             (options["dashboard-ip"], options["dashboard-port"]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -384,8 +384,8 @@ def test_remote_controller_commands() -> None:
     assert start.startswith('rm -f "${IPYTHON1_DIR:-$HOME/.ipython1}/cluster_lab"/security/'
                             'ipcontroller-engine.furl ')
     assert start.endswith("; exec /py -m ipython1.scripts.ipcontroller --ip :: </dev/null")
-    assert remote.fetch_command("lab").count('cluster_lab"/security/ipcontroller-') == 3
-    assert remote.parse_furls("pb://a@x/e\npb://a@x/m\n") is None
-    assert remote.parse_furls("pb://a@x/e\npb://a@x/m\npb://a@x/t\n") == {
+    assert remote.fetch_command("lab").count('cluster_lab"/security/ipcontroller-') == 4
+    assert remote.parse_furls("pb://a@x/e\npb://a@x/m\npb://a@x/t\n") is None
+    assert remote.parse_furls("pb://a@x/e\npb://a@x/m\npb://a@x/t\npb://a@x/a\n") == {
         "ipcontroller-engine.furl": "pb://a@x/e", "ipcontroller-mec.furl": "pb://a@x/m",
-        "ipcontroller-task.furl": "pb://a@x/t"}
+        "ipcontroller-task.furl": "pb://a@x/t", "ipcontroller-admin.furl": "pb://a@x/a"}
