@@ -43,8 +43,9 @@ setup(
     ],
     extras_require={
         "mpi": ["mpich", "mpi4py>=4"],
+        "data": ["zarr>=2.16", "h5py>=3.8"],
         "test": ["pytest>=8", "hypothesis>=6", "pexpect>=4.9", "pytest-timeout>=2.3",
-                 "playwright>=1.40"],
+                 "playwright>=1.40", "zarr>=2.16", "h5py>=3.8"],
     },
     cmdclass={"editable_wheel": editable_wheel_with_plugins},
     entry_points={

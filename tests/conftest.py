@@ -90,11 +90,12 @@ class Cluster:
             if pid and pid not in self.pids:
                 self.pids.append(pid)
 
-    def start_engine(self, *extra: str) -> subprocess.Popen[bytes]:
-        """Start one more engine process by hand."""
+    def start_engine(self, *extra: str, env: dict[str, str] | None = None
+                     ) -> subprocess.Popen[bytes]:
+        """Start one more engine process by hand (env: instead of the cluster's)."""
         proc = subprocess.Popen(
             [sys.executable, "-m", "ipython1.scripts.ipengine", "--profile", self.profile,
-             *extra], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             *extra], env=env or self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pids.append(proc.pid)
         return proc
 

@@ -1,0 +1,1 @@
+"""Engine-side halves of client commands: code that runs inside an engine."""

@@ -535,6 +535,41 @@ class MultiEngineClient:
             except queue_mod.Empty:
                 return
 
+    # -- data sets on the engines (issue 21; ipython1/client/, docs/data.md) --
+
+    def load_partitions(self, key: str, paths: Any, loader: Any = "npy", targets: Any = None,
+                        mmap: bool = False, **options: Any) -> dict[int, dict[str, Any]]:
+        """Have each target load its share of paths (files or a glob) into key.
+
+        Returns {engine_id: {"rows": range, "files": [...]}}; a missing or
+        unreadable file raises PartitionLoadError naming it and the engine.
+        """
+        from ipython1.client import partitions
+
+        return self._call(partitions.load_partitions, self._async, key, paths, loader,
+                          self.targets if targets is None else targets, mmap, options)
+
+    def distarray(self, key: str, targets: Any = None) -> Any:
+        """Return a DistArray over the blocks named key on targets, in engine order."""
+        from ipython1.client.distarray import DistArray
+
+        return DistArray.attach(self, key, targets)
+
+    def reduce(self, func: Callable[[Any, Any], Any], key: str, targets: Any = None) -> Any:
+        """Fold the values named key on targets with func, pairwise among the engines."""
+        from ipython1.client import reduction
+
+        ids = self._call(self._async._ids, self.targets if targets is None else targets)
+        return self._call(reduction.reduce_on_engines, self._async, func, key, ids)
+
+    def allreduce(self, func: Callable[[Any, Any], Any], key: str, targets: Any = None,
+                  out: str | None = None) -> None:
+        """Like reduce, and bind the result to out (default: key) on every target."""
+        from ipython1.client import reduction
+
+        ids = self._call(self._async._ids, self.targets if targets is None else targets)
+        self._call(reduction.reduce_on_engines, self._async, func, key, ids, out or key, False)
+
     def close(self) -> None:
         """Disconnect from the controller."""
         self._loop.reactor.callFromThread(self._async.disconnect)

@@ -23,13 +23,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ipython1.common import versions
+from ipython1.controller.output import OutputReceiver
 from ipython1.kernel import cluster, wire
 from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered, VersionMismatch
 from ipython1.kernel.events import EventBus, Transcript
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.queue import Command, EngineQueue, user_of
-from ipython1.controller.output import OutputReceiver
 from ipython1.transport import channel as command_channel
+from ipython1.transport import foolscap as foolscap_transport
 from ipython1.transport.foolscap import FoolscapEngineConnection
 from ipython1.transport.interfaces import IEngineConnection
 
@@ -294,7 +295,7 @@ class Controller(service.MultiService):
             return False
         self.events.publish("debugger", command.owner, engine_id,
                             {"op": command.op, "text": text[-2000:]}, command.client)
-        d = defer.maybeDeferred(observer.callRemote, "debugger_waiting", engine_id, text)
+        d = foolscap_transport.call(observer, "debugger_waiting", engine_id, text)
         d.addErrback(lambda f: None)  # a client gone: interrupt ends the debugger
         return True
 

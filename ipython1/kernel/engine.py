@@ -321,6 +321,7 @@ class EngineKernel:
         self.stderr = OutputStream("stderr", on_output)
         self.shell = _make_shell(self._recorder)
         self._runner = runner
+        self._watchdog: TaskWatchdog | None = None  # made with the first batch of tasks
         if runner is not None:
             runner.guard_cells(self.shell)
         self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
@@ -497,8 +498,9 @@ class EngineKernel:
         task's depend function gave, or "error" with ``{"error", "stdout", "stderr"}``.
         """
         if watchdog is None and self._runner is not None:
-            watchdog = self._watchdog = getattr(self, "_watchdog", None) or TaskWatchdog(
-                self._runner)
+            if self._watchdog is None:
+                self._watchdog = TaskWatchdog(self._runner)
+            watchdog = self._watchdog
         return [self.run_task(tid, timeout, payload, watchdog)
                 for tid, timeout, payload in batch]
 
@@ -701,7 +703,8 @@ class ShellRunner:
     def open_channel(self, offer: dict[str, Any], host: Any) -> None:
         """Connect the command channel on the shell thread; host runs its calls.
 
-        host.job(op, args) gives (job, encode), or None for args that are not a list; host.output_idle() and host.drain_output() keep a command's live
+        host.job(op, args) gives (job, encode), or None for args that are not a
+        list; host.output_idle() and host.drain_output() keep a command's live
         output ahead of its reply.
         """
         self._put(("channel", offer, host))
@@ -992,8 +995,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
 
     def remote_open_command_channel(self, engine_id: int, offer: dict[str, Any]) -> bool:
         """Take queued commands over the controller's local socket (transport.channel)."""
-        if not command_channel.valid_engine_offer(offer):
-            return False
+        if not command_channel.enabled() or not command_channel.valid_engine_offer(offer):
+            return False  # IPYTHON1_COMMAND_CHANNEL=0 here too: Foolscap only
         self._runner.open_channel(offer, self)
         return True
 
@@ -1044,7 +1047,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
                 session.feed("continue" if at_breakpoint else None)
 
         observer = self._output_observer
-        d = observer.callRemote("debugger", text) if observer else defer.succeed(False)
+        d = (foolscap_transport.call(observer, "debugger", text) if observer
+             else defer.succeed(False))
         d.addCallbacks(answered, lambda f: answered(False))
 
     def _debugger_ended(self, session: DebugSession, text: str) -> None:

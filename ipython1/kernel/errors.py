@@ -232,3 +232,14 @@ def error_from_wire(data: dict[str, Any]) -> KernelError:
     # What the command printed before it raised: nothing is lost.
     remote.record = data.get("record")  # type: ignore[attr-defined]
     return remote
+
+
+class PartitionLoadError(KernelError):
+    """Engines could not load their partitions; names each file and engine."""
+
+    def __init__(self, message: str, engine_ids: list[int | None]) -> None:
+        self.engine_ids = engine_ids
+        super().__init__(message)
+
+    def __reduce__(self) -> Any:
+        return (PartitionLoadError, (str(self), self.engine_ids))

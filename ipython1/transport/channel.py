@@ -36,8 +36,8 @@ be set up, or a command's arguments do not fit msgpack, commands go over
 Foolscap as before (a client's calls in their order: `ChannelSessionConnection`).
 `ChannelEngineConnection` and `ChannelSessionConnection` are this transport's
 IEngineConnection and ISessionConnection.
-``IPYTHON1_COMMAND_CHANNEL=0`` in the controller's (or a client's)
-environment turns it off.
+``IPYTHON1_COMMAND_CHANNEL=0`` in the controller's environment turns it
+off; in a client's or an engine's, for that process only.
 """
 
 from __future__ import annotations

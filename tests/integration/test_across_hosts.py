@@ -164,14 +164,35 @@ OP_CALLS = {
     "ping": ("sorted(p['pid'] for p in mec.ping()) == sorted(mec.apply(os.getpid))", True),
     "complete": ("[c['matches'] for c in mec.complete('op_')]", [["op_x", "op_y"]] * 4),
     "run_tasks": ("tc.map(abs, [-1, -2, -3, -4, -5, -6, -7, -8])", [1, 2, 3, 4, 5, 6, 7, 8]),
+    "debug": ("debug_across(mec)", ("quit", True)),
     "reset": ("(mec.reset(), ['op_y' in k for k in mec.keys()])[1]", [False] * 4),
 }
+# pdb on engine 0, post mortem, driven from the client on cli: what a user types at
+# the (Pdb 0) prompt comes from input(), here scripted.
+DEBUG_ACROSS = """
+import builtins, contextlib, io
+def debug_across(mec):
+    try:
+        mec.execute('op_z = 21\\n1 / 0', targets=0)
+    except RemoteError:
+        pass
+    typed = iter(['p op_z * 2', 'quit'])
+    saved, builtins.input = builtins.input, lambda prompt='': next(typed)
+    shown = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(shown):
+            ended = mec.debug(0)
+    finally:
+        builtins.input = saved
+    return ended, '42' in shown.getvalue()
+"""
 
 
 def test_every_op_of_the_table_runs_on_engines_on_other_hosts(py: HostPython) -> None:
     from ipython1.common import ops
 
     assert set(OP_CALLS) == set(ops.OPS)
+    py.exec(DEBUG_ACROSS)
     for name, (call, expected) in OP_CALLS.items():
         value = py.eval(call)
         if expected is not None:

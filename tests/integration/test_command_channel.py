@@ -81,9 +81,9 @@ def _every_op(mec: object, ids: list[int]) -> None:
     assert "int" in mec.whos(targets=one)["text"]
     assert "int" in mec.inspect("c", targets=one)["text"]
     assert mec.history(targets=one)[-1][1].startswith("c = 3")
-    mec.scatter("part", list(range(12)))
-    assert mec.gather("part") == list(range(12))
-    assert all(p["pid"] > 0 for p in mec.ping())
+    mec.scatter("part", list(range(12)), targets=ids)
+    assert mec.gather("part", targets=ids) == list(range(12))
+    assert all(p["pid"] > 0 for p in mec.ping(targets=ids))
     mec.reset(targets=one)
     assert mec.keys(targets=one) == []
 
@@ -133,6 +133,12 @@ def test_engines_on_the_controllers_host_take_the_channel(tmp_path):
             del os.environ["IPYTHON1_COMMAND_CHANNEL"]
         assert not remote.local_channel
         _every_op(remote, remote.get_ids())
+        # Mixed the other way: the client on the channel, an engine on Foolscap.
+        cluster.start_engine(env=dict(cluster.env, IPYTHON1_COMMAND_CHANNEL="0"))
+        wait_until(lambda: len(mec.get_ids()) == 4, 30, "the fourth engine")
+        (foolscap_engine,) = [i["engine_id"] for i in mec.engine_info()
+                              if not i["command_channel"]]
+        _every_op(mec, [foolscap_engine])
         _exercise(cluster)
     finally:
         cluster.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def test_ids_equal_ranks(mpi_cluster):
     assert mec.pull("rank") == [0, 1, 2, 3]
     assert [q["mpi_rank"] for q in mec.queue_status()] == [0, 1, 2, 3]
     status = cluster.ipcluster("status")
-    assert "engine 3 (MPI rank 3): 'idle'" in status.stdout, status.stdout + status.stderr
+    assert re.search(r"\n\s+3/r3 .* idle ", status.stdout), status.stdout + status.stderr
 
 
 def test_allreduce_through_execute(mpi_cluster):
@@ -106,6 +107,26 @@ def test_scatter_numpy_reduce_with_mpi_gather(mpi_cluster):
     assert [w[0] for w in mec.pull("whole")] == [a.sum()] * 4
     assert mec.pull("at_root") == [a.sum(), None, None, None]
     np.testing.assert_array_equal(mec.gather("doubled"), a * 2)
+
+
+def test_distarray_statistics_fold_with_mpi_allreduce(mpi_cluster):
+    _, mec = mpi_cluster
+    a = np.random.default_rng(7).normal(size=(1001, 2))
+    mec.scatter("d", a)
+    x = mec.distarray("d")
+    assert np.isclose(x.std(), a.std()) and x.argmax() == a.argmax()
+    np.testing.assert_array_equal(x.histogram(9, (-2.0, 2.0))[0],
+                                  np.histogram(a, 9, (-2.0, 2.0))[0])
+    mec.execute("ranks = [comm.Get_rank()]")
+    assert mec.reduce(lambda p, q: p + q, "ranks") == [0, 1, 2, 3]  # in rank order
+    mec.allreduce(lambda p, q: p + q, "ranks", out="all_ranks")
+    assert mec.pull("all_ranks") == [[0, 1, 2, 3]] * 4
+    from ipython1.engine import reduction
+
+    assert mec.apply(lambda: reduction.last_path) == ["mpi"] * 4
+    # A subset of the job is not the whole communicator: the tree among engines.
+    assert mec.reduce(lambda p, q: p + q, "ranks", targets=[1, 3]) == [1, 3]
+    assert mec.apply(lambda: reduction.last_path, targets=[1, 3]) == ["tree"] * 2
 
 
 def test_collective_waiting_for_a_rank_is_visible_and_recoverable(mpi_cluster):

@@ -160,6 +160,11 @@ class Cluster:
 
         def make_kernel() -> EngineKernel:
             if not kernel:
+                # An engine's shell is its process's IPython singleton; a test run may
+                # hold another one (made for magics), configured differently.
+                from IPython.core.interactiveshell import InteractiveShell
+
+                InteractiveShell.clear_instance()
                 kernel.append(EngineKernel(runner=None))
             return kernel[0]
 
