@@ -58,6 +58,9 @@ def test_engines_as_an_array_job_status_and_stop(sge: SGETestCluster, cluster: C
     stopped = cluster.ipcluster("stop")
     assert f"sge: cancelled job(s) {job}" in stopped.stdout, stopped.stdout
     wait_until(lambda: job not in sge.jobs(), 30, "the job to leave qstat")
+    # qdel killed every task (engines that merely lost the controller would exit 0).
+    wait_until(lambda: sge.run("qacct", "-j", job).stdout.count("exit_status  137") == 3, 30,
+               "qacct to show the three tasks killed")
     wait_until(lambda: not any(pid_alive(p) for p in pids), 30, "the engines to exit")
 
 
