@@ -317,6 +317,12 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
         engine_argv = _python_module("ipython1.scripts.ipengine", *engine_options)
         launcher = None
         if engines_kind not in ("local", "mpiexec"):
+            if ip in ("127.0.0.1", "::1", "localhost") and not location:
+                # The usual mistake with nodes from ssh or a scheduler: say it before waiting.
+                out.write(f"ipcluster: note: the controller listens on {ip} only, so engines "
+                          "on other hosts cannot reach it: add --location NAME (this host "
+                          "as they see it; docs/deployment.md)\n")
+                out.flush()
             launcher, n = _start_launcher(cluster_dir, engines_kind, n, timeout,
                                           launch_options or {}, mpi)
             engines = []

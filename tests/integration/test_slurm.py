@@ -148,3 +148,23 @@ def test_queued_jobs_join_when_they_start(slurm: SlurmTestCluster, cluster: Clus
     slurm.run("scancel", first)
     wait_until(lambda: mec.get_ids() == [2, 3], 60, "the second job's engines to join")
     assert mec.apply(lambda: __import__("os").environ["SLURM_JOB_ID"]) == [second, second]
+
+
+def test_a_template_of_ones_own(slurm: SlurmTestCluster, cluster: Cluster,
+                                tmp_path: Path) -> None:
+    template = tmp_path / "engines.sh"
+    template.write_text("#!/bin/sh\n${directives}\n#SBATCH --nodes=1\n"
+                        "echo \"prepared job $SLURM_JOB_ID for ${n} engines\"\n"
+                        "${fork_command}\n")
+    started = cluster.ipcluster("start", "-n", "2", "--engines", "slurm", "--template",
+                                str(template), "--daemon", "--timeout", "90")
+    cluster.record_pids()
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "note: the controller listens on 127.0.0.1 only" in started.stdout
+    mec = cluster.client()
+    assert mec.get_ids() == [0, 1]
+    # Both engines came from one process's --fork, in one job: the template ran.
+    job = mec.apply(lambda: __import__("os").environ["SLURM_JOB_ID"])[0]
+    wait_until(lambda: f"prepared job {job} for 2 engines"
+               in (cluster.dir.log / f"slurm-{job}.out").read_text(), 10, "the template's echo")
+    assert "--fork 2" in (cluster.dir.path / "jobs" / "slurm-engines-0.sh").read_text()
