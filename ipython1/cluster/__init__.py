@@ -1,4 +1,8 @@
-"""Launchers that get nodes for engines: ssh, Slurm, SGE, PBS, LSF (ipcluster start --engines).
+"""Clusters and the nodes they run on.
+
+Clusters from Python and their size: ipython1.Cluster, ipcluster engines
+add/remove (handle.py, resize.py). Launchers that get nodes for engines: ssh,
+Slurm, SGE, PBS, LSF (ipcluster start --engines).
 
 ``local`` and ``mpiexec`` engines are started by ``ipcluster`` itself (forked
 engines, one mpiexec); every other kind is an :class:`ILauncher` here, chosen

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from zope.interface import Attribute, Interface
 
 from ipython1.kernel.cluster import ENGINE_FURL, ClusterDir, write_private
+from ipython1.kernel.processes import python_module
 
 STATE_FILE = "launcher.json"
 ENGINE_MODULE = "ipython1.scripts.ipengine"
@@ -71,7 +71,8 @@ class EngineCommand:
     profile: str
     furl_file: str
     connect_timeout: float = 120.0
-    ipengine: list[str] = field(default_factory=lambda: [sys.executable, "-m", ENGINE_MODULE])
+    # python -P: a module planted in the job's working directory is never imported.
+    ipengine: list[str] = field(default_factory=lambda: python_module(ENGINE_MODULE))
     extra: list[str] = field(default_factory=list)
 
     @classmethod
