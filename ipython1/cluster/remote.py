@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ipython1.cluster.launcher import run_command
-from ipython1.cluster.ssh import ssh_argv
+from ipython1.cluster.ssh import PIDS_OF_FILE, ssh_argv
 from ipython1.kernel.cluster import (
     ADMIN_FURL,
     ENGINE_FURL,
@@ -57,7 +57,7 @@ def fetch_command(profile: str) -> str:
 
 def stop_command(profile: str) -> str:
     f = remote_dir(profile) + "/pid/ipcontroller.pid"
-    return f'f={f}; if [ -f "$f" ]; then kill $(cat "$f"); fi'
+    return f'f={f}; if [ -f "$f" ]; then kill $({PIDS_OF_FILE}); fi'
 
 
 def parse_furls(text: str) -> dict[str, str] | None:

@@ -107,10 +107,16 @@ def remote_engine_command(engine: EngineCommand, count: int, tag: str) -> str:
             f"exec {argv} --pid-file {pid_file} </dev/null")
 
 
+# The pids of a pid file, either format (bare pids, or ipython1's JSON records), in sh.
+PIDS_OF_FILE = (r"""sed -n -e 's/.*"pid": *\([0-9][0-9]*\).*/\1/p' """
+                r"""-e 's/^\([0-9][0-9]*\)$/\1/p' "$f" | sort -u""")
+
+
 def remote_stop_command(profile: str, tag: str) -> str:
     """Return the remote shell command that ends the engines started under tag."""
     f = remote_pid_file(profile, tag)
-    return f'f={f}; if [ -f "$f" ]; then kill $(cat "$f") 2>/dev/null; rm -f "$f"; fi; true'
+    return (f'f={f}; if [ -f "$f" ]; then kill $({PIDS_OF_FILE}) 2>/dev/null; rm -f "$f"; fi; '
+            "true")
 
 
 def ssh_argv(host: str, command: str, ssh_args: Sequence[str] = ()) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from ipython1.kernel.processes import Identity, recorded
 from tests.batchsystems import SSHDs, ssh_unavailable
 from tests.conftest import Cluster, kill_all, pid_alive, wait_until
 from tests.hostgrid import HostGrid, unavailable_reason
@@ -107,8 +108,8 @@ def test_engines_on_two_hosts_over_ssh(grid: tuple[HostGrid, SSHDs],
     assert {e["host"]: e["ipython1_dir"] for e in engines} == {
         "e1": str(sshds.home(hosts["e1"])), "e2": str(sshds.home(hosts["e2"]))}
     pid_file = sshds.home(hosts["e1"]) / "cluster_test" / "pid" / "ssh-engines-0-e1.pid"
-    assert sorted(map(int, pid_file.read_text().split())) == sorted(
-        e["pid"] for e in engines if e["host"] == "e1")
+    assert sorted(r.pid if isinstance(r, Identity) else r for r in recorded(pid_file)) == \
+        sorted(e["pid"] for e in engines if e["host"] == "e1")
 
     status = cluster.ipcluster("status")
     assert "ssh e1 (2 engines): pid" in status.stdout and "running" in status.stdout

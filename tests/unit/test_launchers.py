@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -389,3 +390,20 @@ def test_remote_controller_commands() -> None:
     assert remote.parse_furls("pb://a@x/e\npb://a@x/m\npb://a@x/t\npb://a@x/a\n") == {
         "ipcontroller-engine.furl": "pb://a@x/e", "ipcontroller-mec.furl": "pb://a@x/m",
         "ipcontroller-task.furl": "pb://a@x/t", "ipcontroller-admin.furl": "pb://a@x/a"}
+
+
+def test_remote_stop_reads_both_pid_file_formats(tmp_path: Path) -> None:
+    from ipython1.cluster.ssh import PIDS_OF_FILE
+    from ipython1.kernel.processes import write_pid_file
+
+    new, old = tmp_path / "new.pid", tmp_path / "old.pid"
+    write_pid_file(new, [os.getpid(), os.getppid()])
+    old.write_text(f"{os.getpid()}\n")
+
+    def pids(path: Path) -> list[int]:
+        out = subprocess.run(["sh", "-c", f"f={path}; {PIDS_OF_FILE}"], capture_output=True,
+                             text=True, check=True).stdout
+        return sorted(map(int, out.split()))
+
+    assert pids(new) == sorted([os.getpid(), os.getppid()])
+    assert pids(old) == [os.getpid()]
