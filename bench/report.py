@@ -216,7 +216,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Run {meta['date']}{where} on {meta['machine']}; "
         f"{'quick' if meta['quick'] else 'full'} run, N = {', '.join(map(str, meta['engines']))}.",
         "",
-        "Versions: " + "; ".join(f"{s} {doc['systems'][s].get('version', '?')}" for s in systems)
+        "Versions: " + "; ".join(f"{s} {doc['systems'][s].get('version', '?')}" for s in systems
+                                 if not s.endswith(CROSS))
         + ".",
         "",
         "Each cell is one figure per variant of the workload (the variant in brackets). "
