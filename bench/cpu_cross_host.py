@@ -9,8 +9,9 @@ client on cli). Per command (W1 ``execute("pass")`` on all 8 engines, W2 on
 one engine, push and pull of 256 MiB to one engine) it records the wall time
 (median) and the CPU (user + system, /proc) of the controller, of one engine
 (the target; for W1 the mean over the 8) and of the client. Across hosts it
-also measures raw TCP from cli to ctl (a plain socket, no TLS), the limit of
-the veth + bridge path. Prints, and writes to --out, one JSON document.
+also measures raw links from cli to ctl, the limit of the veth + bridge path:
+plain TCP and TLS (ipython1's data-channel contexts), one stream and two.
+Prints, and writes to --out, one JSON document.
 """
 
 from __future__ import annotations
@@ -89,34 +90,87 @@ def measure(cluster: Any, controller: int) -> dict[str, Any]:
     return out
 
 
-def raw_tcp(host: str, reps: int = 5, size: int = 256 * MIB) -> dict[str, float]:
-    """Send size bytes to the sink on host, reps times; MB/s best and median."""
-    payload = memoryview(bytearray(size))
-    speeds = []
-    for _ in range(reps):
-        with socket.create_connection((host, SINK_PORT), timeout=60) as conn:
-            t0 = time.perf_counter()
-            for offset in range(0, size, 4 * MIB):
-                conn.sendall(payload[offset:offset + 4 * MIB])
-            conn.shutdown(socket.SHUT_WR)
-            assert conn.recv(1) == b"k"
-            speeds.append(size / (time.perf_counter() - t0) / 1e6)
-    return {"best_mbps": round(max(speeds), 1), "median_mbps": round(statistics.median(speeds), 1)}
+def send_streams(host: str, streams: int, tls: bool, size: int = 256 * MIB) -> float:
+    """Send size bytes to the sink on host over parallel streams; return MB/s."""
+    import threading
+
+    from ipython1.kernel.datachannel import client_context
+
+    payload = memoryview(bytearray(size // streams))
+    port = SINK_PORT + 1 if tls else SINK_PORT
+    conns = []
+    for _ in range(streams):
+        conn = socket.create_connection((host, port), timeout=60)
+        conns.append(client_context().wrap_socket(conn) if tls else conn)
+
+    def send(conn: socket.socket) -> None:
+        conn.sendall(len(payload).to_bytes(8, "big"))
+        for offset in range(0, len(payload), 4 * MIB):
+            conn.sendall(payload[offset:offset + 4 * MIB])
+        assert conn.recv(1) == b"k"
+        conn.close()
+
+    threads = [threading.Thread(target=send, args=(c,)) for c in conns]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return size / (time.perf_counter() - t0) / 1e6
 
 
-def sink(reps: int) -> None:
-    """Accept reps connections; read each to its end and acknowledge."""
-    listener = socket.create_server(("", SINK_PORT))
-    buf = memoryview(bytearray(4 * MIB))
-    for _ in range(reps):
-        conn, _ = listener.accept()
-        with conn:
-            try:
-                while conn.recv_into(buf):
-                    pass
-                conn.sendall(b"k")
-            except OSError:  # the reachability probe hangs up at once
-                pass
+def raw_links(host: str, reps: int = 5) -> dict[str, dict[str, float]]:
+    """Plain TCP and TLS (ipython1's data-channel context), 1 and 2 streams; MB/s."""
+    out = {}
+    for tls in (False, True):
+        for streams in (1, 2):
+            speeds = [send_streams(host, streams, tls) for _ in range(reps)]
+            out[f"{'tls' if tls else 'tcp'}_{streams}_stream{'s' if streams > 1 else ''}"] = {
+                "best_mbps": round(max(speeds), 1),
+                "median_mbps": round(statistics.median(speeds), 1)}
+    return out
+
+
+def sink() -> None:
+    """Read every connection to its end and acknowledge; plain TCP and TLS, until killed."""
+    import ssl
+    import threading
+
+    from ipython1.kernel.datachannel import server_context
+    from ipython1.kernel.wire import ec_certificate_pem
+
+    tls = server_context(ec_certificate_pem())
+
+    def drain(conn: socket.socket) -> None:
+        buf = memoryview(bytearray(4 * MIB))
+        try:
+            left = int.from_bytes(conn.recv(8), "big")  # the probe sends nothing: 0
+            while left > 0:
+                got = conn.recv_into(buf, min(left, len(buf)))
+                if not got:
+                    return
+                left -= got
+            conn.sendall(b"k")
+        except (OSError, ssl.SSLError):  # the reachability probe hangs up at once
+            pass
+        finally:
+            conn.close()
+
+    def serve(listener: socket.socket, wrap: bool) -> None:
+        while True:
+            conn, _ = listener.accept()
+            if wrap:
+                try:
+                    conn = tls.wrap_socket(conn, server_side=True)
+                except (OSError, ssl.SSLError):
+                    conn.close()
+                    continue
+            threading.Thread(target=drain, args=(conn,), daemon=True).start()
+
+    plain = socket.create_server(("", SINK_PORT))
+    secure = socket.create_server(("", SINK_PORT + 1))
+    threading.Thread(target=serve, args=(secure, True), daemon=True).start()
+    serve(plain, False)
 
 
 def client_side(grid_json: str | None) -> dict[str, Any]:
@@ -137,9 +191,12 @@ def client_side(grid_json: str | None) -> dict[str, Any]:
         out = {"commands": measure(cluster, controller)}
         if grid:
             receiver = subprocess.Popen(grid.on(grid.ctl, [sys.executable, __file__, "sink"]))
-            wait_until(lambda: _reachable(grid.ctl.address), 30, what="TCP sink on ctl")
-            out["raw_tcp_cli_to_ctl"] = raw_tcp(grid.ctl.address)
-            receiver.wait(60)
+            try:
+                wait_until(lambda: _reachable(grid.ctl.address), 30, what="TCP sink on ctl")
+                out["raw_cli_to_ctl"] = raw_links(grid.ctl.address)
+            finally:
+                receiver.terminate()
+                receiver.wait(30)
         return out
     finally:
         cluster.stop()
@@ -163,7 +220,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.mode == "sink":
-        sink(6)  # the reachability probe, then the timed sends
+        sink()
         return
     if args.mode == "client":
         print(json.dumps(client_side(args.grid)))
