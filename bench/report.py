@@ -359,7 +359,10 @@ def plots(doc: dict[str, Any], outdir: Path) -> list[Path]:
                default=256)
     bars("W4", [f"push_{size}MiB_mbps", f"pull_{size}MiB_mbps"],
          f"W4: {size} MiB float64 array to and from one engine", "MB/s", "bandwidth.png",
-         {"loopback TCP": ref["loopback_tcp"]} if "loopback_tcp" in ref else {})
+         {label: ref[k] for label, k in (("loopback TCP", "loopback_tcp"),
+                                         ("TCP between hosts", "tcp_between_hosts"),
+                                         ("TCP between hosts", "tcp_between_hosts" + CROSS))
+          if k in ref})
     return written
 
 
