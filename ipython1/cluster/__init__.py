@@ -1,1 +1,2 @@
-"""Clusters from Python and their size: ipython1.Cluster, ipcluster engines add/remove."""
+"""Clusters from Python and their processes: ipython1.Cluster, ipcluster engines
+add/remove, and the engine supervisor (ipcluster start --restart-engines)."""

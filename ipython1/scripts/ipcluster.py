@@ -7,7 +7,9 @@ pid, and waits until they are gone.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +24,46 @@ from ipython1.kernel.cluster import ClusterDir, pid_alive, read_pid
 from ipython1.kernel.processes import check, recorded, verified, write_pid_file
 
 ENGINES_PID_FILE = "ipengines"
+SUPERVISOR_PID_FILE = "ipsupervisor"
 
 
-class _ProfileOption(usage.Options):
+def _number(value: Any, option: str, what: str, kind: type = int,
+            minimum: float = 0) -> Any:
+    """Read an option's number; a UsageError of one line says what it takes."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < minimum or (kind is float and number != number):
+        at_least = f"at least {minimum:g}" if minimum else "not negative"
+        raise usage.UsageError(f"{option} takes {what}, {at_least}; not {value!r}")
+    return number
+
+
+class _Options(usage.Options):
+    """ipcluster's --version, and help without the module's docstring."""
+
+    longdesc = ""
+
+    def getSynopsis(self) -> str:
+        if self.parent is None:
+            return str(self.synopsis)
+        command, node = [], self
+        while node.parent is not None:  # e.g. ipcluster engines add
+            command.insert(0, node.parent.subCommand)
+            node = node.parent
+        return (f"Usage: ipcluster [--profile NAME] {' '.join(command)} "
+                f"{getattr(self, 'synopsis', '[options]')}")
+
+    def opt_version(self) -> None:
+        """Show ipython1's version and exit."""
+        import ipython1
+
+        print(f"ipcluster (ipython1) {ipython1.__version__}")
+        sys.exit(0)
+
+
+class _ProfileOption(_Options):
     """Subcommands accept --profile too: `ipcluster start -n 4 --profile lab`."""
 
     optParameters = [["profile", "p", None, "Cluster profile (overrides the global option)."]]
@@ -34,16 +73,22 @@ class StartOptions(_ProfileOption):
     optFlags = [
         ["daemon", None, "Return once the cluster is up; leave it running."],
         ["mpi", None, "Start the engines with mpiexec; each initialises MPI (mpi4py)."],
+        ["reuse", "r", "Restart what is missing: the controller (with ipcontroller --reuse: "
+         "same port and FURLs) if it died, and only the engines that are not alive; "
+         "live engines rejoin with their ids and namespaces."],
+        ["restart-engines", None, "Run a supervisor that starts a dead engine again (fresh "
+         "namespace, same id) and reports it as an event; with --mpi it restarts the "
+         "whole MPI job, since a single rank cannot be replaced."],
     ]
     optParameters = [
-        ["n", "n", 2, "Number of engines.", int],
+        ["n", "n", 2, "Number of engines."],
         ["ip", None, None, "Address the controller listens on: 0.0.0.0 or :: for every "
          "interface (default: 127.0.0.1, or every interface when --location is given)."],
         ["location", None, None, "HOST[:PORT][,HOST2...]: what the controller's FURLs "
          "advertise to engines and clients on other hosts (see ipcontroller --help)."],
         ["port", None, 0, "TCP port of the controller (default: any free port).", int],
         ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
-        ["timeout", None, 120.0, "Seconds to wait for all engines to register.", float],
+        ["timeout", None, 120.0, "Seconds to wait for all engines to register."],
         ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
         ["mpi-args", None, "", "Extra arguments for mpiexec."],
     ]
@@ -55,12 +100,16 @@ class StartOptions(_ProfileOption):
     def postOptions(self) -> None:
         from ipython1.scripts.ipcontroller import check_network_options
 
+        self["n"] = _number(self["n"], "-n", "a number of engines", int, 1)
+        self["timeout"] = _number(self["timeout"], "--timeout", "seconds", float, 0.001)
         check_network_options(self)
 
 
 class StopOptions(_ProfileOption):
-    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]
-                     ]
+    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL."]]
+
+    def postOptions(self) -> None:
+        self["grace"] = _number(self["grace"], "--grace", "seconds", float)
 
 
 class StatusOptions(_ProfileOption):
@@ -91,7 +140,7 @@ class DashboardOptions(_ProfileOption):
     ]
 
 
-class AddUserOptions(usage.Options):
+class AddUserOptions(_Options):
     synopsis = "NAME [--observer]"
     optFlags = [["observer", None, "Watch-only: may subscribe, list and chat; runs nothing."]]
 
@@ -104,23 +153,23 @@ class AddUserOptions(usage.Options):
         self["name"] = name
 
 
-class DelUserOptions(usage.Options):
+class DelUserOptions(_Options):
     synopsis = "NAME"
 
     def parseArgs(self, name: str) -> None:
         self["name"] = name
 
 
-class UsersOptions(usage.Options):
+class UsersOptions(_Options):
     pass
 
 
-class TranscriptOptions(usage.Options):
+class TranscriptOptions(_Options):
     optFlags = [["follow", "f", "Keep printing events as they are appended."]]
     optParameters = [["user", "u", None, "Only this user's events."]]
 
 
-class EnginesAddOptions(usage.Options):
+class EnginesAddOptions(_Options):
     synopsis = "N [--timeout S]"
     optParameters = [["timeout", None, 120.0, "Seconds to wait for them to register.", float]]
 
@@ -131,7 +180,7 @@ class EnginesAddOptions(usage.Options):
         self["n"] = int(n)
 
 
-class EnginesRemoveOptions(usage.Options):
+class EnginesRemoveOptions(_Options):
     synopsis = "IDS (e.g. 3 4, 3,4 or 2-5)"
     optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]]
 
@@ -156,9 +205,11 @@ class EnginesOptions(_ProfileOption):
             raise usage.UsageError("choose: engines add N, or engines remove IDS")
 
 
-class Options(usage.Options):
-    synopsis = ("ipcluster start|stop|status|engines|dashboard|logs|doctor|adduser|deluser|"
-                "users|transcript [options]")
+class Options(_Options):
+    synopsis = "Usage: ipcluster [--profile NAME] COMMAND [options]"
+    longdesc = ("COMMAND is one of start, stop, status, engines, dashboard, logs, doctor, "
+                "adduser, deluser, users, transcript; 'ipcluster COMMAND --help' shows its "
+                "options.")
     optParameters = [
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
     ]
@@ -275,20 +326,39 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
           daemon: bool = True, mpi: bool = False, mpiexec: str | None = None,
           mpi_args: str = "", out: IO[str] = sys.stdout,
           on_start: Callable[[int], None] | None = None, location: str | None = None,
-          port: int = 0, relay_port: int = 0) -> int:
-    """Start a controller and n engines; return 0 once all have registered."""
+          port: int = 0, relay_port: int = 0, reuse: bool = False,
+          restart_engines: bool = False) -> int:
+    """Start a controller and n engines; return 0 once all have registered.
+
+    With reuse, start only what is missing: the controller if it is not
+    running, and engines for those of the last start that are not alive.
+    """
     if n < 1:
         raise usage.UsageError("-n must be at least 1")
     cluster_dir.create(tighten=True)
-    if cluster_dir.controller_running():
+    running = cluster_dir.controller_running()
+    if running and not reuse:
         pid = read_pid(cluster_dir.pid_file("ipcontroller"))
         out.write(f"ipcluster: a controller is already running for profile "
-                  f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first\n")
+                  f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first "
+                  "(or start with --reuse to add only missing engines)\n")
         return 1
+    live = engine_pids(cluster_dir)
+    if live and not reuse and not running:  # they would rejoin beside n new engines
+        out.write(f"ipcluster: engines of the last cluster of profile "
+                  f"{cluster_dir.profile!r} are still running (pids "
+                  f"{', '.join(map(str, live))}) and would rejoin: run 'ipcluster "
+                  "start --reuse' to take them back, or 'ipcluster stop' first\n")
+        return 1
+    # Live engines rejoin by themselves (an MPI job's pid file names mpiexec),
+    # and a live supervisor starts again whatever of its engines died.
+    supervised = reuse and bool(check(cluster_dir.pid_file(SUPERVISOR_PID_FILE)).live)
+    rejoining = n if supervised or (mpi and live) else 0 if mpi else min(len(live), n)
     profile = ["--profile", cluster_dir.profile]
     controller_args = [*profile, "--ip", ip, "--port", str(port),
                        "--relay-port", str(relay_port),
-                       *(["--location", location] if location else [])]
+                       *(["--location", location] if location else []),
+                       *(["--reuse"] if reuse else [])]
     if mpi:
         try:
             mpi_command = _mpi_preflight(n, mpiexec, mpi_args)
@@ -306,49 +376,85 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
         return proc
 
     t0 = time.monotonic()
+    controller = None
+    engines: list[subprocess.Popen[bytes]] = []
+    new_pids = cluster_dir.pid_file(ENGINES_PID_FILE + "-new")
     try:
-        controller = track(_spawn(
-            _python_module("ipython1.scripts.ipcontroller", *controller_args),
-            cluster_dir.log_file("ipcontroller-console")))
-        _wait_for(lambda: read_pid(cluster_dir.pid_file("ipcontroller")) == controller.pid,
-                  timeout, lambda: controller.poll() is not None,
-                  lambda: "the controller exited:\n"
-                  + _tail(cluster_dir.log_file("ipcontroller-console")))
+        if not running:
+            controller = track(_spawn(
+                _python_module("ipython1.scripts.ipcontroller", *controller_args),
+                cluster_dir.log_file("ipcontroller-console")))
+            _wait_for(lambda: read_pid(cluster_dir.pid_file("ipcontroller")) == controller.pid,
+                      timeout, lambda: controller.poll() is not None,
+                      lambda: "the controller exited:\n"
+                      + _tail(cluster_dir.log_file("ipcontroller-console")))
         engine_options = [*profile, "--connect-timeout", str(timeout)]
         engine_argv = _python_module("ipython1.scripts.ipengine", *engine_options)
-        if mpi:
-            engines = [track(_spawn(mpi_command(engine_options),
-                                    cluster_dir.log_file("mpiexec")))]
-            write_pid_file(cluster_dir.pid_file(ENGINES_PID_FILE), [engines[0].pid])
-        else:
-            # One warmed-up process forks the others: start-up and memory are shared.
-            engines = [track(_spawn(
-                engine_argv + ["--fork", str(n), "--pid-file",
-                               str(cluster_dir.pid_file(ENGINES_PID_FILE))],
-                cluster_dir.log_file("ipengine-console")))]
         from ipython1.kernel.client import MultiEngineClient
 
         mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
         try:
+            if rejoining:
+                _wait_for(lambda: len(mec.get_ids()) >= rejoining, timeout,
+                          lambda: not any(pid_alive(p) for p in live),
+                          lambda: "the live engines died before they rejoined")
+            if restart_engines and n > rejoining:
+                # The supervisor starts (and restarts) the engines and keeps the pid file.
+                commands = ([[None, mpi_command(engine_options)]] if mpi else
+                            [[i, engine_argv + ["--engine-id", str(i)]]
+                             for i in range(rejoining, n)])
+                engines = [track(_spawn(
+                    _python_module("ipython1.cluster.supervisor", cluster_dir.profile,
+                                   json.dumps(commands)),
+                    cluster_dir.log_file("ipsupervisor")))]
+            elif mpi and not rejoining:
+                engines = [track(_spawn(mpi_command(engine_options),
+                                        cluster_dir.log_file("mpiexec")))]
+                write_pid_file(cluster_dir.pid_file(ENGINES_PID_FILE), [engines[0].pid])
+            elif n > rejoining:
+                # One warmed-up process forks the others: start-up and memory are shared.
+                engines = [track(_spawn(
+                    engine_argv + ["--fork", str(n - rejoining), "--pid-file", str(new_pids)],
+                    cluster_dir.log_file("ipengine-console")))]
             _wait_for(lambda: len(mec.get_ids()) >= n, timeout,
                       lambda: any(p.poll() is not None for p in engines),
                       lambda: _engine_failure(cluster_dir, engines))
+            if not mpi and n > rejoining and not restart_engines:
+                _wait_for(lambda: len(check(new_pids).live) == n - rejoining, timeout,
+                          lambda: False, lambda: "the engines wrote no pid file")
+                write_pid_file(cluster_dir.pid_file(ENGINES_PID_FILE),
+                               live + check(new_pids).live)
+                new_pids.unlink(missing_ok=True)
             if mpi:
                 _check_mpi_job(mec.engine_info(), n)
         finally:
             mec.close()
     except Exception as e:
         out.write(f"ipcluster: could not start the cluster: {e}\n")
-        stop_pids(engine_pids(cluster_dir) + list(reversed(started)), grace=3)
-        for name in ("ipcontroller", ENGINES_PID_FILE):
-            cluster_dir.pid_file(name).unlink(missing_ok=True)
+        if reuse:  # leave alone what was running before
+            stop_pids(check(new_pids).live + list(reversed(started)), grace=3)
+        else:
+            stop_pids(engine_pids(cluster_dir) + check(new_pids).live
+                      + list(reversed(started)), grace=3)
+            for name in ("ipcontroller", ENGINES_PID_FILE, ENGINES_PID_FILE + "-new"):
+                cluster_dir.pid_file(name).unlink(missing_ok=True)
         return 1
-    out.write(f"ipcluster: controller and {n} engines are up in {time.monotonic() - t0:.1f} s "
-              f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
+    if reuse:
+        out.write(f"ipcluster: {'controller restarted' if controller else 'controller running'}"
+                  f", {rejoining} engine(s) rejoined, {n - rejoining} started in "
+                  f"{time.monotonic() - t0:.1f} s (profile {cluster_dir.profile!r}, "
+                  f"{cluster_dir.path})\n")
+    else:
+        out.write(f"ipcluster: controller and {n} engines are up in "
+                  f"{time.monotonic() - t0:.1f} s "
+                  f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
     if ip not in ("127.0.0.1", "::1", "localhost") or location:
         out.write(_other_hosts_hint(cluster_dir))
     out.flush()
     if daemon:
+        return 0
+    if controller is None:
+        out.write("ipcluster: the controller was running already; not waiting on it\n")
         return 0
     out.write("ipcluster: press Ctrl-C to stop the cluster\n")
     out.flush()
@@ -442,16 +548,22 @@ def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout
     are signalled; a stale pid file is reported and removed.
     """
     _stale_pid_files(cluster_dir, out)
+    supervisor_file = cluster_dir.pid_file(SUPERVISOR_PID_FILE)
+    supervised = check(supervisor_file).live
+    if supervised:  # first, or it would start the engines again; it stops them too
+        stop_pids(supervised, grace, lambda ps: verified(ps, recorded(supervisor_file)))
     records = [*recorded(cluster_dir.pid_file(ENGINES_PID_FILE)),
                *recorded(cluster_dir.pid_file("ipcontroller"))]
     engines = engine_pids(cluster_dir)
     controller = check(cluster_dir.pid_file("ipcontroller")).live
     pids = engines + controller
-    if not pids:
+    if not pids and not supervised:
         out.write(f"ipcluster: no cluster is running for profile {cluster_dir.profile!r}\n")
     killed = stop_pids(pids, grace, lambda ps: verified(ps, records))
-    for name in ("ipcontroller", ENGINES_PID_FILE):
+    for name in ("ipcontroller", ENGINES_PID_FILE, SUPERVISOR_PID_FILE):
         cluster_dir.pid_file(name).unlink(missing_ok=True)
+    shutil.rmtree(cluster_dir.pid / "exits", ignore_errors=True)
+    pids = supervised + pids
     if pids:
         out.write(f"ipcluster: stopped {len(pids)} process(es)"
                   + (f" ({len(killed)} needed SIGKILL)" if killed else "") + "\n")
@@ -700,7 +812,9 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
-        out.write(f"ipcluster: {e}\n{options}")
+        # One line: what is wrong, and where the options are listed.
+        command = f"ipcluster {options.subCommand}" if options.subCommand else "ipcluster"
+        out.write(f"{command}: {e} ('{command} --help' lists the options)\n")
         return 2
     sub = options.subOptions
     try:
@@ -711,7 +825,8 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     if options.subCommand == "start":
         return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
                      bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
-                     location=sub["location"], port=sub["port"], relay_port=sub["relay-port"])
+                     location=sub["location"], port=sub["port"], relay_port=sub["relay-port"],
+                     reuse=bool(sub["reuse"]), restart_engines=bool(sub["restart-engines"]))
     if options.subCommand == "stop":
         return stop(cluster_dir, sub["grace"], out=out)
     if options.subCommand == "engines":
