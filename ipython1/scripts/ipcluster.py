@@ -306,6 +306,19 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def _kill_groups(leaders: list[int]) -> None:
+    """SIGKILL what is left of the process groups we started (each _spawn leads one).
+
+    Engines outlive a lost controller (they wait to rejoin), so a launcher that
+    did not pass its signal on (a wrong mpiexec, a shell) must not leave them behind.
+    """
+    for pid in leaders:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def stop_pids(pids: list[int], grace: float,
               still_ours: Callable[[list[int]], list[int]] | None = None) -> list[int]:
     """SIGTERM pids, wait up to grace seconds, then SIGKILL; return the killed ones.
@@ -516,6 +529,7 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                       + list(reversed(started)), grace=3)
             for name in ("ipcontroller", ENGINES_PID_FILE, ENGINES_PID_FILE + "-new"):
                 cluster_dir.pid_file(name).unlink(missing_ok=True)
+        _kill_groups(started)
         return 1
     if reuse:
         out.write(f"ipcluster: {'controller restarted' if controller else 'controller running'}"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from ipython1.kernel import mpi
@@ -313,6 +314,19 @@ def test_ipcluster_reports_an_mpiexec_that_does_not_match_mpi4py(tmp_path):
         assert done.returncode == 1
         assert "the engines report MPI job sizes [1], not 2" in done.stdout, done.stdout
         assert "--mpiexec PATH" in done.stdout
+        # The fake mpiexec passed no signal on: its engines (which outlive a lost
+        # controller) must still be gone, not left waiting to rejoin.
+        def ours() -> list[int]:
+            found = []
+            for proc in psutil.process_iter(["pid"]):
+                try:
+                    if proc.environ().get("IPYTHON1_DIR") == str(cluster.root):
+                        found.append(proc.pid)
+                except (psutil.Error, OSError):
+                    pass
+            return found
+
+        wait_until(lambda: not ours(), timeout=10, message="no engine of the failed start left")
     finally:
         cluster.stop()
 
