@@ -22,6 +22,7 @@ from ipython1.common.versions import compare as compare_versions
 from ipython1.common.versions import local_versions, refusal
 from ipython1.kernel import datachannel, replies, wire
 from ipython1.kernel import scatter as scatter_mod
+from ipython1.kernel.addresses import join_host_port
 from ipython1.kernel.cluster import MEC_FURL
 from ipython1.kernel.errors import (
     CompositeError,
@@ -159,8 +160,8 @@ class AsyncMultiEngineClient:
         answer = _check_global_error(answer)
         if "local" in answer:
             return dict(answer)
-        host = wire.furl_location(self.furl).rsplit(":", 1)[0]
-        return dict(answer, relay=f"{host}:{answer['relay_port']}")
+        host = wire.peer_host(self._session, self.furl)  # the relay is beside the Tub
+        return dict(answer, relay=join_host_port(host, answer["relay_port"]))
 
     def _transfer(self, engine_id: int, direction: str, blob_id: bytes, sizes: list[int],
                   frames: list[bytes] | None = None, fresh: bool = False,

@@ -387,7 +387,8 @@ class ControllerService(service.MultiService):
     """Controller + Tub + FURL files: what `twistd ipcontroller` runs."""
 
     def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
-                 port: int = 0, reserve_ids: int = 0,
+                 port: int = 0, reserve_ids: int = 0, location: str | None = None,
+                 relay_port: int = 0,
                  dashboard: tuple[str, int] | None = ("127.0.0.1", 0)) -> None:
         super().__init__()
         self.dashboard_address = dashboard  # (ip, port) of the web dashboard, or None
@@ -396,6 +397,8 @@ class ControllerService(service.MultiService):
         self.cluster_dir = cluster_dir.create()
         self.ip = ip
         self.port = port
+        self.location = location  # what the FURLs advertise (addresses.advertised)
+        self.relay_port = relay_port
         self.controller = Controller(reserve_ids=reserve_ids)
         self.controller.setServiceParent(self)
         self.furls: dict[str, str] = {}
@@ -406,10 +409,12 @@ class ControllerService(service.MultiService):
         from ipython1.kernel.multiengine import MultiEngine, MultiEngineReferenceable
 
         cert = self.cluster_dir.security / cluster.CONTROLLER_CERT
-        self.tub, self.port = wire.listening_tub(cert, self.ip, self.port)
         from ipython1.kernel.datachannel import Relay
 
-        self.controller.relay = Relay(self.ip)
+        # The relay first: a busy --relay-port stops start-up before the Tub listens.
+        self.controller.relay = Relay(self.ip, self.relay_port)
+        self.relay_port = self.controller.relay.port
+        self.tub, self.port = wire.listening_tub(cert, self.ip, self.port, self.location)
         if command_channel.enabled() and command_channel.host_key():
             self.controller.command_channels = command_channel.CommandChannelServer(
                 self.controller)
@@ -426,7 +431,9 @@ class ControllerService(service.MultiService):
         self._publish_users()
         self._publish_extra_adapters()
         cluster.write_private(self.cluster_dir.pid_file("ipcontroller"), f"{os.getpid()}\n")
-        log.info("controller listening on {ip}:{port}", ip=self.ip, port=self.port)
+        log.info("controller listening on {ip}:{port} (data relay on port {relay}); "
+                 "FURLs advertise {location}", ip=self.ip, port=self.port,
+                 relay=self.relay_port, location=wire.furl_location(self.furls[cluster.MEC_FURL]))
         self._start_monitoring()
 
     def _start_monitoring(self) -> None:

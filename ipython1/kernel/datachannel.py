@@ -86,6 +86,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ipython1.kernel.addresses import join_host_port, split_host_port
 from ipython1.kernel.errors import KernelError
 from ipython1.kernel.localhost import env_enabled
 from ipython1.kernel.localhost import host_key as localhost_key
@@ -546,8 +547,8 @@ def _recv_frame(sock: Any, size: int) -> bytearray | mmap.mmap:
 
 
 def _connect(address: str, timeout: float) -> socket.socket:
-    host, port = address.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    host, port = split_host_port(address)
+    sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -559,12 +560,18 @@ class Relay:
     """Pair connections by pairing id and splice them; never decrypt."""
 
     def __init__(self, ip: str = "127.0.0.1", port: int = 0) -> None:
-        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        family = socket.AF_INET6 if ":" in ip or not ip else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((ip, port))
+        try:
+            self._listener.bind((ip, port))
+        except OSError as e:
+            self._listener.close()
+            raise OSError(e.errno, f"the data relay cannot listen on "
+                                   f"{join_host_port(ip, port)}: {e.strerror}") from None
         self._listener.listen(128)
-        self.address = f"{ip}:{self._listener.getsockname()[1]}"
+        self.port = int(self._listener.getsockname()[1])
+        self.address = join_host_port(ip, self.port)
         self._expected: dict[bytes, float] = {}
         self._waiting: dict[bytes, socket.socket] = {}
         self._lock = threading.Lock()

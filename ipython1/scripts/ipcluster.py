@@ -36,7 +36,12 @@ class StartOptions(_ProfileOption):
     ]
     optParameters = [
         ["n", "n", 2, "Number of engines.", int],
-        ["ip", None, "127.0.0.1", "Interface the controller listens on."],
+        ["ip", None, None, "Address the controller listens on: 0.0.0.0 or :: for every "
+         "interface (default: 127.0.0.1, or every interface when --location is given)."],
+        ["location", None, None, "HOST[:PORT][,HOST2...]: what the controller's FURLs "
+         "advertise to engines and clients on other hosts (see ipcontroller --help)."],
+        ["port", None, 0, "TCP port of the controller (default: any free port).", int],
+        ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
         ["timeout", None, 120.0, "Seconds to wait for all engines to register.", float],
         ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
         ["mpi-args", None, "", "Extra arguments for mpiexec."],
@@ -45,6 +50,11 @@ class StartOptions(_ProfileOption):
     def parseArgs(self, *args: str) -> None:
         if args:
             raise usage.UsageError(f"unexpected arguments: {' '.join(args)}")
+
+    def postOptions(self) -> None:
+        from ipython1.scripts.ipcontroller import check_network_options
+
+        check_network_options(self)
 
 
 class StopOptions(_ProfileOption):
@@ -240,7 +250,8 @@ def engine_pids(cluster_dir: ClusterDir) -> list[int]:
 def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float = 120.0,
           daemon: bool = True, mpi: bool = False, mpiexec: str | None = None,
           mpi_args: str = "", out: IO[str] = sys.stdout,
-          on_start: Callable[[int], None] | None = None) -> int:
+          on_start: Callable[[int], None] | None = None, location: str | None = None,
+          port: int = 0, relay_port: int = 0) -> int:
     """Start a controller and n engines; return 0 once all have registered."""
     if n < 1:
         raise usage.UsageError("-n must be at least 1")
@@ -251,7 +262,9 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
                   f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first\n")
         return 1
     profile = ["--profile", cluster_dir.profile]
-    controller_args = [*profile, "--ip", ip]
+    controller_args = [*profile, "--ip", ip, "--port", str(port),
+                       "--relay-port", str(relay_port),
+                       *(["--location", location] if location else [])]
     if mpi:
         try:
             mpi_command = _mpi_preflight(n, mpiexec, mpi_args)
@@ -308,6 +321,8 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
         return 1
     out.write(f"ipcluster: controller and {n} engines are up in {time.monotonic() - t0:.1f} s "
               f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
+    if ip not in ("127.0.0.1", "::1", "localhost") or location:
+        out.write(_other_hosts_hint(cluster_dir))
     out.flush()
     if daemon:
         return 0
@@ -320,6 +335,20 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
     except KeyboardInterrupt:
         pass
     return stop(cluster_dir, out=out)
+
+
+def _other_hosts_hint(cluster_dir: ClusterDir) -> str:
+    """Say where the controller is reached from and how engines on other hosts join."""
+    from ipython1.kernel.cluster import ENGINE_FURL
+    from ipython1.kernel.wire import furl_location
+
+    path = cluster_dir.furl_file(ENGINE_FURL)
+    try:
+        where = furl_location(path.read_text().strip())
+    except OSError:
+        return ""
+    return (f"ipcluster: the controller's FURLs advertise {where}; on another host: "
+            f"ipengine --furl-file {path}\n")
 
 
 def _mpi_preflight(n: int, mpiexec: str | None,
@@ -638,7 +667,8 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         return 2
     if options.subCommand == "start":
         return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
-                     bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out)
+                     bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
+                     location=sub["location"], port=sub["port"], relay_port=sub["relay-port"])
     if options.subCommand == "stop":
         return stop(cluster_dir, sub["grace"], out=out)
     if options.subCommand == "engines":
