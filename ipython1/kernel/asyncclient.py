@@ -948,11 +948,14 @@ def warn_about_engine_versions(infos: list[dict[str, Any]]) -> list[str]:
 
 
 @defer.inlineCallbacks
-def _open_session(furl: str, timeout: float, **extra: Any) -> Any:
-    """Connect to a FURL and open a session; fire with (tub, root, session)."""
+def _open_session(furl: str, timeout: float, source: str = "", **extra: Any) -> Any:
+    """Connect to a FURL and open a session; fire with (tub, root, session).
+
+    source (wire.furl_source) says, if no controller answers, where the FURL came from.
+    """
     tub = wire.client_tub()
     try:
-        root = yield wire.get_reference(tub, furl, timeout)
+        root = yield wire.get_reference(tub, furl, timeout, source)
         session = yield foolscap_transport.call(
             root, "connect", dict(client_info(), **extra)).addErrback(refusal)
     except Exception:
@@ -967,7 +970,8 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
     """Connect to a controller; fire with an AsyncMultiEngineClient."""
     furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
     debugger = DebuggerObserver()
-    tub, _, session = yield _open_session(furl, timeout, debugger=debugger)
+    tub, _, session = yield _open_session(
+        furl, timeout, wire.furl_source(furl_or_file, profile, MEC_FURL), debugger=debugger)
     channel = yield _open_command_channel(session)
     client = AsyncMultiEngineClient(session, tub, furl, channel)
     debugger.client = client
@@ -1001,7 +1005,8 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
     from ipython1.kernel.interfaces import RIMultiEngine
 
     furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
-    tub, root, session = yield _open_session(furl, timeout)
+    tub, root, session = yield _open_session(
+        furl, timeout, wire.furl_source(furl_or_file, profile, TASK_FURL))
     try:
         parent = None
         if getattr(root.tracker, "interfaceName", "") == RIMultiEngine.__remote_name__:

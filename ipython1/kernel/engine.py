@@ -161,6 +161,8 @@ def _make_shell(recorder: _Recorder) -> Any:
     InteractiveShell.displayhook_class = CapturingDisplayHook
     InteractiveShell.display_pub_class = CapturingDisplayPublisher
     shell = InteractiveShell.instance(config=config)
+    # The config applies only if this made the instance (a test process may hold one).
+    shell.Completer.use_jedi = False
 
     def showtraceback(etype: Any, evalue: Any, stb: list[str]) -> None:
         recorder.current["traceback"] = shell.InteractiveTB.stb2text(stb)
@@ -513,6 +515,7 @@ class EngineKernel:
         watched = watchdog is not None and timeout is not None
         if watched:
             watchdog.start(tid, float(timeout))
+        spec: dict[str, Any] = {}
         try:
             try:
                 spec = deserialize(payload)
@@ -527,10 +530,10 @@ class EngineKernel:
                 else:
                     with self._capturing():
                         value = spec["func"](*spec.get("args", ()), **spec.get("kwargs", {}))
-                if spec.get("clear_after"):
-                    self.shell.reset(new_session=False)
             finally:
                 timed_out = watched and watchdog.finish(tid)
+                if spec.get("clear_after"):  # failed or not, as in IPython 0.10
+                    self.shell.reset(new_session=False)
             frames = serialize((spec["kind"], value, self.stdout.take(), self.stderr.take()))
             return [tid, "ok", time.perf_counter() - start, frames]
         except BaseException as e:  # noqa: B036 - user code may raise anything

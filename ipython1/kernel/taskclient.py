@@ -607,7 +607,11 @@ def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Any:
         enabled = progress_enabled()
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
+    try:
+        import ipywidgets  # noqa: F401 - a notebook draws tqdm's widget with it
+        from tqdm.auto import tqdm
+    except ImportError:  # without it tqdm.auto warns in a notebook; a text bar works there
+        from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="task", leave=False)
 

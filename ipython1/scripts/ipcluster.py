@@ -23,7 +23,39 @@ from ipython1.kernel.cluster import ClusterDir, pid_alive, read_pid, write_priva
 ENGINES_PID_FILE = "ipengines"
 
 
-class _ProfileOption(usage.Options):
+def _number(value: Any, option: str, what: str, kind: type = int,
+            minimum: float = 0) -> Any:
+    """Read an option's number; a UsageError of one line says what it takes."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < minimum or (kind is float and number != number):
+        at_least = f"at least {minimum:g}" if minimum else "not negative"
+        raise usage.UsageError(f"{option} takes {what}, {at_least}; not {value!r}")
+    return number
+
+
+class _Options(usage.Options):
+    """ipcluster's --version, and help without the module's docstring."""
+
+    longdesc = ""
+
+    def getSynopsis(self) -> str:
+        if self.parent is None:
+            return str(self.synopsis)
+        return (f"Usage: ipcluster [--profile NAME] {self.parent.subCommand} "
+                f"{getattr(self, 'synopsis', '[options]')}")
+
+    def opt_version(self) -> None:
+        """Show ipython1's version and exit."""
+        import ipython1
+
+        print(f"ipcluster (ipython1) {ipython1.__version__}")
+        sys.exit(0)
+
+
+class _ProfileOption(_Options):
     """Subcommands accept --profile too: `ipcluster start -n 4 --profile lab`."""
 
     optParameters = [["profile", "p", None, "Cluster profile (overrides the global option)."]]
@@ -35,14 +67,14 @@ class StartOptions(_ProfileOption):
         ["mpi", None, "Start the engines with mpiexec; each initialises MPI (mpi4py)."],
     ]
     optParameters = [
-        ["n", "n", 2, "Number of engines.", int],
+        ["n", "n", 2, "Number of engines."],
         ["ip", None, None, "Address the controller listens on: 0.0.0.0 or :: for every "
          "interface (default: 127.0.0.1, or every interface when --location is given)."],
         ["location", None, None, "HOST[:PORT][,HOST2...]: what the controller's FURLs "
          "advertise to engines and clients on other hosts (see ipcontroller --help)."],
         ["port", None, 0, "TCP port of the controller (default: any free port).", int],
         ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
-        ["timeout", None, 120.0, "Seconds to wait for all engines to register.", float],
+        ["timeout", None, 120.0, "Seconds to wait for all engines to register."],
         ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
         ["mpi-args", None, "", "Extra arguments for mpiexec."],
     ]
@@ -54,12 +86,16 @@ class StartOptions(_ProfileOption):
     def postOptions(self) -> None:
         from ipython1.scripts.ipcontroller import check_network_options
 
+        self["n"] = _number(self["n"], "-n", "a number of engines", int, 1)
+        self["timeout"] = _number(self["timeout"], "--timeout", "seconds", float, 0.001)
         check_network_options(self)
 
 
 class StopOptions(_ProfileOption):
-    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]
-                     ]
+    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL."]]
+
+    def postOptions(self) -> None:
+        self["grace"] = _number(self["grace"], "--grace", "seconds", float)
 
 
 class StatusOptions(_ProfileOption):
@@ -90,7 +126,7 @@ class DashboardOptions(_ProfileOption):
     ]
 
 
-class AddUserOptions(usage.Options):
+class AddUserOptions(_Options):
     synopsis = "NAME [--observer]"
     optFlags = [["observer", None, "Watch-only: may subscribe, list and chat; runs nothing."]]
 
@@ -103,18 +139,18 @@ class AddUserOptions(usage.Options):
         self["name"] = name
 
 
-class DelUserOptions(usage.Options):
+class DelUserOptions(_Options):
     synopsis = "NAME"
 
     def parseArgs(self, name: str) -> None:
         self["name"] = name
 
 
-class UsersOptions(usage.Options):
+class UsersOptions(_Options):
     pass
 
 
-class TranscriptOptions(usage.Options):
+class TranscriptOptions(_Options):
     optFlags = [["follow", "f", "Keep printing events as they are appended."]]
     optParameters = [["user", "u", None, "Only this user's events."]]
 
@@ -155,9 +191,11 @@ class EnginesOptions(_ProfileOption):
             raise usage.UsageError("choose: engines add N, or engines remove IDS")
 
 
-class Options(usage.Options):
-    synopsis = ("ipcluster start|stop|status|engines|dashboard|logs|doctor|adduser|deluser|"
-                "users|transcript [options]")
+class Options(_Options):
+    synopsis = "Usage: ipcluster [--profile NAME] COMMAND [options]"
+    longdesc = ("COMMAND is one of start, stop, status, engines, dashboard, logs, doctor, "
+                "adduser, deluser, users, transcript; 'ipcluster COMMAND --help' shows its "
+                "options.")
     optParameters = [
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
     ]
@@ -657,7 +695,9 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
-        out.write(f"ipcluster: {e}\n{options}")
+        # One line: what is wrong, and where the options are listed.
+        command = f"ipcluster {options.subCommand}" if options.subCommand else "ipcluster"
+        out.write(f"{command}: {e} ('{command} --help' lists the options)\n")
         return 2
     sub = options.subOptions
     try:
