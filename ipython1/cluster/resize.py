@@ -14,7 +14,8 @@ import socket
 import time
 from typing import Any
 
-from ipython1.kernel.cluster import ClusterDir, pid_alive, write_private
+from ipython1.kernel import processes
+from ipython1.kernel.cluster import ClusterDir, pid_alive
 from ipython1.scripts import ipcluster
 
 
@@ -43,8 +44,8 @@ def _client(cluster_dir: ClusterDir, timeout: float) -> Any:
 
 def _add_pids(cluster_dir: ClusterDir, pids: list[int]) -> None:
     known = ipcluster.engine_pids(cluster_dir)
-    write_private(cluster_dir.pid_file(ipcluster.ENGINES_PID_FILE),
-                  "".join(f"{p}\n" for p in known + [p for p in pids if p not in known]))
+    processes.write_pid_file(cluster_dir.pid_file(ipcluster.ENGINES_PID_FILE),
+                             known + [p for p in pids if p not in known])
 
 
 def add_engines(cluster_dir: ClusterDir, n: int, timeout: float = 120.0) -> list[int]:
@@ -80,10 +81,8 @@ def add_engines(cluster_dir: ClusterDir, n: int, timeout: float = 120.0) -> list
 
 
 def _read_pids(path: Any) -> list[int]:
-    try:
-        return [int(w) for w in path.read_text().split() if w.isdigit()]
-    except OSError:
-        return []
+    """The pids a pid file records (ipengine --pid-file writes them with their identity)."""
+    return [r if isinstance(r, int) else r.pid for r in processes.recorded(path)]
 
 
 def remove_engines(cluster_dir: ClusterDir, ids: list[int], grace: float = 10.0) -> list[int]:
@@ -100,6 +99,5 @@ def remove_engines(cluster_dir: ClusterDir, ids: list[int], grace: float = 10.0)
         mec.close()
     ipcluster.stop_pids([p for p in local if pid_alive(p)], grace)
     left = [p for p in ipcluster.engine_pids(cluster_dir) if p not in local]
-    write_private(cluster_dir.pid_file(ipcluster.ENGINES_PID_FILE),
-                  "".join(f"{p}\n" for p in left))
+    processes.write_pid_file(cluster_dir.pid_file(ipcluster.ENGINES_PID_FILE), left)
     return sorted(ids)

@@ -947,6 +947,26 @@ def warn_about_engine_versions(infos: list[dict[str, Any]]) -> list[str]:
     return messages
 
 
+# What each of the controller's other FURLs is, for the error when one is used
+# where a client's is needed.
+_NOT_CLIENT_FURLS = {
+    "RIEngineRegistration.v1.ipython1": ("the controller's engine FURL "
+                                         "(ipcontroller-engine.furl, for ipengine)"),
+    "RIControllerAdmin.v1.ipython1": ("the controller's admin FURL "
+                                      "(ipcontroller-admin.furl, for ipcluster adduser/deluser)"),
+}
+
+
+def _check_client_furl(root: Any, furl: str) -> None:
+    """Refuse a FURL that is not a client's (multi-engine or task farm) with a clear error."""
+    name = getattr(getattr(root, "tracker", None), "interfaceName", None)
+    if name in _NOT_CLIENT_FURLS:
+        raise KernelError(
+            f"{wire.furl_location(furl)}: this is {_NOT_CLIENT_FURLS[name]}, not a client's; "
+            "use security/ipcontroller-mec.furl, ipcontroller-task.furl or a user's "
+            "security/users/NAME.furl")
+
+
 @defer.inlineCallbacks
 def _open_session(furl: str, timeout: float, source: str = "", **extra: Any) -> Any:
     """Connect to a FURL and open a session; fire with (tub, root, session).
@@ -956,6 +976,7 @@ def _open_session(furl: str, timeout: float, source: str = "", **extra: Any) -> 
     tub = wire.client_tub()
     try:
         root = yield wire.get_reference(tub, furl, timeout, source)
+        _check_client_furl(root, furl)
         session = yield foolscap_transport.call(
             root, "connect", dict(client_info(), **extra)).addErrback(refusal)
     except Exception:

@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from ipython1.common import versions
 from ipython1.controller.output import OutputReceiver
-from ipython1.kernel import cluster, wire
+from ipython1.kernel import cluster, processes, wire
 from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered, VersionMismatch
 from ipython1.kernel.events import EventBus, Transcript
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
@@ -110,6 +110,8 @@ class Controller(service.MultiService):
         self._broken_mpi_jobs: dict[str, str] = {}  # job -> the engine it lost first
         self.versions = versions.local_versions()
         self.debug_clients: dict[str, Any] = {}  # client name -> its debugger observer
+        # Clients not reading their replies: their queued commands wait (backpressure).
+        self.held_clients: set[str] = set()
 
     # -- registry --
 
@@ -134,6 +136,7 @@ class Controller(service.MultiService):
 
         connection = FoolscapEngineConnection(engine)
         record = EngineRecord(engine_id, connection, EngineQueue(engine_id, send), dict(info))
+        record.queue.held = lambda command: command.client in self.held_clients
         self.engines[engine_id] = record
         connection.notifyOnDisconnect(self._engine_lost, engine_id)
         channels = self.command_channels
@@ -394,7 +397,7 @@ class ControllerService(service.MultiService):
         self.dashboard_address = dashboard  # (ip, port) of the web dashboard, or None
         self.monitor: Any = None
         self.dashboard: Any = None
-        self.cluster_dir = cluster_dir.create()
+        self.cluster_dir = cluster_dir.create(tighten=True)
         self.ip = ip
         self.port = port
         self.location = location  # what the FURLs advertise (addresses.advertised)
@@ -412,8 +415,12 @@ class ControllerService(service.MultiService):
         from ipython1.kernel.datachannel import Relay
 
         # The relay first: a busy --relay-port stops start-up before the Tub listens.
-        self.controller.relay = Relay(self.ip, self.relay_port)
-        self.relay_port = self.controller.relay.port
+        self.controller.relay = relay = Relay(self.ip, self.relay_port)
+        self.relay_port = relay.port
+        # A transfer with an engine that died fails at once, not after PAIR_TIMEOUT.
+        self.controller.add_observer(
+            lambda kind, data: relay.engine_lost(data["engine_id"])
+            if kind == "engine_died" else None)
         self.tub, self.port = wire.listening_tub(cert, self.ip, self.port, self.location)
         if command_channel.enabled() and command_channel.host_key():
             self.controller.command_channels = command_channel.CommandChannelServer(
@@ -430,7 +437,7 @@ class ControllerService(service.MultiService):
         self._publish(MultiEngineReferenceable(self.adapters["mec"]), cluster.MEC_FURL)
         self._publish_users()
         self._publish_extra_adapters()
-        cluster.write_private(self.cluster_dir.pid_file("ipcontroller"), f"{os.getpid()}\n")
+        processes.write_pid_file(self.cluster_dir.pid_file("ipcontroller"), [os.getpid()])
         log.info("controller listening on {ip}:{port} (data relay on port {relay}); "
                  "FURLs advertise {location}", ip=self.ip, port=self.port,
                  relay=self.relay_port, location=wire.furl_location(self.furls[cluster.MEC_FURL]))

@@ -166,6 +166,10 @@ def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0,
         endpoints = addresses.advertised(ip, port, location)
     except ValueError as e:
         raise ControllerNotFound(str(e)) from None
+    from ipython1.kernel.listenguard import ListenerGuard, guarded_negotiation
+
+    # Connections that have not negotiated yet: capped, timed out, floods logged.
+    tub.negotiationClass = guarded_negotiation(ListenerGuard(f"Foolscap port {ip}:{port}"))
     tub.listenOn(addresses.listen_endpoint(ip, port))
     tub.setLocation(addresses.location_hints(endpoints))
     return tub, port

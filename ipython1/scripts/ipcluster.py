@@ -18,7 +18,8 @@ from typing import IO, Any
 
 from twisted.python import usage
 
-from ipython1.kernel.cluster import ClusterDir, pid_alive, read_pid, write_private
+from ipython1.kernel.cluster import ClusterDir, pid_alive, read_pid
+from ipython1.kernel.processes import check, recorded, verified, write_pid_file
 
 ENGINES_PID_FILE = "ipengines"
 
@@ -224,14 +225,21 @@ class Options(_Options):
 
 
 def _python_module(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
+    # Never import from the directory ipcluster runs in: anyone who can write
+    # there (/tmp, a shared project) would run code as the owner.
+    from ipython1.kernel.processes import python_module
+
+    return python_module(module, *args)
 
 
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start a process in its own session, output to log_path."""
-    with open(log_path, "ab") as log:
+    from ipython1.kernel.cluster import open_private_log
+    from ipython1.kernel.processes import safe_environ
+
+    with open_private_log(log_path) as log:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+                                start_new_session=True, env=safe_environ())
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -241,8 +249,15 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def stop_pids(pids: list[int], grace: float) -> list[int]:
-    """SIGTERM pids, wait up to grace seconds, then SIGKILL; return the killed ones."""
+def stop_pids(pids: list[int], grace: float,
+              still_ours: Callable[[list[int]], list[int]] | None = None) -> list[int]:
+    """SIGTERM pids, wait up to grace seconds, then SIGKILL; return the killed ones.
+
+    still_ours, if given, filters pids down to those still the processes we
+    mean, just before each signal (a pid may be reused meanwhile).
+    """
+    if still_ours is not None:
+        pids = still_ours(pids)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -253,6 +268,8 @@ def stop_pids(pids: list[int], grace: float) -> list[int]:
         _reap()
         time.sleep(0.05)
     killed = [p for p in pids if pid_alive(p)]
+    if still_ours is not None:
+        killed = still_ours(killed)
     for pid in killed:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -275,11 +292,18 @@ def _reap() -> None:
 
 
 def engine_pids(cluster_dir: ClusterDir) -> list[int]:
-    try:
-        text = cluster_dir.pid_file(ENGINES_PID_FILE).read_text()
-    except OSError:
-        return []
-    return [int(line) for line in text.split() if line.strip().isdigit()]
+    """Return the engines' pids that are still the processes recorded (never a stranger's)."""
+    return check(cluster_dir.pid_file(ENGINES_PID_FILE)).live
+
+
+def _stale_pid_files(cluster_dir: ClusterDir, out: IO[str]) -> None:
+    """Report and remove pid files that name no process of ours (after a crash)."""
+    for name in ("ipcontroller", ENGINES_PID_FILE):
+        status = check(cluster_dir.pid_file(name))
+        if status.is_stale:
+            out.write(f"ipcluster: removed stale pid file {status.path} "
+                      f"({'; '.join(status.stale) or 'no pid'})\n")
+            status.path.unlink(missing_ok=True)
 
 
 # -- commands -------------------------------------------------------------------
@@ -293,7 +317,7 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
     """Start a controller and n engines; return 0 once all have registered."""
     if n < 1:
         raise usage.UsageError("-n must be at least 1")
-    cluster_dir.create()
+    cluster_dir.create(tighten=True)
     if cluster_dir.controller_running():
         pid = read_pid(cluster_dir.pid_file("ipcontroller"))
         out.write(f"ipcluster: a controller is already running for profile "
@@ -333,7 +357,7 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
         if mpi:
             engines = [track(_spawn(mpi_command(engine_options),
                                     cluster_dir.log_file("mpiexec")))]
-            write_private(cluster_dir.pid_file(ENGINES_PID_FILE), f"{engines[0].pid}\n")
+            write_pid_file(cluster_dir.pid_file(ENGINES_PID_FILE), [engines[0].pid])
         else:
             # One warmed-up process forks the others: start-up and memory are shared.
             engines = [track(_spawn(
@@ -450,13 +474,20 @@ def _wait_for(condition: Callable[[], bool], timeout: float, failed: Callable[[]
 
 
 def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout) -> int:
-    """Stop the engines, then the controller; wait until they are gone."""
-    engines = [p for p in engine_pids(cluster_dir) if pid_alive(p)]
-    controller = read_pid(cluster_dir.pid_file("ipcontroller"))
-    pids = engines + ([controller] if pid_alive(controller) else [])
+    """Stop the engines, then the controller; wait until they are gone.
+
+    Only processes whose start time and command line match their pid file
+    are signalled; a stale pid file is reported and removed.
+    """
+    _stale_pid_files(cluster_dir, out)
+    records = [*recorded(cluster_dir.pid_file(ENGINES_PID_FILE)),
+               *recorded(cluster_dir.pid_file("ipcontroller"))]
+    engines = engine_pids(cluster_dir)
+    controller = check(cluster_dir.pid_file("ipcontroller")).live
+    pids = engines + controller
     if not pids:
         out.write(f"ipcluster: no cluster is running for profile {cluster_dir.profile!r}\n")
-    killed = stop_pids(pids, grace)
+    killed = stop_pids(pids, grace, lambda ps: verified(ps, records))
     for name in ("ipcontroller", ENGINES_PID_FILE):
         cluster_dir.pid_file(name).unlink(missing_ok=True)
     if pids:
@@ -474,8 +505,8 @@ def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout, as_json: bool = F
     from ipython1.kernel.errors import KernelError
     from ipython1.kernel.users import admin_call
 
-    pid = read_pid(cluster_dir.pid_file("ipcontroller"))
-    if not pid_alive(pid):
+    _stale_pid_files(cluster_dir, out)  # reported and removed; never a traceback
+    if not check(cluster_dir.pid_file("ipcontroller")).live:
         out.write(f"ipcluster: no controller is running for profile {cluster_dir.profile!r}\n")
         return 1
     try:
@@ -632,7 +663,16 @@ def deluser(cluster_dir: ClusterDir, name: str, out: IO[str] = sys.stdout) -> in
         return 1
     out.write(f"ipcluster: revoked {name}: {done['dropped']} connection(s) dropped, "
               f"{done['cleared']} queued command(s) cleared\n")
+    if "rotated" in done:
+        out.write(f"ipcluster: {len(done['rotated'])} FURL(s) rotated (engine code could "
+                  "read them); the old ones no longer connect\n")
+        _print_new_furls(done.get("new_furls") or {}, out)
     return 0
+
+
+def _print_new_furls(new_furls: dict[str, str], out: IO[str]) -> None:
+    for user, path in new_furls.items():
+        out.write(f"ipcluster: give {user} their new FURL file: {path}\n")
 
 
 def users(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
@@ -645,10 +685,13 @@ def users(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
     except KernelError as e:
         out.write(f"ipcluster: {e}\n")
         return 1
-    out.write(f"{'user':<20} {'kind':<9} {'connected':>9} {'queued':>7}\n")
+    out.write(f"{'user':<20} {'kind':<9} {'connected':>9} {'queued':>7}  new FURL\n")
     for row in rows:
+        new = "needed" if row.get("needs_new_furl") else ""
         out.write(f"{row['name']:<20} {row['kind']:<9} {row['connected']:>9} "
-                  f"{row['queued']:>7}\n")
+                  f"{row['queued']:>7}  {new}\n")
+    _print_new_furls({row["name"]: str(cluster_dir.security / "users" / f"{row['name']}.furl")
+                      for row in rows if row.get("needs_new_furl")}, out)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
         raise SystemExit(f"ipcontroller: {e}\n{options}") from None
+    os.umask(0o077)  # whatever the controller writes (logs, FURLs, transcript) is owner-only
     cluster_dir = ClusterDir(options["profile"]).create()
     run_service(makeService(options), cluster_dir.log_file("ipcontroller"))
 

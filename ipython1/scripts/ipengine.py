@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     if options["fork"] > 1 or options["pid-file"]:
         pids = fork_engines(options["fork"])
         if pids is not None and options["pid-file"]:
-            from ipython1.kernel.cluster import write_private
+            from ipython1.kernel.processes import write_pid_file
 
-            write_private(Path(options["pid-file"]), "".join(f"{p}\n" for p in pids))
+            write_pid_file(Path(options["pid-file"]), pids)
     from twisted.internet import reactor
 
     cluster_dir = ClusterDir(options["profile"]).create()
