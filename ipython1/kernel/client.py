@@ -124,6 +124,11 @@ def _wait(future: concurrent.futures.Future[Any], timeout: float | None,
         raise Interrupted(on_interrupt()) from None
 
 
+def _wait_for_restarts(client: Any, timeout: float | None) -> None:
+    """Let calls made while the controller is down wait up to the client's timeout."""
+    if timeout is not None and getattr(client, "reconnector", None) is not None:
+        # A little under: the call ends with ConnectionLost's advice, not ClientTimeout.
+        client.reconnector.timeout = timeout * 0.9
 DEBUGGER_POLL = 0.1  # s: how often a blocking wait looks for an engine's pdb prompt
 
 
@@ -145,13 +150,13 @@ class PendingResult:
         self._result: Any = None
         self._error: BaseException | None = None
         self._done = False
-        self.submitted = time.monotonic()
-        self._completed: float | None = None
-        self._callbacks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         # The controller hands a result over once: a wait that timed out keeps
         # its fetch in flight here, and the next call waits on that same fetch.
         self._fetch: concurrent.futures.Future[Any] | None = None
         self._fetch_blocks = False
+        self.submitted = time.monotonic()
+        self._completed: float | None = None
+        self._callbacks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
 
     def get_result(self, block: bool = True, timeout: float | None = None) -> Any:
         """Return the result; without block, raise ResultNotReady if not done.
@@ -295,6 +300,7 @@ class MultiEngineClient:
         future = self._loop.submit(asyncclient.get_multiengine_client, furl_or_file, profile,
                                    connect_timeout)
         self._async: asyncclient.AsyncMultiEngineClient = _wait(future, connect_timeout + 5)
+        _wait_for_restarts(self._async, timeout)
         # Engine pdb prompts arrive on the reactor thread; blocking waits serve them.
         self._debug_prompts: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
         self._async.on_debugger = lambda engine_id, text: self._debug_prompts.put(
@@ -462,6 +468,10 @@ class MultiEngineClient:
              block: bool | None = None) -> Any:
         """End engines at once; with controller=True, the controller too."""
         return self._run(self._async.kill, controller, targets=targets, block=block)
+
+    def restart(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Start engines afresh (new namespace, same id); return once they are back."""
+        return self._run(self._async.restart, targets=targets, block=block)
 
     def interrupt(self, targets: Any = None) -> Any:
         """Raise KeyboardInterrupt in the code running on targets."""
@@ -961,6 +971,7 @@ class TaskClient:
         future = self._loop.submit(asyncclient.get_task_client, furl_or_file, profile,
                                    connect_timeout)
         self._async = _wait(future, connect_timeout + 5)
+        _wait_for_restarts(self._async, timeout)
 
     def _call(self, method: Callable[..., Any], *args: Any, timeout: float | None = None,
               **kwargs: Any) -> Any:

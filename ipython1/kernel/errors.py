@@ -83,6 +83,14 @@ class InvalidTaskID(KernelError):
     """A task id is unknown (never submitted, or its result was cleared)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a blocking call; the message says which engines were interrupted."""
+
+    def _render_traceback_(self) -> list[str]:
+        """One line in IPython and Jupyter, not the client's waiting frames."""
+        return [f"KeyboardInterrupt: {self}"]
+
+
 class TaskRejectError(KernelError):
     """Raised by a task's own code on an engine: run this task on another engine.
 
@@ -92,28 +100,30 @@ class TaskRejectError(KernelError):
     """
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a blocking call; the message says which engines were interrupted."""
-
-    def _render_traceback_(self) -> list[str]:
-        """One line in IPython and Jupyter, not the client's waiting frames."""
-        return [f"KeyboardInterrupt: {self}"]
-
-
 class VersionMismatch(KernelError):
     """The two sides run incompatible ipython1 versions; the message names both."""
 
 
 class EngineError(KernelError):
-    """An engine died or vanished while a command was queued or running."""
+    """An engine died or vanished while a command was queued or running.
 
-    def __init__(self, engine_id: int, message: str = "") -> None:
+    ``death`` says what is known of how: ``host``, ``pid``, ``exit`` (e.g.
+    "killed by signal 9 (SIGKILL)", when a supervisor saw it) and ``stderr``
+    (its last lines); the message names them too.
+    """
+
+    def __init__(self, engine_id: int, message: str = "",
+                 death: dict[str, Any] | None = None) -> None:
         self.engine_id = engine_id
         self.message = message or f"engine {engine_id} died"
+        self.death = dict(death or {})
+        self.host = self.death.get("host")
+        self.exit = self.death.get("exit")
+        self.stderr = self.death.get("stderr")
         super().__init__(self.message)
 
     def __reduce__(self) -> Any:
-        return (EngineError, (self.engine_id, self.message))
+        return (EngineError, (self.engine_id, self.message, self.death))
 
 
 class RemoteError(KernelError):
@@ -292,7 +302,7 @@ def error_to_wire(exc: BaseException, engine_id: int | None = None) -> dict[str,
         }
     if isinstance(exc, EngineError):
         return {"kind": "engine", "engine_id": exc.engine_id, "ename": "EngineError",
-                "evalue": exc.message, "traceback": ""}
+                "evalue": exc.message, "traceback": "", "death": exc.death}
     kind = "kernel" if type(exc).__name__ in _LOCAL_ERRORS else "remote"
     return {
         "kind": kind,
@@ -310,7 +320,9 @@ def error_from_wire(data: dict[str, Any]) -> KernelError:
     evalue = str(data.get("evalue", ""))
     engine_id = data.get("engine_id")
     if kind == "engine":
-        return EngineError(engine_id if engine_id is not None else -1, evalue)
+        death = data.get("death")
+        return EngineError(engine_id if engine_id is not None else -1, evalue,
+                           death if isinstance(death, dict) else None)
     if kind == "kernel" and ename in _LOCAL_ERRORS:
         # Name the engine, as RemoteError does (e.g. a value pull could not serialize).
         where = f"[engine {engine_id}] " if isinstance(engine_id, int) and \
