@@ -27,20 +27,32 @@ from typing import Any
 
 from ipython1.kernel.cluster import ClusterDir
 
-ENGINE_KINDS = ("local", "mpi")
-
-
 class Cluster:
-    """A controller and n engines for one profile, started and stopped from Python."""
+    """A controller and n engines for one profile, started and stopped from Python.
+
+    ``engines`` is where engines run, as ``ipcluster start --engines``: "local"
+    (forked here), "mpi"/"mpiexec", "ssh", "slurm", "sge", "pbs" or "lsf";
+    ``launch_options`` are that command's options with ``_`` for ``-``
+    (``hosts="h1:4,h2:4"``, ``queue="short"``, ``time="0:30:00"``...), and
+    ``location`` what the FURLs advertise to other hosts (docs/deployment.md).
+    """
 
     def __init__(self, n: int = 4, engines: str = "local", profile: str = "default",
-                 ip: str = "127.0.0.1", timeout: float = 120.0) -> None:
-        if engines not in ENGINE_KINDS:
-            raise ValueError(f"engines must be one of {ENGINE_KINDS}, not {engines!r}")
+                 ip: str = "127.0.0.1", timeout: float = 120.0, location: str | None = None,
+                 **launch_options: Any) -> None:
+        from ipython1.cluster import ENGINE_KINDS
+
+        kind = "mpiexec" if engines == "mpi" else engines
+        if kind not in ENGINE_KINDS:
+            raise ValueError(f"engines must be one of mpi, {', '.join(ENGINE_KINDS)}; "
+                             f"not {engines!r}")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive int, not {n!r}")
         self.n = n
         self.engines = engines
+        self.engines_kind = kind
+        self.launch_options = {k.replace("_", "-"): v for k, v in launch_options.items()}
+        self.location = location
         self.profile = profile
         self.ip = ip
         self.timeout = timeout
@@ -66,7 +78,10 @@ class Cluster:
             raise RuntimeError(f"{self!r} was started already")
         out = io.StringIO()
         code = ipcluster.start(self.cluster_dir, self.n, self.ip, self.timeout, daemon=True,
-                               mpi=self.engines == "mpi", out=out, on_start=self.pids.append)
+                               mpi=self.engines_kind == "mpiexec", out=out,
+                               on_start=self.pids.append, location=self.location,
+                               engines_kind=self.engines_kind,
+                               launch_options=self.launch_options)
         if code != 0:
             raise RuntimeError(out.getvalue().strip() or f"ipcluster start failed ({code})")
         self._started = True

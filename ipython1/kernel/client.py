@@ -164,7 +164,8 @@ class PendingResult:
         A wait that times out (ClientTimeout) loses nothing: the result stays
         fetchable until it is fetched.
         """
-        return self._get(block, timeout if timeout is not None else self.client.timeout)
+        return self._called_back(self._get(block, timeout if timeout is not None
+                                           else self.client.timeout))
 
     def _get(self, block: bool, timeout: float | None) -> Any:
         from ipython1.kernel.errors import ResultNotReady
@@ -193,7 +194,7 @@ class PendingResult:
             self._completed = time.monotonic()
         if self._error is not None:
             raise self._error
-        return self._called_back(self._result)
+        return self._result
 
     def ready(self) -> bool:
         """Tell whether the result (or its error) has arrived, without waiting for it."""
@@ -251,8 +252,7 @@ class PendingResult:
         """What each engine printed (waits for the result): a str per engine, one for an
         int target; None for calls that print nothing (push, pull...)."""
         try:
-            self.get_result()
-            value = self._result
+            value = self._get(True, self.client.timeout)  # without the callbacks
         except KernelError:
             value = self._error
         kept = getattr(self._pending, "stdout", None)  # apply and map (call_with_stdout)

@@ -6,8 +6,9 @@ is evaluated *on the controller* against each engine's properties before the
 task is sent, as IPython 0.10 did, so an engine without the property never
 sees the task. Values are plain data (None, bool, int, float, str, bytes and
 lists, tuples or str-keyed dicts of them; a tuple reads back as a list), so
-the controller stores them without unpickling anything; only a property depend function is unpickled,
-and only the cluster's owner may submit one (see docs/tasks.md).
+the controller stores them without unpickling anything; only a property
+depend function is unpickled, and only the cluster's owner may submit one
+(see docs/tasks.md).
 
 Pure logic: no reactor, no Foolscap.
 """

@@ -85,6 +85,10 @@ def test_cluster_start_failure_says_why(ipython1_dir):
         ipython1.Cluster(n=0)
     with pytest.raises(ValueError, match="engines"):
         ipython1.Cluster(engines="ssh-to-the-moon")
+    spec = ipython1.Cluster(engines="slurm", queue="short", engines_per_job=2)
+    assert spec.engines_kind == "slurm"
+    assert spec.launch_options == {"queue": "short", "engines-per-job": 2}
+    assert ipython1.Cluster(engines="mpi").engines_kind == "mpiexec"
     first = ipython1.Cluster(n=1, profile="resize", timeout=60).start()
     _, seen = ipython1_dir
     seen += first.pids

@@ -121,6 +121,19 @@ def test_pending_result_elapsed_stdout_and_callbacks(mec):
         one.add_callback("not callable")
 
 
+def test_ready_and_wait_with_elapsed_and_callbacks(mec):
+    """ipyparallel's ready()/wait() (issue 18) beside elapsed and 0.10's callbacks."""
+    calls = []
+    pending = mec.execute("import time; time.sleep(0.4)", targets=1, block=False)
+    pending.add_callback(lambda r: calls.append(r) or r.engine_id)
+    assert not pending.ready()
+    assert pending.wait(30)
+    done = pending.elapsed
+    assert pending.ready() and 0.4 <= done < 30 and calls == []  # callbacks: on fetch only
+    assert pending.get_result() == 1 and len(calls) == 1
+    assert pending.elapsed == done
+
+
 def test_apply_and_map_keep_their_stdout(mec):
     def shout(x):
         print("got", x)

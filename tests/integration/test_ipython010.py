@@ -456,7 +456,6 @@ def test_tasktest_ported(tc, mec):
         tc.get_task_result(tid, block=True)
 
 
-@pytest.mark.xfail(reason="clear_after on a failed task: issue 18 (branch h18)", strict=False)
 def test_clear_before_and_after(tc, mec):
     mec.set_properties({"pinned": True}, targets=0)
     mec.execute("b=1", targets=0)
