@@ -7,7 +7,7 @@ derived from it:
 
 - ``RIEngine.run(op, args)``, the engine's one queued entry, and the check of
   ``args`` against the op's schema that the engine makes on either transport
-  (`check_args`);
+  (`checked`);
 - the multi-engine session's method per op, ``op(*args, targets, block)``
   (`session_schemas`, in ``RIMultiEngineSession``), which the command channel
   checks as Foolscap does;
