@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engines", type=int, default=1, help="N for the scale phase")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", default=None, help="temporary directory for cluster files")
+    parser.add_argument("--grid", default=None,
+                        help="cross-host run: JSON of the grid hosts (bench/grid.py)")
     return parser.parse_args(argv)
 
 

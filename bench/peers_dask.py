@@ -18,6 +18,8 @@ from typing import Any
 
 import distributed
 import numpy as np
+from grid import GridHost, GridSpec
+
 from common import (
     MIB,
     Results,
@@ -62,32 +64,40 @@ def json_file_ready(path: Path) -> bool:
 class Cluster:
     """A dask scheduler and N single-threaded workers as child processes."""
 
-    def __init__(self, n: int, workdir: Path) -> None:
+    def __init__(self, n: int, workdir: Path, grid: GridSpec | None = None) -> None:
         self.n = n
         self.workdir = workdir
+        self.grid = grid  # cross-host: scheduler on ctl, workers on the engine hosts
         self.scheduler_file = workdir / f"scheduler_{n}.json"
         self.scheduler: subprocess.Popen[bytes] | None = None
-        self.workers: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
         self.client: Client | None = None
 
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, args: list[str], log_name: str,
+               host: GridHost | None = None) -> subprocess.Popen[bytes]:
         dask = str(Path(sys.executable).with_name("dask"))
+        argv = [dask, *args] if host is None else GridSpec.on(host, [dask, *args])
         with open(self.workdir / log_name, "wb") as logf:
-            return subprocess.Popen([dask, *args], stdout=logf, stderr=subprocess.STDOUT,
+            return subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
 
     def start(self, timeout: float) -> float:
         """Start scheduler and workers; return seconds until all N workers registered."""
         t0 = time.monotonic()
+        grid = self.grid
         self.scheduler = self._spawn(
-            ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--scheduler-file", str(self.scheduler_file)], f"scheduler_{self.n}.log")
+            ["scheduler", "--host", grid.ctl.address if grid else "127.0.0.1", "--port", "0",
+             "--no-dashboard", "--scheduler-file", str(self.scheduler_file)],
+            f"scheduler_{self.n}.log", grid.ctl if grid else None)
         # Memory limits off: the default splits RAM between workers, which at
         # N=256 would pause workers holding the 256 MiB arrays of W4.
-        self.workers = self._spawn(
-            ["worker", "--scheduler-file", str(self.scheduler_file), "--nworkers", str(self.n),
-             "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", "0"],
-            f"workers_{self.n}.log")
+        placement = grid.spread(self.n) if grid else [(None, self.n)]
+        for host, k in placement:
+            self.workers.append(self._spawn(
+                ["worker", "--scheduler-file", str(self.scheduler_file), "--nworkers", str(k),
+                 "--nthreads", "1", "--host", host.address if host else "127.0.0.1",
+                 "--no-dashboard", "--memory-limit", "0"],
+                f"workers_{self.n}_{host.name if host else 'local'}.log", host))
         scheduler = self.scheduler
         wait_until(lambda: scheduler.poll() is not None or json_file_ready(self.scheduler_file),
                    timeout, what="scheduler file")
@@ -105,7 +115,7 @@ class Cluster:
                 self.client.close(timeout=10)
             except Exception as exc:
                 log(f"closing client: {exc}")
-        for proc in (self.workers, self.scheduler):
+        for proc in (*self.workers, self.scheduler):
             if proc is not None:
                 stop_tree(proc.pid, grace=15.0)
                 proc.wait(5)
@@ -274,7 +284,9 @@ def main() -> None:
     args = parse_args()
     install_term_handler()
     become_subreaper()
-    run_phase(args, Results(SYSTEM, distributed.__version__, args.phase), PHASES, Cluster, "bench-dask-")
+    run_phase(args, Results(SYSTEM, distributed.__version__, args.phase), PHASES,
+              lambda n, workdir: Cluster(n, workdir, GridSpec.from_json(args.grid)),
+              "bench-dask-")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from typing import Any
 
 import ipyparallel as ipp
 import numpy as np
+from grid import GridSpec
+
 from common import (
     MIB,
     Results,
@@ -63,10 +65,12 @@ def json_file_ready(path: Path) -> bool:
 class Cluster:
     """An ipcluster child process with N engines, and a connected Client."""
 
-    def __init__(self, n: int, workdir: Path) -> None:
+    def __init__(self, n: int, workdir: Path, grid: GridSpec | None = None) -> None:
         self.n = n
+        self.grid = grid  # cross-host: the controller on ctl, engines on the engine hosts
         self.profile_dir = workdir / f"profile_ipp_{n}"
         self.log_path = workdir / f"ipcluster_{n}.log"
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.rc: ipp.Client | None = None
         self.startup_s: float | None = None
@@ -76,11 +80,15 @@ class Cluster:
         ipcluster = str(Path(sys.executable).with_name("ipcluster"))
         env = dict(os.environ, IPYTHONDIR=str(self.profile_dir.parent / "ipython"))
         t0 = time.monotonic()
-        with open(self.log_path, "wb") as logf:
-            self.proc = subprocess.Popen(
-                [ipcluster, "start", f"-n={self.n}", f"--profile-dir={self.profile_dir}",
-                 "--daemonize=False", "--log-level=WARN"],
-                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        if self.grid is not None:
+            self._start_across_hosts(env)
+        else:
+            with open(self.log_path, "wb") as logf:
+                self.proc = subprocess.Popen(
+                    [ipcluster, "start", f"-n={self.n}", f"--profile-dir={self.profile_dir}",
+                     "--daemonize=False", "--log-level=WARN"],
+                    stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                self.procs.append(self.proc)
         url_file = self.profile_dir / "security" / "ipcontroller-client.json"
         proc = self.proc
         wait_until(lambda: proc.poll() is not None or json_file_ready(url_file),
@@ -93,6 +101,29 @@ class Cluster:
         self.startup_s = time.monotonic() - t0
         return self.startup_s
 
+    def _start_across_hosts(self, env: dict[str, str]) -> None:
+        """ipcontroller on the ctl host, one ipengine process per engine elsewhere."""
+        grid = self.grid
+        assert grid is not None
+        bin_dir = Path(sys.executable).parent
+        with open(self.log_path, "wb") as logf:
+            self.proc = subprocess.Popen(
+                grid.on(grid.ctl, [str(bin_dir / "ipcontroller"),
+                                   f"--profile-dir={self.profile_dir}",
+                                   f"--ip={grid.ctl.address}", "--log-level=WARN"]),
+                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            self.procs.append(self.proc)
+            engine_file = self.profile_dir / "security" / "ipcontroller-engine.json"
+            wait_until(lambda: json_file_ready(engine_file), 60, what="engine connection file")
+            for host, k in grid.spread(self.n):
+                for _ in range(k):
+                    self.procs.append(subprocess.Popen(
+                        grid.on(host, [str(bin_dir / "ipengine"),
+                                       f"--profile-dir={self.profile_dir}",
+                                       "--log-level=WARN"]),
+                        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        env=env))
+
     def stop(self) -> None:
         """Stop engines and controller, whatever state they are in."""
         if self.rc is not None:
@@ -100,14 +131,17 @@ class Cluster:
                 self.rc.close()
             except Exception as exc:
                 log(f"closing client: {exc}")
-        if self.proc is not None:
-            # ipcluster stops its controller and engines on SIGTERM; stop_tree
-            # kills what is left after the grace period.
-            stop_tree(self.proc.pid, grace=15.0)
-            self.proc.wait(5)
+        # ipcluster stops its controller and engines on SIGTERM; stop_tree
+        # kills what is left after the grace period.
+        for proc in reversed(self.procs):
+            stop_tree(proc.pid, grace=15.0)
+            proc.wait(5)
 
     def not_engines(self) -> set[int]:
         """Return the pids of ipcluster and the controller's processes."""
+        if self.grid is not None:
+            return {p for p in descendants(os.getpid())
+                    if "ipcontroller" in cmdline(p) or "ipyparallel.controller" in cmdline(p)}
         assert self.proc is not None
         pids = {self.proc.pid}
         pids.update(p for p in descendants(self.proc.pid) if "ipyparallel.controller" in cmdline(p))
@@ -258,7 +292,9 @@ def main() -> None:
     args = parse_args()
     install_term_handler()
     become_subreaper()
-    run_phase(args, Results(SYSTEM, ipp.__version__, args.phase), PHASES, Cluster, "bench-ipp-")
+    run_phase(args, Results(SYSTEM, ipp.__version__, args.phase), PHASES,
+              lambda n, workdir: Cluster(n, workdir, GridSpec.from_json(args.grid)),
+              "bench-ipp-")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grid
 import report
 from common import (
     DATA_ENGINES,
@@ -49,6 +50,9 @@ QUICK_ENGINES = (1, 8)
 PHASE_TIMEOUT_S = 300.0
 
 
+GRID: Any = None  # the hosts of a --cross-host run (tests.hostgrid.HostGrid)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse run.py's command line."""
     parser = argparse.ArgumentParser(description=__doc__,
@@ -62,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"(default {','.join(map(str, DEFAULT_ENGINES))}; "
                              f"--quick: {','.join(map(str, QUICK_ENGINES))})")
     parser.add_argument("--out", default=str(BENCH / "results"), help="output directory")
+    parser.add_argument("--cross-host", action="store_true",
+                        help="run each system across network-namespace hosts (as root): "
+                             "controller/scheduler on one, engines/workers on two, the "
+                             "client on a fourth (bench/grid.py)")
     parser.add_argument("--ipython1-python", default=None,
                         help="python of the project's venv (default: $IPYTHON1_PYTHON, "
                              "else .venv/bin/python in the repository, else this python)")
@@ -115,6 +123,9 @@ def run_child(python: str, script: str, phase: str, args: list[str], timeout: fl
               log_path: Path) -> dict[str, Any]:
     """Run one phase as a child; return its JSON document, or one describing the failure."""
     command = [python, str(BENCH / script), *([phase] if phase else []), *args]
+    if GRID is not None:  # the client runs on the grid's cli host; --grid tells the rest
+        command = GRID["cli"].command([*command, *(["--grid", grid.describe(GRID)]
+                                                   if phase else [])])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
     t0 = time.monotonic()
@@ -198,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                  "engines": args.engines, "systems": args.systems},
         "systems": {},
     }
+    global GRID
     try:
+        if args.cross_host:
+            GRID = grid.make_grid()
+            doc["meta"]["cross_host"] = True
         peers = ensure_peer_venv()
         log("reference: loopback TCP and memcpy bandwidth")
         doc["reference"] = run_child(str(peers), "reference.py", "", [], PHASE_TIMEOUT_S,
@@ -209,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             doc["systems"][system] = run_system(system, python, args.engines, args.quick, logs)
     finally:
         stop_my_descendants()
+        if GRID is not None:
+            GRID.stop()
         (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
         (out / "results.md").write_text(report.markdown(doc))
         log(f"wrote {out / 'results.json'} and {out / 'results.md'}")

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from grid import GridHost, GridSpec
+
 from common import (
     MIB,
     Results,
@@ -134,6 +136,51 @@ class Cluster:
         """Return each engine's pid, in engine order."""
         self.mec.execute("import os as _os; _bench_pid = _os.getpid()")
         return [int(p) for p in self.mec.pull("_bench_pid")]
+
+
+class GridCluster(Cluster):
+    """The same cluster across hosts: the controller on ctl, engines on the engine hosts.
+
+    This process (the client) runs on the cli host (run.py --cross-host), so
+    no same-host shortcut applies: commands take Foolscap, data the relay.
+    """
+
+    def __init__(self, n: int, workdir: Path, client: ModuleType, grid: GridSpec) -> None:
+        super().__init__(n, workdir, client)
+        self.grid = grid
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(self, host: GridHost, argv: list[str], name: str) -> None:
+        with open(self.log_path.with_name(f"{name}.log"), "ab") as logf:
+            self.procs.append(subprocess.Popen(
+                self.grid.on(host, argv), stdout=logf, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=self.env))
+
+    def start(self, timeout: float) -> float:
+        t0 = time.monotonic()
+        self.started = True
+        furl = self.security / "ipcontroller-mec.furl"
+        self._spawn(self.grid.ctl, [sys.executable, "-m", "ipython1.scripts.ipcontroller",
+                                    "--profile", PROFILE, "--ip", self.grid.ctl.address],
+                    "ipcontroller")
+        wait_until(furl.exists, timeout, what="ipcontroller-mec.furl")
+        for host, k in self.grid.spread(self.n):
+            self._spawn(host, [sys.executable, "-m", "ipython1.scripts.ipengine", "--profile",
+                               PROFILE, "--fork", str(k), "--connect-timeout",
+                               f"{timeout:.0f}"], f"ipengine-{host.name}")
+        self.mec = self.client.MultiEngineClient(str(furl))
+        wait_until(lambda: len(self.mec.get_ids()) >= self.n,
+                   max(1.0, timeout - (time.monotonic() - t0)), interval=0.05,
+                   what=f"{self.n} engines registered")
+        return time.monotonic() - t0
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+
+    def not_engines(self) -> set[int]:
+        return {p for p in descendants(os.getpid()) if "ipcontroller" in cmdline(p)}
 
 
 def scale(results: Results, cluster: Cluster, settings: Settings) -> None:
@@ -304,8 +351,10 @@ def main() -> None:
         results.emit()
         return
     results = Results(SYSTEM, str(getattr(ipython1, "__version__", "dev")), args.phase)
-    run_phase(args, results, PHASES, lambda n, workdir: Cluster(n, workdir, client),
-              "bench-ipython1-")
+    grid = GridSpec.from_json(args.grid)
+    run_phase(args, results, PHASES,
+              lambda n, workdir: GridCluster(n, workdir, client, grid) if grid
+              else Cluster(n, workdir, client), "bench-ipython1-")
 
 
 if __name__ == "__main__":

@@ -25,12 +25,16 @@ the hosts files) is removed on exit, even after a failure.
 
 from __future__ import annotations
 
+import functools
 import os
+import pickle
 import shutil
 import signal
+import struct
 import subprocess
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -54,6 +58,17 @@ def unavailable_reason() -> str | None:
     for tool in ("ip", "unshare", "hostname"):
         if shutil.which(tool) is None:
             return f"{tool!r} is missing (apt-get install iproute2 util-linux hostname)"
+    return _probe()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> str | None:
+    """Make and remove one namespace: a container may forbid it even to root."""
+    name = f"ip1probe{os.getpid()}"
+    made = _ip("netns", "add", name, check=False)
+    _ip("netns", "del", name, check=False)
+    if made.returncode != 0:
+        return f"cannot make a network namespace: {made.stderr.strip()}"
     return None
 
 
@@ -101,6 +116,10 @@ class Host:
         return subprocess.run(self.command(argv), env=env, timeout=timeout, check=check,
                               **kwargs)
 
+    def python(self, env: dict[str, str] | None = None, setup: str = "") -> HostPython:
+        """Start a Python process in this host that runs code sent by the test."""
+        return HostPython(self, env, setup)
+
     def pids(self) -> list[int]:
         """Return the pid of every process running in this host's namespace."""
         proc = _ip("netns", "pids", self.netns, check=False)
@@ -115,6 +134,113 @@ class Host:
             except ProcessLookupError:
                 pass
         return pids
+
+
+class RemoteFailure(Exception):
+    """Code run by HostPython raised an exception that could not be sent back as itself."""
+
+    def __init__(self, type_name: str, message: str, text: str) -> None:
+        super().__init__(f"{type_name}: {message}\n--- in the host ---\n{text}")
+        self.type_name = type_name
+        self.message = message
+        self.text = text
+
+
+class HostPython:
+    """A Python process in a grid host, running code the test sends it.
+
+    A test process cannot dial into the grid itself (its reactor thread, if
+    any, lives in the machine's own namespace), so a client runs here:
+
+        py = grid["cli"].python(env, setup="from ipython1.kernel import client")
+        py.exec("mec = client.MultiEngineClient(furl)", furl=path)
+        assert py.eval("mec.get_ids()") == [0, 1]
+
+    Values travel pickled. An exception comes back as itself when it
+    pickles, else as RemoteFailure with its type name, message and traceback.
+    """
+
+    def __init__(self, host: Host, env: dict[str, str] | None = None, setup: str = "") -> None:
+        self.host = host
+        self.proc = host.popen([sys.executable, __file__, "--serve-python"], env=env,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        if setup:
+            self.exec(setup)
+
+    def _call(self, kind: str, source: str, names: dict[str, Any], timeout: float) -> Any:
+        _send(self.proc.stdin, (kind, source, names, timeout))
+        ok, value = _receive(self.proc.stdout)
+        if ok:
+            return value
+        raise value if isinstance(value, BaseException) else RemoteFailure(*value)
+
+    def exec(self, code: str, timeout: float = 120, **names: Any) -> None:
+        """Run statements in this process's namespace (names are assigned first)."""
+        self._call("exec", code, names, timeout)
+
+    def eval(self, expression: str, timeout: float = 120, **names: Any) -> Any:
+        """Evaluate an expression in this process's namespace; return its value."""
+        return self._call("eval", expression, names, timeout)
+
+    def close(self) -> None:
+        """End the process (closing its stdin); kill it if it lingers."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _send(stream: Any, value: Any) -> None:
+    data = pickle.dumps(value)
+    stream.write(struct.pack("!Q", len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream: Any) -> Any:
+    header = stream.read(8)
+    if len(header) < 8:
+        raise EOFError("the host's Python process exited")
+    (size,) = struct.unpack("!Q", header)
+    return pickle.loads(stream.read(size))
+
+
+def _serve_python() -> None:
+    """Run (kind, source, names, timeout) requests from stdin; answer on the original stdout."""
+    import faulthandler
+    import traceback
+
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # what the code prints goes to stderr, not into the replies
+    requests = sys.stdin.buffer
+    namespace: dict[str, Any] = {"__name__": "__host__"}
+    while True:
+        try:
+            kind, source, names, timeout = _receive(requests)
+        except EOFError:
+            return
+        namespace.update(names)
+        faulthandler.dump_traceback_later(timeout + 30, exit=True)  # a hang ends loudly
+        try:
+            if kind == "eval":
+                reply: tuple[bool, Any] = (True, eval(source, namespace))
+            else:
+                exec(source, namespace)
+                reply = (True, None)
+        except BaseException as e:  # noqa: BLE001  (sent back to the test)
+            reply = (False, e)
+            try:
+                pickle.loads(pickle.dumps(e))
+            except Exception:
+                reply = (False, (type(e).__name__, str(e), traceback.format_exc()))
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        try:
+            _send(replies, reply)
+        except Exception as e:  # the value does not pickle
+            _send(replies, (False, (type(e).__name__, str(e), repr(reply[1])[:2000])))
 
 
 class HostGrid:
@@ -142,7 +268,7 @@ class HostGrid:
     def __getitem__(self, name: str) -> Host:
         return self.hosts[name]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Host]:
         return iter(self.hosts.values())
 
     def __enter__(self) -> HostGrid:
@@ -223,3 +349,7 @@ class HostGrid:
             NETNS_ETC.rmdir()  # only when no other grid (or admin) uses it
         except OSError:
             pass
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve-python"]:
+    _serve_python()

@@ -78,7 +78,7 @@ OPS: dict[str, Op] = {
 }
 
 # The calls a session keeps on the controller (no engine runs them) that observers may make.
-SESSION_OBSERVER_ALLOWED = frozenset({"get_ids", "queue_status"})
+SESSION_OBSERVER_ALLOWED = frozenset({"get_ids", "queue_status", "get_properties"})
 
 
 class UnknownOp(KeyError):

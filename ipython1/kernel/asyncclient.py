@@ -22,6 +22,7 @@ from ipython1.common.versions import compare as compare_versions
 from ipython1.common.versions import local_versions, refusal
 from ipython1.kernel import datachannel, replies, wire
 from ipython1.kernel import scatter as scatter_mod
+from ipython1.kernel.addresses import join_host_port
 from ipython1.kernel.cluster import MEC_FURL
 from ipython1.kernel.errors import (
     CompositeError,
@@ -159,8 +160,8 @@ class AsyncMultiEngineClient:
         answer = _check_global_error(answer)
         if "local" in answer:
             return dict(answer)
-        host = wire.furl_location(self.furl).rsplit(":", 1)[0]
-        return dict(answer, relay=f"{host}:{answer['relay_port']}")
+        host = wire.peer_host(self._session, self.furl)  # the relay is beside the Tub
+        return dict(answer, relay=join_host_port(host, answer["relay_port"]))
 
     def _transfer(self, engine_id: int, direction: str, blob_id: bytes, sizes: list[int],
                   frames: list[bytes] | None = None, fresh: bool = False,
@@ -324,6 +325,11 @@ class AsyncMultiEngineClient:
                                                  copy=not block))
         except Exception as e:
             return defer.fail(e)
+        return self._push_frames(frames, targets, block)
+
+    def _push_frames(self, frames: dict[str, list[Any]], targets: Any,
+                     block: bool) -> Deferred[Any]:
+        """Push serialized values; large ones take the data channel."""
         if not any(datachannel.is_large(f) for f in frames.values()):
             return self._command("push", (frames, targets), block, _none, True)
         d = self._ids(targets)
@@ -436,21 +442,31 @@ class AsyncMultiEngineClient:
     def map(self, func: Callable[..., Any], *seqs: Sequence[Any], targets: Any = "all",
             block: bool = True) -> Deferred[Any]:
         """Apply func to the elements of seqs across targets; results in order."""
+        return self._map(func, seqs, targets, block)
+
+    def _map(self, func: Callable[..., Any], seqs: Sequence[Sequence[Any]], targets: Any,
+             block: bool, keep_stdout: bool = False) -> Deferred[Any]:
         if not seqs:
             return defer.fail(TypeError("map() needs at least one sequence"))
         d = self._ids(targets)
+        # keep_stdout: each engine's chunk runs inside call_with_stdout
+        prefix: tuple[Any, ...] = (_map_chunk,) if keep_stdout else ()
 
         def send(ids: list[int]) -> Deferred[Any]:
             length = min(len(s) for s in seqs)
             parts = [scatter_mod.partitions(list(s)[:length], len(ids)) for s in seqs]
-            func_frames = serialize(_map_chunk)
-            args = {e: serialize(((func, *(p[i] for p in parts)), {}))
+            func_frames = serialize(call_with_stdout if keep_stdout else _map_chunk)
+            args = {e: serialize(((*prefix, func, *(p[i] for p in parts)), {}))
                     for i, e in enumerate(ids)}
             return self._apply_each(func_frames, args, block, False)
 
         def joined(result: Any) -> Any:
             if isinstance(result, AsyncPendingResult):
+                if keep_stdout:
+                    return _StdoutPending(result, single=False, join=True)
                 return _JoiningPending(result)
+            if keep_stdout:
+                result = [chunk for chunk, _ in result]
             return [x for chunk in result for x in chunk]
 
         return d.addCallback(send).addCallback(joined)
@@ -543,6 +559,132 @@ class AsyncMultiEngineClient:
         self._observer = None
         return self._remote("unsubscribe_output")
 
+    # -- more IPython 0.10 names (issue 20) --
+
+    def push_serialized(self, namespace: dict[str, list[bytes]], targets: Any = "all",
+                        block: bool = True) -> Deferred[Any]:
+        """Bind already serialized values (serialize.serialize(value)) to their names."""
+        try:
+            _check_namespace(namespace)
+            if not all(_is_frames(v) for v in namespace.values()):
+                raise TypeError("push_serialized() takes {name: serialize(value)}")
+        except Exception as e:
+            return defer.fail(e)
+        return self._push_frames(_wire_frames(dict(namespace)), targets, block)
+
+    def pull_serialized(self, keys: str | Sequence[str], targets: Any = "all",
+                        block: bool = True) -> Deferred[Any]:
+        """Fetch names without deserializing them: frames (serialize.deserialize(frames))."""
+        names = [keys] if isinstance(keys, str) else list(keys)
+        if not all(isinstance(k, str) for k in names):
+            return defer.fail(TypeError(f"keys must be a str or a list of str, not {keys!r}"))
+        def transform(value: Any) -> Any:
+            frames = [[bytes(f) for f in v] for v in value]
+            return frames[0] if isinstance(keys, str) else frames
+
+        return self._command("pull", (names, targets), block, transform,
+                             isinstance(targets, int))
+
+    def zip_pull(self, keys: Sequence[str], targets: Any = "all",
+                 block: bool = True) -> Deferred[Any]:
+        """Pull several names; fire with one tuple per name, its values in target order."""
+        if isinstance(keys, str):
+            return defer.fail(TypeError("zip_pull() takes a list of names"))
+
+        def zipped(values: Any) -> list[tuple[Any, ...]]:
+            per_engine = [values] if isinstance(targets, int) else values
+            return list(zip(*per_engine, strict=True))
+
+        return _then(self.pull(keys, targets=targets, block=block), block, zipped)
+
+    def run(self, filename: Any, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Run a local Python file's code on targets (read here, executed there)."""
+        try:
+            with open(filename, encoding="utf-8") as f:
+                code = f.read()
+        except Exception as e:
+            return defer.fail(e)
+        return self.execute(code, targets=targets, block=block)
+
+    def clear_pending_results(self) -> Deferred[int]:
+        """Drop this client's unfetched results on the controller; fire with how many."""
+        self._finishers.clear()
+        return self._remote("clear_pending_results")
+
+    flush = clear_pending_results
+
+    def apply_keeping_stdout(self, func: Callable[..., Any], *args: Any, targets: Any = "all",
+                             block: bool = False, **kwargs: Any) -> Deferred[Any]:
+        """apply() whose pending result keeps what each call printed (its .stdout)."""
+        d = self.apply(call_with_stdout, func, *args, targets=targets, block=block, **kwargs)
+        single = isinstance(targets, int)
+        if block:
+            return d.addCallback(lambda r: r[0] if single else [v for v, _ in r])
+        return d.addCallback(lambda pending: _StdoutPending(pending, single))
+
+    def map_keeping_stdout(self, func: Callable[..., Any], *seqs: Sequence[Any],
+                           targets: Any = "all", block: bool = False) -> Deferred[Any]:
+        """map() whose pending result keeps what each engine printed (its .stdout)."""
+        return self._map(func, seqs, targets, block, keep_stdout=True)
+
+    def mapper(self, dist: str = "b", targets: Any = "all", block: bool = True) -> Any:
+        """Return a Mapper: m.map(f, xs) fires with the results (see client.parallel)."""
+        from ipython1.client.parallel import Mapper
+
+        return Mapper(self, dist, targets, block)
+
+    def raw_map(self, func: Callable[..., Any], seqs: Sequence[Sequence[Any]],
+                dist: str = "b", targets: Any = None, block: Any = None) -> Deferred[Any]:
+        """raw_map(f, [xs, ys]) is map(f, xs, ys)."""
+        from ipython1.client.parallel import raw_map
+
+        return raw_map(self, func, seqs, dist, targets, block)  # type: ignore[no-any-return]
+
+    def parallel(self, dist: str = "b", targets: Any = "all", block: bool = True) -> Any:
+        """Return a decorator: @mec.parallel() def f(x): ...; f(xs) fires with the map."""
+        from ipython1.client.parallel import Parallel
+
+        return Parallel(self.mapper(dist, targets, block))
+
+    def get_properties(self, keys: Sequence[str] | None = None, targets: Any = "all",
+                       block: bool = True) -> Deferred[Any]:
+        """Fire with each target's properties: a dict of the named ones, or of all."""
+        names = None if keys is None else [keys] if isinstance(keys, str) else list(keys)
+        return self._command("get_properties", (names, targets), block, _identity,
+                             isinstance(targets, int))
+
+    def set_properties(self, properties: dict[str, Any], targets: Any = "all",
+                       block: bool = True) -> Deferred[Any]:
+        """Set properties (plain data) of targets; see properties.py."""
+        from ipython1.kernel.properties import check_plain
+
+        try:
+            check_plain(properties)
+            if not isinstance(properties, dict):
+                raise TypeError("set_properties() takes a dict")
+        except Exception as e:
+            return defer.fail(e)
+        return self._command("update_properties", ("set", properties, targets), block,
+                             _none, True)
+
+    def del_properties(self, keys: Sequence[str], targets: Any = "all",
+                       block: bool = True) -> Deferred[Any]:
+        """Remove the named properties of targets."""
+        names = [keys] if isinstance(keys, str) else list(keys)
+        return self._command("update_properties", ("del", names, targets), block, _none, True)
+
+    def has_properties(self, keys: Sequence[str], targets: Any = "all",
+                       block: bool = True) -> Deferred[Any]:
+        """Fire with, per target, a list of booleans: is each name set there?"""
+        names = [keys] if isinstance(keys, str) else list(keys)
+        return self._command("get_properties", (None, targets), block,
+                             lambda props: [n in props for n in names],
+                             isinstance(targets, int))
+
+    def clear_properties(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Remove every property of targets."""
+        return self._command("update_properties", ("clear", None, targets), block, _none, True)
+
     def _ids(self, targets: Any) -> Deferred[list[int]]:
         """Resolve targets to engine ids (asking the controller for 'all')."""
         if isinstance(targets, int) and not isinstance(targets, bool):
@@ -621,6 +763,78 @@ class _JoiningPending(AsyncPendingResult):
     def get_result(self, block: bool = True) -> Deferred[Any]:
         d = super().get_result(block)
         return d.addCallback(_join_parts)
+
+
+def call_with_stdout(func: Callable[..., Any], /, *args: Any,
+                     **kwargs: Any) -> tuple[Any, str]:
+    """On an engine: call func; return (its value, what it printed). Output still streams."""
+    import io
+    import sys
+
+    kept = io.StringIO()
+    live = sys.stdout
+
+    class Tee:
+        def write(self, text: str) -> int:
+            kept.write(text)
+            return live.write(text)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(live, name)
+
+    sys.stdout = Tee()
+    try:
+        value = func(*args, **kwargs)
+    finally:
+        sys.stdout = live
+    return value, kept.getvalue()
+
+
+class _StdoutPending(AsyncPendingResult):
+    """A pending apply/map run through call_with_stdout: values out, stdout kept."""
+
+    def __init__(self, inner: AsyncPendingResult, single: bool, join: bool = False) -> None:
+        super().__init__(inner.client, inner.id, inner._finish)
+        self._inner = inner
+        self._single = single
+        self._join = join
+        self.stdout: Any = None
+
+    def get_result(self, block: bool = True) -> Deferred[Any]:
+        def split(result: Any) -> Any:
+            if self._single:
+                value, self.stdout = result
+                return value
+            self.stdout = [out for _, out in result]
+            values = [value for value, _ in result]
+            return [x for chunk in values for x in chunk] if self._join else values
+
+        def unwrap(failure: Failure) -> Failure:
+            if failure.check(CompositeError):  # the engines that succeeded: values only
+                failure.value.results = [r[0] if isinstance(r, tuple) and len(r) == 2 else r
+                                         for r in failure.value.results]
+            return failure
+
+        return self._inner.get_result(block).addCallbacks(split, unwrap)
+
+
+class _ThenPending(AsyncPendingResult):
+    """A pending result whose value goes through a function when fetched."""
+
+    def __init__(self, inner: AsyncPendingResult, then: Callable[[Any], Any]) -> None:
+        super().__init__(inner.client, inner.id, inner._finish)
+        self._inner = inner
+        self._then = then
+
+    def get_result(self, block: bool = True) -> Deferred[Any]:
+        return self._inner.get_result(block).addCallback(self._then)
+
+
+def _then(d: Deferred[Any], block: bool, then: Callable[[Any], Any]) -> Deferred[Any]:
+    """Pass a command's result through then(), now (block) or when it is fetched."""
+    if block:
+        return d.addCallback(then)
+    return d.addCallback(lambda pending: _ThenPending(pending, then))
 
 
 def _join_parts(parts: Any) -> Any:
@@ -733,12 +947,33 @@ def warn_about_engine_versions(infos: list[dict[str, Any]]) -> list[str]:
     return messages
 
 
+# What each of the controller's other FURLs is, for the error when one is used
+# where a client's is needed.
+_NOT_CLIENT_FURLS = {
+    "RIEngineRegistration.v1.ipython1": ("the controller's engine FURL "
+                                         "(ipcontroller-engine.furl, for ipengine)"),
+    "RIControllerAdmin.v1.ipython1": ("the controller's admin FURL "
+                                      "(ipcontroller-admin.furl, for ipcluster adduser/deluser)"),
+}
+
+
+def _check_client_furl(root: Any, furl: str) -> None:
+    """Refuse a FURL that is not a client's (multi-engine or task farm) with a clear error."""
+    name = getattr(getattr(root, "tracker", None), "interfaceName", None)
+    if name in _NOT_CLIENT_FURLS:
+        raise KernelError(
+            f"{wire.furl_location(furl)}: this is {_NOT_CLIENT_FURLS[name]}, not a client's; "
+            "use security/ipcontroller-mec.furl, ipcontroller-task.furl or a user's "
+            "security/users/NAME.furl")
+
+
 @defer.inlineCallbacks
 def _open_session(furl: str, timeout: float, **extra: Any) -> Any:
     """Connect to a FURL and open a session; fire with (tub, root, session)."""
     tub = wire.client_tub()
     try:
         root = yield wire.get_reference(tub, furl, timeout)
+        _check_client_furl(root, furl)
         session = yield foolscap_transport.call(
             root, "connect", dict(client_info(), **extra)).addErrback(refusal)
     except Exception:

@@ -144,6 +144,9 @@ class PendingResult:
         self._result: Any = None
         self._error: BaseException | None = None
         self._done = False
+        self.submitted = time.monotonic()
+        self._completed: float | None = None
+        self._callbacks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
 
     def get_result(self, block: bool = True, timeout: float | None = None) -> Any:
         """Return the result; without block, raise ResultNotReady if not done."""
@@ -160,16 +163,73 @@ class PendingResult:
                     raise
                 self._error = e
             self._done = True
+            self._completed = time.monotonic()
         if self._error is not None:
             raise self._error
-        return self._result
+        return self._called_back(self._result)
 
     @property
     def r(self) -> Any:
         return self.get_result()
 
+    # -- IPython 0.10 and ipyparallel habits (issue 20) --
+
+    def add_callback(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Make get_result() return f(result, *args, **kwargs); callbacks chain in order.
+
+        As in IPython 0.10 they run when the result is fetched, in the caller's
+        thread; an error they raise is raised by get_result().
+        """
+        if not callable(f):
+            raise TypeError(f"add_callback() takes a callable, not {type(f).__name__}")
+        self._callbacks.append((f, args, kwargs))
+
+    def _called_back(self, result: Any) -> Any:
+        for f, args, kwargs in self._callbacks:
+            result = f(result, *args, **kwargs)
+        return result
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the call was sent: until its result arrived here, or until now."""
+        end = self._completed if self._completed is not None else time.monotonic()
+        return end - self.submitted
+
+    @property
+    def stdout(self) -> Any:
+        """What each engine printed (waits for the result): a str per engine, one for an
+        int target; None for calls that print nothing (push, pull...)."""
+        try:
+            self.get_result()
+            value = self._result
+        except KernelError:
+            value = self._error
+        kept = getattr(self._pending, "stdout", None)  # apply and map (call_with_stdout)
+        return kept if kept is not None else _stdout_of(value)
+
     def __repr__(self) -> str:
         return f"<PendingResult id={self.id} {'done' if self._done else 'pending'}>"
+
+
+def _stdout_of(value: Any) -> Any:
+    """Each engine's stdout in a command's result (or error), if the result keeps it."""
+    from ipython1.kernel.errors import CompositeError
+    from ipython1.kernel.results import ExecuteResult
+
+    if isinstance(value, ExecuteResult):
+        return value.stdout
+    record = getattr(value, "record", None)
+    if isinstance(value, KernelError) and isinstance(record, dict):
+        return record.get("stdout", "")
+    if isinstance(value, CompositeError):
+        parts = [(r.engine_id, r.stdout) for r in value.results if isinstance(r, ExecuteResult)]
+        parts += [(e.engine_id, (e.record or {}).get("stdout", "")) for e in value.errors
+                  if isinstance(getattr(e, "record", None), dict)]
+        return [text for _, text in sorted(parts, key=lambda p: p[0] if p[0] is not None
+                                           else -1)] or None
+    if isinstance(value, list) and value and all(isinstance(v, ExecuteResult) for v in value):
+        return [v.stdout for v in value]
+    return None
 
 
 class MultiEngineClient:
@@ -295,8 +355,11 @@ class MultiEngineClient:
     def __setitem__(self, key: str, value: Any) -> None:
         self.push({key: value})
 
-    def __getitem__(self, key: str) -> Any:
-        return self.pull(key)
+    def __getitem__(self, key: Any) -> Any:
+        """mec['a'] pulls a; mec[3], mec[0:4], mec[::2] and mec[[1, 2]] are views."""
+        if isinstance(key, str):
+            return self.pull(key)
+        return self.view(key)
 
     def scatter(self, key: str, seq: Any, targets: Any = None, flatten: bool = False,
                 block: bool | None = None) -> Any:
@@ -311,13 +374,18 @@ class MultiEngineClient:
     def map(self, func: Callable[..., Any], *seqs: Sequence[Any], targets: Any = None,
             block: bool | None = None) -> Any:
         """Apply func elementwise across targets; results in order."""
-        return self._run(self._async.map, func, *seqs, targets=targets, block=block,
+        method = self._async.map if (self.block if block is None else block) else \
+            self._async.map_keeping_stdout
+        return self._run(method, func, *seqs, targets=targets, block=block,
                          interruptible=True)
 
     def apply(self, func: Callable[..., Any], *args: Any, targets: Any = None,
               block: bool | None = None, **kwargs: Any) -> Any:
         """Call func(*args, **kwargs) on each target."""
-        return self._run(self._async.apply, func, *args, targets=targets, block=block,
+        # Non-blocking, the PendingResult keeps what the calls printed (its .stdout).
+        method = self._async.apply if (self.block if block is None else block) else \
+            self._async.apply_keeping_stdout
+        return self._run(method, func, *args, targets=targets, block=block,
                          interruptible=True, **kwargs)
 
     def get_result(self, n: int | None = None, targets: Any = None,
@@ -570,6 +638,145 @@ class MultiEngineClient:
         ids = self._call(self._async._ids, self.targets if targets is None else targets)
         self._call(reduction.reduce_on_engines, self._async, func, key, ids, out or key, False)
 
+    # -- IPython 0.10 names, views, executors (issue 20; docs/migration.md) --
+
+    def __len__(self) -> int:
+        """Return how many engines are registered."""
+        return len(self.get_ids())
+
+    def push_serialized(self, namespace: dict[str, list[bytes]], targets: Any = None,
+                        block: bool | None = None) -> Any:
+        """Bind already serialized values ({name: serialize(value)}) to their names."""
+        return self._run(self._async.push_serialized, namespace, targets=targets, block=block)
+
+    def pull_serialized(self, keys: str | Sequence[str], targets: Any = None,
+                        block: bool | None = None) -> Any:
+        """Fetch names as frames, not deserialized (serialize.deserialize(frames))."""
+        return self._run(self._async.pull_serialized, keys, targets=targets, block=block)
+
+    def zip_pull(self, keys: Sequence[str], targets: Any = None,
+                 block: bool | None = None) -> Any:
+        """Pull several names: one tuple per name, its values in target order."""
+        return self._run(self._async.zip_pull, keys, targets=targets, block=block)
+
+    def run(self, filename: Any, targets: Any = None, block: bool | None = None) -> Any:
+        """Run a local Python file's code on targets."""
+        return self._run(self._async.run, filename, targets=targets, block=block,
+                         interruptible=True)
+
+    def barrier(self, pending_results: Sequence[PendingResult]) -> None:
+        """Wait for every PendingResult (0.10): errors are kept for their get_result()."""
+        for pending in sorted(pending_results, key=lambda p: p.id):
+            try:
+                pending.get_result(block=True)
+            except KernelError:
+                pass
+
+    def flush(self) -> None:
+        """Drop this client's results not yet fetched (other clients' stay)."""
+        self._call(self._async.clear_pending_results)
+
+    clear_pending_results = flush
+
+    def get_properties(self, keys: Sequence[str] | None = None, targets: Any = None,
+                       block: bool | None = None) -> Any:
+        """Return each target's properties: a dict of the named ones (or all)."""
+        return self._run(self._async.get_properties, keys, targets=targets, block=block)
+
+    def set_properties(self, properties: dict[str, Any], targets: Any = None,
+                       block: bool | None = None) -> Any:
+        """Set engine properties (plain data), read by tasks' depend functions."""
+        return self._run(self._async.set_properties, properties, targets=targets, block=block)
+
+    def del_properties(self, keys: Sequence[str], targets: Any = None,
+                       block: bool | None = None) -> Any:
+        """Remove the named properties of targets."""
+        return self._run(self._async.del_properties, keys, targets=targets, block=block)
+
+    def has_properties(self, keys: Sequence[str], targets: Any = None,
+                       block: bool | None = None) -> Any:
+        """Return, per target, whether each name is set there."""
+        return self._run(self._async.has_properties, keys, targets=targets, block=block)
+
+    def clear_properties(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Remove every property of targets."""
+        return self._run(self._async.clear_properties, targets=targets, block=block)
+
+    def mapper(self, dist: str = "b", targets: Any = None, block: bool | None = None) -> Any:
+        """Return a Mapper: m.map(f, xs) maps with these targets and blocking."""
+        from ipython1.client.parallel import Mapper
+
+        return Mapper(self, dist, self.targets if targets is None else targets,
+                      self.block if block is None else block)
+
+    def raw_map(self, func: Callable[..., Any], seqs: Sequence[Sequence[Any]],
+                dist: str = "b", targets: Any = None, block: bool | None = None) -> Any:
+        """raw_map(f, [xs, ys]) is map(f, xs, ys)."""
+        from ipython1.client.parallel import raw_map
+
+        return raw_map(self, func, seqs, dist, targets, block)
+
+    def parallel(self, dist: str = "b", targets: Any = None, block: bool | None = None) -> Any:
+        """Return a decorator: @mec.parallel() def f(x): ...; f(xs) maps f over xs."""
+        from ipython1.client.parallel import Parallel
+
+        return Parallel(self.mapper(dist, targets, block))
+
+    def benchmark(self, push_size: int = 10_000) -> dict[str, tuple[float, str]]:
+        """Measure latency (execute 'pass') and push throughput, as IPython 0.10 did."""
+        import numpy as np
+
+        def best(run: Callable[[], Any], repeat: int = 3, count: int = 10) -> float:
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                for _ in range(count):
+                    run()
+                times.append((time.perf_counter() - t0) / count)
+            return min(times)
+
+        ids = self.get_ids()
+        data = {"a": np.zeros(push_size, dtype="float64")}
+        return {
+            "single_engine_latency": (1000 * best(lambda: self.execute(
+                "pass", targets=ids[0], block=True)), "msec"),
+            "all_engine_latency": (1000 * best(lambda: self.execute(
+                "pass", targets=ids, block=True)), "msec"),
+            "all_engine_push": (1e-6 * push_size * 8 / best(lambda: self.push(
+                data, targets=ids, block=True)), "MB/sec"),
+            "single_engine_push": (1e-6 * push_size * 8 / best(lambda: self.push(
+                data, targets=ids[0], block=True)), "MB/sec"),
+        }
+
+    def view(self, targets: Any) -> Any:
+        """Return a View: this client restricted to targets (also mec[0:4], mec[3])."""
+        from ipython1.client.views import View, resolve
+
+        return View(self, resolve(targets, self.get_ids))
+
+    def executor(self, targets: Any = None) -> Any:
+        """Return a concurrent.futures.Executor running each call on one of targets."""
+        from ipython1.client.executor import MultiEngineExecutor
+
+        return MultiEngineExecutor(self, targets)
+
+    def wait_for_engines(self, n: int, timeout: float | None = None) -> list[int]:
+        """Wait until at least n engines are registered; return their ids."""
+        from ipython1.kernel.errors import ClientTimeout
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            ids = self.get_ids()
+            if len(ids) >= n:
+                return ids
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ClientTimeout(f"{len(ids)} engine(s) registered, not {n}, "
+                                    f"within {timeout:g} s")
+            left = delay if deadline is None else min(delay, deadline - time.monotonic())
+            time.sleep(max(0.0, left))
+            delay = min(delay * 1.5, 0.5)
+
     def close(self) -> None:
         """Disconnect from the controller."""
         self._loop.reactor.callFromThread(self._async.disconnect)
@@ -689,8 +896,8 @@ class TaskClient:
         """Tell whether calls take the controller's local command channel (same host)."""
         return bool(self._async.local_channel)
 
-    def run(self, task: Any) -> int:
-        """Queue a StringTask or MapTask; return its task id at once."""
+    def run(self, task: Any, block: bool = False) -> int:
+        """Queue a StringTask or MapTask; return its task id at once (block: 0.10's, unused)."""
         if not hasattr(task, "to_wire"):
             raise TypeError(f"run() takes a StringTask or a MapTask, not {type(task).__name__}")
         spec = task.to_wire()  # serialize here, not on the reactor thread
@@ -766,6 +973,33 @@ class TaskClient:
         """Make the controller hand ready tasks to idle engines now."""
         self._call(self._async.spin)
 
+    # -- IPython 0.10 names and executors (issue 20) --
+
+    def mapper(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
+               recovery_task: Any = None, depend: Any = None, block: bool = True,
+               **options: Any) -> Any:
+        """Return a TaskMapper: m.map(f, xs) runs MapTasks with these options."""
+        from ipython1.client.parallel import TaskMapper
+
+        return TaskMapper(self, clear_before, clear_after, retries, recovery_task, depend,
+                          block, **options)
+
+    def parallel(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
+                 recovery_task: Any = None, depend: Any = None, block: bool = True,
+                 **options: Any) -> Any:
+        """Return a decorator: @tc.parallel() def f(x): ...; f(xs) maps f with tasks."""
+        from ipython1.client.parallel import Parallel
+
+        return Parallel(self.mapper(clear_before, clear_after, retries, recovery_task, depend,
+                                    block, **options))
+
+    def executor(self, **options: Any) -> Any:
+        """Return a concurrent.futures.Executor running each call as a task (options:
+        retries, timeout, priority...)."""
+        from ipython1.client.executor import TaskExecutor
+
+        return TaskExecutor(self, **options)
+
     @classmethod
     def _wrap(cls, async_client: Any, timeout: float | None = None) -> TaskClient:
         self = cls.__new__(cls)
@@ -783,3 +1017,35 @@ class TaskClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+from ipython1.client.interactive import interactive  # noqa: E402 - ipyparallel's name
+
+__all__ += ["interactive"]
+
+# -- IPython 0.10: the errors, importable from client (client.CompositeError...) --
+
+from ipython1.kernel.errors import (  # noqa: E402
+    CompositeError,
+    ControllerNotFound,
+    EngineError,
+    InvalidEngineID,
+    InvalidPendingResult,
+    InvalidTaskID,
+    NoEnginesRegistered,
+    PermissionDenied,
+    QueueCleared,
+    RemoteError,
+    ResultNotReady,
+    SerializationError,
+    TaskAborted,
+    TaskRejectError,
+    TaskTimeout,
+    UnmetDependency,
+)
+
+__all__ += ["ClientTimeout", "CompositeError", "ConnectionLost", "ControllerNotFound",
+            "EngineError", "InvalidEngineID", "InvalidPendingResult", "InvalidTaskID",
+            "KernelError", "NoEnginesRegistered", "PermissionDenied", "QueueCleared",
+            "RemoteError", "ResultNotReady", "SerializationError", "TaskAborted",
+            "TaskRejectError", "TaskTimeout", "UnmetDependency"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import IO
 
 ENGINE_FURL = "ipcontroller-engine.furl"
 MEC_FURL = "ipcontroller-mec.furl"
@@ -49,11 +50,17 @@ class ClusterDir:
     def pid(self) -> Path:
         return self.path / "pid"
 
-    def create(self) -> ClusterDir:
-        """Make the directories; security/ is readable by the owner only."""
+    def create(self, tighten: bool = False) -> ClusterDir:
+        """Make the directories, owner-only: directories 0700, files 0600.
+
+        Logs hold user code's output, and FURL files are credentials. With
+        tighten (the controller and ipcluster start, not every engine), what
+        an older version left more open is tightened too.
+        """
         for d in (self.path, self.security, self.log, self.pid):
-            d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.security, 0o700)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if tighten:
+            make_private(self.path)
         return self
 
     def furl_file(self, name: str) -> Path:
@@ -66,8 +73,29 @@ class ClusterDir:
         return self.log / f"{name}.log"
 
     def controller_running(self) -> bool:
-        """Tell whether the controller's pid file names a live process."""
-        return pid_alive(read_pid(self.pid_file("ipcontroller")))
+        """Tell whether the controller's pid file names our live controller process
+        (not an unrelated process that took its pid after a crash)."""
+        from ipython1.kernel.processes import check
+
+        return bool(check(self.pid_file("ipcontroller")).live)
+
+
+def make_private(top: Path) -> None:
+    """Make top and every directory below it 0700 and every file 0600."""
+    for root, _dirs, files in os.walk(top):
+        for name, mode in [(root, 0o700)] + [(os.path.join(root, f), 0o600) for f in files]:
+            try:
+                if os.lstat(name).st_mode & 0o777 != mode and not os.path.islink(name):
+                    os.chmod(name, mode)
+            except OSError:
+                pass  # e.g. removed meanwhile
+
+
+def open_private_log(path: Path) -> IO[str]:
+    """Open a log file for appending, readable by its owner only (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "a", buffering=1)
 
 
 def write_private(path: Path, text: str) -> None:

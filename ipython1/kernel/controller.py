@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from ipython1.common import versions
 from ipython1.controller.output import OutputReceiver
-from ipython1.kernel import cluster, wire
+from ipython1.kernel import cluster, processes, wire
 from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered, VersionMismatch
 from ipython1.kernel.events import EventBus, Transcript
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
@@ -46,6 +46,8 @@ class EngineRecord:
     connection: IEngineConnection
     queue: EngineQueue
     info: dict[str, Any] = field(default_factory=dict)
+    # set_properties() (IPython 0.10): plain data kept here, where property depends run
+    properties: dict[str, Any] = field(default_factory=dict)
 
 
 MAX_ENGINE_ID = 2**31 - 1
@@ -108,6 +110,8 @@ class Controller(service.MultiService):
         self._broken_mpi_jobs: dict[str, str] = {}  # job -> the engine it lost first
         self.versions = versions.local_versions()
         self.debug_clients: dict[str, Any] = {}  # client name -> its debugger observer
+        # Clients not reading their replies: their queued commands wait (backpressure).
+        self.held_clients: set[str] = set()
 
     # -- registry --
 
@@ -132,6 +136,7 @@ class Controller(service.MultiService):
 
         connection = FoolscapEngineConnection(engine)
         record = EngineRecord(engine_id, connection, EngineQueue(engine_id, send), dict(info))
+        record.queue.held = lambda command: command.client in self.held_clients
         self.engines[engine_id] = record
         connection.notifyOnDisconnect(self._engine_lost, engine_id)
         channels = self.command_channels
@@ -385,15 +390,18 @@ class ControllerService(service.MultiService):
     """Controller + Tub + FURL files: what `twistd ipcontroller` runs."""
 
     def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
-                 port: int = 0, reserve_ids: int = 0,
+                 port: int = 0, reserve_ids: int = 0, location: str | None = None,
+                 relay_port: int = 0,
                  dashboard: tuple[str, int] | None = ("127.0.0.1", 0)) -> None:
         super().__init__()
         self.dashboard_address = dashboard  # (ip, port) of the web dashboard, or None
         self.monitor: Any = None
         self.dashboard: Any = None
-        self.cluster_dir = cluster_dir.create()
+        self.cluster_dir = cluster_dir.create(tighten=True)
         self.ip = ip
         self.port = port
+        self.location = location  # what the FURLs advertise (addresses.advertised)
+        self.relay_port = relay_port
         self.controller = Controller(reserve_ids=reserve_ids)
         self.controller.setServiceParent(self)
         self.furls: dict[str, str] = {}
@@ -404,10 +412,16 @@ class ControllerService(service.MultiService):
         from ipython1.kernel.multiengine import MultiEngine, MultiEngineReferenceable
 
         cert = self.cluster_dir.security / cluster.CONTROLLER_CERT
-        self.tub, self.port = wire.listening_tub(cert, self.ip, self.port)
         from ipython1.kernel.datachannel import Relay
 
-        self.controller.relay = Relay(self.ip)
+        # The relay first: a busy --relay-port stops start-up before the Tub listens.
+        self.controller.relay = relay = Relay(self.ip, self.relay_port)
+        self.relay_port = relay.port
+        # A transfer with an engine that died fails at once, not after PAIR_TIMEOUT.
+        self.controller.add_observer(
+            lambda kind, data: relay.engine_lost(data["engine_id"])
+            if kind == "engine_died" else None)
+        self.tub, self.port = wire.listening_tub(cert, self.ip, self.port, self.location)
         if command_channel.enabled() and command_channel.host_key():
             self.controller.command_channels = command_channel.CommandChannelServer(
                 self.controller)
@@ -423,8 +437,10 @@ class ControllerService(service.MultiService):
         self._publish(MultiEngineReferenceable(self.adapters["mec"]), cluster.MEC_FURL)
         self._publish_users()
         self._publish_extra_adapters()
-        cluster.write_private(self.cluster_dir.pid_file("ipcontroller"), f"{os.getpid()}\n")
-        log.info("controller listening on {ip}:{port}", ip=self.ip, port=self.port)
+        processes.write_pid_file(self.cluster_dir.pid_file("ipcontroller"), [os.getpid()])
+        log.info("controller listening on {ip}:{port} (data relay on port {relay}); "
+                 "FURLs advertise {location}", ip=self.ip, port=self.port,
+                 relay=self.relay_port, location=wire.furl_location(self.furls[cluster.MEC_FURL]))
         self._start_monitoring()
 
     def _start_monitoring(self) -> None:

@@ -86,7 +86,9 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ipython1.kernel.addresses import join_host_port, split_host_port
 from ipython1.kernel.errors import KernelError
+from ipython1.kernel.listenguard import ListenerGuard
 from ipython1.kernel.localhost import env_enabled
 from ipython1.kernel.localhost import host_key as localhost_key
 from ipython1.kernel.localhost import peer_credentials as _peer
@@ -546,8 +548,8 @@ def _recv_frame(sock: Any, size: int) -> bytearray | mmap.mmap:
 
 
 def _connect(address: str, timeout: float) -> socket.socket:
-    host, port = address.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    host, port = split_host_port(address)
+    sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -559,23 +561,49 @@ class Relay:
     """Pair connections by pairing id and splice them; never decrypt."""
 
     def __init__(self, ip: str = "127.0.0.1", port: int = 0) -> None:
-        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        family = socket.AF_INET6 if ":" in ip or not ip else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((ip, port))
+        try:
+            self._listener.bind((ip, port))
+        except OSError as e:
+            self._listener.close()
+            raise OSError(e.errno, f"the data relay cannot listen on "
+                                   f"{join_host_port(ip, port)}: {e.strerror}") from None
         self._listener.listen(128)
-        self.address = f"{ip}:{self._listener.getsockname()[1]}"
+        self.port = int(self._listener.getsockname()[1])
+        self.address = join_host_port(ip, self.port)
         self._expected: dict[bytes, float] = {}
         self._waiting: dict[bytes, socket.socket] = {}
+        self._engine_of: dict[bytes, Any] = {}  # pairing id -> the engine it is with
         self._lock = threading.Lock()
         self._closed = False
         self.transfers = 0
+        self.guard = ListenerGuard(f"relay {self.address}")
         threading.Thread(target=self._accept_loop, name="relay", daemon=True).start()
 
-    def expect(self, pairing_id: bytes) -> None:
+    def expect(self, pairing_id: bytes, engine_id: Any = None) -> None:
         """Allow two connections that present pairing_id to be spliced."""
         with self._lock:
             self._expected[pairing_id] = time.monotonic()
+            self._engine_of[pairing_id] = engine_id
+
+    def engine_lost(self, engine_id: Any) -> int:
+        """Fail at once the pairings with a dead engine: its end will never come.
+
+        A client already waiting is hung up on (its transfer fails now, not
+        after PAIR_TIMEOUT); one still on its way is refused. Returns how many.
+        """
+        with self._lock:
+            ids = [p for p, e in self._engine_of.items() if e == engine_id]
+            waiting = [self._waiting.pop(p, None) for p in ids]
+            for p in ids:
+                self._expected.pop(p, None)
+                self._engine_of.pop(p, None)
+        for sock in waiting:
+            if sock is not None:
+                _hang_up(sock)
+        return len(ids)
 
     def close(self) -> None:
         self._closed = True
@@ -583,26 +611,40 @@ class Relay:
             self._listener.close()
         except OSError:
             pass
+        self.guard.close()
 
     def _accept_loop(self) -> None:
         while not self._closed:
             try:
-                sock, _ = self._listener.accept()
+                sock = self.guard.accept(self._listener)  # capped; survives EMFILE
             except OSError:
-                return
-            threading.Thread(target=self._pair, args=(sock,), daemon=True).start()
+                return  # the listener was closed
+            if sock is None:
+                continue
+            try:
+                threading.Thread(target=self._pair, args=(sock,), daemon=True).start()
+            except RuntimeError:  # no more threads: shed it, keep accepting
+                self.guard.release()
+                sock.close()
 
     def _pair(self, sock: socket.socket) -> None:
         try:
-            sock.settimeout(PAIR_TIMEOUT)
+            # Unauthenticated until it names an expected pairing: a short deadline.
+            sock.settimeout(self.guard.deadline)
             pairing_id = bytes(_recv_exact(sock, 16))
-        except (OSError, TransferError):
+        except (OSError, TransferError) as e:
+            if isinstance(e, TimeoutError):
+                self.guard.timed_out_one()
             sock.close()
             return
+        finally:
+            self.guard.release()
+        sock.settimeout(PAIR_TIMEOUT)
         with self._lock:
             now = time.monotonic()
             for key in [k for k, t in self._expected.items() if now - t > PAIR_TIMEOUT]:
                 self._expected.pop(key)
+                self._engine_of.pop(key, None)
                 stale = self._waiting.pop(key, None)
                 if stale is not None:
                     stale.close()
@@ -614,12 +656,22 @@ class Relay:
                 self._waiting[pairing_id] = sock
                 return
             del self._expected[pairing_id]
+            self._engine_of.pop(pairing_id, None)
             self.transfers += 1
         for s in (sock, peer):
             s.settimeout(None)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=_pump, args=(peer, sock), daemon=True).start()
         _pump(sock, peer)
+
+
+def _hang_up(sock: socket.socket) -> None:
+    """Close a socket so that its peer sees the end at once (even one blocked reading)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -802,6 +854,7 @@ class LocalServer:
         self._lock = threading.Lock()
         self._closed = False
         self.transfers = 0
+        self.guard = ListenerGuard(f"engine data socket {self.name}")
         threading.Thread(target=self._accept_loop, name="local-data", daemon=True).start()
 
     def info(self) -> dict[str, Any]:
@@ -827,16 +880,24 @@ class LocalServer:
         except OSError:
             pass
         self._listener.close()
+        self.guard.close()
 
     def _accept_loop(self) -> None:
         while not self._closed:
             try:
-                sock, _ = self._listener.accept()
+                sock = self.guard.accept(self._listener)  # capped; survives EMFILE
             except OSError:
                 if self._closed:
                     return
-                continue  # e.g. EMFILE; do not let one failure end the service
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+                time.sleep(0.05)
+                continue  # do not let one failure end the service
+            if sock is None:
+                continue
+            try:
+                threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+            except RuntimeError:  # no more threads: shed it, keep accepting
+                self.guard.release()
+                sock.close()
 
     def _use(self, pairing_id: bytes, secret: bytes) -> str | None:
         """Spend one ticket of a book; return why not, or None."""
@@ -853,13 +914,20 @@ class LocalServer:
     def _serve(self, sock: socket.socket) -> None:
         with sock:
             try:
-                _tune(sock)
-                _pid, uid = _peer(sock)
-                if uid != self.uid:  # not our user: hang up before reading a byte
-                    _refuse(sock, f"uid {uid} is not the engine's user")
-                    return
+                try:
+                    _tune(sock)
+                    _pid, uid = _peer(sock)
+                    if uid != self.uid:  # not our user: hang up before reading a byte
+                        _refuse(sock, f"uid {uid} is not the engine's user")
+                        return
+                    sock.settimeout(self.guard.deadline)  # unauthenticated: be quick
+                    head = bytes(_recv_exact(sock, _LOCAL_HEAD.size))
+                except TimeoutError:
+                    self.guard.timed_out_one()
+                    raise
+                finally:
+                    self.guard.release()
                 sock.settimeout(PAIR_TIMEOUT)
-                head = bytes(_recv_exact(sock, _LOCAL_HEAD.size))
                 pairing_id, secret, direction, blob_id, count = _LOCAL_HEAD.unpack(head)
                 refused = self._use(pairing_id, secret)
                 if refused is None and (direction not in b"UD" or count > MAX_FRAMES):

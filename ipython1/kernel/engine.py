@@ -39,7 +39,7 @@ from ipython1.common import ops
 from ipython1.common.logring import LogRing
 from ipython1.common.versions import local_versions, refusal
 from ipython1.engine.debugger import DebugSession
-from ipython1.kernel import datachannel, introspection, localhost, replies, wire
+from ipython1.kernel import addresses, datachannel, introspection, localhost, replies, wire
 from ipython1.kernel.errors import KernelError, TaskTimeout, VersionMismatch, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
 from ipython1.kernel.serialize import deserialize, serialize
@@ -1010,7 +1010,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         if self.tls_context is None or self.controller_host is None:
             raise datachannel.TransferError("this engine has no data channel")
         d = threads.deferToThread(
-            datachannel.engine_transfer, self.tls_context, f"{self.controller_host}:{relay_port}",
+            datachannel.engine_transfer, self.tls_context,
+            addresses.join_host_port(self.controller_host, relay_port),
             pairing_id, secret, direction, blob_id, sizes, BLOBS)
         d.addErrback(lambda f: log.warn("data transfer failed: {e}", e=f.getErrorMessage()))
         return True
@@ -1091,6 +1092,12 @@ def engine_info() -> dict[str, Any]:
     }
 
 
+# An engine that cannot register says so after this many seconds, then every
+# UNREACHABLE_REPORT_EVERY seconds, until its --connect-timeout.
+UNREACHABLE_REPORT_AFTER = 5.0
+UNREACHABLE_REPORT_EVERY = 15.0
+
+
 class EngineService(service.MultiService):
     """Connect to the controller, register, and serve until it goes away."""
 
@@ -1140,10 +1147,16 @@ class EngineService(service.MultiService):
 
     @defer.inlineCallbacks
     def _register(self) -> Any:
-        deadline = time.monotonic() + self.connect_timeout
+        started = time.monotonic()
+        deadline = started + self.connect_timeout
         delay = 0.05
         last_error: Exception | None = None
+        next_report = started + UNREACHABLE_REPORT_AFTER
         while time.monotonic() < deadline:
+            if last_error is not None and time.monotonic() >= next_report:
+                # Still retrying: tell whoever watches (a terminal, a job's output file).
+                next_report = time.monotonic() + UNREACHABLE_REPORT_EVERY
+                self._report_unreachable(last_error, time.monotonic() - started)
             try:
                 furl = self.furl or wire.resolve_furl(self.furl_file)
                 controller = yield wire.get_reference(
@@ -1158,15 +1171,24 @@ class EngineService(service.MultiService):
                 delay = min(delay * 2, 1.0)
                 continue
             self.engine_id = self.runner.engine_id = engine_id
-            self.referenceable.controller_host = wire.furl_location(furl).rsplit(":", 1)[0]
+            self.referenceable.controller_host = wire.peer_host(controller, furl)
             self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
             controller.notifyOnDisconnect(self._controller_lost)
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id
+        source = "--furl" if self.furl else f"FURL file {self.furl_file}"
         raise KernelError(
             f"could not register with the controller within {self.connect_timeout:g} s "
-            f"(FURL file {self.furl_file}): {last_error}"
+            f"({source}): {last_error}"
         )
+
+    def _report_unreachable(self, error: Exception, waited: float) -> None:
+        # A connection error names the addresses tried and what to check (wire.get_reference).
+        message = (f"ipengine: no controller yet after {waited:.0f} s, still trying until "
+                   f"{self.connect_timeout:g} s: {error}")
+        log.warn("{msg}", msg=message)
+        sys.__stderr__.write(message + "\n")
+        sys.__stderr__.flush()
 
     def _register_failed(self, failure: Any) -> None:
         log.error("{msg}", msg=failure.getErrorMessage())

@@ -82,6 +82,15 @@ class InvalidTaskID(KernelError):
     """A task id is unknown (never submitted, or its result was cleared)."""
 
 
+class TaskRejectError(KernelError):
+    """Raised by a task's own code on an engine: run this task on another engine.
+
+    The task farm then treats that engine as one whose dependencies are unmet
+    (no attempt is charged); once every engine has rejected the task, it fails
+    with UnmetDependency (as in IPython 0.10, where a rejected task was retried).
+    """
+
+
 class VersionMismatch(KernelError):
     """The two sides run incompatible ipython1 versions; the message names both."""
 
@@ -185,6 +194,7 @@ _LOCAL_ERRORS: dict[str, type[KernelError]] = {
         TaskAborted,
         TaskTimeout,
         InvalidTaskID,
+        TaskRejectError,
         VersionMismatch,
     )
 }

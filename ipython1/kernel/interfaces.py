@@ -38,6 +38,8 @@ from ipython1.common.constraints import (  # noqa: F401 - re-exported: the share
 )
 
 TargetSpec = Any  # "all" | int | list[int]
+PropertyNames = ChoiceOf(Keys, None)  # get_properties(): the named ones, or all
+PropertyValues = AnyValue()  # checked as plain data by properties.update on arrival
 # A remote pdb's answer: {"output": text, "waiting": bool} (ChoiceOf cannot hold text).
 DebugReply = DictOf(Name, AnyValue(), maxKeys=4)
 
@@ -287,6 +289,18 @@ class RIMultiEngineSession(RemoteInterface):
 
     def pending_ids():
         return ListOf(int, maxLength=1_000_000)
+
+    def clear_pending_results():
+        """Drop this session's unfetched results (flush()); return how many."""
+        return int
+
+    def get_properties(keys=PropertyNames, targets=Targets, block=bool):
+        """Each target's engine properties (IPython 0.10): the named ones, or all."""
+        return Reply
+
+    def update_properties(action=Name, arg=PropertyValues, targets=Targets, block=bool):
+        """Set (arg: a dict of plain data), del (arg: names) or clear properties."""
+        return Reply
 
     def subscribe_output(observer=AnyValue(), own_only=bool):
         """Send live output as observer.output({"engine_id", "chunks", ...})."""

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ipython1.kernel.errors import KernelError, MPIUnavailable
+from ipython1.kernel.processes import python_module
 
 __all__ = [
     "BuildFailed",
@@ -241,7 +242,7 @@ def mpiexec_command(
         if not any(a in ("--oversubscribe", "--nooversubscribe") for a in mpi_args):
             command.append("--oversubscribe")
     command += list(mpi_args)
-    command += [python or sys.executable, "-m", ENGINE_MODULE, *engine_argv]
+    command += python_module(ENGINE_MODULE, *engine_argv, python=python)
     if "--mpi" not in engine_argv and not any(a.startswith("--mpi=") for a in engine_argv):
         command += ["--mpi", "mpi4py"]
     return command

@@ -20,7 +20,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ipython1.common import ops
-from ipython1.kernel import replies
+from ipython1.kernel import properties, replies
+from ipython1.kernel.backpressure import ReplyBackpressure
 from ipython1.kernel.errors import (
     InvalidEngineID,
     InvalidPendingResult,
@@ -219,7 +220,7 @@ class MultiEngine:
         if relay is None:
             raise KernelError("this controller has no data channel")
         pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
-        relay.expect(pairing_id)
+        relay.expect(pairing_id, engine_id)
         d = record.connection.control("open_transfer", pairing_id, secret,
                                   int(relay.address.rsplit(":", 1)[1]), direction, blob_id, sizes)
         return d.addCallback(lambda _: {
@@ -229,6 +230,33 @@ class MultiEngine:
     def engine_info(self, targets: Any = "all") -> Deferred[Any]:
         """Answered by the controller: works while engines are busy."""
         return defer.succeed(self.controller.engine_info(self.controller.targets(targets)))
+
+    # -- engine properties (IPython 0.10), kept here: see properties.py --
+
+    def _each_properties(self, targets: Any, use: Any) -> list[dict[str, Any]]:
+        out = []
+        for engine_id in self.controller.targets(targets):
+            try:
+                value = use(self.controller.engines[engine_id].properties)
+                out.append({"engine_id": engine_id, "status": "ok", "value": value})
+            except KernelError as e:
+                out.append({"engine_id": engine_id, "status": "error",
+                            "error": error_to_wire(e, engine_id)})
+        return out
+
+    def get_properties(self, keys: Any = None, targets: Any = "all",
+                       client: str = "") -> Deferred[Any]:
+        """Fire with each target's properties (the named ones, or all)."""
+        return defer.succeed(self._each_properties(
+            targets, lambda props: properties.select(props, keys)))
+
+    def update_properties(self, action: str, arg: Any = None, targets: Any = "all",
+                          client: str = "") -> Deferred[Any]:
+        """Set (arg: a dict), del (arg: names) or clear each target's properties."""
+        out = self._each_properties(targets, lambda props: properties.update(props, action, arg))
+        for reply in out:
+            self.controller._notify("engine_properties", {"engine_id": reply["engine_id"]})
+        return defer.succeed(out)
 
 
 @implementer(RIMultiEngineSession)
@@ -247,6 +275,34 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         self.subscription: Any = None
         self.pending: OrderedDict[int, Deferred[Any]] = OrderedDict()
         self.done: dict[int, Any] = {}
+        self.done_bytes = 0  # of the results in done
+        self.fetching: dict[int, Deferred[Any]] = {}  # blocked fetches, ended by a flush
+        self.channel_end: Any = None  # its command channel, if it has one
+        controller = adapter.controller
+        self.backpressure = ReplyBackpressure(
+            client, getattr(controller, "held_clients", set()),
+            lambda: [r.queue.kick() for r in list(controller.engines.values())],
+            self._transports, lambda: self.done_bytes)
+
+    def _transports(self) -> list[Any]:
+        ends = (getattr(self, "_broker", None), self.channel_end)
+        return [e.transport for e in ends if getattr(e, "transport", None) is not None]
+
+    def _reply_sent(self, reply: Any) -> Any:
+        """Look at the unread replies before sending one more (backpressure)."""
+        return self.backpressure.check(reply)
+
+    def closed(self) -> None:
+        """The client went away: drop its waiting commands and results (its own only)."""
+        cleared = sum(r.queue.clear_client(self.client)
+                      for r in list(self.adapter.controller.engines.values()))
+        self.backpressure.close()
+        self.pending.clear()
+        self.done.clear()
+        self.done_bytes = 0
+        if cleared:
+            log.info("client {c} went away: {n} of its queued command(s) dropped",
+                     c=self.client, n=cleared)
 
     def _denied(self, method: str) -> PermissionDenied | None:
         """Say why this session may not run method, or None if it may."""
@@ -260,11 +316,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
               **kwargs: Any) -> Deferred[Any]:
         denied = self._denied(op or method)
         if denied is not None:
-            # Refused before anything is queued: nothing runs.
-            self.adapter.controller.events.publish(
-                "denied", self.user, None, {"op": op or method, "reason": str(denied)},
-                self.client)
-            return defer.succeed(self._raise_as_data(Failure(denied)))
+            return self._refuse(op or method, denied)  # before anything is queued
         if not block and len(self.pending) >= MAX_PENDING_PER_CLIENT:
             # Refuse before running anything rather than grow without bound.
             return defer.succeed(self._raise_as_data(Failure(KernelError(
@@ -275,15 +327,28 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         d.addErrback(self._raise_as_data)
         d.addCallback(replies.pack)  # the engines' bytes, relayed as they are
         if block:
-            return d
+            return d.addCallback(self._reply_sent)
         pending_id = next(self._ids)
         self.pending[pending_id] = d
         d.addBoth(self._store, pending_id)
         return defer.succeed({"pending_id": pending_id})
 
+    def _refuse(self, op: str, denied: PermissionDenied) -> Deferred[Any]:
+        """Answer PermissionDenied, and say so in the event stream."""
+        self.adapter.controller.events.publish(
+            "denied", self.user, None, {"op": op, "reason": str(denied)}, self.client)
+        return defer.succeed(self._raise_as_data(Failure(denied)))
+
     def _store(self, result: Any, pending_id: int) -> None:
         if pending_id in self.pending:
             self.done[pending_id] = result
+            self.done_bytes += len(result) if isinstance(result, bytes) else 0
+            self.backpressure.check()
+
+    def _fetched(self, pending_id: int) -> Any:
+        result = self.done.pop(pending_id)
+        self.done_bytes -= len(result) if isinstance(result, bytes) else 0
+        return self._reply_sent(result)
 
     @staticmethod
     def _raise_as_data(failure: Failure) -> dict[str, Any]:
@@ -319,6 +384,11 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return self._call(block, "apply_each", func, args)
 
     def remote_kill(self, controller: bool, targets: Any, block: bool) -> Deferred[Any]:
+        if controller and self.kind != "owner" and not self.revoked:
+            # Stopping the controller ends everyone's sessions: the owner's call.
+            return self._refuse("kill", PermissionDenied(
+                f"user {self.user!r} may not stop the controller (only the owner may); "
+                "nothing was killed"))
         return self._call(block, "kill", controller, targets)
 
     def remote_interrupt(self, targets: Any) -> Deferred[Any]:
@@ -358,7 +428,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
                 f"no pending result with id {pending_id} (unknown, or already fetched)"))))
         if pending_id in self.done:
             del self.pending[pending_id]
-            return defer.succeed(self.done.pop(pending_id))
+            return defer.succeed(self._fetched(pending_id))
         if not block:
             return defer.succeed(self._raise_as_data(Failure(ResultNotReady(
                 f"result {pending_id} is not ready yet"))))
@@ -366,26 +436,61 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
         def deliver(_: Any) -> None:
             self.pending.pop(pending_id, None)
-            d.callback(self.done.pop(pending_id))
+            d.callback(self._fetched(pending_id))
+            self.fetching.pop(pending_id, None)
+            if not d.called:  # else flushed meanwhile: answered already
+                d.callback(self.done.pop(pending_id))
 
+        self.fetching[pending_id] = d
         self.pending[pending_id].addBoth(deliver)
         return d
 
     def remote_pending_ids(self) -> list[int]:
         return list(self.pending)
 
+    def remote_clear_pending_results(self) -> int:
+        """Drop this session's unfetched results (flush()); return how many."""
+        n = len(self.pending)
+        self.pending.clear()
+        self.done.clear()
+        fetching, self.fetching = self.fetching, {}
+        for pending_id, d in fetching.items():  # a fetch blocked on one ends now
+            d.callback(self._raise_as_data(Failure(InvalidPendingResult(
+                f"result {pending_id} was flushed before it was fetched"))))
+        return n
+
+    def remote_get_properties(self, keys: Any, targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "get_properties", keys, targets)
+
+    def remote_update_properties(self, action: str, arg: Any, targets: Any,
+                                 block: bool) -> Deferred[Any]:
+        return self._call(block, "update_properties", action, arg, targets)
+
     def remote_session_log(self) -> Deferred[Any]:
+        # Every user's code and pushed values: not for observers.
+        denied = self._denied("session_log")
+        if denied is not None:
+            return self._refuse("session_log", denied)
         return self.adapter.session_log()
 
     def remote_subscribe_output(self, observer: Any, own_only: bool) -> None:
         """Forward live engine output (only this client's commands if own_only)."""
         self.remote_unsubscribe_output()
 
+        from ipython1.kernel.subscribers import BoundedForwarder
+
+        def send(data: dict[str, Any]) -> Deferred[Any]:
+            d = foolscap_transport.call(observer, "output", data)
+            return d.addErrback(lambda f: (self._drop_forward(forward), f)[1])
+
+        # Bounded, and waited for only by this client's own commands while it
+        # keeps up: a stalled subscriber slows no one (see subscribers).
+        forwarder = BoundedForwarder(send)
+
         def forward(kind: str, data: dict[str, Any]) -> Deferred[None] | None:
             if kind != "output" or (own_only and data.get("client") != self.client):
                 return None
-            d = foolscap_transport.call(observer, "output", data)
-            return d.addErrback(lambda f: self._drop_forward(forward))
+            return forwarder.offer(data, wait=data.get("client") == self.client)
 
         self._forward = forward
         self.adapter.controller.add_observer(forward)
@@ -486,5 +591,5 @@ class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
             self.adapter.controller.debug_clients[session.client] = debugger
         directory = getattr(self.adapter, "directory", None)
         if directory is not None:
-            directory.session_opened(session, info)
+            directory.session_opened(session, info, self)
         return session

@@ -76,6 +76,9 @@ class EngineQueue:
         self._count = 0
         self.running: Command | None = None
         self._dead: EngineError | None = None
+        # Commands that must wait for now (a client not reading its replies: see
+        # backpressure); their users are skipped until kick().
+        self.held: Callable[[Command], bool] | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -90,9 +93,13 @@ class EngineQueue:
         self._next()
         return command.deferred
 
-    def _pop(self) -> Command:
+    def _pop(self) -> Command | None:
         # The user served least recently goes next (never served: first).
-        user = min(self._waiting, key=lambda u: self._served.get(u, -1))
+        users = [u for u in self._waiting
+                 if self.held is None or not self.held(self._waiting[u][0])]
+        if not users:
+            return None
+        user = min(users, key=lambda u: self._served.get(u, -1))
         fifo = self._waiting[user]
         command = fifo.popleft()
         if not fifo:
@@ -105,7 +112,10 @@ class EngineQueue:
     def _next(self) -> None:
         if self.running is not None or not self._waiting or self._dead is not None:
             return
-        command = self.running = self._pop()
+        command = self._pop()
+        if command is None:
+            return  # everything waiting is held
+        self.running = command
         command.started = time.time()
         try:
             d = self._send(command)
@@ -128,12 +138,34 @@ class EngineQueue:
         """Return the waiting commands, user by user, each user's in order."""
         return [c for fifo in self._waiting.values() for c in fifo]
 
+    def kick(self) -> None:
+        """Start the next command if the engine is idle (e.g. a held client was released)."""
+        self._next()
+
     def clear(self, user: str | None = None) -> int:
         """Fail waiting commands (all, or one user's) with QueueCleared; return how many."""
         users = list(self._waiting) if user is None else [user]
         dropped: list[Command] = []
         for name in users:
             dropped.extend(self._waiting.pop(name, ()))
+        return self._fail_cleared(dropped)
+
+    def clear_client(self, client: str) -> int:
+        """Fail the waiting commands of one client (it went away); return how many."""
+        dropped: list[Command] = []
+        for user in list(self._waiting):
+            fifo = self._waiting[user]
+            mine = [c for c in fifo if c.client == client]
+            if mine:
+                dropped.extend(mine)
+                rest = collections.deque(c for c in fifo if c.client != client)
+                if rest:
+                    self._waiting[user] = rest
+                else:
+                    del self._waiting[user]
+        return self._fail_cleared(dropped)
+
+    def _fail_cleared(self, dropped: list[Command]) -> int:
         self._count -= len(dropped)
         for command in dropped:
             command.deferred.errback(

@@ -45,8 +45,11 @@ class ExecuteResult:
         frames = self._result.get("frames")
         return deserialize(frames) if frames else self.output_repr
 
+    # IPython 0.10 results were dicts: r['id'] and r['number'] name the engine and In[n].
+    _ALIASES = {"id": "engine_id", "number": "execution_count"}
+
     def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
+        return getattr(self, self._ALIASES.get(key, key))
 
     def __repr__(self) -> str:
         return self.format()

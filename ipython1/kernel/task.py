@@ -65,7 +65,7 @@ MAX_RESULTS = 1_000_000  # finished tasks kept on the controller until clear()
 MAX_BATCH_WIRE = 100_000  # task ids per reserve() call
 
 _META_KEYS = {"retries": int, "priority": int, "after": list, "timeout": (int, float),
-              "recovery": list}
+              "recovery": list, "depend": list}  # depend: frames of f(properties)
 
 PENDING, BLOCKED, RUNNING = "pending", "blocked", "running"
 SUCCEEDED, FAILED = "succeeded", "failed"
@@ -99,6 +99,9 @@ def validate_spec(meta: Any, payload: Any, depth: int = 0) -> dict[str, Any]:
         raise KernelError("timeout must be a positive number of seconds")
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in meta.get("after") or []):
         raise KernelError("after must be a list of task ids")
+    depend = meta.get("depend")
+    if depend is not None and not (depend and all(isinstance(f, bytes) for f in depend)):
+        raise KernelError("a property depend must be a list of frames (bytes)")
     spec = dict(meta, payload=payload)
     recovery = meta.get("recovery")
     if recovery is not None:
@@ -186,8 +189,12 @@ class Scheduler:
     def __init__(self, clock: Callable[[], float] = time.time,
                  on_finished: Callable[[int], None] | None = None,
                  max_result_bytes: int = MAX_RESULT_BYTES,
-                 max_results: int = MAX_RESULTS) -> None:
+                 max_results: int = MAX_RESULTS,
+                 check_depend: Callable[[dict[str, Any], int], str] | None = None) -> None:
         self.clock = clock
+        # check_depend(spec, engine_id) -> why the engine does not qualify, or '':
+        # a task's depend on engine properties, evaluated here (IPython 0.10).
+        self.check_depend = check_depend
         self.on_finished = on_finished or (lambda tid: None)
         self.max_result_bytes = max_result_bytes
         self.max_results = max_results
@@ -439,6 +446,7 @@ class Scheduler:
     def _take(self, engine_id: int, size: int) -> Batch | None:
         taken: list[TaskRecord] = []
         skipped: list[tuple[tuple[int, int, int], int]] = []
+        rejected: list[TaskRecord] = []
         while self._ready and len(taken) < size:
             item = heapq.heappop(self._ready)
             task = self.tasks.get(item[1])
@@ -447,6 +455,13 @@ class Scheduler:
             if engine_id in task.unmet_on:
                 skipped.append(item)
                 continue
+            if task.current.get("depend") is not None and self.check_depend is not None:
+                reason = self.check_depend(task.current, engine_id)
+                if reason:
+                    task.unmet_on[engine_id] = reason
+                    rejected.append(task)
+                    skipped.append(item)
+                    continue
             lonely = task.solo or task.current.get("timeout") is not None
             if lonely and taken:
                 skipped.append(item)
@@ -456,6 +471,8 @@ class Scheduler:
                 break
         for item in skipped:
             heapq.heappush(self._ready, item)
+        for task in rejected:
+            self._check_satisfiable(task)  # fails it once no engine qualifies
         if not taken:
             return None
         now = self.clock()
@@ -501,6 +518,11 @@ class Scheduler:
             data = data if isinstance(data, dict) else {}
             error = data.get("error") if isinstance(data.get("error"), dict) else (
                 error_to_wire(KernelError(f"malformed reply {reply!r:.200}"), engine_id))
+            if error.get("ename") == "TaskRejectError":
+                # The task's own code said "not this engine": another one, no attempt charged.
+                task.unmet_on[engine_id] = f"raised TaskRejectError: {error.get('evalue', '')}"
+                self._make_ready(task)
+                return
             output = {"stdout": data.get("stdout", ""), "stderr": data.get("stderr", ""),
                       "duration": duration}
             self._attempt_failed(task, error, output)
@@ -597,6 +619,13 @@ class Scheduler:
         if task is not None:
             self.result_bytes -= task.size
 
+    def properties_changed(self, engine_id: int) -> None:
+        """Forget engine_id's verdicts on waiting tasks: its properties changed."""
+        for tid in list(self._restricted):
+            task = self.tasks.get(tid)
+            if task is not None and task.state == PENDING:
+                task.unmet_on.pop(engine_id, None)
+
     def _check_satisfiable(self, task: TaskRecord) -> None:
         if not task.unmet_on:
             return
@@ -606,6 +635,16 @@ class Scheduler:
             reasons = "; ".join(f"engine {e}: {r}" for e, r in sorted(task.unmet_on.items()))
             self._fail(task, _unmet(f"no registered engine satisfies the dependencies of "
                                     f"task {task.tid} ({reasons})"))
+
+
+def _has_property_depend(meta: Any, depth: int = 0) -> bool:
+    """Tell whether a task (or its recovery tasks) depends on engine properties."""
+    if not isinstance(meta, dict) or depth > 10:
+        return False
+    recovery = meta.get("recovery")
+    return meta.get("depend") is not None or (
+        isinstance(recovery, list) and len(recovery) == 2
+        and _has_property_depend(recovery[0], depth + 1))
 
 
 def _unmet(message: str) -> dict[str, Any]:
@@ -627,7 +666,7 @@ class TaskFarm:
         self.controller = controller
         self.clock = clock
         self.scheduler = Scheduler(clock.seconds, self._finished, max_result_bytes,
-                                   max_results)
+                                   max_results, self._check_depend)
         self._waiters: dict[int, list[Callable[[], None]]] = {}
         self._commands: dict[int, Command] = {}  # batch id -> its command, while out
         self._pumping = False
@@ -651,9 +690,27 @@ class TaskFarm:
         elif kind == "engine_died":
             self.scheduler.remove_engine(engine_id, f"engine {engine_id} died while "
                                                     "running the task")
+        elif kind == "engine_properties":
+            self.scheduler.properties_changed(engine_id)
         else:
             return
         self.pump()
+
+    def _check_depend(self, spec: dict[str, Any], engine_id: int) -> str:
+        """Evaluate a task's depend(properties) here, against engine_id's properties."""
+        from ipython1.kernel import properties
+        from ipython1.kernel.serialize import deserialize
+
+        if "_depend" not in spec:  # unpickled once per task (owner-only: see submit)
+            try:
+                spec["_depend"] = deserialize(spec["depend"])
+            except Exception as e:
+                spec["_depend"] = e
+        depend = spec["_depend"]
+        if isinstance(depend, Exception):
+            return f"its depend function could not be loaded here: {depend}"
+        record = getattr(self.controller, "engines", {}).get(engine_id)
+        return properties.unmet_reason(depend, getattr(record, "properties", {}))
 
     def _finished(self, tid: int) -> None:
         for wake in self._waiters.pop(tid, []):
@@ -789,6 +846,10 @@ class TaskFarm:
                 continue
             tid, meta, payload = item
             try:
+                if user != self._owner() and _has_property_depend(meta):
+                    raise PermissionDenied(
+                        f"user {user!r} may not submit a task whose depend runs on the "
+                        "controller (a function of engine properties): only the owner may")
                 sched.submit(validate_spec(meta, payload), client, tid, user)
                 answers.append(None)
                 accepted.append(tid)

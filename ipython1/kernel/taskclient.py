@@ -30,6 +30,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from ipython1.kernel.errors import ConnectionLost, KernelError, error_from_wire
+from ipython1.kernel.properties import takes_properties
 from ipython1.kernel.serialize import deserialize, serialize
 from ipython1.transport import channel as command_channel
 
@@ -85,6 +86,8 @@ class _BaseTask:
             meta["after"] = list(self.after)
         if self.recovery_task is not None:
             meta["recovery"] = list(self.recovery_task.to_wire())
+        if takes_properties(self.depend):
+            meta["depend"] = serialize(self.depend)  # f(properties), run by the controller
         return meta
 
     def _body(self) -> dict[str, Any]:
@@ -94,7 +97,7 @@ class _BaseTask:
             body["clear_before"] = True
         if self.clear_after:
             body["clear_after"] = True
-        if self.depend is not None:
+        if self.depend is not None and not takes_properties(self.depend):
             f, *args = self.depend if isinstance(self.depend, tuple) else (self.depend,)
             body["depend"] = (f, tuple(args))
         return body
@@ -202,6 +205,8 @@ class TaskResult:
         if self.failure is not None:
             raise self.failure
 
+    raiseException = raise_exception  # IPython 0.10's docs' spelling
+
     @property
     def result(self) -> Any:
         """Return a MapTask's value or a StringTask's pulled names; raise if it failed."""
@@ -226,6 +231,25 @@ class TaskResult:
 
     def __getitem__(self, name: str) -> Any:
         return self.ns[name]
+
+    # IPython 0.10's names for the same things.
+    @property
+    def taskid(self) -> int | None:
+        return self.tid
+
+    @property
+    def engineid(self) -> int | None:
+        return self.engine_id
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """A StringTask's pulled names as a dict ({} if it failed)."""
+        return {} if self.failure is not None else dict(self.ns)
+
+    @property
+    def keys(self) -> list[str]:
+        """The names a StringTask pulled ([] if it failed)."""
+        return list(self.results)
 
     def __repr__(self) -> str:
         if self.failure is not None:
@@ -446,8 +470,13 @@ class AsyncTaskClient:
         return self._remote("abort", tid)
 
     def queue_status(self, verbose: bool = False) -> Deferred[dict[str, Any]]:
-        """Fire with counts of pending, running (per engine), succeeded, failed tasks."""
-        return self._remote("queue_status", verbose)
+        """Fire with counts of pending, running (per engine), succeeded, failed tasks.
+
+        "scheduled" is IPython 0.10's name for the waiting ones (ids with verbose).
+        """
+        d = self._remote("queue_status", verbose)
+        return d.addCallback(lambda status: dict(
+            status, scheduled=status.get("pending_ids" if verbose else "pending")))
 
     def clear(self, tids: list[int] | None = None) -> Deferred[int]:
         """Drop finished results (these, or all of this client's) from the controller."""
@@ -468,6 +497,22 @@ class AsyncTaskClient:
         records = yield self.get_task_results(tids)
         yield self.clear(tids)
         return join_map_results(records)
+
+    def mapper(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
+               recovery_task: Any = None, depend: Any = None, **options: Any) -> Any:
+        """Return a TaskMapper: m.map(f, xs) fires with the results (IPython 0.10)."""
+        from ipython1.client.parallel import TaskMapper
+
+        return TaskMapper(self, clear_before, clear_after, retries, recovery_task, depend,
+                          **options)
+
+    def parallel(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
+                 recovery_task: Any = None, depend: Any = None, **options: Any) -> Any:
+        """Return a decorator: @tc.parallel() def f(x): ...; f(xs) fires with the map."""
+        from ipython1.client.parallel import Parallel
+
+        return Parallel(self.mapper(clear_before, clear_after, retries, recovery_task, depend,
+                                    **options))
 
     def disconnect(self) -> None:
         """Drop the connection to the controller."""

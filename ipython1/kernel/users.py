@@ -71,6 +71,8 @@ class UserRecord:
     kind: str
     capability: Any = None
     sessions: list[Any] = field(default_factory=list)
+    # Rotated since the user last connected: hand them their new FURL file.
+    needs_new_furl: bool = False
 
 
 class UserDirectory:
@@ -100,12 +102,14 @@ class UserDirectory:
         for name, entry in sorted(saved.items()):
             try:
                 self._publish(validate_user_name(name), entry.get("kind", "full"))
+                self.users[name].needs_new_furl = bool(entry.get("needs_new_furl"))
             except KernelError as e:
                 log.error("skipping user {name!r} in {file}: {e}", name=name, file=self.file, e=e)
 
     def _save(self) -> None:
         cluster.write_private(self.file, json.dumps(
-            {u.name: {"kind": u.kind} for u in self.users.values()}, indent=1) + "\n")
+            {u.name: {"kind": u.kind, "needs_new_furl": u.needs_new_furl}
+             for u in self.users.values()}, indent=1) + "\n")
 
     def _publish(self, name: str, kind: str) -> Path:
         from ipython1.kernel.multiengine import MultiEngineReferenceable
@@ -159,11 +163,56 @@ class UserDirectory:
             session.remote_unsubscribe_events()
             if self._disconnect(session):
                 dropped += 1
+        # The user ran code as the engines' account, which can read every FURL
+        # file: none of those FURLs may work for them any more.
+        rotated = self.rotate_furls()
         self.controller.events.publish("user_removed", self.controller.owner, None,
                                        {"name": name, "cleared": cleared, "dropped": dropped})
-        log.info("user {name} removed: {n} connection(s) dropped, {c} command(s) cleared",
-                 name=name, n=dropped, c=cleared)
-        return {"name": name, "dropped": dropped, "cleared": cleared}
+        log.info("user {name} removed: {n} connection(s) dropped, {c} command(s) cleared, "
+                 "{r} FURL(s) rotated", name=name, n=dropped, c=cleared, r=len(rotated))
+        return {"name": name, "dropped": dropped, "cleared": cleared, "rotated": rotated,
+                "new_furls": self.new_furls()}
+
+    def rotate_furls(self) -> list[str]:
+        """Give every published FURL a new swiss number; return the rewritten files.
+
+        The old swiss numbers stop connecting at once; live connections
+        (engines, sessions of the remaining users) go on. The owner's files
+        are rewritten in place; each named user is marked as needing the new
+        file (`new_furls`) until they connect with it.
+        """
+        from foolscap.referenceable import SturdyRef
+
+        rotated = []
+        for path in sorted(self.cluster_dir.security.glob("*.furl")):
+            try:
+                obj = self.tub.nameToReference.get(SturdyRef(path.read_text().strip()).name)
+            except (OSError, ValueError):
+                continue
+            if obj is None:
+                continue
+            self.tub.unregisterReference(obj)
+            path.unlink()  # so that publish picks a new swiss number
+            furl = wire.publish(self.tub, obj, path)
+            furls = getattr(getattr(self.adapter, "service", None), "furls", None)
+            if isinstance(furls, dict) and path.name in furls:
+                furls[path.name] = furl
+            rotated.append(str(path))
+        for record in self.users.values():
+            self.tub.unregisterReference(record.capability)
+            user_furl_file(self.cluster_dir, record.name).unlink(missing_ok=True)
+            sessions = record.sessions
+            # A new object: a session opened through it proves the new file arrived.
+            rotated.append(str(self._publish(record.name, record.kind)))
+            self.users[record.name].sessions = sessions
+            self.users[record.name].needs_new_furl = True
+        self._save()
+        return rotated
+
+    def new_furls(self) -> dict[str, str]:
+        """Return the users who must be given their new FURL file, and its path."""
+        return {u.name: str(user_furl_file(self.cluster_dir, u.name))
+                for u in sorted(self.users.values(), key=lambda u: u.name) if u.needs_new_furl}
 
     def listing(self) -> list[dict[str, Any]]:
         """Describe the owner and every user: kind, connections, queued commands."""
@@ -180,7 +229,7 @@ class UserDirectory:
                  "queued": counts.get(owner, 0)}]
         for u in sorted(self.users.values(), key=lambda u: u.name):
             rows.append({"name": u.name, "kind": u.kind, "connected": len(u.sessions),
-                         "queued": counts.get(u.name, 0)})
+                         "queued": counts.get(u.name, 0), "needs_new_furl": u.needs_new_furl})
         return rows
 
     # -- sessions --
@@ -191,9 +240,13 @@ class UserDirectory:
         record = self.users.get(session.user)
         return record.sessions if record is not None else []
 
-    def session_opened(self, session: Any, info: Any) -> None:
+    def session_opened(self, session: Any, info: Any, capability: Any = None) -> None:
         """Track a new session: announce it, and watch its connection."""
         self._sessions_of(session).append(session)
+        record = self.users.get(session.user) if session.kind != "owner" else None
+        if record is not None and record.needs_new_furl and capability is record.capability:
+            record.needs_new_furl = False  # they connected with the new FURL
+            self._save()
         where = {}
         if isinstance(info, dict):
             where = {k: info[k] for k in ("host", "pid") if isinstance(info.get(k), (str, int))}
@@ -227,6 +280,9 @@ class UserDirectory:
         if session in sessions:
             sessions.remove(session)
         session.remote_unsubscribe_events()
+        closed = getattr(session, "closed", None)
+        if closed is not None:
+            closed()  # its queued commands and results go with it
         self.controller.events.publish("left", session.user, None, {"kind": session.kind},
                                        session.client)
 

@@ -146,8 +146,15 @@ def client_tub(disconnect_timeout: float | None = None) -> Tub:
     return tub
 
 
-def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0) -> tuple[Tub, int]:
-    """Return a Tub listening on ip:port with a persistent certificate."""
+def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0,
+                  location: str | None = None) -> tuple[Tub, int]:
+    """Return a Tub listening on ip:port with a persistent certificate.
+
+    Its FURLs advertise location (HOST[:PORT],...), else what addresses.advertised
+    finds for ip: never a wildcard address.
+    """
+    from ipython1.kernel import addresses
+
     if not cert_file.exists():
         fd = os.open(cert_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -155,8 +162,16 @@ def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0) -> tupl
     tub = _new_tub(certFile=str(cert_file))
     os.chmod(cert_file, 0o600)
     port = _free_port(ip, port)
-    tub.listenOn(f"tcp:{port}:interface={ip}")
-    tub.setLocation(f"{ip}:{port}")
+    try:
+        endpoints = addresses.advertised(ip, port, location)
+    except ValueError as e:
+        raise ControllerNotFound(str(e)) from None
+    from ipython1.kernel.listenguard import ListenerGuard, guarded_negotiation
+
+    # Connections that have not negotiated yet: capped, timed out, floods logged.
+    tub.negotiationClass = guarded_negotiation(ListenerGuard(f"Foolscap port {ip}:{port}"))
+    tub.listenOn(addresses.listen_endpoint(ip, port))
+    tub.setLocation(addresses.location_hints(endpoints))
     return tub, port
 
 
@@ -166,7 +181,7 @@ def _free_port(ip: str, port: int) -> int:
     Foolscap listens asynchronously and only logs a failure: check first so
     that a bad --ip or a busy --port stops the controller with a clear error.
     """
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    family = socket.AF_INET6 if ":" in ip or ip == "" else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -233,13 +248,16 @@ def get_reference(tub: Tub, furl: str, timeout: float = 10.0) -> Deferred[Any]:
     d = tub.getReference(furl)
 
     def failed(f: Any) -> None:
+        from ipython1.kernel.addresses import unreachable_advice
+
+        advice = unreachable_advice(furl, socket.gethostname())
         if f.check(defer.CancelledError):
             raise ControllerNotFound(
-                f"no controller answered at {furl_location(furl)} within {timeout:g} s"
+                f"no controller answered at {furl_location(furl)} within {timeout:g} s; {advice}"
             )
         raise ControllerNotFound(
             f"cannot connect to the controller at {furl_location(furl)}: "
-            f"{f.getErrorMessage()}"
+            f"{f.getErrorMessage()}; {advice}"
         )
 
     d.addTimeout(timeout, reactor)
@@ -262,7 +280,21 @@ def relax_disconnect_timeout(ref: Any, seconds: float = MPI_DISCONNECT_TIMEOUT) 
 
 def furl_location(furl: str) -> str:
     """Return the host:port part of a FURL, for messages."""
+    from ipython1.kernel.addresses import furl_endpoints
+
+    return ", ".join(furl_endpoints(furl)) or furl
+
+
+def peer_host(ref: Any, furl: str = "") -> str:
+    """Return the address a RemoteReference's connection reached (its peer's host).
+
+    Of the FURL's several location hints, this is the one that worked from
+    here: the controller's other listeners (the data relay) are on it too.
+    """
     try:
-        return furl.split("@", 1)[1].split("/", 1)[0]
-    except IndexError:
-        return furl
+        return str(ref.tracker.broker.transport.getPeer().host)
+    except AttributeError:  # not connected over TCP (a local stand-in in tests)
+        from ipython1.kernel.addresses import furl_endpoints, split_host_port
+
+        hints = furl_endpoints(furl)
+        return split_host_port(hints[0], 0)[0] if hints else "127.0.0.1"

@@ -9,10 +9,15 @@ from typing import Any
 
 def start_logging(log_file: Path) -> None:
     """Send Twisted's log to a file (appending)."""
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import FilteringLogObserver, globalLogBeginner, textFileLogObserver
 
-    stream = open(log_file, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(stream)], redirectStandardIO=False)
+    from ipython1.kernel.cluster import open_private_log
+    from ipython1.kernel.listenguard import RepeatedLogLimiter
+
+    stream = open_private_log(log_file)  # lives as long as the process; 0600: user output
+    # A connection flood is reported, not copied line by line into the log.
+    observer = FilteringLogObserver(textFileLogObserver(stream), [RepeatedLogLimiter()])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def run_service(service: Any, log_file: Path) -> None:

@@ -18,7 +18,8 @@ from typing import IO, Any
 
 from twisted.python import usage
 
-from ipython1.kernel.cluster import ClusterDir, pid_alive, read_pid, write_private
+from ipython1.kernel.cluster import ClusterDir, pid_alive, read_pid
+from ipython1.kernel.processes import check, recorded, verified, write_pid_file
 
 ENGINES_PID_FILE = "ipengines"
 
@@ -36,7 +37,12 @@ class StartOptions(_ProfileOption):
     ]
     optParameters = [
         ["n", "n", 2, "Number of engines.", int],
-        ["ip", None, "127.0.0.1", "Interface the controller listens on."],
+        ["ip", None, None, "Address the controller listens on: 0.0.0.0 or :: for every "
+         "interface (default: 127.0.0.1, or every interface when --location is given)."],
+        ["location", None, None, "HOST[:PORT][,HOST2...]: what the controller's FURLs "
+         "advertise to engines and clients on other hosts (see ipcontroller --help)."],
+        ["port", None, 0, "TCP port of the controller (default: any free port).", int],
+        ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
         ["timeout", None, 120.0, "Seconds to wait for all engines to register.", float],
         ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
         ["mpi-args", None, "", "Extra arguments for mpiexec."],
@@ -45,6 +51,11 @@ class StartOptions(_ProfileOption):
     def parseArgs(self, *args: str) -> None:
         if args:
             raise usage.UsageError(f"unexpected arguments: {' '.join(args)}")
+
+    def postOptions(self) -> None:
+        from ipython1.scripts.ipcontroller import check_network_options
+
+        check_network_options(self)
 
 
 class StopOptions(_ProfileOption):
@@ -109,9 +120,45 @@ class TranscriptOptions(usage.Options):
     optParameters = [["user", "u", None, "Only this user's events."]]
 
 
+class EnginesAddOptions(usage.Options):
+    synopsis = "N [--timeout S]"
+    optParameters = [["timeout", None, 120.0, "Seconds to wait for them to register.", float]]
+
+    def parseArgs(self, n: str) -> None:
+        if not n.isdigit() or int(n) < 1:
+            raise usage.UsageError(f"the number of engines to add must be a positive int, "
+                                   f"not {n!r}")
+        self["n"] = int(n)
+
+
+class EnginesRemoveOptions(usage.Options):
+    synopsis = "IDS (e.g. 3 4, 3,4 or 2-5)"
+    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]]
+
+    def parseArgs(self, *ids: str) -> None:
+        from ipython1.cluster.resize import parse_ids
+
+        try:
+            self["ids"] = parse_ids(ids)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class EnginesOptions(_ProfileOption):
+    synopsis = "add N | remove IDS"
+    subCommands = [
+        ["add", None, EnginesAddOptions, "Start N more engines for the running cluster."],
+        ["remove", None, EnginesRemoveOptions, "Stop the engines with these ids."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("choose: engines add N, or engines remove IDS")
+
+
 class Options(usage.Options):
-    synopsis = ("ipcluster start|stop|status|dashboard|logs|doctor|adduser|deluser|users|"
-                "transcript [options]")
+    synopsis = ("ipcluster start|stop|status|engines|dashboard|logs|doctor|adduser|deluser|"
+                "users|transcript [options]")
     optParameters = [
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
     ]
@@ -119,6 +166,7 @@ class Options(usage.Options):
         ["start", None, StartOptions, "Start a controller and N engines."],
         ["stop", None, StopOptions, "Stop the cluster's engines and controller."],
         ["status", None, StatusOptions, "Show the controller, engines and queues."],
+        ["engines", None, EnginesOptions, "Resize the running cluster: add N, remove IDS."],
         ["adduser", None, AddUserOptions, "Give a user their own FURL; print its path."],
         ["deluser", None, DelUserOptions, "Revoke a user's FURL and drop their connections."],
         ["users", None, UsersOptions, "List users: kind, connected, queued commands."],
@@ -131,22 +179,29 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError(
-                "choose a command: start, stop, status, dashboard, logs, doctor, adduser, "
-                "deluser, users or transcript")
+                "choose a command: start, stop, status, engines, dashboard, logs, doctor, "
+                "adduser, deluser, users or transcript")
 
 
 # -- processes ----------------------------------------------------------------
 
 
 def _python_module(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
+    # Never import from the directory ipcluster runs in: anyone who can write
+    # there (/tmp, a shared project) would run code as the owner.
+    from ipython1.kernel.processes import python_module
+
+    return python_module(module, *args)
 
 
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start a process in its own session, output to log_path."""
-    with open(log_path, "ab") as log:
+    from ipython1.kernel.cluster import open_private_log
+    from ipython1.kernel.processes import safe_environ
+
+    with open_private_log(log_path) as log:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+                                start_new_session=True, env=safe_environ())
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -156,8 +211,15 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def stop_pids(pids: list[int], grace: float) -> list[int]:
-    """SIGTERM pids, wait up to grace seconds, then SIGKILL; return the killed ones."""
+def stop_pids(pids: list[int], grace: float,
+              still_ours: Callable[[list[int]], list[int]] | None = None) -> list[int]:
+    """SIGTERM pids, wait up to grace seconds, then SIGKILL; return the killed ones.
+
+    still_ours, if given, filters pids down to those still the processes we
+    mean, just before each signal (a pid may be reused meanwhile).
+    """
+    if still_ours is not None:
+        pids = still_ours(pids)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -168,6 +230,8 @@ def stop_pids(pids: list[int], grace: float) -> list[int]:
         _reap()
         time.sleep(0.05)
     killed = [p for p in pids if pid_alive(p)]
+    if still_ours is not None:
+        killed = still_ours(killed)
     for pid in killed:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -190,11 +254,18 @@ def _reap() -> None:
 
 
 def engine_pids(cluster_dir: ClusterDir) -> list[int]:
-    try:
-        text = cluster_dir.pid_file(ENGINES_PID_FILE).read_text()
-    except OSError:
-        return []
-    return [int(line) for line in text.split() if line.strip().isdigit()]
+    """Return the engines' pids that are still the processes recorded (never a stranger's)."""
+    return check(cluster_dir.pid_file(ENGINES_PID_FILE)).live
+
+
+def _stale_pid_files(cluster_dir: ClusterDir, out: IO[str]) -> None:
+    """Report and remove pid files that name no process of ours (after a crash)."""
+    for name in ("ipcontroller", ENGINES_PID_FILE):
+        status = check(cluster_dir.pid_file(name))
+        if status.is_stale:
+            out.write(f"ipcluster: removed stale pid file {status.path} "
+                      f"({'; '.join(status.stale) or 'no pid'})\n")
+            status.path.unlink(missing_ok=True)
 
 
 # -- commands -------------------------------------------------------------------
@@ -203,18 +274,21 @@ def engine_pids(cluster_dir: ClusterDir) -> list[int]:
 def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float = 120.0,
           daemon: bool = True, mpi: bool = False, mpiexec: str | None = None,
           mpi_args: str = "", out: IO[str] = sys.stdout,
-          on_start: Callable[[int], None] | None = None) -> int:
+          on_start: Callable[[int], None] | None = None, location: str | None = None,
+          port: int = 0, relay_port: int = 0) -> int:
     """Start a controller and n engines; return 0 once all have registered."""
     if n < 1:
         raise usage.UsageError("-n must be at least 1")
-    cluster_dir.create()
+    cluster_dir.create(tighten=True)
     if cluster_dir.controller_running():
         pid = read_pid(cluster_dir.pid_file("ipcontroller"))
         out.write(f"ipcluster: a controller is already running for profile "
                   f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first\n")
         return 1
     profile = ["--profile", cluster_dir.profile]
-    controller_args = [*profile, "--ip", ip]
+    controller_args = [*profile, "--ip", ip, "--port", str(port),
+                       "--relay-port", str(relay_port),
+                       *(["--location", location] if location else [])]
     if mpi:
         try:
             mpi_command = _mpi_preflight(n, mpiexec, mpi_args)
@@ -245,7 +319,7 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
         if mpi:
             engines = [track(_spawn(mpi_command(engine_options),
                                     cluster_dir.log_file("mpiexec")))]
-            write_private(cluster_dir.pid_file(ENGINES_PID_FILE), f"{engines[0].pid}\n")
+            write_pid_file(cluster_dir.pid_file(ENGINES_PID_FILE), [engines[0].pid])
         else:
             # One warmed-up process forks the others: start-up and memory are shared.
             engines = [track(_spawn(
@@ -271,6 +345,8 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
         return 1
     out.write(f"ipcluster: controller and {n} engines are up in {time.monotonic() - t0:.1f} s "
               f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
+    if ip not in ("127.0.0.1", "::1", "localhost") or location:
+        out.write(_other_hosts_hint(cluster_dir))
     out.flush()
     if daemon:
         return 0
@@ -283,6 +359,20 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
     except KeyboardInterrupt:
         pass
     return stop(cluster_dir, out=out)
+
+
+def _other_hosts_hint(cluster_dir: ClusterDir) -> str:
+    """Say where the controller is reached from and how engines on other hosts join."""
+    from ipython1.kernel.cluster import ENGINE_FURL
+    from ipython1.kernel.wire import furl_location
+
+    path = cluster_dir.furl_file(ENGINE_FURL)
+    try:
+        where = furl_location(path.read_text().strip())
+    except OSError:
+        return ""
+    return (f"ipcluster: the controller's FURLs advertise {where}; on another host: "
+            f"ipengine --furl-file {path}\n")
 
 
 def _mpi_preflight(n: int, mpiexec: str | None,
@@ -346,13 +436,20 @@ def _wait_for(condition: Callable[[], bool], timeout: float, failed: Callable[[]
 
 
 def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout) -> int:
-    """Stop the engines, then the controller; wait until they are gone."""
-    engines = [p for p in engine_pids(cluster_dir) if pid_alive(p)]
-    controller = read_pid(cluster_dir.pid_file("ipcontroller"))
-    pids = engines + ([controller] if pid_alive(controller) else [])
+    """Stop the engines, then the controller; wait until they are gone.
+
+    Only processes whose start time and command line match their pid file
+    are signalled; a stale pid file is reported and removed.
+    """
+    _stale_pid_files(cluster_dir, out)
+    records = [*recorded(cluster_dir.pid_file(ENGINES_PID_FILE)),
+               *recorded(cluster_dir.pid_file("ipcontroller"))]
+    engines = engine_pids(cluster_dir)
+    controller = check(cluster_dir.pid_file("ipcontroller")).live
+    pids = engines + controller
     if not pids:
         out.write(f"ipcluster: no cluster is running for profile {cluster_dir.profile!r}\n")
-    killed = stop_pids(pids, grace)
+    killed = stop_pids(pids, grace, lambda ps: verified(ps, records))
     for name in ("ipcontroller", ENGINES_PID_FILE):
         cluster_dir.pid_file(name).unlink(missing_ok=True)
     if pids:
@@ -370,8 +467,8 @@ def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout, as_json: bool = F
     from ipython1.kernel.errors import KernelError
     from ipython1.kernel.users import admin_call
 
-    pid = read_pid(cluster_dir.pid_file("ipcontroller"))
-    if not pid_alive(pid):
+    _stale_pid_files(cluster_dir, out)  # reported and removed; never a traceback
+    if not check(cluster_dir.pid_file("ipcontroller")).live:
         out.write(f"ipcluster: no controller is running for profile {cluster_dir.profile!r}\n")
         return 1
     try:
@@ -476,6 +573,29 @@ def dashboard(cluster_dir: ClusterDir, furl_file: str | None = None,
 # -- users (issue 8) ------------------------------------------------------------
 
 
+def engines(cluster_dir: ClusterDir, options: usage.Options, out: IO[str] = sys.stdout) -> int:
+    """Add or remove engines of the running cluster (see ipython1.cluster.resize)."""
+    from ipython1.cluster import resize
+    from ipython1.kernel.errors import KernelError
+
+    sub = options.subOptions
+    try:
+        if options.subCommand == "add":
+            ids = resize.add_engines(cluster_dir, sub["n"], sub["timeout"])
+            out.write(f"ipcluster: added {len(ids)} engine(s): ids {_id_list(ids)}\n")
+        else:
+            ids = resize.remove_engines(cluster_dir, sub["ids"], sub["grace"])
+            out.write(f"ipcluster: removed {len(ids)} engine(s): ids {_id_list(ids)}\n")
+    except (KernelError, RuntimeError, ValueError, OSError) as e:
+        out.write(f"ipcluster: could not {options.subCommand} engines: {e}\n")
+        return 1
+    return 0
+
+
+def _id_list(ids: list[int]) -> str:
+    return ", ".join(map(str, ids))
+
+
 def adduser(cluster_dir: ClusterDir, name: str, observer: bool = False,
             out: IO[str] = sys.stdout) -> int:
     """Ask the running controller for a new user's capability; print its FURL file."""
@@ -505,7 +625,16 @@ def deluser(cluster_dir: ClusterDir, name: str, out: IO[str] = sys.stdout) -> in
         return 1
     out.write(f"ipcluster: revoked {name}: {done['dropped']} connection(s) dropped, "
               f"{done['cleared']} queued command(s) cleared\n")
+    if "rotated" in done:
+        out.write(f"ipcluster: {len(done['rotated'])} FURL(s) rotated (engine code could "
+                  "read them); the old ones no longer connect\n")
+        _print_new_furls(done.get("new_furls") or {}, out)
     return 0
+
+
+def _print_new_furls(new_furls: dict[str, str], out: IO[str]) -> None:
+    for user, path in new_furls.items():
+        out.write(f"ipcluster: give {user} their new FURL file: {path}\n")
 
 
 def users(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
@@ -518,10 +647,13 @@ def users(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
     except KernelError as e:
         out.write(f"ipcluster: {e}\n")
         return 1
-    out.write(f"{'user':<20} {'kind':<9} {'connected':>9} {'queued':>7}\n")
+    out.write(f"{'user':<20} {'kind':<9} {'connected':>9} {'queued':>7}  new FURL\n")
     for row in rows:
+        new = "needed" if row.get("needs_new_furl") else ""
         out.write(f"{row['name']:<20} {row['kind']:<9} {row['connected']:>9} "
-                  f"{row['queued']:>7}\n")
+                  f"{row['queued']:>7}  {new}\n")
+    _print_new_furls({row["name"]: str(cluster_dir.security / "users" / f"{row['name']}.furl")
+                      for row in rows if row.get("needs_new_furl")}, out)
     return 0
 
 
@@ -578,9 +710,12 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         return 2
     if options.subCommand == "start":
         return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
-                     bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out)
+                     bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
+                     location=sub["location"], port=sub["port"], relay_port=sub["relay-port"])
     if options.subCommand == "stop":
         return stop(cluster_dir, sub["grace"], out=out)
+    if options.subCommand == "engines":
+        return engines(cluster_dir, sub, out=out)
     if options.subCommand == "adduser":
         return adduser(cluster_dir, sub["name"], bool(sub["observer"]), out=out)
     if options.subCommand == "deluser":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -17,8 +18,14 @@ class Options(usage.Options):
     longdesc = ("Run the ipython1 controller: a registry of engines with one command queue "
                 "per engine, published at FURLs written to the cluster directory's security/.")
     optParameters = [
-        ["ip", None, "127.0.0.1", "Interface to listen on (default: loopback only)."],
-        ["port", None, 0, "TCP port (default: any free port).", int],
+        ["ip", None, None, "Address to listen on: 0.0.0.0 or :: for every interface "
+         "(default: 127.0.0.1, or every interface when --location is given)."],
+        ["location", None, None, "HOST[:PORT][,HOST2[:PORT2]...]: what every FURL "
+         "advertises, the names or addresses engines and clients dial (default: the --ip "
+         "address; for 0.0.0.0 or ::, every non-loopback address of this host)."],
+        ["port", None, 0, "TCP port of the controller (default: any free port).", int],
+        ["relay-port", None, 0, "TCP port of the data relay, which carries large values "
+         "between clients and engines on other hosts (default: any free port).", int],
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
         ["reserve-ids", None, 0, "Give ids below this only to engines that ask for them "
          "(MPI ranks; ipcluster start --mpi sets it to -n).", int],
@@ -28,6 +35,24 @@ class Options(usage.Options):
     ]
     optFlags = [["no-dashboard", None, "Serve no web dashboard."]]
 
+    def postOptions(self) -> None:
+        check_network_options(self)
+
+
+def check_network_options(options: Any) -> None:
+    """Validate --location and the ports; settle --ip (shared with ipcluster start)."""
+    from ipython1.kernel import addresses
+
+    for name in ("port", "relay-port"):
+        if not 0 <= options[name] < 65536:
+            raise usage.UsageError(f"--{name} must be from 0 (any free port) to 65535")
+    if options["location"] is not None:
+        try:
+            addresses.parse_location(options["location"], 1)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+    options["ip"] = addresses.bind_address(options["ip"], options["location"])
+
 
 def makeService(options: Any) -> Any:
     """Build the controller service tree from options."""
@@ -35,6 +60,7 @@ def makeService(options: Any) -> Any:
 
     return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
                              port=options["port"], reserve_ids=options["reserve-ids"],
+                             location=options["location"], relay_port=options["relay-port"],
                              dashboard=None if options["no-dashboard"] else
                              (options["dashboard-ip"], options["dashboard-port"]))
 
@@ -48,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
         raise SystemExit(f"ipcontroller: {e}\n{options}") from None
+    os.umask(0o077)  # whatever the controller writes (logs, FURLs, transcript) is owner-only
     cluster_dir = ClusterDir(options["profile"]).create()
     run_service(makeService(options), cluster_dir.log_file("ipcontroller"))
 

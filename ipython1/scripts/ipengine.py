@@ -18,6 +18,9 @@ from twisted.python import usage
 
 from ipython1.kernel.cluster import ENGINE_FURL, ClusterDir
 
+# An engine started by a batch system or a container gets its FURL this way.
+ENGINE_FURL_ENV = "IPYTHON1_ENGINE_FURL"
+
 
 class Options(usage.Options):
     """Options of ipengine."""
@@ -28,6 +31,8 @@ class Options(usage.Options):
     optParameters = [
         ["furl-file", "f", None, "Engine FURL file (default: the profile's "
          "security/ipcontroller-engine.furl)."],
+        ["furl", None, None, "The engine FURL itself, pb://... (default: "
+         f"${ENGINE_FURL_ENV}, else --furl-file)."],
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
         ["connect-timeout", None, 60.0, "Seconds to keep retrying registration.", float],
         ["mpi", None, None, "Initialise MPI at start-up with this module (mpi4py)."],
@@ -41,6 +46,11 @@ class Options(usage.Options):
             raise usage.UsageError("--fork must be at least 1")
         if self["fork"] > 1 and self["mpi"]:
             raise usage.UsageError("--fork cannot be combined with --mpi (mpiexec starts ranks)")
+        if self["furl"] is None and self["furl-file"] is None:
+            self["furl"] = os.environ.get(ENGINE_FURL_ENV, "").strip() or None
+        if self["furl"] is not None and not self["furl"].startswith("pb://"):
+            raise usage.UsageError(f"--furl or ${ENGINE_FURL_ENV} must be a FURL (pb://...), "
+                                   f"not {self['furl'][:60]!r}; to name a file, use --furl-file")
         if self["furl-file"] is None:
             self["furl-file"] = str(ClusterDir(self["profile"]).furl_file(ENGINE_FURL))
 
@@ -57,7 +67,7 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
         info["requested_id"] = info["mpi_rank"]
     return EngineService(options["furl-file"], ShellRunner(),
                          connect_timeout=options["connect-timeout"], info=info,
-                         own_shell_thread=own_shell_thread)
+                         own_shell_thread=own_shell_thread, furl=options["furl"])
 
 
 def makeService(options: Any) -> Any:
@@ -114,6 +124,17 @@ def fork_engines(n: int) -> list[int] | None:
     return pids
 
 
+def _say_registered(engine_id: int, service: Any) -> int:
+    """Tell whoever started the engine by hand that it joined, and where."""
+    import socket
+
+    sys.__stderr__.write(f"ipengine: engine {engine_id} (host {socket.gethostname()}, pid "
+                         f"{os.getpid()}) registered with the controller at "
+                         f"{service.referenceable.controller_host}\n")
+    sys.__stderr__.flush()
+    return engine_id
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run an engine: user code on the main thread, the reactor beside it."""
     from ipython1.scripts import start_logging
@@ -126,9 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     if options["fork"] > 1 or options["pid-file"]:
         pids = fork_engines(options["fork"])
         if pids is not None and options["pid-file"]:
-            from ipython1.kernel.cluster import write_private
+            from ipython1.kernel.processes import write_pid_file
 
-            write_private(Path(options["pid-file"]), "".join(f"{p}\n" for p in pids))
+            write_pid_file(Path(options["pid-file"]), pids)
     from twisted.internet import reactor
 
     cluster_dir = ClusterDir(options["profile"]).create()
@@ -137,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         service = _engine_service(options, own_shell_thread=False)
     except Exception as e:
         raise SystemExit(f"ipengine: {e}") from None
+    service.registered.addCallback(_say_registered, service)
     reactor.callWhenRunning(service.startService)
     threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
                      name="reactor", daemon=True).start()

@@ -171,7 +171,28 @@ class ControllerEnd(_Channel):
         _pid, uid = peer_credentials(self.transport.getHandle())
         if uid != os.getuid():
             log.warn("command channel: refused a process of uid {uid}", uid=uid)
-            self.transport.loseConnection()
+            self.transport.abortConnection()
+            return
+        # Unauthenticated until it presents an offer's secret: capped and quick
+        # (see listenguard).
+        self._guard_slot = self.server.guard.admit()
+        if not self._guard_slot:
+            self.transport.abortConnection()
+            return
+        self._deadline = reactor.callLater(self.server.guard.deadline, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self.server.guard.timed_out_one()
+        self.transport.abortConnection()
+
+    def _leave_guard(self) -> None:
+        """No longer unauthenticated (attached, or gone): free the guard's slot."""
+        if getattr(self, "_guard_slot", False):
+            self._guard_slot = False
+            self.server.guard.release()
+        deadline = getattr(self, "_deadline", None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
     def frameReceived(self, data: bytes | bytearray) -> None:
         try:
@@ -185,6 +206,7 @@ class ControllerEnd(_Channel):
                 return
             self.kind = first
             self.authenticated()
+            self._leave_guard()
             if self.kind == "session":
                 self.sendFrame(dumps(["ok", None, None]))  # the client may now call
             return
@@ -215,6 +237,7 @@ class ControllerEnd(_Channel):
         self._serve(seq, self.session.doRemoteCall, method, args, {})
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._leave_guard()
         super().connectionLost(reason)
         self.server.detach(self)
 
@@ -228,6 +251,9 @@ class CommandChannelServer:
         self.host = host_key()
         self._offers: dict[tuple[str, int], tuple[bytes, Any]] = {}
         self._session_ids = itertools.count(1)
+        from ipython1.kernel.listenguard import ListenerGuard
+
+        self.guard = ListenerGuard(f"command channel {self.name}")
         factory = protocol.Factory.forProtocol(lambda: ControllerEnd(self))
         self._port = reactor.listenUNIX(_address(self.name), factory)
 
@@ -256,6 +282,7 @@ class CommandChannelServer:
             return False
         if kind == "session":
             end.session = offered[1]
+            end.session.channel_end = end  # its replies count as unread there too
             return True
         record = self.controller.engines.get(ident)
         if record is None:

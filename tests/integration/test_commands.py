@@ -47,7 +47,7 @@ def test_security_files_are_owner_only(make_cluster):
     for name in ("ipcontroller-engine.furl", "ipcontroller-mec.furl", "ipcontroller.pem"):
         assert stat.S_IMODE((security / name).stat().st_mode) == 0o600, name
     furl = (security / "ipcontroller-mec.furl").read_text()
-    assert furl.startswith("pb://") and "@127.0.0.1:" in furl
+    assert furl.startswith("pb://") and "@tcp:127.0.0.1:" in furl  # loopback by default
 
 
 def test_failed_start_reports_why_and_cleans_up(tmp_path):

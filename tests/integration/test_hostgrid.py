@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.hostgrid import HostGrid, unavailable_reason
+from tests.hostgrid import HostGrid, RemoteFailure, unavailable_reason
 
 SERVE_ONCE = """
 import socket, sys
@@ -85,3 +85,17 @@ def test_grid_is_torn_down_after_a_failure() -> None:
     assert sleeper.poll() is not None
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert netns not in listed and grid.bridge_netns not in listed
+
+
+def test_host_python_runs_code_in_the_host_and_returns_values_and_errors(grid: HostGrid) -> None:
+    py = grid["b"].python(setup="import socket")
+    try:
+        py.exec("print('not in the replies'); x = n * 2", n=21)
+        assert py.eval("(socket.gethostname(), x)") == ("b", 42)
+        with pytest.raises(ZeroDivisionError):
+            py.eval("1 / 0")
+        with pytest.raises(RemoteFailure, match="cannot pickle"):
+            py.eval("socket.socket()")
+        assert py.eval("x") == 42  # still serving after errors
+    finally:
+        py.close()

@@ -31,6 +31,14 @@ def test_pip_install_ships_the_twistd_plugins(tmp_path: Path) -> None:
          str(target)], capture_output=True, text=True, cwd=tmp_path,
         env=_env_without_checkout())
     assert "ipcontroller" in out.stdout and "ipengine" in out.stdout, out.stderr[-2000:]
+    # Every package is shipped (setup.py lists them one by one).
+    packages = sorted({p.parent.relative_to(ROOT).as_posix().replace("/", ".")
+                       for p in (ROOT / "ipython1").rglob("__init__.py")})
+    out = subprocess.run(
+        [sys.executable, "-c", "import importlib, sys; sys.path.insert(0, sys.argv[1]); "
+         "[importlib.import_module(name) for name in sys.argv[2:]]", str(target), *packages],
+        capture_output=True, text=True, cwd=tmp_path, env=_env_without_checkout())
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_this_environment_finds_the_plugins_and_scripts(tmp_path: Path) -> None:

@@ -195,14 +195,31 @@ def test_abort_and_priorities(tc):
     assert status["pending"] == 0 and doomed in status["failed_ids"]
 
 
-def test_engine_that_joins_takes_queued_tasks_at_once(tc, cluster):
+def _held_until(path: str) -> int:
+    """A task that holds its engine until path exists (at most 60 s); returns its pid."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return os.getpid()
+
+
+def test_engine_that_joins_takes_queued_tasks_at_once(tc, cluster, tmp_path):
     mec = cluster.client(timeout=60)
     before = set(mec.get_ids())
-    tids = [tc.run(MapTask(lambda: (time.sleep(0.1), os.getpid())[1])) for _ in range(80)]
+    gate = tmp_path / "open"
+    # The engines there hold tasks until the new one has registered, however slowly it
+    # starts on a busy machine: queued tasks are still waiting when it joins.
+    tids = [tc.run(MapTask(_held_until, args=(str(gate),))) for _ in range(80)]
     cluster.start_engine()
-    wait_until(lambda: len(mec.get_ids()) == len(before) + 1, timeout=30,
+    wait_until(lambda: len(mec.get_ids()) == len(before) + 1, timeout=60,
                message="one more engine")
     (new,) = set(mec.get_ids()) - before
+    wait_until(lambda: tc.queue_status()["running"].get(new, 0) > 0, timeout=30,
+               message="the new engine took queued tasks")
+    gate.touch()
     tc.barrier(tids)
     engines = {tc.get_task_result(t).engine_id for t in tids}
     assert new in engines, engines

@@ -13,6 +13,7 @@ import pytest
 
 from ipython1.kernel import mpi
 from ipython1.kernel.mpi import MPIUnavailable
+from ipython1.kernel.processes import SAFE_PATH_FLAGS
 
 
 def _script(path: Path, body: str) -> Path:
@@ -94,6 +95,7 @@ def test_mpiexec_command_mpich() -> None:
         "A",
         "1",
         "/v/bin/python",
+        *SAFE_PATH_FLAGS,
         "-m",
         "ipython1.scripts.ipengine",
         "--furl-file",
@@ -112,6 +114,7 @@ def test_mpiexec_command_openmpi_as_root() -> None:
         "--allow-run-as-root",
         "--oversubscribe",
         "py",
+        *SAFE_PATH_FLAGS,
         "-m",
         "ipython1.scripts.ipengine",
         "--mpi",
@@ -135,6 +138,7 @@ def test_mpiexec_command_openmpi_not_root_keeps_user_flags() -> None:
         "2",
         "--nooversubscribe",
         "py",
+        *SAFE_PATH_FLAGS,
         "-m",
         "ipython1.scripts.ipengine",
         "--mpi=mpi4py",
@@ -143,7 +147,8 @@ def test_mpiexec_command_openmpi_not_root_keeps_user_flags() -> None:
 
 def test_mpiexec_command_defaults_to_this_python() -> None:
     command = mpi.mpiexec_command(1, [], "mpiexec", [], flavor="mpich")
-    assert command[3:6] == [sys.executable, "-m", "ipython1.scripts.ipengine"]
+    assert command[3:6 + len(SAFE_PATH_FLAGS)] == [sys.executable, *SAFE_PATH_FLAGS, "-m",
+                                       "ipython1.scripts.ipengine"]
 
 
 def test_mpiexec_command_needs_an_engine() -> None:
