@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -147,15 +148,22 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
             cluster.stop()
 
 
-@pytest.fixture(scope="module")
-def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A 4-engine cluster shared by the tests of one module (tests must not kill it)."""
-    cluster = Cluster(tmp_path_factory.mktemp("shared"))
+@contextlib.contextmanager
+def running_cluster(root: Path, n: int) -> Iterator[Cluster]:
+    """Start a cluster of n engines in root; stop every process of it on the way out."""
+    cluster = Cluster(root)
     try:
-        cluster.start(4)
+        cluster.start(n)
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 4-engine cluster shared by the tests of one module (tests must not kill it)."""
+    with running_cluster(tmp_path_factory.mktemp("shared"), 4) as cluster:
+        yield cluster
 
 
 def _grid(names: tuple[str, ...]) -> Iterator[HostGrid]:

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from ipython1.client import reduction
 from ipython1.client.each import apply_each
 from ipython1.client.partitions import layout_from_rows
 from ipython1.engine import blocks, loaders
@@ -114,6 +113,8 @@ class DistArray:
     # -- fetching rows --
 
     def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, DistArray):
+            return self._select(index)
         first, rest = (index[0], tuple(index[1:])) if isinstance(index, tuple) else (index, ())
         if first is Ellipsis:
             first, rest = slice(None), (Ellipsis, *rest)
@@ -146,6 +147,14 @@ class DistArray:
         parts = _each(self.mec, blocks.rows, args)
         ordered = [parts[e] for e in self.ids if e in parts]
         return ordered[0] if len(ordered) == 1 else np.concatenate(ordered)
+
+    def _select(self, mask: DistArray) -> DistArray:
+        """Keep the rows where a boolean DistArray of one value per row is true."""
+        if mask.dtype != np.bool_ or mask.ndim != 1 or mask.layout != self.layout:
+            raise IndexError("a DistArray index must be boolean, one value per row, laid out "
+                             f"as {self.key!r} is")
+        return self._new(lambda out: {e: (out, self.key, mask.key) for e in self.ids},
+                         blocks.select)
 
     def to_numpy(self) -> Any:
         """Fetch the whole array (mind the client's memory)."""
@@ -203,8 +212,7 @@ class DistArray:
         offsets = {e: r.start * (self.size // max(1, len(self))) for e, r in self.rows.items()}
         source = {e: (blocks.partial, (self.key, op, axis, dict(params, offset=offsets[e])))
                   for e in self.ids}
-        return self.mec._call(reduction.reduce_on_engines, self.mec._async,
-                              blocks.COMBINE[op][1], source, self.ids)
+        return self.mec._reduce(blocks.COMBINE[op][1], source, self.ids)
 
     def sum(self, axis: Any = None, dtype: Any = None, out: None = None) -> Any:
         _no_out(out)
@@ -247,7 +255,8 @@ class DistArray:
         """
         if isinstance(bins, int):
             if range is None:
-                range = (float(self.min()), float(self.max())) if len(self) else (0.0, 1.0)
+                low, high = self._nonempty("minmax", None) if len(self) else (0.0, 1.0)
+                range = (float(low), float(high))
             edges = np.histogram_bin_edges(np.empty(0, self.dtype), bins, range)
             count = bins
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,6 +95,8 @@ def load_partitions(client: Any, key: str, paths: Any, loader: Any = "npy",
     if not (isinstance(loader, str) or callable(loader)):
         raise TypeError(f"loader must be 'npy', 'zarr', 'hdf5' or a callable, not {loader!r}")
     ids = yield client._ids(targets)
+    if isinstance(paths, os.PathLike):
+        paths = os.fspath(paths)
     if isinstance(paths, dict):
         assignment = {e: list(paths.get(e, [])) for e in ids}
     else:
@@ -114,8 +117,8 @@ def load_partitions(client: Any, key: str, paths: Any, loader: Any = "npy",
     idle = [e for e in ids if e not in busy]
     if idle:
         first = described[next(iter(busy))]
-        more = yield apply_each(client, loaders.empty,
-                           {e: (key, first["trailing"], first["dtype"]) for e in idle})
+        more = yield apply_each(client, loaders.empty, {
+            e: (key, first["trailing"], first["dtype"]) for e in idle})
         described.update(more)
     rows = layout_from_rows({e: described[e]["rows"] for e in ids}, ids)
     return {e: {"rows": rows[e], "files": assignment[e]} for e in ids}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,11 @@ def tree_plan(n: int) -> list[TreeNode]:
     return plan
 
 
+# Per client: whether a tuple of engine ids is one whole MPI job, in rank order.
+_mpi_known: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], bool]] = (
+    weakref.WeakKeyDictionary())
+
+
 def _mpi_job(infos: list[dict[str, Any]]) -> bool:
     """Tell whether these engines are exactly one whole MPI job."""
     jobs = {info.get("mpi_job") for info in infos}
@@ -69,11 +75,15 @@ def reduce_on_engines(client: Any, func: Callable[[Any, Any], Any], source: Any,
     ids = list(ids)
     if not ids:
         raise ValueError("a reduction needs at least one engine")
+    known = _mpi_known.setdefault(client, {})
+    if use_mpi is None and len(ids) > 1:
+        use_mpi = known.get(tuple(ids))
     if use_mpi is None and len(ids) > 1:
         infos = yield client.engine_info(ids)
         ordered = sorted(infos, key=lambda info: ids.index(info["engine_id"]))
         use_mpi = _mpi_job(ordered) and [i["mpi_rank"] for i in ordered] == list(
             range(len(ids)))
+        known[tuple(ids)] = use_mpi  # ids are never reused: the answer stays true
 
     def source_of(e: int) -> Any:
         return source[e] if isinstance(source, dict) else source

@@ -17,7 +17,7 @@ import numpy as np
 
 from ipython1.engine.loaders import user_namespace
 
-__all__ = ["COMBINE", "delete", "elementwise", "map_blocks", "partial", "rows"]
+__all__ = ["COMBINE", "delete", "elementwise", "map_blocks", "partial", "rows", "select"]
 
 PIECE_BYTES = 16 * 2**20
 
@@ -85,6 +85,15 @@ def map_blocks(out_key: str, func: Callable[..., Any], key: str, args: tuple[Any
     _apply_to_chunks(out_key, lambda block: func(block, *args, **kwargs), [("key", key)])
 
 
+def select(out_key: str, key: str, mask_key: str) -> None:
+    """Bind out_key to the rows of key's block where mask_key's block is true."""
+    def joined(name: str) -> Any:
+        parts = chunks(name)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    user_namespace()[out_key] = joined(key)[joined(mask_key)]
+
+
 def delete(keys: list[str]) -> None:
     """Forget temporary blocks."""
     ns = user_namespace()
@@ -119,6 +128,10 @@ def _min(piece: Any, axis: Any, params: dict[str, Any]) -> Any:
 
 def _max(piece: Any, axis: Any, params: dict[str, Any]) -> Any:
     return np.max(piece, axis=axis)
+
+
+def _minmax(piece: Any, axis: Any, params: dict[str, Any]) -> Any:
+    return np.min(piece, axis=axis), np.max(piece, axis=axis)
 
 
 def _argmax(piece: Any, axis: Any, params: dict[str, Any]) -> Any:
@@ -160,6 +173,12 @@ def maximum(a: Any, b: Any) -> Any:
     return b if a is None else a if b is None else np.maximum(a, b)
 
 
+def min_and_max(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return b if a is None else a
+    return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])
+
+
 def _nan_max_key(item: Any) -> tuple[bool, Any]:
     value = item[0]
     return bool(np.isnan(value)) if np.issubdtype(type(value), np.inexact) else False, value
@@ -189,6 +208,7 @@ COMBINE: dict[str, tuple[Callable[..., Any], Callable[[Any, Any], Any]]] = {
     "moments": (_moments, merge_moments),
     "min": (_min, minimum),
     "max": (_max, maximum),
+    "minmax": (_minmax, min_and_max),
     "argmax": (_argmax, first_argmax),
     "histogram": (_histogram, add),
 }

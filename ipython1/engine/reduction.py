@@ -42,6 +42,7 @@ __all__ = ["combine", "discard", "mpi_allreduce", "own_address", "stage"]
 MAGIC = b"IP1R"
 # magic, kind, sender index, payload length, MAC of those, MAC of the payload
 HEADER = struct.Struct("!4sBIQ32s32s")
+ACCEPT_SLICE = 0.5
 HEADER_TIMEOUT = 10.0  # a peer sends its header at once: a silent connection is dropped
 OK, FAILED = 0, 1
 STAGE_TTL = 600.0  # a staged value whose combine never came is dropped after this
@@ -174,10 +175,13 @@ def _accept_children(listener: socket.socket, children: list[int], secret: bytes
     """Accept one authenticated frame from each child; ignore any other connection."""
     got: dict[int, tuple[socket.socket, int, Any]] = {}
     while len(got) < len(children):
-        listener.settimeout(max(0.01, deadline - time.monotonic()))
+        # Short waits, so that an interrupt raised in this thread lands promptly.
+        listener.settimeout(max(0.01, min(ACCEPT_SLICE, deadline - time.monotonic())))
         try:
             conn, _ = listener.accept()
         except TimeoutError:
+            if time.monotonic() < deadline:
+                continue
             missing = sorted(set(children) - set(got))
             raise ReductionError(f"no partial result from the engines at tree positions "
                                  f"{missing} within {TIMEOUT:g} s") from None

@@ -625,18 +625,23 @@ class MultiEngineClient:
 
     def reduce(self, func: Callable[[Any, Any], Any], key: str, targets: Any = None) -> Any:
         """Fold the values named key on targets with func, pairwise among the engines."""
-        from ipython1.client import reduction
-
         ids = self._call(self._async._ids, self.targets if targets is None else targets)
-        return self._call(reduction.reduce_on_engines, self._async, func, key, ids)
+        return self._reduce(func, key, ids)
 
     def allreduce(self, func: Callable[[Any, Any], Any], key: str, targets: Any = None,
                   out: str | None = None) -> None:
         """Like reduce, and bind the result to out (default: key) on every target."""
+        ids = self._call(self._async._ids, self.targets if targets is None else targets)
+        self._reduce(func, key, ids, out or key, False)
+
+    def _reduce(self, func: Callable[[Any, Any], Any], source: Any, ids: list[int],
+                out: str | None = None, return_result: bool = True) -> Any:
+        """Run a reduction among engines ids (client/reduction.py); Ctrl-C interrupts them."""
         from ipython1.client import reduction
 
-        ids = self._call(self._async._ids, self.targets if targets is None else targets)
-        self._call(reduction.reduce_on_engines, self._async, func, key, ids, out or key, False)
+        future = self._loop.submit(reduction.reduce_on_engines, self._async, func, source, ids,
+                                   out, return_result)
+        return _wait(future, self.timeout, lambda: self._interrupt_quietly(ids))
 
     # -- IPython 0.10 names, views, executors (issue 20; docs/migration.md) --
 

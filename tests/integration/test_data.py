@@ -84,7 +84,7 @@ def test_loaded_partitions_give_numpy_results(mec, files, mmap):
 
 def test_arithmetic_and_ufuncs_run_on_the_engines(mec, files):
     directory, full = files
-    mec.load_partitions("x", sorted(str(p) for p in directory.glob("*.npy")), mmap=True)
+    mec.load_partitions("x", directory / "part-*.npy", mmap=True)  # a Path works too
     x = mec.distarray("x")
     y = np.sqrt(x * x + 1.0) - 2 * x / 3
     assert y.key != x.key and y.layout == x.layout
@@ -95,6 +95,11 @@ def test_arithmetic_and_ufuncs_run_on_the_engines(mec, files):
     np.testing.assert_allclose((x + np.array([1.0, 2.0, 3.0])).to_numpy(), full + [1, 2, 3])
     np.testing.assert_allclose(x.map_blocks(np.cumsum, axis=1)[10:20], np.cumsum(full, 1)[10:20])
     assert np.isclose((-x).sum(), -full.sum())
+    hot = x[x.map_blocks(lambda b: b[:, 1] > 1.0)]  # rows filtered on the engines
+    np.testing.assert_array_equal(hot.to_numpy(), full[full[:, 1] > 1.0])
+    assert np.isclose(hot.mean(), full[full[:, 1] > 1.0].mean())
+    with pytest.raises(IndexError):
+        x[x > 0]  # one value per element, not per row
     mec.scatter("s", full)  # scatter's layout is a DistArray's too
     s_ = mec.distarray("s")
     assert [len(r) for r in s_.layout.values()] == [52, 52, 51]
@@ -145,6 +150,46 @@ def test_reduce_is_an_ordered_tree_among_the_engines(mec):
         mec.reduce(lambda a, b: a[0] / 0, "piece")
     # A failed reduction leaves the engines usable.
     assert mec.reduce(lambda a, b: a + b, "piece") == ids
+
+
+INTERRUPTED_CLIENT = """
+import sys, time
+from ipython1.kernel.client import MultiEngineClient
+mec = MultiEngineClient(sys.argv[1], timeout=120)
+mec.execute("v = 1")
+def slow_add(a, b, marker=sys.argv[2]):
+    open(marker, "w").close()  # the test waits for this: the reduction is under way
+    time.sleep(600)
+    return a + b
+print("reducing", flush=True)
+try:
+    mec.reduce(slow_add, "v")
+except KeyboardInterrupt:
+    started = time.monotonic()
+    mec.execute("w = 2")
+    print("engines free after", round(time.monotonic() - started, 1), flush=True)
+"""
+
+
+def test_ctrl_c_in_the_client_stops_a_reduction_on_the_engines(cluster, tmp_path):
+    import signal
+
+    from tests.conftest import wait_until
+
+    marker = tmp_path / "folding"
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_CLIENT, cluster.mec_furl,
+                             str(marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cluster.env, cwd=str(ROOT))
+    try:
+        assert proc.stdout.readline() == "reducing\n"
+        wait_until(marker.exists, 60, "an engine to fold partial results")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "engines free after" in out, err[-2000:]
+    assert float(out.split()[-1]) < 10
 
 
 def test_a_stranger_at_an_engines_reduction_port_is_ignored(mec):

@@ -18,17 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster, wait_until
+from tests.conftest import Cluster, running_cluster, wait_until
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("monitoring"))
-    try:
-        c.start(2)
+    with running_cluster(tmp_path_factory.mktemp("monitoring"), 2) as c:
         yield c
-    finally:
-        c.stop()
 
 
 class _Output:

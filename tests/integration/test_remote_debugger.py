@@ -10,19 +10,15 @@ import textwrap
 import pexpect
 import pytest
 
-from tests.conftest import Cluster, wait_until
+from tests.conftest import running_cluster, wait_until
 
 FAILING = "def f():\n    secret = 42\n    1/0\n"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("debugger"))
-    try:
-        c.start(2)
+    with running_cluster(tmp_path_factory.mktemp("debugger"), 2) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def _terminal(cluster, body: str) -> pexpect.spawn:

@@ -142,6 +142,7 @@ def test_partials_folded_equal_numpy_on_the_concatenation(namespace):
     n, mean, m2 = _partial(namespace, "moments", axis=0)
     np.testing.assert_allclose(np.sqrt(m2 / n), full.std(axis=0))
     assert _partial(namespace, "min") == full.min()
+    assert _partial(namespace, "minmax") == (full.min(), full.max())
     np.testing.assert_array_equal(_partial(namespace, "max", axis=0), full.max(axis=0))
     value, index = _partial(namespace, "argmax")
     assert value == 50.0 and index == full.argmax()
