@@ -45,7 +45,8 @@ setup(
         "mpi": ["mpich", "mpi4py>=4"],
         "data": ["zarr>=2.16", "h5py>=3.8"],
         "test": ["pytest>=8", "hypothesis>=6", "pexpect>=4.9", "pytest-timeout>=2.3",
-                 "playwright>=1.40", "zarr>=2.16", "h5py>=3.8"],
+                 "playwright>=1.40", "zarr>=2.16", "h5py>=3.8", "nbclient>=0.10",
+                 "ipykernel>=6.29"],
     },
     cmdclass={"editable_wheel": editable_wheel_with_plugins},
     entry_points={

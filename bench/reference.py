@@ -1,17 +1,22 @@
 """Physical limits of this machine: loopback TCP and NumPy memcpy bandwidth.
 
 Prints one JSON document, like the system modules, with system "reference".
+With ``--grid`` (run.py --cross-host; this process on the cli host) it also
+measures plain TCP from cli to ctl, the limit of the path between grid hosts.
 """
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import socket
+import subprocess
 import sys
 import time
 
 import numpy as np
-from common import MIB, Results, log
+from common import MIB, Results, log, wait_until
+from grid import GridSpec
 
 SIZE = 256 * MIB
 CHUNK = 4 * MIB
@@ -58,8 +63,58 @@ def loopback_once(payload: memoryview) -> float:
     return elapsed
 
 
+def send_once(payload: memoryview, address: tuple[str, int]) -> float:
+    """Send payload to a receiver at address; return seconds until acknowledged."""
+    with socket.create_connection(address, timeout=60) as sender:
+        t0 = time.perf_counter()
+        for offset in range(0, len(payload), CHUNK):
+            sender.sendall(payload[offset:offset + CHUNK])
+        ack = sender.recv(1)
+        elapsed = time.perf_counter() - t0
+    if ack != b"k":
+        raise RuntimeError("the receiver did not get every byte")
+    return elapsed
+
+
+def between_hosts(grid: GridSpec, payload: memoryview) -> float:
+    """Best seconds to send payload from this host (cli) to a receiver on ctl."""
+    port = 47018
+    sink = subprocess.Popen(grid.on(grid.ctl, [sys.executable, __file__, "--sink", str(port)]))
+    try:
+        address = (grid.ctl.address, port)
+        times: list[float] = []
+
+        def first() -> bool:  # the receiver is up once a connection is accepted
+            try:
+                times.append(send_once(payload, address))
+            except ConnectionRefusedError:
+                return False
+            return True
+
+        wait_until(first, 30, what="receiver on ctl")
+        times += [send_once(payload, address) for _ in range(REPS - 1)]
+        return min(times)
+    finally:
+        sink.wait(60)
+
+
+def serve(port: int) -> None:
+    """Receive REPS transfers of SIZE bytes on port (the other end of between_hosts)."""
+    listener = socket.create_server(("", port))
+    for _ in range(REPS):
+        receive(listener, SIZE)
+
+
 def main() -> None:
-    """Measure both limits, best of REPS, in MB/s (10**6 bytes per second)."""
+    """Measure the limits, best of REPS, in MB/s (10**6 bytes per second)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--grid", default=None, help="cross-host run: the grid hosts (JSON)")
+    parser.add_argument("--sink", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sink:
+        serve(args.sink)
+        return
+    grid = GridSpec.from_json(args.grid)
     results = Results("reference", f"python {sys.version.split()[0]}, numpy {np.__version__}",
                       "reference")
     src = np.ones(SIZE // 8)
@@ -67,6 +122,10 @@ def main() -> None:
         payload = memoryview(src).cast("B")
         best = min(loopback_once(payload) for _ in range(REPS))
         results.add("REF", "loopback_tcp", "mbps", round(SIZE / best / 1e6, 1))
+    if grid is not None:
+        with results.guard("REF", "tcp_between_hosts"):
+            best = between_hosts(grid, memoryview(src).cast("B"))
+            results.add("REF", "tcp_between_hosts", "mbps", round(SIZE / best / 1e6, 1))
     with results.guard("REF", "numpy_memcpy"):
         dst = np.empty_like(src)
         np.copyto(dst, src)  # fault the pages in before timing

@@ -3,6 +3,10 @@
 The table needs only the standard library (run.py imports it); the plots need
 matplotlib, so run.py runs ``python report.py plots results.json OUTDIR`` in
 the peers' venv.
+
+``python report.py combine SAME_DIR CROSS_DIR OUT_DIR`` puts a same-host run
+and a ``--cross-host`` run side by side: every system gets a second column,
+``<system> cross-host``, and the plots draw it dashed (lines) or hatched (bars).
 """
 
 from __future__ import annotations
@@ -31,7 +35,50 @@ METRIC_ORDER = ("startup_s", "p50_ms", "p90_ms", "min_ms", "pss_mib_per_engine",
                 "completed", "tasks_lost", "wall_s", "nofault_wall_s", "wall_over_nofault",
                 "errors")
 
+CROSS = " cross-host"  # suffix of a system measured across hosts in a combined document
+
 Key = tuple[str, str, Any]  # workload, metric, engines
+
+
+def combine(same: dict[str, Any], cross: dict[str, Any]) -> dict[str, Any]:
+    """Merge a same-host and a cross-host results document into one.
+
+    Each system of the cross-host run appears again as ``<system> cross-host``;
+    the reference limits of both runs are kept, the cross-host ones suffixed.
+    """
+    systems = {}
+    for name in [*same["systems"], *(s for s in cross["systems"] if s not in same["systems"])]:
+        if name in same["systems"]:
+            systems[name] = same["systems"][name]
+        if name in cross["systems"]:
+            systems[name + CROSS] = cross["systems"][name]
+    reference = list(same.get("reference", {}).get("entries", []))
+    reference += [dict(e, variant=e["variant"] + CROSS)
+                  for e in cross.get("reference", {}).get("entries", [])]
+    meta = dict(same["meta"], engines=sorted({*same["meta"]["engines"],
+                                              *cross["meta"]["engines"]}),
+                quick=same["meta"]["quick"] and cross["meta"]["quick"],
+                cross_host_date=cross["meta"]["date"])
+    meta.pop("cross_host", None)
+    return {"meta": meta, "reference": {"entries": reference}, "systems": systems}
+
+
+def ordered_systems(doc: dict[str, Any]) -> list[str]:
+    """Systems in table order: each known system, then its cross-host twin."""
+    return [name for s in SYSTEM_ORDER for name in (s, s + CROSS) if name in doc["systems"]]
+
+
+def ratio_columns(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(header, ipython1 column, peer column) for each ratio the table shows."""
+    out = []
+    for suffix in ("", CROSS):
+        mine = "ipython1" + suffix
+        entries = doc["systems"].get(mine, {}).get("entries", [])
+        if not any("value" in e for e in entries):
+            continue
+        out += [(f"ipython1/{p}{suffix}", mine, p + suffix) for p in PEERS
+                if p + suffix in doc["systems"]]
+    return out
 
 
 def higher_is_better(metric: str) -> bool | None:
@@ -154,16 +201,23 @@ def ratio(mine: list[tuple[str, Any]] | None, theirs: list[tuple[str, Any]] | No
 def markdown(doc: dict[str, Any]) -> str:
     """Return the side-by-side Markdown report of a results document."""
     meta = doc["meta"]
-    systems = [s for s in SYSTEM_ORDER if s in doc["systems"]]
-    has_ipython1 = any("value" in e for e in doc["systems"].get("ipython1", {}).get("entries", []))
-    ratio_peers = [p for p in PEERS if p in systems] if has_ipython1 else []
+    systems = ordered_systems(doc)
+    ratios = ratio_columns(doc)
+    where = ""
+    if meta.get("cross_host_date"):
+        where = (f" (same host), and {meta['cross_host_date']} across network-namespace hosts "
+                 "(columns `cross-host`: controller/scheduler, engines/workers on two hosts "
+                 "and the client each on its own host)")
+    elif meta.get("cross_host"):
+        where = " across network-namespace hosts"
     lines = [
         "# Benchmark: ipython1 side by side with ipyparallel and dask.distributed",
         "",
-        f"Run {meta['date']} on {meta['machine']}; "
+        f"Run {meta['date']}{where} on {meta['machine']}; "
         f"{'quick' if meta['quick'] else 'full'} run, N = {', '.join(map(str, meta['engines']))}.",
         "",
-        "Versions: " + "; ".join(f"{s} {doc['systems'][s].get('version', '?')}" for s in systems)
+        "Versions: " + "; ".join(f"{s} {doc['systems'][s].get('version', '?')}" for s in systems
+                                 if not s.endswith(CROSS))
         + ".",
         "",
         "Each cell is one figure per variant of the workload (the variant in brackets). "
@@ -172,7 +226,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "higher is better.",
         "",
     ]
-    header = ["workload", "N", "metric", *systems, *[f"ipython1/{p}" for p in ratio_peers]]
+    header = ["workload", "N", "metric", *systems, *[h for h, _, _ in ratios]]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     rows = collect(doc)
@@ -181,7 +235,7 @@ def markdown(doc: dict[str, Any]) -> str:
         cells = rows[key]
         row = [workload, "" if engines is None else str(engines), metric]
         row += [cell(cells.get(s)) for s in systems]
-        row += [ratio(cells.get("ipython1"), cells.get(p), metric) for p in ratio_peers]
+        row += [ratio(cells.get(mine), cells.get(peer), metric) for _, mine, peer in ratios]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Workloads:", ""]
     lines += [f"- **{w}**: {t}" for w, t in WORKLOAD_TITLES.items()]
@@ -215,8 +269,13 @@ def plots(doc: dict[str, Any], outdir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = [s for s in SYSTEM_ORDER if s in doc["systems"]]
+    systems = ordered_systems(doc)
     written = []
+    colours: dict[str, Any] = {}  # one colour per system and variant, shared by its twin
+
+    def colour(system: str, variant: str) -> Any:
+        key = system.removesuffix(CROSS) + " " + variant
+        return colours.setdefault(key, f"C{len(colours) % 10}")
 
     # Latency of a no-op on all N engines against N, log-log.
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -235,7 +294,9 @@ def plots(doc: dict[str, Any], outdir: Path) -> list[Path]:
             lows = [by_n[n].get("min_ms", by_n[n]["p50_ms"]) for n in ns]
             yerr = [[max(0.0, a - b) for a, b in zip(p50, lows, strict=True)],
                     [max(0.0, b - a) for a, b in zip(p50, p90, strict=True)]]
-            ax.errorbar(ns, p50, yerr=yerr, marker="o", capsize=3, label=f"{system} {variant}")
+            ax.errorbar(ns, p50, yerr=yerr, marker="o", capsize=3, label=f"{system} {variant}",
+                        color=colour(system, variant),
+                        linestyle="--" if system.endswith(CROSS) else "-")
     ax.axhline(100, color="grey", linestyle=":", label="100 ms target")
     ax.set_xscale("log", base=2)
     if all_ns:
@@ -254,13 +315,16 @@ def plots(doc: dict[str, Any], outdir: Path) -> list[Path]:
     def bars(workload: str, metrics: list[str], title: str, ylabel: str, name: str,
              lines: dict[str, float]) -> None:
         labels, values = [], {m: [] for m in metrics}  # type: ignore[var-annotated]
+        crossed = []  # which bars are cross-host: hatched
         for system in systems:
             by_variant: dict[str, dict[str, float]] = {}
             for e in doc["systems"][system]["entries"]:
                 if e["workload"] == workload and "value" in e and e["metric"] in metrics:
                     by_variant.setdefault(e["variant"], {})[e["metric"]] = e["value"]
             for variant, figures in by_variant.items():
-                labels.append(f"{system}\n{variant}")
+                labels.append(f"{system.removesuffix(CROSS)}\n{variant}"
+                              + ("\ncross-host" if system.endswith(CROSS) else ""))
+                crossed.append(system.endswith(CROSS))
                 for m in metrics:
                     values[m].append(figures.get(m, 0.0))
         fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels) + 2), 5))
@@ -268,6 +332,9 @@ def plots(doc: dict[str, Any], outdir: Path) -> list[Path]:
         for i, m in enumerate(metrics):
             xs = [x + (i - (len(metrics) - 1) / 2) * width for x in range(len(labels))]
             rects = ax.bar(xs, values[m], width, label=m)
+            for rect, cross in zip(rects, crossed, strict=True):
+                if cross:
+                    rect.set_hatch("//")
             ax.bar_label(rects, fmt="%.0f", fontsize=7)
         for text, y in lines.items():
             ax.axhline(y, linestyle=":", color="grey")
@@ -292,12 +359,25 @@ def plots(doc: dict[str, Any], outdir: Path) -> list[Path]:
                default=256)
     bars("W4", [f"push_{size}MiB_mbps", f"pull_{size}MiB_mbps"],
          f"W4: {size} MiB float64 array to and from one engine", "MB/s", "bandwidth.png",
-         {"loopback TCP": ref["loopback_tcp"]} if "loopback_tcp" in ref else {})
+         {label: ref[k] for label, k in (("loopback TCP", "loopback_tcp"),
+                                         ("TCP between hosts", "tcp_between_hosts"),
+                                         ("TCP between hosts", "tcp_between_hosts" + CROSS))
+          if k in ref})
     return written
 
 
 def main(argv: list[str]) -> None:
-    """Usage: report.py plots|markdown RESULTS_JSON OUTDIR."""
+    """Usage: report.py plots|markdown RESULTS_JSON OUTDIR, or combine SAME_DIR CROSS_DIR OUTDIR."""
+    if argv[1] == "combine":
+        same, cross, outdir = (Path(a) for a in argv[2:5])
+        doc = combine(json.loads((same / "results.json").read_text()),
+                      json.loads((cross / "results.json").read_text()))
+        outdir.mkdir(parents=True, exist_ok=True)
+        (outdir / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+        (outdir / "results.md").write_text(markdown(doc))
+        for p in plots(doc, outdir):
+            print(p)
+        return
     what, path, outdir = argv[1], Path(argv[2]), Path(argv[3])
     doc = json.loads(path.read_text())
     if what == "plots":

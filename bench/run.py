@@ -124,8 +124,7 @@ def run_child(python: str, script: str, phase: str, args: list[str], timeout: fl
     """Run one phase as a child; return its JSON document, or one describing the failure."""
     command = [python, str(BENCH / script), *([phase] if phase else []), *args]
     if GRID is not None:  # the client runs on the grid's cli host; --grid tells the rest
-        command = GRID["cli"].command([*command, *(["--grid", grid.describe(GRID)]
-                                                   if phase else [])])
+        command = GRID["cli"].command([*command, "--grid", grid.describe(GRID)])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
     t0 = time.monotonic()

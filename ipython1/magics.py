@@ -4,8 +4,9 @@ Load it with ``%load_ext ipython1.magics`` (connects to the default
 profile's controller on first use) or ``mec.activate()`` (uses that
 client). Then:
 
-- ``%px code`` runs one line on the active targets and shows each engine's
-  result; ``%%px [--targets 0:4] [--block|--noblock]`` runs a cell.
+- ``%px [options] code`` runs one line on the active targets and shows each
+  engine's result; ``%%px [--targets 0:4] [--block|--noblock] [--stream]``
+  runs a cell; both take the same options.
 - ``%autopx`` sends every input to the engines until ``%autopx`` again.
 - ``%result [n]`` shows the last result (fetching a non-blocking one), or
   execution number n.
@@ -13,11 +14,13 @@ client). Then:
   sets the defaults.
 
 Targets are written ``all``, ``3``, ``1,3,5``, or a slice ``0:4`` / ``0:8:2``.
-Errors on engines are shown per engine, not raised, so ``%autopx`` goes on.
+When engines raise, the cell fails with their tracebacks (grouped by kind
+of error), as in ipyparallel: "Run all" in a notebook stops there.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -48,17 +51,44 @@ def parse_targets(text: str) -> Any:
         raise UsageError(f"bad targets {text!r}: use all, 3, 1,3,5 or 0:4") from None
 
 
+# Leading options of the line form: %px --targets 0 --noblock code
+_LINE_OPTION = re.compile(r"\s*((?:--targets|-t)(?:=|\s+)\S+|--block|--noblock|--stream)(?=\s|$)")
+
+
+def split_line_options(line: str) -> tuple[str, str]:
+    """Split '%px --targets 0 --noblock code' into its options and its code."""
+    end = 0
+    while match := _LINE_OPTION.match(line, end):
+        end = match.end()
+    return line[:end].strip(), line[end:].strip()
+
+
+def _labelled(eid: Any, name: str, text: str) -> str:
+    return "\n".join(f"[{name}:{eid}] {line}" for line in text.rstrip("\n").split("\n"))
+
+
+def _show_partial(error: KernelError, stdout: bool = True) -> None:
+    """Show what a failed command left: the failing engines' output, labelled per
+    engine (unless it was streamed live), and the other engines' results."""
+    errors = error.errors if isinstance(error, CompositeError) else [error]
+    for err in errors if stdout else []:
+        record = getattr(err, "record", None) or {}
+        for name in ("stdout", "stderr"):
+            if record.get(name):
+                print(_labelled(getattr(err, "engine_id", "?"), name, record[name]))
+    for done in error.results if isinstance(error, CompositeError) else []:
+        _show(done, stdout=stdout)
+
+
 def _show_error(error: KernelError) -> None:
     errors = error.errors if isinstance(error, CompositeError) else [error]
     for err in errors:
         eid = getattr(err, "engine_id", "?")
         print(f"[{eid}:error] {err.render_traceback() if isinstance(err, RemoteError) else err}")
-        record = getattr(err, "record", None)
-        if record and (record.get("stdout") or record.get("stderr")):
-            if record.get("stdout"):
-                print(record["stdout"].rstrip("\n"))
-            if record.get("stderr"):
-                print(f"[stderr:{eid}] " + record["stderr"].rstrip("\n"))
+        record = getattr(err, "record", None) or {}
+        for name in ("stdout", "stderr"):
+            if record.get(name):
+                print(_labelled(eid, name, record[name]))
     if isinstance(error, CompositeError):
         for result in error.results:
             _show(result)
@@ -74,6 +104,22 @@ def _show(results: Any, stdout: bool = True) -> None:
             print(repr(result))
 
 
+class _AutopxTransform:
+    """Prefix each input with %%px, once it is complete.
+
+    has_side_effects keeps it out of IPython's check_complete: seen there, a
+    cell magic needs a blank line to end, and each input took three Enters.
+    """
+
+    has_side_effects = True
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        first = next((ln.strip() for ln in lines if ln.strip()), "")
+        if not first or first.startswith(_PASS_THROUGH):
+            return lines
+        return ["%%px\n", *lines]
+
+
 @magics_class
 class ParallelMagics(Magics):  # type: ignore[misc]
     """%px, %%px, %autopx, %result and %pxconfig for one MultiEngineClient."""
@@ -85,6 +131,7 @@ class ParallelMagics(Magics):  # type: ignore[misc]
         self.block = True
         self.stream = False
         self.autopx_on = False
+        self._autopx_transform: _AutopxTransform | None = None
         self.last: Any = None
         # IPython's own %debug, which ours calls unless told --engine N.
         self._local_debug = shell.magics_manager.magics["line"].get("debug") if shell else None
@@ -107,21 +154,35 @@ class ParallelMagics(Magics):  # type: ignore[misc]
             return parse_targets(override)
         return self.targets if self.targets is not None else self.client.targets
 
-    def run(self, code: str, targets: Any = None, block: bool | None = None) -> Any:
-        """Run code on targets and show the results; return them."""
+    def run(self, code: str, targets: Any = None, block: bool | None = None,
+            stream: bool = False) -> Any:
+        """Run code on targets and show the results; return them.
+
+        If engines raise, show what the others returned, then raise: the cell fails.
+        """
         if code.strip() == "%debug":  # %px %debug: pdb on each engine's last exception
             return self.debug_engines(targets if targets is not None else self._targets(None))
         block = self.block if block is None else block
+        # One command's --stream; a non-blocking one leaves it on (%pxconfig --nostream).
+        streaming_now = stream and not self.stream
+        if streaming_now:
+            self.client.subscribe()
+            self.stream = True
+        live = self.stream
         try:
             result = self.client.execute(code, targets=targets if targets is not None
                                          else self._targets(None), block=block)
         except KernelError as e:
             self.last = e
-            _show_error(e)
-            return None
+            _show_partial(e, stdout=not live)
+            raise  # the cell fails; IPython shows the engines' frames (_render_traceback_)
+        finally:
+            if streaming_now and block:
+                self.client.unsubscribe()
+                self.stream = False
         self.last = result
         if block:
-            _show(result, stdout=not self.stream)
+            _show(result, stdout=not live)
         else:
             print(f"[ipython1] running without blocking ({result!r}); %result shows it")
         return result
@@ -130,17 +191,24 @@ class ParallelMagics(Magics):  # type: ignore[misc]
     @argument("--targets", "-t", default=None, help="engines: all, 3, 1,3,5 or 0:4")
     @argument("--block", action="store_true", default=None, help="wait for the results")
     @argument("--noblock", action="store_true", default=None, help="do not wait")
+    @argument("--stream", action="store_true", default=None,
+              help="print engines' stdout/stderr live as [stdout:3] lines")
     @line_cell_magic
     def px(self, line: str, cell: str | None = None) -> None:
-        """Run code on the engines: '%px code', or a cell with '%%px [--targets T] [--noblock]'."""
+        """Run code on the engines: '%px [options] code', or a cell: '%%px [options]'.
+
+        Options: --targets T, --block, --noblock, --stream.
+        """
         if cell is None:
-            if not line.strip():
+            line, cell = split_line_options(line)
+            if not cell:
                 raise UsageError("%px needs code to run, e.g. %px import numpy")
-            self.run(line)
-            return
         args = parse_argstring(self.px, line)
+        if args.block and args.noblock:
+            raise UsageError("choose one of --block and --noblock")
         block = False if args.noblock else (True if args.block else None)
-        self.run(cell, targets=self._targets(args.targets), block=block)
+        self.run(cell, targets=self._targets(args.targets), block=block,
+                 stream=bool(args.stream))
 
     def debug_engines(self, targets: Any) -> Any:
         """Open pdb on the engines' last exceptions, one prompt after another, here."""
@@ -174,15 +242,10 @@ class ParallelMagics(Magics):  # type: ignore[misc]
             self.autopx_on = False
             print("%autopx disabled: inputs run locally again")
         else:
+            self._autopx_transform = _AutopxTransform()
             cleanup.append(self._autopx_transform)
             self.autopx_on = True
             print("%autopx enabled: every input now runs on the engines; %autopx to stop")
-
-    def _autopx_transform(self, lines: list[str]) -> list[str]:
-        first = next((ln.strip() for ln in lines if ln.strip()), "")
-        if not first or first.startswith(_PASS_THROUGH):
-            return lines
-        return ["%%px\n", *lines]
 
     @magic_arguments()
     @argument("n", nargs="?", type=int, default=None, help="execution number (default: last)")
@@ -200,13 +263,13 @@ class ParallelMagics(Magics):  # type: ignore[misc]
             elif hasattr(self.last, "get_result"):
                 self.last = result = self.last.get_result()
             elif isinstance(self.last, KernelError):
-                _show_error(self.last)
-                return None
+                raise self.last
             else:
                 result = self.last
         except KernelError as e:
-            _show_error(e)
-            return None
+            self.last = e
+            _show_partial(e, stdout=not self.stream)
+            raise  # the cell fails, as %px's would have
         _show(result)
         return None
 

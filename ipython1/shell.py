@@ -14,16 +14,18 @@ Shell magics: %targets, %local, %%local, %users, %say, %mute, %unmute,
 from __future__ import annotations
 
 import argparse
+import collections
 import re
 import sys
 import threading
+import time
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.terminal.interactiveshell import TerminalInteractiveShell
 
-from ipython1.kernel.errors import KernelError, PermissionDenied
 from ipython1.client.events import format_targets
+from ipython1.kernel.errors import KernelError, PermissionDenied
 
 # Cells that start with one of these run in the shell itself, not on the engines.
 LOCAL_COMMANDS = ("%targets", "%local", "%%local", "%users", "%say", "%mute", "%unmute",
@@ -40,7 +42,10 @@ class EventPrinter:
         self.me = me  # this shell's session: its own events are not echoed
         self.muted: set[str] = set()
         self.counts: dict[int, int] = {}  # engine -> last execution count seen
-        self.history_until = 1 << 62  # events up to this seq are history: not printed
+        self.history_until = 1 << 62  # events up to this seq are history: shown by recent()
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+        self.last_seq = 0  # the newest event seen
+        self._arrived = threading.Condition()
         self._lock = threading.Lock()
         self._out = out
 
@@ -57,7 +62,13 @@ class EventPrinter:
             self.counts[engine] = data["execution_count"]
         elif kind in ("engine_registered", "engine_died") and engine is not None:
             self.counts.pop(engine, None)  # a new engine counts from 1
-        if event.get("seq", 0) <= self.history_until or event.get("client") == self.me:
+        with self._arrived:
+            self.last_seq = max(self.last_seq, int(event.get("seq", 0)))
+            self._arrived.notify_all()
+        if event.get("client") == self.me and kind != "chat":  # own chat: the echo
+            return
+        if event.get("seq", 0) <= self.history_until:
+            self.history.append(event)
             return
         user = event.get("user") or "-"
         if user in self.muted:
@@ -65,6 +76,22 @@ class EventPrinter:
         line = self.format(user, kind, engine, data)
         if line:
             self.write(line)
+
+    def recent(self, last: int = 20, timeout: float = 2.0) -> list[str]:
+        """Return the last lines of the history this shell got when it subscribed.
+
+        The history arrives just after the subscription's answer: wait for it.
+        """
+        with self._arrived:
+            self._arrived.wait_for(lambda: self.last_seq >= self.history_until, timeout)
+        lines = []
+        for event in self.history:
+            line = self.format(event.get("user") or "-", event.get("kind"),
+                               event.get("engine"), event.get("data") or {})
+            if line:
+                when = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
+                lines.append(f"{when} {line}")
+        return lines[-last:]
 
     def format(self, user: str, kind: Any, engine: Any, data: dict[str, Any]) -> str | None:
         tag = f"[{user}]"
@@ -77,8 +104,11 @@ class EventPrinter:
                 code = str(data.get("code", "")).rstrip("\n").split("\n")
                 pad = " " * (len(tag) + len(f" In [{n}]")) + "...: "
                 return f"{tag} In [{n}] on {where}: " + f"\n{pad}".join(code)
-            names = ", ".join(data.get("names", [])) or data.get("description", "")
-            return f"{tag} {data.get('op')} {names} on {where}"
+            op = str(data.get("op"))
+            what = ", ".join(data.get("names", [])) or str(data.get("description", ""))
+            if not what.startswith(op):  # descriptions such as "inspect y" name it already
+                what = f"{op} {what}".rstrip()
+            return f"{tag} {what} on {where}"
         if kind in ("stdout", "stderr"):
             text = str(data.get("text", "")).rstrip("\n")
             label = f"{tag}[{kind}:{engine}]"
@@ -114,14 +144,14 @@ class CollaborationMagics(Magics):  # type: ignore[misc]
         print(f"cells run on: {self.shell.cluster_targets!r}")
 
     @line_magic
-    def local(self, line: str) -> Any:
+    def local(self, line: str) -> None:
         """%local CODE: run one line in this shell, not on the cluster."""
-        return self.shell.run_local(line)
+        self.shell.run_local(line)  # it shows its own Out[n]; returned, it would show twice
 
     @cell_magic("local")
-    def local_cell(self, line: str, cell: str) -> Any:
+    def local_cell(self, line: str, cell: str) -> None:
         """%%local: run the cell in this shell, not on the cluster."""
-        return self.shell.run_local(cell)
+        self.shell.run_local(cell)
 
     @line_magic
     def users(self, line: str) -> None:
@@ -187,6 +217,9 @@ class ClusterShell(TerminalInteractiveShell):  # type: ignore[misc]
         # The history so far primes the execution counts; live events are printed.
         answer = mec.subscribe_events(self._on_event, history=200)
         self.printer.history_until = int((answer or {}).get("seq", 0))
+        recent = self.printer.recent()
+        if recent:  # including whoever joined just before: nobody's join is missed
+            print("ipython1-shell: recent activity on this cluster:\n" + "\n".join(recent))
 
     def _on_event(self, event: dict[str, Any]) -> None:
         self.printer(event)

@@ -30,8 +30,16 @@ N_ENGINES = 4
 
 
 def main() -> int:
-    # A private cluster directory, so the demo never touches a running cluster.
-    os.environ.setdefault("IPYTHON1_DIR", tempfile.mkdtemp(prefix="ipython1-demo-"))
+    # A private cluster directory, so the demo never touches a running cluster;
+    # removed at the end (it holds the FURLs and logs of a cluster that is gone).
+    if "IPYTHON1_DIR" in os.environ:
+        return run_demo()
+    with tempfile.TemporaryDirectory(prefix="ipython1-demo-") as root:
+        os.environ["IPYTHON1_DIR"] = root
+        return run_demo()
+
+
+def run_demo() -> int:
     argv = ["--profile", "demo"]
     t0 = time.perf_counter()
     if ipcluster.main([*argv, "start", "-n", str(N_ENGINES), "--daemon"]) != 0:

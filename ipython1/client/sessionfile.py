@@ -26,6 +26,7 @@ HEADER = "# ipython1 session log"
 _BLOCK = re.compile(r"^# ---- \[(\d+)\] (.*)$")
 _TARGETS = re.compile(r"^# targets: (.*)$")
 NOT_REPLAYABLE = "# not replayable: "
+FAILED = "# failed: "  # a command that failed or was interrupted: its code follows, commented
 
 
 def load_value(*frames_b64: str) -> Any:
@@ -78,13 +79,29 @@ def to_script(entries: list[dict[str, Any]], deserialize: Callable[[Any], Any]) 
         if entry.get("errors"):
             status = "error: " + ", ".join(entry["errors"][:4])
         blocks = _entry_blocks(entry, deserialize)
+        failed = _failure(entry)
         for targets, body in blocks:
             out.append(f"# ---- [{n}] {entry['op']} by {entry.get('client', '?')} at "
                        f"{_stamp(entry.get('time', 0))} ({status})")
             out.append(f"# targets: {targets!r}" if targets != "all" else "# targets: all")
+            if failed and not body.startswith(NOT_REPLAYABLE):
+                # Replaying it would fail again, or loop again: kept, but commented out.
+                out.append(FAILED + failed)
+                body = "\n".join("# " + line if line else "#" for line in body.split("\n"))
             out.append(body.rstrip("\n"))
             out.append("")
     return "\n".join(out)
+
+
+def _failure(entry: dict[str, Any]) -> str:
+    """Say why a command did not succeed ('' if it did)."""
+    if entry.get("errors"):
+        return ", ".join(entry["errors"][:4])
+    if entry.get("status", "ok") == "ok":
+        return ""
+    if entry.get("status") == "pending":
+        return "still running when the session was saved"
+    return str(entry.get("status"))
 
 
 def _entry_blocks(entry: dict[str, Any],
@@ -142,12 +159,20 @@ def parse_script(text: str, source: str = "<session>") -> list[dict[str, Any]]:
             current["lines"].append(line)
         i += 1
     for command in commands:
-        code = "\n".join(command.pop("lines")).strip("\n")
+        lines = command.pop("lines")
+        first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+        command["failed"] = None
+        if first is not None and lines[first].startswith(FAILED):
+            command["failed"] = lines[first][len(FAILED):].strip()
+            lines = [re.sub(r"^# ?", "", ln) for ln in lines[first + 1:]]
+        elif "(error" in command["header"]:  # saved before failures were commented out
+            command["failed"] = command["header"].rsplit("(", 1)[-1].rstrip(")")
+        code = "\n".join(lines).strip("\n")
         command["code"] = code
         body = [ln for ln in code.splitlines() if ln.strip()]
         command["skip"] = next((ln[len(NOT_REPLAYABLE):] for ln in body
                                 if ln.startswith(NOT_REPLAYABLE)), None)
-        if command["skip"] is None and "(error" not in command["header"]:
+        if command["skip"] is None and command["failed"] is None:
             _check_compiles(code, source, command["line"] + 2)
     return commands
 

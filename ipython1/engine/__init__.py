@@ -1,1 +1,2 @@
-"""Engine-side halves of client commands: code that runs inside an engine."""
+"""Engine-side concepts: code that runs inside an engine (client commands' halves,
+rejoining the controller after a loss, restarting in place)."""

@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ipython1.client.reconnect import IN_FLIGHT_HINT, Reconnector, channel_closed
 from ipython1.common.versions import compare as compare_versions
 from ipython1.common.versions import local_versions, refusal
 from ipython1.kernel import datachannel, replies, wire
@@ -34,7 +35,6 @@ from ipython1.kernel.results import ExecuteResult, ResultList
 from ipython1.kernel.serialize import deserialize, serialize, serialize_dict
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
-
 
 _map_chunk = scatter_mod.map_chunk  # its old name
 
@@ -91,12 +91,25 @@ class AsyncMultiEngineClient:
         self._finishers: dict[int, Callable[[list[dict[str, Any]]], Any]] = {}
         self._relay_only: set[int] = set()  # engines whose local socket is out of reach
         self._books: dict[int, datachannel.TicketBook] = {}  # same-host tickets, by engine
+        # Set by get_multiengine_client: reopens the session once the controller is back.
+        self.reconnector: Reconnector | None = None
         # Handles engine pdb prompts (engine id, text); the blocking client sets it.
         self.on_debugger: Callable[[int, str], None] | None = None
         self._calls.notifyOnDisconnect(self._disconnected)
 
     def _disconnected(self, *args: Any) -> None:
         self._lost = f"the connection to the controller at {wire.furl_location(self.furl)} was lost"
+
+    def _reconnected(self, opened: tuple[Any, Any, Any]) -> None:
+        """Take the session reopened after a restart (subscriptions are not renewed)."""
+        if self._tub is not None:
+            self._tub.stopService()
+        self._tub, self._session, self._channel = opened
+        self._calls = command_channel.session_connection(self._session, self._channel)
+        self._books.clear()
+        self._relay_only.clear()
+        self._lost = None
+        self._calls.notifyOnDisconnect(self._disconnected)
 
     @property
     def connected(self) -> bool:
@@ -108,8 +121,13 @@ class AsyncMultiEngineClient:
         return self._calls.local
 
     def _remote(self, method: str, *args: Any) -> Deferred[Any]:
+        if self._lost is None and channel_closed(self._channel):
+            self._disconnected()  # the controller is gone; Foolscap may not know yet
         if self._lost is not None:
-            return defer.fail(ConnectionLost(self._lost))
+            if self.reconnector is None:
+                return defer.fail(ConnectionLost(self._lost))
+            # Wait for the controller to come back, then send it (issue 15).
+            return self.reconnector.ensure().addCallback(lambda _: self._remote(method, *args))
         d = self._calls.call(method, args)
         d.addCallbacks(replies.unpack, self._translate_failure)
         return d
@@ -122,8 +140,8 @@ class AsyncMultiEngineClient:
         from twisted.internet.error import ConnectionLost as TwistedLost
 
         if failure.check(DeadReferenceError, ConnectionDone, TwistedLost) or self._lost:
-            raise ConnectionLost(self._lost or f"the controller went away: "
-                                 f"{failure.getErrorMessage()}")
+            raise ConnectionLost((self._lost or f"the controller went away: "
+                                  f"{failure.getErrorMessage()}") + "; " + IN_FLIGHT_HINT)
         return failure
 
     def _command(self, method: str, args: tuple[Any, ...], block: bool,
@@ -373,6 +391,10 @@ class AsyncMultiEngineClient:
              block: bool = True) -> Deferred[Any]:
         """End engines at once; with controller=True, the controller too."""
         return self._command("kill", (controller, targets), block, _none, True)
+
+    def restart(self, targets: Any = "all", block: bool = True) -> Deferred[Any]:
+        """Start engines afresh (new namespace, same id); fire once they are back."""
+        return self._command("restart", (targets,), block, _none, False)
 
     def interrupt(self, targets: Any = "all") -> Deferred[Any]:
         """Raise KeyboardInterrupt in the code running on targets."""
@@ -968,11 +990,14 @@ def _check_client_furl(root: Any, furl: str) -> None:
 
 
 @defer.inlineCallbacks
-def _open_session(furl: str, timeout: float, **extra: Any) -> Any:
-    """Connect to a FURL and open a session; fire with (tub, root, session)."""
+def _open_session(furl: str, timeout: float, source: str = "", **extra: Any) -> Any:
+    """Connect to a FURL and open a session; fire with (tub, root, session).
+
+    source (wire.furl_source) says, if no controller answers, where the FURL came from.
+    """
     tub = wire.client_tub()
     try:
-        root = yield wire.get_reference(tub, furl, timeout)
+        root = yield wire.get_reference(tub, furl, timeout, source)
         _check_client_furl(root, furl)
         session = yield foolscap_transport.call(
             root, "connect", dict(client_info(), **extra)).addErrback(refusal)
@@ -988,16 +1013,35 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
     """Connect to a controller; fire with an AsyncMultiEngineClient."""
     furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
     debugger = DebuggerObserver()
-    tub, _, session = yield _open_session(furl, timeout, debugger=debugger)
+    tub, _, session = yield _open_session(
+        furl, timeout, wire.furl_source(furl_or_file, profile, MEC_FURL), debugger=debugger)
     channel = yield _open_command_channel(session)
     client = AsyncMultiEngineClient(session, tub, furl, channel)
     debugger.client = client
+    client.reconnector = Reconnector(
+        lambda seconds: _reopen(furl_or_file, profile, MEC_FURL, seconds, client),
+        client._reconnected, "the multi-engine client")
     try:
         infos = yield client.engine_info()
     except Exception:  # no engines yet, or an observer: nothing to compare with
         infos = []
     warn_about_engine_versions(infos)
     return client
+
+
+@defer.inlineCallbacks
+def _reopen(furl_or_file: Any, profile: str, default_name: str, timeout: float,
+            client: Any = None) -> Any:
+    """Open a session again (the FURL file may name a new port); fire with
+    (tub, session, channel). A multi-engine client's pdb prompts follow it."""
+    furl = wire.resolve_furl(furl_or_file, profile, default_name)
+    extra: dict[str, Any] = {}
+    if isinstance(client, AsyncMultiEngineClient):
+        extra["debugger"] = DebuggerObserver()
+        extra["debugger"].client = client
+    tub, _, session = yield _open_session(furl, timeout, **extra)
+    channel = yield _open_command_channel(session)
+    return tub, session, channel
 
 
 @defer.inlineCallbacks
@@ -1022,7 +1066,8 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
     from ipython1.kernel.interfaces import RIMultiEngine
 
     furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
-    tub, root, session = yield _open_session(furl, timeout)
+    tub, root, session = yield _open_session(
+        furl, timeout, wire.furl_source(furl_or_file, profile, TASK_FURL))
     try:
         parent = None
         if getattr(root.tracker, "interfaceName", "") == RIMultiEngine.__remote_name__:
@@ -1034,6 +1079,10 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
         tub.stopService()
         raise
     client = yield _task_client(session, tub, furl, parent)
+    if parent is None:  # a user's capability reopens through its multi-engine session
+        client.reconnector = Reconnector(
+            lambda seconds: _reopen(furl_or_file, profile, TASK_FURL, seconds),
+            client._reconnected, "the task client")
     return client
 
 

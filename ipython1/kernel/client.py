@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from ipython1.kernel import asyncclient
-from ipython1.kernel.errors import ClientTimeout, ConnectionLost, KernelError
+from ipython1.kernel.errors import ClientTimeout, ConnectionLost, Interrupted, KernelError
 
 __all__ = ["MultiEngineClient", "PendingResult"]
 
@@ -92,10 +92,11 @@ class ReactorThread:
 
 
 def _wait(future: concurrent.futures.Future[Any], timeout: float | None,
-          on_interrupt: Callable[[], None] | None = None,
+          on_interrupt: Callable[[], str] | None = None,
           debugger: Callable[[], float] | None = None) -> Any:
     """Wait for a future; Ctrl-C runs on_interrupt (e.g. interrupt engines).
 
+    Then Interrupted carries what on_interrupt said, and IPython shows just that.
     With debugger, serve engine pdb prompts while waiting: debugger() drives any
     waiting debugger and returns the seconds it took, which the timeout excludes.
     """
@@ -118,11 +119,16 @@ def _wait(future: concurrent.futures.Future[Any], timeout: float | None,
     except concurrent.futures.TimeoutError:
         raise ClientTimeout(f"no result within {timeout:g} s") from None
     except KeyboardInterrupt:
-        if on_interrupt is not None:
-            on_interrupt()
-        raise
+        if on_interrupt is None:
+            raise
+        raise Interrupted(on_interrupt()) from None
 
 
+def _wait_for_restarts(client: Any, timeout: float | None) -> None:
+    """Let calls made while the controller is down wait up to the client's timeout."""
+    if timeout is not None and getattr(client, "reconnector", None) is not None:
+        # A little under: the call ends with ConnectionLost's advice, not ClientTimeout.
+        client.reconnector.timeout = timeout * 0.9
 DEBUGGER_POLL = 0.1  # s: how often a blocking wait looks for an engine's pdb prompt
 
 
@@ -144,29 +150,74 @@ class PendingResult:
         self._result: Any = None
         self._error: BaseException | None = None
         self._done = False
+        # The controller hands a result over once: a wait that timed out keeps
+        # its fetch in flight here, and the next call waits on that same fetch.
+        self._fetch: concurrent.futures.Future[Any] | None = None
+        self._fetch_blocks = False
         self.submitted = time.monotonic()
         self._completed: float | None = None
         self._callbacks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
 
     def get_result(self, block: bool = True, timeout: float | None = None) -> Any:
-        """Return the result; without block, raise ResultNotReady if not done."""
-        if not self._done:
-            future = self.client._loop.submit(self._pending.get_result, block)
-            try:
-                self._result = _wait(future, timeout if timeout is not None
-                                     else self.client.timeout,
-                                     debugger=self.client._serve_debugger)
-            except KernelError as e:
-                from ipython1.kernel.errors import ResultNotReady
+        """Return the result; without block, raise ResultNotReady if not done.
 
-                if isinstance(e, (ResultNotReady, ClientTimeout)):
-                    raise
+        A wait that times out (ClientTimeout) loses nothing: the result stays
+        fetchable until it is fetched.
+        """
+        return self._get(block, timeout if timeout is not None else self.client.timeout)
+
+    def _get(self, block: bool, timeout: float | None) -> Any:
+        from ipython1.kernel.errors import ResultNotReady
+
+        while not self._done:
+            if self._fetch is None:
+                self._fetch = self.client._loop.submit(self._pending.get_result, block)
+                self._fetch_blocks = block
+            elif not block and not self._fetch.done():
+                raise ResultNotReady(f"result {self.id} is not ready yet")
+            try:
+                self._result = _wait(self._fetch, timeout, lambda: (
+                    f"stopped waiting for result {self.id}; the engines go on, and "
+                    "get_result() fetches it later"), debugger=self.client._serve_debugger)
+            except ClientTimeout:
+                raise
+            except ResultNotReady:
+                self._fetch = None
+                if block and not self._fetch_blocks:
+                    continue  # that was an earlier ready(): wait now
+                raise
+            except KernelError as e:
                 self._error = e
+            self._fetch = None
             self._done = True
             self._completed = time.monotonic()
         if self._error is not None:
             raise self._error
         return self._called_back(self._result)
+
+    def ready(self) -> bool:
+        """Tell whether the result (or its error) has arrived, without waiting for it."""
+        if self._fetch is not None and not self._fetch.done():
+            return False
+        return self.wait(0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to timeout s (None: for ever) for the result; return whether it came.
+
+        The result is kept: get_result() returns it (or raises its error) at once.
+        """
+        from ipython1.kernel.errors import ResultNotReady
+
+        try:
+            if timeout == 0:  # ask once, without waiting on the controller
+                self._get(block=False, timeout=self.client.timeout)
+            else:
+                self._get(block=True, timeout=timeout)
+        except (ResultNotReady, ClientTimeout):
+            return False
+        except KernelError:
+            pass  # done, with an error: get_result() raises it
+        return True
 
     @property
     def r(self) -> Any:
@@ -249,6 +300,7 @@ class MultiEngineClient:
         future = self._loop.submit(asyncclient.get_multiengine_client, furl_or_file, profile,
                                    connect_timeout)
         self._async: asyncclient.AsyncMultiEngineClient = _wait(future, connect_timeout + 5)
+        _wait_for_restarts(self._async, timeout)
         # Engine pdb prompts arrive on the reactor thread; blocking waits serve them.
         self._debug_prompts: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
         self._async.on_debugger = lambda engine_id, text: self._debug_prompts.put(
@@ -321,11 +373,22 @@ class MultiEngineClient:
         """
         return self._run(self._async.debug, targets=targets, block=True)
 
-    def _interrupt_quietly(self, targets: Any) -> None:
+    def _interrupt_quietly(self, targets: Any) -> str:
+        """Interrupt targets after a Ctrl-C; say which engines were running."""
+        from ipython1.client.events import format_targets
+
         try:
-            _wait(self._loop.submit(self._async.interrupt, targets), 5)
-        except Exception:
-            pass
+            ids = _wait(self._loop.submit(self._async._ids, targets), 5)
+            running = _wait(self._loop.submit(self._async.interrupt, ids), 5)
+        except Exception as e:
+            return f"the engines could not be interrupted ({e})"
+        hit = [i for i, was in zip(ids, running, strict=True) if was]
+        idle = [i for i in ids if i not in hit]
+        plural = "s" if len(hit) > 1 else ""
+        said = f"interrupted engine{plural} {format_targets(hit)}" if hit else \
+            "no engine was still running the call"
+        return said + (f" (engine{'s' if len(idle) > 1 else ''} {format_targets(idle)} "
+                       "had finished)" if hit and idle else "")
 
     # -- the multi-engine interface --
 
@@ -406,6 +469,10 @@ class MultiEngineClient:
         """End engines at once; with controller=True, the controller too."""
         return self._run(self._async.kill, controller, targets=targets, block=block)
 
+    def restart(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Start engines afresh (new namespace, same id); return once they are back."""
+        return self._run(self._async.restart, targets=targets, block=block)
+
     def interrupt(self, targets: Any = None) -> Any:
         """Raise KeyboardInterrupt in the code running on targets."""
         return self._call(self._async.interrupt, self.targets if targets is None else targets)
@@ -481,12 +548,15 @@ class MultiEngineClient:
             f.write(to_script(entries, deserialize))
         return len(entries)
 
-    def restore_session(self, path: Any, stop_on_error: bool = False) -> list[dict[str, Any]]:
+    def restore_session(self, path: Any, stop_on_error: bool = False,
+                        include_failed: bool = False) -> list[dict[str, Any]]:
         """Replay a saved session onto the engines; report each command's outcome.
 
         The whole file is parsed first: if it does not parse, SessionFileError
-        is raised and nothing runs. Each report is {"n", "targets", "status":
-        "ok" | "error" | "skipped", "error"}.
+        is raised and nothing runs. Commands that failed or were interrupted
+        when recorded (saved commented out, '# failed: ...') are skipped unless
+        include_failed. Each report is {"n", "targets", "status": "ok" |
+        "error" | "skipped", "error"}.
         """
         from ipython1.client.sessionfile import parse_script
 
@@ -498,6 +568,9 @@ class MultiEngineClient:
                       "targets": command["targets"], "status": "ok", "error": None}
             if command["skip"] is not None:
                 report.update(status="skipped", error=command["skip"])
+            elif command["failed"] is not None and not include_failed:
+                report.update(status="skipped", error=f"failed when recorded: "
+                                                      f"{command['failed']}")
             elif command["code"].strip():
                 try:
                     self.execute(command["code"], targets=command["targets"], block=True)
@@ -809,6 +882,12 @@ POLL_SECONDS = 0.5  # how long one wait on the controller lasts, so Ctrl-C is pr
 WAIT_WINDOW = 4096  # task ids per wait() call while collecting results
 
 
+def _stopped_waiting(tasks: int) -> Interrupted:
+    """Ctrl-C while waiting on tasks: say, in one line, that they go on."""
+    return Interrupted(f"stopped waiting for {tasks} task(s); they go on running "
+                       "(abort(tid) cancels one that waits)")
+
+
 class PendingTasks:
     """Tasks in flight (e.g. a non-blocking map): wait, watch, fetch."""
 
@@ -856,6 +935,8 @@ class PendingTasks:
                 if left <= 0:
                     return False
                 self._collect(left, bar)
+        except KeyboardInterrupt:
+            raise _stopped_waiting(len(self.tids) - len(self._results)) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -890,6 +971,7 @@ class TaskClient:
         future = self._loop.submit(asyncclient.get_task_client, furl_or_file, profile,
                                    connect_timeout)
         self._async = _wait(future, connect_timeout + 5)
+        _wait_for_restarts(self._async, timeout)
 
     def _call(self, method: Callable[..., Any], *args: Any, timeout: float | None = None,
               **kwargs: Any) -> Any:
@@ -937,6 +1019,8 @@ class TaskClient:
                 if finished:
                     bar.update(len(finished))
                     remaining = [t for t in remaining if t not in finished]
+        except KeyboardInterrupt:
+            raise _stopped_waiting(len(remaining)) from None
         finally:
             bar.close()
 

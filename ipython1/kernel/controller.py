@@ -25,7 +25,12 @@ from zope.interface import implementer
 from ipython1.common import versions
 from ipython1.controller.output import OutputReceiver
 from ipython1.kernel import cluster, processes, wire
-from ipython1.kernel.errors import InvalidEngineID, NoEnginesRegistered, VersionMismatch
+from ipython1.kernel.errors import (
+    EngineError,
+    InvalidEngineID,
+    NoEnginesRegistered,
+    VersionMismatch,
+)
 from ipython1.kernel.events import EventBus, Transcript
 from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.queue import Command, EngineQueue, user_of
@@ -108,6 +113,9 @@ class Controller(service.MultiService):
         self.reserve_ids = reserve_ids
         self._used_ids: set[int] = set()
         self._broken_mpi_jobs: dict[str, str] = {}  # job -> the engine it lost first
+        # pid -> Deferred[report or None]: a supervised engine's end (ControllerService)
+        self.exit_reports: Callable[[Any], Deferred[dict[str, Any] | None]] | None = None
+        self._dying: dict[int, list[Callable[[], None]]] = {}  # engines awaiting a report
         self.versions = versions.local_versions()
         self.debug_clients: dict[str, Any] = {}  # client name -> its debugger observer
         # Clients not reading their replies: their queued commands wait (backpressure).
@@ -117,7 +125,9 @@ class Controller(service.MultiService):
 
     def register_engine(self, engine: Any, info: dict[str, Any]) -> int:
         """Add an engine; return its id, which it keeps for its life."""
-        engine_id = self._assign_id(info.get("requested_id"))
+        info = dict(info)
+        late_tasks = info.pop("late_tasks", None)  # a rejoining engine's (issue 15)
+        engine_id = self._assign_id(info.get("requested_id"), bool(info.get("rejoin")))
         if "mpi_rank" in info:
             # A rank blocked in a GIL-holding collective cannot answer pings.
             wire.relax_disconnect_timeout(engine)
@@ -148,8 +158,25 @@ class Controller(service.MultiService):
             engine_id, self._engine_output, self._engine_debugger))
         d.addErrback(lambda f: None)  # an engine without live output still works
         log.info("engine {id} registered: {info}", id=engine_id, info=info)
-        self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info)})
+        self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info),
+                                           "late_tasks": late_tasks})
         return engine_id
+
+    def deliver_late(self, engine_id: int, late: Any) -> None:
+        """Pass on what ended on an engine while the controller was away: task
+        replies to the task farm, other commands as a finished_while_away event."""
+        if engine_id not in self.engines or not isinstance(late, dict):
+            return
+        if isinstance(late.get("tasks"), list) and late["tasks"]:
+            self._notify("late_replies", {"engine_id": engine_id, "late_tasks": late["tasks"]})
+        if isinstance(late.get("finished"), list) and late["finished"]:
+            self.events.publish("finished_while_away", engine=engine_id,
+                                data={"commands": late["finished"][:100]})
+
+    def remember_ids(self, ids: set[int]) -> None:
+        """Keep ids given by an earlier controller for the engines that rejoin."""
+        self._used_ids |= ids
+        self._next_id = max([self._next_id, *(i + 1 for i in ids)])
 
     def check_versions(self, info: Any, who: str) -> None:
         """Refuse a peer speaking another protocol; log and publish other differences."""
@@ -167,16 +194,24 @@ class Controller(service.MultiService):
         mark the engine dead now, so its commands fail with the full reason."""
         if failure.check(DeadReferenceError):
             self._engine_lost(engine_id)
+            hold = self._dying.get(engine_id)
+            if hold is not None:  # its commands fail with how it ended, in a moment
+                d: Deferred[Any] = Deferred()
+                hold.append(lambda: d.errback(failure))
+                return d
         return failure
 
-    def _assign_id(self, requested: Any) -> int:
+    def _assign_id(self, requested: Any, rejoin: bool = False) -> int:
         """Give the requested id if no engine ever had it, else the next free one.
 
+        An engine that rejoins (its controller restarted, or a supervisor
+        replaced it) gets its old id back unless a live engine holds it.
         Registration runs on the reactor thread, so checking and taking an id
         is atomic: two engines asking for the same id get different ones.
         """
         if (isinstance(requested, int) and not isinstance(requested, bool)
-                and 0 <= requested < MAX_ENGINE_ID and requested not in self._used_ids):
+                and 0 <= requested < MAX_ENGINE_ID and requested not in self.engines
+                and (rejoin or requested not in self._used_ids)):
             engine_id = requested
         else:
             engine_id = max(self._next_id, self.reserve_ids)
@@ -197,10 +232,27 @@ class Controller(service.MultiService):
         if reason is None and job in self._broken_mpi_jobs:
             reason = (f"engine {engine_id}{_rank(record)} died: its MPI job {job} lost "
                       f"{self._broken_mpi_jobs[job]} first")
-        reason = reason or f"engine {engine_id}{_rank(record)} died (connection lost)"
+        death = {k: record.info[v] for k, v in (("host", "hostname"), ("pid", "pid"))
+                 if v in record.info}
+        where = (f" on {death['host']}, pid {death['pid']}"
+                 if {"host", "pid"} <= set(death) else "")
+        reason = reason or f"engine {engine_id}{_rank(record)}{where} died (connection lost)"
         log.info("{reason}", reason=reason)
         record.connection.close()
-        record.queue.engine_died(reason)
+        if record.info.get("supervised") and self.exit_reports is not None:
+            # Its supervisor tells how it ended (signal, code, stderr) in a moment.
+            self._dying[engine_id] = hold = []
+
+            def report_came(report: dict[str, Any] | None) -> None:
+                record.queue.engine_died(*with_exit_report(reason, death, report))
+                if self._dying.get(engine_id) is hold:
+                    del self._dying[engine_id]
+                for release in hold:
+                    release()
+
+            self.exit_reports(death.get("pid")).addCallback(report_came)
+        else:
+            record.queue.engine_died(reason, death)
         self._notify("engine_died", {"engine_id": engine_id})
         self._mpi_job_lost(record)
 
@@ -245,6 +297,28 @@ class Controller(service.MultiService):
             [r for r in results if isinstance(r, Deferred)], consumeErrors=True),
             OUTPUT_ACK_TIMEOUT)
 
+    def wait_registered(self, ids: list[int], timeout: float) -> Deferred[None]:
+        """Fire once each of ids has registered again (restart), or fail at timeout."""
+        waiting = set(ids)
+        done: Deferred[None] = Deferred()
+
+        def observe(kind: str, data: dict[str, Any]) -> None:
+            if kind == "engine_registered":
+                waiting.discard(data.get("engine_id"))
+                if not waiting and not done.called:
+                    self.remove_observer(observe)
+                    expiry.cancel()
+                    done.callback(None)
+
+        def expire() -> None:
+            self.remove_observer(observe)
+            done.errback(EngineError(min(waiting), f"engine(s) {sorted(waiting)} did not "
+                                                   f"come back within {timeout:g} s"))
+
+        self.add_observer(observe)
+        expiry = reactor.callLater(timeout, expire)
+        return done
+
     def unregister_engine(self, engine_id: int) -> None:
         """Forget an engine as though it died (e.g. after kill)."""
         self._engine_lost(engine_id)
@@ -283,12 +357,14 @@ class Controller(service.MultiService):
         return record.queue.submit(command)
 
     def call_now(self, engine_id: int, op: str) -> Deferred[Any]:
-        """Call an engine directly, bypassing its queue: "interrupt" or "kill"."""
+        """Call an engine directly, bypassing its queue: "interrupt", "kill" or "restart"."""
         record = self.engines.get(engine_id)
         if record is None:
             return defer.fail(InvalidEngineID(f"no engine with id {engine_id}"))
         if op == "interrupt":
             return record.connection.interrupt()
+        if op == "restart":
+            return record.connection.control("restart")
         return record.connection.kill()
 
     def _engine_debugger(self, engine_id: int, text: str) -> bool:
@@ -373,6 +449,73 @@ def _first_of(d: Deferred[Any], timeout: float, clock: Any = None) -> Deferred[N
     return done
 
 
+EXIT_REPORT_WAIT = 2.0  # seconds a supervised engine's commands wait for how it ended
+
+
+def with_exit_report(reason: str, death: dict[str, Any],
+                     report: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """Add what the supervisor saw (exit, stderr) to an engine's death."""
+    if not report:
+        return reason, death
+    death = dict(death, exit=report.get("exit"), stderr=report.get("stderr") or "")
+    reason = reason.replace("(connection lost)", f"({death['exit']})")
+    if death["stderr"]:
+        reason += "; the last lines of its stderr:\n" + death["stderr"]
+    return reason, death
+
+
+def wait_for_exit_report(pid_dir: Path, pid: Any, timeout: float = EXIT_REPORT_WAIT,
+                         interval: float = 0.05) -> Deferred[dict[str, Any] | None]:
+    """Fire with the supervisor's report of pid's end, or None after timeout."""
+    from twisted.internet import task
+
+    from ipython1.cluster.supervisor import read_exit_report
+
+    deadline = reactor.seconds() + timeout
+
+    def look() -> Any:
+        report = read_exit_report(pid_dir, pid)
+        if report is not None or reactor.seconds() > deadline:
+            return report
+        return task.deferLater(reactor, interval, look)
+
+    return defer.maybeDeferred(look)
+
+
+def _furl_port(furl_file: Path) -> int:
+    """Return the port of the FURL in furl_file, or 0 (any) if there is none."""
+    try:
+        return int(wire.furl_location(furl_file.read_text().strip()).rsplit(":", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class EngineIds:
+    """The ids this cluster's controller gave, kept for `ipcontroller --reuse`."""
+
+    FILE_NAME = "engine-ids"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ids: set[int] = set()
+
+    def load(self) -> set[int]:
+        try:
+            self.ids = {int(w) for w in self.path.read_text().split()}
+        except (OSError, ValueError):
+            self.ids = set()
+        return set(self.ids)
+
+    def save(self, ids: set[int]) -> None:
+        self.ids = set(ids)
+        cluster.write_private(self.path, "".join(f"{i}\n" for i in sorted(ids)))
+
+    def on_controller(self, kind: str, data: dict[str, Any]) -> None:
+        engine_id = data.get("engine_id")
+        if kind == "engine_registered" and engine_id not in self.ids:
+            self.save(self.ids | {engine_id})
+
+
 @implementer(RIEngineRegistration)
 class EngineRegistration(Referenceable):  # type: ignore[misc]
     """The engine-facing capability: engines call register_engine."""
@@ -385,6 +528,9 @@ class EngineRegistration(Referenceable):  # type: ignore[misc]
             info, f"engine pid {info.get('pid')} on {info.get('hostname')}")
         return self.controller.register_engine(engine, info)
 
+    def remote_deliver_late(self, engine_id: int, late: Any) -> None:
+        self.controller.deliver_late(engine_id, late)
+
 
 class ControllerService(service.MultiService):
     """Controller + Tub + FURL files: what `twistd ipcontroller` runs."""
@@ -392,7 +538,8 @@ class ControllerService(service.MultiService):
     def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
                  port: int = 0, reserve_ids: int = 0, location: str | None = None,
                  relay_port: int = 0,
-                 dashboard: tuple[str, int] | None = ("127.0.0.1", 0)) -> None:
+                 dashboard: tuple[str, int] | None = ("127.0.0.1", 0),
+                 reuse: bool = False) -> None:
         super().__init__()
         self.dashboard_address = dashboard  # (ip, port) of the web dashboard, or None
         self.monitor: Any = None
@@ -404,6 +551,16 @@ class ControllerService(service.MultiService):
         self.relay_port = relay_port
         self.controller = Controller(reserve_ids=reserve_ids)
         self.controller.setServiceParent(self)
+        # --reuse (issue 15): the last controller's port and engine ids, so its
+        # engines and clients find this one at the same FURLs and rejoin as before.
+        self.engine_ids = EngineIds(self.cluster_dir.path / EngineIds.FILE_NAME)
+        if reuse:
+            self.port = port or _furl_port(self.cluster_dir.furl_file(cluster.ENGINE_FURL))
+            self.controller.remember_ids(self.engine_ids.load())
+        else:
+            self.engine_ids.save(set())
+        self.controller.add_observer(self.engine_ids.on_controller)
+        self.controller.exit_reports = lambda pid: wait_for_exit_report(self.cluster_dir.pid, pid)
         self.furls: dict[str, str] = {}
         self.adapters: dict[str, Any] = {}
         self.tub: Any = None
@@ -475,7 +632,10 @@ class ControllerService(service.MultiService):
             from ipython1.kernel.task import TaskFarm, TaskFarmReferenceable
         except ImportError:
             return
-        self.adapters["task"] = TaskFarm(self.controller)
+        from ipython1.controller.journal import open_journal
+
+        self.journal = open_journal(self.cluster_dir.path)
+        self.adapters["task"] = TaskFarm(self.controller, journal=self.journal)
         self._publish(TaskFarmReferenceable(self.adapters["task"]), cluster.TASK_FURL)
 
     def _publish(self, obj: Any, name: str) -> None:
@@ -492,6 +652,8 @@ class ControllerService(service.MultiService):
         if self.controller.command_channels is not None:
             self.controller.command_channels.close()
         d = defer.maybeDeferred(super().stopService)
+        if "task" in self.adapters:
+            self.adapters["task"].close()
 
         def cleanup(result: Any) -> Any:
             pid_file = self.cluster_dir.pid_file("ipcontroller")

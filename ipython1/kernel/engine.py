@@ -39,6 +39,8 @@ from ipython1.common import ops
 from ipython1.common.logring import LogRing
 from ipython1.common.versions import local_versions, refusal
 from ipython1.engine.debugger import DebugSession
+from ipython1.engine.rejoin import RECONNECT_TIMEOUT, LateReplies
+from ipython1.engine.restart import exec_fresh
 from ipython1.kernel import addresses, datachannel, introspection, localhost, replies, wire
 from ipython1.kernel.errors import KernelError, TaskTimeout, VersionMismatch, error_to_wire
 from ipython1.kernel.interfaces import IEngineKernel, RIEngine
@@ -161,6 +163,8 @@ def _make_shell(recorder: _Recorder) -> Any:
     InteractiveShell.displayhook_class = CapturingDisplayHook
     InteractiveShell.display_pub_class = CapturingDisplayPublisher
     shell = InteractiveShell.instance(config=config)
+    # The config applies only if this made the instance (a test process may hold one).
+    shell.Completer.use_jedi = False
 
     def showtraceback(etype: Any, evalue: Any, stb: list[str]) -> None:
         recorder.current["traceback"] = shell.InteractiveTB.stb2text(stb)
@@ -512,6 +516,7 @@ class EngineKernel:
         watched = watchdog is not None and timeout is not None
         if watched:
             watchdog.start(tid, float(timeout))
+        spec: dict[str, Any] = {}
         try:
             try:
                 spec = deserialize(payload)
@@ -526,10 +531,10 @@ class EngineKernel:
                 else:
                     with self._capturing():
                         value = spec["func"](*spec.get("args", ()), **spec.get("kwargs", {}))
-                if spec.get("clear_after"):
-                    self.shell.reset(new_session=False)
             finally:
                 timed_out = watched and watchdog.finish(tid)
+                if spec.get("clear_after"):  # failed or not, as in IPython 0.10
+                    self.shell.reset(new_session=False)
             frames = serialize((spec["kind"], value, self.stdout.take(), self.stderr.take()))
             return [tid, "ok", time.perf_counter() - start, frames]
         except BaseException as e:  # noqa: B036 - user code may raise anything
@@ -928,6 +933,9 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
         self.stream = OutputBatcher(self._send_output)
+        # Task replies that outlive a lost controller (issue 15); on_late sends them.
+        self.late = LateReplies()
+        self.on_late: Callable[[], None] = lambda: None
         self._process: psutil.Process | None = None  # for stats(), made on first use
         self._debug: DebugSession | None = None  # the debugger a client drives, if any
         self._debug_reply: Deferred[dict[str, Any]] | None = None  # its next prompt
@@ -963,8 +971,52 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         if not isinstance(args, list):
             return None
         entry = ops.OPS.get(name) if isinstance(name, str) else None
-        return (lambda: self._kernel_now().dispatch(name, args)), (
-            entry is None or entry.encoded)
+        # Both jobs call dispatch themselves: no extra frame per command (test_hops).
+        if name == "run_tasks" and args and isinstance(args[0], list):
+            return self._kept_if_lost(args), (entry is None or entry.encoded)
+        return self._noted_if_lost(name, args), (entry is None or entry.encoded)
+
+    def _noted_if_lost(self, name: Any, args: list[Any]) -> Callable[[], Any]:
+        """Run a command; note it if it ends after the controller went away (issue
+        15): the engine reports it when it rejoins; its record stays in the history."""
+        late = self.late
+
+        def job() -> Any:
+            generation = late.generation
+            outcome: dict[str, Any] = {}
+            try:
+                value = self._kernel_now().dispatch(name, args)
+                outcome = {"status": "ok", "value": value}
+                return value
+            except _CellFailed as e:
+                outcome = {"status": "error", "value": e.record, "error": e.record.get("error")}
+                raise
+            except BaseException as e:  # noqa: B036 - noted, then handled as before
+                outcome = {"status": "error", "error": {"ename": type(e).__name__}}
+                raise
+            finally:
+                if late.lost_since(generation) and late.note(str(name), outcome):
+                    reactor.callFromThread(self.on_late)
+
+        return job
+
+    def _kept_if_lost(self, args: list[Any]) -> Callable[[], Any]:
+        """Run a task batch; keep its replies if the controller goes away meanwhile
+        (issue 15)."""
+        batch = args[0]
+
+        def job() -> Any:
+            generation = self.late.started(
+                [item[0] for item in batch if isinstance(item, list) and item])
+            value = None
+            try:
+                value = self._kernel_now().dispatch("run_tasks", args)
+                return value
+            finally:
+                if self.late.finished(generation, value):
+                    reactor.callFromThread(self.on_late)
+
+        return job
 
     def output_idle(self) -> bool:
         return self.stream.idle()
@@ -988,6 +1040,14 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         log.info("killed by the controller")
         # Let Foolscap send the answer before the process goes.
         reactor.callLater(0.05, os._exit, 0)
+
+    def remote_restart(self) -> None:
+        """Start afresh in this process: same pid and id, a new namespace (mec.restart)."""
+        if "mpi_rank" in self._info:
+            raise KernelError("an MPI rank cannot be restarted alone: restart the whole job "
+                              "(ipcluster start --mpi --restart-engines does on a death)")
+        log.info("restarting on the controller's request")
+        reactor.callLater(0.05, exec_fresh, self._runner.engine_id)
 
     def remote_interrupt(self, channel_seq: int | None = None) -> bool:
         return self._runner.interrupt(channel_seq)
@@ -1104,12 +1164,16 @@ class EngineService(service.MultiService):
     def __init__(self, furl_file: str, runner: ShellRunner, connect_timeout: float = 60.0,
                  furl: str | None = None, info: dict[str, Any] | None = None,
                  on_controller_lost: Callable[[], None] | None = None,
-                 own_shell_thread: bool = True) -> None:
+                 own_shell_thread: bool = True,
+                 reconnect_timeout: float = RECONNECT_TIMEOUT) -> None:
         super().__init__()
         self.furl_file = furl_file
         self.furl = furl
         self.runner = runner
         self.connect_timeout = connect_timeout
+        # How long to keep trying to rejoin a lost controller (0: exit at once).
+        self.reconnect_timeout = reconnect_timeout
+        self._registration: Any = None
         self.info = dict(engine_info(), **(info or {}))
         self.on_controller_lost = on_controller_lost or (lambda: os._exit(0))
         self.own_shell_thread = own_shell_thread
@@ -1117,6 +1181,7 @@ class EngineService(service.MultiService):
         self.registered: Deferred[int] = Deferred()
         self.tub = None
         self.referenceable = EngineReferenceable(self._make_kernel, runner, self.info)
+        self.referenceable.on_late = self._deliver_late
 
     def _make_kernel(self) -> EngineKernel:
         return EngineKernel(on_output=self.referenceable.stream.write, runner=self.runner)
@@ -1146,14 +1211,19 @@ class EngineService(service.MultiService):
         return super().stopService()
 
     @defer.inlineCallbacks
-    def _register(self) -> Any:
+    def _register(self, rejoin: bool = False) -> Any:
+        timeout = self.reconnect_timeout if rejoin else self.connect_timeout
         started = time.monotonic()
-        deadline = started + self.connect_timeout
+        deadline = started + timeout
         delay = 0.05
         last_error: Exception | None = None
         next_report = started + UNREACHABLE_REPORT_AFTER
         while time.monotonic() < deadline:
-            if last_error is not None and time.monotonic() >= next_report:
+            info = self.info
+            if rejoin:  # the same id, and what finished while the controller was away
+                info = dict(info, requested_id=self.engine_id, rejoin=True,
+                            **self.referenceable.late.registration_info())
+            if last_error is not None and time.monotonic() >= next_report and not rejoin:
                 # Still retrying: tell whoever watches (a terminal, a job's output file).
                 next_report = time.monotonic() + UNREACHABLE_REPORT_EVERY
                 self._report_unreachable(last_error, time.monotonic() - started)
@@ -1162,7 +1232,7 @@ class EngineService(service.MultiService):
                 controller = yield wire.get_reference(
                     self.tub, furl, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
                 engine_id = yield controller.callRemote(
-                    "register_engine", self.referenceable, self.info).addErrback(refusal)
+                    "register_engine", self.referenceable, info).addErrback(refusal)
             except VersionMismatch:
                 raise  # retrying cannot help
             except Exception as e:  # the controller may not be up yet: retry
@@ -1170,6 +1240,9 @@ class EngineService(service.MultiService):
                 yield _sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
+            if rejoin:
+                self.referenceable.late.rejoined(len(info["late_tasks"]))
+            self._registration = controller
             self.engine_id = self.runner.engine_id = engine_id
             self.referenceable.controller_host = wire.peer_host(controller, furl)
             self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
@@ -1178,8 +1251,8 @@ class EngineService(service.MultiService):
             return engine_id
         source = "--furl" if self.furl else f"FURL file {self.furl_file}"
         raise KernelError(
-            f"could not register with the controller within {self.connect_timeout:g} s "
-            f"({source}): {last_error}"
+            f"could not {'rejoin' if rejoin else 'register with'} the controller within "
+            f"{timeout:g} s ({source}): {last_error}"
         )
 
     def _report_unreachable(self, error: Exception, waited: float) -> None:
@@ -1197,8 +1270,33 @@ class EngineService(service.MultiService):
         os._exit(3)
 
     def _controller_lost(self, *args: Any) -> None:
-        log.info("lost the connection to the controller; exiting")
-        self.on_controller_lost()
+        self.referenceable.late.lost()
+        self._registration = None
+        if self.reconnect_timeout <= 0:
+            log.info("lost the connection to the controller; exiting")
+            self.on_controller_lost()
+            return
+        # Keep the namespace (and a running command) and rejoin with the same id.
+        log.info("lost the connection to the controller; trying to rejoin for up to "
+                 "{t:g} s as engine {id}", t=self.reconnect_timeout, id=self.engine_id)
+        d = self._register(rejoin=True)
+
+        def gave_up(failure: Any) -> None:
+            log.error("{msg}; exiting", msg=failure.getErrorMessage())
+            self.on_controller_lost()
+
+        d.addErrback(gave_up)
+
+    def _deliver_late(self) -> None:
+        """Send task replies kept while the controller was away, if it is back."""
+        registration = self._registration
+        if registration is None or not self.referenceable.late.connected:
+            return  # they go with the next registration
+        late = self.referenceable.late.take()
+        if not late["tasks"] and not late["finished"]:
+            return
+        d = registration.callRemote("deliver_late", self.engine_id, late)
+        d.addErrback(lambda f: self.referenceable.late.put_back(late))
 
 
 def _sleep(seconds: float) -> Deferred[None]:

@@ -7,6 +7,7 @@ read an engine's error, and the controller never unpickles anything.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -82,6 +83,14 @@ class InvalidTaskID(KernelError):
     """A task id is unknown (never submitted, or its result was cleared)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a blocking call; the message says which engines were interrupted."""
+
+    def _render_traceback_(self) -> list[str]:
+        """One line in IPython and Jupyter, not the client's waiting frames."""
+        return [f"KeyboardInterrupt: {self}"]
+
+
 class TaskRejectError(KernelError):
     """Raised by a task's own code on an engine: run this task on another engine.
 
@@ -96,15 +105,25 @@ class VersionMismatch(KernelError):
 
 
 class EngineError(KernelError):
-    """An engine died or vanished while a command was queued or running."""
+    """An engine died or vanished while a command was queued or running.
 
-    def __init__(self, engine_id: int, message: str = "") -> None:
+    ``death`` says what is known of how: ``host``, ``pid``, ``exit`` (e.g.
+    "killed by signal 9 (SIGKILL)", when a supervisor saw it) and ``stderr``
+    (its last lines); the message names them too.
+    """
+
+    def __init__(self, engine_id: int, message: str = "",
+                 death: dict[str, Any] | None = None) -> None:
         self.engine_id = engine_id
         self.message = message or f"engine {engine_id} died"
+        self.death = dict(death or {})
+        self.host = self.death.get("host")
+        self.exit = self.death.get("exit")
+        self.stderr = self.death.get("stderr")
         super().__init__(self.message)
 
     def __reduce__(self) -> Any:
-        return (EngineError, (self.engine_id, self.message))
+        return (EngineError, (self.engine_id, self.message, self.death))
 
 
 class RemoteError(KernelError):
@@ -139,6 +158,32 @@ class RemoteError(KernelError):
         """Return the remote traceback as the engine formatted it."""
         return self.traceback or str(self)
 
+    def _render_traceback_(self) -> list[str]:
+        """Show the engine's frames in IPython and Jupyter, not the client's."""
+        header = f"[engine {self.engine_id}] " if self.engine_id is not None else ""
+        if not self.traceback:
+            return [f"{header}{self.ename}: {self.evalue}"]
+        return [f"{header}{self.ename}: {self.evalue}", *self.traceback.rstrip("\n").split("\n")]
+
+
+# Tracebacks of this many kinds of error are shown in full; the rest one line each.
+SHOWN_TRACEBACKS = 4
+SHOWN_SUMMARIES = 10
+_VOLATILE = re.compile(r"0x[0-9a-fA-F]+|In ?\[\d+\]")
+
+
+def _group_key(err: BaseException) -> tuple[str, ...]:
+    """What makes two engines' errors the same error (addresses and In[n] aside)."""
+    if isinstance(err, RemoteError):
+        parts = (err.ename, err.evalue, err.traceback)
+    else:
+        parts = (type(err).__name__, _strip_engine(str(err)))
+    return tuple(_VOLATILE.sub("", p) for p in parts)
+
+
+def _strip_engine(text: str) -> str:
+    return re.sub(r"^\[engine \d+\] ", "", text)
+
 
 class CompositeError(KernelError):
     """Errors from several engines; `raise_exception(engine_id)` re-raises one."""
@@ -152,9 +197,53 @@ class CompositeError(KernelError):
 
     def __str__(self) -> str:
         lines = [f"{self.message} ({len(self.errors)} engine(s) failed):"]
-        for err in self.errors:
-            lines.append(f"  {err}")
+        groups = self.groups()
+        for ids, err in groups[:SHOWN_SUMMARIES]:
+            lines.append(f"  {self._summary(ids, err)}")
+        if len(groups) > SHOWN_SUMMARIES:
+            lines.append(f"  ... {len(groups) - SHOWN_SUMMARIES} more kinds of error")
         return "\n".join(lines)
+
+    def groups(self) -> list[tuple[list[int | None], KernelError]]:
+        """Group the engines whose errors are the same; each group with its first error."""
+        grouped: dict[tuple[str, ...], tuple[list[int | None], KernelError]] = {}
+        for err in self.errors:
+            ids, _ = grouped.setdefault(_group_key(err), ([], err))
+            ids.append(getattr(err, "engine_id", None))
+        return list(grouped.values())
+
+    @staticmethod
+    def _summary(ids: list[int | None], err: KernelError) -> str:
+        known = [i for i in ids if isinstance(i, int)]
+        if not known:
+            where = "engine ?"
+        elif len(known) == 1:
+            where = f"engine {known[0]}"
+        else:
+            from ipython1.client.events import format_targets
+
+            where = f"engines {format_targets(known)}"
+        what = (f"{err.ename}: {err.evalue}" if isinstance(err, RemoteError)
+                else f"{type(err).__name__}: {_strip_engine(str(err))}")
+        return f"{where}: {what}"
+
+    def _render_traceback_(self) -> list[str]:
+        """Show each kind of error once, with its engines and remote frames; truncate."""
+        groups = self.groups()
+        lines = [f"CompositeError: {self.message} ({len(self.errors)} engine(s) failed)"]
+        for ids, err in groups[:SHOWN_TRACEBACKS]:
+            lines.append(f"[{self._summary(ids, err)}]")
+            if isinstance(err, RemoteError) and err.traceback:
+                lines.extend(err.traceback.rstrip("\n").split("\n"))
+        rest = groups[SHOWN_TRACEBACKS:]
+        for ids, err in rest[:SHOWN_SUMMARIES]:
+            lines.append(f"[{self._summary(ids, err)}]")
+        if len(rest) > SHOWN_SUMMARIES:
+            lines.append(f"... {len(rest) - SHOWN_SUMMARIES} more kinds of error")
+        if len(groups) > SHOWN_TRACEBACKS:
+            lines.append("(print_tracebacks() shows every engine's traceback; "
+                         "raise_exception(id) raises one)")
+        return lines
 
     def engine_ids(self) -> list[int | None]:
         """Return the ids of the engines that failed."""
@@ -213,7 +302,7 @@ def error_to_wire(exc: BaseException, engine_id: int | None = None) -> dict[str,
         }
     if isinstance(exc, EngineError):
         return {"kind": "engine", "engine_id": exc.engine_id, "ename": "EngineError",
-                "evalue": exc.message, "traceback": ""}
+                "evalue": exc.message, "traceback": "", "death": exc.death}
     kind = "kernel" if type(exc).__name__ in _LOCAL_ERRORS else "remote"
     return {
         "kind": kind,
@@ -231,9 +320,14 @@ def error_from_wire(data: dict[str, Any]) -> KernelError:
     evalue = str(data.get("evalue", ""))
     engine_id = data.get("engine_id")
     if kind == "engine":
-        return EngineError(engine_id if engine_id is not None else -1, evalue)
+        death = data.get("death")
+        return EngineError(engine_id if engine_id is not None else -1, evalue,
+                           death if isinstance(death, dict) else None)
     if kind == "kernel" and ename in _LOCAL_ERRORS:
-        err: KernelError = _LOCAL_ERRORS[ename](evalue)
+        # Name the engine, as RemoteError does (e.g. a value pull could not serialize).
+        where = f"[engine {engine_id}] " if isinstance(engine_id, int) and \
+            not evalue.startswith("[engine ") else ""
+        err: KernelError = _LOCAL_ERRORS[ename](where + evalue)
         err.engine_id = engine_id  # type: ignore[attr-defined]
         return err
     remote = RemoteError(

@@ -283,7 +283,13 @@ class EventBus:
         if kind == "engine_registered":
             info = data.get("info") or {}
             self.publish("engine_registered", engine=engine,
-                         data={k: info[k] for k in ("host", "pid") if k in info})
+                         data={k: info[k] for k in ("host", "pid", "rejoin") if k in info})
+            if info.get("finished_while_away"):  # rejoined (issue 15): records in its history
+                self.publish("finished_while_away", engine=engine,
+                             data={"commands": info["finished_while_away"]})
+            if info.get("restarted"):  # by its supervisor, fresh, after it died (issue 15)
+                self.publish("engine_restarted", engine=engine,
+                             data={"after": str(info["restarted"]), "pid": info.get("pid")})
         elif kind == "engine_died":
             self.publish("engine_died", engine=engine)
         elif kind == "command_started":

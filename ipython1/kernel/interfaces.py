@@ -92,6 +92,9 @@ class IMultiEngine(Interface):
     def kill(controller: bool = False, targets: TargetSpec = "all") -> Any:
         """End engines at once, bypassing their queues; optionally the controller."""
 
+    def restart(targets: TargetSpec = "all") -> Any:
+        """Start engines afresh (new namespace, same id); fire once they are back."""
+
     def interrupt(targets: TargetSpec = "all") -> Any:
         """Raise KeyboardInterrupt in the code running on each target, at once."""
 
@@ -119,11 +122,12 @@ class ITaskFarm(Interface):
     ids are reserved first so that a client can submit without waiting.
     """
 
-    def reserve(n: int) -> int:
-        """Reserve n consecutive task ids; return the first."""
+    def reserve(n: int) -> Any:
+        """Reserve n consecutive task ids; fire with the first once journaled."""
 
-    def submit(tasks: list[Any], client: str = "") -> list[Any]:
-        """Queue ``[tid, meta, payload]`` tasks under reserved ids; None or an error each."""
+    def submit(tasks: list[Any], client: str = "") -> Any:
+        """Queue ``[tid, meta, payload]`` tasks under reserved ids; fire, once they
+        are journaled, with None or an error each."""
 
     def get_results(tids: list[int], block: bool = False) -> Any:
         """Fire with each task's result record (None if unfinished and not block)."""
@@ -168,6 +172,10 @@ class RIEngine(RemoteInterface):
     def kill():
         return None
 
+    def restart():
+        """Replace this process with a fresh engine of the same id (mec.restart)."""
+        return None
+
     def interrupt(channel_seq=ChoiceOf(int, None)):
         """Stop the running command, or the command channel call channel_seq."""
         return bool
@@ -206,6 +214,11 @@ class RIEngineRegistration(RemoteInterface):
 
     def register_engine(engine=RIEngine, info=Info):
         return int
+
+    def deliver_late(engine_id=int, late=Reply):
+        """What ended while the controller was away (issue 15): {"tasks": task
+        replies, "finished": notes of other commands}."""
+        return None
 
 
 class RIEventObserver(RemoteInterface):
@@ -259,6 +272,9 @@ class RIMultiEngineSession(RemoteInterface):
         return Reply
 
     def kill(controller=bool, targets=Targets, block=bool):
+        return Reply
+
+    def restart(targets=Targets, block=bool):
         return Reply
 
     def interrupt(targets=Targets):

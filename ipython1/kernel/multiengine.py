@@ -40,6 +40,8 @@ from ipython1.transport import foolscap as foolscap_transport
 if TYPE_CHECKING:
     from ipython1.kernel.controller import Controller
 
+RESTART_TIMEOUT = 120.0  # seconds mec.restart waits for the engines to come back
+
 log = Logger()
 
 MAX_PENDING_PER_CLIENT = 100_000  # unfetched non-blocking results kept per client
@@ -148,6 +150,28 @@ class MultiEngine:
         if controller and self.service is not None:
             self.service.shutdown()
         return defer.succeed(replies)
+
+    def restart(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
+        """Start engines afresh (new namespace, same id); fire once all are back.
+
+        A supervised engine is ended and its supervisor starts it again (an
+        MPI rank: its whole job); any other replaces itself in place.
+        """
+        ids = self.controller.targets(targets)
+        records = [self.controller.engines[i] for i in ids]
+        for record in records:
+            if "mpi_rank" in record.info and not record.info.get("supervised"):
+                raise KernelError(
+                    f"engine {record.id} is MPI rank {record.info['mpi_rank']}: a single rank "
+                    "cannot be restarted; start the cluster with --mpi --restart-engines, "
+                    "whose supervisor restarts the whole job")
+        back = self.controller.wait_registered(ids, RESTART_TIMEOUT)
+        for record in records:
+            d = self.controller.call_now(record.id, "kill" if record.info.get("supervised")
+                                         else "restart")
+            d.addErrback(lambda f: None)  # it may go before it answers
+        return back.addCallback(lambda _: [{"engine_id": i, "status": "ok", "value": None}
+                                           for i in ids])
 
     def interrupt(self, targets: Any = "all", client: str = "") -> Deferred[Any]:
         """Interrupt the running command of each target (never queued)."""
@@ -390,6 +414,9 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
                 f"user {self.user!r} may not stop the controller (only the owner may); "
                 "nothing was killed"))
         return self._call(block, "kill", controller, targets)
+
+    def remote_restart(self, targets: Any, block: bool) -> Deferred[Any]:
+        return self._call(block, "restart", targets)
 
     def remote_interrupt(self, targets: Any) -> Deferred[Any]:
         return self._call(True, "interrupt", targets)

@@ -175,10 +175,10 @@ class EngineQueue:
             )
         return len(dropped)
 
-    def engine_died(self, reason: str = "") -> None:
+    def engine_died(self, reason: str = "", death: dict[str, Any] | None = None) -> None:
         """Fail the running and every waiting command with EngineError."""
         self._dead = EngineError(
-            self.engine_id, reason or f"engine {self.engine_id} died"
+            self.engine_id, reason or f"engine {self.engine_id} died", death
         )
         running, self.running = self.running, None
         waiting = self.waiting()

@@ -63,6 +63,9 @@ TIMEOUT_GRACE = 5.0  # the controller fails a task this long after its engine sh
 MAX_RESULT_BYTES = 1 << 30  # result frames kept on the controller until clear()
 MAX_RESULTS = 1_000_000  # finished tasks kept on the controller until clear()
 MAX_BATCH_WIRE = 100_000  # task ids per reserve() call
+# After a restart, tasks that were running wait this long for their engine to
+# rejoin with their results before they run again.
+REJOIN_GRACE = 60.0
 
 _META_KEYS = {"retries": int, "priority": int, "after": list, "timeout": (int, float),
               "recovery": list, "depend": list}  # depend: frames of f(properties)
@@ -151,6 +154,7 @@ class TaskRecord:
     completed: float | None = None
     result: dict[str, Any] | None = None
     size: int = 0
+    journaled: bool = False  # its spec is in the journal already
 
     @property
     def priority(self) -> int:
@@ -190,11 +194,16 @@ class Scheduler:
                  on_finished: Callable[[int], None] | None = None,
                  max_result_bytes: int = MAX_RESULT_BYTES,
                  max_results: int = MAX_RESULTS,
-                 check_depend: Callable[[dict[str, Any], int], str] | None = None) -> None:
+                 check_depend: Callable[[dict[str, Any], int], str] | None = None,
+                 journal: Any = None) -> None:
         self.clock = clock
         # check_depend(spec, engine_id) -> why the engine does not qualify, or '':
         # a task's depend on engine properties, evaluated here (IPython 0.10).
         self.check_depend = check_depend
+        # controller.journal.TaskJournal, or None (memory only): told of every change
+        self.journal = journal
+        # engine id -> tasks it was running when the controller stopped (restore())
+        self.held: dict[int, list[int]] = {}
         self.on_finished = on_finished or (lambda tid: None)
         self.max_result_bytes = max_result_bytes
         self.max_results = max_results
@@ -223,6 +232,8 @@ class Scheduler:
             raise KernelError(f"can reserve 1..{MAX_BATCH_WIRE} task ids, not {n}")
         first = self.next_tid
         self.next_tid += n
+        if self.journal is not None:
+            self.journal.reserved(self.next_tid)
         return first
 
     # -- events --
@@ -238,6 +249,7 @@ class Scheduler:
         task.current = spec
         task.retries_left = int(spec.get("retries") or 0)
         self.tasks[tid] = task
+        self._touch(task)
         if self.full():
             self._fail(task, error_to_wire(KernelError(
                 f"the task farm holds {len(self._unfetched)} unfetched results "
@@ -262,8 +274,13 @@ class Scheduler:
             self._make_ready(task)
         return tid
 
+    def _touch(self, task: TaskRecord) -> None:
+        if self.journal is not None:
+            self.journal.touch(task)
+
     def add_engine(self, engine_id: int) -> None:
         self.engines.setdefault(engine_id, EngineSlot(engine_id))
+        self.release_held(engine_id)
 
     def remove_engine(self, engine_id: int, reason: str = "",
                       started: set[int] | None = None) -> None:
@@ -359,6 +376,89 @@ class Scheduler:
                     f"task {tid} was aborted: user {user!r} was removed")))
         return len(tids)
 
+    # -- restart (issue 15) --
+
+    def restore(self, stored: Iterable[Any], next_tid: int) -> None:
+        """Take back the journal's tasks (``StoredTask``s) after a restart.
+
+        Finished tasks keep their results (read from the journal when
+        fetched); pending and blocked ones wait to run again; those that were
+        running are held for their engine (``held``): if it rejoins with
+        their results they finish with them, else they run again.
+        """
+        from ipython1.controller.journal import current_spec
+
+        self.next_tid = max(self.next_tid, next_tid)
+        waiting: list[TaskRecord] = []
+        for row in stored:
+            task = TaskRecord(row.tid, row.spec or {}, row.client, row.user, next(self._seq),
+                              row.state, row.submitted, attempts=row.attempts,
+                              retries_left=row.retries_left, first_error=row.first_error,
+                              journaled=True)
+            task.current = current_spec(task.spec, row.recovery_depth)
+            task.recovered = row.recovery_depth > 0
+            self.tasks[task.tid] = task
+            if task.state in FINISHED:
+                task.size = 200  # the result stays on disk until fetched
+                self._unfetched[task.tid] = None
+                self.counts[task.state] += 1
+            elif task.state == RUNNING and row.engine_id is not None:
+                task.engine_id = row.engine_id
+                task.token = next(self._tokens)
+                self.held.setdefault(row.engine_id, []).append(task.tid)
+            else:
+                waiting.append(task)
+        for task in waiting:
+            failed = [d for d in task.spec.get("after") or []
+                      if self.tasks.get(d) is not None and self.tasks[d].state == FAILED]
+            if failed:
+                self._fail(task, _unmet(f"task {task.tid} depends on task {failed[0]}, "
+                                        "which failed"))
+                continue
+            for dep in task.spec.get("after") or []:
+                other = self.tasks.get(dep)  # None: finished and cleared
+                if other is not None and other.state not in FINISHED:
+                    task.waiting_on.add(dep)
+                    self._dependents.setdefault(dep, []).append(task.tid)
+            if task.waiting_on:
+                task.state = BLOCKED
+            else:
+                self._make_ready(task)
+
+    def deliver_late(self, engine_id: int, replies: list[Any]) -> None:
+        """Take replies an engine could not send before the controller went away.
+
+        A task finishes with its reply unless it finished already (by another
+        run): so it is reported once, whichever run ends first.
+        """
+        for reply in replies:
+            if not (isinstance(reply, (list, tuple)) and len(reply) == 4):
+                continue
+            task = self.tasks.get(reply[0])
+            if task is None or task.state in FINISHED:
+                continue
+            task.state = RUNNING
+            task.engine_id = engine_id
+            self._reply(task.tid, task.token, engine_id, list(reply))
+
+    def release_held(self, engine_id: int | None = None, reason: str = "") -> None:
+        """Run again the held tasks of an engine (every engine's if None).
+
+        With a reason (the engine never came back), the lost run counts as an
+        attempt, as when an engine dies; else (it rejoined without their
+        results: they never reached it) it is free.
+        """
+        ids = list(self.held) if engine_id is None else [engine_id]
+        for eid in ids:
+            for tid in self.held.pop(eid, []):
+                task = self.tasks.get(tid)
+                if task is None or task.state != RUNNING or task.engine_id != eid:
+                    continue
+                if reason:
+                    self._attempt_failed(task, error_to_wire(EngineError(eid, reason), eid))
+                else:
+                    self._make_ready(task)
+
     # -- results and status --
 
     def result(self, tid: int) -> dict[str, Any] | None:
@@ -369,6 +469,8 @@ class Scheduler:
         if tid in self._unfetched:
             del self._unfetched[tid]
             self._fetched[tid] = None
+        if task.result is None and self.journal is not None:
+            return self.journal.load_result(tid)  # restored: read from disk, not kept
         return task.result
 
     def finished(self, tid: int) -> bool:
@@ -431,6 +533,7 @@ class Scheduler:
     def _make_ready(self, task: TaskRecord) -> None:
         task.state = PENDING
         task.engine_id = None
+        self._touch(task)
         heapq.heappush(self._ready, (task.key(), task.tid))
         if task.unmet_on:
             self._check_satisfiable(task)
@@ -482,6 +585,7 @@ class Scheduler:
             task.engine_id = engine_id
             task.token = next(self._tokens)
             task.started = now
+            self._touch(task)
             batch.tasks.append((task.tid, task.token))
             timeout = task.current.get("timeout")
             batch.specs.append([task.tid, timeout, task.current["payload"]])
@@ -602,6 +706,7 @@ class Scheduler:
         self.result_bytes += task.size
         self._unfetched[task.tid] = None
         self.counts[state] += 1
+        self._touch(task)
         self._enforce_budget()
         self.on_finished(task.tid)
 
@@ -618,6 +723,8 @@ class Scheduler:
         self._unfetched.pop(tid, None)
         if task is not None:
             self.result_bytes -= task.size
+            if self.journal is not None:
+                self.journal.dropped(tid)
 
     def properties_changed(self, engine_id: int) -> None:
         """Forget engine_id's verdicts on waiting tasks: its properties changed."""
@@ -660,13 +767,26 @@ class TaskFarm:
 
     def __init__(self, controller: Any, clock: Any = None,
                  max_result_bytes: int = MAX_RESULT_BYTES,
-                 max_results: int = MAX_RESULTS) -> None:
+                 max_results: int = MAX_RESULTS, journal: Any = None,
+                 rejoin_grace: float = REJOIN_GRACE) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.controller = controller
         self.clock = clock
+        self.journal = journal  # controller.journal.TaskJournal, or None
+        self._commit_call: Any = None
+        self._writer: Any = None
+        if journal is not None:
+            from ipython1.controller.journal import JournalWriter
+
+            self._writer = JournalWriter()
         self.scheduler = Scheduler(clock.seconds, self._finished, max_result_bytes,
-                                   max_results, self._check_depend)
+                                   max_results, self._check_depend, journal)
+        if journal is not None:
+            self.scheduler.restore(journal.load(), journal.next_tid())
+            journal.commit()  # what restore() decided (dependents of failed tasks)
+            if self.scheduler.held:
+                clock.callLater(rejoin_grace, self._expire_held, rejoin_grace)
         self._waiters: dict[int, list[Callable[[], None]]] = {}
         self._commands: dict[int, Command] = {}  # batch id -> its command, while out
         self._pumping = False
@@ -686,8 +806,24 @@ class TaskFarm:
         if not isinstance(engine_id, int):
             return
         if kind == "engine_registered":
-            self.scheduler.add_engine(engine_id)
+            # A rejoining engine brings what finished while the controller was away.
+            sched = self.scheduler
+            sched.deliver_late(engine_id, data.get("late_tasks") or [])
+            # Held tasks it is still running stay held: their results follow
+            # (late_replies); the others never reached it and run again.
+            running = set((data.get("info") or {}).get("running_tasks") or [])
+            held = sched.held.pop(engine_id, [])
+            sched.held[engine_id] = [t for t in held if t not in running]
+            sched.add_engine(engine_id)
+            still = [t for t in held if t in running]
+            if still:
+                sched.held[engine_id] = still
+        elif kind == "late_replies":
+            self.scheduler.deliver_late(engine_id, data.get("late_tasks") or [])
+            self.scheduler.held.pop(engine_id, None)
         elif kind == "engine_died":
+            self.scheduler.release_held(engine_id, f"engine {engine_id} died while "
+                                                   "running the task")
             self.scheduler.remove_engine(engine_id, f"engine {engine_id} died while "
                                                     "running the task")
         elif kind == "engine_properties":
@@ -696,6 +832,12 @@ class TaskFarm:
             return
         self.pump()
 
+    def _expire_held(self, grace: float) -> None:
+        """Run again what engines that never rejoined were running at the restart."""
+        if self.scheduler.held:
+            self.scheduler.release_held(None, f"its engine did not rejoin within {grace:g} s "
+                                              "of the controller's restart")
+            self.pump()
     def _check_depend(self, spec: dict[str, Any], engine_id: int) -> str:
         """Evaluate a task's depend(properties) here, against engine_id's properties."""
         from ipython1.kernel import properties
@@ -765,6 +907,38 @@ class TaskFarm:
                 self._send(batch)
         finally:
             self._pumping = False
+        self._commit_soon()
+
+    def _commit_soon(self) -> None:
+        """Commit the journal at the end of this reactor turn (no fsync: see journal)."""
+        if self.journal is not None and self._commit_call is None and self.journal.pending():
+            self._commit_call = self.clock.callLater(0, self._commit_turn)
+
+    def _commit_turn(self) -> None:
+        self._commit_call = None
+        self.commit(durable=False).addErrback(
+            lambda f: log.failure("the task journal could not be written", f))
+
+    def commit(self, durable: bool = True) -> Deferred[None]:
+        """Write the journal (on its own thread); fire once it is written.
+
+        durable: fsynced, before a client is told its tasks are accepted or
+        given ids."""
+        if self._commit_call is not None:
+            if self._commit_call.active():
+                self._commit_call.cancel()
+            self._commit_call = None
+        write = self.journal.prepare(durable) if self.journal is not None else None
+        if write is None:
+            return defer.succeed(None)
+        return self._writer.run(write)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Write what is left and close the journal (the controller stops)."""
+        if self._writer is not None:
+            self._writer.stop()
+        if self.journal is not None:
+            self.journal.close()
 
     def _send(self, batch: Batch) -> None:
         command = Command("run_tasks", (batch.specs,), client="task farm",
@@ -830,10 +1004,12 @@ class TaskFarm:
 
     # -- ITaskFarm --
 
-    def reserve(self, n: int) -> int:
-        return self.scheduler.reserve(n)
+    def reserve(self, n: int) -> Deferred[int]:
+        first = self.scheduler.reserve(n)
+        # Never hand out an id twice, even across a crash.
+        return self.commit().addCallback(lambda _: first)
 
-    def submit(self, tasks: list[Any], client: str = "", user: str = "") -> list[Any]:
+    def submit(self, tasks: list[Any], client: str = "", user: str = "") -> Deferred[list[Any]]:
         """Accept ``[tid, meta, payload]`` tasks with reserved ids; None or an error each."""
         answers: list[Any] = []
         sched = self.scheduler
@@ -845,6 +1021,12 @@ class TaskFarm:
                 answers.append(error_to_wire(KernelError("a task must be [tid, meta, payload]")))
                 continue
             tid, meta, payload = item
+            known = sched.tasks.get(tid)
+            if known is not None and known.user == user:
+                # Sent again by a client whose answer was lost with the
+                # controller (issue 15): it has it already, once.
+                answers.append(None)
+                continue
             try:
                 if user != self._owner() and _has_property_depend(meta):
                     raise PermissionDenied(
@@ -864,7 +1046,7 @@ class TaskFarm:
             self.events.publish("task_submitted", user, None,
                                 {"n": len(accepted), "tids": id_ranges(accepted)}, client)
         self.pump()
-        return answers
+        return self.commit().addCallback(lambda _: answers)  # accepted means journaled
 
     def revoke(self, user: str) -> int:
         """Abort the tasks of a removed user that have not started; return how many."""
@@ -932,6 +1114,7 @@ class TaskFarm:
         self.scheduler._get(tid)
         self._check_rights([tid], user, "abort")
         self.scheduler.abort(tid)
+        self._commit_soon()
 
     def queue_status(self, verbose: bool = False) -> dict[str, Any]:
         return self.scheduler.status(verbose)
@@ -940,7 +1123,9 @@ class TaskFarm:
               user: str | None = None) -> int:
         if tids is not None:
             self._check_rights(tids, user, "clear")
-        return self.scheduler.clear(tids, client)
+        n = self.scheduler.clear(tids, client)
+        self._commit_soon()
+        return n
 
     def spin(self) -> None:
         self.pump()

@@ -260,6 +260,15 @@ class TaskResult:
                 f"duration={self.duration if self.duration is None else round(self.duration, 6)}>")
 
 
+def _connection_lost(failure: Any) -> bool:
+    """Tell whether a call failed because the connection to the controller went."""
+    from foolscap.api import DeadReferenceError
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.error import ConnectionLost as TwistedLost
+
+    return bool(failure.check(DeadReferenceError, ConnectionDone, TwistedLost, ConnectionLost))
+
+
 def _unwrap(answer: Any) -> Any:
     if isinstance(answer, dict) and answer.get("status") == "ok":
         return answer.get("value")
@@ -296,6 +305,8 @@ class AsyncTaskClient:
         self._submitting = 0
         self._lock = threading.Lock()
         self.rejected: dict[int, KernelError] = {}
+        # Set by get_task_client: reopens the session once the controller is back.
+        self.reconnector: Any = None
         self._calls.notifyOnDisconnect(self._disconnected)
 
     def _disconnected(self, *args: Any) -> None:
@@ -304,12 +315,34 @@ class AsyncTaskClient:
         self._lost = (f"the connection to the task farm at {wire.furl_location(self.furl)} "
                       "was lost")
 
+    def _reconnected(self, opened: tuple[Any, Any, Any]) -> None:
+        """Take the session reopened after a restart; reserved ids stay valid (journal)."""
+        if self._tub is not None:
+            self._tub.stopService()
+        self._tub, self._session, self._channel = opened
+        self._calls = command_channel.session_connection(self._session, self._channel)
+        self._lost = None
+        self._calls.notifyOnDisconnect(self._disconnected)
+
+    def _come_back(self) -> Deferred[None] | None:
+        """Wait for the controller to come back, if this client can (issue 15)."""
+        from ipython1.client.reconnect import channel_closed
+
+        if self._lost is None and channel_closed(self._channel):
+            self._disconnected()  # the controller is gone; Foolscap may not know yet
+        if self._lost is None or self.reconnector is None:
+            return None
+        return self.reconnector.ensure()
+
     @property
     def local_channel(self) -> bool:
         """Tell whether calls take the controller's local command channel."""
         return self._calls.local
 
     def _remote(self, method: str, *args: Any) -> Deferred[Any]:
+        back = self._come_back()
+        if back is not None:
+            return back.addCallback(lambda _: self._remote(method, *args))
         self._flush()
         if self._lost is not None:
             return defer.fail(ConnectionLost(self._lost))
@@ -324,8 +357,10 @@ class AsyncTaskClient:
             return failure
         if failure.check(Violation):  # as the channel's schema check words it
             raise KernelError(f"bad arguments to {method}: {failure.value}")
-        raise ConnectionLost(self._lost or f"the task farm went away: "
-                             f"{failure.getErrorMessage()}")
+        from ipython1.client.reconnect import IN_FLIGHT_HINT
+
+        raise ConnectionLost((self._lost or f"the task farm went away: "
+                              f"{failure.getErrorMessage()}") + "; " + IN_FLIGHT_HINT)
 
     # -- submitting --
 
@@ -358,8 +393,8 @@ class AsyncTaskClient:
         Safe to call from any thread: the blocking client queues tasks from
         the user's thread without waiting for the reactor.
         """
-        if self._lost is not None:  # else run() would hand out ids of tasks never sent
-            raise ConnectionLost(self._lost)
+        if self._lost is not None and self.reconnector is None:
+            raise ConnectionLost(self._lost)  # else run() would hand out ids never sent
         with self._lock:
             if self._next_tid >= self._end_tid:
                 return None
@@ -416,6 +451,9 @@ class AsyncTaskClient:
         with self._lock:
             self._flush_scheduled = False
             if not self._outbox or self._lost is not None:
+                back = self._come_back() if self._outbox else None
+                if back is not None:  # send them once the controller is back
+                    back.addCallbacks(lambda _: self._flush(), lambda f: None)
                 return
             outbox, self._outbox = self._outbox, []
             self._submitting += 1
@@ -439,8 +477,17 @@ class AsyncTaskClient:
             if again:
                 self._flush()
 
-        d.addCallback(answered)
-        d.addErrback(lambda f: None)  # a lost connection shows up on the next call
+        def lost(failure: Any) -> None:
+            # The controller went away with the answer: send these again once it
+            # is back (it keeps what it had journaled, and takes repeats once).
+            if self.reconnector is not None and _connection_lost(failure):
+                with self._lock:
+                    self._outbox[:0] = tasks
+                if self._lost is None:
+                    self._disconnected()
+
+        d.addCallbacks(answered, lost)
+        d.addErrback(lambda f: None)  # anything else shows up on the next call
         if last:
             d.addBoth(next_batch)
 
@@ -607,7 +654,11 @@ def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Any:
         enabled = progress_enabled()
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
+    try:
+        import ipywidgets  # noqa: F401 - a notebook draws tqdm's widget with it
+        from tqdm.auto import tqdm
+    except ImportError:  # without it tqdm.auto warns in a notebook; a text bar works there
+        from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="task", leave=False)
 

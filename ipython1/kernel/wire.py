@@ -243,9 +243,27 @@ def resolve_furl(furl_or_file: str | os.PathLike[str] | None, profile: str = "de
     return furl
 
 
-def get_reference(tub: Tub, furl: str, timeout: float = 10.0) -> Deferred[Any]:
-    """Connect to a FURL; fail with ControllerNotFound after timeout seconds."""
+def furl_source(furl_or_file: str | os.PathLike[str] | None, profile: str = "default",
+                default_name: str = MEC_FURL) -> str:
+    """Say where resolve_furl takes its FURL from, for messages ('' for a bare FURL)."""
+    if furl_or_file is not None and str(furl_or_file).startswith("pb://"):
+        return ""
+    path = Path(furl_or_file) if furl_or_file is not None else \
+        ClusterDir(profile).furl_file(default_name)
+    start = "ipcluster start -n 4 --daemon" + ("" if profile == "default"
+                                                else f" --profile {profile}")
+    return (f"the FURL file {path} (profile {profile!r}) names it, but no controller "
+            f"answers there; start one with: {start}")
+
+
+def get_reference(tub: Tub, furl: str, timeout: float = 10.0,
+                  source: str = "") -> Deferred[Any]:
+    """Connect to a FURL; fail with ControllerNotFound after timeout seconds.
+
+    source (see furl_source) says where the FURL came from and what to do.
+    """
     d = tub.getReference(furl)
+    hint = f"; {source}" if source else ""
 
     def failed(f: Any) -> None:
         from ipython1.kernel.addresses import unreachable_advice
@@ -253,11 +271,12 @@ def get_reference(tub: Tub, furl: str, timeout: float = 10.0) -> Deferred[Any]:
         advice = unreachable_advice(furl, socket.gethostname())
         if f.check(defer.CancelledError):
             raise ControllerNotFound(
-                f"no controller answered at {furl_location(furl)} within {timeout:g} s; {advice}"
+                f"no controller answered at {furl_location(furl)} within {timeout:g} s"
+                f"{hint}; {advice}"
             )
         raise ControllerNotFound(
             f"cannot connect to the controller at {furl_location(furl)}: "
-            f"{f.getErrorMessage()}; {advice}"
+            f"{f.getErrorMessage().rstrip('.')}{hint}; {advice}"
         )
 
     d.addTimeout(timeout, reactor)

@@ -7,7 +7,9 @@ pid, and waits until they are gone.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +24,46 @@ from ipython1.kernel.cluster import ClusterDir, pid_alive, read_pid
 from ipython1.kernel.processes import check, recorded, verified, write_pid_file
 
 ENGINES_PID_FILE = "ipengines"
+SUPERVISOR_PID_FILE = "ipsupervisor"
 
 
-class _ProfileOption(usage.Options):
+def _number(value: Any, option: str, what: str, kind: type = int,
+            minimum: float = 0) -> Any:
+    """Read an option's number; a UsageError of one line says what it takes."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < minimum or (kind is float and number != number):
+        at_least = f"at least {minimum:g}" if minimum else "not negative"
+        raise usage.UsageError(f"{option} takes {what}, {at_least}; not {value!r}")
+    return number
+
+
+class _Options(usage.Options):
+    """ipcluster's --version, and help without the module's docstring."""
+
+    longdesc = ""
+
+    def getSynopsis(self) -> str:
+        if self.parent is None:
+            return str(self.synopsis)
+        command, node = [], self
+        while node.parent is not None:  # e.g. ipcluster engines add
+            command.insert(0, node.parent.subCommand)
+            node = node.parent
+        return (f"Usage: ipcluster [--profile NAME] {' '.join(command)} "
+                f"{getattr(self, 'synopsis', '[options]')}")
+
+    def opt_version(self) -> None:
+        """Show ipython1's version and exit."""
+        import ipython1
+
+        print(f"ipcluster (ipython1) {ipython1.__version__}")
+        sys.exit(0)
+
+
+class _ProfileOption(_Options):
     """Subcommands accept --profile too: `ipcluster start -n 4 --profile lab`."""
 
     optParameters = [["profile", "p", None, "Cluster profile (overrides the global option)."]]
@@ -34,33 +73,87 @@ class StartOptions(_ProfileOption):
     optFlags = [
         ["daemon", None, "Return once the cluster is up; leave it running."],
         ["mpi", None, "Start the engines with mpiexec; each initialises MPI (mpi4py)."],
+        ["reuse", "r", "Restart what is missing: the controller (with ipcontroller --reuse: "
+         "same port and FURLs) if it died, and only the engines that are not alive; "
+         "live engines rejoin with their ids and namespaces."],
+        ["restart-engines", None, "Run a supervisor that starts a dead engine again (fresh "
+         "namespace, same id) and reports it as an event; with --mpi it restarts the "
+         "whole MPI job, since a single rank cannot be replaced."],
     ]
     optParameters = [
-        ["n", "n", 2, "Number of engines.", int],
+        ["n", "n", None, "Number of engines (default 2; with --engines ssh, every host slot)."],
         ["ip", None, None, "Address the controller listens on: 0.0.0.0 or :: for every "
          "interface (default: 127.0.0.1, or every interface when --location is given)."],
         ["location", None, None, "HOST[:PORT][,HOST2...]: what the controller's FURLs "
          "advertise to engines and clients on other hosts (see ipcontroller --help)."],
         ["port", None, 0, "TCP port of the controller (default: any free port).", int],
         ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
-        ["timeout", None, 120.0, "Seconds to wait for all engines to register.", float],
+        ["timeout", None, 120.0, "Seconds to wait for all engines to register."],
         ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
         ["mpi-args", None, "", "Extra arguments for mpiexec."],
+        # Where engines run (ipython1.cluster); see docs/deployment.md.
+        ["engines", None, "local", "Where engines run: local, mpiexec, ssh, slurm, sge, pbs "
+         "or lsf."],
+        ["ipengine", None, None, "Command that starts an engine on a node (default: this "
+         "Python with -m ipython1.scripts.ipengine)."],
+        ["hosts", None, None, "ssh: hosts and engines per host, h1:4,h2:4."],
+        ["hostfile", None, None, "ssh: a file of HOST[:N] lines."],
+        ["ssh-args", None, "", "ssh: extra arguments for ssh (e.g. '-p 2222 -i KEY')."],
+        ["queue", None, None, "Batch: the queue (Slurm: the partition)."],
+        ["time", None, None, "Batch: wall time of each job, minutes or H:MM:SS."],
+        ["template", None, None, "Batch: job script template (see docs/deployment.md)."],
+        ["engines-per-job", None, None, "Batch: split the engines into jobs of K.", int],
+        ["partition", None, None, "Slurm: partition."],
+        ["account", None, None, "Slurm: account."],
+        ["qos", None, None, "Slurm: quality of service."],
+        ["srun-args", None, "", "Slurm: extra arguments for srun (e.g. --mpi=pmix)."],
+        ["controller-host", None, None, "Run the controller on this host, over ssh "
+         "(--ssh-args apply; its FURLs advertise the host unless --location says otherwise)."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["sbatch-arg"] = []
+        self["batch-arg"] = []
+
+    def opt_sbatch_arg(self, value: str) -> None:
+        """Slurm: one more #SBATCH line, e.g. --sbatch-arg=--mem=4G (repeatable)."""
+        self["sbatch-arg"].append(value)
+
+    def opt_batch_arg(self, value: str) -> None:
+        """SGE/PBS/LSF: one more directive line, e.g. --batch-arg='-l mem=4G' (repeatable)."""
+        self["batch-arg"].append(value)
 
     def parseArgs(self, *args: str) -> None:
         if args:
             raise usage.UsageError(f"unexpected arguments: {' '.join(args)}")
 
     def postOptions(self) -> None:
+        from ipython1.cluster import ENGINE_KINDS
+        from ipython1.cluster.remote import host_name
         from ipython1.scripts.ipcontroller import check_network_options
 
+        if self["n"] is not None:
+            self["n"] = _number(self["n"], "-n", "a number of engines", int, 1)
+        self["timeout"] = _number(self["timeout"], "--timeout", "seconds", float, 0.001)
+        if self["controller-host"] and not self["location"]:
+            self["location"] = host_name(self["controller-host"])
         check_network_options(self)
+
+        if self["engines"] not in ENGINE_KINDS:
+            raise usage.UsageError(f"--engines must be one of {', '.join(ENGINE_KINDS)}")
+        if self["engines"] == "mpiexec":
+            self["mpi"] = True
+        elif self["mpi"] and self["engines"] not in ("local", "slurm"):
+            raise usage.UsageError("--mpi starts engines with mpiexec (--engines mpiexec) "
+                                   "or srun (--engines slurm)")
 
 
 class StopOptions(_ProfileOption):
-    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]
-                     ]
+    optParameters = [["grace", None, 10.0, "Seconds before SIGKILL."]]
+
+    def postOptions(self) -> None:
+        self["grace"] = _number(self["grace"], "--grace", "seconds", float)
 
 
 class StatusOptions(_ProfileOption):
@@ -91,7 +184,7 @@ class DashboardOptions(_ProfileOption):
     ]
 
 
-class AddUserOptions(usage.Options):
+class AddUserOptions(_Options):
     synopsis = "NAME [--observer]"
     optFlags = [["observer", None, "Watch-only: may subscribe, list and chat; runs nothing."]]
 
@@ -104,23 +197,23 @@ class AddUserOptions(usage.Options):
         self["name"] = name
 
 
-class DelUserOptions(usage.Options):
+class DelUserOptions(_Options):
     synopsis = "NAME"
 
     def parseArgs(self, name: str) -> None:
         self["name"] = name
 
 
-class UsersOptions(usage.Options):
+class UsersOptions(_Options):
     pass
 
 
-class TranscriptOptions(usage.Options):
+class TranscriptOptions(_Options):
     optFlags = [["follow", "f", "Keep printing events as they are appended."]]
     optParameters = [["user", "u", None, "Only this user's events."]]
 
 
-class EnginesAddOptions(usage.Options):
+class EnginesAddOptions(_Options):
     synopsis = "N [--timeout S]"
     optParameters = [["timeout", None, 120.0, "Seconds to wait for them to register.", float]]
 
@@ -131,7 +224,7 @@ class EnginesAddOptions(usage.Options):
         self["n"] = int(n)
 
 
-class EnginesRemoveOptions(usage.Options):
+class EnginesRemoveOptions(_Options):
     synopsis = "IDS (e.g. 3 4, 3,4 or 2-5)"
     optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]]
 
@@ -156,9 +249,11 @@ class EnginesOptions(_ProfileOption):
             raise usage.UsageError("choose: engines add N, or engines remove IDS")
 
 
-class Options(usage.Options):
-    synopsis = ("ipcluster start|stop|status|engines|dashboard|logs|doctor|adduser|deluser|"
-                "users|transcript [options]")
+class Options(_Options):
+    synopsis = "Usage: ipcluster [--profile NAME] COMMAND [options]"
+    longdesc = ("COMMAND is one of start, stop, status, engines, dashboard, logs, doctor, "
+                "adduser, deluser, users, transcript; 'ipcluster COMMAND --help' shows its "
+                "options.")
     optParameters = [
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
     ]
@@ -271,25 +366,53 @@ def _stale_pid_files(cluster_dir: ClusterDir, out: IO[str]) -> None:
 # -- commands -------------------------------------------------------------------
 
 
-def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float = 120.0,
-          daemon: bool = True, mpi: bool = False, mpiexec: str | None = None,
-          mpi_args: str = "", out: IO[str] = sys.stdout,
+def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
+          timeout: float = 120.0, daemon: bool = True, mpi: bool = False,
+          mpiexec: str | None = None, mpi_args: str = "", out: IO[str] = sys.stdout,
           on_start: Callable[[int], None] | None = None, location: str | None = None,
-          port: int = 0, relay_port: int = 0) -> int:
-    """Start a controller and n engines; return 0 once all have registered."""
-    if n < 1:
+          port: int = 0, relay_port: int = 0, reuse: bool = False,
+          restart_engines: bool = False, engines_kind: str = "local",
+          launch_options: dict[str, Any] | None = None) -> int:
+    """Start a controller and n engines; return 0 once all have registered.
+
+    With reuse, start only what is missing: the controller if it is not
+    running, and engines for those of the last start that are not alive.
+    engines_kind other than local/mpiexec names a launcher of ipython1.cluster
+    (ssh, slurm, sge, pbs, lsf) configured from launch_options.
+    """
+    if n is None and engines_kind != "ssh":
+        n = 2
+    if n is not None and n < 1:
         raise usage.UsageError("-n must be at least 1")
     cluster_dir.create(tighten=True)
-    if cluster_dir.controller_running():
+    running = cluster_dir.controller_running()
+    if running and not reuse:
         pid = read_pid(cluster_dir.pid_file("ipcontroller"))
         out.write(f"ipcluster: a controller is already running for profile "
-                  f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first\n")
+                  f"{cluster_dir.profile!r} (pid {pid}); run 'ipcluster stop' first "
+                  "(or start with --reuse to add only missing engines)\n")
         return 1
+    live = engine_pids(cluster_dir)
+    if live and not reuse and not running:  # they would rejoin beside n new engines
+        out.write(f"ipcluster: engines of the last cluster of profile "
+                  f"{cluster_dir.profile!r} are still running (pids "
+                  f"{', '.join(map(str, live))}) and would rejoin: run 'ipcluster "
+                  "start --reuse' to take them back, or 'ipcluster stop' first\n")
+        return 1
+    # Live engines rejoin by themselves (an MPI job's pid file names mpiexec),
+    # and a live supervisor starts again whatever of its engines died.
+    supervised = reuse and bool(check(cluster_dir.pid_file(SUPERVISOR_PID_FILE)).live)
+    rejoining = 0 if n is None else (
+        n if supervised or (mpi and live) else 0 if mpi else min(len(live), n))
     profile = ["--profile", cluster_dir.profile]
     controller_args = [*profile, "--ip", ip, "--port", str(port),
                        "--relay-port", str(relay_port),
-                       *(["--location", location] if location else [])]
-    if mpi:
+                       *(["--location", location] if location else []),
+                       *(["--reuse"] if reuse else [])]
+    if mpi and engines_kind == "slurm":
+        # srun starts the ranks; ids 0..n-1 wait for them.
+        controller_args += ["--reserve-ids", str(n)]
+    elif mpi:
         try:
             mpi_command = _mpi_preflight(n, mpiexec, mpi_args)
         except Exception as e:
@@ -306,49 +429,110 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
         return proc
 
     t0 = time.monotonic()
+    controller = None
+    launcher = None
+    engines: list[subprocess.Popen[bytes]] = []
+    new_pids = cluster_dir.pid_file(ENGINES_PID_FILE + "-new")
+    controller_host = (launch_options or {}).get("controller-host")
     try:
-        controller = track(_spawn(
-            _python_module("ipython1.scripts.ipcontroller", *controller_args),
-            cluster_dir.log_file("ipcontroller-console")))
-        _wait_for(lambda: read_pid(cluster_dir.pid_file("ipcontroller")) == controller.pid,
-                  timeout, lambda: controller.poll() is not None,
-                  lambda: "the controller exited:\n"
-                  + _tail(cluster_dir.log_file("ipcontroller-console")))
+        if not running:
+            if controller_host:
+                controller = track(_start_remote_controller(
+                    cluster_dir, controller_host, (launch_options or {}).get("ssh-args") or "",
+                    controller_args, timeout))
+            else:
+                controller = track(_spawn(
+                    _python_module("ipython1.scripts.ipcontroller", *controller_args),
+                    cluster_dir.log_file("ipcontroller-console")))
+            _wait_for(lambda: read_pid(cluster_dir.pid_file("ipcontroller")) == controller.pid,
+                      timeout, lambda: controller.poll() is not None,
+                      lambda: "the controller exited:\n"
+                      + _tail(cluster_dir.log_file("ipcontroller-console")))
         engine_options = [*profile, "--connect-timeout", str(timeout)]
         engine_argv = _python_module("ipython1.scripts.ipengine", *engine_options)
-        if mpi:
-            engines = [track(_spawn(mpi_command(engine_options),
-                                    cluster_dir.log_file("mpiexec")))]
-            write_pid_file(cluster_dir.pid_file(ENGINES_PID_FILE), [engines[0].pid])
-        else:
-            # One warmed-up process forks the others: start-up and memory are shared.
-            engines = [track(_spawn(
-                engine_argv + ["--fork", str(n), "--pid-file",
-                               str(cluster_dir.pid_file(ENGINES_PID_FILE))],
-                cluster_dir.log_file("ipengine-console")))]
+        if engines_kind not in ("local", "mpiexec"):
+            if ip in ("127.0.0.1", "::1", "localhost") and not location:
+                # The usual mistake with nodes from ssh or a scheduler: say it before waiting.
+                out.write(f"ipcluster: note: the controller listens on {ip} only, so engines "
+                          "on other hosts cannot reach it: add --location NAME (this host "
+                          "as they see it; docs/deployment.md)\n")
+                out.flush()
+            launcher, n = _start_launcher(cluster_dir, engines_kind, n, timeout,
+                                          launch_options or {}, mpi)
         from ipython1.kernel.client import MultiEngineClient
 
         mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
         try:
-            _wait_for(lambda: len(mec.get_ids()) >= n, timeout,
-                      lambda: any(p.poll() is not None for p in engines),
-                      lambda: _engine_failure(cluster_dir, engines))
+            if launcher is not None:
+                if not _wait_for_launcher(launcher, mec, n, timeout, out):
+                    return 0  # jobs still queued: their engines join when they start
+            else:
+                if rejoining:
+                    _wait_for(lambda: len(mec.get_ids()) >= rejoining, timeout,
+                              lambda: not any(pid_alive(p) for p in live),
+                              lambda: "the live engines died before they rejoined")
+                if restart_engines and n > rejoining:
+                    # The supervisor starts (and restarts) the engines, keeps the pid file.
+                    commands = ([[None, mpi_command(engine_options)]] if mpi else
+                                [[i, engine_argv + ["--engine-id", str(i)]]
+                                 for i in range(rejoining, n)])
+                    engines = [track(_spawn(
+                        _python_module("ipython1.cluster.supervisor", cluster_dir.profile,
+                                       json.dumps(commands)),
+                        cluster_dir.log_file("ipsupervisor")))]
+                elif mpi and not rejoining:
+                    engines = [track(_spawn(mpi_command(engine_options),
+                                            cluster_dir.log_file("mpiexec")))]
+                    write_pid_file(cluster_dir.pid_file(ENGINES_PID_FILE), [engines[0].pid])
+                elif n > rejoining:
+                    # One warmed-up process forks the others: start-up and memory are shared.
+                    engines = [track(_spawn(
+                        engine_argv + ["--fork", str(n - rejoining), "--pid-file",
+                                       str(new_pids)],
+                        cluster_dir.log_file("ipengine-console")))]
+                _wait_for(lambda: len(mec.get_ids()) >= n, timeout,
+                          lambda: any(p.poll() is not None for p in engines),
+                          lambda: _engine_failure(cluster_dir, engines))
+                if not mpi and n > rejoining and not restart_engines:
+                    _wait_for(lambda: len(check(new_pids).live) == n - rejoining, timeout,
+                              lambda: False, lambda: "the engines wrote no pid file")
+                    write_pid_file(cluster_dir.pid_file(ENGINES_PID_FILE),
+                                   live + check(new_pids).live)
+                    new_pids.unlink(missing_ok=True)
             if mpi:
                 _check_mpi_job(mec.engine_info(), n)
         finally:
             mec.close()
     except Exception as e:
         out.write(f"ipcluster: could not start the cluster: {e}\n")
-        stop_pids(engine_pids(cluster_dir) + list(reversed(started)), grace=3)
-        for name in ("ipcontroller", ENGINES_PID_FILE):
-            cluster_dir.pid_file(name).unlink(missing_ok=True)
+        if launcher is not None or not reuse:
+            _stop_launcher(cluster_dir, grace=3, out=out)
+        if controller_host and controller is not None:
+            _stop_remote_controller(cluster_dir, grace=3, out=out)
+        if reuse:  # leave alone what was running before
+            stop_pids(check(new_pids).live + list(reversed(started)), grace=3)
+        else:
+            stop_pids(engine_pids(cluster_dir) + check(new_pids).live
+                      + list(reversed(started)), grace=3)
+            for name in ("ipcontroller", ENGINES_PID_FILE, ENGINES_PID_FILE + "-new"):
+                cluster_dir.pid_file(name).unlink(missing_ok=True)
         return 1
-    out.write(f"ipcluster: controller and {n} engines are up in {time.monotonic() - t0:.1f} s "
-              f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
+    if reuse:
+        out.write(f"ipcluster: {'controller restarted' if controller else 'controller running'}"
+                  f", {rejoining} engine(s) rejoined, {n - rejoining} started in "
+                  f"{time.monotonic() - t0:.1f} s (profile {cluster_dir.profile!r}, "
+                  f"{cluster_dir.path})\n")
+    else:
+        out.write(f"ipcluster: controller and {n} engines are up in "
+                  f"{time.monotonic() - t0:.1f} s "
+                  f"(profile {cluster_dir.profile!r}, {cluster_dir.path})\n")
     if ip not in ("127.0.0.1", "::1", "localhost") or location:
         out.write(_other_hosts_hint(cluster_dir))
     out.flush()
     if daemon:
+        return 0
+    if controller is None:
+        out.write("ipcluster: the controller was running already; not waiting on it\n")
         return 0
     out.write("ipcluster: press Ctrl-C to stop the cluster\n")
     out.flush()
@@ -359,6 +543,100 @@ def start(cluster_dir: ClusterDir, n: int, ip: str = "127.0.0.1", timeout: float
     except KeyboardInterrupt:
         pass
     return stop(cluster_dir, out=out)
+
+
+def _start_launcher(cluster_dir: ClusterDir, kind: str, n: int | None, timeout: float,
+                    options: dict[str, Any], mpi: bool = False) -> tuple[Any, int]:
+    """Start engines with a launcher of ipython1.cluster; record it for stop and status."""
+    from ipython1 import cluster
+
+    engine = cluster.EngineCommand.for_cluster(
+        cluster_dir, connect_timeout=timeout, ipengine=options.get("ipengine"),
+        extra=["--mpi", "mpi4py"] if mpi else [])
+    launcher = cluster.make_launcher(kind, cluster_dir, engine, options, os.environ)
+    if kind == "ssh":
+        n = sum(h.slots for h in launcher.plan(n))
+    assert n is not None
+    try:
+        launcher.start(n)
+    finally:
+        cluster.save_state(cluster_dir, launcher)  # whatever started must be stoppable
+    return launcher, n
+
+
+def _wait_for_launcher(launcher: Any, mec: Any, n: int, timeout: float, out: IO[str]) -> bool:
+    """Wait until n engines registered; False when time ran out with jobs still queued."""
+    failure: list[str] = []
+
+    def failed() -> bool:
+        failure[:] = [launcher.failure() or ""]
+        return bool(failure[0])
+
+    try:
+        _wait_for(lambda: len(mec.get_ids()) >= n, timeout, failed, lambda: failure[0])
+        return True
+    except RuntimeError as e:
+        if not str(e).startswith("timed out"):
+            raise
+        waiting = launcher.waiting()
+        if not waiting:
+            raise RuntimeError(f"{e}; {len(mec.get_ids())} of {n} engines registered "
+                               "(engines on other hosts need a controller they can reach: "
+                               "--ip and --location; see docs/deployment.md)"
+                               + "".join(f"\n  {line}" for line in launcher.status())) from None
+    out.write(f"ipcluster: {len(mec.get_ids())} of {n} engines registered after "
+              f"{timeout:g} s; still queued:\n"
+              + "".join(f"  {line}\n" for line in waiting)
+              + "ipcluster: their engines join when the jobs start ('ipcluster status'); "
+              "the cluster stays up\n")
+    return False
+
+
+def _start_remote_controller(cluster_dir: ClusterDir, host: str, ssh_args: str,
+                             controller_args: list[str],
+                             timeout: float) -> subprocess.Popen[bytes]:
+    """Start the controller on host over ssh; return the ssh client once its FURLs are here."""
+    import shlex
+
+    from ipython1.cluster.remote import FURLS, RemoteController
+
+    for name in FURLS:
+        cluster_dir.furl_file(name).unlink(missing_ok=True)  # never a stale one from here
+    remote = RemoteController(cluster_dir, host, shlex.split(ssh_args))
+    log = cluster_dir.log_file("ipcontroller-console")
+    proc = _spawn(remote.argv(_python_module("ipython1.scripts.ipcontroller",
+                                             *controller_args)), log)
+    remote.save()
+    _wait_for(remote.fetch, timeout, lambda: proc.poll() is not None,
+              lambda: f"the controller on {host} exited (ssh status {proc.returncode}):\n"
+              + _tail(log))
+    # The local ssh client stands for the controller in this host's pid file.
+    write_pid_file(cluster_dir.pid_file("ipcontroller"), [proc.pid])
+    return proc
+
+
+def _stop_remote_controller(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
+    """Ask the controller's host to end it, when it runs on another host."""
+    from ipython1.cluster.remote import RemoteController
+
+    remote = RemoteController.load(cluster_dir)
+    error = remote.stop(grace) if remote is not None else None
+    if error:
+        out.write(f"ipcluster: {error}\n")
+
+
+def _stop_launcher(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
+    """Stop what a launcher of ipython1.cluster started (jobs, ssh), if any."""
+    from ipython1 import cluster
+
+    try:
+        launcher = cluster.launcher_from_state(cluster_dir)
+        if launcher is not None:
+            for line in launcher.stop(grace):
+                out.write(f"ipcluster: {line}\n")
+    except Exception as e:  # the controller must still be stopped
+        out.write(f"ipcluster: could not stop the launched engines: {e}\n")
+    cluster.clear_state(cluster_dir)
 
 
 def _other_hosts_hint(cluster_dir: ClusterDir) -> str:
@@ -441,17 +719,25 @@ def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout
     Only processes whose start time and command line match their pid file
     are signalled; a stale pid file is reported and removed.
     """
+    _stop_launcher(cluster_dir, grace, out)
     _stale_pid_files(cluster_dir, out)
+    supervisor_file = cluster_dir.pid_file(SUPERVISOR_PID_FILE)
+    supervised = check(supervisor_file).live
+    if supervised:  # first, or it would start the engines again; it stops them too
+        stop_pids(supervised, grace, lambda ps: verified(ps, recorded(supervisor_file)))
     records = [*recorded(cluster_dir.pid_file(ENGINES_PID_FILE)),
                *recorded(cluster_dir.pid_file("ipcontroller"))]
     engines = engine_pids(cluster_dir)
     controller = check(cluster_dir.pid_file("ipcontroller")).live
+    _stop_remote_controller(cluster_dir, grace, out)  # its local ssh client is in controller
     pids = engines + controller
-    if not pids:
+    if not pids and not supervised:
         out.write(f"ipcluster: no cluster is running for profile {cluster_dir.profile!r}\n")
     killed = stop_pids(pids, grace, lambda ps: verified(ps, records))
-    for name in ("ipcontroller", ENGINES_PID_FILE):
+    for name in ("ipcontroller", ENGINES_PID_FILE, SUPERVISOR_PID_FILE):
         cluster_dir.pid_file(name).unlink(missing_ok=True)
+    shutil.rmtree(cluster_dir.pid / "exits", ignore_errors=True)
+    pids = supervised + pids
     if pids:
         out.write(f"ipcluster: stopped {len(pids)} process(es)"
                   + (f" ({len(killed)} needed SIGKILL)" if killed else "") + "\n")
@@ -463,10 +749,14 @@ def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout, as_json: bool = F
     """Print the controller, each engine (host, pid, CPU, memory, queue), tasks and users."""
     import json
 
+    from ipython1 import cluster
     from ipython1.controller.monitor import format_snapshot
     from ipython1.kernel.errors import KernelError
     from ipython1.kernel.users import admin_call
 
+    launcher = cluster.launcher_from_state(cluster_dir)
+    for line in launcher.status() if launcher is not None and not as_json else []:
+        out.write(f"{line}\n")  # what the launcher started: jobs, ssh clients
     _stale_pid_files(cluster_dir, out)  # reported and removed; never a traceback
     if not check(cluster_dir.pid_file("ipcontroller")).live:
         out.write(f"ipcluster: no controller is running for profile {cluster_dir.profile!r}\n")
@@ -700,7 +990,9 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
-        out.write(f"ipcluster: {e}\n{options}")
+        # One line: what is wrong, and where the options are listed.
+        command = f"ipcluster {options.subCommand}" if options.subCommand else "ipcluster"
+        out.write(f"{command}: {e} ('{command} --help' lists the options)\n")
         return 2
     sub = options.subOptions
     try:
@@ -709,9 +1001,16 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         out.write(f"ipcluster: {e}\n")
         return 2
     if options.subCommand == "start":
-        return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
-                     bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
-                     location=sub["location"], port=sub["port"], relay_port=sub["relay-port"])
+        try:
+            return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
+                         bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
+                         location=sub["location"], port=sub["port"],
+                         relay_port=sub["relay-port"], reuse=bool(sub["reuse"]),
+                         restart_engines=bool(sub["restart-engines"]),
+                         engines_kind=sub["engines"], launch_options=dict(sub))
+        except usage.UsageError as e:
+            out.write(f"ipcluster: {e}\n")
+            return 2
     if options.subCommand == "stop":
         return stop(cluster_dir, sub["grace"], out=out)
     if options.subCommand == "engines":

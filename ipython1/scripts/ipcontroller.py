@@ -33,7 +33,11 @@ class Options(usage.Options):
         ["dashboard-port", None, 0, "The web dashboard's TCP port (default: any free port).",
          int],
     ]
-    optFlags = [["no-dashboard", None, "Serve no web dashboard."]]
+    optFlags = [
+        ["no-dashboard", None, "Serve no web dashboard."],
+        ["reuse", "r", "Take over from the profile's last controller: its port (unless "
+         "--port), certificate, FURLs and engine ids, so its engines and clients rejoin."],
+    ]
 
     def postOptions(self) -> None:
         check_network_options(self)
@@ -62,7 +66,8 @@ def makeService(options: Any) -> Any:
                              port=options["port"], reserve_ids=options["reserve-ids"],
                              location=options["location"], relay_port=options["relay-port"],
                              dashboard=None if options["no-dashboard"] else
-                             (options["dashboard-ip"], options["dashboard-port"]))
+                             (options["dashboard-ip"], options["dashboard-port"]),
+                             reuse=bool(options["reuse"]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,10 +35,14 @@ class Options(usage.Options):
          f"${ENGINE_FURL_ENV}, else --furl-file)."],
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
         ["connect-timeout", None, 60.0, "Seconds to keep retrying registration.", float],
+        ["reconnect-timeout", None, 600.0, "Seconds to keep trying to rejoin a lost "
+         "controller, keeping the namespace and the engine id (0: exit at once).", float],
         ["mpi", None, None, "Initialise MPI at start-up with this module (mpi4py)."],
         ["fork", None, 1, "Start this many engines, forked from one warmed-up process "
          "(start-up work and memory are shared; ipcluster uses it).", int],
         ["pid-file", None, None, "Write the pids of the engines started to this file."],
+        ["engine-id", None, None, "Ask for this engine id, even if an engine had it before "
+         "(the supervisor of ipcluster start --restart-engines uses it).", int],
     ]
 
     def postOptions(self) -> None:
@@ -56,17 +60,27 @@ class Options(usage.Options):
 
 
 def _engine_service(options: Any, own_shell_thread: bool) -> Any:
+    from ipython1.cluster.supervisor import RESTART_ENV, SUPERVISED_ENV
     from ipython1.kernel.engine import EngineService, ShellRunner
 
     info: dict[str, Any] = {}
+    if options["engine-id"] is not None:
+        info.update(requested_id=options["engine-id"], rejoin=True)
+    if os.environ.get(SUPERVISED_ENV):
+        info["supervised"] = True  # its supervisor reports how it ends
+    if os.environ.get(RESTART_ENV):
+        info["restarted"] = os.environ[RESTART_ENV]
     if options["mpi"]:
         from ipython1.kernel import mpi
 
         info.update(mpi.initialize(options["mpi"]))
         # Engine ids equal ranks when the controller can give them.
         info["requested_id"] = info["mpi_rank"]
+        if os.environ.get(SUPERVISED_ENV):
+            info["rejoin"] = True  # the whole job was restarted: ranks take their ids back
     return EngineService(options["furl-file"], ShellRunner(),
                          connect_timeout=options["connect-timeout"], info=info,
+                         reconnect_timeout=options["reconnect-timeout"],
                          own_shell_thread=own_shell_thread, furl=options["furl"])
 
 
@@ -144,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
         raise SystemExit(f"ipengine: {e}\n{options}") from None
+    from ipython1.engine.restart import take_in_place_id
+
+    take_in_place_id(options)  # mec.restart exec'd this process afresh
     if options["fork"] > 1 or options["pid-file"]:
         pids = fork_engines(options["fork"])
         if pids is not None and options["pid-file"]:

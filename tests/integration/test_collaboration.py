@@ -390,3 +390,44 @@ def test_deluser_cuts_task_farm_access_at_once_and_aborts_waiting_tasks(
         (tmp_path / "open").touch()
         hank.close()
         owner.close()
+
+
+def test_two_shells_started_together_see_each_other_the_recent_history_and_echoes(
+        collab: tuple[Cluster, dict[str, str]], tmp_path: Path) -> None:
+    import pexpect
+
+    from ipython1.kernel.client import MultiEngineClient
+
+    cluster, furls = collab
+    bob = MultiEngineClient(furls["bob"], timeout=30)
+    cluster.clients.append(bob)
+    bob.say("said before the shells started")
+    env = dict(cluster.env, PROMPT_TOOLKIT_NO_CPR="1", IPYTHONDIR=str(tmp_path / "ipython"),
+               TERM="xterm")
+    shells = {}
+    for name in ("alice", "carol"):  # at the same moment
+        shells[name] = pexpect.spawn(
+            sys.executable, ["-m", "ipython1.shell", "--furl-file", furls[name], "--no-color"],
+            env=env, dimensions=(40, 160), encoding="utf-8", timeout=30)
+        cluster.pids.append(shells[name].pid)
+    alice, carol = shells["alice"], shells["carol"]
+    try:
+        for shell, other in ((alice, "carol"), (carol, "alice")):
+            shell.expect("recent activity on this cluster")
+            shell.expect(r"\[bob\] says: said before the shells started")
+            shell.expect(rf"\* {other} joined")  # from the history or live: never missed
+        alice.expect(r"In \[\d+\]:")
+        alice.send("%say hello all\r")
+        alice.expect(r"\[alice\] says: hello all")  # the one who said it sees it too
+        carol.expect(r"\[alice\] says: hello all")
+        alice.send("%local 6 * 7\r")
+        alice.expect(r"Out\[\d+\]: (\x1b\[[\d;]*m)*42")
+        alice.send("%local print('local' + '-done')\r")
+        alice.expect("local-done")
+        assert "ExecutionResult" not in alice.before
+        alice.send("undefined_here?\r")
+        carol.expect(r"\[alice\] inspect undefined_here (0 )?on 0\b")
+        assert "inspect inspect" not in carol.before
+    finally:
+        for shell in shells.values():
+            shell.terminate(force=True)

@@ -127,19 +127,26 @@ def cluster_pid_alive(pid: int) -> bool:
 
 def test_controller_going_away_gives_connection_lost(make_cluster):
     cluster = make_cluster(2)
-    mec = cluster.client(timeout=30)
+    mec = cluster.client(timeout=5)  # a call made while it is down waits this long
     engine_pids = [cluster.engine_pid(mec, i) for i in (0, 1)]
+    brief = cluster.start_engine("--reconnect-timeout", "1")  # gives up after 1 s
+    wait_until(lambda: len(mec.get_ids()) == 3, 30, "the third engine")
     waiting = mec.execute("import time; time.sleep(30)", block=False)
     wait_until(lambda: mec.queue_status(targets=0)[0]["running"] is not None, 10, "running")
     mec.kill(controller=True, targets=[])
     t0 = time.monotonic()
     with pytest.raises((ConnectionLost, CompositeError, EngineError)):
         waiting.get_result(timeout=10)
-    with pytest.raises(ConnectionLost):
+    with pytest.raises(ConnectionLost, match="did not come back within"):
         mec.execute("1")
     assert time.monotonic() - t0 < 10
-    # Engines notice the controller is gone and exit by themselves.
-    wait_until(lambda: not any(cluster_pid_alive(p) for p in engine_pids), 15, "engines exit")
+    # Engines outlive the controller (issue 15): they keep trying to rejoin it,
+    # for --reconnect-timeout seconds.
+    wait_until(lambda: brief.poll() is not None, 15, "the engine that gives up after 1 s")
+    assert all(cluster_pid_alive(p) for p in engine_pids)
+    logs = [cluster.dir.log_file(f"ipengine-{p}") for p in engine_pids]
+    wait_until(lambda: all("trying to rejoin" in log.read_text() for log in logs), 15,
+               "engines trying to rejoin")
 
 
 def test_missing_furl_file_names_file_and_profile(tmp_path, monkeypatch):

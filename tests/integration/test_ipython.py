@@ -322,13 +322,16 @@ def test_px_line_and_cell_magics(ipshell, mec):
     assert "[0] Out[" not in cap.stdout
 
 
-def test_px_shows_engine_errors_without_raising(ipshell):
+def test_px_engine_errors_fail_the_cell(ipshell):
+    from ipython1.kernel.errors import CompositeError
+
     shell, _ = ipshell
     result, cap = run(shell, "%px 1/0")
-    assert result.success  # shown, not raised: %autopx keeps going
-    assert cap.stdout.count("ZeroDivisionError") >= 4 and "[3:error]" in cap.stdout
-    _, cap = run(shell, "%px %no_such_magic")
-    assert "UsageError" in cap.stdout and "no_such_magic" in cap.stdout
+    assert isinstance(result.error_in_exec, CompositeError)  # as in ipyparallel
+    assert result.error_in_exec.engine_ids() == [0, 1, 2, 3]
+    result, cap = run(shell, "%px %no_such_magic")
+    assert "UsageError" in str(result.error_in_exec) and "no_such_magic" in str(
+        result.error_in_exec)
 
 
 def test_autopx_sends_every_input_until_toggled(ipshell, mec):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ipython1.kernel import mpi
-from ipython1.kernel.errors import EngineError, MPIUnavailable
+from ipython1.kernel.errors import EngineError, MPIUnavailable, NoEnginesRegistered
 from tests.conftest import ROOT, Cluster, kill_all, pid_alive, wait_until
 
 
@@ -315,3 +315,27 @@ def test_ipcluster_reports_an_mpiexec_that_does_not_match_mpi4py(tmp_path):
         assert "--mpiexec PATH" in done.stdout
     finally:
         cluster.stop()
+
+
+def test_restart_engines_restarts_the_whole_mpi_job(make_cluster):
+    cluster = make_cluster(2, "--mpi", "--restart-engines")
+    mec = cluster.client(timeout=60)
+    old = {info["engine_id"]: info["pid"] for info in mec.engine_info()}
+    cluster.pids += list(old.values())
+    mec.execute("x = 1")
+    os.kill(old[1], signal.SIGKILL)
+    # A single rank cannot be replaced: the supervisor starts the job again,
+    # and its ranks take their ids back.
+    def new_job() -> bool:
+        try:
+            pids = {i["pid"] for i in mec.engine_info()}
+        except NoEnginesRegistered:  # between the two jobs
+            return False
+        return len(pids) == 2 and not pids & set(old.values())
+
+    wait_until(new_job, 60, "a new MPI job")
+    infos = mec.engine_info()
+    cluster.pids += [info["pid"] for info in infos]
+    assert [(i["engine_id"], i["mpi_rank"]) for i in infos] == [(0, 0), (1, 1)]
+    assert mec.apply(lambda: __import__("mpi4py.MPI").MPI.COMM_WORLD.allreduce(1)) == [2, 2]
+    assert not any("x" in keys for keys in mec.keys())

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from ipython1.kernel.errors import InvalidEngineID, SessionFileError
+from ipython1.kernel.errors import InvalidEngineID, RemoteError, SessionFileError
 from tests.conftest import Cluster, wait_until
 
 
@@ -36,30 +36,44 @@ def test_save_and_restore_session_on_a_fresh_cluster(make_cluster, tmp_path):
     first.execute("ran = 'yes'\n!echo shell escape", targets=1)
     with pytest.raises(Exception):
         first.execute("undefined_name + 1", targets=1)  # logged, with its error
+    looping = first.execute("while True: pass", targets=0, block=False)
+    wait_until(lambda: first.queue_status(0)[0]["running"], message="the loop running")
+    first.interrupt(targets=0)
+    with pytest.raises(RemoteError, match="KeyboardInterrupt"):
+        looping.get_result(timeout=30)  # logged as interrupted: never replayed by default
     first.apply(lambda: None)  # logged, not replayable
     log = first.session_log()
     assert [e["op"] for e in log] == ["execute", "push", "push_each", "execute", "execute",
-                                      "execute", "execute", "apply"]
+                                      "execute", "execute", "execute", "apply"]
     assert log[3]["targets"] == [0] and log[0]["targets"] == "all"
     assert log[6]["status"] == "error" and "NameError on engine 1" in log[6]["errors"][0]
     assert "client-" in log[0]["client"] and {e["client"] for e in log} == {log[0]["client"]}
     assert all(abs(e["time"] - time.time()) < 300 for e in log)
 
     path = tmp_path / "session.py"
-    assert first.save_session(path) == 8
+    assert first.save_session(path) == 9
     text = path.read_text()
+    assert "# failed: KeyboardInterrupt on engine 0\n# while True: pass\n" in text
+    assert "# failed: NameError on engine 1\n# undefined_name + 1\n" in text
     assert "# targets: [0]\ntotal = base + sum(part)" in text
     assert "words = ['a', 'b']" in text  # literals are written as source
     assert "# targets: all\nimport math\nbase = 10" in text
     expected = namespace(first)
 
     second = make_cluster(2).client(timeout=60)
-    reports = second.restore_session(path)
+    reports = second.restore_session(path)  # returns: the loop is not replayed
     assert [r["status"] for r in reports] == (
-        ["ok"] * 7 + ["error", "skipped"])  # push_each makes one block per engine
-    assert "NameError" in reports[7]["error"]
+        ["ok"] * 7 + ["skipped"] * 3)  # push_each makes one block per engine
+    assert "failed when recorded: NameError" in reports[7]["error"]
+    assert "KeyboardInterrupt" in reports[8]["error"]
     assert namespace(second) == expected
     assert second.pull("root", targets=0) == pytest.approx((10 + 0 + 1 + 2) ** 0.5)
+    failed_only = tmp_path / "failed.py"
+    failed_only.write_text("\n".join(text.splitlines()[:3] + [
+        block for block in text.split("\n\n") if "# undefined_name" in block]))
+    second.execute("undefined_name = 1", targets=1)
+    again = second.restore_session(failed_only, include_failed=True)  # asked: replayed
+    assert [r["status"] for r in again] == ["ok"]
 
 
 def test_restoring_a_file_that_does_not_parse_runs_nothing(make_cluster, tmp_path):

@@ -1,0 +1,230 @@
+"""Restart and recovery (issue 15): the controller dies, nothing is lost.
+
+One cluster for the module: its controller is SIGKILLed and restarted with
+`ipcluster start -n 2 --daemon --reuse` several times, under load, while the
+same client objects are used throughout.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from ipython1.kernel import client
+from ipython1.kernel.cluster import read_pid
+from ipython1.kernel.errors import ConnectionLost, EngineError
+from tests.conftest import Cluster, wait_until
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("recovery"))
+    try:
+        c.start(2)
+        yield c
+    finally:
+        c.stop()
+
+
+def runs(log: str) -> list[str]:
+    try:
+        with open(log) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def crash_controller(cluster: Cluster) -> None:
+    pid = read_pid(cluster.dir.pid_file("ipcontroller"))
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not cluster.dir.controller_running(), 10, "the controller gone")
+
+
+def restart(cluster: Cluster) -> str:
+    proc = cluster.ipcluster("start", "-n", "2", "--daemon", "--reuse")
+    cluster.record_pids()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def logged_task(log: str, seconds: float):
+    """A task that notes each run of itself in log, then returns its argument."""
+    def run(i):
+        import time
+
+        with open(log, "a") as f:
+            f.write(f"{i}\n")
+        time.sleep(seconds)
+        return i
+    return run
+
+
+def test_controller_crash_loses_nothing(cluster, tmp_path):
+    mec = cluster.client(timeout=60)
+    tc = client.TaskClient(cluster.task_furl, timeout=60)
+    mec.execute("import os; marker = os.getpid()")
+    ids, pids = mec.get_ids(), mec.apply(os.getpid)
+    assert ids == [0, 1]
+    log = str(tmp_path / "runs")
+    slow = tc.run(client.MapTask(logged_task(log, 3.0), args=(-1,)))
+    tids = [tc.run(client.MapTask(logged_task(log, 0.1), args=(i,))) for i in range(40)]
+    wait_until(lambda: "-1" in runs(log), 20, "the slow task running")
+    assert tc.queue_status()["pending"] > 0  # queued tasks at the crash
+    in_flight = mec.execute("import time; time.sleep(1)", targets=0, block=False)
+    waited: dict[str, object] = {}
+    failed: dict[str, BaseException] = {}
+
+    def wait_in_flight() -> None:
+        try:
+            in_flight.get_result()
+        except BaseException as e:  # noqa: B036 - report whatever it was
+            failed["error"] = e
+
+    waiting = threading.Thread(target=wait_in_flight)
+    waiting.start()
+    time.sleep(0.2)  # let the get_result call leave
+
+    crash_controller(cluster)
+    waiting.join(30)
+    # A call in flight at the loss fails and says what to do.
+    assert isinstance(failed.get("error"), ConnectionLost), failed
+    assert "--reuse" in str(failed["error"]) and "may or may not have run" in str(failed["error"])
+
+    # A call made while the controller is down waits for it and goes on.
+    later = threading.Thread(target=lambda: waited.setdefault("ids", mec.get_ids()))
+    later.start()
+    out = restart(cluster)
+    assert "2 engine(s) rejoined, 0 started" in out
+    later.join(60)
+    assert isinstance(waited.get("ids"), list)  # answered by the new controller
+
+    # The same engines: ids, pids, namespaces.
+    assert mec.get_ids() == ids
+    assert mec.apply(os.getpid) == pids
+    assert mec.pull("marker") == pids
+    # Every task's result, once; the task running at the crash ran once.
+    tc.barrier([slow, *tids])
+    results = [tc.get_task_result(t) for t in [slow, *tids]]
+    assert [r.result for r in results] == [-1, *range(40)]
+    counts = Counter(runs(log))
+    assert counts["-1"] == 1, counts
+    assert all(counts[str(i)] >= 1 for i in range(40))
+    status = tc.queue_status()
+    assert status["succeeded"] == 41 and status["pending"] == 0
+    # Task ids go on from where they were; old ones still name their results.
+    assert tc.run(client.MapTask(abs, args=(-5,))) > max(tids)
+    assert tc.get_task_result(tids[0]).result == 0
+
+
+def test_three_crash_restart_cycles_under_load(cluster, tmp_path):
+    mec = cluster.client(timeout=60)
+    tc = client.TaskClient(cluster.task_furl, timeout=60)
+    pids = mec.apply(os.getpid)
+    log = str(tmp_path / "runs")
+    tids: list[int] = []
+    for cycle in range(3):
+        batch = [tc.run(client.MapTask(logged_task(log, 0.05), args=(cycle * 100 + i,)))
+                 for i in range(30)]
+        tids += batch
+        wait_until(lambda n=30 * cycle + 5: len(runs(log)) >= n, 30, "tasks running")
+        crash_controller(cluster)
+        restart(cluster)
+        assert mec.apply(os.getpid) == pids
+    tc.barrier(tids)
+    results = [tc.get_task_result(t) for t in tids]
+    assert [r.result for r in results] == [c * 100 + i for c in range(3) for i in range(30)]
+    assert all(r.attempts >= 1 for r in results)
+
+
+def test_restart_on_request_replaces_the_engine_in_place(cluster):
+    mec = cluster.client(timeout=60)
+    mec.execute("z = 1")
+    pids = mec.apply(os.getpid)
+    mec.restart(targets=0)  # returns once it is back
+    assert mec.get_ids() == [0, 1]
+    assert mec.apply(os.getpid) == pids  # the same process, exec'd afresh
+    from ipython1.scripts.ipcluster import engine_pids
+
+    assert set(pids) <= set(engine_pids(cluster.dir))  # ipcluster stop still finds it
+    assert "z" not in mec.keys(targets=0) and "z" in mec.keys(targets=1)
+    assert mec.execute("1 + 1", targets=0).output == 2
+
+
+def test_a_cell_running_at_the_crash_finishes_and_is_reported_on_rejoin(cluster):
+    mec = cluster.client(timeout=60)
+    mec.execute("import time", targets=1)
+    mec.execute("time.sleep(2); answer = 42", targets=1, block=False)
+    wait_until(lambda: mec.queue_status(targets=1)[0]["running"] is not None, 10, "running")
+    crash_controller(cluster)
+    restart(cluster)
+    wait_until(lambda: mec.pull("answer", targets=1) == 42, 20, "the cell to finish")
+    notes = wait_until(lambda: [e for e in mec.transcript()
+                                if e["kind"] == "finished_while_away"], 10, "the note")
+    assert notes[-1]["engine"] == 1, notes
+    (note,) = notes[-1]["data"]["commands"]
+    assert note["op"] == "execute"
+    assert mec.get_result(note["execution_count"], targets=1).engine_id == 1
+
+
+def test_a_plain_start_refuses_while_the_last_engines_live(cluster):
+    crash_controller(cluster)
+    proc = cluster.ipcluster("start", "-n", "2", "--daemon")
+    assert proc.returncode == 1 and "--reuse" in proc.stdout, proc.stdout
+    restart(cluster)
+
+
+def test_missing_engines_only_are_started_with_reuse(cluster):
+    """Last in the module: it replaces one of the shared cluster's engines."""
+    from ipython1.scripts.ipcluster import engine_pids
+
+    mec = cluster.client(timeout=60)
+    survivor, doomed = mec.apply(os.getpid)
+    os.kill(doomed, signal.SIGKILL)
+    crash_controller(cluster)
+    out = restart(cluster)
+    assert "1 engine(s) rejoined, 1 started" in out, out
+    ids = mec.get_ids()
+    assert len(ids) == 2 and 0 in ids  # engine 0 kept its id; the new one has a new id
+    pids = mec.apply(os.getpid)
+    assert survivor in pids and doomed not in pids
+    assert sorted(engine_pids(cluster.dir)) == sorted(pids)  # ipcluster stop finds both
+
+
+def test_restart_engines_brings_a_killed_engine_back_with_its_id(make_cluster):
+    cluster = make_cluster(2, "--restart-engines")
+    mec = cluster.client(timeout=60)
+    events: list[dict] = []
+    mec.subscribe_events(events.append)
+    mec.execute("x = 1")
+    old = cluster.engine_pid(mec, 1)
+    running = mec.execute("import os, time; os.write(2, b'last words\\n'); time.sleep(60)",
+                          targets=1, block=False)
+    stderr = cluster.dir.log_file("ipengine-1.stderr")
+    wait_until(lambda: b"last words" in stderr.read_bytes(), 10, "the cell running")
+    os.kill(old, signal.SIGKILL)
+    with pytest.raises(EngineError) as info:
+        running.get_result()
+    error = info.value
+    assert error.engine_id == 1 and error.host == socket.gethostname()
+    assert "SIGKILL" in error.exit and "last words" in error.stderr
+    assert f"pid {old}" in str(error) and "SIGKILL" in str(error) and "last words" in str(error)
+    # Back with its id and a fresh namespace (the timing is in bench/restart.py).
+    wait_until(lambda: 1 in mec.get_ids() and cluster.engine_pid(mec, 1) != old, 15,
+               "engine 1 restarted")
+    assert "x" not in mec.keys(targets=1) and "x" in mec.keys(targets=0)
+    wait_until(lambda: any(e["kind"] == "engine_restarted" and e["engine"] == 1
+                           for e in events), 10, "the engine_restarted event")
+    from ipython1.scripts.ipcluster import engine_pids
+
+    assert cluster.engine_pid(mec, 1) in engine_pids(cluster.dir)
+    # mec.restart: on request, fresh namespaces, same ids, back when it returns.
+    mec.execute("y = 2")
+    mec.restart()
+    assert mec.get_ids() == [0, 1]
+    assert not any("y" in keys for keys in mec.keys())
