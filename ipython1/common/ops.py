@@ -7,7 +7,7 @@ derived from it:
 
 - ``RIEngine.run(op, args)``, the engine's one queued entry, and the check of
   ``args`` against the op's schema that the engine makes on either transport
-  (`check_args`);
+  (`checked`);
 - the multi-engine session's method per op, ``op(*args, targets, block)``
   (`session_schemas`, in ``RIMultiEngineSession``), which the command channel
   checks as Foolscap does;
@@ -20,9 +20,12 @@ its docs). ``tests/unit/test_ops.py`` fails when one of them is missing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from foolscap.api import Violation
+from foolscap.constraint import IConstraint
 from foolscap.remoteinterface import RemoteMethodSchema
 
 from ipython1.common.constraints import (
@@ -94,13 +97,41 @@ def _schema(args: tuple[tuple[str, Any], ...]) -> RemoteMethodSchema:
     return RemoteMethodSchema(_response=Reply, **dict(args))
 
 
-_ENGINE_SCHEMAS = {name: _schema(entry.args) for name, entry in OPS.items()}
+def _checker(args: tuple[tuple[str, Any], ...]) -> Callable[[Any], None]:
+    """Return a check of positional arguments against the constraints, as Foolscap's."""
+    checks = tuple((name, IConstraint(constraint).checkObject) for name, constraint in args)
+
+    def check(values: Any) -> None:
+        if len(values) != len(checks):
+            raise Violation(f"takes {len(checks)} arguments ({len(values)} given)")
+        for (name, check_object), value in zip(checks, values, strict=True):
+            try:
+                check_object(value, True)
+            except Violation as v:
+                v.setLocation(f"{name}=")
+                raise
+
+    return check
+
+
+# Per op: (its argument check, its EngineKernel method); the engine's hot path.
+_ENGINE = {name: (_checker(entry.args), entry.kernel_method(name))
+           for name, entry in OPS.items()}
+
+
+def checked(name: Any, args: Any) -> str:
+    """Check a command and its arguments (UnknownOp, Violation); return its kernel method."""
+    try:
+        check, method = _ENGINE[name]
+    except (KeyError, TypeError):
+        raise UnknownOp(f"unknown command {name!r}") from None
+    check(args)
+    return method
 
 
 def check_args(name: str, args: Any) -> None:
     """Check an engine command's arguments as Foolscap checks a call's (Violation)."""
-    op(name)
-    _ENGINE_SCHEMAS[name].checkAllArgs(tuple(args), {}, True)
+    checked(name, args)
 
 
 def session_schemas() -> dict[str, RemoteMethodSchema]:

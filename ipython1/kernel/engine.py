@@ -340,10 +340,9 @@ class EngineKernel:
 
     def dispatch(self, name: str, args: list[Any]) -> Any:
         """Run one command of the op table (ipython1.common.ops); both transports call this."""
-        entry = ops.op(name)
-        ops.check_args(name, args)
+        method = ops.checked(name, args)
         try:
-            return getattr(self, entry.kernel_method(name))(*args)
+            return getattr(self, method)(*args)
         finally:
             if self.debugging is not None:  # stepped off the end of the command
                 sys.settrace(None)

@@ -384,14 +384,13 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         entry = ops.OPS.get(methodname)
         if entry is None or not entry.session:
             return super().doRemoteCall(methodname, args, kwargs)
-        schema = RIMultiEngineSession[methodname]
-        named = dict(zip(schema.argumentNames, args, strict=False), **kwargs)
-        op_args = tuple(named[name] for name, _ in entry.args)
-        block = named["block"]
-        adapter = getattr(self.adapter, methodname, None)  # execute, push: logged with details
-        if adapter is not None:
-            return self._call(block, methodname, *op_args, named["targets"])
-        return self._call(block, "run", methodname, op_args, named["targets"], op=methodname)
+        if kwargs:  # checked by the schema: every argument is there, some by name
+            names = RIMultiEngineSession[methodname].argumentNames
+            args = (*args, *(kwargs[name] for name in names[len(args):]))
+        *op_args, targets, block = args
+        if hasattr(self.adapter, methodname):  # execute, push: logged with their code, values
+            return self._call(block, methodname, *op_args, targets)
+        return self._call(block, "run", methodname, tuple(op_args), targets, op=methodname)
 
     def remote_get_ids(self) -> Deferred[Any]:
         return self.adapter.get_ids()

@@ -299,3 +299,11 @@ def test_a_command_the_engine_does_not_know_is_refused_there() -> None:
     assert b"unknown command" in reply
     d = c.controller.engines[0].connection.call("execute", [42])  # not text
     assert b"Violation" in c.result(d)
+
+
+def test_a_session_takes_an_ops_arguments_by_name_too() -> None:
+    c = Cluster("foolscap", "foolscap")
+    session = c.session_ref.target
+    c.result(session.doRemoteCall("execute", ("named = 1",), {"targets": 0, "block": True}))
+    answer = c.result(session.doRemoteCall("keys", (), {"block": True, "targets": [0]}))
+    assert b"named" in answer
