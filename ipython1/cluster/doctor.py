@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -157,8 +159,11 @@ def engine_reaches(addresses: list[tuple[str, int]]) -> dict[str, str | None]:
     return out
 
 
-def check_cluster(cluster_dir: ClusterDir) -> list[Finding]:
-    """Ask the running controller and every engine; compare versions, clocks, MPI, reach."""
+def check_cluster(cluster_dir: ClusterDir, hosts: set[str] | None = None) -> list[Finding]:
+    """Ask the running controller and every engine; compare versions, clocks, MPI, reach.
+
+    The engines' host names are added to hosts, when given.
+    """
     from ipython1.kernel.client import MultiEngineClient
     from ipython1.kernel.errors import KernelError
     from ipython1.kernel.users import admin_call
@@ -193,6 +198,8 @@ def check_cluster(cluster_dir: ClusterDir) -> list[Finding]:
     versions_seen: dict[str, list[int]] = {}
     for engine_id, report, reach in zip(ids, reports, reaches, strict=True):
         where = f"engine {engine_id} on {report['host']}"
+        if hosts is not None:
+            hosts.add(str(report["host"]))
         _, warnings = compare(mine, infos.get(engine_id, {}).get("versions"), "this client",
                               where)
         for warning in warnings:
@@ -232,6 +239,64 @@ def check_cluster(cluster_dir: ClusterDir) -> list[Finding]:
     return found
 
 
+# Run on a configured host over ssh: which controller addresses answer from there.
+_REACH_SCRIPT = (
+    "import socket,sys\n"
+    "for a in sys.argv[1:]:\n"
+    "    h,_,p=a.rpartition(':')\n"
+    "    try:\n"
+    "        socket.create_connection((h.strip('[]'),int(p)),timeout=3).close();print(a,'ok')\n"
+    "    except OSError as e:\n"
+    "        print(a,e.strerror or e)\n")
+
+
+def check_configured_hosts(cluster_dir: ClusterDir, registered_hosts: set[str]) -> list[Finding]:
+    """Hosts an ssh launcher was given: can each reach the controller's addresses?
+
+    Engines that registered show their host can; this dials from the others
+    (engines not started yet, or that never registered), over the same ssh.
+    """
+    from ipython1.cluster.launcher import load_state
+    from ipython1.cluster.ssh import ssh_argv
+
+    state = load_state(cluster_dir) or {}
+    if state.get("launcher") != "ssh":
+        return []
+    try:
+        addresses = furl_addresses((cluster_dir.security / ENGINE_FURL).read_text())
+    except OSError:
+        return []
+    targets = " ".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in addresses)
+    found = []
+    for host, _slots in state.get("hosts", []):
+        name = str(host).rsplit("@", 1)[-1]
+        if name in registered_hosts:
+            continue
+        command = f"python3 -c {shlex.quote(_REACH_SCRIPT)} {targets}"
+        try:
+            proc = subprocess.run(ssh_argv(str(host), command, state.get("ssh_args") or []),
+                                  capture_output=True, text=True, timeout=30,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            found.append(Finding("fail", f"configured host {host}: ssh did not answer in 30 s",
+                                 "check that the host is up and ssh works in BatchMode"))
+            continue
+        if proc.returncode != 0:
+            why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            found.append(Finding("fail", f"configured host {host}: ssh failed: {why}",
+                                 "check ssh keys (BatchMode: no passwords) and --ssh-args"))
+            continue
+        bad = [line for line in proc.stdout.splitlines() if not line.endswith(" ok")]
+        if bad:
+            found.append(Finding("fail", f"configured host {host} cannot reach the controller: "
+                                 + "; ".join(bad),
+                                 "start the controller with --location ADDRESS reachable from "
+                                 "the engine hosts, and check firewalls"))
+        else:
+            found.append(Finding("ok", f"configured host {host} reaches the controller"))
+    return found
+
+
 def check_local_mpi() -> list[Finding]:
     """MPI and PMI on this host, for `ipcluster start --mpi`."""
     import importlib.util
@@ -257,8 +322,10 @@ def run(cluster_dir: ClusterDir, out: IO[str] = sys.stdout, as_json: bool = Fals
     if findings and not any(f.level == "fail" and "security directory" in f.what
                             for f in findings):
         findings += check_addresses(cluster_dir)
+        registered: set[str] = set()
         if not any(f.level == "fail" and "does not answer" in f.what for f in findings):
-            findings += check_cluster(cluster_dir)
+            findings += check_cluster(cluster_dir, registered)
+        findings += check_configured_hosts(cluster_dir, registered)
     findings += check_local_mpi()
     failed = sum(f.level == "fail" for f in findings)
     warned = sum(f.level == "warn" for f in findings)

@@ -116,6 +116,22 @@ def test_engines_on_two_hosts_over_ssh(grid: tuple[HostGrid, SSHDs],
     assert "ssh e2 (1 engines): pid" in status.stdout
     assert "3 engine(s)" in status.stdout
 
+    # ipcluster doctor: healthy; and each configured host, dialled over its ssh, reaches
+    # the controller (as engines not yet started there would need to).
+    doctor = cluster.ipcluster("doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    dial = cluster.grid["ctl"].run(
+        [sys.executable, "-c", "import json\n"
+         "from ipython1.cluster.doctor import check_configured_hosts\n"
+         "from ipython1.kernel.cluster import ClusterDir\n"
+         "found = check_configured_hosts(ClusterDir('test'), set())\n"
+         "print('RESULT', json.dumps([f.__dict__ for f in found]))"],
+        env=cluster.cluster.env, timeout=120)
+    found = json.loads(dial.stdout.split("RESULT ", 1)[1])
+    assert sorted((f["level"], f["what"]) for f in found) == [
+        ("ok", "configured host e1 reaches the controller"),
+        ("ok", "configured host e2 reaches the controller")], found
+
     stopped = cluster.ipcluster("stop")
     assert stopped.returncode == 0, stopped.stdout
     assert "could not stop" not in stopped.stdout
