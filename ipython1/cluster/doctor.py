@@ -129,6 +129,31 @@ def check_addresses(cluster_dir: ClusterDir) -> list[Finding]:
     return found
 
 
+def check_ports(cluster_dir: ClusterDir, ports: dict[str, Any]) -> list[Finding]:
+    """The data relay's port answers at the controller's advertised hosts; the dashboard's
+    is said (it listens on loopback unless told otherwise)."""
+    try:
+        hosts = [h for h, _ in furl_addresses((cluster_dir.security / MEC_FURL).read_text())]
+    except OSError:
+        return []
+    found = []
+    relay = ports.get("relay")
+    if relay:
+        answers = [h for h in hosts if reachable(h, int(relay)) is None]
+        if answers:
+            found.append(Finding("ok", f"data relay port {relay} answers at "
+                                 + ", ".join(answers)))
+        else:
+            found.append(Finding("fail", f"the data relay's port {relay} does not answer at "
+                                 + ", ".join(hosts),
+                                 "open it in the firewall, or fix it with --relay-port Q and "
+                                 "open that (push/pull of large values need it)"))
+    if ports.get("dashboard"):
+        found.append(Finding("ok", f"dashboard on port {ports['dashboard']} "
+                             "(`ipcluster dashboard` prints its URL)"))
+    return found
+
+
 def engine_report() -> dict[str, Any]:
     """Run on an engine: what the doctor needs to know from there."""
     import importlib.util
@@ -176,8 +201,14 @@ def check_cluster(cluster_dir: ClusterDir, hosts: set[str] | None = None) -> lis
                         f"{e}", "start one with `ipcluster start -n 4 --daemon`")]
     mine = local_versions()
     controller = snap["controller"]
+    cv = controller.get("versions") or {}
     found.append(Finding("ok", f"controller pid {controller['pid']} on {controller['host']}: "
-                         f"Python {controller['python']}, ipython1 {controller['ipython1']}"))
+                         f"Python {controller['python']}, ipython1 {controller['ipython1']}, "
+                         f"cloudpickle {cv.get('cloudpickle', '?')}, numpy {cv.get('numpy', '?')}"))
+    errors, _ = compare(mine, cv or None, "this client", "the controller")
+    for error in errors:
+        found.append(Finding("fail", error))
+    found += check_ports(cluster_dir, controller.get("ports") or {})
     engines = snap["engines"]
     if not engines:
         found.append(Finding("warn", "no engines are registered",

@@ -294,6 +294,7 @@ def test_doctor_passes_a_healthy_cluster_and_names_each_problem(cluster, tmp_pat
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "engine(s) 0, 1: Python" in ok.stdout and "FAIL" not in ok.stdout
     assert "answers from here" in ok.stdout
+    assert "data relay port" in ok.stdout and "cloudpickle" in ok.stdout
     # A FURL file others can read: a failure, with the command that fixes it.
     furl = cluster.dir.security / "ipcontroller-mec.furl"
     furl.chmod(0o644)
