@@ -18,8 +18,6 @@ from typing import Any
 
 import distributed
 import numpy as np
-from grid import GridHost, GridSpec
-
 from common import (
     MIB,
     Results,
@@ -37,6 +35,7 @@ from common import (
     wait_until,
 )
 from distributed import Client
+from grid import GridHost, GridSpec
 
 SYSTEM = "dask"
 

@@ -18,8 +18,6 @@ from typing import Any
 
 import ipyparallel as ipp
 import numpy as np
-from grid import GridSpec
-
 from common import (
     MIB,
     Results,
@@ -38,6 +36,7 @@ from common import (
     time_calls,
     wait_until,
 )
+from grid import GridSpec
 
 SYSTEM = "ipyparallel"
 

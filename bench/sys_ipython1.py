@@ -22,8 +22,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from grid import GridHost, GridSpec
-
 from common import (
     MIB,
     Results,
@@ -42,6 +40,7 @@ from common import (
     time_calls,
     wait_until,
 )
+from grid import GridHost, GridSpec
 
 SYSTEM = "ipython1"
 PROFILE = "bench"

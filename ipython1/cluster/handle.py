@@ -27,6 +27,7 @@ from typing import Any
 
 from ipython1.kernel.cluster import ClusterDir
 
+
 class Cluster:
     """A controller and n engines for one profile, started and stopped from Python.
 

@@ -447,7 +447,7 @@ class AsyncMultiEngineClient:
             parts = scatter_mod.partitions(seq, len(ids), flatten=flatten)
             namespaces = {e: _wire_frames({key: serialize(part, max_frame=None,
                                                           copy=not block)})
-                          for e, part in zip(ids, parts)}
+                          for e, part in zip(ids, parts, strict=True)}
             return self._ship_then(namespaces, block, lambda ns: self._command(
                 "push_each", (ns,), block, _none, True))
 

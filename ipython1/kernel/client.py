@@ -51,7 +51,8 @@ class ReactorThread:
             self.thread.start()
             atexit.register(self.stop)
 
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    def submit(self, fn: Callable[..., Any], *args: Any,
+               **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Call fn in the reactor thread; its (Deferred) result arrives in a Future."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         if self._stopped:
@@ -544,8 +545,8 @@ class MultiEngineClient:
 
     def save_session(self, path: Any) -> int:
         """Write the controller's session log to path as a Python script; return its size."""
-        from ipython1.kernel.serialize import deserialize
         from ipython1.client.sessionfile import to_script
+        from ipython1.kernel.serialize import deserialize
 
         entries = self._call(self._async.session_log)
         with open(path, "w", encoding="utf-8") as f:
@@ -919,10 +920,10 @@ class PendingTasks:
                                      timeout)
         if finished:
             records = self.client._call(self.client._async.get_task_results, finished)
-            for tid, res in zip(finished, records):
+            for tid, res in zip(finished, records, strict=True):
                 self._results[tid] = res
             if bar is not None:
-                size = dict(zip(self.tids, self.sizes))
+                size = dict(zip(self.tids, self.sizes, strict=True))
                 bar.update(sum(size[t] for t in finished))
             if self._join is not None:
                 self.client._call(self.client._async.clear, finished)

@@ -139,7 +139,8 @@ def _make_shell(recorder: _Recorder) -> Any:
             pass
 
         def write_format_data(self, format_dict: dict[str, Any], md_dict: Any = None) -> None:
-            recorder.current["result"] = {"data": _plain(format_dict), "metadata": _plain(md_dict or {})}
+            recorder.current["result"] = {"data": _plain(format_dict),
+                                          "metadata": _plain(md_dict or {})}
 
         def finish_displayhook(self) -> None:
             pass
@@ -147,7 +148,8 @@ def _make_shell(recorder: _Recorder) -> Any:
     class CapturingDisplayPublisher(DisplayPublisher):  # type: ignore[misc]
         """Keep display() calls as outputs of the running command."""
 
-        def publish(self, data: dict[str, Any], metadata: Any = None, *args: Any, **kw: Any) -> None:
+        def publish(self, data: dict[str, Any], metadata: Any = None, *args: Any,
+                    **kw: Any) -> None:
             recorder.current.setdefault("outputs", []).append(
                 {"data": _plain(data), "metadata": _plain(metadata or {})}
             )
@@ -286,7 +288,8 @@ def _plain(mapping: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, dict):
             out[str(key)] = _plain(value)
         elif isinstance(value, (list, tuple)):
-            out[str(key)] = [v if isinstance(v, (str, int, float, bool)) else repr(v) for v in value]
+            out[str(key)] = [v if isinstance(v, (str, int, float, bool)) else repr(v)
+                             for v in value]
         else:
             out[str(key)] = repr(value)
     return out

@@ -72,9 +72,10 @@ _short_repr.maxlevel = 2
 def serialize(obj: object, max_frame: int | None = 0, copy: bool = True) -> list[Any]:
     """Turn obj into frames; raise SerializationError if it cannot be pickled.
 
-    ``max_frame=0`` means `MAX_FRAME`. For the data channel, ``max_frame=None`` keeps each out-of-band buffer one
-    frame (so the receiver can rebuild it in place), and ``copy=False`` leaves
-    buffers as memoryviews of obj's own memory (valid while obj is unchanged).
+    ``max_frame=0`` means `MAX_FRAME`. For the data channel, ``max_frame=None``
+    keeps each out-of-band buffer one frame (so the receiver can rebuild it in
+    place), and ``copy=False`` leaves buffers as memoryviews of obj's own memory
+    (valid while obj is unchanged).
     """
     return _serialize(obj, None, max_frame, copy)
 

@@ -466,7 +466,7 @@ class AsyncTaskClient:
         d = self._calls.call("submit", (tasks,))
 
         def answered(answer: Any) -> None:
-            for item, error in zip(tasks, _unwrap(answer)):
+            for item, error in zip(tasks, _unwrap(answer), strict=True):
                 if error:
                     self.rejected[item[0]] = error_from_wire(error)
 

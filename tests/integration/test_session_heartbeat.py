@@ -22,7 +22,7 @@ def namespace(mec):
         names = mec.keys(targets=e)
         values = mec.pull(names, targets=e) if names else []
         out.append({k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                    for k, v in zip(names, values)})
+                    for k, v in zip(names, values, strict=True)})
     return out
 
 
@@ -34,7 +34,7 @@ def test_save_and_restore_session_on_a_fresh_cluster(make_cluster, tmp_path):
     first.execute("total = base + sum(part)\nroot = math.sqrt(total)", targets=[0])
     first.execute("%%writefile {}\nprint('hi')\n".format(tmp_path / "w.py"), targets=1)
     first.execute("ran = 'yes'\n!echo shell escape", targets=1)
-    with pytest.raises(Exception):
+    with pytest.raises(RemoteError, match="NameError"):
         first.execute("undefined_name + 1", targets=1)  # logged, with its error
     looping = first.execute("while True: pass", targets=0, block=False)
     wait_until(lambda: first.queue_status(0)[0]["running"], message="the loop running")

@@ -135,7 +135,8 @@ def test_recovery_task_runs_after_retries_and_failure_is_reported(tc, tmp_path):
     failed = tc.run(MapTask(_fail_until, args=(path, 100), retries=1,
                             recovery_task=MapTask(_fail_until, args=(path, 100))))
     res = tc.get_task_result(failed, block=True)
-    assert isinstance(res.failure, RemoteError) and res.failure.evalue == "attempt 2"  # its own last attempt
+    # its own last attempt
+    assert isinstance(res.failure, RemoteError) and res.failure.evalue == "attempt 2"
     assert int(open(path).read()) == 3  # two attempts, then the recovery task
 
 

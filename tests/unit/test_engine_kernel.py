@@ -70,13 +70,14 @@ def test_history_keeps_in_and_out_but_no_write_behind_backlog(kernel: EngineKern
 
 
 def test_top_level_await_still_runs_when_its_cell_comes_back(kernel: EngineKernel) -> None:
-    cell = "import asyncio\nawait asyncio.sleep(0)\nawaited = awaited + 1 if 'awaited' in dir() else 1"
+    cell = ("import asyncio\nawait asyncio.sleep(0)\n"
+            "awaited = awaited + 1 if 'awaited' in dir() else 1")
     for _ in range(2):
         kernel.execute(cell)
     assert kernel.shell.user_ns["awaited"] == 2
     kernel.shell.autoawait = False
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(engine_module._CellFailed):
             kernel.execute(cell)  # without autoawait the same cell is a SyntaxError
     finally:
         kernel.shell.autoawait = True
