@@ -3,7 +3,9 @@
 Each host is a network namespace of tests/hostgrid.py: no abstract Unix socket
 is shared, so every command and every large value crosses hosts over TCP
 (Foolscap, and the controller's data relay). The controller advertises the
-name ``ctl`` (--location) on fixed ports (--port, --relay-port).
+name ``ctl`` (--location) on fixed ports (--port, --relay-port). Smaller
+controllers of their own profiles test wildcard binds, IPv6, several
+location hints, ``ipcluster start --location`` and ``--reuse`` across a restart.
 
 One grid and one cluster serve the module; the last test kills every engine
 on e2.
@@ -378,6 +380,41 @@ def test_an_unreachable_first_location_is_skipped_and_the_relay_follows_the_one_
         assert py.eval("datachannel.TRANSFERS['relay']") - before == 2
     finally:
         py.exec("multi.close()" if py.eval("'multi' in globals()") else "pass")
+        engine.terminate()
+        stop(proc)
+        engine.wait(timeout=15)
+
+
+def test_reuse_across_a_controller_restart(across: GridCluster, py: HostPython) -> None:
+    # --reuse (issue 15): the same port, FURLs and engine ids; the engine on e1 and the
+    # client on cli rejoin the restarted controller over the network.
+    ctl = across.grid["ctl"]
+    args = ("--reuse", "--location", "ctl")
+    proc, furl = run_controller(across, "ctl", "again", *args)
+    first_furl = Path(furl).read_text()
+    port = int(furl_hints(furl)[0].rsplit(":", 1)[1])
+    engine = across.grid["e1"].popen(across.command(
+        "ipengine", "--profile", "again", "--furl-file", furl), env=across.env)
+    try:
+        py.exec("again = client.MultiEngineClient(path, timeout=60)",
+                path=furl.replace("engine.furl", "mec.furl"))
+        wait_until(lambda: py.eval("again.get_ids()") == [0], 30, "the engine")
+        py.exec("again.execute('kept = 5', targets=0)")
+        proc.kill()
+        proc.wait(timeout=15)
+        wait_until(lambda: f":{port} " not in ctl.run(["ss", "-Htln"]).stdout, 10, "port free")
+        proc, _ = run_controller(across, "ctl", "again", *args)
+        wait_until(lambda: f":{port} " in ctl.run(["ss", "-Htln"]).stdout, 30,
+                   "the restarted controller on the same port")
+        assert Path(furl).read_text() == first_furl
+        wait_until(lambda: py.eval("again.get_ids()") == [0], 60, "the engine to rejoin")
+        assert py.eval("again.pull('kept', targets=0)") == 5  # same engine, same namespace
+        before = py.eval("datachannel.TRANSFERS['relay']")
+        py.exec("again.push({'v': np.ones(2**20)}, targets=0)")  # the new relay
+        assert py.eval("float(again.pull('v', targets=0).sum())") == 2**20
+        assert py.eval("datachannel.TRANSFERS['relay']") - before == 2
+    finally:
+        py.exec("again.close()" if py.eval("'again' in globals()") else "pass")
         engine.terminate()
         stop(proc)
         engine.wait(timeout=15)
