@@ -288,7 +288,6 @@ def check_configured_hosts(cluster_dir: ClusterDir, registered_hosts: set[str]) 
     (engines not started yet, or that never registered), over the same ssh.
     """
     from ipython1.cluster.launcher import load_state
-    from ipython1.cluster.ssh import ssh_argv
 
     state = load_state(cluster_dir) or {}
     if state.get("launcher") != "ssh":
@@ -305,7 +304,10 @@ def check_configured_hosts(cluster_dir: ClusterDir, registered_hosts: set[str]) 
             continue
         command = f"python3 -c {shlex.quote(_REACH_SCRIPT)} {targets}"
         try:
-            proc = subprocess.run(ssh_argv(str(host), command, state.get("ssh_args") or []),
+            # As the ssh launcher dials (BatchMode: never ask for a password).
+            argv = ["ssh", "-o", "BatchMode=yes", *(state.get("ssh_args") or []), str(host),
+                    command]
+            proc = subprocess.run(argv,
                                   capture_output=True, text=True, timeout=30,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
