@@ -482,6 +482,17 @@ def wait_for_exit_report(pid_dir: Path, pid: Any, timeout: float = EXIT_REPORT_W
     return defer.maybeDeferred(look)
 
 
+RELAY_PORT_FILE = "relay-port"  # in the cluster directory: the data relay's last port
+
+
+def _saved_port(path: Path) -> int:
+    """Return the port saved in path, or 0 (any) if there is none."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
 def _furl_port(furl_file: Path) -> int:
     """Return the port of the FURL in furl_file, or 0 (any) if there is none."""
     try:
@@ -556,6 +567,7 @@ class ControllerService(service.MultiService):
         self.engine_ids = EngineIds(self.cluster_dir.path / EngineIds.FILE_NAME)
         if reuse:
             self.port = port or _furl_port(self.cluster_dir.furl_file(cluster.ENGINE_FURL))
+            self.relay_port = relay_port or _saved_port(self.cluster_dir.path / RELAY_PORT_FILE)
             self.controller.remember_ids(self.engine_ids.load())
         else:
             self.engine_ids.save(set())
@@ -574,6 +586,8 @@ class ControllerService(service.MultiService):
         # The relay first: a busy --relay-port stops start-up before the Tub listens.
         self.controller.relay = relay = Relay(self.ip, self.relay_port)
         self.relay_port = relay.port
+        # --reuse listens on it again: firewalls and tunnels keep working after a restart.
+        cluster.write_private(self.cluster_dir.path / RELAY_PORT_FILE, f"{relay.port}\n")
         # A transfer with an engine that died fails at once, not after PAIR_TIMEOUT.
         self.controller.add_observer(
             lambda kind, data: relay.engine_lost(data["engine_id"])

@@ -393,6 +393,7 @@ def test_reuse_across_a_controller_restart(across: GridCluster, py: HostPython) 
     proc, furl = run_controller(across, "ctl", "again", *args)
     first_furl = Path(furl).read_text()
     port = int(furl_hints(furl)[0].rsplit(":", 1)[1])
+    relay_port = int((Path(furl).parents[1] / "relay-port").read_text())
     engine = across.grid["e1"].popen(across.command(
         "ipengine", "--profile", "again", "--furl-file", furl), env=across.env)
     try:
@@ -406,6 +407,8 @@ def test_reuse_across_a_controller_restart(across: GridCluster, py: HostPython) 
         proc, _ = run_controller(across, "ctl", "again", *args)
         wait_until(lambda: f":{port} " in ctl.run(["ss", "-Htln"]).stdout, 30,
                    "the restarted controller on the same port")
+        # The data relay too (fixed ports let firewalls and tunnels be set up once).
+        assert f":{relay_port} " in ctl.run(["ss", "-Htln"]).stdout
         assert Path(furl).read_text() == first_furl
         wait_until(lambda: py.eval("again.get_ids()") == [0], 60, "the engine to rejoin")
         assert py.eval("again.pull('kept', targets=0)") == 5  # same engine, same namespace
