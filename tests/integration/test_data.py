@@ -12,19 +12,15 @@ import numpy as np
 import pytest
 
 from ipython1.kernel.errors import PartitionLoadError, RemoteError
-from tests.conftest import ROOT, Cluster
+from tests.conftest import ROOT, running_cluster
 
 ENGINES = 3
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    c = Cluster(tmp_path_factory.mktemp("data"))
-    try:
-        c.start(ENGINES)
+    with running_cluster(tmp_path_factory.mktemp("data"), ENGINES) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

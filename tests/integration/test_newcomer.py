@@ -18,19 +18,15 @@ from ipython1.kernel.errors import (
     RemoteError,
     SerializationError,
 )
-from tests.conftest import Cluster, wait_until
+from tests.conftest import running_cluster, wait_until
 
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07)")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("newcomer"))
-    try:
-        cluster.start(2)
+    with running_cluster(tmp_path_factory.mktemp("newcomer"), 2) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")

@@ -19,17 +19,13 @@ import pytest
 from ipython1.kernel import client
 from ipython1.kernel.cluster import read_pid
 from ipython1.kernel.errors import ConnectionLost, EngineError
-from tests.conftest import Cluster, wait_until
+from tests.conftest import Cluster, running_cluster, wait_until
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("recovery"))
-    try:
-        c.start(2)
+    with running_cluster(tmp_path_factory.mktemp("recovery"), 2) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def runs(log: str) -> list[str]:

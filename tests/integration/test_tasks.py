@@ -24,18 +24,14 @@ from ipython1.kernel.errors import (
     TaskTimeout,
     UnmetDependency,
 )
-from tests.conftest import Cluster, wait_until
+from tests.conftest import running_cluster, wait_until
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Four engines for this module; one more joins in a test."""
-    c = Cluster(tmp_path_factory.mktemp("tasks"))
-    try:
-        c.start(4)
+    with running_cluster(tmp_path_factory.mktemp("tasks"), 4) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module", params=["channel", "foolscap"])
