@@ -95,13 +95,20 @@ class AsyncMultiEngineClient:
         self.reconnector: Reconnector | None = None
         # Handles engine pdb prompts (engine id, text); the blocking client sets it.
         self.on_debugger: Callable[[int, str], None] | None = None
+        # Live output and event subscriptions, renewed on a reopened session.
+        self._observer: Any = None
+        self._own_only = True
+        self._event_observer: Any = None
         self._calls.notifyOnDisconnect(self._disconnected)
 
     def _disconnected(self, *args: Any) -> None:
         self._lost = f"the connection to the controller at {wire.furl_location(self.furl)} was lost"
+        if self.reconnector is not None and (self._observer or self._event_observer):
+            # A client that only listens makes no call that would reconnect it.
+            self.reconnector.ensure().addErrback(lambda f: None)
 
     def _reconnected(self, opened: tuple[Any, Any, Any]) -> None:
-        """Take the session reopened after a restart (subscriptions are not renewed)."""
+        """Take the session reopened after a restart; renew its subscriptions first."""
         if self._tub is not None:
             self._tub.stopService()
         self._tub, self._session, self._channel = opened
@@ -110,6 +117,12 @@ class AsyncMultiEngineClient:
         self._relay_only.clear()
         self._lost = None
         self._calls.notifyOnDisconnect(self._disconnected)
+        if self._observer is not None:
+            self._remote("subscribe_output", self._observer, self._own_only).addErrback(
+                lambda f: None)
+        if self._event_observer is not None:  # live events only: history was delivered
+            self._remote("subscribe_events", self._event_observer, 0).addErrback(
+                lambda f: None)
 
     @property
     def connected(self) -> bool:
@@ -574,6 +587,7 @@ class AsyncMultiEngineClient:
         from ipython1.client.output import OutputObserver
 
         self._observer = OutputObserver(callback)
+        self._own_only = own_only
         return self._remote("subscribe_output", self._observer, own_only)
 
     def unsubscribe(self) -> Deferred[None]:

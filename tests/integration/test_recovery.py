@@ -224,3 +224,19 @@ def test_restart_engines_brings_a_killed_engine_back_with_its_id(make_cluster):
     mec.restart()
     assert mec.get_ids() == [0, 1]
     assert not any("y" in keys for keys in mec.keys())
+
+
+def test_subscriptions_are_renewed_after_a_restart(cluster):
+    # A client that only listens (events, live output) gets them again after --reuse,
+    # without making a call of its own.
+    listener = cluster.client(timeout=60)
+    events: list = []
+    listener._call(listener._async.subscribe_events, events.append, 0)
+    worker = cluster.client(timeout=60)
+    crash_controller(cluster)
+    restart(cluster)
+    wait_until(lambda: len(worker.get_ids()) == 2, 30, "the engines back")
+    worker.execute("print('after the restart')", targets=0)
+    wait_until(lambda: any(e.get("kind") == "stdout" and "after the restart" in
+                           str(e.get("data", {}).get("text")) for e in events), 30,
+               "the listener's events after the restart")
