@@ -74,7 +74,30 @@ class Daemons:
         return None
 
 
-class SlurmTestCluster:
+class Started:
+    """A context manager over start() and stop(): stopped on the way out, even when
+    start() failed half-way (whatever it had started is stopped)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class SlurmTestCluster(Started):
     """munged + slurmctld + slurmd on 127.0.0.1 from a private directory; a context manager."""
 
     def __init__(self, directory: Path, timeout: float = 60.0) -> None:
@@ -83,18 +106,6 @@ class SlurmTestCluster:
         self.conf = directory / "slurm.conf"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         self.daemons = Daemons(directory)
-
-    def __enter__(self) -> SlurmTestCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.daemons.stop()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def write_config(self) -> None:
         d = self.dir
@@ -205,7 +216,7 @@ def ssh_unavailable() -> str | None:
     return None
 
 
-class SSHDs:
+class SSHDs(Started):
     """A real sshd in each given grid host: its own host key, config and port, stopped by pid.
 
     The test's own client key (``key``) is the only one authorized; ``ssh_args``
@@ -229,17 +240,6 @@ class SSHDs:
     def ssh_args(self) -> str:
         return (f"-p {self.port} -i {self.key} -o IdentitiesOnly=yes -o ConnectTimeout=10 "
                 f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
-
-    def __enter__(self) -> SSHDs:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     def start(self) -> None:
         d = self.dir
@@ -336,7 +336,7 @@ def sge_unavailable() -> str | None:
     return None
 
 
-class SGETestCluster:
+class SGETestCluster(Started):
     """A Grid Engine cell (qmaster + execd, classic spooling) in a private directory.
 
     The cell lives in its own SGE_ROOT (links to Debian's binaries) with free
@@ -353,17 +353,6 @@ class SGETestCluster:
         self.env = dict(os.environ, SGE_ROOT=str(self.root), SGE_CELL="ip1",
                         SGE_QMASTER_PORT=str(free_port()), SGE_EXECD_PORT=str(free_port()))
         self.daemons = Daemons(directory)
-
-    def __enter__(self) -> SGETestCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     def run(self, *argv: str, input: str | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
