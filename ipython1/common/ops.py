@@ -73,8 +73,9 @@ OPS: dict[str, Op] = {
     # Post mortem pdb on the engine's last exception; the client that sent it drives it.
     "debug": Op(),
     "complete": Op((("text", Text), ("line", MaybeText), ("cursor_pos", MaybeInt))),
-    # The task farm's batches; replies are plain data (the farm reads them).
-    "run_tasks": Op((("batch", TaskBatch),), session=False, encoded=False),
+    # The task farm's batches; the reply is msgpack like every other (the farm
+    # decodes it to schedule; each result stays the engine's opaque frames).
+    "run_tasks": Op((("batch", TaskBatch),), session=False),
 }
 
 # The calls a session keeps on the controller (no engine runs them) that observers may make.

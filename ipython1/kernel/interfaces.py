@@ -382,11 +382,9 @@ class RITaskFarmSession(RemoteInterface):
     def submit(tasks=ListOf(AnyValue(), maxLength=100_000)):
         return Reply
 
-    def get_results(tids=TaskIDs, block=bool):
-        return Reply
-
     def get_results_packed(tids=TaskIDs, block=bool):
-        """As get_results, the records pickled into one byte string (cheap to send)."""
+        """Each task's result record (or None), all in one msgpack byte string
+        (cheap to send); each value is the engine's frames of the result."""
         return Reply
 
     def wait(tids=TaskIDs, all_=bool, timeout=ChoiceOf(float, int, None)):

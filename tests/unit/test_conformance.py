@@ -29,7 +29,9 @@ from ipython1.kernel.errors import CompositeError, RemoteError
 from ipython1.kernel.multiengine import MultiEngine, MultiEngineSession
 from ipython1.kernel.serialize import deserialize
 from ipython1.kernel.task import TaskFarm, TaskFarmSession
+from ipython1.kernel import replies
 from ipython1.kernel.taskclient import StringTask
+from ipython1.kernel.taskclient import TaskResult as TaskClientResult
 from ipython1.transport import channel as command_channel
 from ipython1.transport.channel import ChannelEngineConnection, ClientEnd, ControllerEnd
 from ipython1.transport.foolscap import FoolscapSessionConnection
@@ -278,14 +280,24 @@ def test_every_task_farm_op_on_every_pairing(cluster: Cluster) -> None:
         assert answer["status"] == "ok", answer
         return answer["value"]
 
+    engine_replies: list[Any] = []
+    replied = c.farm._replied
+    c.farm._replied = lambda reply, *rest: (  # type: ignore[method-assign]
+        engine_replies.append(reply), replied(reply, *rest))[1]
     first = call("reserve", 2)
     meta, payload = StringTask("b = a * 2", push={"a": 21}, pull="b").to_wire()
     assert call("submit", [[first, meta, payload]]) == [None]
     call("spin")
     assert call("wait", [first], True, None) == [first]
-    record = call("get_results", [first], False)[0]
+    packed = call("get_results_packed", [first], False)
+    # What crosses the wire: the engine's batch reply and the records are msgpack
+    # bytes (plain data); the value inside is the engine's frames, opaque until here.
+    assert [type(r) for r in engine_replies] == [bytes]
+    assert isinstance(packed, bytes)
+    record = replies.loads(packed)[0]
     kind, value, _out, _err = deserialize(record["value"])
     assert value == {"b": 42}
+    assert TaskClientResult(record).ns.b == 42
     assert call("queue_status", False)["succeeded"] >= 1
     refused = c.result(tasks.call("abort", (first + 1,)))  # reserved, never submitted
     assert refused["error"]["ename"] == "InvalidTaskID"
