@@ -614,7 +614,7 @@ class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
         debugger = where.pop("debugger", None)  # the client's remote-pdb observer
         session = MultiEngineSession(self.adapter, f"{user}/client-{next(self._client_ids)}",
                                      user, self.kind)
-        if debugger is not None and hasattr(debugger, "callRemote"):
+        if debugger is not None and foolscap_transport.is_reference(debugger):
             self.adapter.controller.debug_clients[session.client] = debugger
         directory = getattr(self.adapter, "directory", None)
         if directory is not None:

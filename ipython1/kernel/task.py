@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ipython1.kernel import replies
 from ipython1.kernel.errors import (
     EngineError,
     InvalidTaskID,
@@ -47,7 +48,6 @@ from ipython1.kernel.errors import (
     UnmetDependency,
     error_to_wire,
 )
-from ipython1.kernel import replies
 from ipython1.kernel.interfaces import ITaskFarm, RITaskFarm, RITaskFarmSession
 from ipython1.kernel.queue import Command
 from ipython1.transport import channel as command_channel

@@ -29,8 +29,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from ipython1.kernel.errors import ConnectionLost, KernelError, error_from_wire
 from ipython1.kernel import replies
+from ipython1.kernel.errors import ConnectionLost, KernelError, error_from_wire
 from ipython1.kernel.properties import takes_properties
 from ipython1.kernel.serialize import deserialize, serialize
 from ipython1.transport import channel as command_channel

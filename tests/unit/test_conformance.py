@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from ipython1.common import ops
+from ipython1.kernel import replies
 from ipython1.kernel.asyncclient import AsyncMultiEngineClient
 from ipython1.kernel.controller import Controller
 from ipython1.kernel.engine import EngineKernel, EngineReferenceable, ShellRunner
@@ -29,7 +30,6 @@ from ipython1.kernel.errors import CompositeError, RemoteError
 from ipython1.kernel.multiengine import MultiEngine, MultiEngineSession
 from ipython1.kernel.serialize import deserialize
 from ipython1.kernel.task import TaskFarm, TaskFarmSession
-from ipython1.kernel import replies
 from ipython1.kernel.taskclient import StringTask
 from ipython1.kernel.taskclient import TaskResult as TaskClientResult
 from ipython1.transport import channel as command_channel
