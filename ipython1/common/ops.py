@@ -29,12 +29,13 @@ from foolscap.constraint import IConstraint
 from foolscap.remoteinterface import RemoteMethodSchema
 
 from ipython1.common.constraints import (
+    Flag,
     Frames,
     Keys,
     MaybeInt,
     MaybeText,
     Namespace,
-    Reply,
+    SessionReply,
     Targets,
     TaskBatch,
     Text,
@@ -95,7 +96,7 @@ def op(name: Any) -> Op:
 
 
 def _schema(args: tuple[tuple[str, Any], ...]) -> RemoteMethodSchema:
-    return RemoteMethodSchema(_response=Reply, **dict(args))
+    return RemoteMethodSchema(_response=SessionReply, **dict(args))
 
 
 def _checker(args: tuple[tuple[str, Any], ...]) -> Callable[[Any], None]:
@@ -137,7 +138,7 @@ def check_args(name: str, args: Any) -> None:
 
 def session_schemas() -> dict[str, RemoteMethodSchema]:
     """Return the multi-engine session's method per op: op(*args, targets, block)."""
-    return {name: _schema((*entry.args, ("targets", Targets), ("block", bool)))
+    return {name: _schema((*entry.args, ("targets", Targets), ("block", Flag)))
             for name, entry in OPS.items() if entry.session}
 
 

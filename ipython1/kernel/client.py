@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from ipython1.common.constraints import as_targets
 from ipython1.kernel import asyncclient
 from ipython1.kernel.errors import ClientTimeout, ConnectionLost, Interrupted, KernelError
 
@@ -318,7 +319,7 @@ class MultiEngineClient:
     def _run(self, method: Callable[..., Any], *args: Any, targets: Any = None,
              block: bool | None = None, interruptible: bool = False, **kwargs: Any) -> Any:
         """Run method in the reactor thread; wait, or return a PendingResult."""
-        targets = self.targets if targets is None else targets
+        targets = as_targets(self.targets if targets is None else targets)  # a tuple: a list
         block = self.block if block is None else block
         on_interrupt = (lambda: self._interrupt_quietly(targets)) if interruptible else None
         try:

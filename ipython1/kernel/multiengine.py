@@ -12,7 +12,6 @@ import itertools
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from foolscap.api import Referenceable
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -284,7 +283,7 @@ class MultiEngine:
 
 
 @implementer(RIMultiEngineSession)
-class MultiEngineSession(Referenceable):  # type: ignore[misc]
+class MultiEngineSession(foolscap_transport.CheckedReferenceable):
     """One client's view of the multi-engine adapter, with its pending results."""
 
     _ids = itertools.count(1)
@@ -384,6 +383,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         entry = ops.OPS.get(methodname)
         if entry is None or not entry.session:
             return super().doRemoteCall(methodname, args, kwargs)
+        foolscap_transport.check_call(self, methodname, args, kwargs)
         if kwargs:  # checked by the schema: every argument is there, some by name
             names = RIMultiEngineSession[methodname].argumentNames
             args = (*args, *(kwargs[name] for name in names[len(args):]))
@@ -431,7 +431,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         if self.revoked:
             return defer.succeed(self._raise_as_data(Failure(self._denied("queue_status"))))
         d = defer.maybeDeferred(self.adapter.queue_status, targets)
-        return d.addErrback(self._raise_as_data)
+        return d.addCallbacks(replies.pack, self._raise_as_data)  # SessionReply
 
     def remote_clear_queue(self, targets: Any) -> Deferred[Any]:
         return self._call(True, "clear_queue", targets)
@@ -447,7 +447,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_engine_info(self, targets: Any) -> Deferred[Any]:
         d = defer.maybeDeferred(self.adapter.engine_info, targets)
-        return d.addErrback(self._raise_as_data)
+        return d.addCallbacks(replies.pack, self._raise_as_data)  # SessionReply
 
     def remote_get_pending_result(self, pending_id: int, block: bool) -> Deferred[Any]:
         if pending_id not in self.pending:
@@ -594,7 +594,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
 
 @implementer(RIMultiEngine)
-class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
+class MultiEngineReferenceable(foolscap_transport.CheckedReferenceable):
     """The client-facing FURL: each client connects and gets a session."""
 
     _client_ids = itertools.count(1)
