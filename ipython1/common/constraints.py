@@ -1,9 +1,9 @@
 """Foolscap wire constraints shared by every RemoteInterface, named once with bounds.
 
-Foolscap checks an argument twice: token by token as it arrives (the kind of
-each token, the size of bytes, the length of lists and dicts; before anything
-is built), and whole (``checkObject``) before sending and, on our own
-Referenceables, on arrival (`transport.foolscap.CheckedReferenceable`). Three
+Foolscap checks an argument token by token as it arrives (the kind of each
+token, the size of bytes, the length of lists and dicts: before anything is
+built), then whole (``checkObject``) before delivering it, as the command
+channel does (``ControllerEnd``) and as the sender does before sending. Three
 gaps in the first are closed here, so that a malformed argument is a
 Violation for that call and never a dropped connection:
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foolscap.api import DeadReferenceError
+from foolscap.api import DeadReferenceError, Referenceable
 from twisted.application import service
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
@@ -36,7 +36,7 @@ from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
 from ipython1.kernel.queue import Command, EngineQueue, user_of
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
-from ipython1.transport.foolscap import CheckedReferenceable, FoolscapEngineConnection
+from ipython1.transport.foolscap import FoolscapEngineConnection
 from ipython1.transport.interfaces import IEngineConnection
 
 log = Logger()
@@ -528,7 +528,7 @@ class EngineIds:
 
 
 @implementer(RIEngineRegistration)
-class EngineRegistration(CheckedReferenceable):
+class EngineRegistration(Referenceable):  # type: ignore[misc]
     """The engine-facing capability: engines call register_engine."""
 
     def __init__(self, controller: Controller) -> None:

@@ -12,6 +12,7 @@ import itertools
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from foolscap.api import Referenceable
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -283,7 +284,7 @@ class MultiEngine:
 
 
 @implementer(RIMultiEngineSession)
-class MultiEngineSession(foolscap_transport.CheckedReferenceable):
+class MultiEngineSession(Referenceable):  # type: ignore[misc]
     """One client's view of the multi-engine adapter, with its pending results."""
 
     _ids = itertools.count(1)
@@ -383,7 +384,6 @@ class MultiEngineSession(foolscap_transport.CheckedReferenceable):
         entry = ops.OPS.get(methodname)
         if entry is None or not entry.session:
             return super().doRemoteCall(methodname, args, kwargs)
-        foolscap_transport.check_call(self, methodname, args, kwargs)
         if kwargs:  # checked by the schema: every argument is there, some by name
             names = RIMultiEngineSession[methodname].argumentNames
             args = (*args, *(kwargs[name] for name in names[len(args):]))
@@ -594,7 +594,7 @@ class MultiEngineSession(foolscap_transport.CheckedReferenceable):
 
 
 @implementer(RIMultiEngine)
-class MultiEngineReferenceable(foolscap_transport.CheckedReferenceable):
+class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
     """The client-facing FURL: each client connects and gets a session."""
 
     _client_ids = itertools.count(1)

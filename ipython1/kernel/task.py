@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from foolscap.api import DeadReferenceError
+from foolscap.api import DeadReferenceError, Referenceable
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -51,7 +51,6 @@ from ipython1.kernel.errors import (
 from ipython1.kernel.interfaces import ITaskFarm, RITaskFarm, RITaskFarmSession
 from ipython1.kernel.queue import Command
 from ipython1.transport import channel as command_channel
-from ipython1.transport.foolscap import CheckedReferenceable
 
 log = Logger()
 
@@ -1160,7 +1159,7 @@ OBSERVER_ALLOWED = frozenset({"queue_status", "wait", "spin"})
 
 
 @implementer(RITaskFarmSession)
-class TaskFarmSession(CheckedReferenceable):
+class TaskFarmSession(Referenceable):  # type: ignore[misc]
     """One client's connection to the task farm, acting as one user.
 
     ``parent`` is the user's multi-engine session when the task farm was
@@ -1233,7 +1232,7 @@ class TaskFarmSession(CheckedReferenceable):
 
 
 @implementer(RITaskFarm)
-class TaskFarmReferenceable(CheckedReferenceable):
+class TaskFarmReferenceable(Referenceable):  # type: ignore[misc]
     """The client-facing FURL: each client connects and gets a session."""
 
     _client_ids = itertools.count(1)

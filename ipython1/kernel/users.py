@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from foolscap.api import Referenceable
 from twisted.internet import error as net_error
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -39,7 +40,6 @@ from ipython1.controller.users import (  # noqa: F401 - re-exported: their old h
 from ipython1.kernel import cluster, wire
 from ipython1.kernel.errors import InvalidUserName, KernelError, error_to_wire
 from ipython1.kernel.interfaces import RIControllerAdmin
-from ipython1.transport.foolscap import CheckedReferenceable
 
 log = Logger()
 
@@ -297,7 +297,7 @@ class UserDirectory:
 
 
 @implementer(RIControllerAdmin)
-class ControllerAdmin(CheckedReferenceable):
+class ControllerAdmin(Referenceable):  # type: ignore[misc]
     """The owner's administrative capability: add, remove and list users."""
 
     def __init__(self, directory: UserDirectory, monitor: Any = None) -> None:

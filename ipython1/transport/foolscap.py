@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from foolscap.referenceable import Referenceable, RemoteReference
+from foolscap.referenceable import RemoteReference
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
@@ -19,26 +19,6 @@ from ipython1.transport.interfaces import (
 def call(reference: Any, method: str, *args: Any) -> Deferred[Any]:
     """Call method on a Foolscap reference; a failure to send fails the Deferred."""
     return defer.maybeDeferred(reference.callRemote, method, *args)
-
-
-def check_call(target: Any, method: str, args: Any, kwargs: Any) -> None:
-    """Check a call's arguments whole against target's RemoteInterface (Violation).
-
-    Foolscap checks arguments token by token as they arrive: kinds and sizes,
-    before anything is built. This checks what tokens cannot show: a text's
-    length, "all" among other text, a Record's keys and each value's field.
-    """
-    interface = target.getInterface()
-    if interface is not None and method in interface:
-        interface[method].checkAllArgs(tuple(args), kwargs or {}, True)
-
-
-class CheckedReferenceable(Referenceable):  # type: ignore[misc]
-    """A Referenceable whose calls are checked whole on arrival (see check_call)."""
-
-    def doRemoteCall(self, methodname: str, args: Any, kwargs: Any) -> Any:
-        check_call(self, methodname, args, kwargs)
-        return super().doRemoteCall(methodname, args, kwargs)
 
 
 def is_reference(value: Any) -> bool:

@@ -3,7 +3,7 @@ connection, checked without sockets (issue 13).
 
 Per token: what Foolscap's unslicers call as tokens arrive (checkToken,
 checkOpentype, setConstraint). Whole: checkObject, as before sending and on
-arrival (transport.foolscap.check_call).
+arrival (Foolscap's broker, and the command channel's ControllerEnd).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from ipython1.kernel import replies
 from ipython1.kernel.asyncclient import client_info
 from ipython1.kernel.engine import engine_info
 from ipython1.kernel.interfaces import RIEngineRegistration, RIMultiEngineSession
-from ipython1.transport.foolscap import check_call
 
 
 def whole(constraint: Any, value: Any) -> None:
@@ -132,21 +131,14 @@ def test_an_answer_holds_its_own_value() -> None:
         whole(ids, {"status": "ok", "value": ["1"]})
 
 
-class Target:
-    def __init__(self, interface: Any) -> None:
-        self.interface = interface
+def test_calls_are_checked_whole_as_foolscap_and_the_channel_do_on_arrival() -> None:
+    def check(interface: Any, method: str, *args: Any) -> None:
+        interface[method].checkAllArgs(args, {}, True)
 
-    def getInterface(self) -> Any:
-        return self.interface
-
-
-def test_calls_are_checked_whole_on_arrival() -> None:
-    session = Target(RIMultiEngineSession)
-    check_call(session, "execute", ("a = 1", [0], True), {})
+    check(RIMultiEngineSession, "execute", "a = 1", [0], True)
     with pytest.raises(Violation, match="targets"):
-        check_call(session, "execute", ("a = 1", "some", True), {})
+        check(RIMultiEngineSession, "execute", "a = 1", "some", True)
     with pytest.raises(Violation):
-        check_call(session, "execute", (42, "all", True), {})
-    registration = Target(RIEngineRegistration)
+        check(RIMultiEngineSession, "execute", 42, "all", True)
     with pytest.raises(Violation, match="unknown key"):
-        check_call(registration, "deliver_late", (0, {"tasks": [], "evil": 1}), {})
+        check(RIEngineRegistration, "deliver_late", 0, {"tasks": [], "evil": 1})
