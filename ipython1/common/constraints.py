@@ -138,21 +138,27 @@ class Record(DictConstraint):  # type: ignore[misc]
                 raise
 
 
-class BytesOrRecord(DictConstraint):  # type: ignore[misc]
-    """Bytes of at most max_bytes (an encoded reply), or a dict that fits one of records."""
+class OneOf(DictConstraint):  # type: ignore[misc]
+    """A dict that fits one of records; or, if allowed, bytes of at most max_bytes
+    (an encoded reply) or None. The dict unslicer takes it; None's takes anything."""
 
-    name = "BytesOrRecord"
+    name = "OneOf"
 
-    def __init__(self, max_bytes: int, *records: Record) -> None:
+    def __init__(self, *records: Record, max_bytes: int = 0, none: bool = False) -> None:
         longest = max(max(map(len, r.fields)) for r in records)
         super().__init__(TextConstraint(longest), AnyValue(),
                          max(len(r.fields) for r in records))
-        self.max_bytes = max_bytes
         self.records = records
-        self.taster = {STRING: max_bytes, VOCAB: None, OPEN: None}
+        self.max_bytes = max_bytes
+        self.none = none
+        self.opentypes = [("dict",), ("none",)] if none else [("dict",)]
+        self.taster = {STRING: max_bytes, VOCAB: None, OPEN: None} if max_bytes else {
+            OPEN: None}
 
     def checkObject(self, obj: Any, inbound: bool) -> None:
-        if isinstance(obj, bytes):
+        if obj is None and self.none:
+            return
+        if isinstance(obj, bytes) and self.max_bytes:
             if len(obj) > self.max_bytes:
                 raise Violation(f"reply too large ({len(obj)} > {self.max_bytes} bytes)")
             return
@@ -163,7 +169,7 @@ class BytesOrRecord(DictConstraint):  # type: ignore[misc]
                 return
             except Violation as v:
                 errors.append(str(v))
-        raise Violation(f"neither encoded bytes nor a known reply: {'; '.join(errors)}")
+        raise Violation(f"not one of the known answers: {'; '.join(errors)}")
 
 
 Text = TextConstraint(None)
@@ -225,9 +231,16 @@ ErrorReply = Record(engine_id=MaybeInt, status=Name, error=WireError)
 EngineReply = ByteStringConstraint(MAX_REPLY)
 # A session's answer to a command: every target's reply packed in one bytes value
 # (replies.pack), {"pending_id": n} when block is False, or an error before anything ran.
-SessionReply = BytesOrRecord(MAX_REPLY, Record(pending_id=int), ErrorReply)
-# Any other answer: plain data of bounded size.
-Reply = AnyValue()
+# Lists (queue_status, users, the transcript...) are packed the same way.
+SessionReply = OneOf(Record(pending_id=int), ErrorReply, max_bytes=MAX_REPLY)
+# A data channel ticket (MultiEngine.open_transfer): local, through the relay, or an error.
+Ticket = OneOf(
+    Record(pairing_id=Token, secret=Token, uses=int, ttl=ChoiceOf(int, float),
+           local=Record(socket=ShortText, pid=int, uid=int)),
+    Record(pairing_id=Token, secret=Token, relay_port=int, tubid=Name),
+    ErrorReply)
+# A row per user (users.UserDirectory.listing, remove).
+UserRow = DictOf(Name, AnyValue(), maxKeys=16)
 
 
 def answer(value: Any) -> Record:

@@ -25,6 +25,7 @@ from ipython1.common.constraints import (  # noqa: F401 - re-exported: the share
     EngineInfo,
     EngineProperties,
     EngineReply,
+    ErrorReply,
     Flag,
     Frame,
     Frames,
@@ -32,18 +33,22 @@ from ipython1.common.constraints import (  # noqa: F401 - re-exported: the share
     Keys,
     LateDelivery,
     ListOrNone,
+    MaybeText,
     Name,
     Namespace,
     NamespaceByEngine,
+    OneOf,
     OpArgs,
     OpName,
-    Reply,
+    Record,
     SessionReply,
     Sizes,
     Targets,
     TaskIDs,
     Text,
+    Ticket,
     Token,
+    UserRow,
     WhoAmI,
     WireError,
     answer,
@@ -254,10 +259,10 @@ class RIControllerAdmin(RemoteInterface):
         return answer(Text)
 
     def remove_user(name=Name):
-        return answer(Reply)
+        return answer(UserRow)
 
     def users():
-        return answer(Reply)
+        return answer(ListOf(UserRow, maxLength=100_000))
 
     def status():
         """The cluster's status: engines (host, pid, CPU, memory, queue), tasks, users."""
@@ -309,7 +314,7 @@ class RIMultiEngineSession(RemoteInterface):
 
     def open_transfer(engine_id=int, direction=Name, blob_id=Token, sizes=Sizes,
                       host=Optional(Name, "")):  # datachannel.host_key() of the client
-        return Reply
+        return Ticket
 
     def engine_info(targets=Targets):
         return SessionReply
@@ -340,7 +345,7 @@ class RIMultiEngineSession(RemoteInterface):
         return None
 
     def session_log():
-        return Reply
+        return SessionReply
 
     # -- collaboration (issue 8) --
 
@@ -348,20 +353,20 @@ class RIMultiEngineSession(RemoteInterface):
         return WhoAmI
 
     def users():
-        return Reply
+        return SessionReply
 
     def say(text=Text):
-        return Reply
+        return OneOf(ErrorReply, none=True)
 
     def subscribe_events(observer=RIEventObserver, history=int):
         """Send events to observer: up to `history` recent ones first, then live."""
-        return Reply
+        return OneOf(Record(seq=int), ErrorReply)
 
     def unsubscribe_events():
         return None
 
-    def transcript(user=AnyValue(), last=int):  # a name or None
-        return Reply
+    def transcript(user=MaybeText, last=int):  # a user's name, or None: everyone's
+        return SessionReply
 
     def open_command_channel(host=Text):
         """Offer this session over the controller's local socket (transport.channel)."""

@@ -498,7 +498,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         denied = self._denied("session_log")
         if denied is not None:
             return self._refuse("session_log", denied)
-        return self.adapter.session_log()
+        return self.adapter.session_log().addCallback(replies.pack)  # SessionReply
 
     def remote_subscribe_output(self, observer: Any, own_only: bool) -> None:
         """Forward live engine output (only this client's commands if own_only)."""
@@ -542,7 +542,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
     def remote_users(self) -> Any:
         from ipython1.controller.users import list_users
 
-        return list_users(self.adapter)
+        return replies.pack(list_users(self.adapter))  # SessionReply
 
     def remote_say(self, text: str) -> Any:
         if self.revoked:
@@ -577,7 +577,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
         if user is not None and not isinstance(user, str):
             return self._raise_as_data(Failure(KernelError("user must be a name or None")))
-        return transcript_tail(self.adapter, user, last)
+        return replies.pack(transcript_tail(self.adapter, user, last))  # SessionReply
 
     def remote_connect_tasks(self, info: Any) -> Any:
         """Open a task farm session acting as this session's user (and kind)."""

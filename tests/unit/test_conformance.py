@@ -273,6 +273,9 @@ def test_every_multiengine_op_on_every_pairing(cluster: Cluster, request: Any) -
     assert c.result(mec.get_properties(["color"], targets=0)) == {"color": "red"}
     assert c.result(mec.whoami())["user"] == "owner"
     assert c.result(mec.session_log())
+    assert c.result(mec.users())[0]["kind"] == "owner"
+    assert c.result(mec.say("hello")) is None
+    assert c.result(mec.transcript()) == []
     with pytest.raises((RemoteError, CompositeError)):
         c.result(mec.execute("1 / 0"))
     assert c.result(mec.interrupt()) == [False]  # idle: nothing to stop

@@ -115,12 +115,24 @@ def test_a_session_reply_is_encoded_bytes_a_pending_id_or_an_error() -> None:
     for bad in ([{"engine_id": 0}], {"pending_id": "3"}, {"other": 1}, "text"):
         with pytest.raises(Violation):
             whole(reply, bad)
-    small = c.BytesOrRecord(4, c.Record(pending_id=int))
+    small = c.OneOf(c.Record(pending_id=int), max_bytes=4)
     with pytest.raises(Violation, match="too large"):
         whole(small, b"12345")
     with pytest.raises(Violation):  # per token, before the bytes are read
         small.checkToken(STRING, 5)
     DictUnslicer().setConstraint(reply)
+
+
+def test_one_of_takes_none_only_when_told() -> None:
+    said = c.OneOf(c.ErrorReply, none=True)
+    whole(said, None)
+    said.checkOpentype(("none",))
+    with pytest.raises(Violation):
+        whole(c.OneOf(c.ErrorReply), None)
+    with pytest.raises(Violation):
+        c.OneOf(c.ErrorReply).checkOpentype(("none",))
+    with pytest.raises(Violation):  # no bytes unless max_bytes
+        c.OneOf(c.ErrorReply).checkToken(STRING, 1)
 
 
 def test_an_answer_holds_its_own_value() -> None:
