@@ -59,8 +59,8 @@ def test_a_malformed_call_is_a_violation_and_the_session_survives(
 
 
 def test_registration_and_connect_check_their_info(cluster: Any) -> None:
-    from ipython1.kernel import wire
-    from ipython1.kernel.engine import EngineReferenceable
+    from ipython1.common import wire
+    from ipython1.engine.kernel import EngineReferenceable
 
     mec = cluster.client(timeout=30)
 
@@ -91,7 +91,7 @@ def test_registration_and_connect_check_their_info(cluster: Any) -> None:
 
 
 def test_the_task_farm_checks_its_calls(cluster: Any) -> None:
-    from ipython1.kernel.client import StringTask, TaskClient
+    from ipython1.client.blocking import StringTask, TaskClient
 
     tc = TaskClient(cluster.task_furl, timeout=30)
     session = tc._async._session

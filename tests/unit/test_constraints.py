@@ -17,12 +17,12 @@ from foolscap.slicers.none import NoneUnslicer
 from foolscap.slicers.unicode import UnicodeConstraint, UnicodeUnslicer
 from foolscap.tokens import INT, STRING, BananaError, Violation
 
+from ipython1.client.multiengine import client_info
 from ipython1.common import constraints as c
+from ipython1.common import replies
+from ipython1.common.interfaces import RIEngineRegistration, RIMultiEngineSession
+from ipython1.engine.kernel import engine_info
 from ipython1.engine.rejoin import LateReplies
-from ipython1.kernel import replies
-from ipython1.kernel.asyncclient import client_info
-from ipython1.kernel.engine import engine_info
-from ipython1.kernel.interfaces import RIEngineRegistration, RIMultiEngineSession
 
 
 def whole(constraint: Any, value: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from ipython1.kernel.errors import KernelError, error_to_wire
+from ipython1.common.errors import KernelError, error_to_wire
 
 PACKED = b"IPR1"  # prefix of a packed list of replies
 
