@@ -209,7 +209,7 @@ EngineInfo = Record(
     versions=Versions,
     local_data=Record(host=Name, socket=ShortText, pid=int, uid=int),  # datachannel.LocalServer
     supervised=Flag, restarted=Name,  # cluster.supervisor
-    mpi_rank=int, mpi_size=int, mpi_job=Name,  # kernel.mpi.initialize
+    mpi_rank=int, mpi_size=int, mpi_job=Name, mpi_library=ShortText,  # engine.mpi.initialize
     requested_id=int, rejoin=Flag,  # the id it asks for (MPI rank, restart, rejoin)
     late_tasks=ListOf(TaskReply, maxLength=MAX_LATE),  # a rejoining engine's (issue 15)
     running_tasks=ListOf(int, maxLength=MAX_LATE),

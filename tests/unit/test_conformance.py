@@ -297,7 +297,7 @@ def test_every_task_farm_op_on_every_pairing(cluster: Cluster) -> None:
     replied = c.farm._replied
     c.farm._replied = lambda reply, *rest: (  # type: ignore[method-assign]
         engine_replies.append(reply), replied(reply, *rest))[1]
-    first = call("reserve", 2)
+    first = call("reserve", 3)
     meta, payload = StringTask("b = a * 2", push={"a": 21}, pull="b").to_wire()
     assert call("submit", [[first, meta, payload]]) == [None]
     call("spin")
@@ -311,8 +311,16 @@ def test_every_task_farm_op_on_every_pairing(cluster: Cluster) -> None:
     kind, value, _out, _err = deserialize(record["value"])
     assert value == {"b": 42}
     assert TaskClientResult(record).ns.b == 42
+    # A failing task: its error is data in the same msgpack records.
+    meta, payload = StringTask("1 / 0").to_wire()
+    second = first + 1
+    assert call("submit", [[second, meta, payload]]) == [None]
+    call("spin")
+    assert call("wait", [second], True, None) == [second]
+    failed = TaskClientResult(replies.loads(call("get_results_packed", [second], True))[0])
+    assert failed.failure is not None and failed.failure.ename == "ZeroDivisionError"
     assert call("queue_status", False)["succeeded"] >= 1
-    refused = c.result(tasks.call("abort", (first + 1,)))  # reserved, never submitted
+    refused = c.result(tasks.call("abort", (first + 2,)))  # reserved, never submitted
     assert refused["error"]["ename"] == "InvalidTaskID"
     assert call("clear", [first]) >= 1
 

@@ -98,6 +98,7 @@ def test_real_engines_and_clients_fit_their_info() -> None:
                           "error": {"ename": "ZeroDivisionError"}})
     info = dict(engine_info(), requested_id=4, rejoin=True, supervised=True,
                 restarted="killed by signal 9", mpi_rank=0, mpi_size=2, mpi_job="job-1",
+                mpi_library="MPICH Version: 4.1.2",
                 local_data={"host": "h", "socket": "\0ipython1-x", "pid": 1, "uid": 1000},
                 **late.registration_info())
     info["late_tasks"] = [[7, "ok", 0.1, [b"frames"]]]
