@@ -100,3 +100,29 @@ def test_the_task_farm_checks_its_calls(cluster: Any) -> None:
     assert "Violation" in raw_call(tc, session, "wait", [0], 1, None)
     tid = tc.run(StringTask("x = 6 * 7", pull="x"))
     assert tc.get_task_result(tid, block=True).ns.x == 42  # the session still works
+
+
+def test_only_the_client_unpickles_a_task_result(cluster: Any, tmp_path: Any) -> None:
+    from ipython1.client.blocking import MapTask, TaskClient
+
+    where = str(tmp_path)
+
+    def make() -> Any:
+        class Marker:  # local: cloudpickle sends it by value
+            def __setstate__(self, state: dict[str, Any]) -> None:
+                import os
+
+                open(os.path.join(state["where"], f"unpickled-by-{os.getpid()}"), "w").close()
+                self.__dict__.update(state)
+
+        marker = Marker()
+        marker.where = where  # type: ignore[attr-defined]
+        return marker
+
+    tc = TaskClient(cluster.task_furl, timeout=30)
+    result = tc.get_task_result(tc.run(MapTask(make)), block=True)
+    assert result.result.where == where
+    import os
+
+    # The engine pickled it, the controller relayed the bytes: only we unpickled it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"unpickled-by-{os.getpid()}"]
