@@ -55,7 +55,8 @@ from ipython1.common.constraints import (  # noqa: F401 - re-exported: the share
 )
 
 TargetSpec = Any  # "all" | int | list[int]
-PropertyNames = ChoiceOf(Keys, None)  # get_properties(): the named ones, or all
+# get_properties(): the named ones, or all (a ChoiceOf of a list drops the connection)
+PropertyNames = ListOrNone(Name, maxLength=100_000)
 PropertyValues = AnyValue()  # checked as plain data by properties.update on arrival
 # A remote pdb's answer: {"output": text, "waiting": bool} (ChoiceOf cannot hold text).
 DebugReply = DictOf(Name, AnyValue(), maxKeys=4)

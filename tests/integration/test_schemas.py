@@ -58,6 +58,16 @@ def test_a_malformed_call_is_a_violation_and_the_session_survives(
     assert other.execute("print('ok')", targets=0).stdout == "ok\n"
 
 
+def test_a_list_or_none_argument_crosses_foolscap(cluster: Any) -> None:
+    # get_properties(keys): its ChoiceOf(list, None) used to drop the connection.
+    mec = cluster.client(timeout=30)
+    session = mec._async._session
+    for keys in (["color"], None):
+        answer = mec._call(lambda k=keys: session.callRemote("get_properties", k, "all", True))
+        assert isinstance(answer, bytes)
+    assert mec.get_ids() == [0]
+
+
 def test_registration_and_connect_check_their_info(cluster: Any) -> None:
     from ipython1.common import wire
     from ipython1.engine.kernel import EngineReferenceable
