@@ -63,8 +63,6 @@ def _outgoing(value: Any) -> list[bytes]:
     return datachannel.blob_ref(blob_id, [len(f) for f in frames])
 
 
-
-
 @implementer(IEngineKernel)
 class EngineKernel:
     """An IPython shell driven by execute/push/pull/apply; shell thread only."""

@@ -16,7 +16,7 @@ import pytest
 from foolscap.api import Referenceable
 from zope.interface import implementer
 
-from ipython1.client.blocking import ReactorThread
+from ipython1.client.reactor import ReactorThread
 from ipython1.common.interfaces import RIMultiEngineSession
 from ipython1.controller.queue import EngineQueue
 from ipython1.controller.registry import Controller, EngineRecord

@@ -14,9 +14,6 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "ipython1"
 
 KNOWN = [
-    # mec.activate()
-    {"ipython1.client.blocking", "ipython1.client.magics", "ipython1.client.views"},
-    {"ipython1.common.clusterdir", "ipython1.common.processes"},
     # The launchers and ipcluster (issues 14, 15): ipcluster imports them, they import
     # ipcluster's helpers back, and the controller the supervisor's.
     {"ipython1.cluster", "ipython1.cluster.process", "ipython1.cluster.remote",
