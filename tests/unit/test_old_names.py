@@ -36,11 +36,11 @@ def test_the_ipython_010_names() -> None:
 
 
 def test_the_top_level_old_names() -> None:
-    import ipython1.magics
     import ipython1.shell
 
     import ipython1.client.magics
     import ipython1.client.shell
+    import ipython1.magics
 
     assert ipython1.shell is ipython1.client.shell
     # %load_ext ipython1.magics: the extension, with the magics' names as before
