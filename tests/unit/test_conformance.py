@@ -30,7 +30,9 @@ from ipython1.common.serialize import deserialize
 from ipython1.controller.multiengine import MultiEngine, MultiEngineSession
 from ipython1.controller.registry import Controller
 from ipython1.controller.task import TaskFarm, TaskFarmSession
-from ipython1.engine.kernel import EngineKernel, EngineReferenceable, ShellRunner
+from ipython1.engine.kernel import EngineKernel
+from ipython1.engine.runner import ShellRunner
+from ipython1.engine.service import EngineReferenceable
 from ipython1.transport import channel as command_channel
 from ipython1.transport.channel import ChannelEngineConnection, ClientEnd, ControllerEnd
 from ipython1.transport.foolscap import FoolscapSessionConnection
