@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ipython1.client import connect
 from ipython1.client import multiengine as asyncclient
 from ipython1.client.pending import PendingResult, _split_prompt
 from ipython1.client.reactor import ReactorThread, _wait, _wait_for_restarts
@@ -39,7 +40,7 @@ class MultiEngineClient:
         self.timeout = timeout
         self.block = block
         self.targets = targets
-        future = self._loop.submit(asyncclient.get_multiengine_client, furl_or_file, profile,
+        future = self._loop.submit(connect.get_multiengine_client, furl_or_file, profile,
                                    connect_timeout)
         self._async: asyncclient.AsyncMultiEngineClient = _wait(future, connect_timeout + 5)
         _wait_for_restarts(self._async, timeout)
@@ -669,13 +670,9 @@ class View(MultiEngineClient):
         """Do nothing: the client the view came from owns the connection."""
 
 
-# -- IPython 0.10's client namespace: the task farm (taskfarm.py, tasks.py) -----------
+# -- IPython 0.10's client namespace: the task farm (taskfarm.py, taskspec.py) --------
 
-from ipython1.client.tasks import (  # noqa: E402
-    MapTask,
-    StringTask,
-    TaskResult,
-)
+from ipython1.client.taskspec import MapTask, StringTask, TaskResult  # noqa: E402
 
 __all__ += ["MapTask", "PendingTasks", "StringTask", "TaskClient", "TaskResult"]
 

@@ -10,13 +10,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ipython1.client import multiengine as asyncclient
+from ipython1.client import connect
+from ipython1.client.progress import progress_bar
 from ipython1.client.reactor import ReactorThread, _wait, _wait_for_restarts
-from ipython1.client.tasks import (
-    TaskResult,
-    map_specs,
-    progress_bar,
-)
+from ipython1.client.taskspec import TaskResult, map_specs
 from ipython1.common.errors import (
     ClientTimeout,
     Interrupted,
@@ -114,7 +111,7 @@ class TaskClient:
                  timeout: float | None = None, connect_timeout: float = 10.0) -> None:
         self._loop = ReactorThread.get()
         self.timeout = timeout
-        future = self._loop.submit(asyncclient.get_task_client, furl_or_file, profile,
+        future = self._loop.submit(connect.get_task_client, furl_or_file, profile,
                                    connect_timeout)
         self._async = _wait(future, connect_timeout + 5)
         _wait_for_restarts(self._async, timeout)
@@ -184,7 +181,7 @@ class TaskClient:
         engines = len(self.queue_status()["engines"])
         specs, sizes = map_specs(func, seqs, chunksize, engines, options)
         tids = self._call(self._async.run_specs, specs)
-        from ipython1.client.tasks import join_map_results
+        from ipython1.client.taskspec import join_map_results
 
         pending = PendingTasks(self, tids, sizes, join_map_results)
         if not block:

@@ -580,7 +580,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_connect_tasks(self, info: Any) -> Any:
         """Open a task farm session acting as this session's user (and kind)."""
-        from ipython1.controller.task import TaskFarmSession
+        from ipython1.controller.tasksession import TaskFarmSession
 
         if self.revoked:
             return self._raise_as_data(Failure(self._denied("connect_tasks")))

@@ -60,7 +60,7 @@ def check_network_options(options: Any) -> None:
 
 def makeService(options: Any) -> Any:
     """Build the controller service tree from options."""
-    from ipython1.controller.registry import ControllerService
+    from ipython1.controller.service import ControllerService
 
     return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
                              port=options["port"], reserve_ids=options["reserve-ids"],
