@@ -21,6 +21,7 @@ from ipython1.client import multiengine as asyncclient
 from ipython1.client.pending import PendingResult, _split_prompt
 from ipython1.client.reactor import ReactorThread, _wait, _wait_for_restarts
 from ipython1.client.taskfarm import PendingTasks, TaskClient
+from ipython1.common.constraints import as_targets
 from ipython1.common.errors import ClientTimeout, ConnectionLost, Interrupted, KernelError
 
 __all__ = ["MultiEngineClient", "PendingResult"]
@@ -60,7 +61,7 @@ class MultiEngineClient:
     def _run(self, method: Callable[..., Any], *args: Any, targets: Any = None,
              block: bool | None = None, interruptible: bool = False, **kwargs: Any) -> Any:
         """Run method in the reactor thread; wait, or return a PendingResult."""
-        targets = self.targets if targets is None else targets
+        targets = as_targets(self.targets if targets is None else targets)  # a tuple: a list
         block = self.block if block is None else block
         on_interrupt = (lambda: self._interrupt_quietly(targets)) if interruptible else None
         try:

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ipython1.common import replies
 from ipython1.common.errors import (
     EngineError,
     KernelError,
@@ -238,6 +239,7 @@ class TaskFarm:
 
     def _replied(self, reply: Any, batch: Batch, command: Command) -> None:
         self._commands.pop(batch.id, None)
+        reply = replies.decode(reply)  # msgpack: plain data; each result stays frames
         if isinstance(reply, dict) and reply.get("status") == "ok" and isinstance(
                 reply.get("value"), list):
             self.scheduler.batch_done(batch.engine_id, batch.id, reply["value"])

@@ -362,8 +362,9 @@ class EngineService(service.MultiService):
                 furl = self.furl or wire.resolve_furl(self.furl_file)
                 controller = yield wire.get_reference(
                     self.tub, furl, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
-                engine_id = yield controller.callRemote(
-                    "register_engine", self.referenceable, info).addErrback(refusal)
+                registration = foolscap_transport.FoolscapRegistrationConnection(controller)
+                engine_id = yield registration.register(
+                    self.referenceable, info).addErrback(refusal)
             except VersionMismatch:
                 raise  # retrying cannot help
             except Exception as e:  # the controller may not be up yet: retry
@@ -373,11 +374,11 @@ class EngineService(service.MultiService):
                 continue
             if rejoin:
                 self.referenceable.late.rejoined(len(info["late_tasks"]))
-            self._registration = controller
+            self._registration = registration
             self.engine_id = self.runner.engine_id = engine_id
             self.referenceable.controller_host = wire.peer_host(controller, furl)
             self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
-            controller.notifyOnDisconnect(self._controller_lost)
+            registration.notifyOnDisconnect(self._controller_lost)
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id
         source = "--furl" if self.furl else f"FURL file {self.furl_file}"
@@ -426,7 +427,7 @@ class EngineService(service.MultiService):
         late = self.referenceable.late.take()
         if not late["tasks"] and not late["finished"]:
             return
-        d = registration.callRemote("deliver_late", self.engine_id, late)
+        d = registration.deliver_late(self.engine_id, late)
         d.addErrback(lambda f: self.referenceable.late.put_back(late))
 
 
