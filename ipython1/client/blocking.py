@@ -18,11 +18,17 @@ from typing import Any
 
 from ipython1.client import connect
 from ipython1.client import multiengine as asyncclient
+from ipython1.client.events import format_targets
+from ipython1.client.executor import MultiEngineExecutor
+from ipython1.client.output import StreamPrinter
+from ipython1.client.parallel import Mapper, Parallel
 from ipython1.client.pending import PendingResult, _split_prompt
 from ipython1.client.reactor import ReactorThread, _wait, _wait_for_restarts
+from ipython1.client.sessionfile import parse_script, to_script
 from ipython1.client.taskfarm import PendingTasks, TaskClient
 from ipython1.common.constraints import as_targets
 from ipython1.common.errors import ClientTimeout, ConnectionLost, Interrupted, KernelError
+from ipython1.common.serialize import deserialize
 
 __all__ = ["MultiEngineClient", "PendingResult"]
 
@@ -123,8 +129,6 @@ class MultiEngineClient:
 
     def _interrupt_quietly(self, targets: Any) -> str:
         """Interrupt targets after a Ctrl-C; say which engines were running."""
-        from ipython1.client.events import format_targets
-
         try:
             ids = _wait(self._loop.submit(self._async._ids, targets), 5)
             running = _wait(self._loop.submit(self._async.interrupt, ids), 5)
@@ -288,9 +292,6 @@ class MultiEngineClient:
 
     def save_session(self, path: Any) -> int:
         """Write the controller's session log to path as a Python script; return its size."""
-        from ipython1.client.sessionfile import to_script
-        from ipython1.common.serialize import deserialize
-
         entries = self._call(self._async.session_log)
         with open(path, "w", encoding="utf-8") as f:
             f.write(to_script(entries, deserialize))
@@ -306,8 +307,6 @@ class MultiEngineClient:
         include_failed. Each report is {"n", "targets", "status": "ok" |
         "error" | "skipped", "error"}.
         """
-        from ipython1.client.sessionfile import parse_script
-
         with open(path, encoding="utf-8") as f:
             commands = parse_script(f.read(), str(path))
         reports = []
@@ -332,8 +331,6 @@ class MultiEngineClient:
     def subscribe(self, callback: Callable[[int, str, str], None] | None = None,
                   own_only: bool = True) -> None:
         """Receive live stdout/stderr; by default print it as '[stdout:3] line'."""
-        from ipython1.client.output import StreamPrinter
-
         self._printer = StreamPrinter() if callback is None else None
         self._call(self._async.subscribe, callback or self._printer, own_only)
 
@@ -344,7 +341,7 @@ class MultiEngineClient:
 
     def activate(self, shell: Any = None) -> Any:
         """Make this client the one %px, %%px, %autopx and %result use in IPython."""
-        from ipython1.client import magics
+        from ipython1.client import magics  # IPython itself: only for those who use it
 
         return magics.activate(self, shell)
 
@@ -433,7 +430,7 @@ class MultiEngineClient:
         Returns {engine_id: {"rows": range, "files": [...]}}; a missing or
         unreadable file raises PartitionLoadError naming it and the engine.
         """
-        from ipython1.client import partitions
+        from ipython1.client import partitions  # numpy: only for the data features
 
         return self._call(partitions.load_partitions, self._async, key, paths, loader,
                           self.targets if targets is None else targets, mmap, options)
@@ -458,7 +455,7 @@ class MultiEngineClient:
     def _reduce(self, func: Callable[[Any, Any], Any], source: Any, ids: list[int],
                 out: str | None = None, return_result: bool = True) -> Any:
         """Run a reduction among engines ids (client/reduction.py); Ctrl-C interrupts them."""
-        from ipython1.client import reduction
+        from ipython1.client import reduction  # numpy: only for the data features
 
         future = self._loop.submit(reduction.reduce_on_engines, self._async, func, source, ids,
                                    out, return_result)
@@ -530,8 +527,6 @@ class MultiEngineClient:
 
     def mapper(self, dist: str = "b", targets: Any = None, block: bool | None = None) -> Any:
         """Return a Mapper: m.map(f, xs) maps with these targets and blocking."""
-        from ipython1.client.parallel import Mapper
-
         return Mapper(self, dist, self.targets if targets is None else targets,
                       self.block if block is None else block)
 
@@ -544,8 +539,6 @@ class MultiEngineClient:
 
     def parallel(self, dist: str = "b", targets: Any = None, block: bool | None = None) -> Any:
         """Return a decorator: @mec.parallel() def f(x): ...; f(xs) maps f over xs."""
-        from ipython1.client.parallel import Parallel
-
         return Parallel(self.mapper(dist, targets, block))
 
     def benchmark(self, push_size: int = 10_000) -> dict[str, tuple[float, str]]:
@@ -580,14 +573,10 @@ class MultiEngineClient:
 
     def executor(self, targets: Any = None) -> Any:
         """Return a concurrent.futures.Executor running each call on one of targets."""
-        from ipython1.client.executor import MultiEngineExecutor
-
         return MultiEngineExecutor(self, targets)
 
     def wait_for_engines(self, n: int, timeout: float | None = None) -> list[int]:
         """Wait until at least n engines are registered; return their ids."""
-        from ipython1.common.errors import ClientTimeout
-
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.02
         while True:

@@ -21,8 +21,9 @@ from ipython1.client.multiengine import (
 )
 from ipython1.client.reconnect import Reconnector
 from ipython1.common import wire
-from ipython1.common.clusterdir import MEC_FURL
+from ipython1.common.clusterdir import MEC_FURL, TASK_FURL
 from ipython1.common.errors import KernelError
+from ipython1.common.interfaces import RIMultiEngine
 from ipython1.common.versions import compare as compare_versions
 from ipython1.common.versions import local_versions, refusal
 from ipython1.transport import foolscap as foolscap_transport
@@ -125,9 +126,6 @@ def _reopen(furl_or_file: Any, profile: str, default_name: str, timeout: float,
 def get_task_client(furl_or_file: Any = None, profile: str = "default",
                     timeout: float = 10.0) -> Any:
     """Connect to a controller's task farm; fire with an AsyncTaskClient."""
-    from ipython1.common.clusterdir import TASK_FURL
-    from ipython1.common.interfaces import RIMultiEngine
-
     furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
     tub, root, session = yield _open_session(
         furl, timeout, wire.furl_source(furl_or_file, profile, TASK_FURL))

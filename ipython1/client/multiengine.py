@@ -31,8 +31,12 @@ from ipython1.client.asyncpending import (
     _then_join,
     call_with_stdout,
 )
+from ipython1.client.events import EventObserver
+from ipython1.client.output import OutputObserver
+from ipython1.client.parallel import Mapper, Parallel
 from ipython1.client.reconnect import IN_FLIGHT_HINT, Reconnector, channel_closed
 from ipython1.client.results import ExecuteResult, ResultList
+from ipython1.client.tasks import AsyncTaskClient
 from ipython1.common import replies, wire
 from ipython1.common import scatter as scatter_mod
 from ipython1.common.addresses import join_host_port
@@ -40,8 +44,10 @@ from ipython1.common.errors import (
     CompositeError,
     ConnectionLost,
     KernelError,
+    NoEnginesRegistered,
     error_from_wire,
 )
+from ipython1.common.properties import check_plain
 from ipython1.common.serialize import deserialize, serialize, serialize_dict
 from ipython1.common.versions import local_versions
 from ipython1.kernel import datachannel
@@ -581,8 +587,6 @@ class AsyncMultiEngineClient:
         comes; otherwise every command's. One subscription per client: a new
         one replaces the old.
         """
-        from ipython1.client.output import OutputObserver
-
         self._observer = OutputObserver(callback)
         self._own_only = own_only
         return self._remote("subscribe_output", self._observer, own_only)
@@ -662,8 +666,6 @@ class AsyncMultiEngineClient:
 
     def mapper(self, dist: str = "b", targets: Any = "all", block: bool = True) -> Any:
         """Return a Mapper: m.map(f, xs) fires with the results (see client.parallel)."""
-        from ipython1.client.parallel import Mapper
-
         return Mapper(self, dist, targets, block)
 
     def raw_map(self, func: Callable[..., Any], seqs: Sequence[Sequence[Any]],
@@ -675,8 +677,6 @@ class AsyncMultiEngineClient:
 
     def parallel(self, dist: str = "b", targets: Any = "all", block: bool = True) -> Any:
         """Return a decorator: @mec.parallel() def f(x): ...; f(xs) fires with the map."""
-        from ipython1.client.parallel import Parallel
-
         return Parallel(self.mapper(dist, targets, block))
 
     def get_properties(self, keys: Sequence[str] | None = None, targets: Any = "all",
@@ -689,8 +689,6 @@ class AsyncMultiEngineClient:
     def set_properties(self, properties: dict[str, Any], targets: Any = "all",
                        block: bool = True) -> Deferred[Any]:
         """Set properties (plain data) of targets; see properties.py."""
-        from ipython1.common.properties import check_plain
-
         try:
             check_plain(properties)
             if not isinstance(properties, dict):
@@ -728,8 +726,6 @@ class AsyncMultiEngineClient:
 
         def check(ids: list[int]) -> list[int]:
             if not ids:
-                from ipython1.common.errors import NoEnginesRegistered
-
                 raise NoEnginesRegistered("no engines are registered with the controller")
             return ids
 
@@ -756,8 +752,6 @@ class AsyncMultiEngineClient:
         Fires with {"seq": n}: events numbered up to n are history.
         (``subscribe`` is the live stdout/stderr of commands only; see streaming.)
         """
-        from ipython1.client.events import EventObserver
-
         self._event_observer = EventObserver(observer)
         d = self._remote("subscribe_events", self._event_observer, history)
         return d.addCallback(_check_global_error)
@@ -875,8 +869,6 @@ def _open_command_channel(session: Any) -> Any:
 @defer.inlineCallbacks
 def _task_client(session: Any, tub: Any, furl: str, parent: Any) -> Any:
     """Make an AsyncTaskClient, over the local command channel if it can be opened."""
-    from ipython1.client.tasks import AsyncTaskClient
-
     channel = yield _open_command_channel(session)
     return AsyncTaskClient(session, tub, furl, parent, channel)
 

@@ -24,7 +24,7 @@ from typing import Any
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.terminal.interactiveshell import TerminalInteractiveShell
 
-from ipython1.client.events import format_targets
+from ipython1.client.events import format_event, format_targets
 from ipython1.common.errors import KernelError, PermissionDenied
 
 # Cells that start with one of these run in the shell itself, not on the engines.
@@ -186,8 +186,6 @@ class CollaborationMagics(Magics):  # type: ignore[misc]
     @line_magic
     def transcript(self, line: str) -> None:
         """%transcript [NAME] [-n N]: the shared history, attributed and timestamped."""
-        from ipython1.client.events import format_event
-
         words = line.split()
         last = 50
         if "-n" in words:

@@ -11,9 +11,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ipython1.client import connect
+from ipython1.client.executor import TaskExecutor
+from ipython1.client.parallel import Parallel, TaskMapper
 from ipython1.client.progress import progress_bar
 from ipython1.client.reactor import ReactorThread, _wait, _wait_for_restarts
-from ipython1.client.taskspec import TaskResult, map_specs
+from ipython1.client.taskspec import TaskResult, join_map_results, map_specs
 from ipython1.common.errors import (
     ClientTimeout,
     Interrupted,
@@ -181,7 +183,6 @@ class TaskClient:
         engines = len(self.queue_status()["engines"])
         specs, sizes = map_specs(func, seqs, chunksize, engines, options)
         tids = self._call(self._async.run_specs, specs)
-        from ipython1.client.taskspec import join_map_results
 
         pending = PendingTasks(self, tids, sizes, join_map_results)
         if not block:
@@ -211,8 +212,6 @@ class TaskClient:
                recovery_task: Any = None, depend: Any = None, block: bool = True,
                **options: Any) -> Any:
         """Return a TaskMapper: m.map(f, xs) runs MapTasks with these options."""
-        from ipython1.client.parallel import TaskMapper
-
         return TaskMapper(self, clear_before, clear_after, retries, recovery_task, depend,
                           block, **options)
 
@@ -220,16 +219,12 @@ class TaskClient:
                  recovery_task: Any = None, depend: Any = None, block: bool = True,
                  **options: Any) -> Any:
         """Return a decorator: @tc.parallel() def f(x): ...; f(xs) maps f with tasks."""
-        from ipython1.client.parallel import Parallel
-
         return Parallel(self.mapper(clear_before, clear_after, retries, recovery_task, depend,
                                     block, **options))
 
     def executor(self, **options: Any) -> Any:
         """Return a concurrent.futures.Executor running each call as a task (options:
         retries, timeout, priority...)."""
-        from ipython1.client.executor import TaskExecutor
-
         return TaskExecutor(self, **options)
 
     @classmethod

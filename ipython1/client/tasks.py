@@ -26,6 +26,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from ipython1.client.parallel import Parallel, TaskMapper
+from ipython1.client.reconnect import IN_FLIGHT_HINT, channel_closed
 from ipython1.client.taskspec import (
     MapTask,
     StringTask,
@@ -34,7 +36,7 @@ from ipython1.client.taskspec import (
     join_map_results,
     map_specs,
 )
-from ipython1.common import replies
+from ipython1.common import replies, wire
 from ipython1.common.errors import ConnectionLost, KernelError, error_from_wire
 from ipython1.transport import channel as command_channel
 
@@ -94,8 +96,6 @@ class AsyncTaskClient:
         self._calls.notifyOnDisconnect(self._disconnected)
 
     def _disconnected(self, *args: Any) -> None:
-        from ipython1.common import wire
-
         self._lost = (f"the connection to the task farm at {wire.furl_location(self.furl)} "
                       "was lost")
 
@@ -110,8 +110,6 @@ class AsyncTaskClient:
 
     def _come_back(self) -> Deferred[None] | None:
         """Wait for the controller to come back, if this client can (issue 15)."""
-        from ipython1.client.reconnect import channel_closed
-
         if self._lost is None and channel_closed(self._channel):
             self._disconnected()  # the controller is gone; Foolscap may not know yet
         if self._lost is None or self.reconnector is None:
@@ -141,7 +139,6 @@ class AsyncTaskClient:
             return failure
         if failure.check(Violation):  # as the channel's schema check words it
             raise KernelError(f"bad arguments to {method}: {failure.value}")
-        from ipython1.client.reconnect import IN_FLIGHT_HINT
 
         raise ConnectionLost((self._lost or f"the task farm went away: "
                               f"{failure.getErrorMessage()}") + "; " + IN_FLIGHT_HINT)
@@ -332,16 +329,12 @@ class AsyncTaskClient:
     def mapper(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
                recovery_task: Any = None, depend: Any = None, **options: Any) -> Any:
         """Return a TaskMapper: m.map(f, xs) fires with the results (IPython 0.10)."""
-        from ipython1.client.parallel import TaskMapper
-
         return TaskMapper(self, clear_before, clear_after, retries, recovery_task, depend,
                           **options)
 
     def parallel(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
                  recovery_task: Any = None, depend: Any = None, **options: Any) -> Any:
         """Return a decorator: @tc.parallel() def f(x): ...; f(xs) fires with the map."""
-        from ipython1.client.parallel import Parallel
-
         return Parallel(self.mapper(clear_before, clear_after, retries, recovery_task, depend,
                                     **options))
 

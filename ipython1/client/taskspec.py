@@ -12,6 +12,7 @@ from typing import Any
 
 from ipython1.common.errors import KernelError, error_from_wire
 from ipython1.common.properties import takes_properties
+from ipython1.common.scatter import map_chunk as _map_chunk
 from ipython1.common.serialize import deserialize, serialize
 
 
@@ -243,8 +244,6 @@ def auto_chunksize(n: int, engines: int) -> int:
 def map_specs(func: Callable[..., Any], seqs: Sequence[Sequence[Any]], chunksize: int | None,
               engines: int, options: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int]]:
     """Cut seqs into chunks and build one MapTask spec per chunk."""
-    from ipython1.common.scatter import map_chunk as _map_chunk
-
     if not seqs:
         raise TypeError("map() needs at least one sequence")
     if not callable(func):

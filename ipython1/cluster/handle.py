@@ -25,7 +25,9 @@ import atexit
 import io
 from typing import Any
 
+from ipython1.cluster import ENGINE_KINDS
 from ipython1.common.clusterdir import ClusterDir
+from ipython1.scripts import ipcluster
 
 
 class Cluster:
@@ -41,8 +43,6 @@ class Cluster:
     def __init__(self, n: int = 4, engines: str = "local", profile: str = "default",
                  ip: str = "127.0.0.1", timeout: float = 120.0, location: str | None = None,
                  **launch_options: Any) -> None:
-        from ipython1.cluster import ENGINE_KINDS
-
         kind = "mpiexec" if engines == "mpi" else engines
         if kind not in ENGINE_KINDS:
             raise ValueError(f"engines must be one of mpi, {', '.join(ENGINE_KINDS)}; "
@@ -73,8 +73,6 @@ class Cluster:
 
     def start(self) -> Cluster:
         """Start the controller and engines; return once every engine has registered."""
-        from ipython1.scripts import ipcluster
-
         if self._started:
             raise RuntimeError(f"{self!r} was started already")
         out = io.StringIO()
@@ -119,8 +117,6 @@ class Cluster:
 
     def stop(self, grace: float = 10.0) -> None:
         """Close the clients made here, stop every engine and the controller, and wait."""
-        from ipython1.scripts import ipcluster
-
         for c in self._clients:
             try:
                 c.close()

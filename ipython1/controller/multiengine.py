@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from ipython1.common import ops, properties, replies
 from ipython1.common.errors import (
+    EngineError,
     InvalidEngineID,
     InvalidPendingResult,
     KernelError,
@@ -30,9 +31,13 @@ from ipython1.common.errors import (
 )
 from ipython1.common.interfaces import IMultiEngine, RIMultiEngine, RIMultiEngineSession
 from ipython1.controller.backpressure import ReplyBackpressure
-from ipython1.controller.events import describe_command
+from ipython1.controller.events import describe_command, remote_deliverer
 from ipython1.controller.queue import Command, user_of
 from ipython1.controller.sessionlog import SessionLog
+from ipython1.controller.subscribers import BoundedForwarder
+from ipython1.controller.tasksession import TaskFarmSession
+from ipython1.controller.users import list_users, permission_denied, transcript_tail
+from ipython1.kernel.datachannel import BOOK_TTL, BOOK_USES
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
 
@@ -56,7 +61,6 @@ def _failure_reply(engine_id: int, failure: Failure) -> dict[str, Any]:
     exc = failure.value
     if not isinstance(exc, KernelError):
         # e.g. Foolscap's DeadReferenceError when the engine vanished mid-call
-        from ipython1.common.errors import EngineError
 
         exc = EngineError(engine_id, f"engine {engine_id} died ({failure.getErrorMessage()})")
     return {"engine_id": engine_id, "status": "error", "error": error_to_wire(exc, engine_id)}
@@ -226,7 +230,6 @@ class MultiEngine:
         """
         import secrets
 
-        from ipython1.kernel.datachannel import BOOK_TTL, BOOK_USES
 
         record = self.controller.engines.get(engine_id)
         relay = self.controller.relay
@@ -329,8 +332,6 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def _denied(self, method: str) -> PermissionDenied | None:
         """Say why this session may not run method, or None if it may."""
-        from ipython1.controller.users import permission_denied
-
         return permission_denied(
             self.user, self.kind, self.revoked, method, OBSERVER_ALLOWED,
             "observers can watch events, read the transcript, list users and engines, and chat")
@@ -503,7 +504,6 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         """Forward live engine output (only this client's commands if own_only)."""
         self.remote_unsubscribe_output()
 
-        from ipython1.controller.subscribers import BoundedForwarder
 
         def send(data: dict[str, Any]) -> Deferred[Any]:
             d = foolscap_transport.call(observer, "output", data)
@@ -539,8 +539,6 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return {"user": self.user, "kind": self.kind, "client": self.client}
 
     def remote_users(self) -> Any:
-        from ipython1.controller.users import list_users
-
         return replies.pack(list_users(self.adapter))  # SessionReply
 
     def remote_say(self, text: str) -> Any:
@@ -555,8 +553,6 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
         Answers {"seq": n}: the events numbered up to n are the history.
         """
-        from ipython1.controller.events import remote_deliverer
-
         if self.revoked:
             return self._raise_as_data(Failure(self._denied("subscribe")))
         self.remote_unsubscribe_events()
@@ -572,16 +568,12 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
             self.subscription = None
 
     def remote_transcript(self, user: str | None, last: int) -> Any:
-        from ipython1.controller.users import transcript_tail
-
         if user is not None and not isinstance(user, str):
             return self._raise_as_data(Failure(KernelError("user must be a name or None")))
         return replies.pack(transcript_tail(self.adapter, user, last))  # SessionReply
 
     def remote_connect_tasks(self, info: Any) -> Any:
         """Open a task farm session acting as this session's user (and kind)."""
-        from ipython1.controller.tasksession import TaskFarmSession
-
         if self.revoked:
             return self._raise_as_data(Failure(self._denied("connect_tasks")))
         farm = getattr(self.adapter.service, "adapters", {}).get("task")

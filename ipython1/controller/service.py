@@ -22,6 +22,7 @@ from ipython1.common import clusterdir as cluster
 from ipython1.common import processes, wire
 from ipython1.common.interfaces import RIEngineRegistration
 from ipython1.controller import userdir as users
+from ipython1.controller.dashboard import Dashboard
 from ipython1.controller.events import Transcript
 from ipython1.controller.journal import open_journal
 from ipython1.controller.monitor import ClusterMonitor
@@ -162,8 +163,6 @@ class ControllerService(service.MultiService):
         """The status snapshots (ipcluster status) and the web dashboard."""
         self.monitor.start()
         if self.dashboard_address is not None:
-            from ipython1.controller.dashboard import Dashboard
-
             self.dashboard = Dashboard(self, self.monitor, *self.dashboard_address)
             try:
                 self.dashboard.start()

@@ -40,6 +40,7 @@ from ipython1.common.errors import (
     UnmetDependency,
     error_to_wire,
 )
+from ipython1.controller.journal import current_spec
 
 # -- policy constants (documented in docs/tasks.md) ---------------------------
 
@@ -373,8 +374,6 @@ class Scheduler:
         running are held for their engine (``held``): if it rejoins with
         their results they finish with them, else they run again.
         """
-        from ipython1.controller.journal import current_spec
-
         self.next_tid = max(self.next_tid, next_tid)
         waiting: list[TaskRecord] = []
         for row in stored:

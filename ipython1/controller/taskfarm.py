@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ipython1.common import replies
+from ipython1.common import properties, replies
 from ipython1.common.errors import (
     EngineError,
     KernelError,
@@ -28,6 +28,8 @@ from ipython1.common.errors import (
     error_to_wire,
 )
 from ipython1.common.interfaces import ITaskFarm
+from ipython1.common.serialize import deserialize
+from ipython1.controller.journal import JournalWriter
 from ipython1.controller.queue import Command
 from ipython1.controller.task import (
     FAILED,
@@ -61,8 +63,6 @@ class TaskFarm:
         self._commit_call: Any = None
         self._writer: Any = None
         if journal is not None:
-            from ipython1.controller.journal import JournalWriter
-
             self._writer = JournalWriter()
         self.scheduler = Scheduler(clock.seconds, self._finished, max_result_bytes,
                                    max_results, self._check_depend, journal)
@@ -124,9 +124,6 @@ class TaskFarm:
             self.pump()
     def _check_depend(self, spec: dict[str, Any], engine_id: int) -> str:
         """Evaluate a task's depend(properties) here, against engine_id's properties."""
-        from ipython1.common import properties
-        from ipython1.common.serialize import deserialize
-
         if "_depend" not in spec:  # unpickled once per task (owner-only: see submit)
             try:
                 spec["_depend"] = deserialize(spec["depend"])

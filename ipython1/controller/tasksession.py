@@ -24,6 +24,7 @@ from ipython1.common.errors import (
 )
 from ipython1.common.interfaces import RITaskFarm, RITaskFarmSession
 from ipython1.controller.taskfarm import TaskFarm
+from ipython1.controller.users import permission_denied
 from ipython1.transport import channel as command_channel
 
 
@@ -68,8 +69,6 @@ class TaskFarmSession(Referenceable):  # type: ignore[misc]
         self.parent = parent
 
     def _denied(self, op: str) -> PermissionDenied | None:
-        from ipython1.controller.users import permission_denied
-
         return permission_denied(
             self.user, self.kind, getattr(self.parent, "revoked", False), op, OBSERVER_ALLOWED,
             "observers can watch the task farm (queue_status) but not run, fetch, abort or "

@@ -8,7 +8,9 @@ from typing import Any
 
 from twisted.python import usage
 
+from ipython1.common import addresses
 from ipython1.common.clusterdir import ClusterDir
+from ipython1.scripts import run_service
 
 
 class Options(usage.Options):
@@ -45,8 +47,6 @@ class Options(usage.Options):
 
 def check_network_options(options: Any) -> None:
     """Validate --location and the ports; settle --ip (shared with ipcluster start)."""
-    from ipython1.common import addresses
-
     for name in ("port", "relay-port"):
         if not 0 <= options[name] < 65536:
             raise usage.UsageError(f"--{name} must be from 0 (any free port) to 65535")
@@ -72,8 +72,6 @@ def makeService(options: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the controller in the foreground until SIGTERM/SIGINT."""
-    from ipython1.scripts import run_service
-
     options = Options()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
