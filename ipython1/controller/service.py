@@ -26,7 +26,8 @@ from ipython1.controller.dashboard import Dashboard
 from ipython1.controller.events import Transcript
 from ipython1.controller.journal import open_journal
 from ipython1.controller.monitor import ClusterMonitor
-from ipython1.controller.multiengine import MultiEngine, MultiEngineReferenceable
+from ipython1.controller.multiengine import MultiEngine
+from ipython1.controller.multienginesession import MultiEngineReferenceable
 from ipython1.controller.registry import Controller, wait_for_exit_report
 from ipython1.kernel.datachannel import Relay
 from ipython1.transport import channel as command_channel

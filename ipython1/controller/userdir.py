@@ -33,7 +33,7 @@ from ipython1.common import clusterdir as cluster
 from ipython1.common import wire
 from ipython1.common.errors import InvalidUserName, KernelError, error_to_wire
 from ipython1.common.interfaces import RIControllerAdmin
-from ipython1.controller.multiengine import MultiEngineReferenceable
+from ipython1.controller.multienginesession import MultiEngineReferenceable
 from ipython1.controller.users import (  # noqa: F401 - re-exported: their old home
     MAX_TRANSCRIPT_EVENTS,
     TRANSCRIPT,

@@ -27,7 +27,8 @@ from ipython1.client.taskspec import TaskResult as TaskClientResult
 from ipython1.common import ops, replies
 from ipython1.common.errors import CompositeError, RemoteError
 from ipython1.common.serialize import deserialize
-from ipython1.controller.multiengine import MultiEngine, MultiEngineSession
+from ipython1.controller.multiengine import MultiEngine
+from ipython1.controller.multienginesession import MultiEngineSession
 from ipython1.controller.registry import Controller
 from ipython1.controller.taskfarm import TaskFarm
 from ipython1.controller.tasksession import TaskFarmSession
