@@ -22,6 +22,7 @@ from ipython1.client.events import format_targets
 from ipython1.client.executor import MultiEngineExecutor
 from ipython1.client.output import StreamPrinter
 from ipython1.client.parallel import Mapper, Parallel
+from ipython1.client.parallel import raw_map as _raw_map
 from ipython1.client.pending import PendingResult, _split_prompt
 from ipython1.client.reactor import ReactorThread, _wait, _wait_for_restarts
 from ipython1.client.sessionfile import parse_script, to_script
@@ -437,6 +438,7 @@ class MultiEngineClient:
 
     def distarray(self, key: str, targets: Any = None) -> Any:
         """Return a DistArray over the blocks named key on targets, in engine order."""
+        # numpy: only for the data features
         from ipython1.client.distarray import DistArray
 
         return DistArray.attach(self, key, targets)
@@ -533,9 +535,7 @@ class MultiEngineClient:
     def raw_map(self, func: Callable[..., Any], seqs: Sequence[Sequence[Any]],
                 dist: str = "b", targets: Any = None, block: bool | None = None) -> Any:
         """raw_map(f, [xs, ys]) is map(f, xs, ys)."""
-        from ipython1.client.parallel import raw_map
-
-        return raw_map(self, func, seqs, dist, targets, block)
+        return _raw_map(self, func, seqs, dist, targets, block)
 
     def parallel(self, dist: str = "b", targets: Any = None, block: bool | None = None) -> Any:
         """Return a decorator: @mec.parallel() def f(x): ...; f(xs) maps f over xs."""

@@ -34,6 +34,7 @@ from ipython1.client.asyncpending import (
 from ipython1.client.events import EventObserver
 from ipython1.client.output import OutputObserver
 from ipython1.client.parallel import Mapper, Parallel
+from ipython1.client.parallel import raw_map as _raw_map
 from ipython1.client.reconnect import IN_FLIGHT_HINT, Reconnector, channel_closed
 from ipython1.client.results import ExecuteResult, ResultList
 from ipython1.client.tasks import AsyncTaskClient
@@ -671,9 +672,7 @@ class AsyncMultiEngineClient:
     def raw_map(self, func: Callable[..., Any], seqs: Sequence[Sequence[Any]],
                 dist: str = "b", targets: Any = None, block: Any = None) -> Deferred[Any]:
         """raw_map(f, [xs, ys]) is map(f, xs, ys)."""
-        from ipython1.client.parallel import raw_map
-
-        return raw_map(self, func, seqs, dist, targets, block)  # type: ignore[no-any-return]
+        return _raw_map(self, func, seqs, dist, targets, block)  # type: ignore[no-any-return]
 
     def parallel(self, dist: str = "b", targets: Any = "all", block: bool = True) -> Any:
         """Return a decorator: @mec.parallel() def f(x): ...; f(xs) fires with the map."""

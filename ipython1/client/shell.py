@@ -137,6 +137,7 @@ class CollaborationMagics(Magics):  # type: ignore[misc]
     @line_magic
     def targets(self, line: str) -> None:
         """%targets 0,2 | 0:4 | all: choose the engines cells run on."""
+        # IPython, Foolscap, the reactor: once the shell starts, not for --help
         from ipython1.client.magics import parse_targets
 
         if line.strip():
@@ -268,12 +269,14 @@ class ClusterShell(TerminalInteractiveShell):  # type: ignore[misc]
         except PermissionDenied as e:
             print(f"ipython1-shell: {e}")
         except KernelError as e:
+            # IPython, Foolscap, the reactor: once the shell starts, not for --help
             from ipython1.client.magics import _show_error
 
             _show_error(e)
         return None
 
     def _run_remote(self, code: str) -> None:
+        # IPython, Foolscap, the reactor: once the shell starts, not for --help
         from ipython1.client.magics import _show
 
         results = self.mec.execute(code, targets=self.cluster_targets, block=True)
@@ -324,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", "-t", default="all", help="engines cells run on")
     parser.add_argument("--no-color", action="store_true", help="no syntax highlighting")
     args = parser.parse_args(argv)
+    # IPython, Foolscap, the reactor: once the shell starts, not for --help
     from ipython1.client.blocking import MultiEngineClient
     from ipython1.client.magics import parse_targets
 

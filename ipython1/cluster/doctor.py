@@ -190,6 +190,7 @@ def check_cluster(cluster_dir: ClusterDir, hosts: set[str] | None = None) -> lis
 
     The engines' host names are added to hosts, when given.
     """
+    # Foolscap and the reactor: only for the checks that talk to a controller
     from ipython1.client.blocking import MultiEngineClient
     from ipython1.controller.userdir import admin_call
 

@@ -64,6 +64,7 @@ def logs(cluster_dir: ClusterDir, engine: int | None = None, lines: int = 50,
         def fetch() -> list[str]:
             return path.read_text(errors="replace").splitlines()[-max(lines, 1000):]
     else:
+        # Foolscap and the reactor: ipcluster loads them only to talk to a controller
         from ipython1.client.blocking import MultiEngineClient
 
         try:
@@ -111,6 +112,7 @@ def _after(shown: list[str], current: list[str]) -> list[str]:
 def dashboard(cluster_dir: ClusterDir, furl_file: str | None = None,
               out: IO[str] = sys.stdout) -> int:
     """Print the dashboard's URL with the token of a capability the caller holds."""
+    # Foolscap and the reactor: ipcluster loads them only to talk to a controller
     from ipython1.controller.dashboard import dashboard_token, read_dashboard_url
     from ipython1.controller.userdir import ADMIN_FURL
 

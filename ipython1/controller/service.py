@@ -185,6 +185,7 @@ class ControllerService(service.MultiService):
     def _publish_extra_adapters(self) -> None:
         """Publish the optional adapters that are installed (task farm)."""
         try:
+            # the task farm is optional: the controller runs without it
             from ipython1.controller.taskfarm import TaskFarm
             from ipython1.controller.tasksession import TaskFarmReferenceable
         except ImportError:

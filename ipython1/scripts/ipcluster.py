@@ -141,6 +141,7 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                 out.flush()
             launcher, n = _start_launcher(cluster_dir, engines_kind, n, timeout,
                                           launch_options or {}, mpi)
+        # Foolscap and the reactor: only once the cluster runs
         from ipython1.client.blocking import MultiEngineClient
 
         mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
@@ -317,6 +318,7 @@ def _stop_launcher(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
 
 def _other_hosts_hint(cluster_dir: ClusterDir) -> str:
     """Say where the controller is reached from and how engines on other hosts join."""
+    # Foolscap and the reactor: only once the cluster runs
     from ipython1.common.wire import furl_location
 
     path = cluster_dir.furl_file(ENGINE_FURL)

@@ -60,6 +60,7 @@ def check_network_options(options: Any) -> None:
 
 def makeService(options: Any) -> Any:
     """Build the controller service tree from options."""
+    # after the reactor is chosen (twistd or main())
     from ipython1.controller.service import ControllerService
 
     return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],

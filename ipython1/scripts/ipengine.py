@@ -66,6 +66,7 @@ class Options(usage.Options):
 
 
 def _engine_service(options: Any, own_shell_thread: bool) -> Any:
+    # after the fork and the reactor's choice: each engine its own
     from ipython1.engine.runner import ShellRunner
     from ipython1.engine.service import EngineService
 
