@@ -25,7 +25,7 @@ from twisted.logger import Logger, globalLogPublisher
 from zope.interface import implementer
 
 from ipython1 import __version__
-from ipython1.common import addresses, localhost, ops, replies, wire
+from ipython1.common import addresses, localhost, replies, wire
 from ipython1.common.errors import KernelError, VersionMismatch
 from ipython1.common.interfaces import RIEngine
 from ipython1.common.logring import LogRing
@@ -94,16 +94,15 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._kernel.engine_id = self._runner.engine_id
         return self._kernel
 
-    def job(self, name: Any, args: Any) -> tuple[Callable[[], Any], bool] | None:
-        """Return (job, whether its reply is msgpack-encoded) for a command; None if args
-        is not a list. The job runs on the shell thread: EngineKernel.dispatch."""
+    def job(self, name: Any, args: Any) -> Callable[[], Any] | None:
+        """Return the job of a command (its reply is msgpack-encoded, replies.encode);
+        None if args is not a list. It runs on the shell thread: EngineKernel.dispatch."""
         if not isinstance(args, list):
             return None
-        entry = ops.OPS.get(name) if isinstance(name, str) else None
         # Both jobs call dispatch themselves: no extra frame per command (test_hops).
         if name == "run_tasks" and args and isinstance(args[0], list):
-            return self._kept_if_lost(args), (entry is None or entry.encoded)
-        return self._noted_if_lost(name, args), (entry is None or entry.encoded)
+            return self._kept_if_lost(args)
+        return self._noted_if_lost(name, args)
 
     def _noted_if_lost(self, name: Any, args: list[Any]) -> Callable[[], Any]:
         """Run a command; note it if it ends after the controller went away (issue
@@ -155,11 +154,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
 
     def remote_run(self, name: str, args: list[Any]) -> Deferred[Any]:
         """Queue one command of the op table for the shell thread."""
-        job, encoded = self.job(name, list(args))  # type: ignore[misc]
-        d = self._runner.submit(job)
-        if encoded:
-            d.addBoth(self._flushed).addCallback(replies.encode)
-        return d
+        d = self._runner.submit(self.job(name, list(args)))  # type: ignore[arg-type]
+        return d.addBoth(self._flushed).addCallback(replies.encode)
 
     def remote_subscribe_output(self, observer: Any) -> None:
         """Send live stdout/stderr to observer.output(chunks) from now on."""
