@@ -150,8 +150,10 @@ class Controller(service.MultiService):
         self.engines[engine_id] = record
         connection.notifyOnDisconnect(self._engine_lost, engine_id)
         channels = self.command_channels
-        if channels is not None and channels.host and info.get("host_key") == channels.host:
-            d = connection.control("open_command_channel", engine_id, channels.offer(engine_id))
+        tcp = channels.offer_for(info.get("host_key")) if channels is not None else None
+        if tcp is not None:  # the Unix socket on this host, else TLS (transport.tcpchannel)
+            d = connection.control("open_command_channel", engine_id,
+                                   channels.offer(engine_id, tcp=tcp))
             d.addErrback(lambda f: None)  # Foolscap carries its commands instead
         # Live stdout/stderr: the engine sends it to this receiver as it is written.
         d = connection.control("subscribe_output", OutputReceiver(
@@ -404,9 +406,11 @@ class Controller(service.MultiService):
 
     def engine_info(self, ids: list[int]) -> list[dict[str, Any]]:
         """Return what each engine said of itself at registration (pid, MPI rank...),
-        and whether its commands take the local command channel."""
+        whether its commands take a command channel, and which one
+        (command_transport: "channel", "tcp-channel" or "foolscap")."""
         return [dict(self.engines[i].info, engine_id=i,
-                     command_channel=self.engines[i].connection.local)
+                     command_channel=self.engines[i].connection.local,
+                     command_transport=self.engines[i].connection.name)
                 for i in ids if i in self.engines]
 
     def clear_queue(self, ids: list[int], client: str | None = None) -> list[dict[str, Any]]:
@@ -483,6 +487,7 @@ def wait_for_exit_report(pid_dir: Path, pid: Any, timeout: float = EXIT_REPORT_W
 
 
 RELAY_PORT_FILE = "relay-port"  # in the cluster directory: the data relay's last port
+COMMAND_PORT_FILE = "command-port"  # the TLS command channel's last port
 
 
 def _saved_port(path: Path) -> int:
@@ -548,7 +553,7 @@ class ControllerService(service.MultiService):
 
     def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
                  port: int = 0, reserve_ids: int = 0, location: str | None = None,
-                 relay_port: int = 0,
+                 relay_port: int = 0, command_port: int = 0,
                  dashboard: tuple[str, int] | None = ("127.0.0.1", 0),
                  reuse: bool = False) -> None:
         super().__init__()
@@ -560,6 +565,7 @@ class ControllerService(service.MultiService):
         self.port = port
         self.location = location  # what the FURLs advertise (addresses.advertised)
         self.relay_port = relay_port
+        self.command_port = command_port  # the command channel's TLS port (other hosts)
         self.controller = Controller(reserve_ids=reserve_ids)
         self.controller.setServiceParent(self)
         # --reuse (issue 15): the last controller's port and engine ids, so its
@@ -568,6 +574,8 @@ class ControllerService(service.MultiService):
         if reuse:
             self.port = port or _furl_port(self.cluster_dir.furl_file(cluster.ENGINE_FURL))
             self.relay_port = relay_port or _saved_port(self.cluster_dir.path / RELAY_PORT_FILE)
+            self.command_port = command_port or _saved_port(
+                self.cluster_dir.path / COMMAND_PORT_FILE)
             self.controller.remember_ids(self.engine_ids.load())
         else:
             self.engine_ids.save(set())
@@ -593,9 +601,7 @@ class ControllerService(service.MultiService):
             lambda kind, data: relay.engine_lost(data["engine_id"])
             if kind == "engine_died" else None)
         self.tub, self.port = wire.listening_tub(cert, self.ip, self.port, self.location)
-        if command_channel.enabled() and command_channel.host_key():
-            self.controller.command_channels = command_channel.CommandChannelServer(
-                self.controller)
+        self._start_command_channels(cert)
         self.tub.setServiceParent(self)
         # Listen first, then write the FURL files: whoever sees a file (a
         # script, an engine, a test) can connect at once, never be refused.
@@ -613,6 +619,25 @@ class ControllerService(service.MultiService):
                  "FURLs advertise {location}", ip=self.ip, port=self.port,
                  relay=self.relay_port, location=wire.furl_location(self.furls[cluster.MEC_FURL]))
         self._start_monitoring()
+
+    def _start_command_channels(self, cert: Path) -> None:
+        """The Unix socket for this host, the TLS port for others (transport.tcpchannel)."""
+        from ipython1.transport import tcpchannel
+
+        if not command_channel.enabled():
+            return
+        pem, ip, port = cert.read_bytes(), self.ip, self.command_port
+        listen_tcp = (lambda server: tcpchannel.TCPListener(server, ip, port, pem)) \
+            if tcpchannel.enabled() else None
+        if listen_tcp is None and not command_channel.host_key():
+            return
+        channels = command_channel.CommandChannelServer(self.controller, listen_tcp)
+        self.controller.command_channels = channels
+        if channels.tcp_port is not None:
+            self.command_port = channels.tcp_port
+            # --reuse listens on it again, as on the relay's port.
+            cluster.write_private(self.cluster_dir.path / COMMAND_PORT_FILE,
+                                  f"{self.command_port}\n")
 
     def _start_monitoring(self) -> None:
         """The status snapshots (ipcluster status) and the web dashboard."""
