@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,7 +23,7 @@ from tests.hostgrid import HostGrid, HostPython, unavailable_reason
 
 PROFILE = "tcp"
 COMMAND_PORT = 41102
-CLIENT_SETUP = f"""
+CLIENT_SETUP = """
 import os, time
 from ipython1.kernel import client
 from tests.integration.test_command_channel import _every_op, _exercise, _exercise_tasks
