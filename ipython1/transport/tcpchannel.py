@@ -29,8 +29,9 @@ with jobs from the reactor waiting. A client's end runs on its reactor
 thread with Twisted's TLS.
 
 If the port cannot be reached (a firewall, a closed port) commands stay on
-Foolscap: an engine keeps using Foolscap until its channel attaches, a
-client waits at most `CONNECT_TIMEOUT`. ``IPYTHON1_TCP_COMMAND_CHANNEL=0``
+Foolscap: an engine keeps using Foolscap until its channel attaches (it
+tries a few times: see `connect_engine`), a client waits at most
+`CONNECT_TIMEOUT`. ``IPYTHON1_TCP_COMMAND_CHANNEL=0``
 turns off only this variant (in the controller's environment for all, in an
 engine's or client's for that process); ``IPYTHON1_COMMAND_CHANNEL=0`` turns
 off both.
@@ -38,8 +39,10 @@ off both.
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl
+import time
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -61,6 +64,8 @@ log = Logger()
 
 ENV = "IPYTHON1_TCP_COMMAND_CHANNEL"
 CONNECT_TIMEOUT = 3.0  # seconds to connect and finish TLS before Foolscap is kept
+RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)  # an engine's next tries (see connect_engine)
+BACKLOG = 1024  # hundreds of engines connect at once when a cluster starts
 TRANSPORT_NAME = "tcp-channel"
 # AES-128-GCM: as safe here and cheaper than the TLS 1.3 default (see datachannel).
 CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
@@ -117,7 +122,7 @@ class TCPListener:
         interface = ip or "::"
         try:
             self._port = reactor.listenSSL(port, factory, server_options(cert_pem),
-                                           interface=interface)
+                                           backlog=BACKLOG, interface=interface)
         except Exception as e:
             raise OSError(f"the command channel cannot listen on "
                           f"{join_host_port(interface, port)}: {e}") from None
@@ -144,33 +149,53 @@ def engine_context() -> ssl.SSLContext:
 
 
 def connect_engine(offer: dict[str, Any], host: str, tubid: str,
-                   timeout: float = CONNECT_TIMEOUT) -> channel.EngineChannel | None:
+                   timeout: float = CONNECT_TIMEOUT,
+                   retry_delays: tuple[float, ...] = RETRY_DELAYS) -> channel.EngineChannel | None:
     """Connect, check the controller's certificate, say who we are (blocking; on a
-    worker thread); None if it cannot be done, and commands keep Foolscap."""
+    worker thread); None if it cannot be done, and commands keep Foolscap.
+
+    A connection that fails before the secret was sent (hundreds of engines
+    starting at once meet the listener's cap on unauthenticated connections)
+    is tried again after each of retry_delays (with jitter): the offer is
+    still good.
+    """
     address = join_host_port(host, offer["tcp_port"])
-    try:
-        raw = socket.create_connection((host, offer["tcp_port"]), timeout=timeout)
-    except OSError as e:
-        log.warn("command channel: cannot connect to {a} ({e}); commands take Foolscap",
-                 a=address, e=e)
-        return None
+    for delay in (*retry_delays, None):
+        try:
+            return _connect_engine_once(offer, host, tubid, timeout)
+        except _NotTheController:
+            log.warn("command channel: {a} is not the controller (certificate); "
+                     "commands take Foolscap", a=address)
+            return None
+        except OSError as e:
+            if delay is None:
+                log.warn("command channel: cannot connect to {a} ({e}); commands take "
+                         "Foolscap", a=address, e=e)
+                return None
+            time.sleep(delay * (0.5 + random.random()))
+    return None
+
+
+class _NotTheController(Exception):
+    pass
+
+
+def _connect_engine_once(offer: dict[str, Any], host: str, tubid: str,
+                         timeout: float) -> channel.EngineChannel:
+    raw = socket.create_connection((host, offer["tcp_port"]), timeout=timeout)
     try:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = engine_context().wrap_socket(raw)  # the handshake, within timeout
         if tubid_of(sock.getpeercert(binary_form=True) or b"") != tubid:
-            log.warn("command channel: {a} is not the controller (certificate); "
-                     "commands take Foolscap", a=address)
             sock.close()
-            return None
+            raise _NotTheController()
         sock.settimeout(None)
         end = channel.EngineChannel(sock)
         end.send(hello(offer))
         return end
-    except OSError as e:
-        log.warn("command channel: TLS with {a} failed ({e}); commands take Foolscap",
-                 a=address, e=e)
+    except OSError:
         raw.close()
-        return None
+        raise
 
 
 # -- a client's end (Twisted TLS on the reactor thread) --------------------------------------

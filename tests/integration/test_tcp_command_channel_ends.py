@@ -136,10 +136,32 @@ def test_a_closed_port_fails_over_at_once(server: Any) -> None:
         closed_port = probe.getsockname()[1]
     offer = dict(_offer(server), tcp_port=closed_port)
     start = time.monotonic()
-    assert tcpchannel.connect_engine(offer, "127.0.0.1", server.tubid) is None
+    assert tcpchannel.connect_engine(offer, "127.0.0.1", server.tubid, retry_delays=()) is None
     assert ReactorThread.get().submit(tcpchannel.connect_client, offer, "127.0.0.1",
                                       server.tubid).result(timeout=15) is None
     assert time.monotonic() - start < tcpchannel.CONNECT_TIMEOUT  # refused: no waiting
+
+
+def test_an_engine_turned_away_by_the_listeners_cap_tries_again(server: Any) -> None:
+    # Hundreds of engines starting at once meet the cap on unauthenticated
+    # connections: those turned away come back, with the same offer.
+    guard = server.channels.tcp.guard
+    admit, refused = guard.admit, []
+
+    def admit_after_two() -> bool:
+        if len(refused) < 2:
+            refused.append(True)
+            return False
+        return admit()
+
+    guard.admit = admit_after_two
+    end = tcpchannel.connect_engine(_offer(server), "127.0.0.1", server.tubid,
+                                    retry_delays=(0.05, 0.05, 0.05))
+    assert end is not None and len(refused) == 2
+    try:
+        _wait(lambda: _connection(server).local, "the engine attached")
+    finally:
+        end.close()
 
 
 def _tls(port: int) -> ssl.SSLSocket:
