@@ -63,8 +63,11 @@ from ipython1.transport import channel
 log = Logger()
 
 ENV = "IPYTHON1_TCP_COMMAND_CHANNEL"
-CONNECT_TIMEOUT = 3.0  # seconds to connect and finish TLS before Foolscap is kept
-RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)  # an engine's next tries (see connect_engine)
+CONNECT_TIMEOUT = 3.0  # seconds a client waits to connect and finish TLS, else Foolscap
+# An engine is patient (Foolscap carries its commands meanwhile): a controller
+# registering hundreds of engines at once answers handshakes late.
+ENGINE_CONNECT_TIMEOUT = 10.0
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # an engine's next tries (see connect_engine)
 BACKLOG = 1024  # hundreds of engines connect at once when a cluster starts
 TRANSPORT_NAME = "tcp-channel"
 # AES-128-GCM: as safe here and cheaper than the TLS 1.3 default (see datachannel).
@@ -149,15 +152,15 @@ def engine_context() -> ssl.SSLContext:
 
 
 def connect_engine(offer: dict[str, Any], host: str, tubid: str,
-                   timeout: float = CONNECT_TIMEOUT,
+                   timeout: float = ENGINE_CONNECT_TIMEOUT,
                    retry_delays: tuple[float, ...] = RETRY_DELAYS) -> channel.EngineChannel | None:
     """Connect, check the controller's certificate, say who we are (blocking; on a
     worker thread); None if it cannot be done, and commands keep Foolscap.
 
     A connection that fails before the secret was sent (hundreds of engines
-    starting at once meet the listener's cap on unauthenticated connections)
-    is tried again after each of retry_delays (with jitter): the offer is
-    still good.
+    starting at once meet the listener's cap on unauthenticated connections,
+    or a controller too busy to finish the handshake in time) is tried again
+    after each of retry_delays (with jitter): the offer is still good.
     """
     address = join_host_port(host, offer["tcp_port"])
     for delay in (*retry_delays, None):
