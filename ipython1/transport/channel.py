@@ -157,6 +157,7 @@ class ControllerEnd(_Channel):
     """An engine's channel (the controller calls) or a client's (the client calls)."""
 
     transport_name = "channel"  # what engine_info and ipcluster status call it
+    engines_hear_ok = False  # whether an engine is told it is attached, as a client is
 
     def __init__(self, server: CommandChannelServer, guard: Any = None) -> None:
         super().__init__()
@@ -220,7 +221,7 @@ class ControllerEnd(_Channel):
             self.kind = first
             self.authenticated()
             self._leave_guard()
-            if self.kind == "session":
+            if self.kind == "session" or self.engines_hear_ok:
                 self.sendFrame(dumps(["ok", None, None]))  # the client may now call
             return
         if self.kind == "engine":
@@ -356,6 +357,7 @@ class EngineChannel:
         self.fd = sock.fileno()  # kept: a closed socket forgets it
         self._reader = FrameReader(MAX_FRAME)  # the controller was checked (SO_PEERCRED)
         self.closed = False
+        self.early: list[Any] = []  # frames read before the shell thread took over
 
     @classmethod
     def connect(cls, offer: dict[str, Any], timeout: float = 10.0) -> EngineChannel | None:
@@ -377,7 +379,9 @@ class EngineChannel:
             return None
 
     def pending(self) -> int:
-        """Return how many bytes are read but not yet returned (TLS: decrypted, held)."""
+        """Return how much is read but not yet returned (frames kept, TLS bytes held)."""
+        if self.early:
+            return len(self.early)
         pending = getattr(self.sock, "pending", None)
         return pending() if pending is not None else 0
 
@@ -387,6 +391,9 @@ class EngineChannel:
         None once the controller closed the channel. The rest of a large frame
         is read straight into it.
         """
+        if self.early:
+            frames, self.early = self.early, []
+            return frames
         rest = self._reader.unfilled()
         try:
             if rest is not None and len(rest) > self.READ_SIZE:

@@ -57,7 +57,7 @@ from zope.interface import implementer
 from ipython1.kernel.addresses import join_host_port
 from ipython1.kernel.datachannel import tubid_of
 from ipython1.kernel.localhost import env_enabled
-from ipython1.kernel.replies import dumps
+from ipython1.kernel.replies import dumps, loads
 from ipython1.transport import channel
 
 log = Logger()
@@ -106,6 +106,10 @@ class TCPControllerEnd(channel.ControllerEnd):
     """An engine's or client's channel over TLS: authenticated by its secret alone."""
 
     transport_name = TRANSPORT_NAME
+    # An engine hands its end to its shell thread only once attached: a hello
+    # that came too late (the controller busy past the handshake deadline)
+    # is then tried again, not taken for a working channel.
+    engines_hear_ok = True
 
     def _peer_allowed(self) -> bool:
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -192,13 +196,31 @@ def _connect_engine_once(offer: dict[str, Any], host: str, tubid: str,
         if tubid_of(sock.getpeercert(binary_form=True) or b"") != tubid:
             sock.close()
             raise _NotTheController()
-        sock.settimeout(None)
         end = channel.EngineChannel(sock)
         end.send(hello(offer))
+        _await_ok(end)
+        sock.settimeout(None)
         return end
     except OSError:
         raw.close()
         raise
+
+
+def _await_ok(end: channel.EngineChannel) -> None:
+    """Read the controller's ok (within the socket's timeout); keep frames after it."""
+    frames: list[Any] = []
+    while not frames:
+        got = end.receive()
+        if got is None:
+            raise ConnectionError("the controller closed the channel before accepting it")
+        frames = got
+    try:
+        accepted = loads(frames[0]) == ["ok", None, None]
+    except (ValueError, TypeError):
+        accepted = False
+    if not accepted:
+        raise ConnectionError("the controller did not accept the channel")
+    end.early = frames[1:]
 
 
 # -- a client's end (Twisted TLS on the reactor thread) --------------------------------------
