@@ -54,10 +54,12 @@ from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ipython1.kernel.addresses import join_host_port
+from ipython1.common import wire
+from ipython1.common.addresses import join_host_port
+from ipython1.common.listenguard import ListenerGuard
+from ipython1.common.localhost import env_enabled
+from ipython1.common.replies import dumps, loads
 from ipython1.kernel.datachannel import tubid_of
-from ipython1.kernel.localhost import env_enabled
-from ipython1.kernel.replies import dumps, loads
 from ipython1.transport import channel
 
 log = Logger()
@@ -123,8 +125,6 @@ class TCPListener:
 
     def __init__(self, server: channel.CommandChannelServer, ip: str, port: int,
                  cert_pem: bytes) -> None:
-        from ipython1.kernel.listenguard import ListenerGuard
-
         factory = Factory.forProtocol(lambda: TCPControllerEnd(server, self.guard))
         interface = ip or "::"
         try:
@@ -260,8 +260,6 @@ def connect_session(offer: Any, session: Any) -> Deferred[channel.ClientEnd | No
         return channel.connect_client(offer)
     if not enabled():
         return defer.succeed(None)
-    from ipython1.kernel import wire
-
     return connect_client(offer, wire.peer_host(session), session.getRemoteTubID())
 
 

@@ -25,7 +25,7 @@ PROFILE = "tcp"
 COMMAND_PORT = 41102
 CLIENT_SETUP = """
 import os, time
-from ipython1.kernel import client
+from ipython1.client import blocking as client
 from tests.integration.test_command_channel import _every_op, _exercise, _exercise_tasks
 
 class Remote:

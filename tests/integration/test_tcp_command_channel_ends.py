@@ -15,11 +15,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ipython1.kernel import wire
-from ipython1.kernel.client import ReactorThread
-from ipython1.kernel.controller import Controller, EngineRecord
+from ipython1.client.reactor import ReactorThread
+from ipython1.common import wire
+from ipython1.controller.queue import EngineQueue
+from ipython1.controller.registry import Controller, EngineRecord
 from ipython1.kernel.datachannel import tubid_of
-from ipython1.kernel.queue import EngineQueue
 from ipython1.transport import channel as commandchannel
 from ipython1.transport import tcpchannel
 from ipython1.transport.foolscap import FoolscapEngineConnection
