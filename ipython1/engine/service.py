@@ -39,6 +39,7 @@ from ipython1.engine.runner import ShellRunner
 from ipython1.kernel import datachannel
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
+from ipython1.transport import tcpchannel
 
 log = Logger()
 
@@ -57,6 +58,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._info = info
         self.tls_context: Any = None  # set once connected: the data channel's TLS identity
         self.controller_host: str | None = None
+        self.controller_tubid: str | None = None  # the FURL's: checked by the TLS channel
+        self._tcp_offer: dict[str, Any] | None = None  # until the controller is known
         self.local_data: datachannel.LocalServer | None = None  # same-host transfers
         self._kernel: EngineKernel | None = None
         self._kernel_factory = kernel_factory
@@ -182,11 +185,34 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         return self._runner.interrupt(channel_seq)
 
     def remote_open_command_channel(self, engine_id: int, offer: dict[str, Any]) -> bool:
-        """Take queued commands over the controller's local socket (transport.channel)."""
+        """Take queued commands over the controller's local socket (transport.channel),
+        or over TLS from another host (transport.tcpchannel)."""
+        if tcpchannel.valid_offer(offer) and offer["kind"] == "engine":
+            if not tcpchannel.enabled():
+                return False
+            self._tcp_offer = offer  # this comes before register_engine's answer
+            self._connect_tcp_channel()
+            return True
         if not command_channel.enabled() or not command_channel.valid_engine_offer(offer):
             return False  # IPYTHON1_COMMAND_CHANNEL=0 here too: Foolscap only
         self._runner.open_channel(offer, self)
         return True
+
+    def controller_known(self, host: str, tubid: str) -> None:
+        """Registered: where the controller is and who; a channel offered meanwhile opens."""
+        self.controller_host, self.controller_tubid = host, tubid
+        self._connect_tcp_channel()
+
+    def _connect_tcp_channel(self) -> None:
+        offer, host, tubid = self._tcp_offer, self.controller_host, self.controller_tubid
+        if offer is None or host is None or tubid is None:
+            return
+        self._tcp_offer = None
+        # Off the shell thread: a firewall that drops packets costs the timeout,
+        # and commands keep taking Foolscap meanwhile.
+        d = threads.deferToThread(tcpchannel.connect_engine, offer, host, tubid)
+        d.addCallback(lambda end: end is not None and self._runner.open_channel(end, self))
+        d.addErrback(lambda f: log.warn("command channel: {e}", e=f.getErrorMessage()))
 
     def remote_open_transfer(self, pairing_id: bytes, secret: bytes, relay_port: int,
                              direction: str, blob_id: bytes, sizes: list[int]) -> bool:
@@ -376,7 +402,8 @@ class EngineService(service.MultiService):
                 self.referenceable.late.rejoined(len(info["late_tasks"]))
             self._registration = registration
             self.engine_id = self.runner.engine_id = engine_id
-            self.referenceable.controller_host = wire.peer_host(controller, furl)
+            self.referenceable.controller_known(wire.peer_host(controller, furl),
+                                                controller.getRemoteTubID())
             self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
             registration.notifyOnDisconnect(self._controller_lost)
             log.info("registered with the controller as engine {id}", id=engine_id)
@@ -403,6 +430,7 @@ class EngineService(service.MultiService):
 
     def _controller_lost(self, *args: Any) -> None:
         self.referenceable.late.lost()
+        self.referenceable.controller_tubid = None  # a TLS offer waits for the next one
         self._registration = None
         if self.reconnect_timeout <= 0:
             log.info("lost the connection to the controller; exiting")
