@@ -581,7 +581,7 @@ class ControllerService(service.MultiService):
         from ipython1.kernel.multiengine import MultiEngine, MultiEngineReferenceable
 
         cert = self.cluster_dir.security / cluster.CONTROLLER_CERT
-        from ipython1.kernel.datachannel import Relay
+        from ipython1.controller.relay import Relay
 
         # The relay first: a busy --relay-port stops start-up before the Tub listens.
         self.controller.relay = relay = Relay(self.ip, self.relay_port)

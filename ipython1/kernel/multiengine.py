@@ -227,7 +227,7 @@ class MultiEngine:
         """
         import secrets
 
-        from ipython1.kernel.datachannel import BOOK_TTL, BOOK_USES
+        from ipython1.transport.data.local import BOOK_TTL, BOOK_USES
 
         record = self.controller.engines.get(engine_id)
         relay = self.controller.relay

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from ipython1.client import transfer
 from ipython1.kernel import datachannel
 from tests.conftest import wait_until
 
@@ -102,7 +103,7 @@ def test_unreachable_local_socket_falls_back_to_the_relay(make_cluster, monkeypa
     mec.execute("z[:] = 0", targets=0)
     assert pending.get_result().sum() == 2**18
     # As from another network namespace: the engine's socket is out of reach.
-    monkeypatch.setattr(datachannel, "_address", lambda name: "\0ipython1-nowhere")
+    monkeypatch.setattr(transfer, "_address", lambda name: "\0ipython1-nowhere")
     before = dict(datachannel.TRANSFERS)
     a = np.random.default_rng(3).random(2**20 // 8 * 3)
     mec.push({"a": a}, targets=0)
