@@ -1,4 +1,4 @@
-"""The client's end of a transfer: to or from an engine, same-host or through the relay.
+"""The client's end of a transfer: same-host, straight to the engine, or through the relay.
 
 `client_transfer` takes a ticket the controller handed out (`open_transfer`)
 and moves the frames; `TicketBook` keeps a same-host ticket's other uses, so
@@ -9,25 +9,33 @@ from __future__ import annotations
 
 import collections
 import socket
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ipython1.kernel.localhost import peer_credentials as _peer
 from ipython1.kernel.localhost import socket_address as _address
-from ipython1.transport.data.local import LOCAL_HEAD, expect_ok, tune
-from ipython1.transport.data.refs import LocalUnavailable, TransferError
+from ipython1.transport.data.local import tune
+from ipython1.transport.data.refs import DirectUnavailable, LocalUnavailable, TransferError
 from ipython1.transport.data.stream import (
+    HEAD,
+    NONCE_SIZE,
     PAIR_TIMEOUT,
+    PLAIN_MAGIC,
+    TLSStream,
     client_context,
     connect,
+    expect_ok,
+    plain_proof,
     recv_exact,
     recv_frame,
+    transfer_head,
     tubid_of,
 )
 
-# Transfers this process completed as a client, by path ("local", "relay").
+DIRECT_TIMEOUT = 2.0  # seconds to reach an engine's data port before taking the relay
+# Transfers this process completed as a client, by path
+# ("local", "direct", "direct-unencrypted", "relay").
 TRANSFERS: collections.Counter[str] = collections.Counter()
 
 
@@ -37,21 +45,27 @@ def client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None = None,
     """Upload frames to, or download sizes from, an engine (blocking).
 
     A ticket with a ``"local"`` entry goes over the engine's local socket
-    (raising LocalUnavailable if it cannot be reached), any other through the
-    relay. A failure is a TransferError. For a local upload, accepted() is
+    (raising LocalUnavailable if it cannot be reached), one with ``"direct"``
+    straight to the engine's data port (DirectUnavailable if it cannot be
+    reached within DIRECT_TIMEOUT), any other through the relay. A failure
+    is a TransferError. For a local upload, accepted() is
     called as soon as the engine has announced the value (see
     `BlobStore.arriving`): a command using it may go from then on.
     """
-    path = "local" if "local" in ticket else "relay"
+    path = "local" if "local" in ticket else "direct" if "direct" in ticket else "relay"
     try:
         if path == "local":
             result = _local_client_transfer(ticket, frames, sizes, accepted)
+        elif path == "direct":
+            result = _direct_client_transfer(ticket, frames, sizes, accepted)
+            path = "direct-unencrypted" if ticket.get("plain") else "direct"
         else:
             result = _relay_client_transfer(ticket, frames, sizes)
         TRANSFERS[path] += 1
         return result
     except OSError as e:  # reset, broken pipe, timeout: the engine or the relay went away
         peer = (f"engine process {ticket['local']['pid']}" if path == "local"
+                else f"the engine at {ticket['direct']}" if path == "direct"
                 else f"the engine through the relay at {ticket.get('relay')}")
         raise TransferError(f"the transfer with {peer} failed: {e}") from e
 
@@ -60,19 +74,19 @@ def _relay_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
                            sizes: Sequence[int] | None) -> list[Any] | None:
     with connect(ticket["relay"], PAIR_TIMEOUT) as raw:
         raw.sendall(ticket["pairing_id"])
-        with client_context().wrap_socket(raw) as tls:
-            der = tls.getpeercert(binary_form=True) or b""
-            if tubid_of(der) != ticket["tubid"]:
-                raise TransferError("the engine's TLS certificate does not match its tubid")
-            tls.sendall(ticket["secret"])
-            if frames is not None:
-                for frame in frames:
-                    tls.sendall(frame)
-                recv_exact(tls, 1)
-                return None
-            received = [recv_frame(tls, size) for size in sizes or ()]
-            tls.sendall(b"K")
-            return received
+        tls = TLSStream(raw, client_context())
+        tls.handshake()
+        if tubid_of(tls.peer_certificate()) != ticket["tubid"]:
+            raise TransferError("the engine's TLS certificate does not match its tubid")
+        tls.sendall(ticket["secret"])
+        if frames is not None:
+            for frame in frames:
+                tls.sendall(frame)
+            recv_exact(tls, 1)
+            return None
+        received = [recv_frame(tls, size) for size in sizes or ()]
+        tls.sendall(b"K")
+        return received
 
 
 class TicketBook:
@@ -111,19 +125,51 @@ def _local_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
         if (pid, uid) != (local["pid"], local["uid"]):
             raise TransferError(f"the local socket of {who} is served by process {pid} of "
                                 f"uid {uid}, not by the engine (uid {local['uid']})")
-        head = LOCAL_HEAD.pack(ticket["pairing_id"], ticket["secret"],
-                                b"U" if frames is not None else b"D", ticket["blob_id"],
-                                len(sizes))
         try:
-            sock.sendall(head + struct.pack(f"<{len(sizes)}Q", *sizes))
+            sock.sendall(transfer_head(ticket, frames is not None, sizes))
         except OSError:
             pass  # refused already? The reason waits in our receive queue.
-        expect_ok(sock, who)
-        if frames is not None:
-            if accepted is not None:
-                accepted()
-            for frame in frames:
-                sock.sendall(frame)
-            expect_ok(sock, who)
-            return None
-        return [recv_frame(sock, size) for size in sizes]
+        return _move(sock, who, frames, sizes, accepted)
+
+
+def _direct_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
+                            sizes: Sequence[int] | None,
+                            accepted: Callable[[], None] | None = None) -> list[Any] | None:
+    address = ticket["direct"]
+    who = f"the engine's data port {address}"
+    upload = frames is not None
+    sizes = [len(f) for f in frames] if frames is not None else list(sizes or ())
+    try:
+        sock = connect(address, DIRECT_TIMEOUT)
+    except OSError as e:  # refused, filtered, no route: the relay may still get there
+        raise DirectUnavailable(f"cannot reach {who}: {e}") from e
+    with sock:
+        sock.settimeout(PAIR_TIMEOUT)
+        conn: Any
+        if ticket.get("plain"):  # the controller's --data-encryption=off: prove, then raw bytes
+            head = transfer_head(dict(ticket, secret=bytes(32)), upload, sizes)
+            sock.sendall(PLAIN_MAGIC + ticket["pairing_id"])
+            nonce = bytes(recv_exact(sock, NONCE_SIZE))
+            sock.sendall(plain_proof(ticket["secret"], nonce, head[:HEAD.size]) + head)
+            conn = sock
+        else:
+            conn = TLSStream(sock, client_context())
+            conn.handshake()
+            if tubid_of(conn.peer_certificate()) != ticket["tubid"]:
+                raise TransferError("the engine's TLS certificate does not match its tubid")
+            conn.sendall(transfer_head(ticket, upload, sizes))
+        return _move(conn, who, frames, sizes, accepted)
+
+
+def _move(conn: Any, who: str, frames: Sequence[Any] | None, sizes: list[int],
+          accepted: Callable[[], None] | None) -> list[Any] | None:
+    """Send frames, or receive sizes, once the header went; the engine says yes first."""
+    expect_ok(conn, who)
+    if frames is None:
+        return [recv_frame(conn, size) for size in sizes]
+    if accepted is not None:
+        accepted()
+    for frame in frames:
+        conn.sendall(frame)
+    expect_ok(conn, who)
+    return None

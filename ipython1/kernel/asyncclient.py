@@ -35,6 +35,7 @@ from ipython1.kernel.results import ExecuteResult, ResultList
 from ipython1.kernel.serialize import deserialize, serialize, serialize_dict
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
+from ipython1.transport.data.stream import direct_enabled
 
 _map_chunk = scatter_mod.map_chunk  # its old name
 
@@ -90,7 +91,8 @@ class AsyncMultiEngineClient:
         self._lost: str | None = None
         self._finishers: dict[int, Callable[[list[dict[str, Any]]], Any]] = {}
         self._relay_only: set[int] = set()  # engines whose local socket is out of reach
-        self._books: dict[int, datachannel.TicketBook] = {}  # same-host tickets, by engine
+        self._no_direct: set[int] = set()  # engines whose data port is out of reach
+        self._books: dict[int, datachannel.TicketBook] = {}  # local or direct tickets, by engine
         # Set by get_multiengine_client: reopens the session once the controller is back.
         self.reconnector: Reconnector | None = None
         # Handles engine pdb prompts (engine id, text); the blocking client sets it.
@@ -115,6 +117,7 @@ class AsyncMultiEngineClient:
         self._calls = command_channel.session_connection(self._session, self._channel)
         self._books.clear()
         self._relay_only.clear()
+        self._no_direct.clear()
         self._lost = None
         self._calls.notifyOnDisconnect(self._disconnected)
         if self._observer is not None:
@@ -180,7 +183,7 @@ class AsyncMultiEngineClient:
     # -- the data channel: large values go beside Foolscap --
 
     def _keep(self, engine_id: int, ticket: dict[str, Any]) -> dict[str, Any]:
-        """Keep a same-host ticket's other uses for the next transfers with engine_id."""
+        """Keep a same-host or direct ticket's other uses for the next transfers with engine_id."""
         if ticket.get("uses", 1) > 1:
             book = datachannel.TicketBook(ticket)
             book.spend()
@@ -189,7 +192,7 @@ class AsyncMultiEngineClient:
 
     def _ticket(self, answer: Any) -> dict[str, Any]:
         answer = _check_global_error(answer)
-        if "local" in answer:
+        if "relay_port" not in answer:
             return dict(answer)
         host = wire.peer_host(self._session, self.furl)  # the relay is beside the Tub
         return dict(answer, relay=join_host_port(host, answer["relay_port"]))
@@ -197,10 +200,11 @@ class AsyncMultiEngineClient:
     def _transfer(self, engine_id: int, direction: str, blob_id: bytes, sizes: list[int],
                   frames: list[bytes] | None = None, fresh: bool = False,
                   accepted: Callable[[], None] | None = None) -> Deferred[Any]:
-        """Open a transfer and run it on a worker thread: same-host if it can be, else relayed.
+        """Open a transfer and run it on a worker thread: same-host, direct, else relayed.
 
-        A same-host ticket is good for several transfers: those need no
-        round trip to the controller.
+        A same-host or direct ticket is good for several transfers: those
+        need no round trip to the controller. An engine whose local socket or
+        data port cannot be reached is remembered: the relay from then on.
         """
         from twisted.internet import threads
 
@@ -208,26 +212,34 @@ class AsyncMultiEngineClient:
             return threads.deferToThread(datachannel.client_transfer, dict(ticket, blob_id=blob_id),
                                          frames=frames, sizes=sizes, accepted=accepted)
 
-        host = "" if engine_id in self._relay_only else datachannel.host_key()
+        def again(failure: Failure) -> Deferred[Any]:
+            return self._transfer(engine_id, direction, blob_id, sizes, frames, True, accepted)
+
         book = self._books.get(engine_id)
-        if host and not fresh and book is not None and book.spend():
+        if not fresh and book is not None and book.spend():
             def stale(failure: Failure) -> Deferred[Any]:
                 if self._books.get(engine_id) is book:
                     del self._books[engine_id]
-                failure.trap(datachannel.LocalUnavailable)  # a new engine with this id?
-                return self._transfer(engine_id, direction, blob_id, sizes, frames, True, accepted)
+                # A new engine with this id? Ask the controller again.
+                failure.trap(datachannel.LocalUnavailable, datachannel.DirectUnavailable)
+                return again(failure)
 
             return run(book.ticket).addErrback(stale)
-        d = self._remote("open_transfer", engine_id, direction, blob_id, sizes, host)
+        host = "" if engine_id in self._relay_only else datachannel.host_key()
+        route = "direct" if engine_id not in self._no_direct and direct_enabled() else ""
+        d = self._remote("open_transfer", engine_id, direction, blob_id, sizes, host, route)
         d.addCallback(self._ticket).addCallback(lambda ticket: run(self._keep(engine_id, ticket)))
 
-        def relayed(failure: Failure) -> Deferred[Any]:
-            failure.trap(datachannel.LocalUnavailable)  # e.g. another network namespace
-            self._relay_only.add(engine_id)
+        def unreachable(failure: Failure) -> Deferred[Any]:
+            # Another network namespace, a firewall: the relay gets there.
+            failure.trap(datachannel.LocalUnavailable, datachannel.DirectUnavailable)
+            gone = (self._relay_only if failure.check(datachannel.LocalUnavailable)
+                    else self._no_direct)
+            gone.add(engine_id)
             self._books.pop(engine_id, None)
-            return self._transfer(engine_id, direction, blob_id, sizes, frames, True, accepted)
+            return again(failure)
 
-        return d.addErrback(relayed) if host else d
+        return d.addErrback(unreachable)
 
     def _upload(self, engine_id: int, frames: list[bytes],
                 landings: list[Deferred[Any]] | None = None) -> Deferred[list[bytes]]:

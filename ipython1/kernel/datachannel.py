@@ -33,6 +33,7 @@ from ipython1.transport.data.local import (
 from ipython1.transport.data.refs import (
     BLOB_MAGIC,
     THRESHOLD,
+    DirectUnavailable,
     LocalUnavailable,
     TransferError,
     blob_ref,
@@ -50,7 +51,8 @@ from ipython1.transport.data.stream import (
 __all__ = [
     "BLOB_MAGIC", "BLOB_TTL", "BOOK_TTL", "BOOK_USES", "HUGE_MIN", "LOCAL_ENV", "PAIR_TIMEOUT",
     "POOL", "POOL_DEFAULT_MB", "POOL_ENV", "POOL_IDLE", "THRESHOLD", "TRANSFERS", "BlobStore",
-    "BufferPool", "LocalServer", "LocalUnavailable", "Relay", "TicketBook", "TransferError",
+    "BufferPool", "DirectUnavailable", "LocalServer", "LocalUnavailable", "Relay", "TicketBook",
+    "TransferError",
     "blob_ref", "buffer_for", "client_context", "client_transfer", "engine_transfer",
     "host_key", "is_large", "join_buffer", "local_enabled", "new_blob_id", "parse_blob_ref",
     "pool_limit_from_env", "private_copy", "server_context", "tubid_of",

@@ -38,6 +38,7 @@ from ipython1 import __version__
 from ipython1.common import ops
 from ipython1.common.logring import LogRing
 from ipython1.common.versions import local_versions, refusal
+from ipython1.engine.dataserver import DirectServer
 from ipython1.engine.debugger import DebugSession
 from ipython1.engine.rejoin import RECONNECT_TIMEOUT, LateReplies
 from ipython1.engine.restart import exec_fresh
@@ -48,6 +49,7 @@ from ipython1.kernel.serialize import deserialize, serialize
 from ipython1.kernel.streaming import OutputBatcher
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
+from ipython1.transport.data.stream import direct_enabled
 
 log = Logger()
 
@@ -932,6 +934,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self.tls_context: Any = None  # set once connected: the data channel's TLS identity
         self.controller_host: str | None = None
         self.local_data: datachannel.LocalServer | None = None  # same-host transfers
+        self.direct_data: DirectServer | None = None  # clients on other hosts, no relay
         self._kernel: EngineKernel | None = None
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
@@ -1079,6 +1082,14 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         d.addErrback(lambda f: log.warn("data transfer failed: {e}", e=f.getErrorMessage()))
         return True
 
+    def remote_expect_transfers(self, pairing_id: bytes, secret: bytes, uses: int,
+                                plain: bool) -> bool:
+        """Let a client make uses transfers on this engine's data port (see dataserver)."""
+        if self.direct_data is None:
+            raise datachannel.TransferError("this engine has no data port")
+        self.direct_data.expect(pairing_id, secret, max(1, min(uses, 1024)), plain)
+        return True
+
     def remote_properties(self) -> dict[str, Any]:
         return dict(self._info, busy=self._runner.busy)
 
@@ -1203,6 +1214,13 @@ class EngineService(service.MultiService):
                 self.info["local_data"] = self.referenceable.local_data.info()
             except OSError as e:
                 log.warn("no local data channel: {e}", e=e)
+        if direct_enabled():  # clients on other hosts connect here, not through the relay
+            try:
+                self.referenceable.direct_data = DirectServer(
+                    BLOBS, lambda: self.referenceable.tls_context)
+                self.info["direct_data"] = self.referenceable.direct_data.info()
+            except OSError as e:
+                log.warn("no data port (clients on other hosts use the relay): {e}", e=e)
         # Build the IPython shell before registering: registered means ready.
         d = self.runner.submit(self.referenceable._kernel_now)
         d.addCallback(lambda _: self._register())
@@ -1211,6 +1229,8 @@ class EngineService(service.MultiService):
     def stopService(self) -> Any:
         if self.referenceable.local_data is not None:
             self.referenceable.local_data.close()
+        if self.referenceable.direct_data is not None:
+            self.referenceable.direct_data.close()
         return super().stopService()
 
     @defer.inlineCallbacks

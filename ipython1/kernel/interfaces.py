@@ -184,6 +184,10 @@ class RIEngine(RemoteInterface):
                       blob_id=Token, sizes=Sizes):
         return bool
 
+    def expect_transfers(pairing_id=Token, secret=Token, uses=int, plain=bool):
+        """Let the holder of pairing_id and secret make uses transfers on the data port."""
+        return bool
+
     def open_command_channel(engine_id=int, offer=AnyValue()):
         return bool
 
@@ -294,7 +298,8 @@ class RIMultiEngineSession(RemoteInterface):
         return Reply
 
     def open_transfer(engine_id=int, direction=Name, blob_id=Token, sizes=Sizes,
-                      host=Optional(Name, "")):  # datachannel.host_key() of the client
+                      host=Optional(Name, ""),  # transport.data.local.host_key() of the client
+                      route=Optional(Name, "")):  # "direct": to the engine's data port if it can
         return Reply
 
     def engine_info(targets=Targets):

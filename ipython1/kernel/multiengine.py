@@ -218,15 +218,20 @@ class MultiEngine:
         return defer.succeed(self.controller.clear_queue(ids, client))
 
     def open_transfer(self, engine_id: int, direction: str, blob_id: bytes, sizes: list[int],
-                      client: str = "", host: str = "") -> Deferred[dict[str, Any]]:
-        """Set up a data-channel transfer with an engine (see datachannel).
+                      client: str = "", host: str = "",
+                      route: str = "") -> Deferred[dict[str, Any]]:
+        """Set up a data-channel transfer with an engine (see ipython1.transport.data).
 
         A client on the engine's host as the engine's user (same host key)
         gets a local ticket instead, good for BOOK_USES transfers with that
-        engine within BOOK_TTL: no relay, no TLS.
+        engine within BOOK_TTL: no relay, no TLS. One asking for the
+        ``"direct"`` route gets a book as long for the engine's data port, if
+        it has one (TLS; unencrypted if this controller's data_encryption is
+        off); otherwise a relayed transfer.
         """
         import secrets
 
+        from ipython1.kernel.addresses import join_host_port
         from ipython1.transport.data.local import BOOK_TTL, BOOK_USES
 
         record = self.controller.engines.get(engine_id)
@@ -241,6 +246,16 @@ class MultiEngine:
             return d.addCallback(lambda _: {
                 "pairing_id": pairing_id, "secret": secret, "uses": BOOK_USES, "ttl": BOOK_TTL,
                 "local": {k: local[k] for k in ("socket", "pid", "uid")}})
+        direct = record.info.get("direct_data")
+        if route == "direct" and isinstance(direct, dict) and direct.get("host"):
+            pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
+            plain = not getattr(self.controller, "data_encryption", True)
+            d = record.connection.control("expect_transfers", pairing_id, secret, BOOK_USES,
+                                          plain)
+            return d.addCallback(lambda _: {
+                "pairing_id": pairing_id, "secret": secret, "uses": BOOK_USES, "ttl": BOOK_TTL,
+                "direct": join_host_port(direct["host"], int(direct["port"])), "plain": plain,
+                "tubid": record.connection.tubid})
         if relay is None:
             raise KernelError("this controller has no data channel")
         pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
@@ -437,12 +452,13 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return self._call(True, "clear_queue", targets)
 
     def remote_open_transfer(self, engine_id: int, direction: str, blob_id: bytes,
-                             sizes: list[int], host: str = "") -> Deferred[Any]:
+                             sizes: list[int], host: str = "",
+                             route: str = "") -> Deferred[Any]:
         denied = self._denied("open_transfer")  # moves data: not for observers
         if denied is not None:
             return defer.succeed(self._raise_as_data(Failure(denied)))
         d = defer.maybeDeferred(self.adapter.open_transfer, engine_id, direction, blob_id, sizes,
-                                host=host)
+                                host=host, route=route)
         return d.addErrback(self._raise_as_data)
 
     def remote_engine_info(self, targets: Any) -> Deferred[Any]:

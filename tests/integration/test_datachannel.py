@@ -12,7 +12,7 @@ import time
 import pytest
 from foolscap import crypto
 
-from ipython1.engine import localdata
+from ipython1.engine import dataserver
 from ipython1.kernel import datachannel as dc
 from ipython1.transport.data.local import LOCAL_HEAD
 from tests.conftest import wait_until
@@ -176,7 +176,7 @@ def test_a_ticket_book_serves_its_uses_then_no_more(local_server, monkeypatch):
     with pytest.raises(dc.TransferError, match="unknown or expired transfer"):
         dc.client_transfer(ticket, frames=[b"x" * 10])
     assert len(local_server.store) == 3 and local_server.pending() == 0
-    monkeypatch.setattr(localdata, "BOOK_TTL", -1.0)
+    monkeypatch.setattr(dataserver, "BOOK_TTL", -1.0)
     with pytest.raises(dc.TransferError, match="unknown or expired transfer"):
         dc.client_transfer(_local_ticket(local_server, b"v" * 16), frames=[b"x" * 10])
     book = dc.TicketBook({"uses": 2, "ttl": 60})

@@ -26,6 +26,10 @@ class LocalUnavailable(TransferError):
     """The engine's local socket cannot be reached from here: use the relay."""
 
 
+class DirectUnavailable(TransferError):
+    """The engine's data port cannot be reached from here: use the relay."""
+
+
 def blob_ref(blob_id: bytes, sizes: Sequence[int]) -> list[bytes]:
     """Return the frames that stand for a blob held by an engine."""
     return [BLOB_MAGIC, blob_id, struct.pack(f"<{len(sizes)}Q", *sizes)]

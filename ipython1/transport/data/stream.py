@@ -1,28 +1,56 @@
-"""One transfer's bytes over TCP: the engine's TLS identity, framing, the socket helpers.
+"""One transfer's bytes: its header, the engine's TLS identity, framing, socket helpers.
 
-The client opens TLS to the engine (the engine serves its own Foolscap
-certificate), checks that the certificate's digest is the engine's tubid,
-and sends the transfer's secret inside TLS; the engine refuses the transfer
-unless it matches.
+Every path starts the same way: the client sends `HEAD` (pairing id,
+secret, direction, blob id, frame count) and the frame sizes; the engine
+answers `STATUS_OK`, or `STATUS_REFUSED` and its reason. Over TCP the
+client first opens TLS to the engine (the engine serves its own Foolscap
+certificate) and checks that the certificate's digest is the engine's
+tubid, so the secret goes to the real engine only, inside TLS.
+
+`TLSStream` runs TLS through memory BIOs: the encrypted records of a
+frame go out in writes of several MiB and come in with reads as large.
+Python's `SSLSocket` makes one system call per 16 KiB record instead: on a
+veth + bridge path that cost ~3x the CPU, and with Nagle on, 4x
+(docs/performance.md).
+
+Unencrypted, when the controller was told so (``--data-encryption=off``):
+the client sends `PLAIN_MAGIC` and the pairing id, the engine answers a
+nonce, and the client proves it holds the secret with an HMAC of nonce and
+header (`plain_proof`); the secret never crosses the wire, the bytes go as
+they are.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import mmap
 import os
 import socket
 import ssl
+import struct
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 from ipython1.kernel.addresses import split_host_port
+from ipython1.kernel.localhost import env_enabled
 from ipython1.transport.data.buffers import buffer_for
 from ipython1.transport.data.refs import TransferError
 
+DIRECT_ENV = "IPYTHON1_DIRECT_DATA"  # "0": no engine data port, no direct connection: the relay
 PAIR_TIMEOUT = 30.0  # seconds a relay end waits for its peer
 CHUNK = 4 * 2**20
+# pairing id, secret, direction (U or D), blob id, frame count; the sizes follow.
+HEAD = struct.Struct("<16s32s1s16sI")
+STATUS_OK = b"K"
+STATUS_REFUSED = b"E"
+TLS_HANDSHAKE = 0x16  # the first byte of a TLS connection (a handshake record)
+PLAIN_MAGIC = b"IPD1"  # the first bytes of an unencrypted one
+NONCE_SIZE = 32
+WRITE_BATCH = 4 * 2**20  # encrypted bytes gathered before one sendall
+RECORD_INPUT = 2**20  # plaintext handed to OpenSSL per write (64 records)
 
 
 def tubid_of(der: bytes) -> str:
@@ -91,3 +119,104 @@ def connect(address: str, timeout: float) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
+def refuse(sock: Any, reason: str) -> None:
+    message = reason.encode()[:1000]
+    try:
+        sock.sendall(STATUS_REFUSED + struct.pack("<H", len(message)) + message)
+    except OSError:
+        pass
+
+
+def expect_ok(sock: Any, who: str) -> None:
+    status = sock.recv(1)
+    if status == STATUS_OK:
+        return
+    if status == STATUS_REFUSED:
+        (size,) = struct.unpack("<H", recv_exact(sock, 2))
+        reason = bytes(recv_exact(sock, size)).decode(errors="replace")
+        raise TransferError(f"{who} refused the transfer: {reason}")
+    raise TransferError(f"{who} closed the connection (it refused the transfer or went away)")
+
+
+
+def direct_enabled() -> bool:
+    """Tell whether IPYTHON1_DIRECT_DATA lets this process use direct connections."""
+    return env_enabled(DIRECT_ENV)
+
+
+def transfer_head(ticket: dict[str, Any], upload: bool, sizes: Sequence[int]) -> bytes:
+    """Return the header and sizes a client sends for one transfer."""
+    return HEAD.pack(ticket["pairing_id"], ticket["secret"], b"U" if upload else b"D",
+                     ticket["blob_id"], len(sizes)) + struct.pack(f"<{len(sizes)}Q", *sizes)
+
+
+def plain_proof(secret: bytes, nonce: bytes, head: bytes) -> bytes:
+    """Return the HMAC that shows the secret's holder sent head, for this nonce only."""
+    return hmac.new(secret, b"ipython1-data-plain\0" + nonce + head, hashlib.sha256).digest()
+
+
+class TLSStream:
+    """TLS over a blocking socket through memory BIOs: few, large system calls.
+
+    Has what the transfer code uses of a socket: ``sendall``, ``recv``,
+    ``recv_into``. Whatever was written is sent before reading.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext,
+                 server_side: bool = False, initial: bytes = b"") -> None:
+        self.sock = sock
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._incoming.write(initial)  # bytes already read off the socket (a peek, say)
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
+        self._buffer = bytearray(CHUNK)
+        self._view = memoryview(self._buffer)
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._fill()
+        self._flush()
+
+    def peer_certificate(self) -> bytes:
+        return self._tls.getpeercert(binary_form=True) or b""
+
+    def sendall(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        for offset in range(0, len(view), RECORD_INPUT):
+            self._tls.write(view[offset:offset + RECORD_INPUT])
+            if self._outgoing.pending >= WRITE_BATCH:
+                self._flush()
+        self._flush()
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        view = memoryview(buffer).cast("B")
+        nbytes = nbytes or len(view)
+        while True:
+            try:
+                return self._tls.read(nbytes, view)  # type: ignore[no-any-return]
+            except ssl.SSLWantReadError:
+                if not self._fill(eof_ok=True):
+                    return 0
+            except ssl.SSLZeroReturnError:
+                return 0
+
+    def recv(self, nbytes: int) -> bytes:
+        buf = bytearray(nbytes)
+        return bytes(buf[:self.recv_into(buf, nbytes)])
+
+    def _flush(self) -> None:
+        if self._outgoing.pending:
+            self.sock.sendall(self._outgoing.read())
+
+    def _fill(self, eof_ok: bool = False) -> bool:
+        self._flush()
+        n = self.sock.recv_into(self._view)
+        if not n:
+            if eof_ok:
+                return False
+            raise TransferError("the connection closed during the TLS handshake")
+        self._incoming.write(self._view[:n])
+        return True
