@@ -13,6 +13,7 @@ import pytest
 from foolscap import crypto
 
 from ipython1.engine import dataserver
+from ipython1.engine.dataserver import DirectServer
 from ipython1.kernel import datachannel as dc
 from ipython1.transport.data.local import LOCAL_HEAD
 from tests.conftest import wait_until
@@ -111,6 +112,95 @@ def test_blob_references_round_trip():
     assert dc.parse_blob_ref(ref) == (b"i" * 16, [5, 2**30, 0])
     assert dc.parse_blob_ref([b"IPF1", b"x"]) is None
     assert dc.is_large([b"x" * dc.THRESHOLD]) and not dc.is_large([b"x"])
+
+
+# -- straight to the engine's data port ------------------------------------------------------
+
+
+@pytest.fixture
+def direct_server(engine_identity):
+    server = DirectServer(dc.BlobStore(), lambda: engine_identity[0])
+    yield server
+    server.close()
+
+
+def _direct_ticket(server, identity, plain=False, allow_plain=None, uses=4):
+    pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
+    server.expect(pairing_id, secret, uses, plain if allow_plain is None else allow_plain)
+    return {"pairing_id": pairing_id, "secret": secret, "blob_id": b"d" * 16, "plain": plain,
+            "direct": f"127.0.0.1:{server.port}", "tubid": identity[1]}
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_direct_upload_then_download(direct_server, engine_identity, plain):
+    frames = [b"header", secrets.token_bytes(5 * 2**20 + 3), b""]
+    ticket = _direct_ticket(direct_server, engine_identity, plain)
+    before = dict(dc.TRANSFERS)
+    assert dc.client_transfer(ticket, frames=frames) is None
+    stored = direct_server.store.take(b"d" * 16)
+    assert [bytes(f) for f in stored] == frames
+    direct_server.store.put(b"d" * 16, frames)
+    got = dc.client_transfer(ticket, sizes=[len(f) for f in frames])
+    assert [bytes(f) for f in got] == frames
+    path = "direct-unencrypted" if plain else "direct"
+    assert dc.TRANSFERS[path] - before.get(path, 0) == 2
+    assert direct_server.pending() == 2  # a book: two of its four uses left
+
+
+def test_direct_client_checks_the_engine_certificate(direct_server, engine_identity):
+    ticket = dict(_direct_ticket(direct_server, engine_identity), tubid="a" * 32)
+    with pytest.raises(dc.TransferError, match="does not match its tubid"):
+        dc.client_transfer(ticket, frames=[b"x" * 10])
+    assert direct_server.pending() == 4  # the secret never left the client
+
+
+def test_direct_server_refuses_wrong_secrets_and_unallowed_plain(direct_server,
+                                                                  engine_identity):
+    for plain in (False, True):
+        ticket = dict(_direct_ticket(direct_server, engine_identity, plain), secret=b"s" * 32)
+        with pytest.raises(dc.TransferError, match="wrong transfer secret"):
+            dc.client_transfer(ticket, frames=[b"x" * 10])
+    ticket = _direct_ticket(direct_server, engine_identity, plain=True, allow_plain=False)
+    with pytest.raises(dc.TransferError, match="unencrypted transfers are off"):
+        dc.client_transfer(ticket, frames=[b"x" * 10])
+    assert len(direct_server.store) == 0
+
+
+def test_unreachable_data_port_says_so(engine_identity):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ticket = {"pairing_id": b"p" * 16, "secret": b"s" * 32, "blob_id": b"d" * 16,
+              "direct": f"127.0.0.1:{port}", "tubid": engine_identity[1]}
+    with pytest.raises(dc.DirectUnavailable):
+        dc.client_transfer(ticket, frames=[b"x" * 10])
+
+
+def _hung_up(sock):
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:  # closed with our bytes unread
+        return True
+
+
+def test_direct_server_hangs_up_on_idle_and_foreign_peers(engine_identity):
+    guard_deadline = 0.3
+    server = DirectServer(dc.BlobStore(), lambda: engine_identity[0])
+    server.guard.deadline = guard_deadline
+    try:
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        foreign = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        foreign.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert _hung_up(foreign)  # neither TLS nor our magic: closed at once
+        assert _hung_up(idle)  # closed within the guard's deadline
+        wait_until(lambda: server.guard.pending == 0, 5, "the guard to release both")
+        # still serving
+        ticket = _direct_ticket(server, engine_identity)
+        assert dc.client_transfer(ticket, frames=[b"x" * 10]) is None
+    finally:
+        idle.close()
+        foreign.close()
+        server.close()
 
 
 # -- the same-host path --------------------------------------------------------------------
