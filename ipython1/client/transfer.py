@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ipython1.kernel.localhost import peer_credentials as _peer
-from ipython1.kernel.localhost import socket_address as _address
+from ipython1.common.localhost import peer_credentials as _peer
+from ipython1.common.localhost import socket_address as _address
 from ipython1.transport.data.local import tune
 from ipython1.transport.data.refs import DirectUnavailable, LocalUnavailable, TransferError
 from ipython1.transport.data.stream import (

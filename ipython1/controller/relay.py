@@ -13,8 +13,8 @@ import threading
 import time
 from typing import Any
 
-from ipython1.kernel.addresses import join_host_port
-from ipython1.kernel.listenguard import ListenerGuard
+from ipython1.common.addresses import join_host_port
+from ipython1.common.listenguard import ListenerGuard
 from ipython1.transport.data.refs import TransferError
 from ipython1.transport.data.stream import CHUNK, PAIR_TIMEOUT, recv_exact
 

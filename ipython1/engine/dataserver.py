@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ipython1.common.listenguard import ListenerGuard
 from ipython1.engine.blobs import BlobStore
-from ipython1.kernel.listenguard import ListenerGuard
 from ipython1.transport.data.local import BOOK_TTL, BOOK_USES
 from ipython1.transport.data.refs import MAX_FRAMES, TransferError
 from ipython1.transport.data.stream import (

@@ -15,10 +15,10 @@ import socket
 import weakref
 from typing import Any
 
+from ipython1.common.localhost import peer_credentials as _peer
+from ipython1.common.localhost import socket_address as _address
 from ipython1.engine.blobs import BlobStore
 from ipython1.engine.dataserver import TransferListener
-from ipython1.kernel.localhost import peer_credentials as _peer
-from ipython1.kernel.localhost import socket_address as _address
 from ipython1.transport.data import local
 from ipython1.transport.data.stream import HEAD, PAIR_TIMEOUT, recv_exact
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import socket
 
-from ipython1.kernel.localhost import env_enabled
-from ipython1.kernel.localhost import host_key as localhost_key
+from ipython1.common.localhost import env_enabled
+from ipython1.common.localhost import host_key as localhost_key
 from ipython1.transport.data.stream import HEAD, STATUS_OK, STATUS_REFUSED, expect_ok, refuse
 
 __all__ = ["BOOK_TTL", "BOOK_USES", "LOCAL_ENV", "LOCAL_HEAD", "STATUS_OK", "STATUS_REFUSED",

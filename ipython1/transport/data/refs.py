@@ -11,7 +11,7 @@ import secrets
 import struct
 from collections.abc import Sequence
 
-from ipython1.kernel.errors import KernelError
+from ipython1.common.errors import KernelError
 
 THRESHOLD = 256 * 2**10  # values at least this large take the data channel
 BLOB_MAGIC = b"IPB1"

@@ -34,8 +34,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from ipython1.kernel.addresses import split_host_port
-from ipython1.kernel.localhost import env_enabled
+from ipython1.common.addresses import split_host_port
+from ipython1.common.localhost import env_enabled
 from ipython1.transport.data.buffers import buffer_for
 from ipython1.transport.data.refs import TransferError
 

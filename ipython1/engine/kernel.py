@@ -35,21 +35,20 @@ from twisted.logger import Logger, globalLogPublisher
 from zope.interface import implementer
 
 from ipython1 import __version__
-from ipython1.common import ops
+from ipython1.common import addresses, localhost, ops, replies, wire
+from ipython1.common.errors import KernelError, TaskTimeout, VersionMismatch, error_to_wire
+from ipython1.common.interfaces import IEngineKernel, RIEngine
 from ipython1.common.logring import LogRing
+from ipython1.common.serialize import deserialize, serialize
 from ipython1.common.versions import local_versions, refusal
-from ipython1.engine.dataserver import DirectServer
+from ipython1.engine import blobs, dataserver, introspection, localdata
 from ipython1.engine.debugger import DebugSession
+from ipython1.engine.output import OutputBatcher
 from ipython1.engine.rejoin import RECONNECT_TIMEOUT, LateReplies
 from ipython1.engine.restart import exec_fresh
-from ipython1.kernel import addresses, datachannel, introspection, localhost, replies, wire
-from ipython1.kernel.errors import KernelError, TaskTimeout, VersionMismatch, error_to_wire
-from ipython1.kernel.interfaces import IEngineKernel, RIEngine
-from ipython1.kernel.serialize import deserialize, serialize
-from ipython1.kernel.streaming import OutputBatcher
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
-from ipython1.transport.data.stream import direct_enabled
+from ipython1.transport.data import local, refs, stream
 
 log = Logger()
 
@@ -57,7 +56,7 @@ MAX_HISTORY = 1000  # execution records kept per engine; older ones are dropped
 RESEND_INTERRUPT = 0.05  # seconds before re-sending a SIGINT that woke nothing
 
 # Large values received or to be sent over the data channel, by blob id.
-BLOBS = datachannel.BlobStore()
+BLOBS = blobs.BlobStore()
 
 # This process's recent log lines, for logs() over the wire (engines on other hosts).
 LOG_RING = LogRing()
@@ -65,7 +64,7 @@ LOG_RING = LogRing()
 
 def _incoming(frames: list[bytes]) -> list[Any]:
     """Return the frames of a value, fetching a blob reference from BLOBS."""
-    ref = datachannel.parse_blob_ref(frames)
+    ref = refs.parse_blob_ref(frames)
     return frames if ref is None else BLOBS.take(ref[0])
 
 
@@ -78,11 +77,11 @@ def _outgoing(value: Any) -> list[bytes]:
     the memory it receives them in.
     """
     frames = serialize(value, max_frame=None, copy=False)
-    if not datachannel.is_large(frames):
+    if not refs.is_large(frames):
         return [bytes(f) for f in frames]
-    blob_id = datachannel.new_blob_id()
+    blob_id = refs.new_blob_id()
     BLOBS.put(blob_id, frames, lent=True)
-    return datachannel.blob_ref(blob_id, [len(f) for f in frames])
+    return refs.blob_ref(blob_id, [len(f) for f in frames])
 
 
 # -- output capture ----------------------------------------------------------
@@ -933,8 +932,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._info = info
         self.tls_context: Any = None  # set once connected: the data channel's TLS identity
         self.controller_host: str | None = None
-        self.local_data: datachannel.LocalServer | None = None  # same-host transfers
-        self.direct_data: DirectServer | None = None  # clients on other hosts, no relay
+        self.local_data: localdata.LocalServer | None = None  # same-host transfers
+        self.direct_data: dataserver.DirectServer | None = None  # clients on other hosts, no relay
         self._kernel: EngineKernel | None = None
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
@@ -1070,13 +1069,13 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         """Serve one data-channel transfer on a worker thread (never the shell thread)."""
         if relay_port == 0:  # same host: the client comes to our local socket
             if self.local_data is None:
-                raise datachannel.TransferError("this engine has no local data channel")
+                raise refs.TransferError("this engine has no local data channel")
             self.local_data.expect(pairing_id, secret)  # a book of tickets
             return True
         if self.tls_context is None or self.controller_host is None:
-            raise datachannel.TransferError("this engine has no data channel")
+            raise refs.TransferError("this engine has no data channel")
         d = threads.deferToThread(
-            datachannel.engine_transfer, self.tls_context,
+            dataserver.engine_transfer, self.tls_context,
             addresses.join_host_port(self.controller_host, relay_port),
             pairing_id, secret, direction, blob_id, sizes, BLOBS)
         d.addErrback(lambda f: log.warn("data transfer failed: {e}", e=f.getErrorMessage()))
@@ -1086,7 +1085,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
                                 plain: bool) -> bool:
         """Let a client make uses transfers on this engine's data port (see dataserver)."""
         if self.direct_data is None:
-            raise datachannel.TransferError("this engine has no data port")
+            raise refs.TransferError("this engine has no data port")
         self.direct_data.expect(pairing_id, secret, max(1, min(uses, 1024)), plain)
         return True
 
@@ -1208,15 +1207,15 @@ class EngineService(service.MultiService):
         # An MPI rank may sit in a GIL-holding collective, deaf to pings.
         self.tub = wire.client_tub(
             wire.MPI_DISCONNECT_TIMEOUT if "mpi_rank" in self.info else None)
-        if datachannel.local_enabled():
+        if local.local_enabled():
             try:
-                self.referenceable.local_data = datachannel.LocalServer(BLOBS)
+                self.referenceable.local_data = localdata.LocalServer(BLOBS)
                 self.info["local_data"] = self.referenceable.local_data.info()
             except OSError as e:
                 log.warn("no local data channel: {e}", e=e)
-        if direct_enabled():  # clients on other hosts connect here, not through the relay
+        if stream.direct_enabled():  # clients on other hosts connect here, not through the relay
             try:
-                self.referenceable.direct_data = DirectServer(
+                self.referenceable.direct_data = dataserver.DirectServer(
                     BLOBS, lambda: self.referenceable.tls_context)
                 self.info["direct_data"] = self.referenceable.direct_data.info()
             except OSError as e:
@@ -1268,7 +1267,7 @@ class EngineService(service.MultiService):
             self._registration = controller
             self.engine_id = self.runner.engine_id = engine_id
             self.referenceable.controller_host = wire.peer_host(controller, furl)
-            self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
+            self.referenceable.tls_context = stream.server_context(self.tub.getCertData())
             controller.notifyOnDisconnect(self._controller_lost)
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id

@@ -18,23 +18,25 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ipython1.client import transfer
 from ipython1.client.reconnect import IN_FLIGHT_HINT, Reconnector, channel_closed
-from ipython1.common.versions import compare as compare_versions
-from ipython1.common.versions import local_versions, refusal
-from ipython1.kernel import datachannel, replies, wire
-from ipython1.kernel import scatter as scatter_mod
-from ipython1.kernel.addresses import join_host_port
-from ipython1.kernel.cluster import MEC_FURL
-from ipython1.kernel.errors import (
+from ipython1.client.results import ExecuteResult, ResultList
+from ipython1.common import replies, wire
+from ipython1.common import scatter as scatter_mod
+from ipython1.common.addresses import join_host_port
+from ipython1.common.clusterdir import MEC_FURL
+from ipython1.common.errors import (
     CompositeError,
     ConnectionLost,
     KernelError,
     error_from_wire,
 )
-from ipython1.kernel.results import ExecuteResult, ResultList
-from ipython1.kernel.serialize import deserialize, serialize, serialize_dict
+from ipython1.common.serialize import deserialize, serialize, serialize_dict
+from ipython1.common.versions import compare as compare_versions
+from ipython1.common.versions import local_versions, refusal
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
+from ipython1.transport.data import buffers, local, refs
 from ipython1.transport.data.stream import direct_enabled
 
 _map_chunk = scatter_mod.map_chunk  # its old name
@@ -92,7 +94,7 @@ class AsyncMultiEngineClient:
         self._finishers: dict[int, Callable[[list[dict[str, Any]]], Any]] = {}
         self._relay_only: set[int] = set()  # engines whose local socket is out of reach
         self._no_direct: set[int] = set()  # engines whose data port is out of reach
-        self._books: dict[int, datachannel.TicketBook] = {}  # local or direct tickets, by engine
+        self._books: dict[int, transfer.TicketBook] = {}  # local or direct tickets, by engine
         # Set by get_multiengine_client: reopens the session once the controller is back.
         self.reconnector: Reconnector | None = None
         # Handles engine pdb prompts (engine id, text); the blocking client sets it.
@@ -185,7 +187,7 @@ class AsyncMultiEngineClient:
     def _keep(self, engine_id: int, ticket: dict[str, Any]) -> dict[str, Any]:
         """Keep a same-host or direct ticket's other uses for the next transfers with engine_id."""
         if ticket.get("uses", 1) > 1:
-            book = datachannel.TicketBook(ticket)
+            book = transfer.TicketBook(ticket)
             book.spend()
             self._books[engine_id] = book
         return ticket
@@ -209,7 +211,7 @@ class AsyncMultiEngineClient:
         from twisted.internet import threads
 
         def run(ticket: dict[str, Any]) -> Deferred[Any]:
-            return threads.deferToThread(datachannel.client_transfer, dict(ticket, blob_id=blob_id),
+            return threads.deferToThread(transfer.client_transfer, dict(ticket, blob_id=blob_id),
                                          frames=frames, sizes=sizes, accepted=accepted)
 
         def again(failure: Failure) -> Deferred[Any]:
@@ -221,19 +223,19 @@ class AsyncMultiEngineClient:
                 if self._books.get(engine_id) is book:
                     del self._books[engine_id]
                 # A new engine with this id? Ask the controller again.
-                failure.trap(datachannel.LocalUnavailable, datachannel.DirectUnavailable)
+                failure.trap(refs.LocalUnavailable, refs.DirectUnavailable)
                 return again(failure)
 
             return run(book.ticket).addErrback(stale)
-        host = "" if engine_id in self._relay_only else datachannel.host_key()
+        host = "" if engine_id in self._relay_only else local.host_key()
         route = "direct" if engine_id not in self._no_direct and direct_enabled() else ""
         d = self._remote("open_transfer", engine_id, direction, blob_id, sizes, host, route)
         d.addCallback(self._ticket).addCallback(lambda ticket: run(self._keep(engine_id, ticket)))
 
         def unreachable(failure: Failure) -> Deferred[Any]:
             # Another network namespace, a firewall: the relay gets there.
-            failure.trap(datachannel.LocalUnavailable, datachannel.DirectUnavailable)
-            gone = (self._relay_only if failure.check(datachannel.LocalUnavailable)
+            failure.trap(refs.LocalUnavailable, refs.DirectUnavailable)
+            gone = (self._relay_only if failure.check(refs.LocalUnavailable)
                     else self._no_direct)
             gone.add(engine_id)
             self._books.pop(engine_id, None)
@@ -249,9 +251,9 @@ class AsyncMultiEngineClient:
         (same host: it then holds a command using the value until the bytes
         are in), and append a Deferred for the end of the upload to landings.
         """
-        blob_id = datachannel.new_blob_id()
+        blob_id = refs.new_blob_id()
         sizes = [len(f) for f in frames]
-        ref = datachannel.blob_ref(blob_id, sizes)
+        ref = refs.blob_ref(blob_id, sizes)
         if landings is None:
             return self._transfer(engine_id, "upload", blob_id, sizes, frames).addCallback(
                 lambda _: ref)
@@ -310,7 +312,7 @@ class AsyncMultiEngineClient:
         ds = []
         for engine_id, ns in namespaces.items():
             for key, frames in ns.items():
-                if datachannel.is_large(frames):
+                if refs.is_large(frames):
                     d = self._upload(engine_id, frames, landings)
                     d.addCallback(lambda ref, ns=ns, key=key: ns.__setitem__(key, ref))
                     ds.append(d)
@@ -332,7 +334,7 @@ class AsyncMultiEngineClient:
             else:
                 continue
             for holder, slot, frames in slots:
-                ref = datachannel.parse_blob_ref(frames)
+                ref = refs.parse_blob_ref(frames)
                 if ref is not None:
                     d = self._download(engine_id, ref)
                     d.addCallback(lambda got, h=holder, s=slot: h.__setitem__(s, got))
@@ -373,7 +375,7 @@ class AsyncMultiEngineClient:
     def _push_frames(self, frames: dict[str, list[Any]], targets: Any,
                      block: bool) -> Deferred[Any]:
         """Push serialized values; large ones take the data channel."""
-        if not any(datachannel.is_large(f) for f in frames.values()):
+        if not any(refs.is_large(f) for f in frames.values()):
             return self._command("push", (frames, targets), block, _none, True)
         d = self._ids(targets)
         return d.addCallback(lambda ids: self._ship_then(
@@ -704,7 +706,7 @@ class AsyncMultiEngineClient:
     def set_properties(self, properties: dict[str, Any], targets: Any = "all",
                        block: bool = True) -> Deferred[Any]:
         """Set properties (plain data) of targets; see properties.py."""
-        from ipython1.kernel.properties import check_plain
+        from ipython1.common.properties import check_plain
 
         try:
             check_plain(properties)
@@ -743,7 +745,7 @@ class AsyncMultiEngineClient:
 
         def check(ids: list[int]) -> list[int]:
             if not ids:
-                from ipython1.kernel.errors import NoEnginesRegistered
+                from ipython1.common.errors import NoEnginesRegistered
 
                 raise NoEnginesRegistered("no engines are registered with the controller")
             return ids
@@ -892,8 +894,8 @@ def _join_parts(parts: Any) -> Any:
 
 
 def _join(parts: list[Any]) -> Any:
-    """Join gathered parts; a large array lands in reused memory (datachannel.POOL)."""
-    return scatter_mod.join(parts, buffer=datachannel.join_buffer)
+    """Join gathered parts; a large array lands in reused memory (buffers.POOL)."""
+    return scatter_mod.join(parts, buffer=buffers.join_buffer)
 
 
 def _then_join(pending: AsyncPendingResult) -> AsyncPendingResult:
@@ -908,7 +910,7 @@ def _then_join(pending: AsyncPendingResult) -> AsyncPendingResult:
 
 def _wire_frames(namespace: dict[str, list[Any]]) -> dict[str, list[Any]]:
     """Keep large values' frames for the data channel; make small ones bytes."""
-    return {key: frames if datachannel.is_large(frames) else [bytes(f) for f in frames]
+    return {key: frames if refs.is_large(frames) else [bytes(f) for f in frames]
             for key, frames in namespace.items()}
 
 
@@ -1088,8 +1090,8 @@ def _open_command_channel(session: Any) -> Any:
 def get_task_client(furl_or_file: Any = None, profile: str = "default",
                     timeout: float = 10.0) -> Any:
     """Connect to a controller's task farm; fire with an AsyncTaskClient."""
-    from ipython1.kernel.cluster import TASK_FURL
-    from ipython1.kernel.interfaces import RIMultiEngine
+    from ipython1.common.clusterdir import TASK_FURL
+    from ipython1.common.interfaces import RIMultiEngine
 
     furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
     tub, root, session = yield _open_session(
@@ -1115,7 +1117,7 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
 @defer.inlineCallbacks
 def _task_client(session: Any, tub: Any, furl: str, parent: Any) -> Any:
     """Make an AsyncTaskClient, over the local command channel if it can be opened."""
-    from ipython1.kernel.taskclient import AsyncTaskClient
+    from ipython1.client.tasks import AsyncTaskClient
 
     channel = yield _open_command_channel(session)
     return AsyncTaskClient(session, tub, furl, parent, channel)
