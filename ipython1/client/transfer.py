@@ -8,13 +8,16 @@ a client asks the controller once per engine, not once per value.
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ipython1.common.localhost import peer_credentials as _peer
 from ipython1.common.localhost import socket_address as _address
+from ipython1.transport.data.buffers import buffer_for
 from ipython1.transport.data.local import tune
 from ipython1.transport.data.refs import DirectUnavailable, LocalUnavailable, TransferError
 from ipython1.transport.data.stream import (
@@ -22,6 +25,7 @@ from ipython1.transport.data.stream import (
     NONCE_SIZE,
     PAIR_TIMEOUT,
     PLAIN_MAGIC,
+    STRIPE,
     TLSStream,
     client_context,
     connect,
@@ -29,6 +33,10 @@ from ipython1.transport.data.stream import (
     plain_proof,
     recv_exact,
     recv_frame,
+    recv_into_exact,
+    streams,
+    stripe_count,
+    stripe_pieces,
     transfer_head,
     tubid_of,
 )
@@ -135,30 +143,74 @@ def _local_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
 def _direct_client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None,
                             sizes: Sequence[int] | None,
                             accepted: Callable[[], None] | None = None) -> list[Any] | None:
-    address = ticket["direct"]
-    who = f"the engine's data port {address}"
+    """Move the frames over the engine's data port: one connection, or one per stripe."""
+    who = f"the engine's data port {ticket['direct']}"
     upload = frames is not None
     sizes = [len(f) for f in frames] if frames is not None else list(sizes or ())
+    count = stripe_count(sizes, streams())
+    if count == 1:
+        with _direct_connection(ticket, upload, sizes, 0, 1) as conn:
+            return _move(conn, who, frames, sizes, accepted)
+    received = None if frames is not None else [buffer_for(size) for size in sizes]
+    once = threading.Lock()
+    errors: list[BaseException] = []
+
+    def stripe(index: int) -> None:
+        try:
+            with _direct_connection(ticket, upload, sizes, index, count) as conn:
+                expect_ok(conn, who)
+                pieces = stripe_pieces(sizes, index, count)
+                if frames is None:
+                    for frame, start, end in pieces:
+                        with memoryview(received[frame]) as view:  # type: ignore[index]
+                            recv_into_exact(conn, view[start:end])
+                    return
+                if accepted is not None and once.acquire(blocking=False):
+                    accepted()  # the engine announced the value at its first stripe
+                for frame, start, end in pieces:
+                    with memoryview(frames[frame]) as view:
+                        conn.sendall(view.cast("B")[start:end])
+                expect_ok(conn, who)
+        except BaseException as e:
+            errors.append(e)
+
+    others = [threading.Thread(target=stripe, args=(i,), daemon=True) for i in range(1, count)]
+    for thread in others:
+        thread.start()
+    stripe(0)
+    for thread in others:
+        thread.join()
+    if errors:  # unreachable first: the relay may still get there
+        raise next((e for e in errors if isinstance(e, DirectUnavailable)), errors[0])
+    return received
+
+
+@contextlib.contextmanager
+def _direct_connection(ticket: dict[str, Any], upload: bool, sizes: list[int], index: int,
+                       count: int) -> Iterator[Any]:
+    """Connect to the engine's data port, prove the ticket, send the header; yield the stream."""
+    address = ticket["direct"]
     try:
         sock = connect(address, DIRECT_TIMEOUT)
     except OSError as e:  # refused, filtered, no route: the relay may still get there
-        raise DirectUnavailable(f"cannot reach {who}: {e}") from e
+        raise DirectUnavailable(f"cannot reach the engine's data port {address}: {e}") from e
     with sock:
         sock.settimeout(PAIR_TIMEOUT)
         conn: Any
+        trailer = STRIPE.pack(index, count)
         if ticket.get("plain"):  # the controller's --data-encryption=off: prove, then raw bytes
             head = transfer_head(dict(ticket, secret=bytes(32)), upload, sizes)
             sock.sendall(PLAIN_MAGIC + ticket["pairing_id"])
             nonce = bytes(recv_exact(sock, NONCE_SIZE))
-            sock.sendall(plain_proof(ticket["secret"], nonce, head[:HEAD.size]) + head)
+            sock.sendall(plain_proof(ticket["secret"], nonce, head[:HEAD.size]) + head + trailer)
             conn = sock
         else:
             conn = TLSStream(sock, client_context())
             conn.handshake()
             if tubid_of(conn.peer_certificate()) != ticket["tubid"]:
                 raise TransferError("the engine's TLS certificate does not match its tubid")
-            conn.sendall(transfer_head(ticket, upload, sizes))
-        return _move(conn, who, frames, sizes, accepted)
+            conn.sendall(transfer_head(ticket, upload, sizes) + trailer)
+        yield conn
 
 
 def _move(conn: Any, who: str, frames: Sequence[Any] | None, sizes: list[int],

@@ -232,6 +232,7 @@ class MultiEngine:
 
         from ipython1.common.addresses import join_host_port
         from ipython1.transport.data.local import BOOK_TTL, BOOK_USES
+        from ipython1.transport.data.stream import MAX_STREAMS
 
         record = self.controller.engines.get(engine_id)
         relay = self.controller.relay
@@ -249,8 +250,9 @@ class MultiEngine:
         if route == "direct" and isinstance(direct, dict) and direct.get("host"):
             pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
             plain = not getattr(self.controller, "data_encryption", True)
-            d = record.connection.control("expect_transfers", pairing_id, secret, BOOK_USES,
-                                          plain)
+            # Each stripe of a large transfer spends a use on the engine.
+            d = record.connection.control("expect_transfers", pairing_id, secret,
+                                          BOOK_USES * MAX_STREAMS, plain)
             return d.addCallback(lambda _: {
                 "pairing_id": pairing_id, "secret": secret, "uses": BOOK_USES, "ttl": BOOK_TTL,
                 "direct": join_host_port(direct["host"], int(direct["port"])), "plain": plain,

@@ -28,21 +28,26 @@ from typing import Any
 
 from ipython1.common.listenguard import ListenerGuard
 from ipython1.engine.blobs import BlobStore
+from ipython1.transport.data.buffers import buffer_for
 from ipython1.transport.data.local import BOOK_TTL, BOOK_USES
 from ipython1.transport.data.refs import MAX_FRAMES, TransferError
 from ipython1.transport.data.stream import (
     HEAD,
+    MAX_STREAMS,
     NONCE_SIZE,
     PAIR_TIMEOUT,
     PLAIN_MAGIC,
     STATUS_OK,
+    STRIPE,
     TLS_HANDSHAKE,
     TLSStream,
     connect,
     plain_proof,
     recv_exact,
     recv_frame,
+    recv_into_exact,
     refuse,
+    stripe_pieces,
 )
 
 
@@ -167,8 +172,123 @@ class TransferListener:
             refuse(conn, refused)
             return
         sizes = list(struct.unpack(f"<{count}Q", recv_exact(conn, 8 * count)))
-        if serve_transfer(conn, self.store, direction, blob_id, sizes):
+        if self._serve_body(conn, direction, blob_id, sizes):
             self.transfers += 1
+
+    def _serve_body(self, conn: Any, direction: bytes, blob_id: bytes, sizes: list[int]) -> bool:
+        return serve_transfer(conn, self.store, direction, blob_id, sizes)
+
+
+class Stripes:
+    """The transfers under way in stripes: one value over several connections at once.
+
+    The first stripe of an upload makes the buffers every stripe fills and
+    announces the value; the last one in stores it. The first stripe of a
+    download lends the value's frames until every stripe has sent its slice
+    (or, for stripes that never come, PAIR_TIMEOUT).
+    """
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._uploads: dict[bytes, list[Any]] = {}  # blob id -> [frames, stripes to come]
+        self._downloads: dict[bytes, _Lending] = {}
+
+    def receive(self, conn: Any, blob_id: bytes, sizes: list[int], count: int,
+                pieces: list[tuple[int, int, int]]) -> bool:
+        with self._lock:
+            entry = self._uploads.get(blob_id)
+            if entry is None:
+                entry = self._uploads[blob_id] = [[buffer_for(s) for s in sizes], count]
+                self.store.arriving(blob_id)  # a command using it waits for the last stripe
+        frames = entry[0]
+        try:
+            conn.sendall(STATUS_OK)
+            for frame, start, end in pieces:
+                with memoryview(frames[frame]) as view:
+                    recv_into_exact(conn, view[start:end])
+        except BaseException as e:
+            with self._lock:
+                self._uploads.pop(blob_id, None)
+            self.store.failed(blob_id, str(e) or type(e).__name__)
+            raise
+        with self._lock:
+            entry[1] -= 1
+            last = entry[1] == 0 and self._uploads.pop(blob_id, None) is entry
+        if last:
+            self.store.put(blob_id, frames)
+        conn.sendall(STATUS_OK)
+        return True
+
+    def send(self, conn: Any, blob_id: bytes, sizes: list[int], count: int,
+             pieces: list[tuple[int, int, int]]) -> bool:
+        with self._lock:
+            lending = self._downloads.get(blob_id)
+            if lending is None:
+                try:
+                    lending = _Lending(self.store.lend(blob_id), count,
+                                       lambda: self._downloads.pop(blob_id, None))
+                except TransferError as e:
+                    refuse(conn, str(e))
+                    return False
+                self._downloads[blob_id] = lending
+            started = lending.start()
+        if not started:
+            refuse(conn, "a stripe came too late")
+            return False
+        try:
+            if [len(f) for f in lending.frames] != sizes:
+                raise TransferError("the value held by the engine has other sizes")
+            conn.sendall(STATUS_OK)
+            for frame, start, end in pieces:
+                with memoryview(lending.frames[frame]) as view:
+                    conn.sendall(view.cast("B")[start:end])
+        except TransferError as e:
+            refuse(conn, str(e))
+            return False
+        finally:
+            lending.end()
+        return True
+
+
+class _Lending:
+    """A value lent to the stripes of one download, given back when they are done."""
+
+    def __init__(self, lent: Any, count: int, forget: Callable[[], Any]) -> None:
+        self._lent = lent
+        self.frames = lent.__enter__()
+        self._waiting, self._running = count, 0
+        self._forget = forget
+        self._lock = threading.Lock()
+        timer = threading.Timer(PAIR_TIMEOUT, self._give_up)
+        timer.daemon = True
+        timer.start()
+
+    def start(self) -> bool:
+        with self._lock:
+            if self._waiting <= 0:
+                return False
+            self._waiting -= 1
+            self._running += 1
+            return True
+
+    def end(self) -> None:
+        with self._lock:
+            self._running -= 1
+        self._maybe_done()
+
+    def _give_up(self) -> None:  # the stripes that have not come will not
+        with self._lock:
+            self._waiting = 0
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        with self._lock:
+            if self._waiting or self._running or self._lent is None:
+                return
+            lent, self._lent = self._lent, None
+        self._forget()
+        lent.__exit__(None, None, None)
 
 
 class DirectServer(TransferListener):
@@ -186,11 +306,24 @@ class DirectServer(TransferListener):
             listener = socket.create_server(("", port), backlog=128)
         self.port = int(listener.getsockname()[1])
         self._context = context
+        self._stripes = Stripes(store)
         super().__init__(store, listener, f"engine data port {self.port}")
 
     def info(self) -> dict[str, Any]:
         """What the engine advertises at registration (``info["direct_data"]``)."""
         return {"port": self.port}
+
+    def _serve_body(self, conn: Any, direction: bytes, blob_id: bytes, sizes: list[int]) -> bool:
+        index, count = STRIPE.unpack(recv_exact(conn, STRIPE.size))
+        if count <= 1:
+            return serve_transfer(conn, self.store, direction, blob_id, sizes)
+        if index >= count or count > MAX_STREAMS:
+            refuse(conn, "malformed transfer")
+            return False
+        pieces = stripe_pieces(sizes, index, count)
+        if direction == b"U":
+            return self._stripes.receive(conn, blob_id, sizes, count, pieces)
+        return self._stripes.send(conn, blob_id, sizes, count, pieces)
 
     def _serve(self, sock: socket.socket) -> None:
         try:

@@ -88,6 +88,8 @@ class StartOptions(_ProfileOption):
          "advertise to engines and clients on other hosts (see ipcontroller --help)."],
         ["port", None, 0, "TCP port of the controller (default: any free port).", int],
         ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
+        ["data-encryption", None, "on", "on (default) or off: large values between hosts "
+         "unencrypted (see ipcontroller --help and docs/security.md)."],
         ["timeout", None, 120.0, "Seconds to wait for all engines to register."],
         ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
         ["mpi-args", None, "", "Extra arguments for mpiexec."],
@@ -422,6 +424,9 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                        "--relay-port", str(relay_port),
                        *(["--location", location] if location else []),
                        *(["--reuse"] if reuse else [])]
+    encryption = (launch_options or {}).get("data-encryption", "on")
+    if encryption != "on":  # ipcontroller checks the value
+        controller_args.append(f"--data-encryption={encryption}")
     if mpi and engines_kind == "slurm":
         # srun starts the ranks; ids 0..n-1 wait for them.
         controller_args += ["--reserve-ids", str(n)]

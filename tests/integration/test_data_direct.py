@@ -2,9 +2,9 @@
 
 A grid of network-namespace hosts (tests/hostgrid.py): controllers on ctl,
 engines on e1 and e2, the client on cli. Two controllers of their own
-profiles: ``enc`` as shipped (TLS to the engine), ``plain`` started with
-``--data-encryption=off``. The client's `TRANSFERS` counter says which path
-each transfer took.
+profiles: ``enc`` as shipped (TLS to the engine), ``plain`` started by
+``ipcluster start --data-encryption=off`` (its engine on ctl). The client's
+`TRANSFERS` counter says which path each transfer took.
 """
 
 from __future__ import annotations
@@ -63,14 +63,14 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
     with HostGrid(["ctl", "e1", "e2", "cli"]) as grid:
         g = Grid(grid, tmp_path_factory.mktemp("direct"))
         g.start("ctl", "ipcontroller", "--profile", "enc", "--location", "ctl")
-        g.start("ctl", "ipcontroller", "--profile", "plain", "--location", "ctl",
+        # ipcluster passes --data-encryption on; its engine runs on ctl, the client on cli.
+        g.start("ctl", "ipcluster", "start", "--profile", "plain", "-n", "1", "--location", "ctl",
                 "--data-encryption=off")
         for profile in ("enc", "plain"):
             furl = g.furl(profile, "engine")
             wait_until(lambda f=furl: os.path.exists(f), 30, f"{profile}'s FURL files")
         g.start("e1", "ipengine", "--profile", "enc")
         g.start("e2", "ipengine", "--profile", "enc")
-        g.start("e1", "ipengine", "--profile", "plain")
         yield g
 
 

@@ -15,6 +15,7 @@ from foolscap import crypto
 from ipython1.engine import dataserver
 from ipython1.engine.dataserver import DirectServer
 from ipython1.kernel import datachannel as dc
+from ipython1.transport.data import stream
 from ipython1.transport.data.local import LOCAL_HEAD
 from tests.conftest import wait_until
 
@@ -145,6 +146,25 @@ def test_direct_upload_then_download(direct_server, engine_identity, plain):
     path = "direct-unencrypted" if plain else "direct"
     assert dc.TRANSFERS[path] - before.get(path, 0) == 2
     assert direct_server.pending() == 2  # a book: two of its four uses left
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_a_large_direct_transfer_goes_in_stripes(direct_server, engine_identity, plain,
+                                                 monkeypatch):
+    monkeypatch.setattr(stream, "STRIPE_MIN", 2**20)
+    monkeypatch.setenv(stream.STREAMS_ENV, "3")
+    frames = [b"head", secrets.token_bytes(3 * 2**20 + 1), b"", secrets.token_bytes(2**19)]
+    ticket = _direct_ticket(direct_server, engine_identity, plain, uses=6)
+    landed = []
+    assert dc.client_transfer(ticket, frames=frames, accepted=lambda: landed.append(1)) is None
+    assert landed == [1]  # once, not once per stripe
+    assert [bytes(f) for f in direct_server.store.take(b"d" * 16)] == frames
+    direct_server.store.put(b"d" * 16, frames, lent=True)
+    got = dc.client_transfer(ticket, sizes=[len(f) for f in frames])
+    assert [bytes(f) for f in got] == frames
+    direct_server.store.settle()  # the lent value was given back: nothing waits
+    assert direct_server.pending() == 0  # three connections each way
+    assert direct_server.transfers == 6
 
 
 def test_direct_client_checks_the_engine_certificate(direct_server, engine_identity):

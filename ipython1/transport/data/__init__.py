@@ -1,26 +1,24 @@
 """The data channel: large values between a client and an engine, beside the command path.
 
-Foolscap carries commands; a value larger than `THRESHOLD` travels instead
-over a TLS connection *between the client and the engine*, relayed byte for
-byte by the controller, which never decrypts (and never unpickles) it:
+Foolscap carries commands; a value of at least `THRESHOLD` bytes travels
+beside them, and the command carries a small *blob reference* instead
+(frames ``[BLOB_MAGIC, id, sizes]``), so the per-engine queue keeps its
+order. The client asks the controller (over its session) for a ticket to or
+from engine E: a pairing id and a secret, and where to go. Three paths, the
+first that applies:
 
-1. The client asks the controller (over its Foolscap session) for a transfer
-   to or from engine E. The controller registers a pairing id with its
-   `Relay`, tells E to connect to the relay, and answers the client with the
-   pairing id, a secret, the relay address, and E's tubid (which Foolscap
-   authenticated when E registered).
-2. Client and engine each connect to the relay and send the pairing id; the
-   relay splices the two sockets.
-3. Through the splice, the client opens TLS to the engine (the engine serves
-   its own Foolscap certificate) and checks that the certificate's digest is
-   E's tubid; it then sends the secret inside TLS, and the engine refuses the
-   transfer unless it matches. Only the holder of the session gets in, and
-   only the real engine is talked to.
-4. Frames go out with ``sendall`` of each frame and come in with
-   ``recv_into`` preallocated buffers; the engine keeps uploaded frames in
-   its `BlobStore` under a blob id, and the Foolscap command refers to them
-   with a small *blob reference* (frames ``[BLOB_MAGIC, id, sizes]``), so
-   the per-engine queue keeps its order.
+1. Same host, same user: E's abstract Unix socket (below).
+2. Another host: E's *data port* (``info["direct_data"]``, with the address
+   the controller reaches E at). The client opens TLS to E (E serves its own
+   Foolscap certificate), checks that the certificate's digest is E's tubid
+   (which Foolscap authenticated when E registered), and sends the transfer's
+   header with the secret inside TLS; E refuses the transfer unless the
+   secret matches a book the controller announced. A ticket is good for
+   `BOOK_USES` transfers. Unencrypted only when the controller was started
+   with ``--data-encryption=off`` (an HMAC proves the secret; see `stream`).
+3. When the data port cannot be reached: through the controller's `Relay`,
+   which E dials too and which splices the two sockets byte for byte, never
+   decrypting; the same TLS and tubid check run inside the splice.
 
 Same host, same user: the local path
 -------------------------------------

@@ -49,6 +49,13 @@ STATUS_REFUSED = b"E"
 TLS_HANDSHAKE = 0x16  # the first byte of a TLS connection (a handshake record)
 PLAIN_MAGIC = b"IPD1"  # the first bytes of an unencrypted one
 NONCE_SIZE = 32
+# A direct transfer of at least STRIPE_MIN bytes goes over STREAMS connections at once,
+# each with a slice of the bytes: encryption on as many cores on either side.
+STREAMS_ENV = "IPYTHON1_DATA_STREAMS"
+STREAMS_DEFAULT = 2
+MAX_STREAMS = 8
+STRIPE_MIN = 32 * 2**20
+STRIPE = struct.Struct("<BB")  # after a direct transfer's sizes: stripe index, stripe count
 WRITE_BATCH = 4 * 2**20  # encrypted bytes gathered before one sendall
 RECORD_INPUT = 2**20  # plaintext handed to OpenSSL per write (64 records)
 
@@ -142,6 +149,45 @@ def expect_ok(sock: Any, who: str) -> None:
 def direct_enabled() -> bool:
     """Tell whether IPYTHON1_DIRECT_DATA lets this process use direct connections."""
     return env_enabled(DIRECT_ENV)
+
+
+def streams() -> int:
+    """Return how many connections a large direct transfer uses ($IPYTHON1_DATA_STREAMS, 2)."""
+    try:
+        return max(1, min(MAX_STREAMS, int(os.environ.get(STREAMS_ENV, STREAMS_DEFAULT))))
+    except ValueError:
+        return STREAMS_DEFAULT
+
+
+def stripe_count(sizes: Sequence[int], wanted: int) -> int:
+    """Return how many stripes a transfer of frames of these sizes takes (1: not striped)."""
+    return max(1, min(wanted, MAX_STREAMS)) if sum(sizes) >= STRIPE_MIN else 1
+
+
+def stripe_pieces(sizes: Sequence[int], index: int, count: int) -> list[tuple[int, int, int]]:
+    """Return stripe index of count as (frame, start, end) pieces of the frames' bytes.
+
+    The frames' bytes, end to end, are cut into count slices as equal as can be.
+    """
+    total = sum(sizes)
+    lo, hi = total * index // count, total * (index + 1) // count
+    pieces, offset = [], 0
+    for frame, size in enumerate(sizes):
+        start, end = max(lo, offset), min(hi, offset + size)
+        if start < end:
+            pieces.append((frame, start - offset, end - offset))
+        offset += size
+    return pieces
+
+
+def recv_into_exact(sock: Any, view: memoryview) -> None:
+    """Fill view from sock."""
+    got, size = 0, len(view)
+    while got < size:
+        n = sock.recv_into(view[got:], min(size - got, CHUNK))
+        if not n:
+            raise TransferError(f"connection closed after {got} of {size} bytes")
+        got += n
 
 
 def transfer_head(ticket: dict[str, Any], upload: bool, sizes: Sequence[int]) -> bytes:
