@@ -27,13 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipython1.cluster.local import ENGINES_PID_FILE, SUPERVISOR_PID_FILE, stop_pids
+from ipython1.common.clusterdir import ClusterDir
+from ipython1.common.private import open_private_log, write_private
+from ipython1.common.processes import write_pid_file
+
 RESTART_ENV = "IPYTHON1_ENGINE_RESTARTED"  # why the engine was restarted (for its event)
 SUPERVISED_ENV = "IPYTHON1_SUPERVISED"  # set for supervised engines: they have exit reports
 STDERR_LINES = 10  # lines of a dead engine's stderr kept in its EngineError
 MAX_RESTARTS = 10  # per engine within RESTART_WINDOW; then it is left dead
 RESTART_WINDOW = 60.0
-SUPERVISOR_PID_FILE = "ipsupervisor"
-ENGINES_PID_FILE = "ipengines"
 
 
 def describe_exit(returncode: int) -> str:
@@ -110,8 +113,6 @@ def exits_dir(pid_dir: Path) -> Path:
 
 def write_exit_report(pid_dir: Path, pid: int, report: dict[str, Any]) -> None:
     """Write what the supervisor saw of an engine's end (read by the controller)."""
-    from ipython1.common.clusterdir import write_private
-
     write_private(exits_dir(pid_dir) / f"{pid}.json", json.dumps(report))
 
 
@@ -141,10 +142,6 @@ def tail(path: Path, start: int, lines: int = STDERR_LINES) -> str:
 def run(profile: str, commands: list[tuple[int | None, list[str]]],
         poll_interval: float = 0.05) -> None:
     """Supervise commands until SIGTERM; then stop them all."""
-    from ipython1.common.clusterdir import ClusterDir, open_private_log
-    from ipython1.common.processes import write_pid_file
-    from ipython1.scripts.ipcluster import stop_pids
-
     cluster_dir = ClusterDir(profile).create()
     offsets: dict[int, tuple[Path, int]] = {}
 

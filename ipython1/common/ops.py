@@ -29,12 +29,13 @@ from foolscap.constraint import IConstraint
 from foolscap.remoteinterface import RemoteMethodSchema
 
 from ipython1.common.constraints import (
+    Flag,
     Frames,
     Keys,
     MaybeInt,
     MaybeText,
     Namespace,
-    Reply,
+    SessionReply,
     Targets,
     TaskBatch,
     Text,
@@ -73,8 +74,9 @@ OPS: dict[str, Op] = {
     # Post mortem pdb on the engine's last exception; the client that sent it drives it.
     "debug": Op(),
     "complete": Op((("text", Text), ("line", MaybeText), ("cursor_pos", MaybeInt))),
-    # The task farm's batches; replies are plain data (the farm reads them).
-    "run_tasks": Op((("batch", TaskBatch),), session=False, encoded=False),
+    # The task farm's batches; the reply is msgpack like every other (the farm
+    # decodes it to schedule; each result stays the engine's opaque frames).
+    "run_tasks": Op((("batch", TaskBatch),), session=False),
 }
 
 # The calls a session keeps on the controller (no engine runs them) that observers may make.
@@ -94,7 +96,7 @@ def op(name: Any) -> Op:
 
 
 def _schema(args: tuple[tuple[str, Any], ...]) -> RemoteMethodSchema:
-    return RemoteMethodSchema(_response=Reply, **dict(args))
+    return RemoteMethodSchema(_response=SessionReply, **dict(args))
 
 
 def _checker(args: tuple[tuple[str, Any], ...]) -> Callable[[Any], None]:
@@ -136,7 +138,7 @@ def check_args(name: str, args: Any) -> None:
 
 def session_schemas() -> dict[str, RemoteMethodSchema]:
     """Return the multi-engine session's method per op: op(*args, targets, block)."""
-    return {name: _schema((*entry.args, ("targets", Targets), ("block", bool)))
+    return {name: _schema((*entry.args, ("targets", Targets), ("block", Flag)))
             for name, entry in OPS.items() if entry.session}
 
 

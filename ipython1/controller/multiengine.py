@@ -447,7 +447,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         if self.revoked:
             return defer.succeed(self._raise_as_data(Failure(self._denied("queue_status"))))
         d = defer.maybeDeferred(self.adapter.queue_status, targets)
-        return d.addErrback(self._raise_as_data)
+        return d.addCallbacks(replies.pack, self._raise_as_data)  # SessionReply
 
     def remote_clear_queue(self, targets: Any) -> Deferred[Any]:
         return self._call(True, "clear_queue", targets)
@@ -464,7 +464,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_engine_info(self, targets: Any) -> Deferred[Any]:
         d = defer.maybeDeferred(self.adapter.engine_info, targets)
-        return d.addErrback(self._raise_as_data)
+        return d.addCallbacks(replies.pack, self._raise_as_data)  # SessionReply
 
     def remote_get_pending_result(self, pending_id: int, block: bool) -> Deferred[Any]:
         if pending_id not in self.pending:
@@ -515,7 +515,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         denied = self._denied("session_log")
         if denied is not None:
             return self._refuse("session_log", denied)
-        return self.adapter.session_log()
+        return self.adapter.session_log().addCallback(replies.pack)  # SessionReply
 
     def remote_subscribe_output(self, observer: Any, own_only: bool) -> None:
         """Forward live engine output (only this client's commands if own_only)."""
@@ -559,7 +559,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
     def remote_users(self) -> Any:
         from ipython1.controller.users import list_users
 
-        return list_users(self.adapter)
+        return replies.pack(list_users(self.adapter))  # SessionReply
 
     def remote_say(self, text: str) -> Any:
         if self.revoked:
@@ -594,7 +594,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
         if user is not None and not isinstance(user, str):
             return self._raise_as_data(Failure(KernelError("user must be a name or None")))
-        return transcript_tail(self.adapter, user, last)
+        return replies.pack(transcript_tail(self.adapter, user, last))  # SessionReply
 
     def remote_connect_tasks(self, info: Any) -> Any:
         """Open a task farm session acting as this session's user (and kind)."""
@@ -631,7 +631,7 @@ class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
         debugger = where.pop("debugger", None)  # the client's remote-pdb observer
         session = MultiEngineSession(self.adapter, f"{user}/client-{next(self._client_ids)}",
                                      user, self.kind)
-        if debugger is not None and hasattr(debugger, "callRemote"):
+        if debugger is not None and foolscap_transport.is_reference(debugger):
             self.adapter.controller.debug_clients[session.client] = debugger
         directory = getattr(self.adapter, "directory", None)
         if directory is not None:

@@ -61,7 +61,8 @@ class Options(usage.Options):
 
 def _engine_service(options: Any, own_shell_thread: bool) -> Any:
     from ipython1.cluster.supervisor import RESTART_ENV, SUPERVISED_ENV
-    from ipython1.engine.kernel import EngineService, ShellRunner
+    from ipython1.engine.runner import ShellRunner
+    from ipython1.engine.service import EngineService
 
     info: dict[str, Any] = {}
     if options["engine-id"] is not None:
