@@ -58,8 +58,8 @@ TargetSpec = Any  # "all" | int | list[int]
 # get_properties(): the named ones, or all (a ChoiceOf of a list drops the connection)
 PropertyNames = ListOrNone(Name, maxLength=100_000)
 PropertyValues = AnyValue()  # checked as plain data by properties.update on arrival
-# A remote pdb's answer: {"output": text, "waiting": bool} (ChoiceOf cannot hold text).
-DebugReply = DictOf(Name, AnyValue(), maxKeys=4)
+# A remote pdb's answer: its output up to the next prompt, and whether it waits for a line.
+DebugReply = Record(output=Text, waiting=Flag)
 
 
 # -- local interfaces --------------------------------------------------------
@@ -309,7 +309,7 @@ class RIMultiEngineSession(RemoteInterface):
 
     def debug_input(engine_id=int, line=Text):
         """A line for the debugger this client's command opened on engine_id."""
-        return SessionReply
+        return OneOf(DebugReply, ErrorReply)
 
     def queue_status(targets=Targets):
         return SessionReply

@@ -19,6 +19,8 @@ from typing import IO, Any
 
 from twisted.python import usage
 
+from ipython1 import cluster
+from ipython1.cluster import doctor, resize
 from ipython1.cluster.local import (
     ENGINES_PID_FILE,
     SUPERVISOR_PID_FILE,
@@ -32,10 +34,13 @@ from ipython1.cluster.local import (
     stop_pids,
 )
 from ipython1.cluster.options import Options
+from ipython1.cluster.remote import FURLS, RemoteController
 from ipython1.cluster.status import dashboard, logs, status
 from ipython1.cluster.usercmds import adduser, deluser, transcript, users
-from ipython1.common.clusterdir import ClusterDir, pid_alive, read_pid
+from ipython1.common.clusterdir import ENGINE_FURL, ClusterDir, pid_alive, read_pid
+from ipython1.common.errors import KernelError
 from ipython1.common.processes import check, recorded, verified, write_pid_file
+from ipython1.engine import mpi as mpi_mod
 
 # -- processes ----------------------------------------------------------------
 
@@ -139,6 +144,7 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                 out.flush()
             launcher, n = _start_launcher(cluster_dir, engines_kind, n, timeout,
                                           launch_options or {}, mpi)
+        # Foolscap and the reactor: only once the cluster runs
         from ipython1.client.blocking import MultiEngineClient
 
         mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
@@ -229,8 +235,6 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
 def _start_launcher(cluster_dir: ClusterDir, kind: str, n: int | None, timeout: float,
                     options: dict[str, Any], mpi: bool = False) -> tuple[Any, int]:
     """Start engines with a launcher of ipython1.cluster; record it for stop and status."""
-    from ipython1 import cluster
-
     engine = cluster.EngineCommand.for_cluster(
         cluster_dir, connect_timeout=timeout, ipengine=options.get("ipengine"),
         extra=["--mpi", "mpi4py"] if mpi else [])
@@ -279,7 +283,6 @@ def _start_remote_controller(cluster_dir: ClusterDir, host: str, ssh_args: str,
     """Start the controller on host over ssh; return the ssh client once its FURLs are here."""
     import shlex
 
-    from ipython1.cluster.remote import FURLS, RemoteController
 
     for name in FURLS:
         cluster_dir.furl_file(name).unlink(missing_ok=True)  # never a stale one from here
@@ -298,8 +301,6 @@ def _start_remote_controller(cluster_dir: ClusterDir, host: str, ssh_args: str,
 
 def _stop_remote_controller(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
     """Ask the controller's host to end it, when it runs on another host."""
-    from ipython1.cluster.remote import RemoteController
-
     remote = RemoteController.load(cluster_dir)
     error = remote.stop(grace) if remote is not None else None
     if error:
@@ -308,8 +309,6 @@ def _stop_remote_controller(cluster_dir: ClusterDir, grace: float, out: IO[str])
 
 def _stop_launcher(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
     """Stop what a launcher of ipython1.cluster started (jobs, ssh), if any."""
-    from ipython1 import cluster
-
     try:
         launcher = cluster.launcher_from_state(cluster_dir)
         if launcher is not None:
@@ -322,7 +321,7 @@ def _stop_launcher(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
 
 def _other_hosts_hint(cluster_dir: ClusterDir) -> str:
     """Say where the controller is reached from and how engines on other hosts join."""
-    from ipython1.common.clusterdir import ENGINE_FURL
+    # Foolscap and the reactor: only once the cluster runs
     from ipython1.common.wire import furl_location
 
     path = cluster_dir.furl_file(ENGINE_FURL)
@@ -342,7 +341,6 @@ def _mpi_preflight(n: int, mpiexec: str | None,
     """
     import shlex
 
-    from ipython1.engine import mpi as mpi_mod
 
     path = mpi_mod.find_mpiexec(mpiexec)
     if not mpi_mod.mpi4py_installed():
@@ -411,9 +409,6 @@ def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout
 
 def engines(cluster_dir: ClusterDir, options: usage.Options, out: IO[str] = sys.stdout) -> int:
     """Add or remove engines of the running cluster (see ipython1.cluster.resize)."""
-    from ipython1.cluster import resize
-    from ipython1.common.errors import KernelError
-
     sub = options.subOptions
     try:
         if options.subCommand == "add":
@@ -471,8 +466,6 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     if options.subCommand == "transcript":
         return transcript(cluster_dir, sub["user"], bool(sub["follow"]), out=out)
     if options.subCommand == "doctor":
-        from ipython1.cluster import doctor
-
         return doctor.run(cluster_dir, out=out, as_json=bool(sub["json"]))
     if options.subCommand == "logs":
         return logs(cluster_dir, sub["engine"], sub["lines"], bool(sub["follow"]), out=out)

@@ -8,7 +8,9 @@ from typing import Any
 
 from twisted.python import usage
 
+from ipython1.common import addresses
 from ipython1.common.clusterdir import ClusterDir
+from ipython1.scripts import run_service
 
 
 class Options(usage.Options):
@@ -51,8 +53,6 @@ class Options(usage.Options):
 
 def check_network_options(options: Any) -> None:
     """Validate --location and the ports; settle --ip (shared with ipcluster start)."""
-    from ipython1.common import addresses
-
     for name in ("port", "relay-port"):
         if not 0 <= options[name] < 65536:
             raise usage.UsageError(f"--{name} must be from 0 (any free port) to 65535")
@@ -66,7 +66,8 @@ def check_network_options(options: Any) -> None:
 
 def makeService(options: Any) -> Any:
     """Build the controller service tree from options."""
-    from ipython1.controller.registry import ControllerService
+    # after the reactor is chosen (twistd or main())
+    from ipython1.controller.service import ControllerService
 
     service = ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
                                 port=options["port"], reserve_ids=options["reserve-ids"],
@@ -82,8 +83,6 @@ def makeService(options: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the controller in the foreground until SIGTERM/SIGINT."""
-    from ipython1.scripts import run_service
-
     options = Options()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)

@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ipython1.common.errors import KernelError, error_from_wire, error_to_wire
+from ipython1.common.listenguard import ListenerGuard
 from ipython1.common.localhost import env_enabled, host_key, peer_credentials
 from ipython1.common.localhost import socket_address as _address
 from ipython1.common.replies import dumps, loads
@@ -251,7 +252,6 @@ class CommandChannelServer:
         self.host = host_key()
         self._offers: dict[tuple[str, int], tuple[bytes, Any]] = {}
         self._session_ids = itertools.count(1)
-        from ipython1.common.listenguard import ListenerGuard
 
         self.guard = ListenerGuard(f"command channel {self.name}")
         factory = protocol.Factory.forProtocol(lambda: ControllerEnd(self))

@@ -134,7 +134,8 @@ def test_a_session_offer_lets_its_client_call_the_session_only(server: Any) -> N
 
 
 def test_a_task_farm_session_is_checked_against_its_own_schema(server: Any) -> None:
-    from ipython1.controller.task import TaskFarm, TaskFarmSession
+    from ipython1.controller.taskfarm import TaskFarm
+    from ipython1.controller.tasksession import TaskFarmSession
 
     def make() -> Any:
         session = TaskFarmSession(TaskFarm(server.controller), "alice/client-1", "alice")
