@@ -105,7 +105,9 @@ class Controller(service.MultiService):
         self.owner = _login_name()
         self.events = EventBus()  # the shared, attributed view of everything (issue 8)
         self.add_observer(self.events.on_controller)
-        self.relay: Any = None  # datachannel.Relay, set by ControllerService
+        self.relay: Any = None  # controller.relay.Relay, set by ControllerService
+        # False only by --data-encryption=off: direct transfers go unencrypted.
+        self.data_encryption = True
         # Engines on this host take their queued commands over it (see transport.channel).
         self.command_channels: command_channel.CommandChannelServer | None = None
         # Ids below reserve_ids are given only to engines that ask for them
@@ -127,6 +129,9 @@ class Controller(service.MultiService):
         """Add an engine; return its id, which it keeps for its life."""
         info = dict(info)
         late_tasks = info.pop("late_tasks", None)  # a rejoining engine's (issue 15)
+        direct = info.get("direct_data")
+        if isinstance(direct, dict):  # clients reach its data port where we reach the engine
+            info["direct_data"] = dict(direct, host=wire.peer_host(engine))
         engine_id = self._assign_id(info.get("requested_id"), bool(info.get("rejoin")))
         if "mpi_rank" in info:
             # A rank blocked in a GIL-holding collective cannot answer pings.

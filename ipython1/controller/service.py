@@ -29,7 +29,7 @@ from ipython1.controller.monitor import ClusterMonitor
 from ipython1.controller.multiengine import MultiEngine
 from ipython1.controller.multienginesession import MultiEngineReferenceable
 from ipython1.controller.registry import Controller, wait_for_exit_report
-from ipython1.kernel.datachannel import Relay
+from ipython1.controller.relay import Relay
 from ipython1.transport import channel as command_channel
 from ipython1.transport import tcpchannel
 

@@ -30,16 +30,17 @@ from ipython1.common.errors import KernelError, VersionMismatch
 from ipython1.common.interfaces import RIEngine
 from ipython1.common.logring import LogRing
 from ipython1.common.versions import local_versions, refusal
+from ipython1.engine import dataserver, localdata
 from ipython1.engine.debugger import DebugSession
 from ipython1.engine.kernel import BLOBS, EngineKernel, _CellFailed
 from ipython1.engine.output import OutputBatcher
 from ipython1.engine.rejoin import RECONNECT_TIMEOUT, LateReplies
 from ipython1.engine.restart import exec_fresh
 from ipython1.engine.runner import ShellRunner
-from ipython1.kernel import datachannel
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
 from ipython1.transport import tcpchannel
+from ipython1.transport.data import local, refs, stream
 
 log = Logger()
 
@@ -60,7 +61,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self.controller_host: str | None = None
         self.controller_tubid: str | None = None  # the FURL's: checked by the TLS channel
         self._tcp_offer: dict[str, Any] | None = None  # until the controller is known
-        self.local_data: datachannel.LocalServer | None = None  # same-host transfers
+        self.local_data: localdata.LocalServer | None = None  # same-host transfers
+        self.direct_data: dataserver.DirectServer | None = None  # clients on other hosts
         self._kernel: EngineKernel | None = None
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
@@ -219,16 +221,24 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         """Serve one data-channel transfer on a worker thread (never the shell thread)."""
         if relay_port == 0:  # same host: the client comes to our local socket
             if self.local_data is None:
-                raise datachannel.TransferError("this engine has no local data channel")
+                raise refs.TransferError("this engine has no local data channel")
             self.local_data.expect(pairing_id, secret)  # a book of tickets
             return True
         if self.tls_context is None or self.controller_host is None:
-            raise datachannel.TransferError("this engine has no data channel")
+            raise refs.TransferError("this engine has no data channel")
         d = threads.deferToThread(
-            datachannel.engine_transfer, self.tls_context,
+            dataserver.engine_transfer, self.tls_context,
             addresses.join_host_port(self.controller_host, relay_port),
             pairing_id, secret, direction, blob_id, sizes, BLOBS)
         d.addErrback(lambda f: log.warn("data transfer failed: {e}", e=f.getErrorMessage()))
+        return True
+
+    def remote_expect_transfers(self, pairing_id: bytes, secret: bytes, uses: int,
+                                plain: bool) -> bool:
+        """Let a client make uses transfers on this engine's data port (see dataserver)."""
+        if self.direct_data is None:
+            raise refs.TransferError("this engine has no data port")
+        self.direct_data.expect(pairing_id, secret, max(1, min(uses, 1024)), plain)
         return True
 
     def remote_properties(self) -> dict[str, Any]:
@@ -351,12 +361,19 @@ class EngineService(service.MultiService):
         # An MPI rank may sit in a GIL-holding collective, deaf to pings.
         self.tub = wire.client_tub(
             wire.MPI_DISCONNECT_TIMEOUT if "mpi_rank" in self.info else None)
-        if datachannel.local_enabled():
+        if local.local_enabled():
             try:
-                self.referenceable.local_data = datachannel.LocalServer(BLOBS)
+                self.referenceable.local_data = localdata.LocalServer(BLOBS)
                 self.info["local_data"] = self.referenceable.local_data.info()
             except OSError as e:
                 log.warn("no local data channel: {e}", e=e)
+        if stream.direct_enabled():  # clients on other hosts connect here, not to the relay
+            try:
+                self.referenceable.direct_data = dataserver.DirectServer(
+                    BLOBS, lambda: self.referenceable.tls_context)
+                self.info["direct_data"] = self.referenceable.direct_data.info()
+            except OSError as e:
+                log.warn("no data port (clients on other hosts use the relay): {e}", e=e)
         # Build the IPython shell before registering: registered means ready.
         d = self.runner.submit(self.referenceable._kernel_now)
         d.addCallback(lambda _: self._register())
@@ -365,6 +382,8 @@ class EngineService(service.MultiService):
     def stopService(self) -> Any:
         if self.referenceable.local_data is not None:
             self.referenceable.local_data.close()
+        if self.referenceable.direct_data is not None:
+            self.referenceable.direct_data.close()
         return super().stopService()
 
     @defer.inlineCallbacks
@@ -404,7 +423,7 @@ class EngineService(service.MultiService):
             self.engine_id = self.runner.engine_id = engine_id
             self.referenceable.controller_known(wire.peer_host(controller, furl),
                                                 controller.getRemoteTubID())
-            self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
+            self.referenceable.tls_context = stream.server_context(self.tub.getCertData())
             registration.notifyOnDisconnect(self._controller_lost)
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id

@@ -91,6 +91,9 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                        "--relay-port", str(relay_port), "--command-port", str(command_port),
                        *(["--location", location] if location else []),
                        *(["--reuse"] if reuse else [])]
+    encryption = (launch_options or {}).get("data-encryption", "on")
+    if encryption != "on":  # ipcontroller checks the value
+        controller_args.append(f"--data-encryption={encryption}")
     if mpi and engines_kind == "slurm":
         # srun starts the ranks; ids 0..n-1 wait for them.
         controller_args += ["--reserve-ids", str(n)]

@@ -37,6 +37,10 @@ class Options(usage.Options):
         ["dashboard-ip", None, "127.0.0.1", "Interface the web dashboard listens on."],
         ["dashboard-port", None, 0, "The web dashboard's TCP port (default: any free port).",
          int],
+        ["data-encryption", None, "on", "on (default) or off. off: large values go between "
+         "clients and engines on other hosts UNENCRYPTED (still authenticated by an HMAC of "
+         "the transfer's secret): only on a network where nobody may read or alter them "
+         "(docs/security.md)."],
     ]
     optFlags = [
         ["no-dashboard", None, "Serve no web dashboard."],
@@ -46,6 +50,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         check_network_options(self)
+        if self["data-encryption"] not in ("on", "off"):
+            raise usage.UsageError("--data-encryption must be on or off")
 
 
 def check_network_options(options: Any) -> None:
@@ -66,13 +72,17 @@ def makeService(options: Any) -> Any:
     # after the reactor is chosen (twistd or main())
     from ipython1.controller.service import ControllerService
 
-    return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
-                             port=options["port"], reserve_ids=options["reserve-ids"],
-                             location=options["location"], relay_port=options["relay-port"],
-                             command_port=options["command-port"],
-                             dashboard=None if options["no-dashboard"] else
-                             (options["dashboard-ip"], options["dashboard-port"]),
-                             reuse=bool(options["reuse"]))
+    service = ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
+                                port=options["port"], reserve_ids=options["reserve-ids"],
+                                location=options["location"],
+                                relay_port=options["relay-port"],
+                                command_port=options["command-port"],
+                                dashboard=None if options["no-dashboard"] else
+                                (options["dashboard-ip"], options["dashboard-port"]),
+                                reuse=bool(options["reuse"]))
+    if options.get("data-encryption", "on") == "off":
+        service.controller.data_encryption = False
+    return service
 
 
 def main(argv: list[str] | None = None) -> None:
