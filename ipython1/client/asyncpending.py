@@ -12,7 +12,7 @@ from ipython1.common import scatter as scatter_mod
 from ipython1.common.errors import (
     CompositeError,
 )
-from ipython1.kernel import datachannel
+from ipython1.transport.data import buffers
 
 if TYPE_CHECKING:
     from ipython1.client.multiengine import AsyncMultiEngineClient
@@ -123,8 +123,8 @@ def _join_parts(parts: Any) -> Any:
 
 
 def _join(parts: list[Any]) -> Any:
-    """Join gathered parts; a large array lands in reused memory (datachannel.POOL)."""
-    return scatter_mod.join(parts, buffer=datachannel.join_buffer)
+    """Join gathered parts; a large array lands in reused memory (transport.data.buffers.POOL)."""
+    return scatter_mod.join(parts, buffer=buffers.join_buffer)
 
 
 def _then_join(pending: AsyncPendingResult) -> AsyncPendingResult:

@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ipython1.client import transfer
 from ipython1.client.asyncpending import (
     AsyncPendingResult,
     _join,
@@ -51,9 +52,11 @@ from ipython1.common.errors import (
 from ipython1.common.properties import check_plain
 from ipython1.common.serialize import deserialize, serialize, serialize_dict
 from ipython1.common.versions import local_versions
-from ipython1.kernel import datachannel
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
+from ipython1.transport import tcpchannel
+from ipython1.transport.data import local, refs
+from ipython1.transport.data.stream import direct_enabled
 
 _map_chunk = scatter_mod.map_chunk  # its old name
 
@@ -94,7 +97,8 @@ class AsyncMultiEngineClient:
         self._lost: str | None = None
         self._finishers: dict[int, Callable[[list[dict[str, Any]]], Any]] = {}
         self._relay_only: set[int] = set()  # engines whose local socket is out of reach
-        self._books: dict[int, datachannel.TicketBook] = {}  # same-host tickets, by engine
+        self._no_direct: set[int] = set()  # engines whose data port is out of reach
+        self._books: dict[int, transfer.TicketBook] = {}  # local or direct tickets, by engine
         # Set by get_multiengine_client: reopens the session once the controller is back.
         self.reconnector: Reconnector | None = None
         # Handles engine pdb prompts (engine id, text); the blocking client sets it.
@@ -119,6 +123,7 @@ class AsyncMultiEngineClient:
         self._calls = command_channel.session_connection(self._session, self._channel)
         self._books.clear()
         self._relay_only.clear()
+        self._no_direct.clear()
         self._lost = None
         self._calls.notifyOnDisconnect(self._disconnected)
         if self._observer is not None:
@@ -184,16 +189,16 @@ class AsyncMultiEngineClient:
     # -- the data channel: large values go beside Foolscap --
 
     def _keep(self, engine_id: int, ticket: dict[str, Any]) -> dict[str, Any]:
-        """Keep a same-host ticket's other uses for the next transfers with engine_id."""
+        """Keep a same-host or direct ticket's other uses for the next transfers with engine_id."""
         if ticket.get("uses", 1) > 1:
-            book = datachannel.TicketBook(ticket)
+            book = transfer.TicketBook(ticket)
             book.spend()
             self._books[engine_id] = book
         return ticket
 
     def _ticket(self, answer: Any) -> dict[str, Any]:
         answer = _check_global_error(answer)
-        if "local" in answer:
+        if "relay_port" not in answer:
             return dict(answer)
         host = wire.peer_host(self._session, self.furl)  # the relay is beside the Tub
         return dict(answer, relay=join_host_port(host, answer["relay_port"]))
@@ -201,37 +206,46 @@ class AsyncMultiEngineClient:
     def _transfer(self, engine_id: int, direction: str, blob_id: bytes, sizes: list[int],
                   frames: list[bytes] | None = None, fresh: bool = False,
                   accepted: Callable[[], None] | None = None) -> Deferred[Any]:
-        """Open a transfer and run it on a worker thread: same-host if it can be, else relayed.
+        """Open a transfer and run it on a worker thread: same-host, direct, else relayed.
 
-        A same-host ticket is good for several transfers: those need no
-        round trip to the controller.
+        A same-host or direct ticket is good for several transfers: those
+        need no round trip to the controller. An engine whose local socket or
+        data port cannot be reached is remembered: the relay from then on.
         """
         from twisted.internet import threads
 
         def run(ticket: dict[str, Any]) -> Deferred[Any]:
-            return threads.deferToThread(datachannel.client_transfer, dict(ticket, blob_id=blob_id),
+            return threads.deferToThread(transfer.client_transfer, dict(ticket, blob_id=blob_id),
                                          frames=frames, sizes=sizes, accepted=accepted)
 
-        host = "" if engine_id in self._relay_only else datachannel.host_key()
+        def again(failure: Failure) -> Deferred[Any]:
+            return self._transfer(engine_id, direction, blob_id, sizes, frames, True, accepted)
+
         book = self._books.get(engine_id)
-        if host and not fresh and book is not None and book.spend():
+        if not fresh and book is not None and book.spend():
             def stale(failure: Failure) -> Deferred[Any]:
                 if self._books.get(engine_id) is book:
                     del self._books[engine_id]
-                failure.trap(datachannel.LocalUnavailable)  # a new engine with this id?
-                return self._transfer(engine_id, direction, blob_id, sizes, frames, True, accepted)
+                # A new engine with this id? Ask the controller again.
+                failure.trap(refs.LocalUnavailable, refs.DirectUnavailable)
+                return again(failure)
 
             return run(book.ticket).addErrback(stale)
-        d = self._remote("open_transfer", engine_id, direction, blob_id, sizes, host)
+        host = "" if engine_id in self._relay_only else local.host_key()
+        route = "direct" if engine_id not in self._no_direct and direct_enabled() else ""
+        d = self._remote("open_transfer", engine_id, direction, blob_id, sizes, host, route)
         d.addCallback(self._ticket).addCallback(lambda ticket: run(self._keep(engine_id, ticket)))
 
-        def relayed(failure: Failure) -> Deferred[Any]:
-            failure.trap(datachannel.LocalUnavailable)  # e.g. another network namespace
-            self._relay_only.add(engine_id)
+        def unreachable(failure: Failure) -> Deferred[Any]:
+            # Another network namespace, a firewall: the relay gets there.
+            failure.trap(refs.LocalUnavailable, refs.DirectUnavailable)
+            gone = (self._relay_only if failure.check(refs.LocalUnavailable)
+                    else self._no_direct)
+            gone.add(engine_id)
             self._books.pop(engine_id, None)
-            return self._transfer(engine_id, direction, blob_id, sizes, frames, True, accepted)
+            return again(failure)
 
-        return d.addErrback(relayed) if host else d
+        return d.addErrback(unreachable)
 
     def _upload(self, engine_id: int, frames: list[bytes],
                 landings: list[Deferred[Any]] | None = None) -> Deferred[list[bytes]]:
@@ -241,9 +255,9 @@ class AsyncMultiEngineClient:
         (same host: it then holds a command using the value until the bytes
         are in), and append a Deferred for the end of the upload to landings.
         """
-        blob_id = datachannel.new_blob_id()
+        blob_id = refs.new_blob_id()
         sizes = [len(f) for f in frames]
-        ref = datachannel.blob_ref(blob_id, sizes)
+        ref = refs.blob_ref(blob_id, sizes)
         if landings is None:
             return self._transfer(engine_id, "upload", blob_id, sizes, frames).addCallback(
                 lambda _: ref)
@@ -302,7 +316,7 @@ class AsyncMultiEngineClient:
         ds = []
         for engine_id, ns in namespaces.items():
             for key, frames in ns.items():
-                if datachannel.is_large(frames):
+                if refs.is_large(frames):
                     d = self._upload(engine_id, frames, landings)
                     d.addCallback(lambda ref, ns=ns, key=key: ns.__setitem__(key, ref))
                     ds.append(d)
@@ -324,7 +338,7 @@ class AsyncMultiEngineClient:
             else:
                 continue
             for holder, slot, frames in slots:
-                ref = datachannel.parse_blob_ref(frames)
+                ref = refs.parse_blob_ref(frames)
                 if ref is not None:
                     d = self._download(engine_id, ref)
                     d.addCallback(lambda got, h=holder, s=slot: h.__setitem__(s, got))
@@ -365,7 +379,7 @@ class AsyncMultiEngineClient:
     def _push_frames(self, frames: dict[str, list[Any]], targets: Any,
                      block: bool) -> Deferred[Any]:
         """Push serialized values; large ones take the data channel."""
-        if not any(datachannel.is_large(f) for f in frames.values()):
+        if not any(refs.is_large(f) for f in frames.values()):
             return self._command("push", (frames, targets), block, _none, True)
         d = self._ids(targets)
         return d.addCallback(lambda ids: self._ship_then(
@@ -782,7 +796,7 @@ class AsyncMultiEngineClient:
 
 def _wire_frames(namespace: dict[str, list[Any]]) -> dict[str, list[Any]]:
     """Keep large values' frames for the data channel; make small ones bytes."""
-    return {key: frames if datachannel.is_large(frames) else [bytes(f) for f in frames]
+    return {key: frames if refs.is_large(frames) else [bytes(f) for f in frames]
             for key, frames in namespace.items()}
 
 
@@ -853,15 +867,16 @@ def client_info() -> dict[str, Any]:
 
 @defer.inlineCallbacks
 def _open_command_channel(session: Any) -> Any:
-    """Reach the session over the controller's local socket if it is on this host."""
-    host = command_channel.host_key()
-    if not host or not command_channel.enabled():
+    """Reach the session over the controller's local socket if it is on this host,
+    else over its TLS port (transport.tcpchannel)."""
+    if not command_channel.enabled():
         return None
+    host = command_channel.host_key()  # "" matches no controller: the TLS port then
     try:
         offer = yield foolscap_transport.call(session, "open_command_channel", host)
     except Exception:
         return None  # a controller without it: Foolscap only
-    channel = yield command_channel.connect_client(offer)
+    channel = yield tcpchannel.connect_session(offer, session)
     return channel
 
 

@@ -203,6 +203,10 @@ class RIEngine(RemoteInterface):
                       blob_id=Token, sizes=Sizes):
         return Flag
 
+    def expect_transfers(pairing_id=Token, secret=Token, uses=int, plain=Flag):
+        """Let the holder of pairing_id and secret make uses transfers on the data port."""
+        return Flag
+
     def open_command_channel(engine_id=int, offer=AnyValue()):
         return Flag
 
@@ -314,7 +318,8 @@ class RIMultiEngineSession(RemoteInterface):
         return SessionReply
 
     def open_transfer(engine_id=int, direction=Name, blob_id=Token, sizes=Sizes,
-                      host=Optional(Name, "")):  # datachannel.host_key() of the client
+                      host=Optional(Name, ""),  # transport.data.local.host_key() of the client
+                      route=Optional(Name, "")):  # "direct": to the engine's data port if it can
         return Ticket
 
     def engine_info(targets=Targets):

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ipython1.common import ops, properties
+from ipython1.common.addresses import join_host_port
 from ipython1.common.errors import (
     EngineError,
     InvalidEngineID,
@@ -29,7 +30,8 @@ from ipython1.common.interfaces import IMultiEngine
 from ipython1.controller.events import describe_command
 from ipython1.controller.queue import Command, user_of
 from ipython1.controller.sessionlog import SessionLog
-from ipython1.kernel.datachannel import BOOK_TTL, BOOK_USES
+from ipython1.transport.data.local import BOOK_TTL, BOOK_USES
+from ipython1.transport.data.stream import MAX_STREAMS
 
 if TYPE_CHECKING:
     from ipython1.controller.registry import Controller
@@ -206,15 +208,18 @@ class MultiEngine:
         return defer.succeed(self.controller.clear_queue(ids, client))
 
     def open_transfer(self, engine_id: int, direction: str, blob_id: bytes, sizes: list[int],
-                      client: str = "", host: str = "") -> Deferred[dict[str, Any]]:
-        """Set up a data-channel transfer with an engine (see datachannel).
+                      client: str = "", host: str = "",
+                      route: str = "") -> Deferred[dict[str, Any]]:
+        """Set up a data-channel transfer with an engine (see ipython1.transport.data).
 
         A client on the engine's host as the engine's user (same host key)
         gets a local ticket instead, good for BOOK_USES transfers with that
-        engine within BOOK_TTL: no relay, no TLS.
+        engine within BOOK_TTL: no relay, no TLS. One asking for the
+        ``"direct"`` route gets a book as long for the engine's data port, if
+        it has one (TLS; unencrypted if this controller's data_encryption is
+        off); otherwise a relayed transfer.
         """
         import secrets
-
 
         record = self.controller.engines.get(engine_id)
         relay = self.controller.relay
@@ -228,6 +233,17 @@ class MultiEngine:
             return d.addCallback(lambda _: {
                 "pairing_id": pairing_id, "secret": secret, "uses": BOOK_USES, "ttl": BOOK_TTL,
                 "local": {k: local[k] for k in ("socket", "pid", "uid")}})
+        direct = record.info.get("direct_data")
+        if route == "direct" and isinstance(direct, dict) and direct.get("host"):
+            pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
+            plain = not getattr(self.controller, "data_encryption", True)
+            # Each stripe of a large transfer spends a use on the engine.
+            d = record.connection.control("expect_transfers", pairing_id, secret,
+                                          BOOK_USES * MAX_STREAMS, plain)
+            return d.addCallback(lambda _: {
+                "pairing_id": pairing_id, "secret": secret, "uses": BOOK_USES, "ttl": BOOK_TTL,
+                "direct": join_host_port(direct["host"], int(direct["port"])), "plain": plain,
+                "tubid": record.connection.tubid})
         if relay is None:
             raise KernelError("this controller has no data channel")
         pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)

@@ -203,12 +203,13 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return self._call(True, "clear_queue", targets)
 
     def remote_open_transfer(self, engine_id: int, direction: str, blob_id: bytes,
-                             sizes: list[int], host: str = "") -> Deferred[Any]:
+                             sizes: list[int], host: str = "",
+                             route: str = "") -> Deferred[Any]:
         denied = self._denied("open_transfer")  # moves data: not for observers
         if denied is not None:
             return defer.succeed(self._raise_as_data(Failure(denied)))
         d = defer.maybeDeferred(self.adapter.open_transfer, engine_id, direction, blob_id, sizes,
-                                host=host)
+                                host=host, route=route)
         return d.addErrback(self._raise_as_data)
 
     def remote_engine_info(self, targets: Any) -> Deferred[Any]:

@@ -144,6 +144,11 @@ class ShellRunner:
                 pass
             if items:
                 return items
+            if channel.pending():  # TLS: a frame already decrypted waits no poll
+                frames = channel.receive()
+                if frames:
+                    return frames
+                continue
             for fd, _event in self._poll.poll():
                 if fd == self._wake_r:
                     os.read(fd, 4096)
@@ -152,8 +157,10 @@ class ShellRunner:
                 if frames:
                     return frames
 
-    def _attach_channel(self, offer: dict[str, Any], host: Any) -> None:
-        channel = command_channel.EngineChannel.connect(offer)
+    def _attach_channel(self, offer: Any, host: Any) -> None:
+        # A TLS channel comes connected (tcpchannel.connect_engine, on a worker thread).
+        channel = offer if isinstance(offer, command_channel.EngineChannel) else \
+            command_channel.EngineChannel.connect(offer)
         if channel is None:
             return
         if self._channel is not None:

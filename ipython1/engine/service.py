@@ -30,15 +30,17 @@ from ipython1.common.errors import KernelError, VersionMismatch
 from ipython1.common.interfaces import RIEngine
 from ipython1.common.logring import LogRing
 from ipython1.common.versions import local_versions, refusal
+from ipython1.engine import dataserver, localdata
 from ipython1.engine.debugger import DebugSession
 from ipython1.engine.kernel import BLOBS, EngineKernel, _CellFailed
 from ipython1.engine.output import OutputBatcher
 from ipython1.engine.rejoin import RECONNECT_TIMEOUT, LateReplies
 from ipython1.engine.restart import exec_fresh
 from ipython1.engine.runner import ShellRunner
-from ipython1.kernel import datachannel
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
+from ipython1.transport import tcpchannel
+from ipython1.transport.data import local, refs, stream
 
 log = Logger()
 
@@ -57,7 +59,10 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._info = info
         self.tls_context: Any = None  # set once connected: the data channel's TLS identity
         self.controller_host: str | None = None
-        self.local_data: datachannel.LocalServer | None = None  # same-host transfers
+        self.controller_tubid: str | None = None  # the FURL's: checked by the TLS channel
+        self._tcp_offer: dict[str, Any] | None = None  # until the controller is known
+        self.local_data: localdata.LocalServer | None = None  # same-host transfers
+        self.direct_data: dataserver.DirectServer | None = None  # clients on other hosts
         self._kernel: EngineKernel | None = None
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
@@ -178,27 +183,58 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         return self._runner.interrupt(channel_seq)
 
     def remote_open_command_channel(self, engine_id: int, offer: dict[str, Any]) -> bool:
-        """Take queued commands over the controller's local socket (transport.channel)."""
+        """Take queued commands over the controller's local socket (transport.channel),
+        or over TLS from another host (transport.tcpchannel)."""
+        if tcpchannel.valid_offer(offer) and offer["kind"] == "engine":
+            if not tcpchannel.enabled():
+                return False
+            self._tcp_offer = offer  # this comes before register_engine's answer
+            self._connect_tcp_channel()
+            return True
         if not command_channel.enabled() or not command_channel.valid_engine_offer(offer):
             return False  # IPYTHON1_COMMAND_CHANNEL=0 here too: Foolscap only
         self._runner.open_channel(offer, self)
         return True
+
+    def controller_known(self, host: str, tubid: str) -> None:
+        """Registered: where the controller is and who; a channel offered meanwhile opens."""
+        self.controller_host, self.controller_tubid = host, tubid
+        self._connect_tcp_channel()
+
+    def _connect_tcp_channel(self) -> None:
+        offer, host, tubid = self._tcp_offer, self.controller_host, self.controller_tubid
+        if offer is None or host is None or tubid is None:
+            return
+        self._tcp_offer = None
+        # Off the shell thread: a firewall that drops packets costs the timeout,
+        # and commands keep taking Foolscap meanwhile.
+        d = threads.deferToThread(tcpchannel.connect_engine, offer, host, tubid)
+        d.addCallback(lambda end: end is not None and self._runner.open_channel(end, self))
+        d.addErrback(lambda f: log.warn("command channel: {e}", e=f.getErrorMessage()))
 
     def remote_open_transfer(self, pairing_id: bytes, secret: bytes, relay_port: int,
                              direction: str, blob_id: bytes, sizes: list[int]) -> bool:
         """Serve one data-channel transfer on a worker thread (never the shell thread)."""
         if relay_port == 0:  # same host: the client comes to our local socket
             if self.local_data is None:
-                raise datachannel.TransferError("this engine has no local data channel")
+                raise refs.TransferError("this engine has no local data channel")
             self.local_data.expect(pairing_id, secret)  # a book of tickets
             return True
         if self.tls_context is None or self.controller_host is None:
-            raise datachannel.TransferError("this engine has no data channel")
+            raise refs.TransferError("this engine has no data channel")
         d = threads.deferToThread(
-            datachannel.engine_transfer, self.tls_context,
+            dataserver.engine_transfer, self.tls_context,
             addresses.join_host_port(self.controller_host, relay_port),
             pairing_id, secret, direction, blob_id, sizes, BLOBS)
         d.addErrback(lambda f: log.warn("data transfer failed: {e}", e=f.getErrorMessage()))
+        return True
+
+    def remote_expect_transfers(self, pairing_id: bytes, secret: bytes, uses: int,
+                                plain: bool) -> bool:
+        """Let a client make uses transfers on this engine's data port (see dataserver)."""
+        if self.direct_data is None:
+            raise refs.TransferError("this engine has no data port")
+        self.direct_data.expect(pairing_id, secret, max(1, min(uses, 1024)), plain)
         return True
 
     def remote_properties(self) -> dict[str, Any]:
@@ -321,12 +357,19 @@ class EngineService(service.MultiService):
         # An MPI rank may sit in a GIL-holding collective, deaf to pings.
         self.tub = wire.client_tub(
             wire.MPI_DISCONNECT_TIMEOUT if "mpi_rank" in self.info else None)
-        if datachannel.local_enabled():
+        if local.local_enabled():
             try:
-                self.referenceable.local_data = datachannel.LocalServer(BLOBS)
+                self.referenceable.local_data = localdata.LocalServer(BLOBS)
                 self.info["local_data"] = self.referenceable.local_data.info()
             except OSError as e:
                 log.warn("no local data channel: {e}", e=e)
+        if stream.direct_enabled():  # clients on other hosts connect here, not to the relay
+            try:
+                self.referenceable.direct_data = dataserver.DirectServer(
+                    BLOBS, lambda: self.referenceable.tls_context)
+                self.info["direct_data"] = self.referenceable.direct_data.info()
+            except OSError as e:
+                log.warn("no data port (clients on other hosts use the relay): {e}", e=e)
         # Build the IPython shell before registering: registered means ready.
         d = self.runner.submit(self.referenceable._kernel_now)
         d.addCallback(lambda _: self._register())
@@ -335,6 +378,8 @@ class EngineService(service.MultiService):
     def stopService(self) -> Any:
         if self.referenceable.local_data is not None:
             self.referenceable.local_data.close()
+        if self.referenceable.direct_data is not None:
+            self.referenceable.direct_data.close()
         return super().stopService()
 
     @defer.inlineCallbacks
@@ -372,8 +417,9 @@ class EngineService(service.MultiService):
                 self.referenceable.late.rejoined(len(info["late_tasks"]))
             self._registration = registration
             self.engine_id = self.runner.engine_id = engine_id
-            self.referenceable.controller_host = wire.peer_host(controller, furl)
-            self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
+            self.referenceable.controller_known(wire.peer_host(controller, furl),
+                                                controller.getRemoteTubID())
+            self.referenceable.tls_context = stream.server_context(self.tub.getCertData())
             registration.notifyOnDisconnect(self._controller_lost)
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id
@@ -399,6 +445,7 @@ class EngineService(service.MultiService):
 
     def _controller_lost(self, *args: Any) -> None:
         self.referenceable.late.lost()
+        self.referenceable.controller_tubid = None  # a TLS offer waits for the next one
         self._registration = None
         if self.reconnect_timeout <= 0:
             log.info("lost the connection to the controller; exiting")
