@@ -260,9 +260,9 @@ class _Lending:
         self._waiting, self._running = count, 0
         self._forget = forget
         self._lock = threading.Lock()
-        timer = threading.Timer(PAIR_TIMEOUT, self._give_up)
-        timer.daemon = True
-        timer.start()
+        self._timer = threading.Timer(PAIR_TIMEOUT, self._give_up)
+        self._timer.daemon = True
+        self._timer.start()
 
     def start(self) -> bool:
         with self._lock:
@@ -287,6 +287,8 @@ class _Lending:
             if self._waiting or self._running or self._lent is None:
                 return
             lent, self._lent = self._lent, None
+            self.frames = []  # the timer refers to us: the value's memory must not wait for it
+        self._timer.cancel()
         self._forget()
         lent.__exit__(None, None, None)
 
