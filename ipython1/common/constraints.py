@@ -207,7 +207,7 @@ FinishedNote = Record(op=OpName, execution_count=int, error=Name)
 EngineInfo = Record(
     pid=int, hostname=Name, python=Name, ipython1=Name, cwd=ShortText, host_key=Name,
     versions=Versions,
-    local_data=Record(host=Name, socket=ShortText, pid=int, uid=int),  # engine.localdata.LocalServer
+    local_data=Record(host=Name, socket=ShortText, pid=int, uid=int),  # engine.localdata
     direct_data=Record(port=int, host=Name),  # engine.dataserver.DirectServer
     supervised=Flag, restarted=Name,  # cluster.supervisor
     mpi_rank=int, mpi_size=int, mpi_job=Name, mpi_library=ShortText,  # engine.mpi.initialize

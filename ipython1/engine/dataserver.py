@@ -296,12 +296,16 @@ class _Lending:
 class DirectServer(TransferListener):
     """The engine's TCP data port: transfers with clients on other hosts, no relay.
 
-    context() gives the engine's TLS server context (None until it has one).
+    context() gives the engine's TLS server context (None until it has one);
+    ip is the interface to listen on ("": every one).
     """
 
     def __init__(self, store: BlobStore, context: Callable[[], ssl.SSLContext | None],
-                 port: int = 0) -> None:
-        if socket.has_dualstack_ipv6():
+                 ip: str = "", port: int = 0) -> None:
+        if ip:  # the one interface the cluster uses
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            listener = socket.create_server((ip, port), family=family, backlog=128)
+        elif socket.has_dualstack_ipv6():
             listener = socket.create_server(("", port), family=socket.AF_INET6,
                                             dualstack_ipv6=True, backlog=128)
         else:
