@@ -54,6 +54,7 @@ from ipython1.common.serialize import deserialize, serialize, serialize_dict
 from ipython1.common.versions import local_versions
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
+from ipython1.transport import tcpchannel
 from ipython1.transport.data import local, refs
 from ipython1.transport.data.stream import direct_enabled
 
@@ -866,15 +867,16 @@ def client_info() -> dict[str, Any]:
 
 @defer.inlineCallbacks
 def _open_command_channel(session: Any) -> Any:
-    """Reach the session over the controller's local socket if it is on this host."""
-    host = command_channel.host_key()
-    if not host or not command_channel.enabled():
+    """Reach the session over the controller's local socket if it is on this host,
+    else over its TLS port (transport.tcpchannel)."""
+    if not command_channel.enabled():
         return None
+    host = command_channel.host_key()  # "" matches no controller: the TLS port then
     try:
         offer = yield foolscap_transport.call(session, "open_command_channel", host)
     except Exception:
         return None  # a controller without it: Foolscap only
-    channel = yield command_channel.connect_client(offer)
+    channel = yield tcpchannel.connect_session(offer, session)
     return channel
 
 

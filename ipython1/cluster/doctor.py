@@ -150,6 +150,17 @@ def check_ports(cluster_dir: ClusterDir, ports: dict[str, Any]) -> list[Finding]
                                  + ", ".join(hosts),
                                  "open it in the firewall, or fix it with --relay-port Q and "
                                  "open that (push/pull of large values need it)"))
+    commands = ports.get("commands")
+    if commands:
+        answers = [h for h in hosts if reachable(h, int(commands)) is None]
+        if answers:
+            found.append(Finding("ok", f"command channel port {commands} answers at "
+                                 + ", ".join(answers)))
+        else:
+            found.append(Finding("warn", f"the command channel's port {commands} does not "
+                                 "answer at " + ", ".join(hosts),
+                                 "engines and clients on other hosts fall back to the slower "
+                                 "Foolscap port; open it, or fix it with --command-port Q"))
     if ports.get("dashboard"):
         found.append(Finding("ok", f"dashboard on port {ports['dashboard']} "
                              "(`ipcluster dashboard` prints its URL)"))

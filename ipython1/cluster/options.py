@@ -73,6 +73,8 @@ class StartOptions(_ProfileOption):
          "advertise to engines and clients on other hosts (see ipcontroller --help)."],
         ["port", None, 0, "TCP port of the controller (default: any free port).", int],
         ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
+        ["command-port", None, 0, "TCP port of the command channel for engines and clients "
+         "on other hosts (TLS; default: any free port).", int],
         ["data-encryption", None, "on", "on (default) or off: large values between hosts "
          "unencrypted (see ipcontroller --help and docs/security.md)."],
         ["timeout", None, 120.0, "Seconds to wait for all engines to register."],

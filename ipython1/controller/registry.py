@@ -155,8 +155,10 @@ class Controller(service.MultiService):
         self.engines[engine_id] = record
         connection.notifyOnDisconnect(self._engine_lost, engine_id)
         channels = self.command_channels
-        if channels is not None and channels.host and info.get("host_key") == channels.host:
-            d = connection.control("open_command_channel", engine_id, channels.offer(engine_id))
+        tcp = channels.offer_for(info.get("host_key")) if channels is not None else None
+        if tcp is not None:  # the Unix socket on this host, else TLS (transport.tcpchannel)
+            d = connection.control("open_command_channel", engine_id,
+                                   channels.offer(engine_id, tcp=tcp))
             d.addErrback(lambda f: None)  # Foolscap carries its commands instead
         # Live stdout/stderr: the engine sends it to this receiver as it is written.
         d = connection.control("subscribe_output", OutputReceiver(
@@ -409,9 +411,11 @@ class Controller(service.MultiService):
 
     def engine_info(self, ids: list[int]) -> list[dict[str, Any]]:
         """Return what each engine said of itself at registration (pid, MPI rank...),
-        and whether its commands take the local command channel."""
+        whether its commands take a command channel, and which one
+        (command_transport: "channel", "tcp-channel" or "foolscap")."""
         return [dict(self.engines[i].info, engine_id=i,
-                     command_channel=self.engines[i].connection.local)
+                     command_channel=self.engines[i].connection.local,
+                     command_transport=self.engines[i].connection.name)
                 for i in ids if i in self.engines]
 
     def clear_queue(self, ids: list[int], client: str | None = None) -> list[dict[str, Any]]:

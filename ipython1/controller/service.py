@@ -31,10 +31,12 @@ from ipython1.controller.multienginesession import MultiEngineReferenceable
 from ipython1.controller.registry import Controller, wait_for_exit_report
 from ipython1.controller.relay import Relay
 from ipython1.transport import channel as command_channel
+from ipython1.transport import tcpchannel
 
 log = Logger()
 
 RELAY_PORT_FILE = "relay-port"  # in the cluster directory: the data relay's last port
+COMMAND_PORT_FILE = "command-port"  # the TLS command channel's last port
 
 
 def _saved_port(path: Path) -> int:
@@ -100,7 +102,7 @@ class ControllerService(service.MultiService):
 
     def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
                  port: int = 0, reserve_ids: int = 0, location: str | None = None,
-                 relay_port: int = 0,
+                 relay_port: int = 0, command_port: int = 0,
                  dashboard: tuple[str, int] | None = ("127.0.0.1", 0),
                  reuse: bool = False) -> None:
         super().__init__()
@@ -112,6 +114,7 @@ class ControllerService(service.MultiService):
         self.port = port
         self.location = location  # what the FURLs advertise (addresses.advertised)
         self.relay_port = relay_port
+        self.command_port = command_port  # the command channel's TLS port (other hosts)
         self.controller = Controller(reserve_ids=reserve_ids)
         self.controller.setServiceParent(self)
         # --reuse (issue 15): the last controller's port and engine ids, so its
@@ -120,6 +123,8 @@ class ControllerService(service.MultiService):
         if reuse:
             self.port = port or _furl_port(self.cluster_dir.furl_file(cluster.ENGINE_FURL))
             self.relay_port = relay_port or _saved_port(self.cluster_dir.path / RELAY_PORT_FILE)
+            self.command_port = command_port or _saved_port(
+                self.cluster_dir.path / COMMAND_PORT_FILE)
             self.controller.remember_ids(self.engine_ids.load())
         else:
             self.engine_ids.save(set())
@@ -141,9 +146,7 @@ class ControllerService(service.MultiService):
             lambda kind, data: relay.engine_lost(data["engine_id"])
             if kind == "engine_died" else None)
         self.tub, self.port = wire.listening_tub(cert, self.ip, self.port, self.location)
-        if command_channel.enabled() and command_channel.host_key():
-            self.controller.command_channels = command_channel.CommandChannelServer(
-                self.controller)
+        self._start_command_channels(cert)
         self.tub.setServiceParent(self)
         # Listen first, then write the FURL files: whoever sees a file (a
         # script, an engine, a test) can connect at once, never be refused.
@@ -159,6 +162,23 @@ class ControllerService(service.MultiService):
                  "FURLs advertise {location}", ip=self.ip, port=self.port,
                  relay=self.relay_port, location=wire.furl_location(self.furls[cluster.MEC_FURL]))
         self._start_monitoring()
+
+    def _start_command_channels(self, cert: Path) -> None:
+        """The Unix socket for this host, the TLS port for others (transport.tcpchannel)."""
+        if not command_channel.enabled():
+            return
+        pem, ip, port = cert.read_bytes(), self.ip, self.command_port
+        listen_tcp = (lambda server: tcpchannel.TCPListener(server, ip, port, pem)) \
+            if tcpchannel.enabled() else None
+        if listen_tcp is None and not command_channel.host_key():
+            return
+        channels = command_channel.CommandChannelServer(self.controller, listen_tcp)
+        self.controller.command_channels = channels
+        if channels.tcp_port is not None:
+            self.command_port = channels.tcp_port
+            # --reuse listens on it again, as on the relay's port.
+            cluster.write_private(self.cluster_dir.path / COMMAND_PORT_FILE,
+                                  f"{self.command_port}\n")
 
     def _start_monitoring(self) -> None:
         """The status snapshots (ipcluster status) and the web dashboard."""

@@ -25,7 +25,7 @@ from twisted.logger import Logger, globalLogPublisher
 from zope.interface import implementer
 
 from ipython1 import __version__
-from ipython1.common import addresses, localhost, ops, replies, wire
+from ipython1.common import addresses, localhost, replies, wire
 from ipython1.common.errors import KernelError, VersionMismatch
 from ipython1.common.interfaces import RIEngine
 from ipython1.common.logring import LogRing
@@ -39,6 +39,7 @@ from ipython1.engine.restart import exec_fresh
 from ipython1.engine.runner import ShellRunner
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
+from ipython1.transport import tcpchannel
 from ipython1.transport.data import local, refs, stream
 
 log = Logger()
@@ -58,6 +59,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._info = info
         self.tls_context: Any = None  # set once connected: the data channel's TLS identity
         self.controller_host: str | None = None
+        self.controller_tubid: str | None = None  # the FURL's: checked by the TLS channel
+        self._tcp_offer: dict[str, Any] | None = None  # until the controller is known
         self.local_data: localdata.LocalServer | None = None  # same-host transfers
         self.direct_data: dataserver.DirectServer | None = None  # clients on other hosts
         self._kernel: EngineKernel | None = None
@@ -96,16 +99,15 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._kernel.engine_id = self._runner.engine_id
         return self._kernel
 
-    def job(self, name: Any, args: Any) -> tuple[Callable[[], Any], bool] | None:
-        """Return (job, whether its reply is msgpack-encoded) for a command; None if args
-        is not a list. The job runs on the shell thread: EngineKernel.dispatch."""
+    def job(self, name: Any, args: Any) -> Callable[[], Any] | None:
+        """Return the job of a command (its reply is msgpack-encoded, replies.encode);
+        None if args is not a list. It runs on the shell thread: EngineKernel.dispatch."""
         if not isinstance(args, list):
             return None
-        entry = ops.OPS.get(name) if isinstance(name, str) else None
         # Both jobs call dispatch themselves: no extra frame per command (test_hops).
         if name == "run_tasks" and args and isinstance(args[0], list):
-            return self._kept_if_lost(args), (entry is None or entry.encoded)
-        return self._noted_if_lost(name, args), (entry is None or entry.encoded)
+            return self._kept_if_lost(args)
+        return self._noted_if_lost(name, args)
 
     def _noted_if_lost(self, name: Any, args: list[Any]) -> Callable[[], Any]:
         """Run a command; note it if it ends after the controller went away (issue
@@ -157,11 +159,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
 
     def remote_run(self, name: str, args: list[Any]) -> Deferred[Any]:
         """Queue one command of the op table for the shell thread."""
-        job, encoded = self.job(name, list(args))  # type: ignore[misc]
-        d = self._runner.submit(job)
-        if encoded:
-            d.addBoth(self._flushed).addCallback(replies.encode)
-        return d
+        d = self._runner.submit(self.job(name, list(args)))  # type: ignore[arg-type]
+        return d.addBoth(self._flushed).addCallback(replies.encode)
 
     def remote_subscribe_output(self, observer: Any) -> None:
         """Send live stdout/stderr to observer.output(chunks) from now on."""
@@ -184,11 +183,34 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         return self._runner.interrupt(channel_seq)
 
     def remote_open_command_channel(self, engine_id: int, offer: dict[str, Any]) -> bool:
-        """Take queued commands over the controller's local socket (transport.channel)."""
+        """Take queued commands over the controller's local socket (transport.channel),
+        or over TLS from another host (transport.tcpchannel)."""
+        if tcpchannel.valid_offer(offer) and offer["kind"] == "engine":
+            if not tcpchannel.enabled():
+                return False
+            self._tcp_offer = offer  # this comes before register_engine's answer
+            self._connect_tcp_channel()
+            return True
         if not command_channel.enabled() or not command_channel.valid_engine_offer(offer):
             return False  # IPYTHON1_COMMAND_CHANNEL=0 here too: Foolscap only
         self._runner.open_channel(offer, self)
         return True
+
+    def controller_known(self, host: str, tubid: str) -> None:
+        """Registered: where the controller is and who; a channel offered meanwhile opens."""
+        self.controller_host, self.controller_tubid = host, tubid
+        self._connect_tcp_channel()
+
+    def _connect_tcp_channel(self) -> None:
+        offer, host, tubid = self._tcp_offer, self.controller_host, self.controller_tubid
+        if offer is None or host is None or tubid is None:
+            return
+        self._tcp_offer = None
+        # Off the shell thread: a firewall that drops packets costs the timeout,
+        # and commands keep taking Foolscap meanwhile.
+        d = threads.deferToThread(tcpchannel.connect_engine, offer, host, tubid)
+        d.addCallback(lambda end: end is not None and self._runner.open_channel(end, self))
+        d.addErrback(lambda f: log.warn("command channel: {e}", e=f.getErrorMessage()))
 
     def remote_open_transfer(self, pairing_id: bytes, secret: bytes, relay_port: int,
                              direction: str, blob_id: bytes, sizes: list[int]) -> bool:
@@ -389,7 +411,8 @@ class EngineService(service.MultiService):
                 self.referenceable.late.rejoined(len(info["late_tasks"]))
             self._registration = registration
             self.engine_id = self.runner.engine_id = engine_id
-            self.referenceable.controller_host = wire.peer_host(controller, furl)
+            self.referenceable.controller_known(wire.peer_host(controller, furl),
+                                                controller.getRemoteTubID())
             self.referenceable.tls_context = stream.server_context(self.tub.getCertData())
             registration.notifyOnDisconnect(self._controller_lost)
             log.info("registered with the controller as engine {id}", id=engine_id)
@@ -438,6 +461,7 @@ class EngineService(service.MultiService):
 
     def _controller_lost(self, *args: Any) -> None:
         self.referenceable.late.lost()
+        self.referenceable.controller_tubid = None  # a TLS offer waits for the next one
         self._registration = None
         if self.reconnect_timeout <= 0:
             log.info("lost the connection to the controller; exiting")

@@ -52,7 +52,7 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
           timeout: float = 120.0, daemon: bool = True, mpi: bool = False,
           mpiexec: str | None = None, mpi_args: str = "", out: IO[str] = sys.stdout,
           on_start: Callable[[int], None] | None = None, location: str | None = None,
-          port: int = 0, relay_port: int = 0, reuse: bool = False,
+          port: int = 0, relay_port: int = 0, reuse: bool = False, command_port: int = 0,
           restart_engines: bool = False, engines_kind: str = "local",
           launch_options: dict[str, Any] | None = None) -> int:
     """Start a controller and n engines; return 0 once all have registered.
@@ -88,7 +88,7 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
         n if supervised or (mpi and live) else 0 if mpi else min(len(live), n))
     profile = ["--profile", cluster_dir.profile]
     controller_args = [*profile, "--ip", ip, "--port", str(port),
-                       "--relay-port", str(relay_port),
+                       "--relay-port", str(relay_port), "--command-port", str(command_port),
                        *(["--location", location] if location else []),
                        *(["--reuse"] if reuse else [])]
     encryption = (launch_options or {}).get("data-encryption", "on")
@@ -448,6 +448,7 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
                          bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
                          location=sub["location"], port=sub["port"],
                          relay_port=sub["relay-port"], reuse=bool(sub["reuse"]),
+                         command_port=sub["command-port"],
                          restart_engines=bool(sub["restart-engines"]),
                          engines_kind=sub["engines"], launch_options=dict(sub))
         except usage.UsageError as e:

@@ -28,6 +28,9 @@ class Options(usage.Options):
         ["port", None, 0, "TCP port of the controller (default: any free port).", int],
         ["relay-port", None, 0, "TCP port of the data relay, which carries large values "
          "between clients and engines on other hosts (default: any free port).", int],
+        ["command-port", None, 0, "TCP port of the command channel (TLS), which carries "
+         "the commands of engines and clients on other hosts (default: any free port; "
+         "blocked, they use the Foolscap port).", int],
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
         ["reserve-ids", None, 0, "Give ids below this only to engines that ask for them "
          "(MPI ranks; ipcluster start --mpi sets it to -n).", int],
@@ -53,8 +56,8 @@ class Options(usage.Options):
 
 def check_network_options(options: Any) -> None:
     """Validate --location and the ports; settle --ip (shared with ipcluster start)."""
-    for name in ("port", "relay-port"):
-        if not 0 <= options[name] < 65536:
+    for name in ("port", "relay-port", "command-port"):
+        if name in options and not 0 <= options[name] < 65536:
             raise usage.UsageError(f"--{name} must be from 0 (any free port) to 65535")
     if options["location"] is not None:
         try:
@@ -73,6 +76,7 @@ def makeService(options: Any) -> Any:
                                 port=options["port"], reserve_ids=options["reserve-ids"],
                                 location=options["location"],
                                 relay_port=options["relay-port"],
+                                command_port=options["command-port"],
                                 dashboard=None if options["no-dashboard"] else
                                 (options["dashboard-ip"], options["dashboard-port"]),
                                 reuse=bool(options["reuse"]))

@@ -123,8 +123,10 @@ def test_engines_and_client_are_on_other_hosts_with_no_local_shortcut(
     hosts = hosts_of(py)
     assert sorted(hosts.values()) == ["e1", "e1", "e2", "e2"]
     assert py.eval("socket.gethostname()") == "cli"
-    assert not any(i["command_channel"] for i in py.eval("mec.engine_info()"))
-    assert py.eval("mec.local_channel") is False
+    # No Unix socket is shared: commands take the controller's TLS port (issue 17).
+    wait_until(lambda: {i["command_transport"] for i in py.eval("mec.engine_info()")} ==
+               {"tcp-channel"}, 20, "every engine on the TLS channel")
+    assert py.eval("mec.local_channel") is True
     ids = sorted(hosts)
     py.exec("mec.execute('import socket; h = socket.gethostname()')")
     assert py.eval("mec.pull('h')") == [hosts[i] for i in ids]
@@ -403,6 +405,7 @@ def test_reuse_across_a_controller_restart(across: GridCluster, py: HostPython) 
     first_furl = Path(furl).read_text()
     port = int(furl_hints(furl)[0].rsplit(":", 1)[1])
     relay_port = int((Path(furl).parents[1] / "relay-port").read_text())
+    command_port = int((Path(furl).parents[1] / "command-port").read_text())
     engine = across.grid["e1"].popen(across.command(
         "ipengine", "--profile", "again", "--furl-file", furl), env=no_data_port(across))
     try:
@@ -418,9 +421,12 @@ def test_reuse_across_a_controller_restart(across: GridCluster, py: HostPython) 
                    "the restarted controller on the same port")
         # The data relay too (fixed ports let firewalls and tunnels be set up once).
         assert f":{relay_port} " in ctl.run(["ss", "-Htln"]).stdout
+        assert f":{command_port} " in ctl.run(["ss", "-Htln"]).stdout
         assert Path(furl).read_text() == first_furl
         wait_until(lambda: py.eval("again.get_ids()") == [0], 60, "the engine to rejoin")
         assert py.eval("again.pull('kept', targets=0)") == 5  # same engine, same namespace
+        wait_until(lambda: py.eval("again.engine_info()")[0]["command_transport"] ==
+                   "tcp-channel", 20, "the rejoined engine on the TLS channel again")
         before = py.eval("datachannel.TRANSFERS['relay']")
         py.exec("again.push({'v': np.ones(2**20)}, targets=0)")  # the new relay
         assert py.eval("float(again.pull('v', targets=0).sum())") == 2**20
