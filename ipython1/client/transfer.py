@@ -208,7 +208,10 @@ def _direct_connection(ticket: dict[str, Any], upload: bool, sizes: list[int], i
             conn = TLSStream(sock, client_context())
             conn.handshake()
             if tubid_of(conn.peer_certificate()) != ticket["tubid"]:
-                raise TransferError("the engine's TLS certificate does not match its tubid")
+                # Not the engine (an address that means another host from here?): the
+                # secret stays here, and the relay, which checks the same, may get there.
+                raise DirectUnavailable(f"{address} answered with a certificate that does not "
+                                        "match the engine's tubid")
             conn.sendall(transfer_head(ticket, upload, sizes) + trailer)
         yield conn
 

@@ -260,9 +260,9 @@ class _Lending:
         self._waiting, self._running = count, 0
         self._forget = forget
         self._lock = threading.Lock()
-        timer = threading.Timer(PAIR_TIMEOUT, self._give_up)
-        timer.daemon = True
-        timer.start()
+        self._timer = threading.Timer(PAIR_TIMEOUT, self._give_up)
+        self._timer.daemon = True
+        self._timer.start()
 
     def start(self) -> bool:
         with self._lock:
@@ -287,6 +287,8 @@ class _Lending:
             if self._waiting or self._running or self._lent is None:
                 return
             lent, self._lent = self._lent, None
+            self.frames = []  # the timer refers to us: the value's memory must not wait for it
+        self._timer.cancel()
         self._forget()
         lent.__exit__(None, None, None)
 
@@ -294,12 +296,16 @@ class _Lending:
 class DirectServer(TransferListener):
     """The engine's TCP data port: transfers with clients on other hosts, no relay.
 
-    context() gives the engine's TLS server context (None until it has one).
+    context() gives the engine's TLS server context (None until it has one);
+    ip is the interface to listen on ("": every one).
     """
 
     def __init__(self, store: BlobStore, context: Callable[[], ssl.SSLContext | None],
-                 port: int = 0) -> None:
-        if socket.has_dualstack_ipv6():
+                 ip: str = "", port: int = 0) -> None:
+        if ip:  # the one interface the cluster uses
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            listener = socket.create_server((ip, port), family=family, backlog=128)
+        elif socket.has_dualstack_ipv6():
             listener = socket.create_server(("", port), family=socket.AF_INET6,
                                             dualstack_ipv6=True, backlog=128)
         else:

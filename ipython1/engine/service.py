@@ -363,13 +363,6 @@ class EngineService(service.MultiService):
                 self.info["local_data"] = self.referenceable.local_data.info()
             except OSError as e:
                 log.warn("no local data channel: {e}", e=e)
-        if stream.direct_enabled():  # clients on other hosts connect here, not to the relay
-            try:
-                self.referenceable.direct_data = dataserver.DirectServer(
-                    BLOBS, lambda: self.referenceable.tls_context)
-                self.info["direct_data"] = self.referenceable.direct_data.info()
-            except OSError as e:
-                log.warn("no data port (clients on other hosts use the relay): {e}", e=e)
         # Build the IPython shell before registering: registered means ready.
         d = self.runner.submit(self.referenceable._kernel_now)
         d.addCallback(lambda _: self._register())
@@ -403,6 +396,7 @@ class EngineService(service.MultiService):
                 furl = self.furl or wire.resolve_furl(self.furl_file)
                 controller = yield wire.get_reference(
                     self.tub, furl, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+                self._open_data_port(controller, info)
                 registration = foolscap_transport.FoolscapRegistrationConnection(controller)
                 engine_id = yield registration.register(
                     self.referenceable, info).addErrback(refusal)
@@ -428,6 +422,28 @@ class EngineService(service.MultiService):
             f"could not {'rejoin' if rejoin else 'register with'} the controller within "
             f"{timeout:g} s ({source}): {last_error}"
         )
+
+    def _open_data_port(self, controller: Any, info: dict[str, Any]) -> None:
+        """Listen for clients on other hosts, on the address the controller reached us at.
+
+        Only the interface that carries the cluster's traffic listens (a
+        laptop's cluster on 127.0.0.1 opens nothing to the network); info,
+        sent at registration, says the port.
+        """
+        if self.referenceable.direct_data is None and stream.direct_enabled():
+            try:
+                ip = str(controller.tracker.broker.transport.getHost().host)
+            except AttributeError:  # not over TCP (a stand-in): every interface
+                ip = ""
+            try:
+                self.referenceable.direct_data = dataserver.DirectServer(
+                    BLOBS, lambda: self.referenceable.tls_context, ip=ip)
+            except OSError as e:
+                log.warn("no data port (clients on other hosts use the relay): {e}", e=e)
+                return
+            self.info["direct_data"] = self.referenceable.direct_data.info()
+        if "direct_data" in self.info:
+            info["direct_data"] = self.info["direct_data"]
 
     def _report_unreachable(self, error: Exception, waited: float) -> None:
         # A connection error names the addresses tried and what to check (wire.get_reference).

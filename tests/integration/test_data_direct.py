@@ -101,6 +101,17 @@ def test_push_pull_scatter_gather_go_straight_to_the_engines(py: HostPython) -> 
     assert py.eval("grown(before)") == {"direct": 8}
 
 
+def test_the_data_port_listens_only_where_the_controller_reached_the_engine(
+        hosts: Grid, py: HostPython) -> None:
+    e1 = hosts.grid["e1"]
+    info = next(i for i in py.eval("enc.engine_info()") if i["hostname"] == "e1")
+    port = info["direct_data"]["port"]
+    assert info["direct_data"]["host"] == e1.address
+    listening = e1.run(["ss", "-Htln"]).stdout
+    assert f"{e1.address}:{port} " in listening, listening
+    assert f"*:{port} " not in listening and f"0.0.0.0:{port} " not in listening
+
+
 def test_an_unreachable_engine_port_falls_back_to_the_relay(hosts: Grid, py: HostPython) -> None:
     e2 = hosts.grid["e2"].address
     engine = py.eval("[i['engine_id'] for i in enc.engine_info() if i['hostname'] == 'e2'][0]")

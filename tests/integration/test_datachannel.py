@@ -8,6 +8,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 
 import pytest
 from foolscap import crypto
@@ -148,6 +149,10 @@ def test_direct_upload_then_download(direct_server, engine_identity, plain):
     assert direct_server.pending() == 2  # a book: two of its four uses left
 
 
+class _Frame(bytearray):
+    """A frame that can be watched with a weak reference."""
+
+
 @pytest.mark.parametrize("plain", [False, True])
 def test_a_large_direct_transfer_goes_in_stripes(direct_server, engine_identity, plain,
                                                  monkeypatch):
@@ -159,17 +164,23 @@ def test_a_large_direct_transfer_goes_in_stripes(direct_server, engine_identity,
     assert dc.client_transfer(ticket, frames=frames, accepted=lambda: landed.append(1)) is None
     assert landed == [1]  # once, not once per stripe
     assert [bytes(f) for f in direct_server.store.take(b"d" * 16)] == frames
-    direct_server.store.put(b"d" * 16, frames, lent=True)
+    lent = [_Frame(f) for f in frames]
+    direct_server.store.put(b"d" * 16, list(lent), lent=True)
     got = dc.client_transfer(ticket, sizes=[len(f) for f in frames])
     assert [bytes(f) for f in got] == frames
     direct_server.store.settle()  # the lent value was given back: nothing waits
+    # ...and nothing of the server keeps it: its memory is free for the next value.
+    watched = weakref.ref(lent[1])
+    del lent
+    wait_until(lambda: watched() is None, 5, "the lent frame to be let go")
     assert direct_server.pending() == 0  # three connections each way
     assert direct_server.transfers == 6
 
 
 def test_direct_client_checks_the_engine_certificate(direct_server, engine_identity):
     ticket = dict(_direct_ticket(direct_server, engine_identity), tubid="a" * 32)
-    with pytest.raises(dc.TransferError, match="does not match its tubid"):
+    # Not the engine: nothing is sent, and the client may still try the relay.
+    with pytest.raises(dc.DirectUnavailable, match="does not match the engine's tubid"):
         dc.client_transfer(ticket, frames=[b"x" * 10])
     assert direct_server.pending() == 4  # the secret never left the client
 
