@@ -9,11 +9,12 @@ and serves until it goes away.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -380,7 +381,7 @@ class EngineService(service.MultiService):
         timeout = self.reconnect_timeout if rejoin else self.connect_timeout
         started = time.monotonic()
         deadline = started + timeout
-        delay = 0.05
+        waits = registration_waits()
         last_error: Exception | None = None
         next_report = started + UNREACHABLE_REPORT_AFTER
         while time.monotonic() < deadline:
@@ -404,8 +405,7 @@ class EngineService(service.MultiService):
                 raise  # retrying cannot help
             except Exception as e:  # the controller may not be up yet: retry
                 last_error = e
-                yield _sleep(delay)
-                delay = min(delay * 2, 1.0)
+                yield _sleep(next(waits))
                 continue
             if rejoin:
                 self.referenceable.late.rejoined(len(info["late_tasks"]))
@@ -488,6 +488,17 @@ class EngineService(service.MultiService):
             return
         d = registration.deliver_late(self.engine_id, late)
         d.addErrback(lambda f: self.referenceable.late.put_back(late))
+
+
+def registration_waits(first: float = 0.05, most: float = 2.0,
+                       rng: Callable[[], float] = random.random) -> Iterator[float]:
+    """Yield the waits between registration attempts: doubling up to most, each
+    drawn from its upper half, so that hundreds of engines turned away together
+    (a busy controller's handshake cap) come back spread out, not in step."""
+    ceiling = first
+    while True:
+        yield ceiling * (0.5 + 0.5 * rng())
+        ceiling = min(ceiling * 2, most)
 
 
 def _sleep(seconds: float) -> Deferred[None]:
