@@ -8,6 +8,7 @@ shell thread (interrupt then stops Python code, not a blocking C call).
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -110,6 +111,10 @@ def _warm_up() -> None:
     import numpy  # noqa: F401
 
     import ipython1.engine.kernel  # noqa: F401  (Foolscap, Twisted, TLS, cloudpickle)
+
+    # Keep the collector off what the engines share: a full collection in each
+    # child would write to every object's header and copy the parent's pages.
+    gc.freeze()
 
 
 def _after_fork() -> None:
