@@ -329,8 +329,10 @@ class EngineService(service.MultiService):
                  furl: str | None = None, info: dict[str, Any] | None = None,
                  on_controller_lost: Callable[[], None] | None = None,
                  own_shell_thread: bool = True,
-                 reconnect_timeout: float = RECONNECT_TIMEOUT) -> None:
+                 reconnect_timeout: float = RECONNECT_TIMEOUT,
+                 start_gate: Any = None) -> None:
         super().__init__()
+        self.start_gate = start_gate  # a StartGate shared with sibling engines, or None
         self.furl_file = furl_file
         self.furl = furl
         self.runner = runner
@@ -366,7 +368,7 @@ class EngineService(service.MultiService):
                 log.warn("no local data channel: {e}", e=e)
         # Build the IPython shell before registering: registered means ready.
         d = self.runner.submit(self.referenceable._kernel_now)
-        d.addCallback(lambda _: self._register())
+        d.addCallback(lambda _: self._register_through_gate())
         d.addCallbacks(self.registered.callback, self._register_failed)
 
     def stopService(self) -> Any:
@@ -375,6 +377,17 @@ class EngineService(service.MultiService):
         if self.referenceable.direct_data is not None:
             self.referenceable.direct_data.close()
         return super().stopService()
+
+    @defer.inlineCallbacks
+    def _register_through_gate(self) -> Any:
+        """Register, taking a slot of the start gate first if there is one."""
+        gate = self.start_gate
+        held = gate is not None and (yield threads.deferToThread(gate.acquire))
+        try:
+            return (yield self._register())
+        finally:
+            if held:
+                gate.release()
 
     @defer.inlineCallbacks
     def _register(self, rejoin: bool = False) -> Any:

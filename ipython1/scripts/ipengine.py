@@ -87,7 +87,8 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
     return EngineService(options["furl-file"], ShellRunner(),
                          connect_timeout=options["connect-timeout"], info=info,
                          reconnect_timeout=options["reconnect-timeout"],
-                         own_shell_thread=own_shell_thread, furl=options["furl"])
+                         own_shell_thread=own_shell_thread, furl=options["furl"],
+                         start_gate=START_GATE)
 
 
 def makeService(options: Any) -> Any:
@@ -131,9 +132,16 @@ def _after_fork() -> None:
         sys.modules["numpy"].random.seed()  # fork copied the parent's state
 
 
+START_GATE = None  # set by fork_engines: the siblings' StartGate
+
+
 def fork_engines(n: int) -> list[int] | None:
     """Fork n - 1 more engines; return every pid in the parent, None in a child."""
+    global START_GATE
     _warm_up()
+    from ipython1.engine.startgate import StartGate
+
+    START_GATE = StartGate()
     pids = [os.getpid()]
     for _ in range(n - 1):
         pid = os.fork()

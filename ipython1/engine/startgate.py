@@ -1,0 +1,47 @@
+"""A start gate: at most a few of the engines forked from one process register at once.
+
+``ipengine --fork K`` starts K engines on one host together. Registering
+costs each engine a TLS handshake's worth of CPU; with hundreds runnable at
+once on a few cores, none gets enough to finish within the controller's
+handshake deadline, all are closed and retry, and start-up stalls (512 engines
+across hosts took 107 s). The gate is a pipe made before the fork holding
+``slots`` bytes: an engine takes one before registering and puts it back
+after. Waiting engines sleep in the kernel. An engine that dies holding a
+byte loses it; a waiter gives up waiting after ``wait`` seconds and registers
+anyway, so the gate can slow start-up but never stop it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+SLOTS = 8  # engines of one host registering at once
+WAIT = 30.0  # seconds an engine waits for a slot before going ahead without one
+
+
+class StartGate:
+    """A cross-process counting semaphore over a pipe (made before fork)."""
+
+    def __init__(self, slots: int = SLOTS) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)  # several waiters wake for one byte
+        os.write(self._write, b"s" * slots)
+
+    def acquire(self, wait: float = WAIT) -> bool:
+        """Block until a slot is free (True) or wait seconds pass (False)."""
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self._read], [], [], left)
+            if not readable:
+                break
+            try:
+                if os.read(self._read, 1):
+                    return True
+            except BlockingIOError:  # another engine took it first
+                continue
+        return False
+
+    def release(self) -> None:
+        os.write(self._write, b"s")
