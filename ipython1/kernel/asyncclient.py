@@ -779,7 +779,24 @@ class AsyncMultiEngineClient:
         if self._lost is not None:
             return defer.fail(ConnectionLost(self._lost))
         d = _connect_tasks(self._session)
-        return d.addCallback(_task_client, None, self.furl, self._session)
+        d.addCallback(_task_client, None, self.furl, self._session)
+        return d.addCallback(self._reconnects_with_me)
+
+    def _reconnects_with_me(self, tasks: Any) -> Any:
+        """Have a task client opened through this session reopen through it (issue 15)."""
+        if self.reconnector is not None:
+            tasks.reconnector = Reconnector(self._reopen_tasks, tasks._reconnected,
+                                            "the task client", self.reconnector.timeout)
+        return tasks
+
+    @defer.inlineCallbacks
+    def _reopen_tasks(self, seconds: float) -> Any:
+        """Open a task farm session again, through this client's reopened session."""
+        if self._lost is not None and self.reconnector is not None:
+            yield self.reconnector.ensure()
+        session = yield _connect_tasks(self._session)
+        channel = yield _open_command_channel(session)
+        return None, session, channel, self._session
 
     def disconnect(self) -> None:
         """Drop the connection to the controller."""
@@ -1093,11 +1110,27 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
         tub.stopService()
         raise
     client = yield _task_client(session, tub, furl, parent)
-    if parent is None:  # a user's capability reopens through its multi-engine session
-        client.reconnector = Reconnector(
-            lambda seconds: _reopen(furl_or_file, profile, TASK_FURL, seconds),
-            client._reconnected, "the task client")
+    reopen = _reopen if parent is None else _reopen_as_user  # a user's FURL: its session
+    client.reconnector = Reconnector(
+        lambda seconds: reopen(furl_or_file, profile, TASK_FURL, seconds),
+        client._reconnected, "the task client")
     return client
+
+
+@defer.inlineCallbacks
+def _reopen_as_user(furl_or_file: Any, profile: str, default_name: str,
+                    timeout: float) -> Any:
+    """Open a task farm session again through a user's FURL (security/users/NAME.furl);
+    fire with (tub, session, channel, the user's multi-engine session)."""
+    furl = wire.resolve_furl(furl_or_file, profile, default_name)
+    tub, _, parent = yield _open_session(furl, timeout)
+    try:
+        session = yield _connect_tasks(parent)
+    except Exception:
+        tub.stopService()
+        raise
+    channel = yield _open_command_channel(session)
+    return tub, session, channel, parent
 
 
 @defer.inlineCallbacks

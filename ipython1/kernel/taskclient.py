@@ -319,7 +319,9 @@ class AsyncTaskClient:
         """Take the session reopened after a restart; reserved ids stay valid (journal)."""
         if self._tub is not None:
             self._tub.stopService()
-        self._tub, self._session, self._channel = opened
+        self._tub, self._session, self._channel, *parent = opened
+        if parent:  # opened through a user's multi-engine session (its FURL, or mec's)
+            self._parent = parent[0]
         self._calls = command_channel.session_connection(self._session, self._channel)
         self._lost = None
         self._calls.notifyOnDisconnect(self._disconnected)

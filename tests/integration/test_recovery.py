@@ -240,3 +240,16 @@ def test_subscriptions_are_renewed_after_a_restart(cluster):
     wait_until(lambda: any(e.get("kind") == "stdout" and "after the restart" in
                            str(e.get("data", {}).get("text")) for e in events), 30,
                "the listener's events after the restart")
+
+
+def test_task_clients_of_a_user_reconnect_like_the_owners(cluster):
+    # Through a user's own FURL, and through mec.task_client(): both go on after --reuse.
+    furl_file = cluster.ipcluster("adduser", "erin").stdout.strip()
+    own = client.TaskClient(furl_file, timeout=60)
+    mec = client.MultiEngineClient(furl_file, timeout=60)
+    through_mec = mec.task_client()
+    assert own.get_task_result(own.run(client.MapTask(abs, args=(-1,))), block=True).result == 1
+    crash_controller(cluster)
+    restart(cluster)
+    for tc in (own, through_mec):
+        assert tc.get_task_result(tc.run(client.MapTask(abs, args=(-2,))), block=True).result == 2
