@@ -27,3 +27,4 @@ MaybeText = AnyValue()  # text or None: ChoiceOf cannot hold text (see Targets)
 TaskBatch = ListOf(AnyValue(), maxLength=100_000)
 OpName = UnicodeConstraint(64)
 OpArgs = ListOf(AnyValue(), maxLength=16)  # checked against the op's own schema
+CommandTag = UnicodeConstraint(200)  # controller/recovered.py: client token / call / engines

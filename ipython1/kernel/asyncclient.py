@@ -8,7 +8,9 @@ RemoteError / CompositeError / EngineError.
 from __future__ import annotations
 
 import getpass
+import itertools
 import os
+import secrets
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,6 +63,14 @@ def _deserialize_list(frames_list: list[list[bytes]]) -> list[Any]:
     return [deserialize(frames) for frames in frames_list]
 
 
+# Calls that change nothing (or fetch a result the restarted controller gathers
+# again from the engines): sent again when the controller is back if the
+# connection was lost with them in flight (issue 15).
+RESENT_AFTER_LOSS = frozenset({
+    "get_pending_result", "get_ids", "queue_status", "engine_info", "pending_ids",
+    "whoami", "users", "transcript", "session_log", "logs"})
+
+
 class AsyncPendingResult:
     """A result computed on the controller's side, fetched later by id."""
 
@@ -80,8 +90,13 @@ class AsyncMultiEngineClient:
     """The multi-engine interface over Foolscap; every method returns a Deferred."""
 
     def __init__(self, session: Any, tub: Any = None, furl: str = "",
-                 channel: Any = None) -> None:
+                 channel: Any = None, token: str = "") -> None:
         self._session = session
+        # This object's name for the controller, kept across reconnections, and
+        # its ids for its commands: a restarted controller finds their results
+        # on the engines by them (controller/recovered.py).
+        self.token = token or secrets.token_hex(16)
+        self._call_ids = itertools.count(1)
         self._channel = channel  # transport.channel.ClientEnd: this session over a local socket
         # Subscriptions take Foolscap, commands the channel: one order for both.
         self._calls = command_channel.session_connection(session, channel)
@@ -143,6 +158,8 @@ class AsyncMultiEngineClient:
             return self.reconnector.ensure().addCallback(lambda _: self._remote(method, *args))
         d = self._calls.call(method, args)
         d.addCallbacks(replies.unpack, self._translate_failure)
+        if method in RESENT_AFTER_LOSS:
+            d.addErrback(self._again_after_loss, method, *args)
         return d
 
     def _translate_failure(self, failure: Failure) -> Failure:
@@ -153,9 +170,21 @@ class AsyncMultiEngineClient:
         from twisted.internet.error import ConnectionLost as TwistedLost
 
         if failure.check(DeadReferenceError, ConnectionDone, TwistedLost) or self._lost:
-            raise ConnectionLost((self._lost or f"the controller went away: "
-                                  f"{failure.getErrorMessage()}") + "; " + IN_FLIGHT_HINT)
+            error = ConnectionLost((self._lost or f"the controller went away: "
+                                    f"{failure.getErrorMessage()}") + "; " + IN_FLIGHT_HINT)
+            error.in_flight = True  # type: ignore[attr-defined]
+            raise error
         return failure
+
+    def _again_after_loss(self, failure: Failure, method: str, *args: Any) -> Any:
+        """Call method once the controller is back, if failure is a loss in flight.
+
+        A command's result, and a pending result being fetched, come from the
+        restarted controller, which gathers them from the engines (issue 15).
+        """
+        if self.reconnector is None or not getattr(failure.value, "in_flight", False):
+            return failure
+        return self._remote(method, *args)
 
     def _command(self, method: str, args: tuple[Any, ...], block: bool,
                  transform: Callable[[Any], Any], single: bool) -> Deferred[Any]:
@@ -164,8 +193,10 @@ class AsyncMultiEngineClient:
         def finish(replies: Any) -> Any:
             return _finish_replies(replies, transform, single)
 
-        d = self._remote(method, *args, block)
+        call = next(self._call_ids)
+        d = self._remote(method, *args, block, call)
         if block:
+            d.addErrback(self._again_after_loss, "get_pending_result", call, True)
             return d.addCallback(self._fetch_blobs).addCallback(finish)
 
         def pending(answer: Any) -> AsyncPendingResult:
@@ -1044,10 +1075,12 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
     """Connect to a controller; fire with an AsyncMultiEngineClient."""
     furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
     debugger = DebuggerObserver()
+    token = secrets.token_hex(16)
     tub, _, session = yield _open_session(
-        furl, timeout, wire.furl_source(furl_or_file, profile, MEC_FURL), debugger=debugger)
+        furl, timeout, wire.furl_source(furl_or_file, profile, MEC_FURL), debugger=debugger,
+        client_token=token)
     channel = yield _open_command_channel(session)
-    client = AsyncMultiEngineClient(session, tub, furl, channel)
+    client = AsyncMultiEngineClient(session, tub, furl, channel, token)
     debugger.client = client
     client.reconnector = Reconnector(
         lambda seconds: _reopen(furl_or_file, profile, MEC_FURL, seconds, client),
@@ -1070,6 +1103,7 @@ def _reopen(furl_or_file: Any, profile: str, default_name: str, timeout: float,
     if isinstance(client, AsyncMultiEngineClient):
         extra["debugger"] = DebuggerObserver()
         extra["debugger"].client = client
+        extra["client_token"] = client.token  # its calls' results follow it (issue 15)
     tub, _, session = yield _open_session(furl, timeout, **extra)
     channel = yield _open_command_channel(session)
     return tub, session, channel

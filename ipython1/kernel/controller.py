@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from ipython1.common import versions
 from ipython1.controller.output import OutputReceiver
+from ipython1.controller.recovered import REJOIN_WAIT, RecoveredResults
 from ipython1.kernel import cluster, processes, wire
 from ipython1.kernel.errors import (
     EngineError,
@@ -120,6 +121,9 @@ class Controller(service.MultiService):
         self.debug_clients: dict[str, Any] = {}  # client name -> its debugger observer
         # Clients not reading their replies: their queued commands wait (backpressure).
         self.held_clients: set[str] = set()
+        # The last controller's commands, as the rejoining engines keep them (issue 15);
+        # ControllerService ends its window after --rejoin-wait.
+        self.recovered = RecoveredResults()
 
     # -- registry --
 
@@ -127,14 +131,17 @@ class Controller(service.MultiService):
         """Add an engine; return its id, which it keeps for its life."""
         info = dict(info)
         late_tasks = info.pop("late_tasks", None)  # a rejoining engine's (issue 15)
+        kept, running = info.pop("kept_results", None), info.pop("running_command", None)
         engine_id = self._assign_id(info.get("requested_id"), bool(info.get("rejoin")))
+        self.recovered.rejoined(engine_id, kept, running)
         if "mpi_rank" in info:
             # A rank blocked in a GIL-holding collective cannot answer pings.
             wire.relax_disconnect_timeout(engine)
 
         def send(command: Command) -> Deferred[Any]:
             self._notify("command_started", {"engine_id": engine_id, "command": command})
-            d = record.connection.call(command.op, command.args)
+            tag = (command.tag,) if command.tag else ()
+            d = record.connection.call(command.op, command.args, *tag)
 
             def finished(reply: Any) -> Any:
                 self._notify("command_finished",
@@ -167,6 +174,7 @@ class Controller(service.MultiService):
         replies to the task farm, other commands as a finished_while_away event."""
         if engine_id not in self.engines or not isinstance(late, dict):
             return
+        self.recovered.finished(engine_id, late.get("results"))
         if isinstance(late.get("tasks"), list) and late["tasks"]:
             self._notify("late_replies", {"engine_id": engine_id, "late_tasks": late["tasks"]})
         if isinstance(late.get("finished"), list) and late["finished"]:
@@ -253,6 +261,7 @@ class Controller(service.MultiService):
             self.exit_reports(death.get("pid")).addCallback(report_came)
         else:
             record.queue.engine_died(reason, death)
+        self.recovered.lost(engine_id)
         self._notify("engine_died", {"engine_id": engine_id})
         self._mpi_job_lost(record)
 
@@ -502,13 +511,27 @@ def _furl_port(furl_file: Path) -> int:
 
 
 class EngineIds:
-    """The ids this cluster's controller gave, kept for `ipcontroller --reuse`."""
+    """The ids this cluster's controller gave, kept for `ipcontroller --reuse`; and
+    those of its engines alive now (``engine-ids.live``), which a restarted
+    controller waits for (``RecoveredResults.expect``)."""
 
     FILE_NAME = "engine-ids"
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.ids: set[int] = set()
+        self.live: set[int] = set()
+        self.live_path = path.with_name(path.name + ".live")
+
+    def load_live(self) -> set[int]:
+        try:
+            return {int(w) for w in self.live_path.read_text().split()}
+        except (OSError, ValueError):
+            return set()
+
+    def _save_live(self, live: set[int]) -> None:
+        self.live = live
+        cluster.write_private(self.live_path, "".join(f"{i}\n" for i in sorted(live)))
 
     def load(self) -> set[int]:
         try:
@@ -525,6 +548,10 @@ class EngineIds:
         engine_id = data.get("engine_id")
         if kind == "engine_registered" and engine_id not in self.ids:
             self.save(self.ids | {engine_id})
+        if kind == "engine_registered" and engine_id not in self.live:
+            self._save_live(self.live | {engine_id})
+        elif kind == "engine_died" and engine_id in self.live:
+            self._save_live(self.live - {engine_id})
 
 
 @implementer(RIEngineRegistration)
@@ -550,8 +577,12 @@ class ControllerService(service.MultiService):
                  port: int = 0, reserve_ids: int = 0, location: str | None = None,
                  relay_port: int = 0,
                  dashboard: tuple[str, int] | None = ("127.0.0.1", 0),
-                 reuse: bool = False) -> None:
+                 reuse: bool = False, rejoin_wait: float = REJOIN_WAIT) -> None:
         super().__init__()
+        # How long after start-up engines may rejoin with what they were running.
+        self.rejoin_wait = rejoin_wait
+        self.reuse = reuse
+        self._rejoin_window: Any = None
         self.dashboard_address = dashboard  # (ip, port) of the web dashboard, or None
         self.monitor: Any = None
         self.dashboard: Any = None
@@ -569,6 +600,8 @@ class ControllerService(service.MultiService):
             self.port = port or _furl_port(self.cluster_dir.furl_file(cluster.ENGINE_FURL))
             self.relay_port = relay_port or _saved_port(self.cluster_dir.path / RELAY_PORT_FILE)
             self.controller.remember_ids(self.engine_ids.load())
+            # Until these rejoin, results of the last controller's commands may come.
+            self.controller.recovered.expect(self.engine_ids.load_live())
         else:
             self.engine_ids.save(set())
         self.controller.add_observer(self.engine_ids.on_controller)
@@ -597,6 +630,11 @@ class ControllerService(service.MultiService):
             self.controller.command_channels = command_channel.CommandChannelServer(
                 self.controller)
         self.tub.setServiceParent(self)
+        from twisted.internet import reactor
+
+        # Only a controller taking over (--reuse) has engines rejoining with results.
+        self._rejoin_window = reactor.callLater(self.rejoin_wait if self.reuse else 0,
+                                                self.controller.recovered.expire)
         # Listen first, then write the FURL files: whoever sees a file (a
         # script, an engine, a test) can connect at once, never be refused.
         super().startService()
@@ -649,7 +687,8 @@ class ControllerService(service.MultiService):
         from ipython1.controller.journal import open_journal
 
         self.journal = open_journal(self.cluster_dir.path)
-        self.adapters["task"] = TaskFarm(self.controller, journal=self.journal)
+        self.adapters["task"] = TaskFarm(self.controller, journal=self.journal,
+                                         rejoin_grace=self.rejoin_wait)
         self._publish(TaskFarmReferenceable(self.adapters["task"]), cluster.TASK_FURL)
 
     def _publish(self, obj: Any, name: str) -> None:
@@ -657,6 +696,8 @@ class ControllerService(service.MultiService):
         self.furls[name] = wire.publish(self.tub, obj, path)
 
     def stopService(self) -> Deferred[Any]:
+        if self._rejoin_window is not None and self._rejoin_window.active():
+            self._rejoin_window.cancel()
         if self.dashboard is not None:
             self.dashboard.stop()
         if self.monitor is not None:

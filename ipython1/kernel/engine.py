@@ -39,7 +39,7 @@ from ipython1.common import ops
 from ipython1.common.logring import LogRing
 from ipython1.common.versions import local_versions, refusal
 from ipython1.engine.debugger import DebugSession
-from ipython1.engine.rejoin import RECONNECT_TIMEOUT, LateReplies
+from ipython1.engine.rejoin import MAX_TAG, RECONNECT_TIMEOUT, LateReplies
 from ipython1.engine.restart import exec_fresh
 from ipython1.kernel import addresses, datachannel, introspection, localhost, replies, wire
 from ipython1.kernel.errors import KernelError, TaskTimeout, VersionMismatch, error_to_wire
@@ -798,8 +798,8 @@ class ShellRunner:
         if channel is None or channel.closed:
             return  # a frame behind a bad one, or the controller is gone
         try:
-            seq, op, args = replies.loads(frame)
-            found = self._channel_host.job(op, args)
+            seq, op, args, *tag = replies.loads(frame)  # [seq, op, args(, tag)]
+            found = self._channel_host.job(op, args, *tag[:1])
         except (ValueError, TypeError) as e:
             log.warn("command channel: bad frame ({e}); closing", e=e)
             self._detach_channel()
@@ -968,37 +968,50 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._kernel.engine_id = self._runner.engine_id
         return self._kernel
 
-    def job(self, name: Any, args: Any) -> tuple[Callable[[], Any], bool] | None:
+    def job(self, name: Any, args: Any,
+            tag: str | None = None) -> tuple[Callable[[], Any], bool] | None:
         """Return (job, whether its reply is msgpack-encoded) for a command; None if args
-        is not a list. The job runs on the shell thread: EngineKernel.dispatch."""
+        is not a list. The job runs on the shell thread: EngineKernel.dispatch. A tagged
+        command's reply is kept for a restarted controller (engine/rejoin.py)."""
         if not isinstance(args, list):
             return None
+        if not (isinstance(tag, str) and len(tag) <= MAX_TAG):
+            tag = None
         entry = ops.OPS.get(name) if isinstance(name, str) else None
         # Both jobs call dispatch themselves: no extra frame per command (test_hops).
         if name == "run_tasks" and args and isinstance(args[0], list):
             return self._kept_if_lost(args), (entry is None or entry.encoded)
-        return self._noted_if_lost(name, args), (entry is None or entry.encoded)
+        return self._noted_if_lost(name, args, tag), (entry is None or entry.encoded)
 
-    def _noted_if_lost(self, name: Any, args: list[Any]) -> Callable[[], Any]:
+    def _noted_if_lost(self, name: Any, args: list[Any],
+                       tag: str | None = None) -> Callable[[], Any]:
         """Run a command; note it if it ends after the controller went away (issue
-        15): the engine reports it when it rejoins; its record stays in the history."""
+        15): the engine reports it when it rejoins; its record stays in the history.
+        A tagged command's reply is kept, to be fetched by a restarted controller."""
         late = self.late
 
         def job() -> Any:
-            generation = late.generation
+            generation = late.command_started(tag) if tag else late.generation
             outcome: dict[str, Any] = {}
+            reply: Any = None
             try:
                 value = self._kernel_now().dispatch(name, args)
                 outcome = {"status": "ok", "value": value}
+                reply = {"engine_id": self._runner.engine_id, "status": "ok", "value": value}
                 return value
             except _CellFailed as e:
                 outcome = {"status": "error", "value": e.record, "error": e.record.get("error")}
+                reply = _error_reply(self._runner.engine_id, e) if tag else None
                 raise
             except BaseException as e:  # noqa: B036 - noted, then handled as before
                 outcome = {"status": "error", "error": {"ename": type(e).__name__}}
+                reply = _error_reply(self._runner.engine_id, e) if tag else None
                 raise
             finally:
-                if late.lost_since(generation) and late.note(str(name), outcome):
+                back = late.lost_since(generation) and late.note(str(name), outcome)
+                if tag:
+                    back = late.command_finished(generation, tag, reply) or back
+                if back:
                     reactor.callFromThread(self.on_late)
 
         return job
@@ -1027,13 +1040,18 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def drain_output(self) -> Deferred[None]:
         return self.stream.drain()
 
-    def remote_run(self, name: str, args: list[Any]) -> Deferred[Any]:
+    def remote_run(self, name: str, args: list[Any], tag: str | None = None) -> Deferred[Any]:
         """Queue one command of the op table for the shell thread."""
-        job, encoded = self.job(name, list(args))  # type: ignore[misc]
+        job, encoded = self.job(name, list(args), tag)  # type: ignore[misc]
         d = self._runner.submit(job)
         if encoded:
             d.addBoth(self._flushed).addCallback(replies.encode)
         return d
+
+    def remote_kept_result(self, tag: str) -> Any:
+        """Hand a kept reply to a restarted controller: [kept?, reply (None: too large)]."""
+        kept, reply = self.late.kept_reply(tag)
+        return [kept, replies.encode(reply) if reply is not None else None]
 
     def remote_subscribe_output(self, observer: Any) -> None:
         """Send live stdout/stderr to observer.output(chunks) from now on."""
@@ -1244,12 +1262,14 @@ class EngineService(service.MultiService):
                 delay = min(delay * 2, 1.0)
                 continue
             if rejoin:
-                self.referenceable.late.rejoined(len(info["late_tasks"]))
+                self.referenceable.late.rejoined(len(info["late_tasks"]), info["kept_results"])
             self._registration = controller
             self.engine_id = self.runner.engine_id = engine_id
             self.referenceable.controller_host = wire.peer_host(controller, furl)
             self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
             controller.notifyOnDisconnect(self._controller_lost)
+            if rejoin:  # what ended during the registration call goes now
+                self._deliver_late()
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id
         source = "--furl" if self.furl else f"FURL file {self.furl_file}"
@@ -1296,7 +1316,7 @@ class EngineService(service.MultiService):
         if registration is None or not self.referenceable.late.connected:
             return  # they go with the next registration
         late = self.referenceable.late.take()
-        if not late["tasks"] and not late["finished"]:
+        if not late["tasks"] and not late["finished"] and not late["results"]:
             return
         d = registration.callRemote("deliver_late", self.engine_id, late)
         d.addErrback(lambda f: self.referenceable.late.put_back(late))

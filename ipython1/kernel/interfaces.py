@@ -20,11 +20,13 @@ from zope.interface import Attribute, Interface
 from ipython1.common import ops
 from ipython1.common.constraints import (  # noqa: F401 - re-exported: the shared names
     MAX_ENGINES,
+    CommandTag,
     Frame,
     Frames,
     FramesByEngine,
     Info,
     Keys,
+    MaybeText,
     Name,
     Namespace,
     NamespaceByEngine,
@@ -165,8 +167,14 @@ class RIEngine(RemoteInterface):
 
     __remote_name__ = "RIEngine.v1.ipython1"
 
-    def run(op=OpName, args=OpArgs):
-        """Queue a command of the op table (ipython1.common.ops); args fit its schema."""
+    def run(op=OpName, args=OpArgs, tag=Optional(MaybeText, None)):
+        """Queue a command of the op table (ipython1.common.ops); args fit its schema.
+
+        A tagged command's reply is kept for a restarted controller (kept_result)."""
+        return Reply
+
+    def kept_result(tag=CommandTag):
+        """[kept?, the reply of the tagged command (None if too large to keep)]."""
         return Reply
 
     def kill():
@@ -254,27 +262,30 @@ class RIMultiEngineSession(RemoteInterface):
     """One client's session with the multi-engine adapter.
 
     Every command takes ``block``: when False it returns ``{"pending_id": n}``
-    at once and the replies are fetched later with ``get_pending_result``.
+    at once and the replies are fetched later with ``get_pending_result``. And
+    ``call``, the client's id for it (the pending id; 0: the session picks one):
+    with the client's token (``connect``), a restarted controller finds its
+    result on the engines (controller/recovered.py).
     """
 
     __remote_name__ = "RIMultiEngineSession.v1.ipython1"
 
-    # One method per op of the table: op(*its args, targets, block).
+    # One method per op of the table: op(*its args, targets, block, call).
     locals().update(ops.session_schemas())
 
     def get_ids():
         return ListOf(int, maxLength=MAX_ENGINES)
 
-    def push_each(namespaces=NamespaceByEngine, block=bool):
+    def push_each(namespaces=NamespaceByEngine, block=bool, call=Optional(int, 0)):
         return Reply
 
-    def apply_each(func=Frames, args=FramesByEngine, block=bool):
+    def apply_each(func=Frames, args=FramesByEngine, block=bool, call=Optional(int, 0)):
         return Reply
 
-    def kill(controller=bool, targets=Targets, block=bool):
+    def kill(controller=bool, targets=Targets, block=bool, call=Optional(int, 0)):
         return Reply
 
-    def restart(targets=Targets, block=bool):
+    def restart(targets=Targets, block=bool, call=Optional(int, 0)):
         return Reply
 
     def interrupt(targets=Targets):
@@ -310,11 +321,13 @@ class RIMultiEngineSession(RemoteInterface):
         """Drop this session's unfetched results (flush()); return how many."""
         return int
 
-    def get_properties(keys=PropertyNames, targets=Targets, block=bool):
+    def get_properties(keys=PropertyNames, targets=Targets, block=bool,
+                       call=Optional(int, 0)):
         """Each target's engine properties (IPython 0.10): the named ones, or all."""
         return Reply
 
-    def update_properties(action=Name, arg=PropertyValues, targets=Targets, block=bool):
+    def update_properties(action=Name, arg=PropertyValues, targets=Targets, block=bool,
+                          call=Optional(int, 0)):
         """Set (arg: a dict of plain data), del (arg: names) or clear properties."""
         return Reply
 

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ipython1.common import ops
+from ipython1.controller.recovered import make_tag, valid_token
 from ipython1.kernel import properties, replies
 from ipython1.kernel.backpressure import ReplyBackpressure
 from ipython1.kernel.errors import (
@@ -73,10 +74,15 @@ class MultiEngine:
         self.commands = SessionLog()  # what session_log() reports
 
     def _each(self, ids: list[int], op: str, args_for: Any, client: str = "",
-              description: str = "") -> Deferred[list[dict[str, Any]]]:
-        """Queue op on each engine; fire with the replies in target order."""
+              description: str = "",
+              recover: tuple[str, int] | None = None) -> Deferred[list[dict[str, Any]]]:
+        """Queue op on each engine; fire with the replies in target order.
+
+        recover: (the client's token, its call id): the engines keep their replies
+        for a restarted controller (controller/recovered.py)."""
         ds = []
         call, user = next(_call_ids), user_of(client)
+        tag = make_tag(*recover, len(ids)) if recover else ""
         if ids:
             first = args_for(ids[0]) if callable(args_for) else args_for
             data = describe_command(op, tuple(first), description)
@@ -87,7 +93,7 @@ class MultiEngine:
         for engine_id in ids:
             args = args_for(engine_id) if callable(args_for) else args_for
             command = Command(op, tuple(args), client=client, description=description,
-                              user=user, call=call)
+                              user=user, call=call, tag=tag)
             d = self.controller.submit(engine_id, command)
             d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
             ds.append(d)
@@ -97,39 +103,42 @@ class MultiEngine:
         return defer.succeed(self.controller.ids())
 
     def run(self, op: str, args: tuple[Any, ...], targets: Any = "all",
-            client: str = "") -> Deferred[Any]:
+            client: str = "", recover: tuple[str, int] | None = None) -> Deferred[Any]:
         """Run a command of the op table on each target (the session log keeps logged ones)."""
         ids = self.controller.targets(targets)
         entry = self.commands.record(op, targets, client) if ops.op(op).logged else None
-        d = self._each(ids, op, tuple(args), client, ops.describe(op, args))
+        d = self._each(ids, op, tuple(args), client, ops.describe(op, args), recover)
         return d if entry is None else d.addCallback(self.commands.finish, entry)
 
-    def execute(self, code: str, targets: Any = "all", client: str = "") -> Deferred[Any]:
+    def execute(self, code: str, targets: Any = "all", client: str = "",
+                recover: tuple[str, int] | None = None) -> Deferred[Any]:
         ids = self.controller.targets(targets)
         entry = self.commands.record("execute", targets, client, code=code)
-        d = self._each(ids, "execute", (code,), client, code[:200])
+        d = self._each(ids, "execute", (code,), client, code[:200], recover)
         return d.addCallback(self.commands.finish, entry)
 
     def push(self, namespace: dict[str, list[bytes]], targets: Any = "all",
-             client: str = "") -> Deferred[Any]:
+             client: str = "", recover: tuple[str, int] | None = None) -> Deferred[Any]:
         ids = self.controller.targets(targets)
         entry = self.commands.record("push", targets, client, values={"all": namespace})
-        d = self._each(ids, "push", (namespace,), client, "push " + ", ".join(namespace))
+        d = self._each(ids, "push", (namespace,), client, "push " + ", ".join(namespace),
+                       recover)
         return d.addCallback(self.commands.finish, entry)
 
     def push_each(self, namespaces: dict[int, dict[str, list[bytes]]],
-                  client: str = "") -> Deferred[Any]:
+                  client: str = "", recover: tuple[str, int] | None = None) -> Deferred[Any]:
         ids = self.controller.targets(sorted(namespaces))
         names = ", ".join(sorted({k for ns in namespaces.values() for k in ns}))
         entry = self.commands.record("push_each", ids, client, values=namespaces)
-        d = self._each(ids, "push", lambda e: (namespaces[e],), client, "push " + names)
+        d = self._each(ids, "push", lambda e: (namespaces[e],), client, "push " + names,
+                       recover)
         return d.addCallback(self.commands.finish, entry)
 
     def apply_each(self, func: list[bytes], args: dict[int, list[bytes]],
-                   client: str = "") -> Deferred[Any]:
+                   client: str = "", recover: tuple[str, int] | None = None) -> Deferred[Any]:
         ids = self.controller.targets(sorted(args))
         entry = self.commands.record("apply", ids, client, description="apply/map")
-        d = self._each(ids, "apply", lambda e: (func, args[e]), client, "apply")
+        d = self._each(ids, "apply", lambda e: (func, args[e]), client, "apply", recover)
         return d.addCallback(self.commands.finish, entry)
 
     def kill(self, controller: bool = False, targets: Any = "all",
@@ -283,16 +292,56 @@ class MultiEngine:
         return defer.succeed(out)
 
 
+# Adapter methods that send engines their commands (with the tag of controller/recovered.py).
+RECOVERABLE = frozenset({"execute", "push", "push_each", "apply_each", "run"})
+
+
+def _kept_part(controller: Any, tag: str, engine_id: int, state: str) -> Deferred[Any]:
+    """Fetch one engine's kept reply to a recovered call, or say why there is none."""
+    from ipython1.controller.recovered import KEPT
+    from ipython1.kernel.errors import EngineError
+
+    def lost(why: str) -> dict[str, Any]:
+        return {"engine_id": engine_id, "status": "error",
+                "error": error_to_wire(EngineError(engine_id, why), engine_id)}
+
+    record = controller.engines.get(engine_id)
+    if state != KEPT or record is None:
+        return defer.succeed(lost(f"engine {engine_id} died before its result of this call "
+                                  "could be recovered"))
+    d = record.connection.control("kept_result", tag)
+
+    def answer(found: Any) -> Any:
+        kept, reply = found
+        if reply is not None:
+            return reply
+        return lost(f"engine {engine_id}'s reply " + (
+            "was too large to keep for a restarted controller (for execute: its record is "
+            "in the engine's history, mec.get_result(n))" if kept else
+            "was dropped from the replies it keeps (the oldest go first)"))
+
+    return d.addCallbacks(answer, lambda f: lost(f"engine {engine_id}: {f.getErrorMessage()}"))
+
+
+def _missing_part(count: int) -> dict[str, Any]:
+    return {"engine_id": None, "status": "error", "error": error_to_wire(KernelError(
+        f"{count} engine(s) of this call gave no result: it had not started on them when "
+        "the controller stopped (it was queued there), or they did not rejoin"))}
+
+
 @implementer(RIMultiEngineSession)
 class MultiEngineSession(Referenceable):  # type: ignore[misc]
     """One client's view of the multi-engine adapter, with its pending results."""
 
-    _ids = itertools.count(1)
+    _ids = itertools.count(1 << 40)  # pending ids of calls the client gave no id
 
     def __init__(self, adapter: MultiEngine, client: str, user: str = "",
-                 kind: str = "owner") -> None:
+                 kind: str = "owner", token: str = "") -> None:
         self.adapter = adapter
         self.client = client
+        # The client object's name across reconnections: a restarted controller
+        # finds its calls' results on the engines by it (controller/recovered.py).
+        self.token = token
         self.user = user or user_of(client)
         self.kind = kind  # "owner", "full" or "observer"
         self.revoked = False
@@ -336,7 +385,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
             self.user, self.kind, self.revoked, method, OBSERVER_ALLOWED,
             "observers can watch events, read the transcript, list users and engines, and chat")
 
-    def _call(self, block: bool, method: str, *args: Any, op: str = "",
+    def _call(self, block: bool, method: str, *args: Any, op: str = "", call: int = 0,
               **kwargs: Any) -> Deferred[Any]:
         denied = self._denied(op or method)
         if denied is not None:
@@ -346,13 +395,18 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
             return defer.succeed(self._raise_as_data(Failure(KernelError(
                 f"{len(self.pending)} non-blocking results are waiting to be fetched; "
                 "fetch some with get_result() before issuing more"))))
+        if not block and call in self.pending:
+            return defer.succeed(self._raise_as_data(Failure(KernelError(
+                f"call id {call} is in use by a result not fetched yet"))))
+        if call > 0 and self.token and method in RECOVERABLE:
+            kwargs["recover"] = (self.token, call)
         d = defer.maybeDeferred(getattr(self.adapter, method), *args, client=self.client,
                                 **kwargs)
         d.addErrback(self._raise_as_data)
         d.addCallback(replies.pack)  # the engines' bytes, relayed as they are
         if block:
             return d.addCallback(self._reply_sent)
-        pending_id = next(self._ids)
+        pending_id = call if call > 0 else next(self._ids)
         self.pending[pending_id] = d
         d.addBoth(self._store, pending_id)
         return defer.succeed({"pending_id": pending_id})
@@ -384,13 +438,14 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         entry = ops.OPS.get(methodname)
         if entry is None or not entry.session:
             return super().doRemoteCall(methodname, args, kwargs)
-        if kwargs:  # checked by the schema: every argument is there, some by name
-            names = RIMultiEngineSession[methodname].argumentNames
-            args = (*args, *(kwargs[name] for name in names[len(args):]))
-        *op_args, targets, block = args
+        names = RIMultiEngineSession[methodname].argumentNames
+        if kwargs:  # checked by the schema: every argument but call is there, some by name
+            args = (*args, *(kwargs[name] for name in names[len(args):] if name in kwargs))
+        *op_args, targets, block, call = args if len(args) == len(names) else (*args, 0)
         if hasattr(self.adapter, methodname):  # execute, push: logged with their code, values
-            return self._call(block, methodname, *op_args, targets)
-        return self._call(block, "run", methodname, tuple(op_args), targets, op=methodname)
+            return self._call(block, methodname, *op_args, targets, call=call)
+        return self._call(block, "run", methodname, tuple(op_args), targets, op=methodname,
+                          call=call)
 
     def remote_get_ids(self) -> Deferred[Any]:
         return self.adapter.get_ids()
@@ -400,23 +455,25 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return command_channel.offer_to_client(self.adapter.controller.command_channels,
                                               self, host)
 
-    def remote_push_each(self, namespaces: dict[int, Any], block: bool) -> Deferred[Any]:
-        return self._call(block, "push_each", namespaces)
+    def remote_push_each(self, namespaces: dict[int, Any], block: bool,
+                         call: int = 0) -> Deferred[Any]:
+        return self._call(block, "push_each", namespaces, call=call)
 
     def remote_apply_each(self, func: list[bytes], args: dict[int, Any],
-                          block: bool) -> Deferred[Any]:
-        return self._call(block, "apply_each", func, args)
+                          block: bool, call: int = 0) -> Deferred[Any]:
+        return self._call(block, "apply_each", func, args, call=call)
 
-    def remote_kill(self, controller: bool, targets: Any, block: bool) -> Deferred[Any]:
+    def remote_kill(self, controller: bool, targets: Any, block: bool,
+                    call: int = 0) -> Deferred[Any]:
         if controller and self.kind != "owner" and not self.revoked:
             # Stopping the controller ends everyone's sessions: the owner's call.
             return self._refuse("kill", PermissionDenied(
                 f"user {self.user!r} may not stop the controller (only the owner may); "
                 "nothing was killed"))
-        return self._call(block, "kill", controller, targets)
+        return self._call(block, "kill", controller, targets, call=call)
 
-    def remote_restart(self, targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "restart", targets)
+    def remote_restart(self, targets: Any, block: bool, call: int = 0) -> Deferred[Any]:
+        return self._call(block, "restart", targets, call=call)
 
     def remote_interrupt(self, targets: Any) -> Deferred[Any]:
         return self._call(True, "interrupt", targets)
@@ -450,9 +507,16 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return d.addErrback(self._raise_as_data)
 
     def remote_get_pending_result(self, pending_id: int, block: bool) -> Deferred[Any]:
+        if pending_id not in self.pending and self.token:
+            recovered = self.adapter.controller.recovered
+            if recovered.knows(self.token, pending_id):  # sent before a controller restart
+                return self._recovered_result(pending_id, block)
         if pending_id not in self.pending:
+            restarted = self.token and self.adapter.controller.recovered.restarted
             return defer.succeed(self._raise_as_data(Failure(InvalidPendingResult(
-                f"no pending result with id {pending_id} (unknown, or already fetched)"))))
+                f"no pending result with id {pending_id} (unknown, or already fetched" +
+                ("; or, sent before the controller restarted, it had not started on any "
+                 "engine when the controller stopped)" if restarted else ")")))))
         if pending_id in self.done:
             del self.pending[pending_id]
             return defer.succeed(self._fetched(pending_id))
@@ -472,6 +536,32 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         self.pending[pending_id].addBoth(deliver)
         return d
 
+    def _recovered_result(self, call: int, block: bool) -> Deferred[Any]:
+        """Gather a call of the last controller from the engines that keep its parts."""
+        controller = self.adapter.controller
+        recovered = controller.recovered
+        if not block and not recovered.complete(self.token, call):
+            return defer.succeed(self._raise_as_data(Failure(ResultNotReady(
+                f"result {call} is not ready yet (its engines are finishing it, or have not "
+                "rejoined the restarted controller yet)"))))
+
+        def gather(found: Any) -> Any:
+            if found is None:
+                raise InvalidPendingResult(
+                    f"no engine kept a result of call {call}: it had not started when the "
+                    "controller stopped, or was fetched already")
+            tag, parts = found
+            recovered.forget(self.token, call)
+            return defer.gatherResults([_kept_part(controller, tag, engine_id, state)
+                                        for engine_id, state in sorted(parts.parts.items())]
+                                       + [defer.succeed(_missing_part(parts.missing))
+                                          for _ in range(parts.missing)],
+                                       consumeErrors=True)
+
+        d = recovered.wait(self.token, call).addCallback(gather)
+        d.addErrback(self._raise_as_data)
+        return d.addCallback(replies.pack).addCallback(self._reply_sent)
+
     def remote_pending_ids(self) -> list[int]:
         return list(self.pending)
 
@@ -486,12 +576,13 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
                 f"result {pending_id} was flushed before it was fetched"))))
         return n
 
-    def remote_get_properties(self, keys: Any, targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "get_properties", keys, targets)
+    def remote_get_properties(self, keys: Any, targets: Any, block: bool,
+                              call: int = 0) -> Deferred[Any]:
+        return self._call(block, "get_properties", keys, targets, call=call)
 
     def remote_update_properties(self, action: str, arg: Any, targets: Any,
-                                 block: bool) -> Deferred[Any]:
-        return self._call(block, "update_properties", action, arg, targets)
+                                 block: bool, call: int = 0) -> Deferred[Any]:
+        return self._call(block, "update_properties", action, arg, targets, call=call)
 
     def remote_session_log(self) -> Deferred[Any]:
         # Every user's code and pushed values: not for observers.
@@ -612,8 +703,9 @@ class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
         self.adapter.controller.check_versions(
             where, f"the client pid {where.get('pid')} on {where.get('host')}")
         debugger = where.pop("debugger", None)  # the client's remote-pdb observer
+        token = where.pop("client_token", "")
         session = MultiEngineSession(self.adapter, f"{user}/client-{next(self._client_ids)}",
-                                     user, self.kind)
+                                     user, self.kind, token if valid_token(token) else "")
         if debugger is not None and hasattr(debugger, "callRemote"):
             self.adapter.controller.debug_clients[session.client] = debugger
         directory = getattr(self.adapter, "directory", None)

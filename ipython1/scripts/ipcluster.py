@@ -89,6 +89,8 @@ class StartOptions(_ProfileOption):
         ["port", None, 0, "TCP port of the controller (default: any free port).", int],
         ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
         ["timeout", None, 120.0, "Seconds to wait for all engines to register."],
+        ["rejoin-wait", None, None, "The controller's --rejoin-wait: seconds after a "
+         "restart that engines may rejoin with what they were running (default 60).", float],
         ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
         ["mpi-args", None, "", "Extra arguments for mpiexec."],
         # Where engines run (ipython1.cluster); see docs/deployment.md.
@@ -422,6 +424,8 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                        "--relay-port", str(relay_port),
                        *(["--location", location] if location else []),
                        *(["--reuse"] if reuse else [])]
+    if (launch_options or {}).get("rejoin-wait") is not None:
+        controller_args += ["--rejoin-wait", str(launch_options["rejoin-wait"])]  # type: ignore[index]
     if mpi and engines_kind == "slurm":
         # srun starts the ranks; ids 0..n-1 wait for them.
         controller_args += ["--reserve-ids", str(n)]

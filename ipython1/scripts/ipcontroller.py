@@ -32,6 +32,9 @@ class Options(usage.Options):
         ["dashboard-ip", None, "127.0.0.1", "Interface the web dashboard listens on."],
         ["dashboard-port", None, 0, "The web dashboard's TCP port (default: any free port).",
          int],
+        ["rejoin-wait", None, 60.0, "Seconds after start-up that engines may rejoin with "
+         "what they were running (tasks, multi-engine results); then a task whose engine "
+         "did not come back runs again (or fails, if not idempotent).", float],
     ]
     optFlags = [
         ["no-dashboard", None, "Serve no web dashboard."],
@@ -41,6 +44,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         check_network_options(self)
+        if self["rejoin-wait"] < 0:
+            raise usage.UsageError("--rejoin-wait must be >= 0")
 
 
 def check_network_options(options: Any) -> None:
@@ -67,7 +72,8 @@ def makeService(options: Any) -> Any:
                              location=options["location"], relay_port=options["relay-port"],
                              dashboard=None if options["no-dashboard"] else
                              (options["dashboard-ip"], options["dashboard-port"]),
-                             reuse=bool(options["reuse"]))
+                             reuse=bool(options["reuse"]),
+                             rejoin_wait=options["rejoin-wait"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,8 +29,10 @@ class FoolscapEngineConnection:
     def tubid(self) -> str:
         return self.reference.getRemoteTubID()  # type: ignore[no-any-return]
 
-    def call(self, op: str, args: Any) -> Deferred[Any]:
-        return self.reference.callRemote("run", op, list(args))  # type: ignore[no-any-return]
+    def call(self, op: str, args: Any, tag: str | None = None) -> Deferred[Any]:
+        if tag is None:
+            return self.reference.callRemote("run", op, list(args))  # type: ignore[no-any-return]
+        return self.reference.callRemote("run", op, list(args), tag)  # type: ignore[no-any-return]
 
     def interrupt(self) -> Deferred[bool]:
         return call(self.reference, "interrupt", None)

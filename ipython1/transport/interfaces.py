@@ -13,8 +13,11 @@ class IEngineConnection(Interface):
     local = Attribute("bool: whether queued commands take the command channel")
     tubid = Attribute("str: the engine's Foolscap tub id (checked by the data channel)")
 
-    def call(op: str, args: Any) -> Any:
-        """Run a command of the op table on the engine; Deferred with its reply."""
+    def call(op: str, args: Any, tag: str | None = None) -> Any:
+        """Run a command of the op table on the engine; Deferred with its reply.
+
+        A tag (controller/recovered.py) has the engine keep the reply for a
+        restarted controller."""
 
     def interrupt() -> Any:
         """Stop the engine's running command at once (never queued); Deferred[bool]."""
