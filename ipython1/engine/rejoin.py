@@ -5,7 +5,11 @@ cannot be answered on that connection: its replies wait here, and go to the
 controller with the engine's next registration (``info["late_tasks"]``), or,
 if the engine has rejoined already, at once (``deliver_late``). The
 registration also names the tasks still running (``info["running_tasks"]``),
-so the restarted controller waits for them instead of running them again.
+so the restarted controller waits for them instead of running them again, and
+those it finished lately (``info["done_tasks"]``, with the replies of its last
+batches in ``info["recent_tasks"]``): a reply the old controller received but
+had not journaled yet is not lost, and a task that ran is never taken for
+one that did not.
 
 A multi-engine command comes with a tag (``controller/recovered.py``): the
 engine keeps the replies of its last tagged commands, delivered or not,
@@ -20,12 +24,15 @@ Pure: no reactor; the shell thread and the reactor thread both call it.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 RECONNECT_TIMEOUT = 600.0  # seconds an engine keeps trying to rejoin (ipengine --reconnect-timeout)
 MAX_NOTES = 100  # commands finished while away that a rejoining engine reports, at most
 MAX_TAG = 200  # characters of a command's tag
+DONE_TASKS = 4096  # ids of the last tasks finished, named when the engine rejoins
+RECENT_BATCHES = 2  # task batches whose delivered replies are handed over again
+MAX_RECENT_BYTES = 16 * 2**20
 MAX_KEPT = 256  # replies of tagged commands kept for a restarted controller, at most
 MAX_KEPT_BYTES = 32 * 2**20  # and their bytes; a larger reply is kept as "too large"
 
@@ -55,6 +62,8 @@ class LateReplies:
         self._kept_bytes = 0
         self._kept_late: list[str] = []  # tags finished while away, not reported yet
         self._running_tag: str | None = None
+        self._done_tids: deque[Any] = deque(maxlen=DONE_TASKS)
+        self._recent: deque[list[Any]] = deque(maxlen=RECENT_BATCHES)  # delivered replies
 
     @property
     def generation(self) -> int:
@@ -123,8 +132,13 @@ class LateReplies:
         Return True when they were kept (the caller then tries deliver_late).
         """
         with self._lock:
+            self._done_tids.extend(self._running)
             self._running = []
-            if replies is None or not (self._lost or generation != self._generation):
+            if replies is None:
+                return False
+            if not (self._lost or generation != self._generation):
+                if reply_size(replies) <= MAX_RECENT_BYTES // RECENT_BATCHES:
+                    self._recent.append(replies)  # delivered, but maybe not journaled
                 return False
             self._late.extend(replies)
             return True
@@ -140,6 +154,7 @@ class LateReplies:
             self._generation += 1
             self._lost = False
             del self._late[:handed_over]
+            self._recent.clear()
             self._notes = []
             known = set(reported or ())
             self._kept_late = [t for t in self._kept_late if t not in known]
@@ -152,6 +167,8 @@ class LateReplies:
         """What a rejoining engine tells the controller (a copy; see rejoined)."""
         with self._lock:
             return {"late_tasks": list(self._late), "running_tasks": list(self._running),
+                    "recent_tasks": [r for batch in self._recent for r in batch],
+                    "done_tasks": list(self._done_tids),
                     "finished_while_away": list(self._notes),
                     "kept_results": list(self._kept), "running_command": self._running_tag}
 

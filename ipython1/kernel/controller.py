@@ -131,6 +131,11 @@ class Controller(service.MultiService):
         """Add an engine; return its id, which it keeps for its life."""
         info = dict(info)
         late_tasks = info.pop("late_tasks", None)  # a rejoining engine's (issue 15)
+        # Replies it sent the last controller just before the loss: maybe not journaled.
+        recent = info.pop("recent_tasks", None)
+        late_tasks = [*(recent if isinstance(recent, list) else []),
+                      *(late_tasks if isinstance(late_tasks, list) else [])] or None
+        done_tasks = info.pop("done_tasks", None)
         kept, running = info.pop("kept_results", None), info.pop("running_command", None)
         engine_id = self._assign_id(info.get("requested_id"), bool(info.get("rejoin")))
         self.recovered.rejoined(engine_id, kept, running)
@@ -166,7 +171,7 @@ class Controller(service.MultiService):
         d.addErrback(lambda f: None)  # an engine without live output still works
         log.info("engine {id} registered: {info}", id=engine_id, info=info)
         self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info),
-                                           "late_tasks": late_tasks})
+                                           "late_tasks": late_tasks, "done_tasks": done_tasks})
         return engine_id
 
     def deliver_late(self, engine_id: int, late: Any) -> None:

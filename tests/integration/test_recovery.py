@@ -290,18 +290,36 @@ def test_a_part_that_had_not_started_is_reported_not_run(make_cluster):
     assert "x" not in mec.keys()[0]
 
 
-def test_missing_engines_only_are_started_with_reuse(cluster):
+def test_missing_engines_only_are_started_with_reuse(cluster, tmp_path):
     """Last in the module: it replaces one of the shared cluster's engines."""
     from ipython1.scripts.ipcluster import engine_pids
 
     mec = cluster.client(timeout=60)
-    survivor, doomed = mec.apply(os.getpid)
-    os.kill(doomed, signal.SIGKILL)
-    crash_controller(cluster)
-    out = restart(cluster)
-    assert "1 engine(s) rejoined, 1 started" in out, out
+    tc = client.TaskClient(cluster.task_furl, timeout=60)
+    pids = mec.apply(os.getpid)
+    log = str(tmp_path / "runs")
+    # A task that must not run twice, running on the engine that will not come back.
+    once = tc.run(client.MapTask(logged_task(log, 30.0), args=("once",), idempotent=False))
+    wait_until(lambda: runs(log), 20, "the task running")
     ids = mec.get_ids()
-    assert len(ids) == 2 and 0 in ids  # engine 0 kept its id; the new one has a new id
+    owner = wait_until(lambda: [q["engine_id"] for q in mec.queue_status()
+                                if q["running"] is not None], 10, "its engine")[0]
+    doomed = pids[ids.index(owner)]
+    (survivor,) = set(pids) - {doomed}
+    crash_controller(cluster)  # first: the controller must not see the engine die
+    os.kill(doomed, signal.SIGKILL)
+    started = time.monotonic()
+    proc = cluster.ipcluster("start", "-n", "2", "--daemon", "--reuse", "--rejoin-wait", "3")
+    cluster.record_pids()
+    assert proc.returncode == 0 and "1 engine(s) rejoined, 1 started" in proc.stdout, proc.stdout
+    kept = set(ids) - {owner}
+    ids = mec.get_ids()
+    assert len(ids) == 2 and kept < set(ids)  # the survivor kept its id; the new one a new id
     pids = mec.apply(os.getpid)
     assert survivor in pids and doomed not in pids
     assert sorted(engine_pids(cluster.dir)) == sorted(pids)  # ipcluster stop finds both
+    # Its engine did not rejoin within --rejoin-wait: failed, not run again.
+    result = wait_until(lambda: tc.get_task_result(once), 30, "the task's outcome")
+    assert time.monotonic() - started < 30  # --rejoin-wait 3, not the default 60
+    assert isinstance(result.failure, EngineError) and "not idempotent" in str(result.failure)
+    assert runs(log) == ["once"]

@@ -73,8 +73,12 @@ def test_late_replies_are_kept_only_when_their_connection_is_gone():
     gen = late.started([1, 2])
     assert late.registration_info() == {"late_tasks": [], "running_tasks": [1, 2],
                                         "finished_while_away": [], "kept_results": [],
-                                        "running_command": None}
+                                        "running_command": None, "recent_tasks": [],
+                                        "done_tasks": []}
     assert not late.finished(gen, [["r1"]])  # answered on its own connection
+    # ... but maybe not journaled by a controller about to crash: named again on a rejoin.
+    assert late.registration_info()["recent_tasks"] == [["r1"]]
+    assert late.registration_info()["done_tasks"] == [1, 2]
     gen = late.started([3])
     late.lost()
     assert late.finished(gen, [["r3"]])
