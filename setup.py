@@ -54,7 +54,7 @@ setup(
             "ipcontroller = ipython1.scripts.ipcontroller:main",
             "ipengine = ipython1.scripts.ipengine:main",
             "ipcluster = ipython1.scripts.ipcluster:console",
-            "ipython1-shell = ipython1.shell:main",
+            "ipython1-shell = ipython1.client.shell:main",
         ],
     },
 )

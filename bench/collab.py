@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 def subscriber(furl: str) -> None:
     """Subscriber process: count events; print the count of chats when asked."""
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     mec = MultiEngineClient(furl, timeout=60)
     chats = [0]
@@ -90,7 +90,7 @@ def main() -> None:
         subprocess.run([*ipcluster, "start", "-n", str(args.engines), "--daemon"], env=env,
                        check=True, capture_output=True)
         furl = str(Path(tmp) / "cluster_bench" / "security" / "ipcontroller-mec.furl")
-        from ipython1.kernel.client import MultiEngineClient
+        from ipython1.client.blocking import MultiEngineClient
 
         mec = MultiEngineClient(furl, timeout=120)
         round_trips(mec, 50)  # warm up

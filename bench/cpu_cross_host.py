@@ -136,8 +136,8 @@ def sink() -> None:
     import ssl
     import threading
 
+    from ipython1.common.wire import ec_certificate_pem
     from ipython1.kernel.datachannel import server_context
-    from ipython1.kernel.wire import ec_certificate_pem
 
     tls = server_context(ec_certificate_pem())
 
@@ -178,7 +178,7 @@ def client_side(grid_json: str | None) -> dict[str, Any]:
     sys.path.append(str(BENCH.parent))
     import sys_ipython1
 
-    from ipython1.kernel import client
+    from ipython1.client import blocking as client
 
     become_subreaper()
     grid = GridSpec.from_json(grid_json)

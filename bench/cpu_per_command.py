@@ -48,8 +48,8 @@ def main() -> None:
     out: dict[str, Any] = {}
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        from ipython1.kernel import client
-        from ipython1.kernel.cluster import ClusterDir, read_pid
+        from ipython1.client import blocking as client
+        from ipython1.common.clusterdir import ClusterDir, read_pid
         from ipython1.scripts.ipcluster import engine_pids
 
         cluster = ClusterDir("cpu", root=Path(tmp))

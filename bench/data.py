@@ -107,7 +107,7 @@ def run_ipython1(directory: Path, engines: int, mmap: bool) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     import numpy as np
 
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     work = Path(tempfile.mkdtemp(prefix="bench-data-ipython1-"))
     env = dict(os.environ, IPYTHON1_DIR=str(work))

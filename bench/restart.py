@@ -74,7 +74,7 @@ def cluster_env(root: Path, journal: bool = True) -> dict[str, str]:
 
 
 def rejoin(n: int, reps: int) -> dict[str, Any]:
-    from ipython1.kernel.cluster import ClusterDir, read_pid
+    from ipython1.common.clusterdir import ClusterDir, read_pid
 
     root = Path(tempfile.mkdtemp(prefix="bench-restart-"))
     env = cluster_env(root)
@@ -102,7 +102,7 @@ def rejoin(n: int, reps: int) -> dict[str, Any]:
 
 
 def supervisor(reps: int) -> dict[str, Any]:
-    from ipython1.kernel import client
+    from ipython1.client import blocking as client
 
     root = Path(tempfile.mkdtemp(prefix="bench-restart-"))
     env = cluster_env(root)
@@ -132,8 +132,8 @@ def journal_in_process(n: int = 20_000, batch: int = 64, reps: int = 3) -> dict[
     """Scheduler work per task without and with a journal (median of reps each):
     on the reactor's thread (encoding, TaskJournal.prepare) and on the writer's
     (SQLite and fsync, which TaskFarm runs on a thread of its own)."""
+    from ipython1.controller import task as T
     from ipython1.controller.journal import FILE_NAME, TaskJournal
-    from ipython1.kernel import task as T
 
     def run(with_journal: bool) -> tuple[float, float, int]:
         tmp = Path(tempfile.mkdtemp(prefix="bench-journal-"))
@@ -181,7 +181,7 @@ def journal_in_process(n: int = 20_000, batch: int = 64, reps: int = 3) -> dict[
 
 
 def journal_end_to_end(n: int = 2000) -> dict[str, Any]:
-    from ipython1.kernel import client
+    from ipython1.client import blocking as client
 
     out: dict[str, Any] = {"tasks": n}
     for journal in (False, True):

@@ -338,14 +338,14 @@ def main() -> None:
     sys.path.append(str(Path(__file__).resolve().parent.parent))
     try:
         import ipython1
-        from ipython1.kernel import client
+        from ipython1.client import blocking as client
     except Exception as exc:  # the API is still being written: record, don't crash
         results = Results(SYSTEM, "unavailable", args.phase)
         for workload, variant in PHASE_WORKLOADS[args.phase]:
             if workload == "W2" and n != 1:
                 continue
             results.error(workload, variant,
-                          f"ipython1.kernel.client unavailable: {type(exc).__name__}: {exc}",
+                          f"ipython1.client.blocking unavailable: {type(exc).__name__}: {exc}",
                           n if args.phase == "scale" and workload != "W2" else None)
         results.emit()
         return

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from ipython1 import kernel as _old_names  # noqa: F401 - the module names of before issue 13
+
 __version__ = "0.1.0"
 
 

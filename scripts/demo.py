@@ -23,7 +23,7 @@ bootstrap.reexec_in_venv("test,mpi")  # one .venv serves both README commands
 
 import numpy as np  # noqa: E402
 
-from ipython1.kernel import client  # noqa: E402
+from ipython1.client import blocking as client  # noqa: E402
 from ipython1.scripts import ipcluster  # noqa: E402
 
 N_ENGINES = 4

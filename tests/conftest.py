@@ -35,7 +35,7 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0,
 
 
 def pid_alive(pid: int) -> bool:
-    from ipython1.kernel.cluster import pid_alive as alive
+    from ipython1.common.clusterdir import pid_alive as alive
 
     return alive(pid)
 
@@ -62,7 +62,7 @@ class Cluster:
     """A controller and engines started as real processes in a private directory."""
 
     def __init__(self, root: Path, profile: str = "test") -> None:
-        from ipython1.kernel.cluster import ClusterDir
+        from ipython1.common.clusterdir import ClusterDir
 
         self.root = root
         self.profile = profile
@@ -84,7 +84,7 @@ class Cluster:
         return self
 
     def record_pids(self) -> None:
-        from ipython1.kernel.cluster import read_pid
+        from ipython1.common.clusterdir import read_pid
         from ipython1.scripts.ipcluster import engine_pids
 
         for pid in [read_pid(self.dir.pid_file("ipcontroller")), *engine_pids(self.dir)]:
@@ -109,7 +109,7 @@ class Cluster:
         return str(self.dir.furl_file("ipcontroller-task.furl"))
 
     def client(self, **kwargs: Any) -> Any:
-        from ipython1.kernel.client import MultiEngineClient
+        from ipython1.client.blocking import MultiEngineClient
 
         mec = MultiEngineClient(self.mec_furl, **kwargs)
         self.clients.append(mec)

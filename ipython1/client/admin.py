@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ipython1.kernel import cluster, wire
-from ipython1.kernel.client import ReactorThread, _wait
-from ipython1.kernel.cluster import ADMIN_FURL
-from ipython1.kernel.errors import ControllerNotFound, error_from_wire
+from ipython1.client.blocking import ReactorThread, _wait
+from ipython1.common import clusterdir as cluster
+from ipython1.common import wire
+from ipython1.common.clusterdir import ADMIN_FURL
+from ipython1.common.errors import ControllerNotFound, error_from_wire
 from ipython1.transport.foolscap import call as call_remote
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from ipython1.kernel.serialize import serialize
+from ipython1.common.serialize import serialize
 
 __all__ = ["apply_each"]
 

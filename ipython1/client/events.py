@@ -11,7 +11,7 @@ from foolscap.api import Referenceable
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ipython1.kernel.interfaces import RIEventObserver
+from ipython1.common.interfaces import RIEventObserver
 
 log = Logger()
 

@@ -81,7 +81,7 @@ class TaskExecutor(_ClusterExecutor):
     def submit(self, fn: Callable[..., Any], /, *args: Any,
                **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Queue fn(*args, **kwargs) as a task; return a Future of its value."""
-        from ipython1.kernel.taskclient import MapTask
+        from ipython1.client.tasks import MapTask
 
         tid = self.client.run(MapTask(fn, args, kwargs, **self.options))
         return self._start(lambda: self.client._loop.submit(self._value, tid))

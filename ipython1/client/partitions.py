@@ -18,9 +18,9 @@ from typing import Any
 from twisted.internet import defer
 
 from ipython1.client.each import apply_each
+from ipython1.common import scatter as scatter_mod
+from ipython1.common.errors import CompositeError, PartitionLoadError, RemoteError
 from ipython1.engine import loaders
-from ipython1.kernel import scatter as scatter_mod
-from ipython1.kernel.errors import CompositeError, PartitionLoadError, RemoteError
 
 __all__ = ["assign_files", "layout_from_rows", "load_partitions"]
 

@@ -16,7 +16,7 @@ from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from ipython1.kernel.errors import ConnectionLost
+from ipython1.common.errors import ConnectionLost
 
 RECONNECT_WAIT = 60.0  # seconds a call waits for the controller, unless the client's timeout says
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ipython1.kernel.errors import SessionFileError
+from ipython1.common.errors import SessionFileError
 
 HEADER = "# ipython1 session log"
 _BLOCK = re.compile(r"^# ---- \[(\d+)\] (.*)$")
@@ -31,7 +31,7 @@ FAILED = "# failed: "  # a command that failed or was interrupted: its code foll
 
 def load_value(*frames_b64: str) -> Any:
     """Rebuild a pushed value from its base64 frames (used by saved sessions)."""
-    from ipython1.kernel.serialize import deserialize
+    from ipython1.common.serialize import deserialize
 
     return deserialize([base64.b64decode(f) for f in frames_b64])
 

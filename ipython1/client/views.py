@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ipython1.kernel.client import MultiEngineClient
+from ipython1.client.blocking import MultiEngineClient
 
 
 def resolve(key: int | slice | Sequence[int], ids: Callable[[], list[int]]) -> Any:

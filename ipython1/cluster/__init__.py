@@ -32,7 +32,7 @@ from ipython1.cluster.pbs import PBSLauncher
 from ipython1.cluster.sge import SGELauncher
 from ipython1.cluster.slurm import SlurmLauncher, SlurmStepLauncher, in_allocation
 from ipython1.cluster.ssh import SSHLauncher
-from ipython1.kernel.cluster import ClusterDir
+from ipython1.common.clusterdir import ClusterDir
 
 __all__ = [
     "BATCH_LAUNCHERS", "ENGINE_KINDS", "EngineCommand", "ILauncher", "LaunchError",

@@ -37,7 +37,7 @@ from ipython1.cluster.launcher import (
     run_command,
     tail,
 )
-from ipython1.kernel.cluster import ClusterDir
+from ipython1.common.clusterdir import ClusterDir
 
 # Normalised job states; each system maps its own codes onto these.
 PENDING, RUNNING, DONE, FAILED, CANCELLED = "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED"

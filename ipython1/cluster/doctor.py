@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ipython1.common.clusterdir import ENGINE_FURL, MEC_FURL, TASK_FURL, ClusterDir
 from ipython1.common.versions import compare, local_versions
-from ipython1.kernel.cluster import ENGINE_FURL, MEC_FURL, TASK_FURL, ClusterDir
 
 CLOCK_SKEW_WARN = 1.0  # s: event times and timeouts get confusing beyond this
 CONNECT_TIMEOUT = 3.0  # s per address tried
@@ -189,9 +189,9 @@ def check_cluster(cluster_dir: ClusterDir, hosts: set[str] | None = None) -> lis
 
     The engines' host names are added to hosts, when given.
     """
-    from ipython1.kernel.client import MultiEngineClient
-    from ipython1.kernel.errors import KernelError
-    from ipython1.kernel.users import admin_call
+    from ipython1.client.blocking import MultiEngineClient
+    from ipython1.common.errors import KernelError
+    from ipython1.controller.userdir import admin_call
 
     found: list[Finding] = []
     try:

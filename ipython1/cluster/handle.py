@@ -25,7 +25,7 @@ import atexit
 import io
 from typing import Any
 
-from ipython1.kernel.cluster import ClusterDir
+from ipython1.common.clusterdir import ClusterDir
 
 
 class Cluster:
@@ -91,7 +91,7 @@ class Cluster:
 
     def client(self, **kwargs: Any) -> Any:
         """Connect a MultiEngineClient (closed by stop())."""
-        from ipython1.kernel.client import MultiEngineClient
+        from ipython1.client.blocking import MultiEngineClient
 
         mec = MultiEngineClient(profile=self.profile, **kwargs)
         self._clients.append(mec)
@@ -99,7 +99,7 @@ class Cluster:
 
     def task_client(self, **kwargs: Any) -> Any:
         """Connect a TaskClient (closed by stop())."""
-        from ipython1.kernel.client import TaskClient
+        from ipython1.client.blocking import TaskClient
 
         tc = TaskClient(profile=self.profile, **kwargs)
         self._clients.append(tc)

@@ -19,8 +19,8 @@ from typing import Any
 
 from zope.interface import Attribute, Interface
 
-from ipython1.kernel.cluster import ENGINE_FURL, ClusterDir, write_private
-from ipython1.kernel.processes import python_module
+from ipython1.common.clusterdir import ENGINE_FURL, ClusterDir, write_private
+from ipython1.common.processes import python_module
 
 STATE_FILE = "launcher.json"
 ENGINE_MODULE = "ipython1.scripts.ipengine"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ipython1.cluster.launcher import tail
-from ipython1.kernel.cluster import ClusterDir, pid_alive
+from ipython1.common.clusterdir import ClusterDir, pid_alive
 
 
 class ProcessLauncher:

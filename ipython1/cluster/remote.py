@@ -17,7 +17,7 @@ from typing import Any
 
 from ipython1.cluster.launcher import run_command
 from ipython1.cluster.ssh import PIDS_OF_FILE, ssh_argv
-from ipython1.kernel.cluster import (
+from ipython1.common.clusterdir import (
     ADMIN_FURL,
     ENGINE_FURL,
     MEC_FURL,

@@ -14,8 +14,8 @@ import socket
 import time
 from typing import Any
 
-from ipython1.kernel import processes
-from ipython1.kernel.cluster import ClusterDir, pid_alive
+from ipython1.common import processes
+from ipython1.common.clusterdir import ClusterDir, pid_alive
 from ipython1.scripts import ipcluster
 
 
@@ -34,7 +34,7 @@ def parse_ids(args: Any) -> list[int]:
 
 
 def _client(cluster_dir: ClusterDir, timeout: float) -> Any:
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     if not cluster_dir.controller_running():
         raise RuntimeError(f"no controller is running for profile {cluster_dir.profile!r}; "

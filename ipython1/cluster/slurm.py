@@ -28,7 +28,7 @@ from ipython1.cluster.batch import (
 )
 from ipython1.cluster.launcher import EngineCommand, ILauncher, LaunchError, Runner, run_command
 from ipython1.cluster.process import ProcessLauncher
-from ipython1.kernel.cluster import ClusterDir
+from ipython1.common.clusterdir import ClusterDir
 
 # scontrol's JobState values, by what they mean for engines.
 _STATES = {

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from ipython1.cluster.launcher import EngineCommand, ILauncher, LaunchError
 from ipython1.cluster.process import ProcessLauncher
-from ipython1.kernel.cluster import ClusterDir
+from ipython1.common.clusterdir import ClusterDir
 
 FURL_VARIABLE = "IPYTHON1_ENGINE_FURL"
 

@@ -110,7 +110,7 @@ def exits_dir(pid_dir: Path) -> Path:
 
 def write_exit_report(pid_dir: Path, pid: int, report: dict[str, Any]) -> None:
     """Write what the supervisor saw of an engine's end (read by the controller)."""
-    from ipython1.kernel.cluster import write_private
+    from ipython1.common.clusterdir import write_private
 
     write_private(exits_dir(pid_dir) / f"{pid}.json", json.dumps(report))
 
@@ -141,8 +141,8 @@ def tail(path: Path, start: int, lines: int = STDERR_LINES) -> str:
 def run(profile: str, commands: list[tuple[int | None, list[str]]],
         poll_interval: float = 0.05) -> None:
     """Supervise commands until SIGTERM; then stop them all."""
-    from ipython1.kernel.cluster import ClusterDir, open_private_log
-    from ipython1.kernel.processes import write_pid_file
+    from ipython1.common.clusterdir import ClusterDir, open_private_log
+    from ipython1.common.processes import write_pid_file
     from ipython1.scripts.ipcluster import stop_pids
 
     cluster_dir = ClusterDir(profile).create()

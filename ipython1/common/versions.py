@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from ipython1 import __version__
-from ipython1.kernel.errors import VersionMismatch
+from ipython1.common.errors import VersionMismatch
 
 PROTOCOL = 2  # bump when the wire changes incompatibly
 

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web import resource, server, static
 
-from ipython1.kernel import cluster
+from ipython1.common import clusterdir as cluster
 
 log = Logger()
 
@@ -97,7 +97,7 @@ class Dashboard:
         caps = [(furl, owner, "owner") for furl in service.furls.values()]
         directory = getattr(service, "users", None)
         if directory is not None:
-            from ipython1.kernel.users import user_furl_file
+            from ipython1.controller.userdir import user_furl_file
 
             for record in directory.users.values():
                 try:

@@ -1,15 +1,15 @@
 """Who may do what on a shared controller: the permission rule, the user listing,
 the transcript's tail. Read by every adapter (multi-engine, task farm); the
-directory of users itself is ipython1.kernel.users.UserDirectory."""
+directory of users itself is ipython1.controller.userdir.UserDirectory."""
 
 from __future__ import annotations
 
 import collections
 from typing import Any
 
-from ipython1.kernel import cluster
-from ipython1.kernel.errors import PermissionDenied
-from ipython1.kernel.events import read_transcript
+from ipython1.common import clusterdir as cluster
+from ipython1.common.errors import PermissionDenied
+from ipython1.controller.events import read_transcript
 
 TRANSCRIPT = "transcript.jsonl"
 MAX_TRANSCRIPT_EVENTS = 10_000  # events one transcript() call returns at most

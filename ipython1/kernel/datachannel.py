@@ -86,13 +86,13 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ipython1.kernel.addresses import join_host_port, split_host_port
-from ipython1.kernel.errors import KernelError
-from ipython1.kernel.listenguard import ListenerGuard
-from ipython1.kernel.localhost import env_enabled
-from ipython1.kernel.localhost import host_key as localhost_key
-from ipython1.kernel.localhost import peer_credentials as _peer
-from ipython1.kernel.localhost import socket_address as _address
+from ipython1.common.addresses import join_host_port, split_host_port
+from ipython1.common.errors import KernelError
+from ipython1.common.listenguard import ListenerGuard
+from ipython1.common.localhost import env_enabled
+from ipython1.common.localhost import host_key as localhost_key
+from ipython1.common.localhost import peer_credentials as _peer
+from ipython1.common.localhost import socket_address as _address
 
 THRESHOLD = 256 * 2**10  # values at least this large take the data channel
 BLOB_MAGIC = b"IPB1"

@@ -11,8 +11,8 @@ def start_logging(log_file: Path) -> None:
     """Send Twisted's log to a file (appending)."""
     from twisted.logger import FilteringLogObserver, globalLogBeginner, textFileLogObserver
 
-    from ipython1.kernel.cluster import open_private_log
-    from ipython1.kernel.listenguard import RepeatedLogLimiter
+    from ipython1.common.clusterdir import open_private_log
+    from ipython1.common.listenguard import RepeatedLogLimiter
 
     stream = open_private_log(log_file)  # lives as long as the process; 0600: user output
     # A connection flood is reported, not copied line by line into the log.

@@ -20,8 +20,8 @@ from typing import IO, Any
 
 from twisted.python import usage
 
-from ipython1.kernel.cluster import ClusterDir, pid_alive, read_pid
-from ipython1.kernel.processes import check, recorded, verified, write_pid_file
+from ipython1.common.clusterdir import ClusterDir, pid_alive, read_pid
+from ipython1.common.processes import check, recorded, verified, write_pid_file
 
 ENGINES_PID_FILE = "ipengines"
 SUPERVISOR_PID_FILE = "ipsupervisor"
@@ -286,15 +286,15 @@ class Options(_Options):
 def _python_module(module: str, *args: str) -> list[str]:
     # Never import from the directory ipcluster runs in: anyone who can write
     # there (/tmp, a shared project) would run code as the owner.
-    from ipython1.kernel.processes import python_module
+    from ipython1.common.processes import python_module
 
     return python_module(module, *args)
 
 
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start a process in its own session, output to log_path."""
-    from ipython1.kernel.cluster import open_private_log
-    from ipython1.kernel.processes import safe_environ
+    from ipython1.common.clusterdir import open_private_log
+    from ipython1.common.processes import safe_environ
 
     with open_private_log(log_path) as log:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -476,7 +476,7 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                 out.flush()
             launcher, n = _start_launcher(cluster_dir, engines_kind, n, timeout,
                                           launch_options or {}, mpi)
-        from ipython1.kernel.client import MultiEngineClient
+        from ipython1.client.blocking import MultiEngineClient
 
         mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
         try:
@@ -659,8 +659,8 @@ def _stop_launcher(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
 
 def _other_hosts_hint(cluster_dir: ClusterDir) -> str:
     """Say where the controller is reached from and how engines on other hosts join."""
-    from ipython1.kernel.cluster import ENGINE_FURL
-    from ipython1.kernel.wire import furl_location
+    from ipython1.common.clusterdir import ENGINE_FURL
+    from ipython1.common.wire import furl_location
 
     path = cluster_dir.furl_file(ENGINE_FURL)
     try:
@@ -679,7 +679,7 @@ def _mpi_preflight(n: int, mpiexec: str | None,
     """
     import shlex
 
-    from ipython1.kernel import mpi as mpi_mod
+    from ipython1.engine import mpi as mpi_mod
 
     path = mpi_mod.find_mpiexec(mpiexec)
     if not mpi_mod.mpi4py_installed():
@@ -768,9 +768,9 @@ def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout, as_json: bool = F
     import json
 
     from ipython1 import cluster
+    from ipython1.common.errors import KernelError
     from ipython1.controller.monitor import format_snapshot
-    from ipython1.kernel.errors import KernelError
-    from ipython1.kernel.users import admin_call
+    from ipython1.controller.userdir import admin_call
 
     launcher = cluster.launcher_from_state(cluster_dir)
     for line in launcher.status() if launcher is not None and not as_json else []:
@@ -801,7 +801,7 @@ def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout, as_json: bool = F
 def logs(cluster_dir: ClusterDir, engine: int | None = None, lines: int = 50,
          follow: bool = False, out: IO[str] = sys.stdout) -> int:
     """Print the last lines of the controller's log, or of an engine's (asked over the wire)."""
-    from ipython1.kernel.errors import KernelError
+    from ipython1.common.errors import KernelError
 
     if engine is None:
         path = cluster_dir.log_file("ipcontroller")
@@ -813,7 +813,7 @@ def logs(cluster_dir: ClusterDir, engine: int | None = None, lines: int = 50,
         def fetch() -> list[str]:
             return path.read_text(errors="replace").splitlines()[-max(lines, 1000):]
     else:
-        from ipython1.kernel.client import MultiEngineClient
+        from ipython1.client.blocking import MultiEngineClient
 
         try:
             mec = MultiEngineClient(profile=cluster_dir.profile, timeout=10)
@@ -861,7 +861,7 @@ def dashboard(cluster_dir: ClusterDir, furl_file: str | None = None,
               out: IO[str] = sys.stdout) -> int:
     """Print the dashboard's URL with the token of a capability the caller holds."""
     from ipython1.controller.dashboard import dashboard_token, read_dashboard_url
-    from ipython1.kernel.users import ADMIN_FURL
+    from ipython1.controller.userdir import ADMIN_FURL
 
     url = read_dashboard_url(cluster_dir)
     if url is None:
@@ -884,7 +884,7 @@ def dashboard(cluster_dir: ClusterDir, furl_file: str | None = None,
 def engines(cluster_dir: ClusterDir, options: usage.Options, out: IO[str] = sys.stdout) -> int:
     """Add or remove engines of the running cluster (see ipython1.cluster.resize)."""
     from ipython1.cluster import resize
-    from ipython1.kernel.errors import KernelError
+    from ipython1.common.errors import KernelError
 
     sub = options.subOptions
     try:
@@ -907,8 +907,8 @@ def _id_list(ids: list[int]) -> str:
 def adduser(cluster_dir: ClusterDir, name: str, observer: bool = False,
             out: IO[str] = sys.stdout) -> int:
     """Ask the running controller for a new user's capability; print its FURL file."""
-    from ipython1.kernel.errors import KernelError
-    from ipython1.kernel.users import admin_call, validate_user_name
+    from ipython1.common.errors import KernelError
+    from ipython1.controller.userdir import admin_call, validate_user_name
 
     try:
         validate_user_name(name)
@@ -922,8 +922,8 @@ def adduser(cluster_dir: ClusterDir, name: str, observer: bool = False,
 
 def deluser(cluster_dir: ClusterDir, name: str, out: IO[str] = sys.stdout) -> int:
     """Revoke a user's capability at once."""
-    from ipython1.kernel.errors import KernelError
-    from ipython1.kernel.users import admin_call, validate_user_name
+    from ipython1.common.errors import KernelError
+    from ipython1.controller.userdir import admin_call, validate_user_name
 
     try:
         validate_user_name(name)
@@ -947,8 +947,8 @@ def _print_new_furls(new_furls: dict[str, str], out: IO[str]) -> None:
 
 def users(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
     """List the users of the running controller."""
-    from ipython1.kernel.errors import KernelError
-    from ipython1.kernel.users import admin_call
+    from ipython1.common.errors import KernelError
+    from ipython1.controller.userdir import admin_call
 
     try:
         rows = admin_call(cluster_dir, "users")
@@ -970,8 +970,8 @@ def transcript(cluster_dir: ClusterDir, user: str | None = None, follow: bool = 
     """Print the transcript, attributed and timestamped; with follow, keep going."""
     import json
 
-    from ipython1.kernel.events import format_event
-    from ipython1.kernel.users import transcript_path
+    from ipython1.controller.events import format_event
+    from ipython1.controller.userdir import transcript_path
 
     path = transcript_path(cluster_dir)
     if not path.exists() and not follow:

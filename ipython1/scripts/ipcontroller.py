@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from ipython1.kernel.cluster import ClusterDir
+from ipython1.common.clusterdir import ClusterDir
 
 
 class Options(usage.Options):
@@ -50,7 +50,7 @@ class Options(usage.Options):
 
 def check_network_options(options: Any) -> None:
     """Validate --location and the ports; settle --ip (shared with ipcluster start)."""
-    from ipython1.kernel import addresses
+    from ipython1.common import addresses
 
     for name in ("port", "relay-port"):
         if not 0 <= options[name] < 65536:
@@ -65,7 +65,7 @@ def check_network_options(options: Any) -> None:
 
 def makeService(options: Any) -> Any:
     """Build the controller service tree from options."""
-    from ipython1.kernel.controller import ControllerService
+    from ipython1.controller.registry import ControllerService
 
     return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
                              port=options["port"], reserve_ids=options["reserve-ids"],

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from ipython1.kernel.cluster import ENGINE_FURL, ClusterDir
+from ipython1.common.clusterdir import ENGINE_FURL, ClusterDir
 
 # An engine started by a batch system or a container gets its FURL this way.
 ENGINE_FURL_ENV = "IPYTHON1_ENGINE_FURL"
@@ -61,7 +61,7 @@ class Options(usage.Options):
 
 def _engine_service(options: Any, own_shell_thread: bool) -> Any:
     from ipython1.cluster.supervisor import RESTART_ENV, SUPERVISED_ENV
-    from ipython1.kernel.engine import EngineService, ShellRunner
+    from ipython1.engine.kernel import EngineService, ShellRunner
 
     info: dict[str, Any] = {}
     if options["engine-id"] is not None:
@@ -71,7 +71,7 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
     if os.environ.get(RESTART_ENV):
         info["restarted"] = os.environ[RESTART_ENV]
     if options["mpi"]:
-        from ipython1.kernel import mpi
+        from ipython1.engine import mpi
 
         info.update(mpi.initialize(options["mpi"]))
         # Engine ids equal ranks when the controller can give them.
@@ -86,7 +86,7 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
 
 def makeService(options: Any) -> Any:
     """Build the engine service for twistd (user code on a shell thread)."""
-    from ipython1.kernel.errors import MPIUnavailable
+    from ipython1.common.errors import MPIUnavailable
 
     try:
         return _engine_service(options, own_shell_thread=True)
@@ -106,7 +106,7 @@ def _warm_up() -> None:
     import IPython.core.interactiveshell  # noqa: F401
     import numpy  # noqa: F401
 
-    import ipython1.kernel.engine  # noqa: F401  (Foolscap, Twisted, TLS, cloudpickle)
+    import ipython1.engine.kernel  # noqa: F401  (Foolscap, Twisted, TLS, cloudpickle)
 
 
 def _after_fork() -> None:
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     if options["fork"] > 1 or options["pid-file"]:
         pids = fork_engines(options["fork"])
         if pids is not None and options["pid-file"]:
-            from ipython1.kernel.processes import write_pid_file
+            from ipython1.common.processes import write_pid_file
 
             write_pid_file(Path(options["pid-file"]), pids)
     from twisted.internet import reactor

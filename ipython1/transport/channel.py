@@ -55,10 +55,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ipython1.kernel.errors import KernelError, error_from_wire, error_to_wire
-from ipython1.kernel.localhost import env_enabled, host_key, peer_credentials
-from ipython1.kernel.localhost import socket_address as _address
-from ipython1.kernel.replies import dumps, loads
+from ipython1.common.errors import KernelError, error_from_wire, error_to_wire
+from ipython1.common.localhost import env_enabled, host_key, peer_credentials
+from ipython1.common.localhost import socket_address as _address
+from ipython1.common.replies import dumps, loads
 from ipython1.transport.foolscap import FoolscapSessionConnection
 from ipython1.transport.framing import HEADER, MAX_FRAME, FrameReader, FrameReceiver
 from ipython1.transport.interfaces import IEngineConnection, ISessionConnection
@@ -253,7 +253,7 @@ class CommandChannelServer:
         self.host = host_key()
         self._offers: dict[tuple[str, int], tuple[bytes, Any]] = {}
         self._session_ids = itertools.count(1)
-        from ipython1.kernel.listenguard import ListenerGuard
+        from ipython1.common.listenguard import ListenerGuard
 
         self.guard = ListenerGuard(f"command channel {self.name}")
         factory = protocol.Factory.forProtocol(lambda: ControllerEnd(self))

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from ipython1.kernel.client import MultiEngineClient
+from ipython1.client.blocking import MultiEngineClient
 
 
 def say(**kwargs: object) -> None:

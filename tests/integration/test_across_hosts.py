@@ -34,8 +34,9 @@ PROFILE = "grid"
 CLIENT_SETUP = """
 import os, socket, time
 import numpy as np
-from ipython1.kernel import client, datachannel
-from ipython1.kernel.errors import CompositeError, EngineError, InvalidEngineID, RemoteError
+from ipython1.kernel import datachannel
+from ipython1.client import blocking as client
+from ipython1.common.errors import CompositeError, EngineError, InvalidEngineID, RemoteError
 """
 
 

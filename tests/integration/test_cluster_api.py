@@ -19,7 +19,7 @@ def ipython1_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     seen: list[int] = []
     yield tmp_path, seen
-    from ipython1.kernel.cluster import ClusterDir, read_pid
+    from ipython1.common.clusterdir import ClusterDir, read_pid
     from ipython1.scripts.ipcluster import engine_pids
 
     for profile in ("resize",):
@@ -35,7 +35,7 @@ def _ipcluster(*args):
 
 def test_cluster_context_manager_and_resizing(ipython1_dir):
     import ipython1
-    from ipython1.kernel.cluster import ClusterDir, read_pid
+    from ipython1.common.clusterdir import ClusterDir, read_pid
     from ipython1.scripts.ipcluster import engine_pids
 
     _, seen = ipython1_dir

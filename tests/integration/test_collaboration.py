@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ipython1.kernel.errors import ConnectionLost, ControllerNotFound, PermissionDenied
+from ipython1.common.errors import ConnectionLost, ControllerNotFound, PermissionDenied
 from tests.conftest import Cluster, wait_until
 
 AGENT = str(Path(__file__).with_name("collab_agent.py"))
@@ -116,7 +116,7 @@ def test_observer_is_refused_everything_that_runs_and_nothing_runs(
     owner = cluster.client(timeout=30)
     ran = owner.execute("'observer_was_here' in globals()")
     assert [r.output_repr for r in ran] == ["False", "False"]
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     carol = MultiEngineClient(furls["carol"], timeout=30)
     cluster.clients.append(carol)
@@ -143,7 +143,7 @@ def test_observer_is_refused_everything_that_runs_and_nothing_runs(
 
 
 def test_revoked_furl_stops_connecting_within_1s(collab: tuple[Cluster, dict[str, str]]) -> None:
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     cluster, _ = collab
     furl_file = cluster.ipcluster("adduser", "dave").stdout.strip()
@@ -168,7 +168,7 @@ def test_revoked_furl_stops_connecting_within_1s(collab: tuple[Cluster, dict[str
 
 def test_fair_queue_bob_runs_after_at_most_one_of_alices_thousand(
         collab: tuple[Cluster, dict[str, str]], tmp_path: Path) -> None:
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     cluster, furls = collab
     release = tmp_path / "release"
@@ -251,7 +251,7 @@ def spawn_shell(cluster: Cluster, furl: str, tmp_path: Path) -> Any:
 
     env = dict(cluster.env, PROMPT_TOOLKIT_NO_CPR="1", IPYTHONDIR=str(tmp_path / "ipython"),
                TERM="xterm")
-    shell = pexpect.spawn(sys.executable, ["-m", "ipython1.shell", "--furl-file", furl,
+    shell = pexpect.spawn(sys.executable, ["-m", "ipython1.client.shell", "--furl-file", furl,
                                            "--no-color"],
                           env=env, dimensions=(40, 160), encoding="utf-8", timeout=30)
     cluster.pids.append(shell.pid)
@@ -261,7 +261,7 @@ def spawn_shell(cluster: Cluster, furl: str, tmp_path: Path) -> Any:
 
 def test_shell_shows_another_users_cell_and_output_and_keeps_the_typed_line(
         collab: tuple[Cluster, dict[str, str]], tmp_path: Path) -> None:
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     cluster, furls = collab
     shell = spawn_shell(cluster, furls["alice"], tmp_path)
@@ -294,7 +294,7 @@ def test_shell_shows_another_users_cell_and_output_and_keeps_the_typed_line(
 
 def _gate(path: Path) -> Any:
     """A task that holds its engine until path exists (at most 60 s)."""
-    from ipython1.kernel.client import StringTask
+    from ipython1.client.blocking import StringTask
 
     return StringTask("import os, time\nt = time.monotonic()\n"
                       "while not os.path.exists(p) and time.monotonic() - t < 60:\n"
@@ -303,8 +303,8 @@ def _gate(path: Path) -> Any:
 
 def test_users_run_tasks_with_their_own_furl_attributed_and_abort_only_their_own(
         collab: tuple[Cluster, dict[str, str]], tmp_path: Path) -> None:
-    from ipython1.kernel.client import MultiEngineClient, StringTask, TaskClient
-    from ipython1.kernel.errors import TaskAborted
+    from ipython1.client.blocking import MultiEngineClient, StringTask, TaskClient
+    from ipython1.common.errors import TaskAborted
 
     cluster, furls = collab
     alice = TaskClient(furls["alice"], timeout=60)  # a user's FURL file finds the farm
@@ -343,7 +343,7 @@ def test_users_run_tasks_with_their_own_furl_attributed_and_abort_only_their_own
 
 def test_observer_cannot_run_abort_or_clear_tasks_and_nothing_runs(
         collab: tuple[Cluster, dict[str, str]]) -> None:
-    from ipython1.kernel.client import StringTask, TaskClient
+    from ipython1.client.blocking import StringTask, TaskClient
 
     cluster, furls = collab
     carol = TaskClient(furls["carol"], timeout=30)
@@ -367,8 +367,8 @@ def test_observer_cannot_run_abort_or_clear_tasks_and_nothing_runs(
 
 def test_deluser_cuts_task_farm_access_at_once_and_aborts_waiting_tasks(
         collab: tuple[Cluster, dict[str, str]], tmp_path: Path) -> None:
-    from ipython1.kernel.client import StringTask, TaskClient
-    from ipython1.kernel.errors import KernelError, TaskAborted
+    from ipython1.client.blocking import StringTask, TaskClient
+    from ipython1.common.errors import KernelError, TaskAborted
 
     cluster, _ = collab
     furl_file = cluster.ipcluster("adduser", "hank").stdout.strip()
@@ -396,7 +396,7 @@ def test_two_shells_started_together_see_each_other_the_recent_history_and_echoe
         collab: tuple[Cluster, dict[str, str]], tmp_path: Path) -> None:
     import pexpect
 
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     cluster, furls = collab
     bob = MultiEngineClient(furls["bob"], timeout=30)
@@ -407,7 +407,8 @@ def test_two_shells_started_together_see_each_other_the_recent_history_and_echoe
     shells = {}
     for name in ("alice", "carol"):  # at the same moment
         shells[name] = pexpect.spawn(
-            sys.executable, ["-m", "ipython1.shell", "--furl-file", furls[name], "--no-color"],
+            sys.executable,
+            ["-m", "ipython1.client.shell", "--furl-file", furls[name], "--no-color"],
             env=env, dimensions=(40, 160), encoding="utf-8", timeout=30)
         cluster.pids.append(shells[name].pid)
     alice, carol = shells["alice"], shells["carol"]

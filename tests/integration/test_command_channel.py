@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from ipython1.kernel.client import MapTask, StringTask, TaskClient
-from ipython1.kernel.errors import (
+from ipython1.client.blocking import MapTask, StringTask, TaskClient
+from ipython1.common.errors import (
     CompositeError,
     EngineError,
     InvalidTaskID,

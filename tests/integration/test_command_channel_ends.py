@@ -16,10 +16,10 @@ import pytest
 from foolscap.api import Referenceable
 from zope.interface import implementer
 
-from ipython1.kernel.client import ReactorThread
-from ipython1.kernel.controller import Controller, EngineRecord
-from ipython1.kernel.interfaces import RIMultiEngineSession
-from ipython1.kernel.queue import EngineQueue
+from ipython1.client.blocking import ReactorThread
+from ipython1.common.interfaces import RIMultiEngineSession
+from ipython1.controller.queue import EngineQueue
+from ipython1.controller.registry import Controller, EngineRecord
 from ipython1.transport import channel as commandchannel
 from ipython1.transport.foolscap import FoolscapEngineConnection
 
@@ -134,7 +134,7 @@ def test_a_session_offer_lets_its_client_call_the_session_only(server: Any) -> N
 
 
 def test_a_task_farm_session_is_checked_against_its_own_schema(server: Any) -> None:
-    from ipython1.kernel.task import TaskFarm, TaskFarmSession
+    from ipython1.controller.task import TaskFarm, TaskFarmSession
 
     def make() -> Any:
         session = TaskFarmSession(TaskFarm(server.controller), "alice/client-1", "alice")
@@ -232,8 +232,8 @@ class EchoEngine:
 
 def test_channel_calls_run_on_the_shell_thread_and_interrupts_name_their_call(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipython1.kernel import engine as engine_module
-    from ipython1.kernel.engine import ShellRunner
+    from ipython1.engine import kernel as engine_module
+    from ipython1.engine.kernel import ShellRunner
 
     name = f"@ipython1-test-{os.getpid()}-{time.monotonic_ns()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

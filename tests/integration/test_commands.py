@@ -83,7 +83,7 @@ def test_twistd_plugins_run_controller_and_engine(tmp_path):
                       str(tmp_path / "e.log"), "ipengine", "--furl-file", str(furl_file)],
             env=env)
         pids.append(engine.pid)
-        from ipython1.kernel.client import MultiEngineClient
+        from ipython1.client.blocking import MultiEngineClient
 
         mec = MultiEngineClient(str(furl_file.with_name("ipcontroller-mec.furl")), timeout=30)
         wait_until(lambda: mec.get_ids() == [0], 30, "the engine to register")

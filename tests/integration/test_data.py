@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ipython1.kernel.errors import PartitionLoadError, RemoteError
+from ipython1.common.errors import PartitionLoadError, RemoteError
 from tests.conftest import ROOT, running_cluster
 
 ENGINES = 3
@@ -150,7 +150,7 @@ def test_reduce_is_an_ordered_tree_among_the_engines(mec):
 
 INTERRUPTED_CLIENT = """
 import sys, time
-from ipython1.kernel.client import MultiEngineClient
+from ipython1.client.blocking import MultiEngineClient
 mec = MultiEngineClient(sys.argv[1], timeout=120)
 mec.execute("v = 1")
 def slow_add(a, b, marker=sys.argv[2]):
@@ -192,8 +192,8 @@ def test_a_stranger_at_an_engines_reduction_port_is_ignored(mec):
     import os
     import socket
 
+    from ipython1.common.serialize import serialize
     from ipython1.engine import reduction as engine_side
-    from ipython1.kernel.serialize import serialize
 
     ids = mec.get_ids()[:2]
     for e in ids:
@@ -254,7 +254,7 @@ def test_zarr_and_hdf5_loaders(mec, tmp_path):
 CLIENT_SCRIPT = """
 import json, resource, sys
 import numpy as np
-from ipython1.kernel.client import MultiEngineClient
+from ipython1.client.blocking import MultiEngineClient
 mec = MultiEngineClient(sys.argv[1], timeout=300)
 mec.get_ids()
 np.histogram(np.zeros(10), 5)

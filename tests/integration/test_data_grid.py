@@ -21,7 +21,7 @@ from tests.hostgrid import HostGrid, unavailable_reason
 CLIENT = """
 import json, sys
 import numpy as np
-from ipython1.kernel.client import MultiEngineClient
+from ipython1.client.blocking import MultiEngineClient
 mec = MultiEngineClient(sys.argv[1], timeout=120)
 layout = mec.load_partitions("x", sys.argv[2] + "/*.npy", mmap=True)
 x = mec.distarray("x")
@@ -67,7 +67,7 @@ def test_engines_on_two_hosts_load_compute_and_reduce_among_themselves(grid, tmp
     for host in ("e1", "e2"):
         grid[host].popen([sys.executable, "-m", "ipython1.scripts.ipengine", "--fork", "2"],
                          env=env)
-    check = ("import sys; from ipython1.kernel.client import MultiEngineClient as M; "
+    check = ("import sys; from ipython1.client.blocking import MultiEngineClient as M; "
              "sys.exit(len(M(sys.argv[1]).get_ids()) != 4)")
     mec_furl = str(security / "ipcontroller-mec.furl")
     wait_until(lambda: grid["cli"].run([sys.executable, "-c", check, mec_furl],

@@ -130,7 +130,7 @@ def _local_ticket(server, blob_id, secret=None, uses=1, **local):
 
 def test_local_upload_then_download_rebuilds_writeable_arrays(local_server):
     np = pytest.importorskip("numpy")
-    from ipython1.kernel.serialize import deserialize, serialize
+    from ipython1.common.serialize import deserialize, serialize
 
     a = np.arange(3 * 2**18, dtype=np.float64)  # 6 MiB: one huge-page frame
     frames = serialize(a, max_frame=None, copy=False)
@@ -273,7 +273,7 @@ def test_settle_waits_for_a_download_of_lent_memory_under_way():
 
 def test_a_read_only_array_arrives_writeable_without_a_copy(local_server):
     np = pytest.importorskip("numpy")
-    from ipython1.kernel.serialize import deserialize, serialize
+    from ipython1.common.serialize import deserialize, serialize
 
     a = np.arange(2**18, dtype=np.float64)  # 2 MiB
     a.flags.writeable = False

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from ipython1.kernel import client
-from ipython1.kernel.errors import (
+from ipython1.client import blocking as client
+from ipython1.common.errors import (
     CompositeError,
     ConnectionLost,
     ControllerNotFound,
@@ -120,7 +120,7 @@ def test_kill_is_not_queued_behind_a_running_cell(make_cluster):
 
 
 def cluster_pid_alive(pid: int) -> bool:
-    from ipython1.kernel.cluster import pid_alive
+    from ipython1.common.clusterdir import pid_alive
 
     return pid_alive(pid)
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from ipython1.client import blocking as client
 from ipython1.client.interactive import interactive
-from ipython1.kernel import client
-from ipython1.kernel.errors import ClientTimeout, CompositeError, RemoteError
+from ipython1.common.errors import ClientTimeout, CompositeError, RemoteError
 
 
 @pytest.fixture(scope="module")

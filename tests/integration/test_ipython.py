@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from ipython1.kernel.errors import RemoteError, ResultNotReady
-from ipython1.kernel.streaming import StreamPrinter
+from ipython1.common.errors import RemoteError, ResultNotReady
+from ipython1.engine.output import StreamPrinter
 from tests.conftest import wait_until
 
 
@@ -257,7 +257,7 @@ def test_ctrl_c_in_blocking_client_interrupts_its_engines(shared_cluster, mec, t
     flag = tmp_path / "started"
     script = (
         "import sys\n"
-        "from ipython1.kernel.client import MultiEngineClient\n"
+        "from ipython1.client.blocking import MultiEngineClient\n"
         f"mec = MultiEngineClient({shared_cluster.mec_furl!r})\n"
         "try:\n"
         f"    mec.execute(\"open({str(flag)!r}, 'w').close(); import time; time.sleep(1000)\","
@@ -323,7 +323,7 @@ def test_px_line_and_cell_magics(ipshell, mec):
 
 
 def test_px_engine_errors_fail_the_cell(ipshell):
-    from ipython1.kernel.errors import CompositeError
+    from ipython1.common.errors import CompositeError
 
     shell, _ = ipshell
     result, cap = run(shell, "%px 1/0")
@@ -370,12 +370,12 @@ def test_pxconfig_and_result(ipshell, mec):
 def test_load_ext_registers_the_magics(shared_cluster):
     from IPython.core.interactiveshell import InteractiveShell
 
-    from ipython1 import magics as magics_mod
+    from ipython1.client import magics as magics_mod
 
     shell = InteractiveShell.instance()
     saved = magics_mod._installed.pop(id(shell), None)
     try:
-        result, _ = run(shell, "%load_ext ipython1.magics")
+        result, _ = run(shell, "%load_ext ipython1.client.magics")
         assert result.success and "px" in shell.magics_manager.magics["line"]
         assert "px" in shell.magics_manager.magics["cell"]
         assert magics_mod._installed[id(shell)]._client is None  # connects on first use

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import pytest
 
-from ipython1.kernel import asyncclient, client
-from ipython1.kernel.client import MapTask, StringTask
-from ipython1.kernel.errors import (
+from ipython1.client import blocking as client
+from ipython1.client import multiengine as asyncclient
+from ipython1.client.blocking import MapTask, StringTask
+from ipython1.common.errors import (
     CompositeError,
     InvalidPendingResult,
     KernelError,
@@ -22,7 +23,7 @@ from ipython1.kernel.errors import (
     RemoteError,
     UnmetDependency,
 )
-from ipython1.kernel.serialize import deserialize, serialize
+from ipython1.common.serialize import deserialize, serialize
 from tests.conftest import wait_until
 
 DIKT = {"a": 5, "b": "asdf", "c": True, "d": None, "e": list(range(5))}
@@ -370,7 +371,7 @@ def test_depend_met_nowhere_fails_at_once(tc, mec):
 def test_task_reject_error_sends_the_task_elsewhere(tc, mec):
     mec.push({"here": False})
     mec.push({"here": True}, targets=2)
-    code = ("from ipython1.kernel.client import TaskRejectError\n"
+    code = ("from ipython1.client.blocking import TaskRejectError\n"
             "if not here:\n    raise TaskRejectError('not here')\nx = 42")
     tids = [tc.run(StringTask(code, pull="x")) for _ in range(6)]
     for tid in tids:
@@ -405,7 +406,7 @@ def test_only_the_owner_may_send_controller_side_depends(shared_cluster):
 
 def test_tasktest_ported(tc, mec):
     """tasktest.py's ITaskControllerTestCase, on 4 engines (one pinned by a property)."""
-    from ipython1.kernel.errors import InvalidTaskID, KernelError
+    from ipython1.common.errors import InvalidTaskID, KernelError
 
     first = tc.run(StringTask("a=5"))
     assert [tc.run(StringTask("a=5")) for _ in range(3)] == [first + 1, first + 2, first + 3]
@@ -516,7 +517,7 @@ def test_example_task1(tc, mec):
 
 def test_example_taskreject(tc, mec):
     """taskreject.py: tasks refuse engines where `run` is False (engine globals)."""
-    from ipython1.kernel.client import interactive
+    from ipython1.client.blocking import interactive
 
     mec.execute("from ipython1.kernel import TaskRejectError")
     mec.execute("run = False")

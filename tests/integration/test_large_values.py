@@ -36,7 +36,7 @@ def test_one_gib_array_push_and_pull_intact(make_cluster):
 
 
 def test_fortran_ordered_array_beyond_one_frame(make_cluster):
-    from ipython1.kernel.serialize import MAX_FRAME
+    from ipython1.common.serialize import MAX_FRAME
 
     cluster = make_cluster(1)
     mec = cluster.client(timeout=120)
@@ -76,7 +76,7 @@ def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster, monke
     doubled = mec.apply(lambda a: a * 2, big, targets=1)
     assert np.array_equal(doubled, big * 2)
     # Nothing is left behind in the engines' blob stores.
-    assert mec.apply(lambda: __import__("ipython1.kernel.engine").kernel.engine.BLOBS.__len__()) \
+    assert mec.apply(lambda: __import__("ipython1.engine.kernel").engine.kernel.BLOBS.__len__()) \
         == [0, 0, 0]
     # Same host: one ticket from the controller per engine serves every transfer.
     assert len(mec._async._books) == (3 if path == "local" else 0)
@@ -187,7 +187,7 @@ def test_another_user_is_refused_by_the_engine_even_with_a_valid_ticket(make_clu
     before = dict(datachannel.TRANSFERS)
     mec.push({"b": a}, targets=0)
     assert datachannel.TRANSFERS["local"] - before.get("local", 0) == 1
-    assert mec.apply(lambda: __import__("ipython1.kernel.engine").kernel.engine.BLOBS.__len__(),
+    assert mec.apply(lambda: __import__("ipython1.engine.kernel").engine.kernel.BLOBS.__len__(),
                      targets=0) == 0
 
 

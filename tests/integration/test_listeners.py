@@ -123,7 +123,7 @@ def serving(cluster: Cluster, relayed: bool = True) -> bool:
     """Tell whether a new client connects, runs a command, and moves a large value."""
     import numpy as np
 
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     os.environ["IPYTHON1_LOCAL_DATA"] = "0" if relayed else "1"
     try:
@@ -138,7 +138,7 @@ def serving(cluster: Cluster, relayed: bool = True) -> bool:
 
 def all_addresses(cluster: Cluster) -> list[tuple[int, object]]:
     ports, names = listening(controller_pid(cluster))
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     with MultiEngineClient(cluster.mec_furl, timeout=30) as mec:
         engine = mec.engine_info()[0]

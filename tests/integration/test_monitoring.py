@@ -96,7 +96,7 @@ def test_status_shows_each_engine_busy_queued_tasks_and_users(cluster):
 
 
 def test_status_counts_tasks(cluster):
-    from ipython1.kernel.client import StringTask, TaskClient
+    from ipython1.client.blocking import StringTask, TaskClient
 
     tc = TaskClient(cluster.task_furl)
     try:
@@ -252,7 +252,7 @@ def test_version_skew_is_named_at_connect(cluster):
 def test_a_client_of_another_protocol_is_refused_by_name(cluster):
     code = ("import ipython1.common.versions as v; real = v.local_versions; "
             "v.local_versions = lambda: dict(real(), protocol=99); "
-            "from ipython1.kernel.client import MultiEngineClient; "
+            "from ipython1.client.blocking import MultiEngineClient; "
             f"MultiEngineClient({cluster.mec_furl!r}).get_ids()")
     proc = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True,
                           text=True, timeout=60)
@@ -307,7 +307,7 @@ def test_doctor_passes_a_healthy_cluster_and_names_each_problem(cluster, tmp_pat
     assert any(f["level"] == "fail" and "can be read by others" in f["what"]
                and f"chmod 600 {furl}" in f["advice"] for f in findings), findings
     # A profile whose controller is gone: says so and what to do.
-    from ipython1.kernel.cluster import ClusterDir
+    from ipython1.common.clusterdir import ClusterDir
 
     ghost = Cluster(tmp_path)
     ghost.dir.create()

@@ -15,8 +15,8 @@ import numpy as np
 import psutil
 import pytest
 
-from ipython1.kernel import mpi
-from ipython1.kernel.errors import EngineError, MPIUnavailable, NoEnginesRegistered
+from ipython1.common.errors import EngineError, MPIUnavailable, NoEnginesRegistered
+from ipython1.engine import mpi
 from tests.conftest import ROOT, Cluster, kill_all, pid_alive, wait_until
 
 
@@ -171,7 +171,7 @@ def test_nonblocking_collective_can_be_interrupted_then_completed(mpi_cluster):
 
 def test_controller_and_client_never_load_mpi(mpi_cluster):
     cluster, mec = mpi_cluster
-    from ipython1.kernel.cluster import read_pid
+    from ipython1.common.clusterdir import read_pid
 
     controller = read_pid(cluster.dir.pid_file("ipcontroller"))
     assert controller and "mpi4py" not in _maps(controller)

@@ -7,8 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from ipython1.kernel import asyncclient, client
-from ipython1.kernel.errors import (
+from ipython1.client import blocking as client
+from ipython1.client import multiengine as asyncclient
+from ipython1.common.errors import (
     CompositeError,
     InvalidEngineID,
     InvalidPendingResult,

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from ipython1.kernel.errors import (
+from ipython1.common.errors import (
     ClientTimeout,
     CompositeError,
     ControllerNotFound,
@@ -149,7 +149,7 @@ def test_px_fails_the_cell_when_engines_raise(ipshell, mec):
 
 
 def test_after_ipcluster_stop_the_error_names_the_furl_file_and_profile(make_cluster):
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     stopped = make_cluster(1, profile="gone")
     assert stopped.ipcluster("stop").returncode == 0

@@ -16,9 +16,9 @@ from collections import Counter
 
 import pytest
 
-from ipython1.kernel import client
-from ipython1.kernel.cluster import read_pid
-from ipython1.kernel.errors import EngineError, InvalidPendingResult
+from ipython1.client import blocking as client
+from ipython1.common.clusterdir import read_pid
+from ipython1.common.errors import EngineError, InvalidPendingResult
 from tests.conftest import Cluster, running_cluster, wait_until
 
 

@@ -24,7 +24,7 @@ def cluster(tmp_path_factory):
 def _terminal(cluster, body: str) -> pexpect.spawn:
     """Run a client script in a real pty (its input() reads the terminal)."""
     script = textwrap.dedent(f"""
-        from ipython1.kernel.client import MultiEngineClient
+        from ipython1.client.blocking import MultiEngineClient
         mec = MultiEngineClient({cluster.mec_furl!r})
     """) + textwrap.dedent(body)
     child = pexpect.spawn(sys.executable, ["-c", script], env=cluster.env, encoding="utf-8",
@@ -69,7 +69,7 @@ def test_breakpoint_hands_the_prompt_to_the_sending_client_and_others_wait(clust
     status = other.queue_status(1)
     assert status[0]["running"]["op"] == "execute" and len(status[0]["queued"]) == 1
     # ...and may not type into this client's debugger.
-    from ipython1.kernel.errors import PermissionDenied
+    from ipython1.common.errors import PermissionDenied
 
     with pytest.raises(PermissionDenied):
         other._call(other._async.debug_input, 1, "p a")
@@ -127,7 +127,7 @@ def test_debug_without_an_exception_says_so(cluster):
     fresh = cluster.start_engine()
     wait_until(lambda: len(mec.get_ids()) == 2, timeout=60)
     new_id = max(mec.get_ids())
-    from ipython1.kernel.errors import KernelError
+    from ipython1.common.errors import KernelError
 
     with pytest.raises(KernelError, match="no exception to debug"):
         mec.debug(new_id)
@@ -169,10 +169,10 @@ def test_debug_magic_in_a_jupyter_kernel_uses_the_input_box(cluster):
                 if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                     return "".join(out), prompts
 
-        run(f"from ipython1.kernel.client import MultiEngineClient\n"
-            f"import ipython1.magics\n"
+        run(f"from ipython1.client.blocking import MultiEngineClient\n"
+            f"import ipython1.client.magics\n"
             f"mec = MultiEngineClient({cluster.mec_furl!r})\n"
-            f"ipython1.magics.activate(mec)")
+            f"ipython1.client.magics.activate(mec)")
         run(f"mec.execute({FAILING!r} + 'f()', targets={engine}, block=False)")
         wait_until(lambda: mec.queue_status(engine)[0]["running"] is None, timeout=30)
         out, prompts = run(f"%debug --engine {engine}", ["p secret + 1", "quit"])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ipython1.kernel.errors import ControllerNotFound, KernelError, PermissionDenied
+from ipython1.common.errors import ControllerNotFound, KernelError, PermissionDenied
 from tests.conftest import ROOT, Cluster, pid_alive, wait_until
 
 VENV_BIN = Path(sys.executable).parent
@@ -44,7 +44,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, 
 
 
 def user_client(cluster: Cluster, furl: str) -> object:
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     mec = MultiEngineClient(furl, timeout=30)
     cluster.clients.append(mec)
@@ -87,7 +87,7 @@ def test_full_user_cannot_stop_the_controller(shared) -> None:
 
 
 def test_deluser_rotates_every_furl_engine_code_could_read(shared) -> None:
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     cluster, furls = shared
     alice = user_client(cluster, furls["alice"])
@@ -112,7 +112,7 @@ def test_deluser_rotates_every_furl_engine_code_could_read(shared) -> None:
         with pytest.raises(ControllerNotFound):
             MultiEngineClient(furl, connect_timeout=2)
     # The admin FURL Mallory kept cannot add her back.
-    from ipython1.kernel.users import admin_call
+    from ipython1.controller.userdir import admin_call
 
     admin_furl = next(f for p, f in stolen.items() if p.endswith("ipcontroller-admin.furl"))
     with pytest.raises(KernelError):
@@ -132,8 +132,8 @@ def test_deluser_rotates_every_furl_engine_code_could_read(shared) -> None:
 
 def _call_admin_furl(furl: str) -> None:
     """Use a FURL as the admin capability (blocking); raise what the connection raised."""
-    from ipython1.kernel import wire
-    from ipython1.kernel.client import ReactorThread, _wait
+    from ipython1.client.blocking import ReactorThread, _wait
+    from ipython1.common import wire
 
     def call() -> object:
         tub = wire.client_tub()
@@ -235,9 +235,9 @@ def subscribe_and_never_acknowledge(furl_file: str) -> object:
     from foolscap.api import Referenceable
     from twisted.internet.defer import Deferred
 
-    from ipython1.kernel import wire
-    from ipython1.kernel.asyncclient import _open_session
-    from ipython1.kernel.client import ReactorThread, _wait
+    from ipython1.client.blocking import ReactorThread, _wait
+    from ipython1.client.multiengine import _open_session
+    from ipython1.common import wire
 
     class Stalled(Referenceable):
         def remote_output(self, data: object) -> Deferred:
@@ -253,7 +253,7 @@ def subscribe_and_never_acknowledge(furl_file: str) -> object:
 
 
 def test_a_stalled_output_subscriber_slows_no_command(shared) -> None:
-    from ipython1.kernel.client import ReactorThread
+    from ipython1.client.blocking import ReactorThread
 
     cluster, furls = shared
     owner = cluster.client(timeout=60)
@@ -416,7 +416,7 @@ def test_relayed_push_to_an_engine_that_dies_fails_at_once(shared, monkeypatch) 
 
 
 def test_engine_furl_as_client_furl_is_a_clear_error(shared) -> None:
-    from ipython1.kernel.client import MultiEngineClient
+    from ipython1.client.blocking import MultiEngineClient
 
     cluster, _ = shared
     with pytest.raises(KernelError, match="engine FURL.*not a client's"):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from ipython1.kernel.errors import InvalidEngineID, RemoteError, SessionFileError
+from ipython1.common.errors import InvalidEngineID, RemoteError, SessionFileError
 from tests.conftest import Cluster, wait_until
 
 

@@ -90,7 +90,7 @@ def test_a_failed_job_is_reported_with_its_output(slurm: SlurmTestCluster,
 def test_inside_an_allocation_engines_are_an_srun_step(slurm: SlurmTestCluster,
                                                        cluster: Cluster) -> None:
     ipcluster = f"{sys.executable} -m ipython1.scripts.ipcluster --profile {cluster.profile}"
-    check = ("from ipython1.kernel.client import MultiEngineClient as M; import os; "
+    check = ("from ipython1.client.blocking import MultiEngineClient as M; import os; "
              "m = M(profile='test'); "
              "print('STEPS', sorted(m.apply(lambda: os.environ['SLURM_JOB_ID'] + '.' "
              "+ os.environ['SLURM_STEP_ID']))); m.close()")
@@ -116,7 +116,7 @@ def test_mpi_engines_with_mpiexec_inside_an_allocation(slurm: SlurmTestCluster,
     # MPICH's mpiexec (Hydra) starts its ranks through srun inside an allocation.
     pytest.importorskip("mpi4py")
     ipcluster = f"{sys.executable} -m ipython1.scripts.ipcluster --profile {cluster.profile}"
-    check = ("from ipython1.kernel.client import MultiEngineClient as M; "
+    check = ("from ipython1.client.blocking import MultiEngineClient as M; "
              "m = M(profile='test'); "
              "m.execute('import os; from mpi4py import MPI; w = MPI.COMM_WORLD; "
              "r = (w.Get_rank(), w.Get_size(), w.allreduce(w.Get_rank()), "

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ipython1.kernel.processes import Identity, recorded
+from ipython1.common.processes import Identity, recorded
 from tests.batchsystems import SSHDs, ssh_unavailable
 from tests.conftest import Cluster, kill_all, pid_alive, wait_until
 from tests.hostgrid import HostGrid, unavailable_reason
@@ -30,7 +30,7 @@ pytestmark = [
 
 CHECK = """
 import json, os, socket, sys
-from ipython1.kernel.client import MultiEngineClient
+from ipython1.client.blocking import MultiEngineClient
 mec = MultiEngineClient(profile="test")
 def where():
     import os, socket
@@ -123,7 +123,7 @@ def test_engines_on_two_hosts_over_ssh(grid: tuple[HostGrid, SSHDs],
     dial = cluster.grid["ctl"].run(
         [sys.executable, "-c", "import json\n"
          "from ipython1.cluster.doctor import check_configured_hosts\n"
-         "from ipython1.kernel.cluster import ClusterDir\n"
+         "from ipython1.common.clusterdir import ClusterDir\n"
          "found = check_configured_hosts(ClusterDir('test'), set())\n"
          "print('RESULT', json.dumps([f.__dict__ for f in found]))"],
         env=cluster.cluster.env, timeout=120)
@@ -160,7 +160,7 @@ def test_ssh_that_cannot_log_in_is_reported(grid: tuple[HostGrid, SSHDs],
 
 
 MPI_CHECK = """
-from ipython1.kernel.client import MultiEngineClient
+from ipython1.client.blocking import MultiEngineClient
 mec = MultiEngineClient(profile="test")
 mec.execute("import socket; from mpi4py import MPI; w = MPI.COMM_WORLD; "
             "r = (w.Get_rank(), w.Get_size(), socket.gethostname(), w.allreduce(w.Get_rank()))")
@@ -174,7 +174,7 @@ def test_mpi_ranks_on_two_hosts_with_mpiexec(grid: tuple[HostGrid, SSHDs],
                                              cluster: GridCluster, tmp_path: Path) -> None:
     # MPICH's mpiexec (Hydra) reaches e1 and e2 over the test's ssh (port, key).
     pytest.importorskip("mpi4py")
-    from ipython1.kernel import mpi
+    from ipython1.engine import mpi
 
     try:
         mpiexec = mpi.find_mpiexec()

@@ -14,9 +14,10 @@ import time
 
 import pytest
 
-from ipython1.kernel import asyncclient, client
-from ipython1.kernel.client import MapTask, StringTask
-from ipython1.kernel.errors import (
+from ipython1.client import blocking as client
+from ipython1.client import multiengine as asyncclient
+from ipython1.client.blocking import MapTask, StringTask
+from ipython1.common.errors import (
     EngineError,
     KernelError,
     RemoteError,
@@ -250,7 +251,7 @@ def test_task_farm_and_multiengine_commands_at_once(tc, cluster):
 def test_async_client(cluster):
     from twisted.internet import defer
 
-    from ipython1.kernel.client import ReactorThread, _wait
+    from ipython1.client.blocking import ReactorThread, _wait
 
     @defer.inlineCallbacks
     def go():

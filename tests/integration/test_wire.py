@@ -8,8 +8,8 @@ from typing import Any
 from foolscap.api import Referenceable
 from twisted.internet import defer
 
-from ipython1.kernel import wire
-from ipython1.kernel.client import ReactorThread
+from ipython1.client.blocking import ReactorThread
+from ipython1.common import wire
 
 
 class Echo(Referenceable):  # type: ignore[misc]

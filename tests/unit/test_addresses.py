@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipython1.kernel import addresses
+from ipython1.common import addresses
 
 HOST = ["127.0.0.1", "10.1.2.3", "::1", "fe80::1%eth0", "fd77::10", "192.168.0.7", "10.1.2.3"]
 

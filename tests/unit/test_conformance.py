@@ -21,15 +21,15 @@ from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ipython1.client.multiengine import AsyncMultiEngineClient
+from ipython1.client.tasks import StringTask
 from ipython1.common import ops
-from ipython1.kernel.asyncclient import AsyncMultiEngineClient
-from ipython1.kernel.controller import Controller
-from ipython1.kernel.engine import EngineKernel, EngineReferenceable, ShellRunner
-from ipython1.kernel.errors import CompositeError, RemoteError
-from ipython1.kernel.multiengine import MultiEngine, MultiEngineSession
-from ipython1.kernel.serialize import deserialize
-from ipython1.kernel.task import TaskFarm, TaskFarmSession
-from ipython1.kernel.taskclient import StringTask
+from ipython1.common.errors import CompositeError, RemoteError
+from ipython1.common.serialize import deserialize
+from ipython1.controller.multiengine import MultiEngine, MultiEngineSession
+from ipython1.controller.registry import Controller
+from ipython1.controller.task import TaskFarm, TaskFarmSession
+from ipython1.engine.kernel import EngineKernel, EngineReferenceable, ShellRunner
 from ipython1.transport import channel as command_channel
 from ipython1.transport.channel import ChannelEngineConnection, ClientEnd, ControllerEnd
 from ipython1.transport.foolscap import FoolscapSessionConnection

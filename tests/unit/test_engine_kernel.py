@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import ipython1.kernel.engine as engine_module
-from ipython1.kernel.engine import EngineKernel, ShellRunner, StaticTransformCache
+import ipython1.engine.kernel as engine_module
+from ipython1.engine.kernel import EngineKernel, ShellRunner, StaticTransformCache
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from typing import Any
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
 
-from ipython1.kernel.events import EventBus, Transcript, decode_batch, format_targets
-from ipython1.kernel.queue import Command
+from ipython1.controller.events import EventBus, Transcript, decode_batch, format_targets
+from ipython1.controller.queue import Command
 
 
 def collector() -> tuple[list[dict[str, Any]], Any]:

@@ -6,8 +6,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from ipython1.kernel.errors import EngineError, QueueCleared
-from ipython1.kernel.queue import Command, EngineQueue
+from ipython1.common.errors import EngineError, QueueCleared
+from ipython1.controller.queue import Command, EngineQueue
 
 
 class Engine:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ipython1.kernel import engine as engine_module
+from ipython1.engine import kernel as engine_module
 from tests.unit.test_conformance import Cluster
 
 # (client, controller, engine) functions of ipython1 on the stack, at most.

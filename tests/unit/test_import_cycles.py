@@ -14,13 +14,14 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "ipython1"
 
 KNOWN = [
-    {"ipython1.kernel.client", "ipython1.magics", "ipython1.client.views"},  # mec.activate()
-    {"ipython1.kernel.cluster", "ipython1.kernel.processes"},
+    # mec.activate()
+    {"ipython1.client.blocking", "ipython1.client.magics", "ipython1.client.views"},
+    {"ipython1.common.clusterdir", "ipython1.common.processes"},
     # The launchers and ipcluster (issues 14, 15): ipcluster imports them, they import
     # ipcluster's helpers back, and the controller the supervisor's.
     {"ipython1.cluster", "ipython1.cluster.process", "ipython1.cluster.remote",
      "ipython1.cluster.resize", "ipython1.cluster.slurm", "ipython1.cluster.ssh",
-     "ipython1.cluster.supervisor", "ipython1.kernel.controller", "ipython1.scripts.ipcluster",
+     "ipython1.cluster.supervisor", "ipython1.controller.registry", "ipython1.scripts.ipcluster",
      "ipython1.scripts.ipcontroller"},
 ]
 

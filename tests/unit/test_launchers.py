@@ -36,7 +36,7 @@ from ipython1.cluster.ssh import (
     remote_stop_command,
     ssh_argv,
 )
-from ipython1.kernel.cluster import ClusterDir
+from ipython1.common.clusterdir import ClusterDir
 
 
 class FakeScheduler:
@@ -394,7 +394,7 @@ def test_remote_controller_commands() -> None:
 
 def test_remote_stop_reads_both_pid_file_formats(tmp_path: Path) -> None:
     from ipython1.cluster.ssh import PIDS_OF_FILE
-    from ipython1.kernel.processes import write_pid_file
+    from ipython1.common.processes import write_pid_file
 
     new, old = tmp_path / "new.pid", tmp_path / "old.pid"
     write_pid_file(new, [os.getpid(), os.getppid()])

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 
-from ipython1.kernel.controller import Controller
-from ipython1.kernel.errors import EngineError
-from ipython1.kernel.queue import Command
+from ipython1.common.errors import EngineError
+from ipython1.controller.queue import Command
+from ipython1.controller.registry import Controller
 
 
 class FakeEngine:
@@ -114,7 +114,7 @@ def test_queue_status_and_engine_info_show_ranks() -> None:
 def test_relaxed_disconnect_timeout_only_for_mpi_engines(info: dict[str, Any]) -> None:
     from types import SimpleNamespace
 
-    from ipython1.kernel import wire
+    from ipython1.common import wire
 
     engine = FakeEngine()
     engine.tracker = SimpleNamespace(broker=SimpleNamespace(disconnectTimeout=120))  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""Tests for ipython1.kernel.mpi's pure helpers; no mpiexec, no MPI library."""
+"""Tests for ipython1.engine.mpi's pure helpers; no mpiexec, no MPI library."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ipython1.kernel import mpi
-from ipython1.kernel.mpi import MPIUnavailable
-from ipython1.kernel.processes import SAFE_PATH_FLAGS
+from ipython1.common.processes import SAFE_PATH_FLAGS
+from ipython1.engine import mpi
+from ipython1.engine.mpi import MPIUnavailable
 
 
 def _script(path: Path, body: str) -> Path:
@@ -281,7 +281,7 @@ def test_initialize_unknown_kind() -> None:
 
 
 def test_importing_the_module_does_not_import_mpi4py() -> None:
-    code = "import sys, ipython1.kernel.mpi; sys.exit(1 if 'mpi4py' in sys.modules else 0)"
+    code = "import sys, ipython1.engine.mpi; sys.exit(1 if 'mpi4py' in sys.modules else 0)"
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)

@@ -8,19 +8,19 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from ipython1.kernel.engine import EngineKernel
-from ipython1.kernel.errors import (
+from ipython1.client.magics import activate, split_line_options
+from ipython1.client.shell import EventPrinter
+from ipython1.client.tasks import StringTask
+from ipython1.common.errors import (
     CompositeError,
     KernelError,
     RemoteError,
     SerializationError,
     error_from_wire,
 )
-from ipython1.kernel.serialize import deserialize
-from ipython1.kernel.session import SessionLog, parse_script, to_script
-from ipython1.kernel.taskclient import StringTask
-from ipython1.magics import activate, split_line_options
-from ipython1.shell import EventPrinter
+from ipython1.common.serialize import deserialize
+from ipython1.controller.sessionlog import SessionLog, parse_script, to_script
+from ipython1.engine.kernel import EngineKernel
 
 
 @pytest.fixture(scope="module")

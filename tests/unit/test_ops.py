@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from foolscap.api import Violation
 
+from ipython1.client.blocking import MultiEngineClient, TaskClient
+from ipython1.client.multiengine import AsyncMultiEngineClient
 from ipython1.common import ops
-from ipython1.kernel.asyncclient import AsyncMultiEngineClient
-from ipython1.kernel.client import MultiEngineClient, TaskClient
-from ipython1.kernel.engine import EngineKernel
-from ipython1.kernel.interfaces import RIEngine, RIMultiEngineSession, RITaskFarmSession
-from ipython1.kernel.multiengine import OBSERVER_ALLOWED
+from ipython1.common.interfaces import RIEngine, RIMultiEngineSession, RITaskFarmSession
+from ipython1.controller.multiengine import OBSERVER_ALLOWED
+from ipython1.engine.kernel import EngineKernel
 
 # Ops a session reaches another way: (session method, client method, client class).
 INDIRECT = {"apply": (RIMultiEngineSession, "apply_each", MultiEngineClient, "apply"),

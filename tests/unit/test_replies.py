@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from ipython1.kernel import replies
+from ipython1.common import replies
 
 
 def _reply(engine_id: int, **value: object) -> dict:

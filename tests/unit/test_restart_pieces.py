@@ -5,10 +5,10 @@ from __future__ import annotations
 import signal
 
 from ipython1.cluster.supervisor import Slot, Supervisor, describe_exit
+from ipython1.common.errors import EngineError, error_from_wire, error_to_wire
+from ipython1.controller.registry import with_exit_report
 from ipython1.engine.rejoin import LateReplies
 from ipython1.engine.restart import take_in_place_id
-from ipython1.kernel.controller import with_exit_report
-from ipython1.kernel.errors import EngineError, error_from_wire, error_to_wire
 
 
 class Proc:
@@ -111,7 +111,7 @@ def test_engine_error_names_host_exit_and_stderr_across_the_wire():
 # -- the controller's rejoin rules, with stand-in engines -------------------------
 
 def test_a_rejoining_engine_gets_its_id_back_unless_a_live_engine_has_it():
-    from ipython1.kernel.controller import Controller
+    from ipython1.controller.registry import Controller
     from tests.unit.test_mpi_controller import FakeEngine
 
     controller = Controller()
@@ -126,7 +126,7 @@ def test_a_rejoining_engine_gets_its_id_back_unless_a_live_engine_has_it():
 
 
 def test_a_reused_controller_keeps_the_old_ids_for_the_engines_that_rejoin():
-    from ipython1.kernel.controller import Controller
+    from ipython1.controller.registry import Controller
     from tests.unit.test_mpi_controller import FakeEngine
 
     controller = Controller()
@@ -136,7 +136,7 @@ def test_a_reused_controller_keeps_the_old_ids_for_the_engines_that_rejoin():
 
 
 def test_late_task_replies_reach_the_observers_not_the_engine_info():
-    from ipython1.kernel.controller import Controller
+    from ipython1.controller.registry import Controller
     from tests.unit.test_mpi_controller import FakeEngine
 
     controller = Controller()
@@ -157,7 +157,7 @@ def test_reconnector_shares_one_attempt_and_gives_up_at_the_deadline():
     from twisted.internet import defer, task
 
     from ipython1.client.reconnect import Reconnector
-    from ipython1.kernel.errors import ConnectionLost
+    from ipython1.common.errors import ConnectionLost
 
     clock = task.Clock()
     tries: list[float] = []
@@ -191,7 +191,7 @@ def test_the_farm_takes_a_resent_submission_once():
     """A client whose submit answer was lost with the controller sends it again."""
     from twisted.internet import task
 
-    from ipython1.kernel.task import TaskFarm
+    from ipython1.controller.task import TaskFarm
 
     class Controller:
         owner = "me"
@@ -238,7 +238,7 @@ def test_reconnector_gives_up_at_once_when_the_furl_is_refused():
     from twisted.internet import defer, task
 
     from ipython1.client.reconnect import Reconnector
-    from ipython1.kernel.errors import ConnectionLost, ControllerNotFound
+    from ipython1.common.errors import ConnectionLost, ControllerNotFound
 
     clock = task.Clock()
     r = Reconnector(lambda s: defer.fail(ControllerNotFound(

@@ -1,4 +1,4 @@
-"""Tests for ipython1.kernel.scatter: partition and join."""
+"""Tests for ipython1.common.scatter: partition and join."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import ipython1
-from ipython1.kernel.scatter import join, partition, partitions
+from ipython1.common.scatter import join, partition, partitions
 
 counts = st.integers(1, 9)
 
@@ -190,7 +190,7 @@ def test_not_a_sequence(value: Any) -> None:
 
 def test_import_does_not_import_numpy() -> None:
     code = (
-        "import sys, ipython1.kernel.scatter as s\n"
+        "import sys, ipython1.common.scatter as s\n"
         "assert s.join(s.partitions([1, 2, 3], 2, flatten=True)) == [1, 2, 3]\n"
         "print('numpy' in sys.modules)"
     )

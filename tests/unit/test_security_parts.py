@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from ipython1.kernel import processes
-from ipython1.kernel.backpressure import ReplyBackpressure
-from ipython1.kernel.listenguard import ListenerGuard
+from ipython1.common import processes
+from ipython1.common.listenguard import ListenerGuard
+from ipython1.controller.backpressure import ReplyBackpressure
 
 
 class FakeClock:
@@ -143,7 +143,7 @@ def test_spawned_processes_never_look_in_the_current_directory() -> None:
 
 
 def test_what_an_older_version_left_open_is_tightened(tmp_path: Path) -> None:
-    from ipython1.kernel.cluster import ClusterDir
+    from ipython1.common.clusterdir import ClusterDir
 
     cluster_dir = ClusterDir("old", root=tmp_path)
     cluster_dir.log.mkdir(parents=True, mode=0o755)

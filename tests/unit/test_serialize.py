@@ -1,4 +1,4 @@
-"""Tests for ipython1.kernel.serialize: value <-> frames."""
+"""Tests for ipython1.common.serialize: value <-> frames."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import ipython1
-from ipython1.kernel import serialize as S
-from ipython1.kernel.errors import SerializationError
-from ipython1.kernel.serialize import (
+from ipython1.common import serialize as S
+from ipython1.common.errors import SerializationError
+from ipython1.common.serialize import (
     deserialize,
     deserialize_dict,
     frames_size,
@@ -448,7 +448,7 @@ def test_truncated_frames_raise_serialization_error(data: st.DataObject) -> None
 
 def test_import_does_not_import_numpy() -> None:
     code = (
-        "import sys, ipython1.kernel.serialize as s\n"
+        "import sys, ipython1.common.serialize as s\n"
         "assert s.deserialize(s.serialize([1, lambda: 2]))[1]() == 2\n"
         "print('numpy' in sys.modules)"
     )
@@ -463,7 +463,7 @@ def test_import_does_not_import_numpy() -> None:
 def test_unsplit_zero_copy_frames_round_trip_and_rebuild_in_place():
     import numpy as np
 
-    from ipython1.kernel.serialize import deserialize, serialize
+    from ipython1.common.serialize import deserialize, serialize
 
     a = np.arange(300_000, dtype=np.float64).reshape(1000, 300)
     frames = serialize({"a": a, "k": 1}, max_frame=None, copy=False)

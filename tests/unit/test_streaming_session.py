@@ -9,11 +9,11 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from ipython1.kernel import wire
-from ipython1.kernel.errors import SessionFileError
-from ipython1.kernel.serialize import deserialize, serialize
-from ipython1.kernel.session import SessionLog, parse_script, to_script
-from ipython1.kernel.streaming import OutputBatcher, StreamPrinter
+from ipython1.common import wire
+from ipython1.common.errors import SessionFileError
+from ipython1.common.serialize import deserialize, serialize
+from ipython1.controller.sessionlog import SessionLog, parse_script, to_script
+from ipython1.engine.output import OutputBatcher, StreamPrinter
 
 
 def make_batcher(**kw):
@@ -115,7 +115,7 @@ def test_bad_session_files_name_the_line(text, message):
 
 
 def test_session_log_is_bounded(monkeypatch):
-    from ipython1.kernel import session
+    from ipython1.controller import sessionlog as session
 
     monkeypatch.setattr(session, "MAX_ENTRIES", 3)
     log = SessionLog()
@@ -127,7 +127,7 @@ def test_session_log_is_bounded(monkeypatch):
 def test_px_targets_syntax():
     from IPython.core.error import UsageError
 
-    from ipython1.magics import parse_targets
+    from ipython1.client.magics import parse_targets
 
     assert parse_targets("all") == "all" and parse_targets("3") == 3
     assert parse_targets("0:4") == [0, 1, 2, 3] and parse_targets("0:8:2") == [0, 2, 4, 6]

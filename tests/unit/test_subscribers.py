@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from ipython1.kernel.subscribers import BoundedForwarder
+from ipython1.controller.subscribers import BoundedForwarder
 
 
 def make(max_in_flight: int = 2, max_backlog: int = 3) -> tuple[BoundedForwarder, list, Clock]:

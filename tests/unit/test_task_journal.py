@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ipython1.controller import task as T
 from ipython1.controller.journal import FILE_NAME, TaskJournal
-from ipython1.kernel import task as T
 from tests.unit.test_task_scheduler import Clock, err, error_of, ok, spec
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ipython1.kernel import task as T
-from ipython1.kernel.errors import KernelError, error_from_wire
+from ipython1.common.errors import KernelError, error_from_wire
+from ipython1.controller import task as T
 
 PAYLOAD = [b"opaque"]
 

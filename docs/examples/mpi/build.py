@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ipython1.kernel.mpi import build_shared_library
+from ipython1.engine.mpi import build_shared_library
 
 HERE = Path(__file__).resolve().parent
 

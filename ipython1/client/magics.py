@@ -27,7 +27,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ipython1.kernel.errors import CompositeError, KernelError, RemoteError
+from ipython1.common.errors import CompositeError, KernelError, RemoteError
 
 _PASS_THROUGH = ("%autopx", "%pxconfig", "%result", "%px", "%%px", "%load_ext", "%unload_ext")
 
@@ -139,7 +139,7 @@ class ParallelMagics(Magics):  # type: ignore[misc]
     @property
     def client(self) -> Any:
         if self._client is None:
-            from ipython1.kernel.client import MultiEngineClient
+            from ipython1.client.blocking import MultiEngineClient
 
             try:
                 self._client = MultiEngineClient()

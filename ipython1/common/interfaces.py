@@ -235,7 +235,7 @@ class RIEventObserver(RemoteInterface):
     __remote_name__ = "RIEventObserver.v1.ipython1"
 
     def events(batch=ByteStringConstraint(None)):
-        """Take a JSON list of events (see ipython1.kernel.events)."""
+        """Take a JSON list of events (see ipython1.controller.events)."""
         return None
 
 

@@ -75,7 +75,7 @@ class ClusterDir:
     def controller_running(self) -> bool:
         """Tell whether the controller's pid file names our live controller process
         (not an unrelated process that took its pid after a crash)."""
-        from ipython1.kernel.processes import check
+        from ipython1.common.processes import check
 
         return bool(check(self.pid_file("ipcontroller")).live)
 

@@ -38,8 +38,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ipython1.kernel.queue import Command, user_of
-from ipython1.kernel.replies import decode as decode_reply
+from ipython1.common.replies import decode as decode_reply
+from ipython1.controller.queue import Command, user_of
 from ipython1.transport import foolscap as foolscap_transport
 
 log = Logger()

@@ -29,6 +29,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ipython1.common import clusterdir as cluster
+from ipython1.common import wire
+from ipython1.common.errors import InvalidUserName, KernelError, error_to_wire
+from ipython1.common.interfaces import RIControllerAdmin
 from ipython1.controller.users import (  # noqa: F401 - re-exported: their old home
     MAX_TRANSCRIPT_EVENTS,
     TRANSCRIPT,
@@ -37,9 +41,6 @@ from ipython1.controller.users import (  # noqa: F401 - re-exported: their old h
     transcript_path,
     transcript_tail,
 )
-from ipython1.kernel import cluster, wire
-from ipython1.kernel.errors import InvalidUserName, KernelError, error_to_wire
-from ipython1.kernel.interfaces import RIControllerAdmin
 
 log = Logger()
 
@@ -112,7 +113,7 @@ class UserDirectory:
              for u in self.users.values()}, indent=1) + "\n")
 
     def _publish(self, name: str, kind: str) -> Path:
-        from ipython1.kernel.multiengine import MultiEngineReferenceable
+        from ipython1.controller.multiengine import MultiEngineReferenceable
 
         if kind not in KINDS:
             raise KernelError(f"unknown kind of user {kind!r}: use 'full' or 'observer'")

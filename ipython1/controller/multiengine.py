@@ -19,11 +19,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ipython1.common import ops
-from ipython1.controller.recovered import make_tag, valid_token
-from ipython1.kernel import properties, replies
-from ipython1.kernel.backpressure import ReplyBackpressure
-from ipython1.kernel.errors import (
+from ipython1.common import ops, properties, replies
+from ipython1.common.errors import (
     InvalidEngineID,
     InvalidPendingResult,
     KernelError,
@@ -31,15 +28,17 @@ from ipython1.kernel.errors import (
     ResultNotReady,
     error_to_wire,
 )
-from ipython1.kernel.events import describe_command
-from ipython1.kernel.interfaces import IMultiEngine, RIMultiEngine, RIMultiEngineSession
-from ipython1.kernel.queue import Command, user_of
-from ipython1.kernel.session import SessionLog
+from ipython1.common.interfaces import IMultiEngine, RIMultiEngine, RIMultiEngineSession
+from ipython1.controller.backpressure import ReplyBackpressure
+from ipython1.controller.events import describe_command
+from ipython1.controller.queue import Command, user_of
+from ipython1.controller.recovered import make_tag, valid_token
+from ipython1.controller.sessionlog import SessionLog
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
 
 if TYPE_CHECKING:
-    from ipython1.kernel.controller import Controller
+    from ipython1.controller.registry import Controller
 
 RESTART_TIMEOUT = 120.0  # seconds mec.restart waits for the engines to come back
 
@@ -58,7 +57,7 @@ def _failure_reply(engine_id: int, failure: Failure) -> dict[str, Any]:
     exc = failure.value
     if not isinstance(exc, KernelError):
         # e.g. Foolscap's DeadReferenceError when the engine vanished mid-call
-        from ipython1.kernel.errors import EngineError
+        from ipython1.common.errors import EngineError
 
         exc = EngineError(engine_id, f"engine {engine_id} died ({failure.getErrorMessage()})")
     return {"engine_id": engine_id, "status": "error", "error": error_to_wire(exc, engine_id)}
@@ -298,8 +297,8 @@ RECOVERABLE = frozenset({"execute", "push", "push_each", "apply_each", "run"})
 
 def _kept_part(controller: Any, tag: str, engine_id: int, state: str) -> Deferred[Any]:
     """Fetch one engine's kept reply to a recovered call, or say why there is none."""
+    from ipython1.common.errors import EngineError
     from ipython1.controller.recovered import KEPT
-    from ipython1.kernel.errors import EngineError
 
     def lost(why: str) -> dict[str, Any]:
         return {"engine_id": engine_id, "status": "error",
@@ -595,7 +594,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         """Forward live engine output (only this client's commands if own_only)."""
         self.remote_unsubscribe_output()
 
-        from ipython1.kernel.subscribers import BoundedForwarder
+        from ipython1.controller.subscribers import BoundedForwarder
 
         def send(data: dict[str, Any]) -> Deferred[Any]:
             d = foolscap_transport.call(observer, "output", data)
@@ -625,7 +624,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
             self._drop_forward(forward)
 
 
-    # -- collaboration (issue 8): see ipython1.kernel.users --
+    # -- collaboration (issue 8): see ipython1.controller.userdir --
 
     def remote_whoami(self) -> dict[str, Any]:
         return {"user": self.user, "kind": self.kind, "client": self.client}
@@ -647,7 +646,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
         Answers {"seq": n}: the events numbered up to n are the history.
         """
-        from ipython1.kernel.events import remote_deliverer
+        from ipython1.controller.events import remote_deliverer
 
         if self.revoked:
             return self._raise_as_data(Failure(self._denied("subscribe")))
@@ -672,7 +671,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_connect_tasks(self, info: Any) -> Any:
         """Open a task farm session acting as this session's user (and kind)."""
-        from ipython1.kernel.task import TaskFarmSession
+        from ipython1.controller.task import TaskFarmSession
 
         if self.revoked:
             return self._raise_as_data(Failure(self._denied("connect_tasks")))

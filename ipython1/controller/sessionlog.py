@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ipython1.kernel.replies import decode as decode_reply
+from ipython1.common.replies import decode as decode_reply
 
 MAX_ENTRIES = 10_000  # commands kept in a controller's session log
 MAX_VALUE_BYTES = 1_000_000  # pushed values larger than this are not kept

@@ -78,7 +78,7 @@ def write_pid_file(path: Path, pids: list[int]) -> None:
     The first line of each record is the bare pid, so older readers (and
     ``read_pid``) still find it.
     """
-    from ipython1.kernel.cluster import write_private
+    from ipython1.common.clusterdir import write_private
 
     lines = [_MAGIC]
     for pid in pids:

@@ -21,20 +21,21 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from ipython1.client.reconnect import IN_FLIGHT_HINT, Reconnector, channel_closed
-from ipython1.common.versions import compare as compare_versions
-from ipython1.common.versions import local_versions, refusal
-from ipython1.kernel import datachannel, replies, wire
-from ipython1.kernel import scatter as scatter_mod
-from ipython1.kernel.addresses import join_host_port
-from ipython1.kernel.cluster import MEC_FURL
-from ipython1.kernel.errors import (
+from ipython1.client.results import ExecuteResult, ResultList
+from ipython1.common import replies, wire
+from ipython1.common import scatter as scatter_mod
+from ipython1.common.addresses import join_host_port
+from ipython1.common.clusterdir import MEC_FURL
+from ipython1.common.errors import (
     CompositeError,
     ConnectionLost,
     KernelError,
     error_from_wire,
 )
-from ipython1.kernel.results import ExecuteResult, ResultList
-from ipython1.kernel.serialize import deserialize, serialize, serialize_dict
+from ipython1.common.serialize import deserialize, serialize, serialize_dict
+from ipython1.common.versions import compare as compare_versions
+from ipython1.common.versions import local_versions, refusal
+from ipython1.kernel import datachannel
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
 
@@ -723,7 +724,7 @@ class AsyncMultiEngineClient:
     def set_properties(self, properties: dict[str, Any], targets: Any = "all",
                        block: bool = True) -> Deferred[Any]:
         """Set properties (plain data) of targets; see properties.py."""
-        from ipython1.kernel.properties import check_plain
+        from ipython1.common.properties import check_plain
 
         try:
             check_plain(properties)
@@ -762,7 +763,7 @@ class AsyncMultiEngineClient:
 
         def check(ids: list[int]) -> list[int]:
             if not ids:
-                from ipython1.kernel.errors import NoEnginesRegistered
+                from ipython1.common.errors import NoEnginesRegistered
 
                 raise NoEnginesRegistered("no engines are registered with the controller")
             return ids
@@ -1127,8 +1128,8 @@ def _open_command_channel(session: Any) -> Any:
 def get_task_client(furl_or_file: Any = None, profile: str = "default",
                     timeout: float = 10.0) -> Any:
     """Connect to a controller's task farm; fire with an AsyncTaskClient."""
-    from ipython1.kernel.cluster import TASK_FURL
-    from ipython1.kernel.interfaces import RIMultiEngine
+    from ipython1.common.clusterdir import TASK_FURL
+    from ipython1.common.interfaces import RIMultiEngine
 
     furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
     tub, root, session = yield _open_session(
@@ -1170,7 +1171,7 @@ def _reopen_as_user(furl_or_file: Any, profile: str, default_name: str,
 @defer.inlineCallbacks
 def _task_client(session: Any, tub: Any, furl: str, parent: Any) -> Any:
     """Make an AsyncTaskClient, over the local command channel if it can be opened."""
-    from ipython1.kernel.taskclient import AsyncTaskClient
+    from ipython1.client.tasks import AsyncTaskClient
 
     channel = yield _open_command_channel(session)
     return AsyncTaskClient(session, tub, furl, parent, channel)

@@ -19,7 +19,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ipython1.kernel.errors import KernelError
+from ipython1.common.errors import KernelError
 
 MAX_PROPERTIES = 1000  # names per engine
 MAX_DEPTH = 16  # nesting of a property value

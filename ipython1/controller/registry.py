@@ -22,19 +22,19 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ipython1.common import versions
-from ipython1.controller.output import OutputReceiver
-from ipython1.controller.recovered import REJOIN_WAIT, RecoveredResults
-from ipython1.kernel import cluster, processes, wire
-from ipython1.kernel.errors import (
+from ipython1.common import clusterdir as cluster
+from ipython1.common import processes, versions, wire
+from ipython1.common.errors import (
     EngineError,
     InvalidEngineID,
     NoEnginesRegistered,
     VersionMismatch,
 )
-from ipython1.kernel.events import EventBus, Transcript
-from ipython1.kernel.interfaces import IEngineRegistry, RIEngineRegistration
-from ipython1.kernel.queue import Command, EngineQueue, user_of
+from ipython1.common.interfaces import IEngineRegistry, RIEngineRegistration
+from ipython1.controller.events import EventBus, Transcript
+from ipython1.controller.output import OutputReceiver
+from ipython1.controller.queue import Command, EngineQueue, user_of
+from ipython1.controller.recovered import REJOIN_WAIT, RecoveredResults
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
 from ipython1.transport.foolscap import FoolscapEngineConnection
@@ -616,7 +616,7 @@ class ControllerService(service.MultiService):
         self.tub: Any = None
 
     def startService(self) -> None:
-        from ipython1.kernel.multiengine import MultiEngine, MultiEngineReferenceable
+        from ipython1.controller.multiengine import MultiEngine, MultiEngineReferenceable
 
         cert = self.cluster_dir.security / cluster.CONTROLLER_CERT
         from ipython1.kernel.datachannel import Relay
@@ -672,7 +672,7 @@ class ControllerService(service.MultiService):
 
     def _publish_users(self) -> None:
         """The transcript, the named users' capabilities and the owner's admin FURL."""
-        from ipython1.kernel import users
+        from ipython1.controller import userdir as users
 
         bound = os.environ.get("IPYTHON1_EVENT_BUFFER")  # events per subscriber (tests)
         if bound:
@@ -686,7 +686,7 @@ class ControllerService(service.MultiService):
     def _publish_extra_adapters(self) -> None:
         """Publish the optional adapters that are installed (task farm)."""
         try:
-            from ipython1.kernel.task import TaskFarm, TaskFarmReferenceable
+            from ipython1.controller.task import TaskFarm, TaskFarmReferenceable
         except ImportError:
             return
         from ipython1.controller.journal import open_journal

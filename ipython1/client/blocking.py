@@ -19,8 +19,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from ipython1.kernel import asyncclient
-from ipython1.kernel.errors import ClientTimeout, ConnectionLost, Interrupted, KernelError
+from ipython1.client import multiengine as asyncclient
+from ipython1.common.errors import ClientTimeout, ConnectionLost, Interrupted, KernelError
 
 __all__ = ["MultiEngineClient", "PendingResult"]
 
@@ -169,7 +169,7 @@ class PendingResult:
                                            else self.client.timeout))
 
     def _get(self, block: bool, timeout: float | None) -> Any:
-        from ipython1.kernel.errors import ResultNotReady
+        from ipython1.common.errors import ResultNotReady
 
         while not self._done:
             if self._fetch is None:
@@ -208,7 +208,7 @@ class PendingResult:
 
         The result is kept: get_result() returns it (or raises its error) at once.
         """
-        from ipython1.kernel.errors import ResultNotReady
+        from ipython1.common.errors import ResultNotReady
 
         try:
             if timeout == 0:  # ask once, without waiting on the controller
@@ -265,8 +265,8 @@ class PendingResult:
 
 def _stdout_of(value: Any) -> Any:
     """Each engine's stdout in a command's result (or error), if the result keeps it."""
-    from ipython1.kernel.errors import CompositeError
-    from ipython1.kernel.results import ExecuteResult
+    from ipython1.client.results import ExecuteResult
+    from ipython1.common.errors import CompositeError
 
     if isinstance(value, ExecuteResult):
         return value.stdout
@@ -546,7 +546,7 @@ class MultiEngineClient:
     def save_session(self, path: Any) -> int:
         """Write the controller's session log to path as a Python script; return its size."""
         from ipython1.client.sessionfile import to_script
-        from ipython1.kernel.serialize import deserialize
+        from ipython1.common.serialize import deserialize
 
         entries = self._call(self._async.session_log)
         with open(path, "w", encoding="utf-8") as f:
@@ -601,7 +601,7 @@ class MultiEngineClient:
 
     def activate(self, shell: Any = None) -> Any:
         """Make this client the one %px, %%px, %autopx and %result use in IPython."""
-        from ipython1 import magics
+        from ipython1.client import magics
 
         return magics.activate(self, shell)
 
@@ -845,7 +845,7 @@ class MultiEngineClient:
 
     def wait_for_engines(self, n: int, timeout: float | None = None) -> list[int]:
         """Wait until at least n engines are registered; return their ids."""
-        from ipython1.kernel.errors import ClientTimeout
+        from ipython1.common.errors import ClientTimeout
 
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.02
@@ -873,7 +873,7 @@ class MultiEngineClient:
 
 # -- the task farm ---------------------------------------------------------------------
 
-from ipython1.kernel.taskclient import (  # noqa: E402
+from ipython1.client.tasks import (  # noqa: E402
     MapTask,
     StringTask,
     TaskResult,
@@ -1043,7 +1043,7 @@ class TaskClient:
         engines = len(self.queue_status()["engines"])
         specs, sizes = map_specs(func, seqs, chunksize, engines, options)
         tids = self._call(self._async.run_specs, specs)
-        from ipython1.kernel.taskclient import join_map_results
+        from ipython1.client.tasks import join_map_results
 
         pending = PendingTasks(self, tids, sizes, join_map_results)
         if not block:
@@ -1120,7 +1120,7 @@ __all__ += ["interactive"]
 
 # -- IPython 0.10: the errors, importable from client (client.CompositeError...) --
 
-from ipython1.kernel.errors import (  # noqa: E402
+from ipython1.common.errors import (  # noqa: E402
     CompositeError,
     ControllerNotFound,
     EngineError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ipython1.kernel.serialize import deserialize
+from ipython1.common.serialize import deserialize
 
 
 class ExecuteResult:

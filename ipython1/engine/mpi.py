@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ipython1.kernel.errors import KernelError, MPIUnavailable
-from ipython1.kernel.processes import python_module
+from ipython1.common.errors import KernelError, MPIUnavailable
+from ipython1.common.processes import python_module
 
 __all__ = [
     "BuildFailed",

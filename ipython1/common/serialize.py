@@ -41,7 +41,7 @@ from typing import Any
 
 import cloudpickle
 
-from ipython1.kernel.errors import SerializationError
+from ipython1.common.errors import SerializationError
 
 __all__ = [
     "INBAND_LIMIT",

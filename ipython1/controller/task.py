@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ipython1.kernel.errors import (
+from ipython1.common.errors import (
     EngineError,
     InvalidTaskID,
     KernelError,
@@ -48,8 +48,8 @@ from ipython1.kernel.errors import (
     UnmetDependency,
     error_to_wire,
 )
-from ipython1.kernel.interfaces import ITaskFarm, RITaskFarm, RITaskFarmSession
-from ipython1.kernel.queue import Command
+from ipython1.common.interfaces import ITaskFarm, RITaskFarm, RITaskFarmSession
+from ipython1.controller.queue import Command
 from ipython1.transport import channel as command_channel
 
 log = Logger()
@@ -864,8 +864,8 @@ class TaskFarm:
             self.pump()
     def _check_depend(self, spec: dict[str, Any], engine_id: int) -> str:
         """Evaluate a task's depend(properties) here, against engine_id's properties."""
-        from ipython1.kernel import properties
-        from ipython1.kernel.serialize import deserialize
+        from ipython1.common import properties
+        from ipython1.common.serialize import deserialize
 
         if "_depend" not in spec:  # unpickled once per task (owner-only: see submit)
             try:

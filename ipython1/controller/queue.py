@@ -21,7 +21,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from ipython1.kernel.errors import EngineError, QueueCleared
+from ipython1.common.errors import EngineError, QueueCleared
 
 _command_ids = itertools.count(1)
 

@@ -25,7 +25,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.terminal.interactiveshell import TerminalInteractiveShell
 
 from ipython1.client.events import format_targets
-from ipython1.kernel.errors import KernelError, PermissionDenied
+from ipython1.common.errors import KernelError, PermissionDenied
 
 # Cells that start with one of these run in the shell itself, not on the engines.
 LOCAL_COMMANDS = ("%targets", "%local", "%%local", "%users", "%say", "%mute", "%unmute",
@@ -137,7 +137,7 @@ class CollaborationMagics(Magics):  # type: ignore[misc]
     @line_magic
     def targets(self, line: str) -> None:
         """%targets 0,2 | 0:4 | all: choose the engines cells run on."""
-        from ipython1.magics import parse_targets
+        from ipython1.client.magics import parse_targets
 
         if line.strip():
             self.shell.cluster_targets = parse_targets(line)
@@ -270,13 +270,13 @@ class ClusterShell(TerminalInteractiveShell):  # type: ignore[misc]
         except PermissionDenied as e:
             print(f"ipython1-shell: {e}")
         except KernelError as e:
-            from ipython1.magics import _show_error
+            from ipython1.client.magics import _show_error
 
             _show_error(e)
         return None
 
     def _run_remote(self, code: str) -> None:
-        from ipython1.magics import _show
+        from ipython1.client.magics import _show
 
         results = self.mec.execute(code, targets=self.cluster_targets, block=True)
         engines = {r.engine_id for r in (results if isinstance(results, list) else [results])}
@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", "-t", default="all", help="engines cells run on")
     parser.add_argument("--no-color", action="store_true", help="no syntax highlighting")
     args = parser.parse_args(argv)
-    from ipython1.kernel.client import MultiEngineClient
-    from ipython1.magics import parse_targets
+    from ipython1.client.blocking import MultiEngineClient
+    from ipython1.client.magics import parse_targets
 
     try:
         mec = MultiEngineClient(args.furl_file, profile=args.profile)

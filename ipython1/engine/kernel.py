@@ -35,17 +35,18 @@ from twisted.logger import Logger, globalLogPublisher
 from zope.interface import implementer
 
 from ipython1 import __version__
-from ipython1.common import ops
+from ipython1.common import addresses, localhost, ops, replies, wire
+from ipython1.common.errors import KernelError, TaskTimeout, VersionMismatch, error_to_wire
+from ipython1.common.interfaces import IEngineKernel, RIEngine
 from ipython1.common.logring import LogRing
+from ipython1.common.serialize import deserialize, serialize
 from ipython1.common.versions import local_versions, refusal
+from ipython1.engine import introspection
 from ipython1.engine.debugger import DebugSession
+from ipython1.engine.output import OutputBatcher
 from ipython1.engine.rejoin import MAX_TAG, RECONNECT_TIMEOUT, LateReplies
 from ipython1.engine.restart import exec_fresh
-from ipython1.kernel import addresses, datachannel, introspection, localhost, replies, wire
-from ipython1.kernel.errors import KernelError, TaskTimeout, VersionMismatch, error_to_wire
-from ipython1.kernel.interfaces import IEngineKernel, RIEngine
-from ipython1.kernel.serialize import deserialize, serialize
-from ipython1.kernel.streaming import OutputBatcher
+from ipython1.kernel import datachannel
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
 

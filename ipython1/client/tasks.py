@@ -29,9 +29,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from ipython1.kernel.errors import ConnectionLost, KernelError, error_from_wire
-from ipython1.kernel.properties import takes_properties
-from ipython1.kernel.serialize import deserialize, serialize
+from ipython1.common.errors import ConnectionLost, KernelError, error_from_wire
+from ipython1.common.properties import takes_properties
+from ipython1.common.serialize import deserialize, serialize
 from ipython1.transport import channel as command_channel
 
 __all__ = ["AsyncTaskClient", "MapTask", "StringTask", "TaskResult"]
@@ -315,7 +315,7 @@ class AsyncTaskClient:
         self._calls.notifyOnDisconnect(self._disconnected)
 
     def _disconnected(self, *args: Any) -> None:
-        from ipython1.kernel import wire
+        from ipython1.common import wire
 
         self._lost = (f"the connection to the task farm at {wire.furl_location(self.furl)} "
                       "was lost")
@@ -590,7 +590,7 @@ def auto_chunksize(n: int, engines: int) -> int:
 def map_specs(func: Callable[..., Any], seqs: Sequence[Sequence[Any]], chunksize: int | None,
               engines: int, options: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int]]:
     """Cut seqs into chunks and build one MapTask spec per chunk."""
-    from ipython1.kernel.scatter import map_chunk as _map_chunk
+    from ipython1.common.scatter import map_chunk as _map_chunk
 
     if not seqs:
         raise TypeError("map() needs at least one sequence")
