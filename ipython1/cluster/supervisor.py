@@ -142,7 +142,7 @@ def run(profile: str, commands: list[tuple[int | None, list[str]]],
         poll_interval: float = 0.05) -> None:
     """Supervise commands until SIGTERM; then stop them all."""
     from ipython1.common.clusterdir import ClusterDir, open_private_log
-    from ipython1.common.processes import write_pid_file
+    from ipython1.common.processes import check, write_pid_file
     from ipython1.scripts.ipcluster import stop_pids
 
     cluster_dir = ClusterDir(profile).create()
@@ -179,10 +179,20 @@ def run(profile: str, commands: list[tuple[int | None, list[str]]],
     write_pid_file(cluster_dir.pid_file(SUPERVISOR_PID_FILE), [os.getpid()])
     supervisor.start([Slot(engine_id, argv) for engine_id, argv in commands])
     write_pids()
+    recheck = time.monotonic() + 0.5
     try:
         while not stopping:
             if supervisor.poll():
                 write_pids()
+                recheck = time.monotonic() + 0.5
+            if time.monotonic() >= recheck:
+                recheck = float("inf")
+                # A child recorded before its exec finished has the wrong command line
+                # in the file (ipcluster stop would not recognise it): record it again.
+                if set(check(cluster_dir.pid_file(ENGINES_PID_FILE)).live) != set(
+                        supervisor.pids()):
+                    write_pids()
+                    recheck = time.monotonic() + 0.5
             time.sleep(poll_interval)  # polling children: nothing to wait on for several
     finally:
         stop_pids(supervisor.pids(), grace=5)
