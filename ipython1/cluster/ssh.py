@@ -1,6 +1,8 @@
 """SSH: engines on hosts reached with the system ``ssh`` (BatchMode, the user's keys).
 
-One ``ssh`` per host starts that host's engines as one ``ipengine --fork K``.
+One ``ssh`` per host starts that host's engines as one ``ipengine --fork K
+--watch``: the watcher tells the controller how each engine ended
+(``engine/watcher.py``), which the controller could not learn across hosts.
 The engine FURL travels over the ssh connection (the remote shell reads it
 from stdin into ``IPYTHON1_ENGINE_FURL``), so the hosts need no shared
 filesystem and the FURL never shows in a process list. The remote engines
@@ -104,7 +106,7 @@ def remote_engine_command(engine: EngineCommand, count: int, tag: str) -> str:
     pid_file = remote_pid_file(engine.profile, tag)
     argv = engine.shell("--fork", str(count), furl_file=False)
     return (f"IFS= read -r {FURL_VARIABLE} && export {FURL_VARIABLE} && "
-            f"exec {argv} --pid-file {pid_file} </dev/null")
+            f"exec {argv} --watch --pid-file {pid_file} </dev/null")
 
 
 # The pids of a pid file, either format (bare pids, or ipython1's JSON records), in sh.

@@ -228,6 +228,11 @@ class RIEngineRegistration(RemoteInterface):
         replies, "finished": notes of other commands}."""
         return None
 
+    def report_exit(report=Info):
+        """How an engine ended, from its watcher (ipengine --watch) or supervisor:
+        {"pid", "host", "exit": its code or signal, "stderr": its last lines}."""
+        return None
+
 
 class RIEventObserver(RemoteInterface):
     """A client's subscriber to the controller's event stream."""

@@ -117,6 +117,8 @@ class Controller(service.MultiService):
         # pid -> Deferred[report or None]: a supervised engine's end (ControllerService)
         self.exit_reports: Callable[[Any], Deferred[dict[str, Any] | None]] | None = None
         self._dying: dict[int, list[Callable[[], None]]] = {}  # engines awaiting a report
+        self._reports: dict[tuple[str, Any], dict[str, Any]] = {}  # came before the death
+        self._report_waiters: dict[tuple[str, Any], list[Deferred[Any]]] = {}
         self.versions = versions.local_versions()
         self.debug_clients: dict[str, Any] = {}  # client name -> its debugger observer
         # Clients not reading their replies: their queued commands wait (backpressure).
@@ -252,8 +254,9 @@ class Controller(service.MultiService):
         reason = reason or f"engine {engine_id}{_rank(record)}{where} died (connection lost)"
         log.info("{reason}", reason=reason)
         record.connection.close()
-        if record.info.get("supervised") and self.exit_reports is not None:
-            # Its supervisor tells how it ended (signal, code, stderr) in a moment.
+        if record.info.get("supervised") and self.exit_reports is not None or \
+                record.info.get("watched"):
+            # Its supervisor or watcher tells how it ended (signal, code, stderr) in a moment.
             self._dying[engine_id] = hold = []
 
             def report_came(report: dict[str, Any] | None) -> None:
@@ -263,12 +266,56 @@ class Controller(service.MultiService):
                 for release in hold:
                     release()
 
-            self.exit_reports(death.get("pid")).addCallback(report_came)
+            self._exit_report(death.get("host"), death.get("pid")).addCallback(report_came)
         else:
             record.queue.engine_died(reason, death)
         self.recovered.lost(engine_id)
         self._notify("engine_died", {"engine_id": engine_id})
         self._mpi_job_lost(record)
+
+    def exit_reported(self, report: Any) -> None:
+        """Take a report of an engine's end from its watcher (ipengine --watch) or its
+        supervisor, over the engine FURL: {pid, host, exit, stderr}."""
+        if not isinstance(report, dict):
+            return
+        report = {k: str(report.get(k, ""))[:20_000] for k in ("host", "exit", "stderr")} | {
+            "pid": report.get("pid")}
+        key = (report["host"], report["pid"])
+        waiters = [d for d in self._report_waiters.pop(key, []) if not d.called]
+        for d in waiters:
+            d.callback(report)
+        if not waiters:  # before the controller noticed the engine's end
+            self._reports[key] = report
+            while len(self._reports) > MAX_EXIT_REPORTS:
+                self._reports.pop(next(iter(self._reports)))
+
+    def _exit_report(self, host: Any, pid: Any) -> Deferred[dict[str, Any] | None]:
+        """Fire with the report of an engine's end (over Foolscap, or the local
+        supervisor's file), or None after EXIT_REPORT_WAIT."""
+        key = (str(host), pid)
+        if key in self._reports:
+            return defer.succeed(self._reports.pop(key))
+        d: Deferred[dict[str, Any] | None] = Deferred()
+        self._report_waiters.setdefault(key, []).append(d)
+
+        def offer(report: dict[str, Any] | None) -> None:
+            if report and not d.called:
+                d.callback(report)
+
+        if self.exit_reports is not None:  # the local supervisor writes a file
+            self.exit_reports(pid).addCallback(offer)
+
+        def give_up() -> None:
+            waiting = self._report_waiters.get(key, [])
+            if d in waiting:
+                waiting.remove(d)
+            if not waiting:
+                self._report_waiters.pop(key, None)
+            if not d.called:
+                d.callback(None)
+
+        reactor.callLater(EXIT_REPORT_WAIT, give_up)
+        return d
 
     def _mpi_job_lost(self, record: EngineRecord) -> None:
         """End the other engines of a dead engine's MPI job, as MPI itself would.
@@ -464,6 +511,7 @@ def _first_of(d: Deferred[Any], timeout: float, clock: Any = None) -> Deferred[N
 
 
 EXIT_REPORT_WAIT = 2.0  # seconds a supervised engine's commands wait for how it ended
+MAX_EXIT_REPORTS = 1000  # reports kept that came before their engine's end was noticed
 
 
 def with_exit_report(reason: str, death: dict[str, Any],
@@ -573,6 +621,9 @@ class EngineRegistration(Referenceable):  # type: ignore[misc]
 
     def remote_deliver_late(self, engine_id: int, late: Any) -> None:
         self.controller.deliver_late(engine_id, late)
+
+    def remote_report_exit(self, report: Any) -> None:
+        self.controller.exit_reported(report)
 
 
 class ControllerService(service.MultiService):

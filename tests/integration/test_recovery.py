@@ -290,6 +290,27 @@ def test_a_part_that_had_not_started_is_reported_not_run(make_cluster):
     assert "x" not in mec.keys()[0]
 
 
+def test_a_watched_engine_s_death_names_its_exit_and_stderr(cluster):
+    # ipengine --watch: no supervisor, but its parent tells the controller how it ended.
+    mec = cluster.client(timeout=60)
+    before = set(mec.get_ids())
+    watcher = cluster.start_engine("--watch")
+    (new,) = wait_until(lambda: set(mec.get_ids()) - before, 30, "the watched engine")
+    pid = cluster.engine_pid(mec, new)
+    assert pid != watcher.pid
+    cluster.pids.append(pid)
+    running = mec.execute("import os, time; os.write(2, b'famous last words\\n'); "
+                          "time.sleep(60)", targets=new, block=False)
+    wait_until(lambda: mec.queue_status(targets=new)[0]["running"] is not None, 10, "running")
+    time.sleep(0.3)  # let the words reach the watcher
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(EngineError) as info:
+        running.get_result()
+    assert "SIGKILL" in info.value.exit and "famous last words" in info.value.stderr
+    assert info.value.host == socket.gethostname() and f"pid {pid}" in str(info.value)
+    assert watcher.wait(10) == 0  # its only engine ended: so does the watcher
+
+
 def test_missing_engines_only_are_started_with_reuse(cluster, tmp_path):
     """Last in the module: it replaces one of the shared cluster's engines."""
     from ipython1.scripts.ipcluster import engine_pids

@@ -41,6 +41,20 @@ print("RESULT " + json.dumps({"ids": mec.get_ids(), "engines": mec.apply(where)}
 mec.close()
 """
 
+DIE = """
+import json
+from ipython1.client.blocking import MultiEngineClient
+from ipython1.common.errors import EngineError
+mec = MultiEngineClient(profile="test")
+(e2,) = [i["engine_id"] for i in mec.engine_info() if i["hostname"] == "e2"]
+try:
+    mec.execute("import os, time; os.write(2, b'last words on e2\\\\n'); time.sleep(0.5); "
+                "os.kill(os.getpid(), 9)", targets=e2)
+except EngineError as e:
+    print("RESULT " + json.dumps({"host": e.host, "exit": e.exit, "stderr": e.stderr}))
+mec.close()
+"""
+
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HostGrid, SSHDs]]:
@@ -108,8 +122,10 @@ def test_engines_on_two_hosts_over_ssh(grid: tuple[HostGrid, SSHDs],
     assert {e["host"]: e["ipython1_dir"] for e in engines} == {
         "e1": str(sshds.home(hosts["e1"])), "e2": str(sshds.home(hosts["e2"]))}
     pid_file = sshds.home(hosts["e1"]) / "cluster_test" / "pid" / "ssh-engines-0-e1.pid"
-    assert sorted(r.pid if isinstance(r, Identity) else r for r in recorded(pid_file)) == \
-        sorted(e["pid"] for e in engines if e["host"] == "e1")
+    recorded_pids = [r.pid if isinstance(r, Identity) else r for r in recorded(pid_file)]
+    e1_pids = [e["pid"] for e in engines if e["host"] == "e1"]
+    # The engines and their watcher (ipengine --watch), which reports how they end.
+    assert set(e1_pids) < set(recorded_pids) and len(recorded_pids) == len(e1_pids) + 1
 
     status = cluster.ipcluster("status")
     assert "ssh e1 (2 engines): pid" in status.stdout and "running" in status.stdout
@@ -131,6 +147,14 @@ def test_engines_on_two_hosts_over_ssh(grid: tuple[HostGrid, SSHDs],
     assert sorted((f["level"], f["what"]) for f in found) == [
         ("ok", "configured host e1 reaches the controller"),
         ("ok", "configured host e2 reaches the controller")], found
+
+    # An engine on e2 dies: its watcher there tells the controller how (issue 15).
+    died = cluster.grid["ctl"].run([sys.executable, "-c", DIE], env=cluster.cluster.env,
+                                   timeout=60)
+    assert "RESULT " in died.stdout, died.stdout + died.stderr
+    report = json.loads(died.stdout.split("RESULT ", 1)[1])
+    assert report["host"] == "e2" and "SIGKILL" in report["exit"], report
+    assert "last words on e2" in report["stderr"], report
 
     stopped = cluster.ipcluster("stop")
     assert stopped.returncode == 0, stopped.stdout
