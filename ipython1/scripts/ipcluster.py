@@ -1019,6 +1019,10 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         out.write(f"ipcluster: {e}\n")
         return 2
     if options.subCommand == "start":
+        if sub["restart-engines"] and sub["engines"] not in ("local", "mpiexec", "ssh"):
+            out.write(f"ipcluster: --restart-engines supervises local and ssh engines; "
+                      f"{sub['engines']} jobs belong to the scheduler (requeue them there)\n")
+            return 2
         try:
             return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
                          bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
