@@ -185,7 +185,19 @@ class AsyncMultiEngineClient:
         """
         if self.reconnector is None or not getattr(failure.value, "in_flight", False):
             return failure
-        return self._remote(method, *args)
+        d = self._remote(method, *args)
+        if method != "get_pending_result":
+            return d
+
+        def unknown_after_all(reply: Any) -> Any:
+            # The controller has no trace of it (it stayed up and dropped the session's
+            # results, or the call never reached it): it may or may not have run.
+            error = reply.get("error") if isinstance(reply, dict) else None
+            if isinstance(error, dict) and error.get("ename") == "InvalidPendingResult":
+                return failure
+            return reply
+
+        return d.addCallback(unknown_after_all)
 
     def _command(self, method: str, args: tuple[Any, ...], block: bool,
                  transform: Callable[[Any], Any], single: bool) -> Deferred[Any]:
@@ -207,7 +219,14 @@ class AsyncMultiEngineClient:
             finish(answer)  # an immediate error reply raises here
             raise KernelError(f"unexpected answer {answer!r}")
 
-        return d.addCallback(pending)
+        def sent_maybe(failure: Failure) -> Any:
+            # Lost in flight: its result, if it ran, is fetched by its id once the
+            # controller is back (see get_pending_result); else that fetch says so.
+            if self.reconnector is None or not getattr(failure.value, "in_flight", False):
+                return failure
+            return {"pending_id": call}
+
+        return d.addErrback(sent_maybe).addCallback(pending)
 
     # -- the data channel: large values go beside Foolscap --
 
