@@ -400,7 +400,7 @@ class AsyncTaskClient:
         Safe to call from any thread: the blocking client queues tasks from
         the user's thread without waiting for the reactor.
         """
-        if self._lost is not None and self.reconnector is None:
+        if self._lost is not None and (self.reconnector is None or self.reconnector.refused):
             raise ConnectionLost(self._lost)  # else run() would hand out ids never sent
         with self._lock:
             if self._next_tid >= self._end_tid:
