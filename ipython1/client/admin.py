@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ipython1.client.blocking import ReactorThread, _wait
+from ipython1.client.reactor import ReactorThread, _wait
 from ipython1.common import clusterdir as cluster
 from ipython1.common import wire
 from ipython1.common.clusterdir import ADMIN_FURL

@@ -1,287 +1,29 @@
-"""Blocking clients: thin wrappers that run the async clients in a reactor thread.
+"""The blocking multi-engine client: ``MultiEngineClient`` and its views (``mec[0:4]``).
 
-The reactor starts on first use (not at import), without signal handlers,
-in a daemon thread, and stops at exit. Every call waits with a deadline;
-when the reactor stops, every waiting call fails with ConnectionLost.
+A thin wrapper that runs an `AsyncMultiEngineClient` in the client's reactor
+thread (`reactor`); every call waits with a deadline, or returns a
+`PendingResult`. This module is also IPython 0.10's ``client`` namespace
+(``from ipython1.kernel import client``): ``client.TaskClient``, the task
+descriptions and the errors are importable from it.
 """
 
 from __future__ import annotations
 
-import atexit
-import concurrent.futures
+import importlib
 import queue
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import defer
-from twisted.python.failure import Failure
-
 from ipython1.client import multiengine as asyncclient
+from ipython1.client.pending import PendingResult, _split_prompt
+from ipython1.client.reactor import ReactorThread, _wait, _wait_for_restarts
+from ipython1.client.taskfarm import PendingTasks, TaskClient
+from ipython1.common.constraints import as_targets
 from ipython1.common.errors import ClientTimeout, ConnectionLost, Interrupted, KernelError
 
 __all__ = ["MultiEngineClient", "PendingResult"]
-
-
-class ReactorThread:
-    """Run the Twisted reactor in a daemon thread; submit calls to it."""
-
-    _lock = threading.Lock()
-    _instance: ReactorThread | None = None
-
-    @classmethod
-    def get(cls) -> ReactorThread:
-        with cls._lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
-
-    def __init__(self) -> None:
-        from twisted.internet import reactor
-
-        self.reactor = reactor
-        self._futures: set[concurrent.futures.Future[Any]] = set()
-        self._stopped = False
-        if not reactor.running:
-            self.thread = threading.Thread(
-                target=reactor.run, kwargs={"installSignalHandlers": False},
-                name="ipython1-reactor", daemon=True)
-            self.thread.start()
-            atexit.register(self.stop)
-
-    def submit(self, fn: Callable[..., Any], *args: Any,
-               **kwargs: Any) -> concurrent.futures.Future[Any]:
-        """Call fn in the reactor thread; its (Deferred) result arrives in a Future."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        if self._stopped:
-            future.set_exception(ConnectionLost("the client's reactor has stopped"))
-            return future
-        self._futures.add(future)
-
-        def call() -> None:
-            d = defer.maybeDeferred(fn, *args, **kwargs)
-
-            def done(result: Any) -> None:
-                self._futures.discard(future)
-                if future.done():
-                    return
-                if isinstance(result, Failure):
-                    error = result.value
-                    if not isinstance(error, BaseException):  # e.g. a Foolscap CopiedFailure
-                        error = KernelError(result.getErrorMessage())
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
-
-            d.addBoth(done)
-
-        self.reactor.callFromThread(call)
-        return future
-
-    def stop(self) -> None:
-        """Stop the reactor; fail every waiting call."""
-        if self._stopped:
-            return
-        self._stopped = True
-        for future in list(self._futures):
-            if not future.done():
-                future.set_exception(ConnectionLost("the client's reactor stopped"))
-        if self.reactor.running:
-            self.reactor.callFromThread(self.reactor.stop)
-
-
-def _wait(future: concurrent.futures.Future[Any], timeout: float | None,
-          on_interrupt: Callable[[], str] | None = None,
-          debugger: Callable[[], float] | None = None) -> Any:
-    """Wait for a future; Ctrl-C runs on_interrupt (e.g. interrupt engines).
-
-    Then Interrupted carries what on_interrupt said, and IPython shows just that.
-    With debugger, serve engine pdb prompts while waiting: debugger() drives any
-    waiting debugger and returns the seconds it took, which the timeout excludes.
-    """
-    try:
-        if debugger is None:
-            return future.result(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if deadline is not None:
-                deadline += debugger()
-            else:
-                debugger()
-            left = None if deadline is None else deadline - time.monotonic()
-            try:
-                return future.result(DEBUGGER_POLL if left is None
-                                     else max(0.0, min(DEBUGGER_POLL, left)))
-            except concurrent.futures.TimeoutError:
-                if left is not None and left <= DEBUGGER_POLL:
-                    raise
-    except concurrent.futures.TimeoutError:
-        raise ClientTimeout(f"no result within {timeout:g} s") from None
-    except KeyboardInterrupt:
-        if on_interrupt is None:
-            raise
-        raise Interrupted(on_interrupt()) from None
-
-
-def _wait_for_restarts(client: Any, timeout: float | None) -> None:
-    """Let calls made while the controller is down wait up to the client's timeout."""
-    if timeout is not None and getattr(client, "reconnector", None) is not None:
-        # A little under: the call ends with ConnectionLost's advice, not ClientTimeout.
-        client.reconnector.timeout = timeout * 0.9
-DEBUGGER_POLL = 0.1  # s: how often a blocking wait looks for an engine's pdb prompt
-
-
-def _split_prompt(text: str) -> tuple[str, str]:
-    """Split pdb's output into what it printed and its trailing prompt."""
-    at = text.rfind("(Pdb")
-    if at >= 0 and text.endswith(") ") and "\n" not in text[at:]:
-        return text[:at], text[at:]
-    return text, "(Pdb) "
-
-
-class PendingResult:
-    """The result of a non-blocking call, fetched later with get_result()."""
-
-    def __init__(self, client: MultiEngineClient, pending: asyncclient.AsyncPendingResult) -> None:
-        self.client = client
-        self._pending = pending
-        self.id = pending.id
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._done = False
-        # The controller hands a result over once: a wait that timed out keeps
-        # its fetch in flight here, and the next call waits on that same fetch.
-        self._fetch: concurrent.futures.Future[Any] | None = None
-        self._fetch_blocks = False
-        self.submitted = time.monotonic()
-        self._completed: float | None = None
-        self._callbacks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
-
-    def get_result(self, block: bool = True, timeout: float | None = None) -> Any:
-        """Return the result; without block, raise ResultNotReady if not done.
-
-        A wait that times out (ClientTimeout) loses nothing: the result stays
-        fetchable until it is fetched.
-        """
-        return self._called_back(self._get(block, timeout if timeout is not None
-                                           else self.client.timeout))
-
-    def _get(self, block: bool, timeout: float | None) -> Any:
-        from ipython1.common.errors import ResultNotReady
-
-        while not self._done:
-            if self._fetch is None:
-                self._fetch = self.client._loop.submit(self._pending.get_result, block)
-                self._fetch_blocks = block
-            elif not block and not self._fetch.done():
-                raise ResultNotReady(f"result {self.id} is not ready yet")
-            try:
-                self._result = _wait(self._fetch, timeout, lambda: (
-                    f"stopped waiting for result {self.id}; the engines go on, and "
-                    "get_result() fetches it later"), debugger=self.client._serve_debugger)
-            except ClientTimeout:
-                raise
-            except ResultNotReady:
-                self._fetch = None
-                if block and not self._fetch_blocks:
-                    continue  # that was an earlier ready(): wait now
-                raise
-            except KernelError as e:
-                self._error = e
-            self._fetch = None
-            self._done = True
-            self._completed = time.monotonic()
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-    def ready(self) -> bool:
-        """Tell whether the result (or its error) has arrived, without waiting for it."""
-        if self._fetch is not None and not self._fetch.done():
-            return False
-        return self.wait(0)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait up to timeout s (None: for ever) for the result; return whether it came.
-
-        The result is kept: get_result() returns it (or raises its error) at once.
-        """
-        from ipython1.common.errors import ResultNotReady
-
-        try:
-            if timeout == 0:  # ask once, without waiting on the controller
-                self._get(block=False, timeout=self.client.timeout)
-            else:
-                self._get(block=True, timeout=timeout)
-        except (ResultNotReady, ClientTimeout):
-            return False
-        except KernelError:
-            pass  # done, with an error: get_result() raises it
-        return True
-
-    @property
-    def r(self) -> Any:
-        return self.get_result()
-
-    # -- IPython 0.10 and ipyparallel habits (issue 20) --
-
-    def add_callback(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Make get_result() return f(result, *args, **kwargs); callbacks chain in order.
-
-        As in IPython 0.10 they run when the result is fetched, in the caller's
-        thread; an error they raise is raised by get_result().
-        """
-        if not callable(f):
-            raise TypeError(f"add_callback() takes a callable, not {type(f).__name__}")
-        self._callbacks.append((f, args, kwargs))
-
-    def _called_back(self, result: Any) -> Any:
-        for f, args, kwargs in self._callbacks:
-            result = f(result, *args, **kwargs)
-        return result
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds since the call was sent: until its result arrived here, or until now."""
-        end = self._completed if self._completed is not None else time.monotonic()
-        return end - self.submitted
-
-    @property
-    def stdout(self) -> Any:
-        """What each engine printed (waits for the result): a str per engine, one for an
-        int target; None for calls that print nothing (push, pull...)."""
-        try:
-            value = self._get(True, self.client.timeout)  # without the callbacks
-        except KernelError:
-            value = self._error
-        kept = getattr(self._pending, "stdout", None)  # apply and map (call_with_stdout)
-        return kept if kept is not None else _stdout_of(value)
-
-    def __repr__(self) -> str:
-        return f"<PendingResult id={self.id} {'done' if self._done else 'pending'}>"
-
-
-def _stdout_of(value: Any) -> Any:
-    """Each engine's stdout in a command's result (or error), if the result keeps it."""
-    from ipython1.client.results import ExecuteResult
-    from ipython1.common.errors import CompositeError
-
-    if isinstance(value, ExecuteResult):
-        return value.stdout
-    record = getattr(value, "record", None)
-    if isinstance(value, KernelError) and isinstance(record, dict):
-        return record.get("stdout", "")
-    if isinstance(value, CompositeError):
-        parts = [(r.engine_id, r.stdout) for r in value.results if isinstance(r, ExecuteResult)]
-        parts += [(e.engine_id, (e.record or {}).get("stdout", "")) for e in value.errors
-                  if isinstance(getattr(e, "record", None), dict)]
-        return [text for _, text in sorted(parts, key=lambda p: p[0] if p[0] is not None
-                                           else -1)] or None
-    if isinstance(value, list) and value and all(isinstance(v, ExecuteResult) for v in value):
-        return [v.stdout for v in value]
-    return None
 
 
 class MultiEngineClient:
@@ -318,7 +60,7 @@ class MultiEngineClient:
     def _run(self, method: Callable[..., Any], *args: Any, targets: Any = None,
              block: bool | None = None, interruptible: bool = False, **kwargs: Any) -> Any:
         """Run method in the reactor thread; wait, or return a PendingResult."""
-        targets = self.targets if targets is None else targets
+        targets = as_targets(self.targets if targets is None else targets)  # a tuple: a list
         block = self.block if block is None else block
         on_interrupt = (lambda: self._interrupt_quietly(targets)) if interruptible else None
         try:
@@ -833,8 +575,6 @@ class MultiEngineClient:
 
     def view(self, targets: Any) -> Any:
         """Return a View: this client restricted to targets (also mec[0:4], mec[3])."""
-        from ipython1.client.views import View, resolve
-
         return View(self, resolve(targets, self.get_ids))
 
     def executor(self, targets: Any = None) -> Any:
@@ -871,247 +611,74 @@ class MultiEngineClient:
         self.close()
 
 
-# -- the task farm ---------------------------------------------------------------------
+# -- views: a client on fixed targets (mec[0:4], mec[3]) ------------------------------
+
+
+def resolve(key: int | slice | Sequence[int], ids: Callable[[], list[int]]) -> Any:
+    """Turn mec[key] into targets: an int stays one engine; a slice cuts the engine ids."""
+    if isinstance(key, bool):
+        raise TypeError("engine ids are ints, not bool")
+    if isinstance(key, int):
+        return key
+    if isinstance(key, slice):
+        return ids()[key]
+    if isinstance(key, (list, tuple, range)) and all(
+            isinstance(k, int) and not isinstance(k, bool) for k in key):
+        return list(key)
+    raise TypeError(f"mec[...] takes an engine id, a slice or a list of ids, not {key!r}")
+
+
+class View(MultiEngineClient):
+    """A MultiEngineClient on fixed targets; blocking like its client."""
+
+    def __init__(self, client: MultiEngineClient, targets: Any) -> None:
+        # Share the connection, reactor thread and settings; not a new session.
+        self.__dict__.update(client.__dict__)
+        self.client = client
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return 1 if isinstance(self.targets, int) else len(self.targets)
+
+    def view(self, targets: Any) -> View:
+        """Narrow this view: view[0] is its first engine, view[::2] every other one."""
+        mine = [self.targets] if isinstance(self.targets, int) else list(self.targets)
+        if isinstance(targets, int) and not isinstance(targets, bool):
+            return View(self.client, mine[targets])
+        return View(self.client, resolve(targets, lambda: mine))
+
+    def __repr__(self) -> str:
+        return f"<View targets={self.targets!r}>"
+
+    def apply_async(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call func(*args, **kwargs) on the view's engines; return a PendingResult."""
+        return self.apply(func, *args, block=False, **kwargs)
+
+    def apply_sync(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call func(*args, **kwargs) on the view's engines and wait for the results."""
+        return self.apply(func, *args, block=True, **kwargs)
+
+    def map_async(self, func: Callable[..., Any], *seqs: Sequence[Any]) -> Any:
+        """Map func over seqs across the view's engines; return a PendingResult."""
+        return self.map(func, *seqs, block=False)
+
+    def map_sync(self, func: Callable[..., Any], *seqs: Sequence[Any]) -> Any:
+        """Map func over seqs across the view's engines and wait for the results."""
+        return self.map(func, *seqs, block=True)
+
+    def close(self) -> None:
+        """Do nothing: the client the view came from owns the connection."""
+
+
+# -- IPython 0.10's client namespace: the task farm (taskfarm.py, tasks.py) -----------
 
 from ipython1.client.tasks import (  # noqa: E402
     MapTask,
     StringTask,
     TaskResult,
-    map_specs,
-    progress_bar,
 )
 
 __all__ += ["MapTask", "PendingTasks", "StringTask", "TaskClient", "TaskResult"]
-
-POLL_SECONDS = 0.5  # how long one wait on the controller lasts, so Ctrl-C is prompt
-WAIT_WINDOW = 4096  # task ids per wait() call while collecting results
-
-
-def _stopped_waiting(tasks: int) -> Interrupted:
-    """Ctrl-C while waiting on tasks: say, in one line, that they go on."""
-    return Interrupted(f"stopped waiting for {tasks} task(s); they go on running "
-                       "(abort(tid) cancels one that waits)")
-
-
-class PendingTasks:
-    """Tasks in flight (e.g. a non-blocking map): wait, watch, fetch."""
-
-    def __init__(self, client: TaskClient, tids: list[int], sizes: list[int] | None = None,
-                 join: Callable[[list[TaskResult]], Any] | None = None) -> None:
-        self.client = client
-        self.tids = list(tids)
-        self.sizes = sizes or [1] * len(self.tids)
-        self._join = join
-        self._results: dict[int, TaskResult] = {}
-
-    def ready(self) -> bool:
-        """Tell whether every task has finished (fetching what has)."""
-        self._collect(0)
-        return len(self._results) == len(self.tids)
-
-    def _collect(self, timeout: float | None, bar: Any = None) -> None:
-        """Fetch finished results, waiting up to timeout s for the next ones."""
-        pending = [t for t in self.tids if t not in self._results]
-        if not pending:
-            return
-        # Wait on the oldest ones only: sending every pending id on every poll
-        # made a 20,000-task map quadratic. Tasks mostly finish in order.
-        finished = self.client._call(self.client._async.wait, pending[:WAIT_WINDOW], False,
-                                     timeout)
-        if finished:
-            records = self.client._call(self.client._async.get_task_results, finished)
-            for tid, res in zip(finished, records, strict=True):
-                self._results[tid] = res
-            if bar is not None:
-                size = dict(zip(self.tids, self.sizes, strict=True))
-                bar.update(sum(size[t] for t in finished))
-            if self._join is not None:
-                self.client._call(self.client._async.clear, finished)
-
-    def wait(self, timeout: float | None = None, progress: bool | None = False) -> bool:
-        """Wait until every task finished or timeout s passed; return whether all did."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        bar = progress_bar(sum(self.sizes), "tasks", progress) if progress is not False \
-            else None
-        try:
-            while len(self._results) < len(self.tids):
-                left = POLL_SECONDS if deadline is None else min(
-                    POLL_SECONDS, deadline - time.monotonic())
-                if left <= 0:
-                    return False
-                self._collect(left, bar)
-        except KeyboardInterrupt:
-            raise _stopped_waiting(len(self.tids) - len(self._results)) from None
-        finally:
-            if bar is not None:
-                bar.close()
-        return True
-
-    def wait_interactive(self, timeout: float | None = None) -> bool:
-        """Wait with a progress bar counting items (in a terminal or notebook)."""
-        return self.wait(timeout, progress=None)
-
-    def get_result(self, timeout: float | None = None) -> Any:
-        """Wait and return the results (joined for a map); raise the first failure."""
-        if not self.wait(timeout):
-            raise ClientTimeout(f"tasks not finished within {timeout:g} s")
-        results = [self._results[t] for t in self.tids]
-        return self._join(results) if self._join is not None else results
-
-    def __repr__(self) -> str:
-        return f"<PendingTasks {len(self._results)}/{len(self.tids)} finished>"
-
-
-class TaskClient:
-    """Run independent tasks on whichever engines are free; blocking.
-
-    ``furl_or_file`` is a FURL, a FURL file, or None for the profile's
-    ``security/ipcontroller-task.furl``. See docs/tasks.md.
-    """
-
-    def __init__(self, furl_or_file: Any = None, profile: str = "default",
-                 timeout: float | None = None, connect_timeout: float = 10.0) -> None:
-        self._loop = ReactorThread.get()
-        self.timeout = timeout
-        future = self._loop.submit(asyncclient.get_task_client, furl_or_file, profile,
-                                   connect_timeout)
-        self._async = _wait(future, connect_timeout + 5)
-        _wait_for_restarts(self._async, timeout)
-
-    def _call(self, method: Callable[..., Any], *args: Any, timeout: float | None = None,
-              **kwargs: Any) -> Any:
-        return _wait(self._loop.submit(method, *args, **kwargs),
-                     self.timeout if timeout is None else timeout)
-
-    @property
-    def local_channel(self) -> bool:
-        """Tell whether calls take the controller's local command channel (same host)."""
-        return bool(self._async.local_channel)
-
-    def run(self, task: Any, block: bool = False) -> int:
-        """Queue a StringTask or MapTask; return its task id at once (block: 0.10's, unused)."""
-        if not hasattr(task, "to_wire"):
-            raise TypeError(f"run() takes a StringTask or a MapTask, not {type(task).__name__}")
-        spec = task.to_wire()  # serialize here, not on the reactor thread
-        tid = self._async.try_queue(spec)  # no reactor round trip while ids last
-        return tid if tid is not None else self._call(self._async.run_spec, spec)
-
-    def get_task_result(self, tid: int, block: bool = False,
-                        timeout: float | None = None) -> TaskResult | None:
-        """Return the task's TaskResult, or None if it has not finished (unless block)."""
-        if not block:
-            return self._call(self._async.get_task_result, tid, False)
-        pending = PendingTasks(self, [tid])
-        pending.get_result(timeout if timeout is not None else self.timeout)
-        return pending._results[tid]
-
-    def barrier(self, tids: Sequence[int], timeout: float | None = None,
-                progress: bool | None = None) -> None:
-        """Wait until every task of tids has finished (with a progress bar)."""
-        # Only wait: results stay on the controller for get_task_result.
-        deadline = None if timeout is None else time.monotonic() + timeout
-        remaining = list(tids)
-        bar = progress_bar(len(remaining), "tasks", progress)
-        try:
-            while remaining:
-                left = POLL_SECONDS if deadline is None else min(
-                    POLL_SECONDS, deadline - time.monotonic())
-                if left <= 0:
-                    raise ClientTimeout(f"{len(remaining)} task(s) not finished within "
-                                        f"{timeout:g} s")
-                finished = set(self._call(self._async.wait, remaining[:WAIT_WINDOW], False,
-                                          left))
-                if finished:
-                    bar.update(len(finished))
-                    remaining = [t for t in remaining if t not in finished]
-        except KeyboardInterrupt:
-            raise _stopped_waiting(len(remaining)) from None
-        finally:
-            bar.close()
-
-    def pending(self, tids: Sequence[int]) -> PendingTasks:
-        """Wrap task ids to wait for them (wait_interactive) and fetch their results."""
-        return PendingTasks(self, list(tids))
-
-    def map(self, func: Callable[..., Any], *seqs: Sequence[Any], chunksize: int | None = None,
-            block: bool = True, progress: bool | None = None, **options: Any) -> Any:
-        """Apply func to each element on any engines; return results in order.
-
-        The sequence is cut into chunks (about 8 per engine by default) that
-        run as MapTasks; options (retries, timeout, priority...) apply to each.
-        """
-        engines = len(self.queue_status()["engines"])
-        specs, sizes = map_specs(func, seqs, chunksize, engines, options)
-        tids = self._call(self._async.run_specs, specs)
-        from ipython1.client.tasks import join_map_results
-
-        pending = PendingTasks(self, tids, sizes, join_map_results)
-        if not block:
-            return pending
-        pending.wait(progress=progress)
-        return pending.get_result()
-
-    def abort(self, tid: int) -> None:
-        """Cancel a queued task; it fails with TaskAborted."""
-        self._call(self._async.abort, tid)
-
-    def queue_status(self, verbose: bool = False) -> dict[str, Any]:
-        """Return counts of pending, running (per engine), succeeded and failed tasks."""
-        return self._call(self._async.queue_status, verbose)
-
-    def clear(self, tids: Sequence[int] | None = None) -> int:
-        """Drop finished results (these, or all of this client's) from the controller."""
-        return self._call(self._async.clear, None if tids is None else list(tids))
-
-    def spin(self) -> None:
-        """Make the controller hand ready tasks to idle engines now."""
-        self._call(self._async.spin)
-
-    # -- IPython 0.10 names and executors (issue 20) --
-
-    def mapper(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
-               recovery_task: Any = None, depend: Any = None, block: bool = True,
-               **options: Any) -> Any:
-        """Return a TaskMapper: m.map(f, xs) runs MapTasks with these options."""
-        from ipython1.client.parallel import TaskMapper
-
-        return TaskMapper(self, clear_before, clear_after, retries, recovery_task, depend,
-                          block, **options)
-
-    def parallel(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
-                 recovery_task: Any = None, depend: Any = None, block: bool = True,
-                 **options: Any) -> Any:
-        """Return a decorator: @tc.parallel() def f(x): ...; f(xs) maps f with tasks."""
-        from ipython1.client.parallel import Parallel
-
-        return Parallel(self.mapper(clear_before, clear_after, retries, recovery_task, depend,
-                                    block, **options))
-
-    def executor(self, **options: Any) -> Any:
-        """Return a concurrent.futures.Executor running each call as a task (options:
-        retries, timeout, priority...)."""
-        from ipython1.client.executor import TaskExecutor
-
-        return TaskExecutor(self, **options)
-
-    @classmethod
-    def _wrap(cls, async_client: Any, timeout: float | None = None) -> TaskClient:
-        self = cls.__new__(cls)
-        self._loop = ReactorThread.get()
-        self.timeout = timeout
-        self._async = async_client
-        _wait_for_restarts(async_client, timeout)
-        return self
-
-    def close(self) -> None:
-        """Disconnect from the controller."""
-        self._loop.reactor.callFromThread(self._async.disconnect)
-
-    def __enter__(self) -> TaskClient:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 from ipython1.client.interactive import interactive  # noqa: E402 - ipyparallel's name
@@ -1144,3 +711,16 @@ __all__ += ["ClientTimeout", "CompositeError", "ConnectionLost", "ControllerNotF
             "KernelError", "NoEnginesRegistered", "PermissionDenied", "QueueCleared",
             "RemoteError", "ResultNotReady", "SerializationError", "TaskAborted",
             "TaskRejectError", "TaskTimeout", "UnmetDependency"]
+
+
+# What this module held before the blocking clients were split (its old name is
+# ipython1.kernel.client); the rest of it is imported above.
+_MOVED_OUT = {"DEBUGGER_POLL": "reactor", "_stdout_of": "pending", "POLL_SECONDS": "taskfarm",
+              "WAIT_WINDOW": "taskfarm", "_stopped_waiting": "taskfarm"}
+
+
+def __getattr__(name: str) -> Any:
+    """Re-export the constants that moved with their classes, imported only when asked for."""
+    if name in _MOVED_OUT:
+        return getattr(importlib.import_module(f"ipython1.client.{_MOVED_OUT[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
-"""IPython extension: run code on the engines from an IPython session.
+"""The %px magics: run code on the engines from an IPython session.
 
-Load it with ``%load_ext ipython1.magics`` (connects to the default
-profile's controller on first use) or ``mec.activate()`` (uses that
+Installed by ``%load_ext ipython1.magics`` (the extension: connects to the
+default profile's controller on first use) or ``mec.activate()`` (uses that
 client). Then:
 
 - ``%px [options] code`` runs one line on the active targets and shows each
@@ -21,6 +21,7 @@ of error), as in ipyparallel: "Run all" in a notebook stops there.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -124,9 +125,11 @@ class _AutopxTransform:
 class ParallelMagics(Magics):  # type: ignore[misc]
     """%px, %%px, %autopx, %result and %pxconfig for one MultiEngineClient."""
 
-    def __init__(self, shell: Any, client: Any = None) -> None:
+    def __init__(self, shell: Any, client: Any = None,
+                 connect: Callable[[], Any] | None = None) -> None:
         super().__init__(shell)
         self._client = client
+        self._connect = connect  # makes the client on first use when none is given
         self.targets: Any = None  # None: the client's own default
         self.block = True
         self.stream = False
@@ -139,10 +142,10 @@ class ParallelMagics(Magics):  # type: ignore[misc]
     @property
     def client(self) -> Any:
         if self._client is None:
-            from ipython1.client.blocking import MultiEngineClient
-
             try:
-                self._client = MultiEngineClient()
+                if self._connect is None:
+                    raise KernelError("no client given")
+                self._client = self._connect()
             except KernelError as e:
                 raise UsageError(f"no ipython1 controller to talk to: {e}. Start one "
                                  "(ipcluster start -n 4 --daemon) or call mec.activate() "
@@ -303,8 +306,12 @@ class ParallelMagics(Magics):  # type: ignore[misc]
 _installed: dict[int, ParallelMagics] = {}
 
 
-def activate(client: Any = None, shell: Any = None) -> ParallelMagics:
-    """Register the magics in shell (default: the running IPython) for client."""
+def activate(client: Any = None, shell: Any = None,
+             connect: Callable[[], Any] | None = None) -> ParallelMagics:
+    """Register the magics in shell (default: the running IPython) for client.
+
+    Without a client, ``connect()`` makes one when a magic first needs it.
+    """
     if shell is None:
         from IPython import get_ipython
 
@@ -314,16 +321,10 @@ def activate(client: Any = None, shell: Any = None) -> ParallelMagics:
     old = _installed.get(id(shell))
     if old is not None and old.autopx_on:
         old.autopx()  # toggle off: the new magics take over
-    magics = ParallelMagics(shell, client)
+    magics = ParallelMagics(shell, client, connect)
     shell.register_magics(magics)
     _installed[id(shell)] = magics
     return magics
-
-
-def load_ipython_extension(ipython: Any) -> None:
-    """%load_ext ipython1.magics: connect lazily to the default profile's controller."""
-    if id(ipython) not in _installed:
-        activate(None, ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

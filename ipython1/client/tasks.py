@@ -14,13 +14,13 @@ On the controller's host the calls take the local command channel instead
 (see `ipython1.transport.channel`), as the multi-engine client's do; a call whose
 arguments msgpack cannot hold takes Foolscap, and `ChannelSessionConnection`
 keeps the order across the switch. Answers are the same plain data either
-way (results come as one pickled byte string, ``get_results_packed``).
+way (results come as one msgpack byte string, ``get_results_packed``: plain
+data, with each value the engine's frames, deserialized here).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +29,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from ipython1.common import replies
 from ipython1.common.errors import ConnectionLost, KernelError, error_from_wire
 from ipython1.common.properties import takes_properties
 from ipython1.common.serialize import deserialize, serialize
@@ -503,12 +504,12 @@ class AsyncTaskClient:
     def get_task_result(self, tid: int, block: bool = False) -> Deferred[TaskResult | None]:
         """Fire with the task's TaskResult, or None if it is not finished (unless block)."""
         d = self._remote("get_results_packed", [tid], block)
-        return d.addCallback(lambda blob: _as_result(pickle.loads(blob)[0]))
+        return d.addCallback(lambda blob: _as_result(replies.loads(blob)[0]))
 
     def get_task_results(self, tids: list[int], block: bool = False) -> Deferred[Any]:
         """Fire with a TaskResult (or None) per task id."""
         d = self._remote("get_results_packed", list(tids), block)
-        return d.addCallback(lambda blob: [_as_result(r) for r in pickle.loads(blob)])
+        return d.addCallback(lambda blob: [_as_result(r) for r in replies.loads(blob)])
 
     def wait(self, tids: list[int], all_: bool = False,
              timeout: float | None = None) -> Deferred[list[int]]:

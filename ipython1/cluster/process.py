@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ipython1.cluster.launcher import tail
+from ipython1.cluster.local import stop_pids
 from ipython1.common.clusterdir import ClusterDir, pid_alive
 
 
@@ -75,8 +76,6 @@ class ProcessLauncher:
         return []
 
     def stop(self, grace: float) -> list[str]:
-        from ipython1.scripts.ipcluster import stop_pids
-
         lines = self.before_stop(grace)
         live = [pid for pid in self.pids() if pid_alive(pid)]
         killed = stop_pids(live, grace)

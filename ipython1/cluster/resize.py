@@ -14,9 +14,9 @@ import socket
 import time
 from typing import Any
 
+from ipython1.cluster import local as procs
 from ipython1.common import processes
 from ipython1.common.clusterdir import ClusterDir, pid_alive
-from ipython1.scripts import ipcluster
 
 
 def parse_ids(args: Any) -> list[int]:
@@ -43,8 +43,8 @@ def _client(cluster_dir: ClusterDir, timeout: float) -> Any:
 
 
 def _add_pids(cluster_dir: ClusterDir, pids: list[int]) -> None:
-    known = ipcluster.engine_pids(cluster_dir)
-    processes.write_pid_file(cluster_dir.pid_file(ipcluster.ENGINES_PID_FILE),
+    known = procs.engine_pids(cluster_dir)
+    processes.write_pid_file(cluster_dir.pid_file(procs.ENGINES_PID_FILE),
                              known + [p for p in pids if p not in known])
 
 
@@ -56,23 +56,23 @@ def add_engines(cluster_dir: ClusterDir, n: int, timeout: float = 120.0) -> list
     try:
         before = set(mec.get_ids())
         batch = cluster_dir.pid_file(f"ipengines-added-{os.getpid()}-{time.monotonic_ns()}")
-        argv = ipcluster._python_module(
+        argv = procs._python_module(
             "ipython1.scripts.ipengine", "--profile", cluster_dir.profile,
             "--connect-timeout", str(timeout), "--fork", str(n), "--pid-file", str(batch))
-        proc = ipcluster._spawn(argv, cluster_dir.log_file("ipengine-console"))
+        proc = procs._spawn(argv, cluster_dir.log_file("ipengine-console"))
         try:
-            ipcluster._wait_for(lambda: len(_read_pids(batch)) == n, timeout,
+            procs._wait_for(lambda: len(_read_pids(batch)) == n, timeout,
                                 lambda: proc.poll() is not None,
                                 lambda: f"the new engines exited with status {proc.returncode}"
-                                f":\n{ipcluster._tail(cluster_dir.log_file('ipengine-console'))}")
+                                f":\n{procs._tail(cluster_dir.log_file('ipengine-console'))}")
             pids = _read_pids(batch)
             _add_pids(cluster_dir, pids)
             batch.unlink(missing_ok=True)
-            ipcluster._wait_for(lambda: len(set(mec.get_ids()) - before) >= n, timeout,
+            procs._wait_for(lambda: len(set(mec.get_ids()) - before) >= n, timeout,
                                 lambda: not any(pid_alive(p) for p in pids),
                                 lambda: "the new engines exited before registering")
         except Exception:
-            ipcluster.stop_pids(_read_pids(batch) or [proc.pid], grace=3)
+            procs.stop_pids(_read_pids(batch) or [proc.pid], grace=3)
             batch.unlink(missing_ok=True)
             raise
         return sorted(set(mec.get_ids()) - before)
@@ -93,11 +93,11 @@ def remove_engines(cluster_dir: ClusterDir, ids: list[int], grace: float = 10.0)
         host = socket.gethostname()
         local = [int(i["pid"]) for i in infos if i.get("hostname") == host and i.get("pid")]
         mec.kill(targets=list(ids))
-        ipcluster._wait_for(lambda: not set(ids) & set(mec.get_ids()), grace,
+        procs._wait_for(lambda: not set(ids) & set(mec.get_ids()), grace,
                             lambda: False, lambda: "")
     finally:
         mec.close()
-    ipcluster.stop_pids([p for p in local if pid_alive(p)], grace)
-    left = [p for p in ipcluster.engine_pids(cluster_dir) if p not in local]
-    processes.write_pid_file(cluster_dir.pid_file(ipcluster.ENGINES_PID_FILE), left)
+    procs.stop_pids([p for p in local if pid_alive(p)], grace)
+    left = [p for p in procs.engine_pids(cluster_dir) if p not in local]
+    processes.write_pid_file(cluster_dir.pid_file(procs.ENGINES_PID_FILE), left)
     return sorted(ids)

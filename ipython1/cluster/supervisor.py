@@ -33,13 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipython1.cluster.local import ENGINES_PID_FILE, SUPERVISOR_PID_FILE, stop_pids
+from ipython1.common.clusterdir import ClusterDir
+from ipython1.common.private import open_private_log, write_private
+from ipython1.common.processes import check, write_pid_file
+
 RESTART_ENV = "IPYTHON1_ENGINE_RESTARTED"  # why the engine was restarted (for its event)
 SUPERVISED_ENV = "IPYTHON1_SUPERVISED"  # set for supervised engines: they have exit reports
 STDERR_LINES = 10  # lines of a dead engine's stderr kept in its EngineError
 MAX_RESTARTS = 10  # per engine within RESTART_WINDOW; then it is left dead
 RESTART_WINDOW = 60.0
-SUPERVISOR_PID_FILE = "ipsupervisor"
-ENGINES_PID_FILE = "ipengines"
 
 
 def describe_exit(returncode: int) -> str:
@@ -116,8 +119,6 @@ def exits_dir(pid_dir: Path) -> Path:
 
 def write_exit_report(pid_dir: Path, pid: int, report: dict[str, Any]) -> None:
     """Write what the supervisor saw of an engine's end (read by the controller)."""
-    from ipython1.common.clusterdir import write_private
-
     write_private(exits_dir(pid_dir) / f"{pid}.json", json.dumps(report))
 
 
@@ -138,7 +139,7 @@ def tail(path: Path, start: int, lines: int = STDERR_LINES) -> str:
             text = f.read()[-65536:].decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(text.splitlines()[-lines:])[-20_000:]  # the report's bound on the wire
 
 
 # -- the process -------------------------------------------------------------------
@@ -151,6 +152,7 @@ def foolscap_reporter(furl: str) -> Callable[[dict[str, Any]], None]:
     from twisted.internet import reactor
 
     from ipython1.common import wire
+    from ipython1.transport.foolscap import FoolscapRegistrationConnection
 
     threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
                      name="reactor", daemon=True).start()
@@ -160,7 +162,8 @@ def foolscap_reporter(furl: str) -> Callable[[dict[str, Any]], None]:
         if not tubs:
             tubs.append(wire.client_tub())
         d = wire.get_reference(tubs[0], furl, 10.0)
-        d.addCallback(lambda registration: registration.callRemote("report_exit", report))
+        d.addCallback(lambda reference: FoolscapRegistrationConnection(reference).report_exit(
+            report))
         d.addErrback(lambda f: sys.stderr.write(
             f"supervisor: could not report pid {report.get('pid')}'s end: "
             f"{f.getErrorMessage()}\n"))
@@ -172,10 +175,6 @@ def run(profile: str, commands: list[tuple[int | None, list[str]]],
         poll_interval: float = 0.05, pid_file: str | None = None) -> None:
     """Supervise commands until SIGTERM; then stop them all. With pid_file (on
     another host) record itself and its engines there, and report over Foolscap."""
-    from ipython1.common.clusterdir import ClusterDir, open_private_log
-    from ipython1.common.processes import check, write_pid_file
-    from ipython1.scripts.ipcluster import stop_pids
-
     cluster_dir = ClusterDir(profile).create()
     offsets: dict[int, tuple[Path, int]] = {}
     furl = os.environ.get("IPYTHON1_ENGINE_FURL", "").strip()

@@ -20,27 +20,45 @@ from zope.interface import Attribute, Interface
 from ipython1.common import ops
 from ipython1.common.constraints import (  # noqa: F401 - re-exported: the shared names
     MAX_ENGINES,
+    MAX_REPLY,
+    ClientInfo,
     CommandTag,
+    EngineInfo,
+    EngineProperties,
+    EngineReply,
+    ErrorReply,
+    ExitReport,
+    Flag,
     Frame,
     Frames,
     FramesByEngine,
-    Info,
     Keys,
+    LateDelivery,
+    ListOrNone,
     MaybeText,
     Name,
     Namespace,
     NamespaceByEngine,
+    OneOf,
     OpArgs,
     OpName,
-    Reply,
+    Record,
+    SessionReply,
     Sizes,
     Targets,
+    TaskIDs,
     Text,
+    Ticket,
     Token,
+    UserRow,
+    WhoAmI,
+    WireError,
+    answer,
 )
 
 TargetSpec = Any  # "all" | int | list[int]
-PropertyNames = ChoiceOf(Keys, None)  # get_properties(): the named ones, or all
+# get_properties(): the named ones, or all (a ChoiceOf of a list drops the connection)
+PropertyNames = ListOrNone(Name, maxLength=100_000)
 PropertyValues = AnyValue()  # checked as plain data by properties.update on arrival
 # A remote pdb's answer: {"output": text, "waiting": bool} (ChoiceOf cannot hold text).
 DebugReply = DictOf(Name, AnyValue(), maxKeys=4)
@@ -169,13 +187,14 @@ class RIEngine(RemoteInterface):
 
     def run(op=OpName, args=OpArgs, tag=Optional(MaybeText, None)):
         """Queue a command of the op table (ipython1.common.ops); args fit its schema.
-
+        The reply is msgpack bytes (common.replies), relayed to the client as it is.
         A tagged command's reply is kept for a restarted controller (kept_result)."""
-        return Reply
+        return EngineReply
 
     def kept_result(tag=CommandTag):
-        """[kept?, the reply of the tagged command (None if too large to keep)]."""
-        return Reply
+        """The kept reply of a tagged command (controller.recovered); None if it was
+        dropped or too large to keep."""
+        return ChoiceOf(EngineReply, None)
 
     def kill():
         return None
@@ -186,17 +205,17 @@ class RIEngine(RemoteInterface):
 
     def interrupt(channel_seq=ChoiceOf(int, None)):
         """Stop the running command, or the command channel call channel_seq."""
-        return bool
+        return Flag
 
     def open_transfer(pairing_id=Token, secret=Token, relay_port=int, direction=Name,
                       blob_id=Token, sizes=Sizes):
-        return bool
+        return Flag
 
     def open_command_channel(engine_id=int, offer=AnyValue()):
-        return bool
+        return Flag
 
     def properties():
-        return Info
+        return EngineProperties
 
     def stats():
         """This engine's CPU % since the last call and resident memory (not queued)."""
@@ -220,15 +239,15 @@ class RIEngineRegistration(RemoteInterface):
 
     __remote_name__ = "RIEngineRegistration.v1.ipython1"
 
-    def register_engine(engine=RIEngine, info=Info):
+    def register_engine(engine=RIEngine, info=EngineInfo):
         return int
 
-    def deliver_late(engine_id=int, late=Reply):
+    def deliver_late(engine_id=int, late=LateDelivery):
         """What ended while the controller was away (issue 15): {"tasks": task
-        replies, "finished": notes of other commands}."""
+        replies, "finished": notes of other commands, "results": tags of kept replies}."""
         return None
 
-    def report_exit(report=Info):
+    def report_exit(report=ExitReport):
         """How an engine ended, from its watcher (ipengine --watch) or supervisor:
         {"pid", "host", "exit": its code or signal, "stderr": its last lines}."""
         return None
@@ -249,18 +268,19 @@ class RIControllerAdmin(RemoteInterface):
 
     __remote_name__ = "RIControllerAdmin.v1.ipython1"
 
-    def add_user(name=Name, observer=bool):
-        return Reply
+    def add_user(name=Name, observer=Flag):
+        """Add a user; the answer's value is the FURL file's path."""
+        return answer(Text)
 
     def remove_user(name=Name):
-        return Reply
+        return answer(UserRow)
 
     def users():
-        return Reply
+        return answer(ListOf(UserRow, maxLength=100_000))
 
     def status():
         """The cluster's status: engines (host, pid, CPU, memory, queue), tasks, users."""
-        return Reply
+        return answer(DictOf(Name, AnyValue(), maxKeys=64))
 
 
 class RIMultiEngineSession(RemoteInterface):
@@ -281,43 +301,43 @@ class RIMultiEngineSession(RemoteInterface):
     def get_ids():
         return ListOf(int, maxLength=MAX_ENGINES)
 
-    def push_each(namespaces=NamespaceByEngine, block=bool, call=Optional(int, 0)):
-        return Reply
+    def push_each(namespaces=NamespaceByEngine, block=Flag, call=Optional(int, 0)):
+        return SessionReply
 
-    def apply_each(func=Frames, args=FramesByEngine, block=bool, call=Optional(int, 0)):
-        return Reply
+    def apply_each(func=Frames, args=FramesByEngine, block=Flag, call=Optional(int, 0)):
+        return SessionReply
 
-    def kill(controller=bool, targets=Targets, block=bool, call=Optional(int, 0)):
-        return Reply
+    def kill(controller=Flag, targets=Targets, block=Flag, call=Optional(int, 0)):
+        return SessionReply
 
-    def restart(targets=Targets, block=bool, call=Optional(int, 0)):
-        return Reply
+    def restart(targets=Targets, block=Flag, call=Optional(int, 0)):
+        return SessionReply
 
     def interrupt(targets=Targets):
-        return Reply
+        return SessionReply
 
     def logs(lines=int, targets=Targets):
-        return Reply
+        return SessionReply
 
     def debug_input(engine_id=int, line=Text):
         """A line for the debugger this client's command opened on engine_id."""
-        return Reply
+        return SessionReply
 
     def queue_status(targets=Targets):
-        return Reply
+        return SessionReply
 
     def clear_queue(targets=Targets):
-        return Reply
+        return SessionReply
 
     def open_transfer(engine_id=int, direction=Name, blob_id=Token, sizes=Sizes,
                       host=Optional(Name, "")):  # datachannel.host_key() of the client
-        return Reply
+        return Ticket
 
     def engine_info(targets=Targets):
-        return Reply
+        return SessionReply
 
-    def get_pending_result(pending_id=int, block=bool):
-        return Reply
+    def get_pending_result(pending_id=int, block=Flag):
+        return SessionReply
 
     def pending_ids():
         return ListOf(int, maxLength=1_000_000)
@@ -326,17 +346,17 @@ class RIMultiEngineSession(RemoteInterface):
         """Drop this session's unfetched results (flush()); return how many."""
         return int
 
-    def get_properties(keys=PropertyNames, targets=Targets, block=bool,
+    def get_properties(keys=PropertyNames, targets=Targets, block=Flag,
                        call=Optional(int, 0)):
         """Each target's engine properties (IPython 0.10): the named ones, or all."""
-        return Reply
+        return SessionReply
 
-    def update_properties(action=Name, arg=PropertyValues, targets=Targets, block=bool,
+    def update_properties(action=Name, arg=PropertyValues, targets=Targets, block=Flag,
                           call=Optional(int, 0)):
         """Set (arg: a dict of plain data), del (arg: names) or clear properties."""
-        return Reply
+        return SessionReply
 
-    def subscribe_output(observer=AnyValue(), own_only=bool):
+    def subscribe_output(observer=AnyValue(), own_only=Flag):
         """Send live output as observer.output({"engine_id", "chunks", ...})."""
         return None
 
@@ -344,36 +364,36 @@ class RIMultiEngineSession(RemoteInterface):
         return None
 
     def session_log():
-        return Reply
+        return SessionReply
 
     # -- collaboration (issue 8) --
 
     def whoami():
-        return Info
+        return WhoAmI
 
     def users():
-        return Reply
+        return SessionReply
 
     def say(text=Text):
-        return Reply
+        return OneOf(ErrorReply, none=True)
 
     def subscribe_events(observer=RIEventObserver, history=int):
         """Send events to observer: up to `history` recent ones first, then live."""
-        return Reply
+        return OneOf(Record(seq=int), ErrorReply)
 
     def unsubscribe_events():
         return None
 
-    def transcript(user=AnyValue(), last=int):  # a name or None
-        return Reply
+    def transcript(user=MaybeText, last=int):  # a user's name, or None: everyone's
+        return SessionReply
 
     def open_command_channel(host=Text):
         """Offer this session over the controller's local socket (transport.channel)."""
         return AnyValue()
 
-    def connect_tasks(info=Info):
+    def connect_tasks(info=ClientInfo):
         """Open this user's session with the task farm: {"status": "ok", "value": it}."""
-        return Reply
+        return answer(AnyValue())  # an RITaskFarmSession (declared below)
 
 
 class RIMultiEngine(RemoteInterface):
@@ -381,11 +401,8 @@ class RIMultiEngine(RemoteInterface):
 
     __remote_name__ = "RIMultiEngine.v1.ipython1"
 
-    def connect(info=Info):
+    def connect(info=ClientInfo):
         return RIMultiEngineSession
-
-
-TaskIDs = ListOf(int, maxLength=1_000_000)
 
 
 class RITaskFarmSession(RemoteInterface):
@@ -395,32 +412,32 @@ class RITaskFarmSession(RemoteInterface):
     __remote_name__ = "RITaskFarmSession.v1.ipython1"
 
     def reserve(n=int):
-        return Reply
+        """Reserve n consecutive task ids; the value is the first."""
+        return answer(int)
 
     def submit(tasks=ListOf(AnyValue(), maxLength=100_000)):
-        return Reply
+        """Queue [tid, meta, payload] tasks (task.validate_spec); None or an error each."""
+        return answer(ListOf(ChoiceOf(None, WireError), maxLength=100_000))
 
-    def get_results(tids=TaskIDs, block=bool):
-        return Reply
+    def get_results_packed(tids=TaskIDs, block=Flag):
+        """Each task's result record (or None), all in one msgpack byte string
+        (cheap to send); each value is the engine's frames of the result."""
+        return answer(ByteStringConstraint(MAX_REPLY))
 
-    def get_results_packed(tids=TaskIDs, block=bool):
-        """As get_results, the records pickled into one byte string (cheap to send)."""
-        return Reply
-
-    def wait(tids=TaskIDs, all_=bool, timeout=ChoiceOf(float, int, None)):
-        return Reply
+    def wait(tids=TaskIDs, all_=Flag, timeout=ChoiceOf(float, int, None)):
+        return answer(TaskIDs)
 
     def abort(tid=int):
-        return Reply
+        return answer(None)
 
-    def queue_status(verbose=bool):
-        return Reply
+    def queue_status(verbose=Flag):
+        return answer(DictOf(Name, AnyValue(), maxKeys=64))
 
-    def clear(tids=AnyValue()):  # a list of ids or None (ChoiceOf cannot hold a ListOf)
-        return Reply
+    def clear(tids=ListOrNone(int, maxLength=1_000_000)):  # None: all of this client's
+        return answer(int)
 
     def spin():
-        return Reply
+        return answer(None)
 
     def open_command_channel(host=Text):
         """Offer this session over the controller's local socket (transport.channel)."""
@@ -432,5 +449,5 @@ class RITaskFarm(RemoteInterface):
 
     __remote_name__ = "RITaskFarm.v1.ipython1"
 
-    def connect(info=Info):
+    def connect(info=ClientInfo):
         return RITaskFarmSession

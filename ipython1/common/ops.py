@@ -30,12 +30,13 @@ from foolscap.remoteinterface import RemoteMethodSchema
 from foolscap.schema import Optional
 
 from ipython1.common.constraints import (
+    Flag,
     Frames,
     Keys,
     MaybeInt,
     MaybeText,
     Namespace,
-    Reply,
+    SessionReply,
     Targets,
     TaskBatch,
     Text,
@@ -74,8 +75,9 @@ OPS: dict[str, Op] = {
     # Post mortem pdb on the engine's last exception; the client that sent it drives it.
     "debug": Op(),
     "complete": Op((("text", Text), ("line", MaybeText), ("cursor_pos", MaybeInt))),
-    # The task farm's batches; replies are plain data (the farm reads them).
-    "run_tasks": Op((("batch", TaskBatch),), session=False, encoded=False),
+    # The task farm's batches; the reply is msgpack like every other (the farm
+    # decodes it to schedule; each result stays the engine's opaque frames).
+    "run_tasks": Op((("batch", TaskBatch),), session=False),
 }
 
 # The calls a session keeps on the controller (no engine runs them) that observers may make.
@@ -95,7 +97,7 @@ def op(name: Any) -> Op:
 
 
 def _schema(args: tuple[tuple[str, Any], ...]) -> RemoteMethodSchema:
-    return RemoteMethodSchema(_response=Reply, **dict(args))
+    return RemoteMethodSchema(_response=SessionReply, **dict(args))
 
 
 def _checker(args: tuple[tuple[str, Any], ...]) -> Callable[[Any], None]:
@@ -139,7 +141,7 @@ def session_schemas() -> dict[str, RemoteMethodSchema]:
     """Return the multi-engine session's method per op: op(*args, targets, block, call).
 
     call: the client's id for the command (0: none); see controller/recovered.py."""
-    return {name: _schema((*entry.args, ("targets", Targets), ("block", bool),
+    return {name: _schema((*entry.args, ("targets", Targets), ("block", Flag),
                            ("call", Optional(int, 0))))
             for name, entry in OPS.items() if entry.session}
 

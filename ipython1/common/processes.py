@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ipython1.common.private import write_private
+
 # -P (Python 3.11+): the script's or the current directory is not prepended to sys.path.
 SAFE_PATH_FLAGS = ["-P"] if sys.version_info >= (3, 11) else []
 _MAGIC = "# ipython1 pid file v2"
@@ -78,8 +80,6 @@ def write_pid_file(path: Path, pids: list[int]) -> None:
     The first line of each record is the bare pid, so older readers (and
     ``read_pid``) still find it.
     """
-    from ipython1.common.clusterdir import write_private
-
     lines = [_MAGIC]
     for pid in pids:
         ident = identity(pid)

@@ -10,8 +10,10 @@ msgpack array header followed by the N replies exactly as the engines sent
 them. The controller may decode a reply to look at it (events, the session
 log) but it forwards the engine's bytes, never a re-encoding.
 
-A reply msgpack cannot encode (a value of an unexpected type) stays a dict,
-which Foolscap carries as before; every reader accepts both forms.
+So an engine's reply is always bytes (``RIEngine.run`` returns
+``EngineReply``): a reply msgpack cannot encode (a value of an unexpected
+type) becomes an error reply that says so. Readers still accept a dict, the
+form of errors the controller makes itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+
+from ipython1.common.errors import KernelError, error_to_wire
 
 PACKED = b"IPR1"  # prefix of a packed list of replies
 
@@ -33,12 +37,16 @@ def loads(data: Any) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-def encode(reply: Any) -> Any:
-    """Return reply as msgpack bytes, or unchanged if msgpack cannot hold it."""
+def encode(reply: Any) -> bytes:
+    """Return reply as msgpack bytes; if msgpack cannot hold it, an error reply saying so."""
     try:
         return dumps(reply)
-    except (TypeError, ValueError, OverflowError):
-        return reply
+    except (TypeError, ValueError, OverflowError) as e:
+        engine_id = reply.get("engine_id") if isinstance(reply, dict) else None
+        error = KernelError(f"the engine's reply cannot be sent ({e}): it holds a value "
+                            "msgpack cannot encode")
+        return dumps({"engine_id": engine_id, "status": "error",
+                      "error": error_to_wire(error, engine_id)})
 
 
 def decode(reply: Any) -> Any:

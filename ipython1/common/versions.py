@@ -16,7 +16,7 @@ from typing import Any
 from ipython1 import __version__
 from ipython1.common.errors import VersionMismatch
 
-PROTOCOL = 2  # bump when the wire changes incompatibly
+PROTOCOL = 3  # bump when the wire changes incompatibly (3: msgpack task results, issue 13)
 
 
 def _module_version(name: str) -> str:

@@ -310,14 +310,12 @@ def _kept_part(controller: Any, tag: str, engine_id: int, state: str) -> Deferre
                                   "could be recovered"))
     d = record.connection.control("kept_result", tag)
 
-    def answer(found: Any) -> Any:
-        kept, reply = found
+    def answer(reply: Any) -> Any:
         if reply is not None:
             return reply
-        return lost(f"engine {engine_id}'s reply " + (
-            "was too large to keep for a restarted controller (for execute: its record is "
-            "in the engine's history, mec.get_result(n))" if kept else
-            "was dropped from the replies it keeps (the oldest go first)"))
+        return lost(f"engine {engine_id}'s reply was too large to keep for a restarted "
+                    "controller, or dropped from the replies it keeps (the oldest go first; "
+                    "for execute its record is in the engine's history: mec.get_result(n))")
 
     return d.addCallbacks(answer, lambda f: lost(f"engine {engine_id}: {f.getErrorMessage()}"))
 
@@ -487,7 +485,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         if self.revoked:
             return defer.succeed(self._raise_as_data(Failure(self._denied("queue_status"))))
         d = defer.maybeDeferred(self.adapter.queue_status, targets)
-        return d.addErrback(self._raise_as_data)
+        return d.addCallbacks(replies.pack, self._raise_as_data)  # SessionReply
 
     def remote_clear_queue(self, targets: Any) -> Deferred[Any]:
         return self._call(True, "clear_queue", targets)
@@ -503,7 +501,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
     def remote_engine_info(self, targets: Any) -> Deferred[Any]:
         d = defer.maybeDeferred(self.adapter.engine_info, targets)
-        return d.addErrback(self._raise_as_data)
+        return d.addCallbacks(replies.pack, self._raise_as_data)  # SessionReply
 
     def remote_get_pending_result(self, pending_id: int, block: bool) -> Deferred[Any]:
         if pending_id not in self.pending and self.token:
@@ -588,7 +586,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         denied = self._denied("session_log")
         if denied is not None:
             return self._refuse("session_log", denied)
-        return self.adapter.session_log()
+        return self.adapter.session_log().addCallback(replies.pack)  # SessionReply
 
     def remote_subscribe_output(self, observer: Any, own_only: bool) -> None:
         """Forward live engine output (only this client's commands if own_only)."""
@@ -632,7 +630,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
     def remote_users(self) -> Any:
         from ipython1.controller.users import list_users
 
-        return list_users(self.adapter)
+        return replies.pack(list_users(self.adapter))  # SessionReply
 
     def remote_say(self, text: str) -> Any:
         if self.revoked:
@@ -667,7 +665,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
 
         if user is not None and not isinstance(user, str):
             return self._raise_as_data(Failure(KernelError("user must be a name or None")))
-        return transcript_tail(self.adapter, user, last)
+        return replies.pack(transcript_tail(self.adapter, user, last))  # SessionReply
 
     def remote_connect_tasks(self, info: Any) -> Any:
         """Open a task farm session acting as this session's user (and kind)."""
@@ -705,7 +703,7 @@ class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
         token = where.pop("client_token", "")
         session = MultiEngineSession(self.adapter, f"{user}/client-{next(self._client_ids)}",
                                      user, self.kind, token if valid_token(token) else "")
-        if debugger is not None and hasattr(debugger, "callRemote"):
+        if debugger is not None and foolscap_transport.is_reference(debugger):
             self.adapter.controller.debug_clients[session.client] = debugger
         directory = getattr(self.adapter, "directory", None)
         if directory is not None:

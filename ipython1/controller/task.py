@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import pickle
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -38,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ipython1.common import replies
 from ipython1.common.errors import (
     EngineError,
     InvalidTaskID,
@@ -992,6 +992,7 @@ class TaskFarm:
 
     def _replied(self, reply: Any, batch: Batch, command: Command) -> None:
         self._commands.pop(batch.id, None)
+        reply = replies.decode(reply)  # msgpack: plain data; each result stays frames
         if isinstance(reply, dict) and reply.get("status") == "ok" and isinstance(
                 reply.get("value"), list):
             self.scheduler.batch_done(batch.engine_id, batch.id, reply["value"])
@@ -1180,12 +1181,13 @@ def _ok(value: Any) -> dict[str, Any]:
 
 
 def _pack(answer: dict[str, Any]) -> dict[str, Any]:
-    """Pickle result records into one byte string: Foolscap's per-token cost
-    made 20,000 records as nested dicts take ~6 s to send; one string takes ms.
-    The records are the controller's own plain data (values stay opaque frames
-    inside them); nothing from a client is unpickled here."""
+    """Encode result records as one msgpack byte string: Foolscap's per-token
+    cost made 20,000 records as nested dicts take ~6 s to send; one string takes
+    ms. The records are plain data (msgpack, as the journal keeps them) and each
+    value stays the engine's frames: nobody unpickles anything but the client,
+    which deserializes the values it asked for."""
     if answer.get("status") == "ok":
-        return {"status": "ok", "value": pickle.dumps(answer["value"], protocol=5)}
+        return {"status": "ok", "value": replies.dumps(answer["value"])}
     return answer
 
 
@@ -1235,9 +1237,6 @@ class TaskFarmSession(Referenceable):  # type: ignore[misc]
 
     def remote_submit(self, tasks: list[Any]) -> Deferred[Any]:
         return self._call(self.farm.submit, tasks, self.client, self.user, op="run tasks")
-
-    def remote_get_results(self, tids: list[int], block: bool) -> Deferred[Any]:
-        return self._call(self.farm.get_results, tids, block, op="get_task_result")
 
     def remote_get_results_packed(self, tids: list[int], block: bool) -> Deferred[Any]:
         d = self._call(self.farm.get_results, tids, block, op="get_task_result")

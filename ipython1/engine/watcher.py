@@ -28,6 +28,7 @@ from typing import Any
 WATCHED_ENV = "IPYTHON1_WATCHED"  # set in a watched engine: its watcher reports its end
 STDERR_LINES = 10  # lines of a dead engine's stderr in its exit report
 KEEP_BYTES = 65536  # of each engine's stderr, the last, kept for its report
+MAX_STDERR = 20_000  # characters of it in the report (the wire's bound)
 
 
 class StderrTail:
@@ -68,7 +69,7 @@ class StderrTail:
     def lines(self, n: int = STDERR_LINES) -> str:
         self.thread.join(1.0)  # what the engine wrote just before it ended
         text = b"".join(self.kept).decode(errors="replace")
-        return "\n".join(text.splitlines()[-n:])
+        return "\n".join(text.splitlines()[-n:])[-MAX_STDERR:]
 
 
 def exit_report(pid: int, status: int, stderr: str, host: str | None = None) -> dict[str, Any]:
@@ -105,6 +106,7 @@ def watch(engines: dict[int, StderrTail], furl: Callable[[], str]) -> None:
     from twisted.internet import reactor
 
     from ipython1.common import wire
+    from ipython1.transport.foolscap import FoolscapRegistrationConnection
 
     left = set(engines)
     tub: Any = None
@@ -129,7 +131,8 @@ def watch(engines: dict[int, StderrTail], furl: Callable[[], str]) -> None:
         if tub is None:
             tub = wire.client_tub()
         d = wire.get_reference(tub, furl(), 10.0)
-        d.addCallback(lambda registration: registration.callRemote("report_exit", report))
+        d.addCallback(lambda reference: FoolscapRegistrationConnection(reference).report_exit(
+            report))
         d.addErrback(lambda f: sys.stderr.write(
             f"ipengine: could not report engine {pid}'s end ({report['exit']}): "
             f"{f.getErrorMessage()}\n"))

@@ -3,7 +3,7 @@
 ``from ipython1.kernel import client``, ``client.MultiEngineClient``,
 ``client.TaskClient`` and ``ipython1.kernel.asyncclient.get_multiengine_client``
 keep working, as does every other module name of before issue 13 (the
-``ipython1.kernel.X``, ``ipython1.magics``, ``ipython1.shell``): importing an
+``ipython1.kernel.X``, ``ipython1.shell``, ``ipython1.client.views``): importing an
 old name gives the new module object itself, so a test that monkeypatches
 ``ipython1.kernel.engine.X`` patches the engine's module, and ``python -m``
 runs the new module. The old names are listed once, in `MOVED`; ``import
@@ -56,8 +56,8 @@ MOVED = {
     "ipython1.kernel.client": "ipython1.client.blocking",
     "ipython1.kernel.results": "ipython1.client.results",
     "ipython1.kernel.taskclient": "ipython1.client.tasks",
-    "ipython1.magics": "ipython1.client.magics",
     "ipython1.shell": "ipython1.client.shell",
+    "ipython1.client.views": "ipython1.client.blocking",
 }
 """A module's old full name -> its new one."""
 

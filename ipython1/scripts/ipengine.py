@@ -67,7 +67,8 @@ class Options(usage.Options):
 
 def _engine_service(options: Any, own_shell_thread: bool) -> Any:
     from ipython1.cluster.supervisor import RESTART_ENV, SUPERVISED_ENV
-    from ipython1.engine.kernel import EngineService, ShellRunner
+    from ipython1.engine.runner import ShellRunner
+    from ipython1.engine.service import EngineService
     from ipython1.engine.watcher import WATCHED_ENV
 
     info: dict[str, Any] = {}

@@ -1,19 +1,29 @@
-"""The Foolscap implementations of IEngineConnection and ISessionConnection."""
+"""The Foolscap implementations of the transport interfaces (see `interfaces`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from foolscap.referenceable import RemoteReference
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from ipython1.transport.interfaces import IEngineConnection, ISessionConnection
+from ipython1.transport.interfaces import (
+    IEngineConnection,
+    IRegistrationConnection,
+    ISessionConnection,
+)
 
 
 def call(reference: Any, method: str, *args: Any) -> Deferred[Any]:
     """Call method on a Foolscap reference; a failure to send fails the Deferred."""
     return defer.maybeDeferred(reference.callRemote, method, *args)
+
+
+def is_reference(value: Any) -> bool:
+    """Tell whether value is a peer's object we can call (a capability it sent)."""
+    return isinstance(value, RemoteReference) or callable(getattr(value, "callRemote", None))
 
 
 @implementer(IEngineConnection)
@@ -61,6 +71,26 @@ class FoolscapSessionConnection:
 
     def call(self, method: str, args: Any) -> Deferred[Any]:
         return call(self.reference, method, *args)
+
+    def notifyOnDisconnect(self, callback: Any, *args: Any) -> Any:
+        return self.reference.notifyOnDisconnect(callback, *args)
+
+
+@implementer(IRegistrationConnection)
+class FoolscapRegistrationConnection:
+    """The controller's registration capability (RIEngineRegistration), as an engine holds it."""
+
+    def __init__(self, reference: Any) -> None:
+        self.reference = reference
+
+    def register(self, engine: Any, info: Any) -> Deferred[int]:
+        return call(self.reference, "register_engine", engine, info)
+
+    def deliver_late(self, engine_id: int, late: Any) -> Deferred[None]:
+        return call(self.reference, "deliver_late", engine_id, late)
+
+    def report_exit(self, report: Any) -> Deferred[None]:
+        return call(self.reference, "report_exit", report)
 
     def notifyOnDisconnect(self, callback: Any, *args: Any) -> Any:
         return self.reference.notifyOnDisconnect(callback, *args)

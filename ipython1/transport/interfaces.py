@@ -45,3 +45,19 @@ class ISessionConnection(Interface):
 
     def notifyOnDisconnect(callback: Any, *args: Any) -> Any:
         """Call callback(*args) once the controller is gone."""
+
+
+class IRegistrationConnection(Interface):
+    """An engine's link to the controller's registration capability."""
+
+    def register(engine: Any, info: Any) -> Any:
+        """Register engine (its RIEngine) with info; Deferred with its engine id."""
+
+    def deliver_late(engine_id: int, late: Any) -> Any:
+        """Hand over what finished while the controller was away (issue 15); Deferred."""
+
+    def report_exit(report: Any) -> Any:
+        """Tell how an engine ended (a watcher's or a supervisor's report); Deferred."""
+
+    def notifyOnDisconnect(callback: Any, *args: Any) -> Any:
+        """Call callback(*args) once the controller is gone."""

@@ -16,7 +16,7 @@ import pytest
 from foolscap.api import Referenceable
 from zope.interface import implementer
 
-from ipython1.client.blocking import ReactorThread
+from ipython1.client.reactor import ReactorThread
 from ipython1.common.interfaces import RIMultiEngineSession
 from ipython1.controller.queue import EngineQueue
 from ipython1.controller.registry import Controller, EngineRecord
@@ -232,8 +232,8 @@ class EchoEngine:
 
 def test_channel_calls_run_on_the_shell_thread_and_interrupts_name_their_call(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipython1.engine import kernel as engine_module
-    from ipython1.engine.kernel import ShellRunner
+    from ipython1.engine import runner as runner_module
+    from ipython1.engine.runner import ShellRunner
 
     name = f"@ipython1-test-{os.getpid()}-{time.monotonic_ns()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -272,7 +272,7 @@ def test_channel_calls_run_on_the_shell_thread_and_interrupts_name_their_call(
         assert not ok and "unknown command" in error["evalue"]
         # Jobs from the reactor still run while the shell waits on the channel.
         delivered = threading.Event()
-        monkeypatch.setattr(engine_module, "reactor", SimpleNamespace(
+        monkeypatch.setattr(runner_module, "reactor", SimpleNamespace(
             callFromThread=lambda f, *a: (f(*a), delivered.set())))
         replies: list[Any] = []
         runner.submit(lambda: "from the reactor").addCallback(replies.append)

@@ -375,7 +375,7 @@ def test_load_ext_registers_the_magics(shared_cluster):
     shell = InteractiveShell.instance()
     saved = magics_mod._installed.pop(id(shell), None)
     try:
-        result, _ = run(shell, "%load_ext ipython1.client.magics")
+        result, _ = run(shell, "%load_ext ipython1.magics")
         assert result.success and "px" in shell.magics_manager.magics["line"]
         assert "px" in shell.magics_manager.magics["cell"]
         assert magics_mod._installed[id(shell)]._client is None  # connects on first use

@@ -17,7 +17,7 @@ PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGA
        "RU5ErkJggg==")
 
 CELLS = [
-    "%load_ext ipython1.client.magics",
+    "%load_ext ipython1.magics",
     "%px import os; os.getpid()",
     "%%px --targets 1\nprint('cell on one')\n6 * 7",
     "%pxconfig --stream",

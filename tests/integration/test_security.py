@@ -132,7 +132,7 @@ def test_deluser_rotates_every_furl_engine_code_could_read(shared) -> None:
 
 def _call_admin_furl(furl: str) -> None:
     """Use a FURL as the admin capability (blocking); raise what the connection raised."""
-    from ipython1.client.blocking import ReactorThread, _wait
+    from ipython1.client.reactor import ReactorThread, _wait
     from ipython1.common import wire
 
     def call() -> object:
@@ -235,8 +235,8 @@ def subscribe_and_never_acknowledge(furl_file: str) -> object:
     from foolscap.api import Referenceable
     from twisted.internet.defer import Deferred
 
-    from ipython1.client.blocking import ReactorThread, _wait
     from ipython1.client.multiengine import _open_session
+    from ipython1.client.reactor import ReactorThread, _wait
     from ipython1.common import wire
 
     class Stalled(Referenceable):
@@ -253,7 +253,7 @@ def subscribe_and_never_acknowledge(furl_file: str) -> object:
 
 
 def test_a_stalled_output_subscriber_slows_no_command(shared) -> None:
-    from ipython1.client.blocking import ReactorThread
+    from ipython1.client.reactor import ReactorThread
 
     cluster, furls = shared
     owner = cluster.client(timeout=60)

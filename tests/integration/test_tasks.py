@@ -251,7 +251,7 @@ def test_task_farm_and_multiengine_commands_at_once(tc, cluster):
 def test_async_client(cluster):
     from twisted.internet import defer
 
-    from ipython1.client.blocking import ReactorThread, _wait
+    from ipython1.client.reactor import ReactorThread, _wait
 
     @defer.inlineCallbacks
     def go():

@@ -8,7 +8,7 @@ from typing import Any
 from foolscap.api import Referenceable
 from twisted.internet import defer
 
-from ipython1.client.blocking import ReactorThread
+from ipython1.client.reactor import ReactorThread
 from ipython1.common import wire
 
 

@@ -10,7 +10,8 @@ import signal
 import sys
 import time
 
-from ipython1.client.blocking import MultiEngineClient, ReactorThread
+from ipython1.client.blocking import MultiEngineClient
+from ipython1.client.reactor import ReactorThread
 
 furl, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 mec = MultiEngineClient(furl, timeout=60)

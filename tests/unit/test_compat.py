@@ -8,10 +8,10 @@ import pickle
 import pytest
 
 from ipython1.client import parallel
+from ipython1.client.blocking import resolve
 from ipython1.client.interactive import InteractiveFunction, interactive
 from ipython1.client.results import ExecuteResult
 from ipython1.client.tasks import MapTask, StringTask
-from ipython1.client.views import resolve
 from ipython1.cluster.resize import parse_ids
 from ipython1.common import properties as P
 from ipython1.common.errors import KernelError, TaskRejectError, error_from_wire, error_to_wire

@@ -23,13 +23,16 @@ from twisted.python.failure import Failure
 
 from ipython1.client.multiengine import AsyncMultiEngineClient
 from ipython1.client.tasks import StringTask
-from ipython1.common import ops
+from ipython1.client.tasks import TaskResult as TaskClientResult
+from ipython1.common import ops, replies
 from ipython1.common.errors import CompositeError, RemoteError
 from ipython1.common.serialize import deserialize
 from ipython1.controller.multiengine import MultiEngine, MultiEngineSession
 from ipython1.controller.registry import Controller
 from ipython1.controller.task import TaskFarm, TaskFarmSession
-from ipython1.engine.kernel import EngineKernel, EngineReferenceable, ShellRunner
+from ipython1.engine.kernel import EngineKernel
+from ipython1.engine.runner import ShellRunner
+from ipython1.engine.service import EngineReferenceable
 from ipython1.transport import channel as command_channel
 from ipython1.transport.channel import ChannelEngineConnection, ClientEnd, ControllerEnd
 from ipython1.transport.foolscap import FoolscapSessionConnection
@@ -74,6 +77,9 @@ class LocalReference:
 
         def deliver() -> None:
             d = defer.maybeDeferred(self.target.doRemoteCall, name, args, {})
+            if interface is not None:  # as Foolscap's broker checks an answer before sending
+                d.addCallback(lambda result: (
+                    interface[name].checkResults(result, False), result)[1])
             d.addBoth(lambda result: self.turns.later(answer.callback, result))
 
         self.turns.later(deliver)
@@ -260,6 +266,17 @@ def test_every_multiengine_op_on_every_pairing(cluster: Cluster, request: Any) -
     assert "a" in c.result(mec.who(targets=0))
     assert "a" in c.result(mec.whos(targets=0))["text"]
     assert c.result(mec.ping(targets=0))["pid"] == os.getpid()
+    # The session's calls beside the op table answer within their schemas too.
+    assert c.result(mec.get_ids()) == [0]
+    assert c.result(mec.queue_status())[0]["engine_id"] == 0
+    assert c.result(mec.engine_info(targets=[0]))[0]["pid"] == 1
+    c.result(mec.set_properties({"color": "red"}))
+    assert c.result(mec.get_properties(["color"], targets=0)) == {"color": "red"}
+    assert c.result(mec.whoami())["user"] == "owner"
+    assert c.result(mec.session_log())
+    assert c.result(mec.users())[0]["kind"] == "owner"
+    assert c.result(mec.say("hello")) is None
+    assert c.result(mec.transcript()) == []
     with pytest.raises((RemoteError, CompositeError)):
         c.result(mec.execute("1 / 0"))
     assert c.result(mec.interrupt()) == [False]  # idle: nothing to stop
@@ -278,16 +295,34 @@ def test_every_task_farm_op_on_every_pairing(cluster: Cluster) -> None:
         assert answer["status"] == "ok", answer
         return answer["value"]
 
-    first = call("reserve", 2)
+    engine_replies: list[Any] = []
+    replied = c.farm._replied
+    c.farm._replied = lambda reply, *rest: (  # type: ignore[method-assign]
+        engine_replies.append(reply), replied(reply, *rest))[1]
+    first = call("reserve", 3)
     meta, payload = StringTask("b = a * 2", push={"a": 21}, pull="b").to_wire()
     assert call("submit", [[first, meta, payload]]) == [None]
     call("spin")
     assert call("wait", [first], True, None) == [first]
-    record = call("get_results", [first], False)[0]
+    packed = call("get_results_packed", [first], False)
+    # What crosses the wire: the engine's batch reply and the records are msgpack
+    # bytes (plain data); the value inside is the engine's frames, opaque until here.
+    assert [type(r) for r in engine_replies] == [bytes]
+    assert isinstance(packed, bytes)
+    record = replies.loads(packed)[0]
     kind, value, _out, _err = deserialize(record["value"])
     assert value == {"b": 42}
+    assert TaskClientResult(record).ns.b == 42
+    # A failing task: its error is data in the same msgpack records.
+    meta, payload = StringTask("1 / 0").to_wire()
+    second = first + 1
+    assert call("submit", [[second, meta, payload]]) == [None]
+    call("spin")
+    assert call("wait", [second], True, None) == [second]
+    failed = TaskClientResult(replies.loads(call("get_results_packed", [second], True))[0])
+    assert failed.failure is not None and failed.failure.ename == "ZeroDivisionError"
     assert call("queue_status", False)["succeeded"] >= 1
-    refused = c.result(tasks.call("abort", (first + 1,)))  # reserved, never submitted
+    refused = c.result(tasks.call("abort", (first + 2,)))  # reserved, never submitted
     assert refused["error"]["ename"] == "InvalidTaskID"
     assert call("clear", [first]) >= 1
 

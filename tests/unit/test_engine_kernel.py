@@ -8,7 +8,10 @@ from types import SimpleNamespace
 import pytest
 
 import ipython1.engine.kernel as engine_module
-from ipython1.engine.kernel import EngineKernel, ShellRunner, StaticTransformCache
+import ipython1.engine.runner as runner_module
+from ipython1.engine.kernel import EngineKernel
+from ipython1.engine.runner import ShellRunner
+from ipython1.engine.shell import StaticTransformCache
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +97,7 @@ def test_an_interrupt_for_a_command_not_yet_started_stops_it_as_it_starts(
     shell_thread = threading.Thread(target=runner.run_forever, daemon=True)
     delivered = threading.Event()
     # Replies reach the reactor with callFromThread: deliver them here instead.
-    monkeypatch.setattr(engine_module, "reactor", SimpleNamespace(
+    monkeypatch.setattr(runner_module, "reactor", SimpleNamespace(
         callFromThread=lambda f, *a: (f(*a), delivered.set())))
     shell_thread.start()
     try:

@@ -27,21 +27,25 @@ def test_the_ipython_010_names() -> None:
     from ipython1.kernel import TaskRejectError, asyncclient, client
 
     assert client.MultiEngineClient.__module__ == "ipython1.client.blocking"
-    assert client.TaskClient.__module__ == "ipython1.client.blocking"
+    assert client.TaskClient.__module__ == "ipython1.client.taskfarm"
+    assert client.StringTask.__module__ == "ipython1.client.tasks"
+    assert client.CompositeError.__module__ == "ipython1.common.errors"
     assert asyncclient.get_multiengine_client.__module__ == "ipython1.client.multiengine"
     assert callable(asyncclient.get_task_client)
     assert TaskRejectError.__module__ == "ipython1.common.errors"
 
 
 def test_the_top_level_old_names() -> None:
-    import ipython1.magics
     import ipython1.shell
 
     import ipython1.client.magics
     import ipython1.client.shell
+    import ipython1.magics
 
-    assert ipython1.magics is ipython1.client.magics
     assert ipython1.shell is ipython1.client.shell
+    # %load_ext ipython1.magics: the extension, with the magics' names as before
+    assert callable(ipython1.magics.load_ipython_extension)
+    assert ipython1.magics.ParallelMagics is ipython1.client.magics.ParallelMagics
 
 
 def test_patching_an_old_name_patches_the_module(monkeypatch: pytest.MonkeyPatch) -> None:

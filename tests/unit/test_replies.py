@@ -36,11 +36,15 @@ def test_controller_made_dicts_and_engine_bytes_mix() -> None:
     assert got == [_reply(1), died]
 
 
-def test_what_msgpack_cannot_hold_travels_as_before() -> None:
+def test_what_msgpack_cannot_hold_becomes_an_error_reply_in_bytes() -> None:
     odd = {"engine_id": 1, "status": "ok", "value": {1, 2}}  # a set
-    assert replies.encode(odd) is odd
-    assert replies.pack([odd]) == [odd]  # Foolscap carries the list as it is
-    assert replies.decode(odd) is odd
+    encoded = replies.encode(odd)
+    assert isinstance(encoded, bytes)  # RIEngine.run answers EngineReply: bytes only
+    error = replies.decode(encoded)
+    assert error["status"] == "error" and error["engine_id"] == 1
+    assert "cannot be sent" in error["error"]["evalue"]
+    assert replies.unpack(replies.pack([odd])) == [error]
+    assert replies.decode(odd) is odd  # a dict the controller made itself
 
 
 def test_str_and_bytes_and_int_keys_keep_their_types() -> None:
