@@ -193,9 +193,10 @@ class AsyncMultiEngineClient:
             # The controller has no trace of it (it stayed up and dropped the session's
             # results, or the call never reached it): it may or may not have run.
             error = reply.get("error") if isinstance(reply, dict) else None
-            if isinstance(error, dict) and error.get("ename") == "InvalidPendingResult":
+            if isinstance(error, dict) and error.get("ename") == "InvalidPendingResult" \
+                    and "had not started" not in str(error.get("evalue")):
                 return failure
-            return reply
+            return reply  # a restarted controller knows: it had not started anywhere
 
         return d.addCallback(unknown_after_all)
 

@@ -245,7 +245,7 @@ def in_thread(call) -> dict[str, object]:
     return out
 
 
-def test_results_sent_before_a_restart_are_fetched_after_it(cluster):
+def test_results_sent_before_a_restart_are_fetched_after_it(cluster, tmp_path):
     mec = cluster.client(timeout=60)
     mec.execute("import time")
     # Finished before the crash, never fetched; running across it on engine 0; a
@@ -254,11 +254,12 @@ def test_results_sent_before_a_restart_are_fetched_after_it(cluster):
     pulled = mec.pull("a", block=False)
     wait_until(lambda: all(q["running"] is None and not q["queued"]
                            for q in mec.queue_status()), 10, "the first commands done")
-    running = mec.execute("time.sleep(2); b = 1; b", targets=0, block=False)
-    wait_until(lambda: mec.queue_status(targets=0)[0]["running"] is not None, 10, "running")
-    blocking = in_thread(lambda: mec.execute("time.sleep(2); c = 3; c", targets=1))
-    wait_until(lambda: mec.queue_status(targets=1)[0]["running"] is not None, 10,
-               "the blocking call running")
+    started = [tmp_path / "b", tmp_path / "c"]
+    running = mec.execute(f"open({str(started[0])!r}, 'w').close(); time.sleep(2); b = 1; b",
+                          targets=0, block=False)
+    blocking = in_thread(lambda: mec.execute(
+        f"open({str(started[1])!r}, 'w').close(); time.sleep(2); c = 3; c", targets=1))
+    wait_until(lambda: all(p.exists() for p in started), 10, "both running on their engines")
     crash_controller(cluster)
     restart(cluster)
     blocking["thread"].join(60)
