@@ -1,6 +1,6 @@
 """Where the time goes across hosts: CPU per command of controller, engine and client.
 
-    python bench/cpu_cross_host.py [--out FILE]          # as root, project python
+    python bench/cpu_cross_host.py [--out FILE] [--engines N] [--commands-only]
 
 Runs the same measurement twice with 8 engines: on one host (``ipcluster``,
 the same-host shortcuts on) and across a grid of network-namespace hosts
@@ -33,7 +33,7 @@ from common import MIB, become_subreaper, cmdline, descendants, stop_my_descenda
 from grid import GridSpec
 
 BENCH = Path(__file__).resolve().parent
-ENGINES = 8
+ENGINES = int(os.environ.get("BENCH_CPU_ENGINES", "8"))  # --engines sets it for the children
 SINK_PORT = 47017
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -64,7 +64,7 @@ def measure(cluster: Any, controller: int) -> dict[str, Any]:
         mec.execute("pass")
     out: dict[str, Any] = {}
     for name, call, reps, per_engine in [
-            ("W1 execute, N=8", lambda: mec.execute("pass"), 300, True),
+            (f"W1 execute, N={ENGINES}", lambda: mec.execute("pass"), 300, True),
             ("W2 execute, one engine", lambda: mec.execute("pass", targets=target), 300, False),
             ("push 256 MiB", push, 5, False),
             ("pull 256 MiB", pull, 5, False)]:
@@ -86,7 +86,9 @@ def measure(cluster: Any, controller: int) -> dict[str, Any]:
                      "controller_cpu_ms": round(used[0], 3),
                      "engine_cpu_ms": round(engine_ms, 3),
                      "client_cpu_ms": round(client_ms, 3), "reps": reps,
-                     "local_channel": bool(getattr(mec, "local_channel", False))}
+                     "local_channel": bool(getattr(mec, "local_channel", False)),
+                     "transports": sorted({i.get("command_transport", "?")
+                                           for i in mec.engine_info()})}
     return out
 
 
@@ -189,7 +191,7 @@ def client_side(grid_json: str | None) -> dict[str, Any]:
         cluster.start(120)
         controller = next(p for p in descendants(os.getpid()) if "ipcontroller" in cmdline(p))
         out = {"commands": measure(cluster, controller)}
-        if grid:
+        if grid and not os.environ.get("BENCH_CPU_COMMANDS_ONLY"):
             receiver = subprocess.Popen(grid.on(grid.ctl, [sys.executable, __file__, "sink"]))
             try:
                 wait_until(lambda: _reachable(grid.ctl.address), 30, what="TCP sink on ctl")
@@ -218,7 +220,14 @@ def main() -> None:
     parser.add_argument("mode", nargs="?", default="run", choices=("run", "client", "sink"))
     parser.add_argument("--grid", default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--engines", type=int, default=None, help="engines (default 8)")
+    parser.add_argument("--commands-only", action="store_true",
+                        help="skip the raw TCP/TLS links between hosts")
     args = parser.parse_args()
+    if args.engines:
+        os.environ["BENCH_CPU_ENGINES"] = str(args.engines)
+    if args.commands_only:
+        os.environ["BENCH_CPU_COMMANDS_ONLY"] = "1"
     if args.mode == "sink":
         sink()
         return

@@ -100,7 +100,7 @@ class Cluster:
         t0 = time.monotonic()
         self.started = True
         self._ipcluster("start", "-n", str(self.n), "--daemon", "--timeout", f"{timeout:.0f}",
-                        timeout=timeout + 30)
+                        *controller_args(), timeout=timeout + 30)
         furl = self.security / "ipcontroller-mec.furl"
         wait_until(furl.exists, max(1.0, timeout - (time.monotonic() - t0)),
                    what="ipcontroller-mec.furl")
@@ -137,11 +137,16 @@ class Cluster:
         return [int(p) for p in self.mec.pull("_bench_pid")]
 
 
+def controller_args() -> list[str]:
+    """Return extra controller options: $IPYTHON1_BENCH_CONTROLLER_ARGS (--data-encryption=off)."""
+    return os.environ.get("IPYTHON1_BENCH_CONTROLLER_ARGS", "").split()
+
+
 class GridCluster(Cluster):
     """The same cluster across hosts: the controller on ctl, engines on the engine hosts.
 
     This process (the client) runs on the cli host (run.py --cross-host), so
-    no same-host shortcut applies: commands take Foolscap, data the relay.
+    no same-host shortcut applies: commands take Foolscap, data the engines' data ports.
     """
 
     def __init__(self, n: int, workdir: Path, client: ModuleType, grid: GridSpec) -> None:
@@ -160,7 +165,8 @@ class GridCluster(Cluster):
         self.started = True
         furl = self.security / "ipcontroller-mec.furl"
         self._spawn(self.grid.ctl, [sys.executable, "-m", "ipython1.scripts.ipcontroller",
-                                    "--profile", PROFILE, "--ip", self.grid.ctl.address],
+                                    "--profile", PROFILE, "--ip", self.grid.ctl.address,
+                                    *controller_args()],
                     "ipcontroller")
         wait_until(furl.exists, timeout, what="ipcontroller-mec.furl")
         for host, k in self.grid.spread(self.n):

@@ -16,12 +16,20 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ipython1.client import connect
 from ipython1.client import multiengine as asyncclient
+from ipython1.client.events import format_targets
+from ipython1.client.executor import MultiEngineExecutor
+from ipython1.client.output import StreamPrinter
+from ipython1.client.parallel import Mapper, Parallel
+from ipython1.client.parallel import raw_map as _raw_map
 from ipython1.client.pending import PendingResult, _split_prompt
 from ipython1.client.reactor import ReactorThread, _wait, _wait_for_restarts
+from ipython1.client.sessionfile import parse_script, to_script
 from ipython1.client.taskfarm import PendingTasks, TaskClient
 from ipython1.common.constraints import as_targets
 from ipython1.common.errors import ClientTimeout, ConnectionLost, Interrupted, KernelError
+from ipython1.common.serialize import deserialize
 
 __all__ = ["MultiEngineClient", "PendingResult"]
 
@@ -40,7 +48,7 @@ class MultiEngineClient:
         self.timeout = timeout
         self.block = block
         self.targets = targets
-        future = self._loop.submit(asyncclient.get_multiengine_client, furl_or_file, profile,
+        future = self._loop.submit(connect.get_multiengine_client, furl_or_file, profile,
                                    connect_timeout)
         self._async: asyncclient.AsyncMultiEngineClient = _wait(future, connect_timeout + 5)
         _wait_for_restarts(self._async, timeout)
@@ -122,8 +130,6 @@ class MultiEngineClient:
 
     def _interrupt_quietly(self, targets: Any) -> str:
         """Interrupt targets after a Ctrl-C; say which engines were running."""
-        from ipython1.client.events import format_targets
-
         try:
             ids = _wait(self._loop.submit(self._async._ids, targets), 5)
             running = _wait(self._loop.submit(self._async.interrupt, ids), 5)
@@ -287,9 +293,6 @@ class MultiEngineClient:
 
     def save_session(self, path: Any) -> int:
         """Write the controller's session log to path as a Python script; return its size."""
-        from ipython1.client.sessionfile import to_script
-        from ipython1.common.serialize import deserialize
-
         entries = self._call(self._async.session_log)
         with open(path, "w", encoding="utf-8") as f:
             f.write(to_script(entries, deserialize))
@@ -305,8 +308,6 @@ class MultiEngineClient:
         include_failed. Each report is {"n", "targets", "status": "ok" |
         "error" | "skipped", "error"}.
         """
-        from ipython1.client.sessionfile import parse_script
-
         with open(path, encoding="utf-8") as f:
             commands = parse_script(f.read(), str(path))
         reports = []
@@ -331,8 +332,6 @@ class MultiEngineClient:
     def subscribe(self, callback: Callable[[int, str, str], None] | None = None,
                   own_only: bool = True) -> None:
         """Receive live stdout/stderr; by default print it as '[stdout:3] line'."""
-        from ipython1.client.output import StreamPrinter
-
         self._printer = StreamPrinter() if callback is None else None
         self._call(self._async.subscribe, callback or self._printer, own_only)
 
@@ -343,7 +342,7 @@ class MultiEngineClient:
 
     def activate(self, shell: Any = None) -> Any:
         """Make this client the one %px, %%px, %autopx and %result use in IPython."""
-        from ipython1.client import magics
+        from ipython1.client import magics  # IPython itself: only for those who use it
 
         return magics.activate(self, shell)
 
@@ -432,13 +431,14 @@ class MultiEngineClient:
         Returns {engine_id: {"rows": range, "files": [...]}}; a missing or
         unreadable file raises PartitionLoadError naming it and the engine.
         """
-        from ipython1.client import partitions
+        from ipython1.client import partitions  # numpy: only for the data features
 
         return self._call(partitions.load_partitions, self._async, key, paths, loader,
                           self.targets if targets is None else targets, mmap, options)
 
     def distarray(self, key: str, targets: Any = None) -> Any:
         """Return a DistArray over the blocks named key on targets, in engine order."""
+        # numpy: only for the data features
         from ipython1.client.distarray import DistArray
 
         return DistArray.attach(self, key, targets)
@@ -457,7 +457,7 @@ class MultiEngineClient:
     def _reduce(self, func: Callable[[Any, Any], Any], source: Any, ids: list[int],
                 out: str | None = None, return_result: bool = True) -> Any:
         """Run a reduction among engines ids (client/reduction.py); Ctrl-C interrupts them."""
-        from ipython1.client import reduction
+        from ipython1.client import reduction  # numpy: only for the data features
 
         future = self._loop.submit(reduction.reduce_on_engines, self._async, func, source, ids,
                                    out, return_result)
@@ -529,22 +529,16 @@ class MultiEngineClient:
 
     def mapper(self, dist: str = "b", targets: Any = None, block: bool | None = None) -> Any:
         """Return a Mapper: m.map(f, xs) maps with these targets and blocking."""
-        from ipython1.client.parallel import Mapper
-
         return Mapper(self, dist, self.targets if targets is None else targets,
                       self.block if block is None else block)
 
     def raw_map(self, func: Callable[..., Any], seqs: Sequence[Sequence[Any]],
                 dist: str = "b", targets: Any = None, block: bool | None = None) -> Any:
         """raw_map(f, [xs, ys]) is map(f, xs, ys)."""
-        from ipython1.client.parallel import raw_map
-
-        return raw_map(self, func, seqs, dist, targets, block)
+        return _raw_map(self, func, seqs, dist, targets, block)
 
     def parallel(self, dist: str = "b", targets: Any = None, block: bool | None = None) -> Any:
         """Return a decorator: @mec.parallel() def f(x): ...; f(xs) maps f over xs."""
-        from ipython1.client.parallel import Parallel
-
         return Parallel(self.mapper(dist, targets, block))
 
     def benchmark(self, push_size: int = 10_000) -> dict[str, tuple[float, str]]:
@@ -579,14 +573,10 @@ class MultiEngineClient:
 
     def executor(self, targets: Any = None) -> Any:
         """Return a concurrent.futures.Executor running each call on one of targets."""
-        from ipython1.client.executor import MultiEngineExecutor
-
         return MultiEngineExecutor(self, targets)
 
     def wait_for_engines(self, n: int, timeout: float | None = None) -> list[int]:
         """Wait until at least n engines are registered; return their ids."""
-        from ipython1.common.errors import ClientTimeout
-
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.02
         while True:
@@ -670,13 +660,9 @@ class View(MultiEngineClient):
         """Do nothing: the client the view came from owns the connection."""
 
 
-# -- IPython 0.10's client namespace: the task farm (taskfarm.py, tasks.py) -----------
+# -- IPython 0.10's client namespace: the task farm (taskfarm.py, taskspec.py) --------
 
-from ipython1.client.tasks import (  # noqa: E402
-    MapTask,
-    StringTask,
-    TaskResult,
-)
+from ipython1.client.taskspec import MapTask, StringTask, TaskResult  # noqa: E402
 
 __all__ += ["MapTask", "PendingTasks", "StringTask", "TaskClient", "TaskResult"]
 

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ipython1.client.taskspec import MapTask
+
 
 class _ClusterExecutor(concurrent.futures.Executor):
     """What both executors share: the futures in flight, shutdown."""
@@ -81,8 +83,6 @@ class TaskExecutor(_ClusterExecutor):
     def submit(self, fn: Callable[..., Any], /, *args: Any,
                **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Queue fn(*args, **kwargs) as a task; return a Future of its value."""
-        from ipython1.client.tasks import MapTask
-
         tid = self.client.run(MapTask(fn, args, kwargs, **self.options))
         return self._start(lambda: self.client._loop.submit(self._value, tid))
 

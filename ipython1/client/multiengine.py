@@ -1,5 +1,8 @@
 """AsyncMultiEngineClient: the multi-engine interface, every method a Deferred.
 
+Opened by `ipython1.client.connect.get_multiengine_client`; its non-blocking
+results are in `asyncpending`.
+
 Values are serialized here, on the client, and deserialized here: the
 controller only relays frames. Replies are turned into results or into
 RemoteError / CompositeError / EngineError.
@@ -8,6 +11,7 @@ RemoteError / CompositeError / EngineError.
 from __future__ import annotations
 
 import getpass
+import importlib
 import itertools
 import os
 import secrets
@@ -20,24 +24,41 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ipython1.client import transfer
+from ipython1.client.asyncpending import (
+    AsyncPendingResult,
+    _join,
+    _JoiningPending,
+    _StdoutPending,
+    _then,
+    _then_join,
+    call_with_stdout,
+)
+from ipython1.client.events import EventObserver
+from ipython1.client.output import OutputObserver
+from ipython1.client.parallel import Mapper, Parallel
+from ipython1.client.parallel import raw_map as _raw_map
 from ipython1.client.reconnect import IN_FLIGHT_HINT, Reconnector, channel_closed
 from ipython1.client.results import ExecuteResult, ResultList
+from ipython1.client.tasks import AsyncTaskClient
 from ipython1.common import replies, wire
 from ipython1.common import scatter as scatter_mod
 from ipython1.common.addresses import join_host_port
-from ipython1.common.clusterdir import MEC_FURL
 from ipython1.common.errors import (
     CompositeError,
     ConnectionLost,
     KernelError,
+    NoEnginesRegistered,
     error_from_wire,
 )
+from ipython1.common.properties import check_plain
 from ipython1.common.serialize import deserialize, serialize, serialize_dict
-from ipython1.common.versions import compare as compare_versions
-from ipython1.common.versions import local_versions, refusal
-from ipython1.kernel import datachannel
+from ipython1.common.versions import local_versions
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
+from ipython1.transport import tcpchannel
+from ipython1.transport.data import local, refs
+from ipython1.transport.data.stream import direct_enabled
 
 _map_chunk = scatter_mod.map_chunk  # its old name
 
@@ -72,21 +93,6 @@ RESENT_AFTER_LOSS = frozenset({
     "whoami", "users", "transcript", "session_log", "logs"})
 
 
-class AsyncPendingResult:
-    """A result computed on the controller's side, fetched later by id."""
-
-    def __init__(self, client: AsyncMultiEngineClient, pending_id: int,
-                 finish: Callable[[list[dict[str, Any]]], Any]) -> None:
-        self.client = client
-        self.id = pending_id
-        self._finish = finish
-
-    def get_result(self, block: bool = True) -> Deferred[Any]:
-        """Fire with the result; without block, fail with ResultNotReady if not done."""
-        d = self.client._remote("get_pending_result", self.id, block)
-        return d.addCallback(self.client._fetch_blobs).addCallback(self._finish)
-
-
 class AsyncMultiEngineClient:
     """The multi-engine interface over Foolscap; every method returns a Deferred."""
 
@@ -106,7 +112,8 @@ class AsyncMultiEngineClient:
         self._lost: str | None = None
         self._finishers: dict[int, Callable[[list[dict[str, Any]]], Any]] = {}
         self._relay_only: set[int] = set()  # engines whose local socket is out of reach
-        self._books: dict[int, datachannel.TicketBook] = {}  # same-host tickets, by engine
+        self._no_direct: set[int] = set()  # engines whose data port is out of reach
+        self._books: dict[int, transfer.TicketBook] = {}  # local or direct tickets, by engine
         # Set by get_multiengine_client: reopens the session once the controller is back.
         self.reconnector: Reconnector | None = None
         # Handles engine pdb prompts (engine id, text); the blocking client sets it.
@@ -131,6 +138,7 @@ class AsyncMultiEngineClient:
         self._calls = command_channel.session_connection(self._session, self._channel)
         self._books.clear()
         self._relay_only.clear()
+        self._no_direct.clear()
         self._lost = None
         self._calls.notifyOnDisconnect(self._disconnected)
         if self._observer is not None:
@@ -232,16 +240,16 @@ class AsyncMultiEngineClient:
     # -- the data channel: large values go beside Foolscap --
 
     def _keep(self, engine_id: int, ticket: dict[str, Any]) -> dict[str, Any]:
-        """Keep a same-host ticket's other uses for the next transfers with engine_id."""
+        """Keep a same-host or direct ticket's other uses for the next transfers with engine_id."""
         if ticket.get("uses", 1) > 1:
-            book = datachannel.TicketBook(ticket)
+            book = transfer.TicketBook(ticket)
             book.spend()
             self._books[engine_id] = book
         return ticket
 
     def _ticket(self, answer: Any) -> dict[str, Any]:
         answer = _check_global_error(answer)
-        if "local" in answer:
+        if "relay_port" not in answer:
             return dict(answer)
         host = wire.peer_host(self._session, self.furl)  # the relay is beside the Tub
         return dict(answer, relay=join_host_port(host, answer["relay_port"]))
@@ -249,37 +257,46 @@ class AsyncMultiEngineClient:
     def _transfer(self, engine_id: int, direction: str, blob_id: bytes, sizes: list[int],
                   frames: list[bytes] | None = None, fresh: bool = False,
                   accepted: Callable[[], None] | None = None) -> Deferred[Any]:
-        """Open a transfer and run it on a worker thread: same-host if it can be, else relayed.
+        """Open a transfer and run it on a worker thread: same-host, direct, else relayed.
 
-        A same-host ticket is good for several transfers: those need no
-        round trip to the controller.
+        A same-host or direct ticket is good for several transfers: those
+        need no round trip to the controller. An engine whose local socket or
+        data port cannot be reached is remembered: the relay from then on.
         """
         from twisted.internet import threads
 
         def run(ticket: dict[str, Any]) -> Deferred[Any]:
-            return threads.deferToThread(datachannel.client_transfer, dict(ticket, blob_id=blob_id),
+            return threads.deferToThread(transfer.client_transfer, dict(ticket, blob_id=blob_id),
                                          frames=frames, sizes=sizes, accepted=accepted)
 
-        host = "" if engine_id in self._relay_only else datachannel.host_key()
+        def again(failure: Failure) -> Deferred[Any]:
+            return self._transfer(engine_id, direction, blob_id, sizes, frames, True, accepted)
+
         book = self._books.get(engine_id)
-        if host and not fresh and book is not None and book.spend():
+        if not fresh and book is not None and book.spend():
             def stale(failure: Failure) -> Deferred[Any]:
                 if self._books.get(engine_id) is book:
                     del self._books[engine_id]
-                failure.trap(datachannel.LocalUnavailable)  # a new engine with this id?
-                return self._transfer(engine_id, direction, blob_id, sizes, frames, True, accepted)
+                # A new engine with this id? Ask the controller again.
+                failure.trap(refs.LocalUnavailable, refs.DirectUnavailable)
+                return again(failure)
 
             return run(book.ticket).addErrback(stale)
-        d = self._remote("open_transfer", engine_id, direction, blob_id, sizes, host)
+        host = "" if engine_id in self._relay_only else local.host_key()
+        route = "direct" if engine_id not in self._no_direct and direct_enabled() else ""
+        d = self._remote("open_transfer", engine_id, direction, blob_id, sizes, host, route)
         d.addCallback(self._ticket).addCallback(lambda ticket: run(self._keep(engine_id, ticket)))
 
-        def relayed(failure: Failure) -> Deferred[Any]:
-            failure.trap(datachannel.LocalUnavailable)  # e.g. another network namespace
-            self._relay_only.add(engine_id)
+        def unreachable(failure: Failure) -> Deferred[Any]:
+            # Another network namespace, a firewall: the relay gets there.
+            failure.trap(refs.LocalUnavailable, refs.DirectUnavailable)
+            gone = (self._relay_only if failure.check(refs.LocalUnavailable)
+                    else self._no_direct)
+            gone.add(engine_id)
             self._books.pop(engine_id, None)
-            return self._transfer(engine_id, direction, blob_id, sizes, frames, True, accepted)
+            return again(failure)
 
-        return d.addErrback(relayed) if host else d
+        return d.addErrback(unreachable)
 
     def _upload(self, engine_id: int, frames: list[bytes],
                 landings: list[Deferred[Any]] | None = None) -> Deferred[list[bytes]]:
@@ -289,9 +306,9 @@ class AsyncMultiEngineClient:
         (same host: it then holds a command using the value until the bytes
         are in), and append a Deferred for the end of the upload to landings.
         """
-        blob_id = datachannel.new_blob_id()
+        blob_id = refs.new_blob_id()
         sizes = [len(f) for f in frames]
-        ref = datachannel.blob_ref(blob_id, sizes)
+        ref = refs.blob_ref(blob_id, sizes)
         if landings is None:
             return self._transfer(engine_id, "upload", blob_id, sizes, frames).addCallback(
                 lambda _: ref)
@@ -350,7 +367,7 @@ class AsyncMultiEngineClient:
         ds = []
         for engine_id, ns in namespaces.items():
             for key, frames in ns.items():
-                if datachannel.is_large(frames):
+                if refs.is_large(frames):
                     d = self._upload(engine_id, frames, landings)
                     d.addCallback(lambda ref, ns=ns, key=key: ns.__setitem__(key, ref))
                     ds.append(d)
@@ -372,7 +389,7 @@ class AsyncMultiEngineClient:
             else:
                 continue
             for holder, slot, frames in slots:
-                ref = datachannel.parse_blob_ref(frames)
+                ref = refs.parse_blob_ref(frames)
                 if ref is not None:
                     d = self._download(engine_id, ref)
                     d.addCallback(lambda got, h=holder, s=slot: h.__setitem__(s, got))
@@ -413,7 +430,7 @@ class AsyncMultiEngineClient:
     def _push_frames(self, frames: dict[str, list[Any]], targets: Any,
                      block: bool) -> Deferred[Any]:
         """Push serialized values; large ones take the data channel."""
-        if not any(datachannel.is_large(f) for f in frames.values()):
+        if not any(refs.is_large(f) for f in frames.values()):
             return self._command("push", (frames, targets), block, _none, True)
         d = self._ids(targets)
         return d.addCallback(lambda ids: self._ship_then(
@@ -636,8 +653,6 @@ class AsyncMultiEngineClient:
         comes; otherwise every command's. One subscription per client: a new
         one replaces the old.
         """
-        from ipython1.client.output import OutputObserver
-
         self._observer = OutputObserver(callback)
         self._own_only = own_only
         return self._remote("subscribe_output", self._observer, own_only)
@@ -717,21 +732,15 @@ class AsyncMultiEngineClient:
 
     def mapper(self, dist: str = "b", targets: Any = "all", block: bool = True) -> Any:
         """Return a Mapper: m.map(f, xs) fires with the results (see client.parallel)."""
-        from ipython1.client.parallel import Mapper
-
         return Mapper(self, dist, targets, block)
 
     def raw_map(self, func: Callable[..., Any], seqs: Sequence[Sequence[Any]],
                 dist: str = "b", targets: Any = None, block: Any = None) -> Deferred[Any]:
         """raw_map(f, [xs, ys]) is map(f, xs, ys)."""
-        from ipython1.client.parallel import raw_map
-
-        return raw_map(self, func, seqs, dist, targets, block)  # type: ignore[no-any-return]
+        return _raw_map(self, func, seqs, dist, targets, block)  # type: ignore[no-any-return]
 
     def parallel(self, dist: str = "b", targets: Any = "all", block: bool = True) -> Any:
         """Return a decorator: @mec.parallel() def f(x): ...; f(xs) fires with the map."""
-        from ipython1.client.parallel import Parallel
-
         return Parallel(self.mapper(dist, targets, block))
 
     def get_properties(self, keys: Sequence[str] | None = None, targets: Any = "all",
@@ -744,8 +753,6 @@ class AsyncMultiEngineClient:
     def set_properties(self, properties: dict[str, Any], targets: Any = "all",
                        block: bool = True) -> Deferred[Any]:
         """Set properties (plain data) of targets; see properties.py."""
-        from ipython1.common.properties import check_plain
-
         try:
             check_plain(properties)
             if not isinstance(properties, dict):
@@ -783,8 +790,6 @@ class AsyncMultiEngineClient:
 
         def check(ids: list[int]) -> list[int]:
             if not ids:
-                from ipython1.common.errors import NoEnginesRegistered
-
                 raise NoEnginesRegistered("no engines are registered with the controller")
             return ids
 
@@ -811,8 +816,6 @@ class AsyncMultiEngineClient:
         Fires with {"seq": n}: events numbered up to n are history.
         (``subscribe`` is the live stdout/stderr of commands only; see streaming.)
         """
-        from ipython1.client.events import EventObserver
-
         self._event_observer = EventObserver(observer)
         d = self._remote("subscribe_events", self._event_observer, history)
         return d.addCallback(_check_global_error)
@@ -859,113 +862,9 @@ class AsyncMultiEngineClient:
             self._tub = None
 
 
-class _JoiningPending(AsyncPendingResult):
-    """A pending map or gather: joins the parts when fetched."""
-
-    def __init__(self, inner: AsyncPendingResult) -> None:
-        super().__init__(inner.client, inner.id, inner._finish)
-
-    def get_result(self, block: bool = True) -> Deferred[Any]:
-        d = super().get_result(block)
-        return d.addCallback(_join_parts)
-
-
-def call_with_stdout(func: Callable[..., Any], /, *args: Any,
-                     **kwargs: Any) -> tuple[Any, str]:
-    """On an engine: call func; return (its value, what it printed). Output still streams."""
-    import io
-    import sys
-
-    kept = io.StringIO()
-    live = sys.stdout
-
-    class Tee:
-        def write(self, text: str) -> int:
-            kept.write(text)
-            return live.write(text)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(live, name)
-
-    sys.stdout = Tee()
-    try:
-        value = func(*args, **kwargs)
-    finally:
-        sys.stdout = live
-    return value, kept.getvalue()
-
-
-class _StdoutPending(AsyncPendingResult):
-    """A pending apply/map run through call_with_stdout: values out, stdout kept."""
-
-    def __init__(self, inner: AsyncPendingResult, single: bool, join: bool = False) -> None:
-        super().__init__(inner.client, inner.id, inner._finish)
-        self._inner = inner
-        self._single = single
-        self._join = join
-        self.stdout: Any = None
-
-    def get_result(self, block: bool = True) -> Deferred[Any]:
-        def split(result: Any) -> Any:
-            if self._single:
-                value, self.stdout = result
-                return value
-            self.stdout = [out for _, out in result]
-            values = [value for value, _ in result]
-            return [x for chunk in values for x in chunk] if self._join else values
-
-        def unwrap(failure: Failure) -> Failure:
-            if failure.check(CompositeError):  # the engines that succeeded: values only
-                failure.value.results = [r[0] if isinstance(r, tuple) and len(r) == 2 else r
-                                         for r in failure.value.results]
-            return failure
-
-        return self._inner.get_result(block).addCallbacks(split, unwrap)
-
-
-class _ThenPending(AsyncPendingResult):
-    """A pending result whose value goes through a function when fetched."""
-
-    def __init__(self, inner: AsyncPendingResult, then: Callable[[Any], Any]) -> None:
-        super().__init__(inner.client, inner.id, inner._finish)
-        self._inner = inner
-        self._then = then
-
-    def get_result(self, block: bool = True) -> Deferred[Any]:
-        return self._inner.get_result(block).addCallback(self._then)
-
-
-def _then(d: Deferred[Any], block: bool, then: Callable[[Any], Any]) -> Deferred[Any]:
-    """Pass a command's result through then(), now (block) or when it is fetched."""
-    if block:
-        return d.addCallback(then)
-    return d.addCallback(lambda pending: _ThenPending(pending, then))
-
-
-def _join_parts(parts: Any) -> Any:
-    if parts and isinstance(parts[0], list):
-        return [x for chunk in parts for x in chunk]
-    return _join(parts)
-
-
-def _join(parts: list[Any]) -> Any:
-    """Join gathered parts; a large array lands in reused memory (datachannel.POOL)."""
-    return scatter_mod.join(parts, buffer=datachannel.join_buffer)
-
-
-def _then_join(pending: AsyncPendingResult) -> AsyncPendingResult:
-    class _Gather(AsyncPendingResult):
-        def get_result(self, block: bool = True) -> Deferred[Any]:
-            d = AsyncPendingResult.get_result(self, block)
-            return d.addCallback(lambda parts: _join(
-                parts if isinstance(parts, list) else [parts]))
-
-    return _Gather(pending.client, pending.id, pending._finish)
-
-
 def _wire_frames(namespace: dict[str, list[Any]]) -> dict[str, list[Any]]:
     """Keep large values' frames for the data channel; make small ones bytes."""
-    return {key: frames if datachannel.is_large(frames) else [bytes(f) for f in frames]
+    return {key: frames if refs.is_large(frames) else [bytes(f) for f in frames]
             for key, frames in namespace.items()}
 
 
@@ -1034,165 +933,24 @@ def client_info() -> dict[str, Any]:
             "versions": local_versions()}
 
 
-def warn_about_engine_versions(infos: list[dict[str, Any]]) -> list[str]:
-    """Warn (once per difference) when engines run another Python or cloudpickle."""
-    import warnings
-
-    mine = local_versions()
-    by_message: dict[str, list[int]] = {}
-    for info in infos:
-        _, problems = compare_versions(mine, info.get("versions"), "this client",
-                                       "engine {ids}")
-        for problem in problems:
-            by_message.setdefault(problem, []).append(info.get("engine_id", -1))
-    messages = [m.replace("engine {ids}", "engine(s) " + ", ".join(map(str, ids)))
-                for m, ids in by_message.items()]
-    for message in messages:
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-    return messages
-
-
-# What each of the controller's other FURLs is, for the error when one is used
-# where a client's is needed.
-_NOT_CLIENT_FURLS = {
-    "RIEngineRegistration.v1.ipython1": ("the controller's engine FURL "
-                                         "(ipcontroller-engine.furl, for ipengine)"),
-    "RIControllerAdmin.v1.ipython1": ("the controller's admin FURL "
-                                      "(ipcontroller-admin.furl, for ipcluster adduser/deluser)"),
-}
-
-
-def _check_client_furl(root: Any, furl: str) -> None:
-    """Refuse a FURL that is not a client's (multi-engine or task farm) with a clear error."""
-    name = getattr(getattr(root, "tracker", None), "interfaceName", None)
-    if name in _NOT_CLIENT_FURLS:
-        raise KernelError(
-            f"{wire.furl_location(furl)}: this is {_NOT_CLIENT_FURLS[name]}, not a client's; "
-            "use security/ipcontroller-mec.furl, ipcontroller-task.furl or a user's "
-            "security/users/NAME.furl")
-
-
-@defer.inlineCallbacks
-def _open_session(furl: str, timeout: float, source: str = "", **extra: Any) -> Any:
-    """Connect to a FURL and open a session; fire with (tub, root, session).
-
-    source (wire.furl_source) says, if no controller answers, where the FURL came from.
-    """
-    tub = wire.client_tub()
-    try:
-        root = yield wire.get_reference(tub, furl, timeout, source)
-        _check_client_furl(root, furl)
-        session = yield foolscap_transport.call(
-            root, "connect", dict(client_info(), **extra)).addErrback(refusal)
-    except Exception:
-        tub.stopService()
-        raise
-    return tub, root, session
-
-
-@defer.inlineCallbacks
-def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
-                           timeout: float = 10.0) -> Any:
-    """Connect to a controller; fire with an AsyncMultiEngineClient."""
-    furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
-    debugger = DebuggerObserver()
-    token = secrets.token_hex(16)
-    tub, _, session = yield _open_session(
-        furl, timeout, wire.furl_source(furl_or_file, profile, MEC_FURL), debugger=debugger,
-        client_token=token)
-    channel = yield _open_command_channel(session)
-    client = AsyncMultiEngineClient(session, tub, furl, channel, token)
-    debugger.client = client
-    client.reconnector = Reconnector(
-        lambda seconds: _reopen(furl_or_file, profile, MEC_FURL, seconds, client),
-        client._reconnected, "the multi-engine client")
-    try:
-        infos = yield client.engine_info()
-    except Exception:  # no engines yet, or an observer: nothing to compare with
-        infos = []
-    warn_about_engine_versions(infos)
-    return client
-
-
-@defer.inlineCallbacks
-def _reopen(furl_or_file: Any, profile: str, default_name: str, timeout: float,
-            client: Any = None) -> Any:
-    """Open a session again (the FURL file may name a new port); fire with
-    (tub, session, channel). A multi-engine client's pdb prompts follow it."""
-    furl = wire.resolve_furl(furl_or_file, profile, default_name)
-    extra: dict[str, Any] = {}
-    if isinstance(client, AsyncMultiEngineClient):
-        extra["debugger"] = DebuggerObserver()
-        extra["debugger"].client = client
-        extra["client_token"] = client.token  # its calls' results follow it (issue 15)
-    tub, _, session = yield _open_session(furl, timeout, **extra)
-    channel = yield _open_command_channel(session)
-    return tub, session, channel
-
-
 @defer.inlineCallbacks
 def _open_command_channel(session: Any) -> Any:
-    """Reach the session over the controller's local socket if it is on this host."""
-    host = command_channel.host_key()
-    if not host or not command_channel.enabled():
+    """Reach the session over the controller's local socket if it is on this host,
+    else over its TLS port (transport.tcpchannel)."""
+    if not command_channel.enabled():
         return None
+    host = command_channel.host_key()  # "" matches no controller: the TLS port then
     try:
         offer = yield foolscap_transport.call(session, "open_command_channel", host)
     except Exception:
         return None  # a controller without it: Foolscap only
-    channel = yield command_channel.connect_client(offer)
+    channel = yield tcpchannel.connect_session(offer, session)
     return channel
-
-
-@defer.inlineCallbacks
-def get_task_client(furl_or_file: Any = None, profile: str = "default",
-                    timeout: float = 10.0) -> Any:
-    """Connect to a controller's task farm; fire with an AsyncTaskClient."""
-    from ipython1.common.clusterdir import TASK_FURL
-    from ipython1.common.interfaces import RIMultiEngine
-
-    furl = wire.resolve_furl(furl_or_file, profile, TASK_FURL)
-    tub, root, session = yield _open_session(
-        furl, timeout, wire.furl_source(furl_or_file, profile, TASK_FURL))
-    try:
-        parent = None
-        if getattr(root.tracker, "interfaceName", "") == RIMultiEngine.__remote_name__:
-            # A user's own capability (security/users/NAME.furl): its session
-            # opens the task farm as that user.
-            parent = session
-            session = yield _connect_tasks(parent)
-    except Exception:
-        tub.stopService()
-        raise
-    client = yield _task_client(session, tub, furl, parent)
-    reopen = _reopen if parent is None else _reopen_as_user  # a user's FURL: its session
-    client.reconnector = Reconnector(
-        lambda seconds: reopen(furl_or_file, profile, TASK_FURL, seconds),
-        client._reconnected, "the task client")
-    return client
-
-
-@defer.inlineCallbacks
-def _reopen_as_user(furl_or_file: Any, profile: str, default_name: str,
-                    timeout: float) -> Any:
-    """Open a task farm session again through a user's FURL (security/users/NAME.furl);
-    fire with (tub, session, channel, the user's multi-engine session)."""
-    furl = wire.resolve_furl(furl_or_file, profile, default_name)
-    tub, _, parent = yield _open_session(furl, timeout)
-    try:
-        session = yield _connect_tasks(parent)
-    except Exception:
-        tub.stopService()
-        raise
-    channel = yield _open_command_channel(session)
-    return tub, session, channel, parent
 
 
 @defer.inlineCallbacks
 def _task_client(session: Any, tub: Any, furl: str, parent: Any) -> Any:
     """Make an AsyncTaskClient, over the local command channel if it can be opened."""
-    from ipython1.client.tasks import AsyncTaskClient
-
     channel = yield _open_command_channel(session)
     return AsyncTaskClient(session, tub, furl, parent, channel)
 
@@ -1209,3 +967,17 @@ def _connect_tasks(session: Any) -> Deferred[Any]:
         raise KernelError(f"unexpected answer to connect_tasks: {answer!r:.200}")
 
     return d.addCallback(unwrap)
+
+
+# What this module held before the async client was split (its old name is
+# ipython1.kernel.asyncclient: get_multiengine_client and get_task_client, IPython 0.10's).
+_MOVED_OUT = {"get_multiengine_client": "connect", "get_task_client": "connect",
+              "warn_about_engine_versions": "connect", "_open_session": "connect",
+              "_reopen": "connect", "_check_client_furl": "connect"}
+
+
+def __getattr__(name: str) -> Any:
+    """Re-export the connecting functions, imported only when asked for (they import this)."""
+    if name in _MOVED_OUT:
+        return getattr(importlib.import_module(f"ipython1.client.{_MOVED_OUT[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

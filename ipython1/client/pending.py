@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipython1.client import multiengine as asyncclient
 from ipython1.client.reactor import _wait
+from ipython1.client.results import ExecuteResult
 from ipython1.common.errors import (
     ClientTimeout,
     CompositeError,
@@ -150,8 +151,6 @@ class PendingResult:
 
 def _stdout_of(value: Any) -> Any:
     """Each engine's stdout in a command's result (or error), if the result keeps it."""
-    from ipython1.client.results import ExecuteResult
-
     if isinstance(value, ExecuteResult):
         return value.stdout
     record = getattr(value, "record", None)

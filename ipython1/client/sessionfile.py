@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipython1.common.errors import SessionFileError
+from ipython1.common.serialize import deserialize
 
 HEADER = "# ipython1 session log"
 _BLOCK = re.compile(r"^# ---- \[(\d+)\] (.*)$")
@@ -31,8 +32,6 @@ FAILED = "# failed: "  # a command that failed or was interrupted: its code foll
 
 def load_value(*frames_b64: str) -> Any:
     """Rebuild a pushed value from its base64 frames (used by saved sessions)."""
-    from ipython1.common.serialize import deserialize
-
     return deserialize([base64.b64decode(f) for f in frames_b64])
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.terminal.interactiveshell import TerminalInteractiveShell
 
-from ipython1.client.events import format_targets
+from ipython1.client.events import format_event, format_targets
 from ipython1.common.errors import KernelError, PermissionDenied
 
 # Cells that start with one of these run in the shell itself, not on the engines.
@@ -137,6 +137,7 @@ class CollaborationMagics(Magics):  # type: ignore[misc]
     @line_magic
     def targets(self, line: str) -> None:
         """%targets 0,2 | 0:4 | all: choose the engines cells run on."""
+        # IPython, Foolscap, the reactor: once the shell starts, not for --help
         from ipython1.client.magics import parse_targets
 
         if line.strip():
@@ -186,8 +187,6 @@ class CollaborationMagics(Magics):  # type: ignore[misc]
     @line_magic
     def transcript(self, line: str) -> None:
         """%transcript [NAME] [-n N]: the shared history, attributed and timestamped."""
-        from ipython1.client.events import format_event
-
         words = line.split()
         last = 50
         if "-n" in words:
@@ -270,12 +269,14 @@ class ClusterShell(TerminalInteractiveShell):  # type: ignore[misc]
         except PermissionDenied as e:
             print(f"ipython1-shell: {e}")
         except KernelError as e:
+            # IPython, Foolscap, the reactor: once the shell starts, not for --help
             from ipython1.client.magics import _show_error
 
             _show_error(e)
         return None
 
     def _run_remote(self, code: str) -> None:
+        # IPython, Foolscap, the reactor: once the shell starts, not for --help
         from ipython1.client.magics import _show
 
         results = self.mec.execute(code, targets=self.cluster_targets, block=True)
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", "-t", default="all", help="engines cells run on")
     parser.add_argument("--no-color", action="store_true", help="no syntax highlighting")
     args = parser.parse_args(argv)
+    # IPython, Foolscap, the reactor: once the shell starts, not for --help
     from ipython1.client.blocking import MultiEngineClient
     from ipython1.client.magics import parse_targets
 

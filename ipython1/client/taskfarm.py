@@ -10,13 +10,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ipython1.client import multiengine as asyncclient
+from ipython1.client import connect
+from ipython1.client.executor import TaskExecutor
+from ipython1.client.parallel import Parallel, TaskMapper
+from ipython1.client.progress import progress_bar
 from ipython1.client.reactor import ReactorThread, _wait, _wait_for_restarts
-from ipython1.client.tasks import (
-    TaskResult,
-    map_specs,
-    progress_bar,
-)
+from ipython1.client.taskspec import TaskResult, join_map_results, map_specs
 from ipython1.common.errors import (
     ClientTimeout,
     Interrupted,
@@ -114,7 +113,7 @@ class TaskClient:
                  timeout: float | None = None, connect_timeout: float = 10.0) -> None:
         self._loop = ReactorThread.get()
         self.timeout = timeout
-        future = self._loop.submit(asyncclient.get_task_client, furl_or_file, profile,
+        future = self._loop.submit(connect.get_task_client, furl_or_file, profile,
                                    connect_timeout)
         self._async = _wait(future, connect_timeout + 5)
         _wait_for_restarts(self._async, timeout)
@@ -184,7 +183,6 @@ class TaskClient:
         engines = len(self.queue_status()["engines"])
         specs, sizes = map_specs(func, seqs, chunksize, engines, options)
         tids = self._call(self._async.run_specs, specs)
-        from ipython1.client.tasks import join_map_results
 
         pending = PendingTasks(self, tids, sizes, join_map_results)
         if not block:
@@ -214,8 +212,6 @@ class TaskClient:
                recovery_task: Any = None, depend: Any = None, block: bool = True,
                **options: Any) -> Any:
         """Return a TaskMapper: m.map(f, xs) runs MapTasks with these options."""
-        from ipython1.client.parallel import TaskMapper
-
         return TaskMapper(self, clear_before, clear_after, retries, recovery_task, depend,
                           block, **options)
 
@@ -223,16 +219,12 @@ class TaskClient:
                  recovery_task: Any = None, depend: Any = None, block: bool = True,
                  **options: Any) -> Any:
         """Return a decorator: @tc.parallel() def f(x): ...; f(xs) maps f with tasks."""
-        from ipython1.client.parallel import Parallel
-
         return Parallel(self.mapper(clear_before, clear_after, retries, recovery_task, depend,
                                     block, **options))
 
     def executor(self, **options: Any) -> Any:
         """Return a concurrent.futures.Executor running each call as a task (options:
         retries, timeout, priority...)."""
-        from ipython1.client.executor import TaskExecutor
-
         return TaskExecutor(self, **options)
 
     @classmethod

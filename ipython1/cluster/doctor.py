@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ipython1.cluster.launcher import load_state
 from ipython1.common.clusterdir import ENGINE_FURL, MEC_FURL, TASK_FURL, ClusterDir
+from ipython1.common.errors import KernelError
 from ipython1.common.versions import compare, local_versions
 
 CLOCK_SKEW_WARN = 1.0  # s: event times and timeouts get confusing beyond this
@@ -148,6 +150,17 @@ def check_ports(cluster_dir: ClusterDir, ports: dict[str, Any]) -> list[Finding]
                                  + ", ".join(hosts),
                                  "open it in the firewall, or fix it with --relay-port Q and "
                                  "open that (push/pull of large values need it)"))
+    commands = ports.get("commands")
+    if commands:
+        answers = [h for h in hosts if reachable(h, int(commands)) is None]
+        if answers:
+            found.append(Finding("ok", f"command channel port {commands} answers at "
+                                 + ", ".join(answers)))
+        else:
+            found.append(Finding("warn", f"the command channel's port {commands} does not "
+                                 "answer at " + ", ".join(hosts),
+                                 "engines and clients on other hosts fall back to the slower "
+                                 "Foolscap port; open it, or fix it with --command-port Q"))
     if ports.get("dashboard"):
         found.append(Finding("ok", f"dashboard on port {ports['dashboard']} "
                              "(`ipcluster dashboard` prints its URL)"))
@@ -162,7 +175,6 @@ def engine_report() -> dict[str, Any]:
     import socket
     import time
 
-    from ipython1.common.versions import local_versions
 
     pmi = sorted(k for k in os.environ if k.startswith(("PMI_", "PMIX_", "OMPI_", "SLURM_")))
     return {"time": time.time(), "host": socket.gethostname(), "versions": local_versions(),
@@ -189,8 +201,8 @@ def check_cluster(cluster_dir: ClusterDir, hosts: set[str] | None = None) -> lis
 
     The engines' host names are added to hosts, when given.
     """
+    # Foolscap and the reactor: only for the checks that talk to a controller
     from ipython1.client.blocking import MultiEngineClient
-    from ipython1.common.errors import KernelError
     from ipython1.controller.userdir import admin_call
 
     found: list[Finding] = []
@@ -287,8 +299,6 @@ def check_configured_hosts(cluster_dir: ClusterDir, registered_hosts: set[str]) 
     Engines that registered show their host can; this dials from the others
     (engines not started yet, or that never registered), over the same ssh.
     """
-    from ipython1.cluster.launcher import load_state
-
     state = load_state(cluster_dir) or {}
     if state.get("launcher") != "ssh":
         return []

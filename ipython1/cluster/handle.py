@@ -25,7 +25,9 @@ import atexit
 import io
 from typing import Any
 
+from ipython1.cluster import ENGINE_KINDS, resize
 from ipython1.common.clusterdir import ClusterDir
+from ipython1.scripts import ipcluster
 
 
 class Cluster:
@@ -41,8 +43,6 @@ class Cluster:
     def __init__(self, n: int = 4, engines: str = "local", profile: str = "default",
                  ip: str = "127.0.0.1", timeout: float = 120.0, location: str | None = None,
                  **launch_options: Any) -> None:
-        from ipython1.cluster import ENGINE_KINDS
-
         kind = "mpiexec" if engines == "mpi" else engines
         if kind not in ENGINE_KINDS:
             raise ValueError(f"engines must be one of mpi, {', '.join(ENGINE_KINDS)}; "
@@ -73,8 +73,6 @@ class Cluster:
 
     def start(self) -> Cluster:
         """Start the controller and engines; return once every engine has registered."""
-        from ipython1.scripts import ipcluster
-
         if self._started:
             raise RuntimeError(f"{self!r} was started already")
         out = io.StringIO()
@@ -91,6 +89,7 @@ class Cluster:
 
     def client(self, **kwargs: Any) -> Any:
         """Connect a MultiEngineClient (closed by stop())."""
+        # Foolscap and the reactor: only once a client is asked for
         from ipython1.client.blocking import MultiEngineClient
 
         mec = MultiEngineClient(profile=self.profile, **kwargs)
@@ -99,6 +98,7 @@ class Cluster:
 
     def task_client(self, **kwargs: Any) -> Any:
         """Connect a TaskClient (closed by stop())."""
+        # Foolscap and the reactor: only once a client is asked for
         from ipython1.client.blocking import TaskClient
 
         tc = TaskClient(profile=self.profile, **kwargs)
@@ -107,20 +107,14 @@ class Cluster:
 
     def add_engines(self, n: int) -> list[int]:
         """Start n more engines; return their ids once registered."""
-        from ipython1.cluster.resize import add_engines
-
-        return add_engines(self.cluster_dir, n, self.timeout)
+        return resize.add_engines(self.cluster_dir, n, self.timeout)
 
     def remove_engines(self, ids: list[int]) -> list[int]:
         """Stop the engines with these ids."""
-        from ipython1.cluster.resize import remove_engines
-
-        return remove_engines(self.cluster_dir, list(ids))
+        return resize.remove_engines(self.cluster_dir, list(ids))
 
     def stop(self, grace: float = 10.0) -> None:
         """Close the clients made here, stop every engine and the controller, and wait."""
-        from ipython1.scripts import ipcluster
-
         for c in self._clients:
             try:
                 c.close()

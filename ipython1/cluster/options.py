@@ -7,6 +7,12 @@ from typing import Any
 
 from twisted.python import usage
 
+import ipython1
+from ipython1.cluster import ENGINE_KINDS
+from ipython1.cluster.remote import host_name
+from ipython1.cluster.resize import parse_ids
+from ipython1.scripts.ipcontroller import check_network_options
+
 
 def _number(value: Any, option: str, what: str, kind: type = int,
             minimum: float = 0) -> Any:
@@ -38,8 +44,6 @@ class _Options(usage.Options):
 
     def opt_version(self) -> None:
         """Show ipython1's version and exit."""
-        import ipython1
-
         print(f"ipcluster (ipython1) {ipython1.__version__}")
         sys.exit(0)
 
@@ -69,6 +73,10 @@ class StartOptions(_ProfileOption):
          "advertise to engines and clients on other hosts (see ipcontroller --help)."],
         ["port", None, 0, "TCP port of the controller (default: any free port).", int],
         ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
+        ["command-port", None, 0, "TCP port of the command channel for engines and clients "
+         "on other hosts (TLS; default: any free port).", int],
+        ["data-encryption", None, "on", "on (default) or off: large values between hosts "
+         "unencrypted (see ipcontroller --help and docs/security.md)."],
         ["timeout", None, 120.0, "Seconds to wait for all engines to register."],
         ["rejoin-wait", None, None, "The controller's --rejoin-wait: seconds after a "
          "restart that engines may rejoin with what they were running (default 60).", float],
@@ -112,10 +120,6 @@ class StartOptions(_ProfileOption):
             raise usage.UsageError(f"unexpected arguments: {' '.join(args)}")
 
     def postOptions(self) -> None:
-        from ipython1.cluster import ENGINE_KINDS
-        from ipython1.cluster.remote import host_name
-        from ipython1.scripts.ipcontroller import check_network_options
-
         if self["n"] is not None:
             self["n"] = _number(self["n"], "-n", "a number of engines", int, 1)
         self["timeout"] = _number(self["timeout"], "--timeout", "seconds", float, 0.001)
@@ -212,8 +216,6 @@ class EnginesRemoveOptions(_Options):
     optParameters = [["grace", None, 10.0, "Seconds before SIGKILL.", float]]
 
     def parseArgs(self, *ids: str) -> None:
-        from ipython1.cluster.resize import parse_ids
-
         try:
             self["ids"] = parse_ids(ids)
         except ValueError as e:

@@ -34,6 +34,7 @@ def parse_ids(args: Any) -> list[int]:
 
 
 def _client(cluster_dir: ClusterDir, timeout: float) -> Any:
+    # Foolscap and the reactor: ipcluster loads them only to talk to a controller
     from ipython1.client.blocking import MultiEngineClient
 
     if not cluster_dir.controller_running():

@@ -8,19 +8,20 @@ import time
 from pathlib import Path
 from typing import IO
 
+from ipython1 import cluster
 from ipython1.cluster.local import (
     _stale_pid_files,
 )
 from ipython1.common.clusterdir import ClusterDir
+from ipython1.common.errors import KernelError
 from ipython1.common.processes import check
 
 
 def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout, as_json: bool = False,
            watch: bool = False, interval: float = 2.0) -> int:
     """Print the controller, each engine (host, pid, CPU, memory, queue), tasks and users."""
-
-    from ipython1 import cluster
-    from ipython1.common.errors import KernelError
+    # The controller's modules bring Twisted and Foolscap: only the commands that talk to
+    # it import them.
     from ipython1.controller.monitor import format_snapshot
     from ipython1.controller.userdir import admin_call
 
@@ -53,8 +54,6 @@ def status(cluster_dir: ClusterDir, out: IO[str] = sys.stdout, as_json: bool = F
 def logs(cluster_dir: ClusterDir, engine: int | None = None, lines: int = 50,
          follow: bool = False, out: IO[str] = sys.stdout) -> int:
     """Print the last lines of the controller's log, or of an engine's (asked over the wire)."""
-    from ipython1.common.errors import KernelError
-
     if engine is None:
         path = cluster_dir.log_file("ipcontroller")
         if not path.exists():
@@ -65,6 +64,7 @@ def logs(cluster_dir: ClusterDir, engine: int | None = None, lines: int = 50,
         def fetch() -> list[str]:
             return path.read_text(errors="replace").splitlines()[-max(lines, 1000):]
     else:
+        # Foolscap and the reactor: ipcluster loads them only to talk to a controller
         from ipython1.client.blocking import MultiEngineClient
 
         try:
@@ -112,6 +112,7 @@ def _after(shown: list[str], current: list[str]) -> list[str]:
 def dashboard(cluster_dir: ClusterDir, furl_file: str | None = None,
               out: IO[str] = sys.stdout) -> int:
     """Print the dashboard's URL with the token of a capability the caller holds."""
+    # Foolscap and the reactor: ipcluster loads them only to talk to a controller
     from ipython1.controller.dashboard import dashboard_token, read_dashboard_url
     from ipython1.controller.userdir import ADMIN_FURL
 

@@ -12,12 +12,13 @@ import time
 from typing import IO
 
 from ipython1.common.clusterdir import ClusterDir
+from ipython1.common.errors import KernelError
 
 
 def adduser(cluster_dir: ClusterDir, name: str, observer: bool = False,
             out: IO[str] = sys.stdout) -> int:
     """Ask the running controller for a new user's capability; print its FURL file."""
-    from ipython1.common.errors import KernelError
+    # Foolscap and the reactor: ipcluster loads them only to talk to a controller
     from ipython1.controller.userdir import admin_call, validate_user_name
 
     try:
@@ -32,7 +33,7 @@ def adduser(cluster_dir: ClusterDir, name: str, observer: bool = False,
 
 def deluser(cluster_dir: ClusterDir, name: str, out: IO[str] = sys.stdout) -> int:
     """Revoke a user's capability at once."""
-    from ipython1.common.errors import KernelError
+    # Foolscap and the reactor: ipcluster loads them only to talk to a controller
     from ipython1.controller.userdir import admin_call, validate_user_name
 
     try:
@@ -57,7 +58,7 @@ def _print_new_furls(new_furls: dict[str, str], out: IO[str]) -> None:
 
 def users(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
     """List the users of the running controller."""
-    from ipython1.common.errors import KernelError
+    # Foolscap and the reactor: ipcluster loads them only to talk to a controller
     from ipython1.controller.userdir import admin_call
 
     try:
@@ -78,7 +79,7 @@ def users(cluster_dir: ClusterDir, out: IO[str] = sys.stdout) -> int:
 def transcript(cluster_dir: ClusterDir, user: str | None = None, follow: bool = False,
                out: IO[str] = sys.stdout) -> int:
     """Print the transcript, attributed and timestamped; with follow, keep going."""
-
+    # Foolscap and the reactor: ipcluster loads them only to talk to a controller
     from ipython1.controller.events import format_event
     from ipython1.controller.userdir import transcript_path
 

@@ -209,7 +209,8 @@ FinishedNote = Record(op=OpName, execution_count=int, error=Name)
 EngineInfo = Record(
     pid=int, hostname=Name, python=Name, ipython1=Name, cwd=ShortText, host_key=Name,
     versions=Versions,
-    local_data=Record(host=Name, socket=ShortText, pid=int, uid=int),  # datachannel.LocalServer
+    local_data=Record(host=Name, socket=ShortText, pid=int, uid=int),  # engine.localdata
+    direct_data=Record(port=int, host=Name),  # engine.dataserver.DirectServer
     supervised=Flag, restarted=Name,  # cluster.supervisor
     mpi_rank=int, mpi_size=int, mpi_job=Name, mpi_library=ShortText,  # engine.mpi.initialize
     requested_id=int, rejoin=Flag,  # the id it asks for (MPI rank, restart, rejoin)
@@ -248,11 +249,14 @@ EngineReply = ByteStringConstraint(MAX_REPLY)
 # (replies.pack), {"pending_id": n} when block is False, or an error before anything ran.
 # Lists (queue_status, users, the transcript...) are packed the same way.
 SessionReply = OneOf(Record(pending_id=int), ErrorReply, max_bytes=MAX_REPLY)
-# A data channel ticket (MultiEngine.open_transfer): local, through the relay, or an error.
+# A data channel ticket (MultiEngine.open_transfer): local, direct, through the relay, or an
+# error.
 Ticket = OneOf(
     Record(pairing_id=Token, secret=Token, uses=int, ttl=ChoiceOf(int, float),
            local=Record(socket=ShortText, pid=int, uid=int)),
     Record(pairing_id=Token, secret=Token, relay_port=int, tubid=Name),
+    Record(pairing_id=Token, secret=Token, uses=int, ttl=ChoiceOf(int, float), direct=Name,
+           plain=Flag, tubid=Name),
     ErrorReply)
 # A row per user (users.UserDirectory.listing, remove).
 UserRow = DictOf(Name, AnyValue(), maxKeys=16)

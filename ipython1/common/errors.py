@@ -220,6 +220,7 @@ class CompositeError(KernelError):
         elif len(known) == 1:
             where = f"engine {known[0]}"
         else:
+            # the client's half: only when an error names its targets
             from ipython1.client.events import format_targets
 
             where = f"engines {format_targets(known)}"

@@ -60,8 +60,8 @@ TargetSpec = Any  # "all" | int | list[int]
 # get_properties(): the named ones, or all (a ChoiceOf of a list drops the connection)
 PropertyNames = ListOrNone(Name, maxLength=100_000)
 PropertyValues = AnyValue()  # checked as plain data by properties.update on arrival
-# A remote pdb's answer: {"output": text, "waiting": bool} (ChoiceOf cannot hold text).
-DebugReply = DictOf(Name, AnyValue(), maxKeys=4)
+# A remote pdb's answer: its output up to the next prompt, and whether it waits for a line.
+DebugReply = Record(output=Text, waiting=Flag)
 
 
 # -- local interfaces --------------------------------------------------------
@@ -211,6 +211,10 @@ class RIEngine(RemoteInterface):
                       blob_id=Token, sizes=Sizes):
         return Flag
 
+    def expect_transfers(pairing_id=Token, secret=Token, uses=int, plain=Flag):
+        """Let the holder of pairing_id and secret make uses transfers on the data port."""
+        return Flag
+
     def open_command_channel(engine_id=int, offer=AnyValue()):
         return Flag
 
@@ -321,7 +325,7 @@ class RIMultiEngineSession(RemoteInterface):
 
     def debug_input(engine_id=int, line=Text):
         """A line for the debugger this client's command opened on engine_id."""
-        return SessionReply
+        return OneOf(DebugReply, ErrorReply)
 
     def queue_status(targets=Targets):
         return SessionReply
@@ -330,7 +334,8 @@ class RIMultiEngineSession(RemoteInterface):
         return SessionReply
 
     def open_transfer(engine_id=int, direction=Name, blob_id=Token, sizes=Sizes,
-                      host=Optional(Name, "")):  # datachannel.host_key() of the client
+                      host=Optional(Name, ""),  # transport.data.local.host_key() of the client
+                      route=Optional(Name, "")):  # "direct": to the engine's data port if it can
         return Ticket
 
     def engine_info(targets=Targets):

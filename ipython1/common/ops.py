@@ -52,7 +52,6 @@ class Op:
     observer: bool = False  # an observer's session may call it
     kernel: str = ""  # the EngineKernel method; default: the op's name
     session: bool = True  # a multi-engine session method op(*args, targets, block)
-    encoded: bool = True  # the engine sends the reply msgpack-encoded (replies.encode)
 
     def kernel_method(self, name: str) -> str:
         return self.kernel or name

@@ -273,7 +273,7 @@ def _split(frames: Sequence[bytes]) -> tuple[bytes, list[bytearray]]:
     return stream, _unpack(data_frames, sizes)
 
 
-# Writable frames received for this value alone (datachannel.buffer_for).
+# Writable frames received for this value alone (transport.data.buffers.buffer_for).
 _PRIVATE = (bytearray, mmap.mmap)
 
 

@@ -16,8 +16,11 @@ from foolscap.broker import Broker
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 
+from ipython1.common import addresses
+from ipython1.common.addresses import furl_endpoints, split_host_port, unreachable_advice
 from ipython1.common.clusterdir import MEC_FURL, ClusterDir
 from ipython1.common.errors import ControllerNotFound
+from ipython1.common.listenguard import ListenerGuard, guarded_negotiation
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -153,8 +156,6 @@ def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0,
     Its FURLs advertise location (HOST[:PORT],...), else what addresses.advertised
     finds for ip: never a wildcard address.
     """
-    from ipython1.common import addresses
-
     if not cert_file.exists():
         fd = os.open(cert_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -166,7 +167,6 @@ def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0,
         endpoints = addresses.advertised(ip, port, location)
     except ValueError as e:
         raise ControllerNotFound(str(e)) from None
-    from ipython1.common.listenguard import ListenerGuard, guarded_negotiation
 
     # Connections that have not negotiated yet: capped, timed out, floods logged.
     tub.negotiationClass = guarded_negotiation(ListenerGuard(f"Foolscap port {ip}:{port}"))
@@ -266,8 +266,6 @@ def get_reference(tub: Tub, furl: str, timeout: float = 10.0,
     hint = f"; {source}" if source else ""
 
     def failed(f: Any) -> None:
-        from ipython1.common.addresses import unreachable_advice
-
         advice = unreachable_advice(furl, socket.gethostname())
         if f.check(defer.CancelledError):
             raise ControllerNotFound(
@@ -299,8 +297,6 @@ def relax_disconnect_timeout(ref: Any, seconds: float = MPI_DISCONNECT_TIMEOUT) 
 
 def furl_location(furl: str) -> str:
     """Return the host:port part of a FURL, for messages."""
-    from ipython1.common.addresses import furl_endpoints
-
     return ", ".join(furl_endpoints(furl)) or furl
 
 
@@ -313,7 +309,6 @@ def peer_host(ref: Any, furl: str = "") -> str:
     try:
         return str(ref.tracker.broker.transport.getPeer().host)
     except AttributeError:  # not connected over TCP (a local stand-in in tests)
-        from ipython1.common.addresses import furl_endpoints, split_host_port
 
         hints = furl_endpoints(furl)
         return split_host_port(hints[0], 0)[0] if hints else "127.0.0.1"

@@ -97,6 +97,7 @@ class Dashboard:
         caps = [(furl, owner, "owner") for furl in service.furls.values()]
         directory = getattr(service, "users", None)
         if directory is not None:
+            # Foolscap: `ipcluster dashboard` reads the URL without it
             from ipython1.controller.userdir import user_furl_file
 
             for record in directory.users.values():

@@ -138,7 +138,7 @@ class ClusterMonitor:
                 "queued": len(record.queue),
                 "cpu": stats.get("cpu"),
                 "rss": stats.get("rss"),
-                "transport": "channel" if record.connection.local else "foolscap",
+                "transport": record.connection.name,
                 "python": info.get("python"),
                 "ipython1": info.get("ipython1"),
             })
@@ -153,6 +153,7 @@ class ClusterMonitor:
                 "versions": dict(self.controller.versions),
                 "ports": {"foolscap": getattr(self.service, "port", None),
                           "relay": getattr(self.service, "relay_port", None),
+                          "commands": getattr(self.service, "command_port", None),
                           "dashboard": getattr(getattr(self.service, "dashboard", None),
                                                "port", None)},
             },

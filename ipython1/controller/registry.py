@@ -9,32 +9,32 @@ clients and engines. Adapters (multi-engine, task farm) are built on
 from __future__ import annotations
 
 import getpass
-import os
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foolscap.api import DeadReferenceError, Referenceable
+from foolscap.api import DeadReferenceError
 from twisted.application import service
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ipython1.common import clusterdir as cluster
-from ipython1.common import processes, versions, wire
+from ipython1.cluster.supervisor import read_exit_report
+from ipython1.common import versions, wire
 from ipython1.common.errors import (
     EngineError,
     InvalidEngineID,
     NoEnginesRegistered,
     VersionMismatch,
 )
-from ipython1.common.interfaces import IEngineRegistry, RIEngineRegistration
-from ipython1.controller.events import EventBus, Transcript
+from ipython1.common.interfaces import IEngineRegistry
+from ipython1.controller.events import EventBus
 from ipython1.controller.output import OutputReceiver
 from ipython1.controller.queue import Command, EngineQueue, user_of
-from ipython1.controller.recovered import REJOIN_WAIT, RecoveredResults
+from ipython1.controller.recovered import RecoveredResults
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
 from ipython1.transport.foolscap import FoolscapEngineConnection
@@ -106,7 +106,9 @@ class Controller(service.MultiService):
         self.owner = _login_name()
         self.events = EventBus()  # the shared, attributed view of everything (issue 8)
         self.add_observer(self.events.on_controller)
-        self.relay: Any = None  # datachannel.Relay, set by ControllerService
+        self.relay: Any = None  # controller.relay.Relay, set by ControllerService
+        # False only by --data-encryption=off: direct transfers go unencrypted.
+        self.data_encryption = True
         # Engines on this host take their queued commands over it (see transport.channel).
         self.command_channels: command_channel.CommandChannelServer | None = None
         # Ids below reserve_ids are given only to engines that ask for them
@@ -117,8 +119,6 @@ class Controller(service.MultiService):
         # pid -> Deferred[report or None]: a supervised engine's end (ControllerService)
         self.exit_reports: Callable[[Any], Deferred[dict[str, Any] | None]] | None = None
         self._dying: dict[int, list[Callable[[], None]]] = {}  # engines awaiting a report
-        self._reports: dict[tuple[str, Any], dict[str, Any]] = {}  # came before the death
-        self._report_waiters: dict[tuple[str, Any], list[Deferred[Any]]] = {}
         self.versions = versions.local_versions()
         self.debug_clients: dict[str, Any] = {}  # client name -> its debugger observer
         # Clients not reading their replies: their queued commands wait (backpressure).
@@ -126,6 +126,8 @@ class Controller(service.MultiService):
         # The last controller's commands, as the rejoining engines keep them (issue 15);
         # ControllerService ends its window after --rejoin-wait.
         self.recovered = RecoveredResults()
+        self._reports: dict[tuple[str, Any], dict[str, Any]] = {}  # came before the death
+        self._report_waiters: dict[tuple[str, Any], list[Deferred[Any]]] = {}
 
     # -- registry --
 
@@ -139,6 +141,9 @@ class Controller(service.MultiService):
                       *(late_tasks if isinstance(late_tasks, list) else [])] or None
         done_tasks = info.pop("done_tasks", None)
         kept, running = info.pop("kept_results", None), info.pop("running_command", None)
+        direct = info.get("direct_data")
+        if isinstance(direct, dict):  # clients reach its data port where we reach the engine
+            info["direct_data"] = dict(direct, host=wire.peer_host(engine))
         engine_id = self._assign_id(info.get("requested_id"), bool(info.get("rejoin")))
         self.recovered.rejoined(engine_id, kept, running)
         if "mpi_rank" in info:
@@ -164,8 +169,10 @@ class Controller(service.MultiService):
         self.engines[engine_id] = record
         connection.notifyOnDisconnect(self._engine_lost, engine_id)
         channels = self.command_channels
-        if channels is not None and channels.host and info.get("host_key") == channels.host:
-            d = connection.control("open_command_channel", engine_id, channels.offer(engine_id))
+        tcp = channels.offer_for(info.get("host_key")) if channels is not None else None
+        if tcp is not None:  # the Unix socket on this host, else TLS (transport.tcpchannel)
+            d = connection.control("open_command_channel", engine_id,
+                                   channels.offer(engine_id, tcp=tcp))
             d.addErrback(lambda f: None)  # Foolscap carries its commands instead
         # Live stdout/stderr: the engine sends it to this receiver as it is written.
         d = connection.control("subscribe_output", OutputReceiver(
@@ -256,7 +263,7 @@ class Controller(service.MultiService):
         record.connection.close()
         if record.info.get("supervised") and self.exit_reports is not None or \
                 record.info.get("watched"):
-            # Its supervisor or watcher tells how it ended (signal, code, stderr) in a moment.
+            # Its supervisor tells how it ended (signal, code, stderr) in a moment.
             self._dying[engine_id] = hold = []
 
             def report_came(report: dict[str, Any] | None) -> None:
@@ -465,9 +472,11 @@ class Controller(service.MultiService):
 
     def engine_info(self, ids: list[int]) -> list[dict[str, Any]]:
         """Return what each engine said of itself at registration (pid, MPI rank...),
-        and whether its commands take the local command channel."""
+        whether its commands take a command channel, and which one
+        (command_transport: "channel", "tcp-channel" or "foolscap")."""
         return [dict(self.engines[i].info, engine_id=i,
-                     command_channel=self.engines[i].connection.local)
+                     command_channel=self.engines[i].connection.local,
+                     command_transport=self.engines[i].connection.name)
                 for i in ids if i in self.engines]
 
     def clear_queue(self, ids: list[int], client: str | None = None) -> list[dict[str, Any]]:
@@ -529,10 +538,6 @@ def with_exit_report(reason: str, death: dict[str, Any],
 def wait_for_exit_report(pid_dir: Path, pid: Any, timeout: float = EXIT_REPORT_WAIT,
                          interval: float = 0.05) -> Deferred[dict[str, Any] | None]:
     """Fire with the supervisor's report of pid's end, or None after timeout."""
-    from twisted.internet import task
-
-    from ipython1.cluster.supervisor import read_exit_report
-
     deadline = reactor.seconds() + timeout
 
     def look() -> Any:
@@ -544,236 +549,14 @@ def wait_for_exit_report(pid_dir: Path, pid: Any, timeout: float = EXIT_REPORT_W
     return defer.maybeDeferred(look)
 
 
-RELAY_PORT_FILE = "relay-port"  # in the cluster directory: the data relay's last port
+# What this module held before the controller was split (its old name is
+# ipython1.kernel.controller).
+_MOVED_OUT = {"ControllerService": "service", "EngineRegistration": "service",
+              "EngineIds": "service", "RELAY_PORT_FILE": "service"}
 
 
-def _saved_port(path: Path) -> int:
-    """Return the port saved in path, or 0 (any) if there is none."""
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return 0
-
-
-def _furl_port(furl_file: Path) -> int:
-    """Return the port of the FURL in furl_file, or 0 (any) if there is none."""
-    try:
-        return int(wire.furl_location(furl_file.read_text().strip()).rsplit(":", 1)[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-class EngineIds:
-    """The ids this cluster's controller gave, kept for `ipcontroller --reuse`; and
-    those of its engines alive now (``engine-ids.live``), which a restarted
-    controller waits for (``RecoveredResults.expect``)."""
-
-    FILE_NAME = "engine-ids"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.ids: set[int] = set()
-        self.live: set[int] = set()
-        self.live_path = path.with_name(path.name + ".live")
-
-    def load_live(self) -> set[int]:
-        try:
-            return {int(w) for w in self.live_path.read_text().split()}
-        except (OSError, ValueError):
-            return set()
-
-    def _save_live(self, live: set[int]) -> None:
-        self.live = live
-        cluster.write_private(self.live_path, "".join(f"{i}\n" for i in sorted(live)))
-
-    def load(self) -> set[int]:
-        try:
-            self.ids = {int(w) for w in self.path.read_text().split()}
-        except (OSError, ValueError):
-            self.ids = set()
-        return set(self.ids)
-
-    def save(self, ids: set[int]) -> None:
-        self.ids = set(ids)
-        cluster.write_private(self.path, "".join(f"{i}\n" for i in sorted(ids)))
-
-    def on_controller(self, kind: str, data: dict[str, Any]) -> None:
-        engine_id = data.get("engine_id")
-        if kind == "engine_registered" and engine_id not in self.ids:
-            self.save(self.ids | {engine_id})
-        if kind == "engine_registered" and engine_id not in self.live:
-            self._save_live(self.live | {engine_id})
-        elif kind == "engine_died" and engine_id in self.live:
-            self._save_live(self.live - {engine_id})
-
-
-@implementer(RIEngineRegistration)
-class EngineRegistration(Referenceable):  # type: ignore[misc]
-    """The engine-facing capability: engines call register_engine."""
-
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
-
-    def remote_register_engine(self, engine: Any, info: dict[str, Any]) -> int:
-        self.controller.check_versions(
-            info, f"engine pid {info.get('pid')} on {info.get('hostname')}")
-        return self.controller.register_engine(engine, info)
-
-    def remote_deliver_late(self, engine_id: int, late: Any) -> None:
-        self.controller.deliver_late(engine_id, late)
-
-    def remote_report_exit(self, report: Any) -> None:
-        self.controller.exit_reported(report)
-
-
-class ControllerService(service.MultiService):
-    """Controller + Tub + FURL files: what `twistd ipcontroller` runs."""
-
-    def __init__(self, cluster_dir: cluster.ClusterDir, ip: str = "127.0.0.1",
-                 port: int = 0, reserve_ids: int = 0, location: str | None = None,
-                 relay_port: int = 0,
-                 dashboard: tuple[str, int] | None = ("127.0.0.1", 0),
-                 reuse: bool = False, rejoin_wait: float = REJOIN_WAIT) -> None:
-        super().__init__()
-        # How long after start-up engines may rejoin with what they were running.
-        self.rejoin_wait = rejoin_wait
-        self.reuse = reuse
-        self._rejoin_window: Any = None
-        self.dashboard_address = dashboard  # (ip, port) of the web dashboard, or None
-        self.monitor: Any = None
-        self.dashboard: Any = None
-        self.cluster_dir = cluster_dir.create(tighten=True)
-        self.ip = ip
-        self.port = port
-        self.location = location  # what the FURLs advertise (addresses.advertised)
-        self.relay_port = relay_port
-        self.controller = Controller(reserve_ids=reserve_ids)
-        self.controller.setServiceParent(self)
-        # --reuse (issue 15): the last controller's port and engine ids, so its
-        # engines and clients find this one at the same FURLs and rejoin as before.
-        self.engine_ids = EngineIds(self.cluster_dir.path / EngineIds.FILE_NAME)
-        if reuse:
-            self.port = port or _furl_port(self.cluster_dir.furl_file(cluster.ENGINE_FURL))
-            self.relay_port = relay_port or _saved_port(self.cluster_dir.path / RELAY_PORT_FILE)
-            self.controller.remember_ids(self.engine_ids.load())
-            # Until these rejoin, results of the last controller's commands may come.
-            self.controller.recovered.expect(self.engine_ids.load_live())
-        else:
-            self.engine_ids.save(set())
-        self.controller.add_observer(self.engine_ids.on_controller)
-        self.controller.exit_reports = lambda pid: wait_for_exit_report(self.cluster_dir.pid, pid)
-        self.furls: dict[str, str] = {}
-        self.adapters: dict[str, Any] = {}
-        self.tub: Any = None
-
-    def startService(self) -> None:
-        from ipython1.controller.multiengine import MultiEngine, MultiEngineReferenceable
-
-        cert = self.cluster_dir.security / cluster.CONTROLLER_CERT
-        from ipython1.kernel.datachannel import Relay
-
-        # The relay first: a busy --relay-port stops start-up before the Tub listens.
-        self.controller.relay = relay = Relay(self.ip, self.relay_port)
-        self.relay_port = relay.port
-        # --reuse listens on it again: firewalls and tunnels keep working after a restart.
-        cluster.write_private(self.cluster_dir.path / RELAY_PORT_FILE, f"{relay.port}\n")
-        # A transfer with an engine that died fails at once, not after PAIR_TIMEOUT.
-        self.controller.add_observer(
-            lambda kind, data: relay.engine_lost(data["engine_id"])
-            if kind == "engine_died" else None)
-        self.tub, self.port = wire.listening_tub(cert, self.ip, self.port, self.location)
-        if command_channel.enabled() and command_channel.host_key():
-            self.controller.command_channels = command_channel.CommandChannelServer(
-                self.controller)
-        self.tub.setServiceParent(self)
-        from twisted.internet import reactor
-
-        # Only a controller taking over (--reuse) has engines rejoining with results.
-        self._rejoin_window = reactor.callLater(self.rejoin_wait if self.reuse else 0,
-                                                self.controller.recovered.expire)
-        # Listen first, then write the FURL files: whoever sees a file (a
-        # script, an engine, a test) can connect at once, never be refused.
-        super().startService()
-        from ipython1.controller.monitor import ClusterMonitor
-
-        self.monitor = ClusterMonitor(self)
-        self.adapters["mec"] = MultiEngine(self.controller, self)
-        self._publish(EngineRegistration(self.controller), cluster.ENGINE_FURL)
-        self._publish(MultiEngineReferenceable(self.adapters["mec"]), cluster.MEC_FURL)
-        self._publish_users()
-        self._publish_extra_adapters()
-        processes.write_pid_file(self.cluster_dir.pid_file("ipcontroller"), [os.getpid()])
-        log.info("controller listening on {ip}:{port} (data relay on port {relay}); "
-                 "FURLs advertise {location}", ip=self.ip, port=self.port,
-                 relay=self.relay_port, location=wire.furl_location(self.furls[cluster.MEC_FURL]))
-        self._start_monitoring()
-
-    def _start_monitoring(self) -> None:
-        """The status snapshots (ipcluster status) and the web dashboard."""
-        self.monitor.start()
-        if self.dashboard_address is not None:
-            from ipython1.controller.dashboard import Dashboard
-
-            self.dashboard = Dashboard(self, self.monitor, *self.dashboard_address)
-            try:
-                self.dashboard.start()
-            except Exception as e:  # a taken port must not stop the controller
-                log.error("no web dashboard: {e}", e=e)
-                self.dashboard = None
-
-    def _publish_users(self) -> None:
-        """The transcript, the named users' capabilities and the owner's admin FURL."""
-        from ipython1.controller import userdir as users
-
-        bound = os.environ.get("IPYTHON1_EVENT_BUFFER")  # events per subscriber (tests)
-        if bound:
-            self.controller.events.max_buffered = int(bound)
-        self.controller.events.set_transcript(
-            Transcript(users.transcript_path(self.cluster_dir)))
-        self.users = users.UserDirectory(self.adapters["mec"], self.tub, self.cluster_dir)
-        self.users.load()
-        self._publish(users.ControllerAdmin(self.users, self.monitor), users.ADMIN_FURL)
-
-    def _publish_extra_adapters(self) -> None:
-        """Publish the optional adapters that are installed (task farm)."""
-        try:
-            from ipython1.controller.task import TaskFarm, TaskFarmReferenceable
-        except ImportError:
-            return
-        from ipython1.controller.journal import open_journal
-
-        self.journal = open_journal(self.cluster_dir.path)
-        self.adapters["task"] = TaskFarm(self.controller, journal=self.journal,
-                                         rejoin_grace=self.rejoin_wait)
-        self._publish(TaskFarmReferenceable(self.adapters["task"]), cluster.TASK_FURL)
-
-    def _publish(self, obj: Any, name: str) -> None:
-        path = self.cluster_dir.furl_file(name)
-        self.furls[name] = wire.publish(self.tub, obj, path)
-
-    def stopService(self) -> Deferred[Any]:
-        if self._rejoin_window is not None and self._rejoin_window.active():
-            self._rejoin_window.cancel()
-        if self.dashboard is not None:
-            self.dashboard.stop()
-        if self.monitor is not None:
-            self.monitor.stop()
-        if self.controller.relay is not None:
-            self.controller.relay.close()
-        if self.controller.command_channels is not None:
-            self.controller.command_channels.close()
-        d = defer.maybeDeferred(super().stopService)
-        if "task" in self.adapters:
-            self.adapters["task"].close()
-
-        def cleanup(result: Any) -> Any:
-            pid_file = self.cluster_dir.pid_file("ipcontroller")
-            if cluster.read_pid(pid_file) == os.getpid():
-                Path(pid_file).unlink(missing_ok=True)
-            return result
-
-        return d.addBoth(cleanup)
-
-    def shutdown(self) -> None:
-        """Stop the whole process (kill(controller=True))."""
-        reactor.callLater(0.1, reactor.stop)
+def __getattr__(name: str) -> Any:
+    """Re-export the service's names, imported only when asked for (it imports this)."""
+    if name in _MOVED_OUT:
+        return getattr(importlib.import_module(f"ipython1.controller.{_MOVED_OUT[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

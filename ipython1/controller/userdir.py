@@ -33,6 +33,7 @@ from ipython1.common import clusterdir as cluster
 from ipython1.common import wire
 from ipython1.common.errors import InvalidUserName, KernelError, error_to_wire
 from ipython1.common.interfaces import RIControllerAdmin
+from ipython1.controller.multienginesession import MultiEngineReferenceable
 from ipython1.controller.users import (  # noqa: F401 - re-exported: their old home
     MAX_TRANSCRIPT_EVENTS,
     TRANSCRIPT,
@@ -113,8 +114,6 @@ class UserDirectory:
              for u in self.users.values()}, indent=1) + "\n")
 
     def _publish(self, name: str, kind: str) -> Path:
-        from ipython1.controller.multiengine import MultiEngineReferenceable
-
         if kind not in KINDS:
             raise KernelError(f"unknown kind of user {kind!r}: use 'full' or 'observer'")
         path = user_furl_file(self.cluster_dir, name)

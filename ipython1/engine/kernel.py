@@ -25,12 +25,12 @@ from ipython1.common import ops
 from ipython1.common.errors import KernelError, TaskTimeout, error_to_wire
 from ipython1.common.interfaces import IEngineKernel
 from ipython1.common.serialize import deserialize, serialize
-from ipython1.engine import introspection
+from ipython1.engine import blobs, introspection
 from ipython1.engine.capture import OutputStream, _Capture
 from ipython1.engine.debugger import DebugSession
 from ipython1.engine.shell import _make_shell, _Recorder
 from ipython1.engine.watchdog import TaskWatchdog
-from ipython1.kernel import datachannel
+from ipython1.transport.data import refs
 
 if TYPE_CHECKING:
     from ipython1.engine.runner import ShellRunner
@@ -38,12 +38,12 @@ if TYPE_CHECKING:
 MAX_HISTORY = 1000  # execution records kept per engine; older ones are dropped
 
 # Large values received or to be sent over the data channel, by blob id.
-BLOBS = datachannel.BlobStore()
+BLOBS = blobs.BlobStore()
 
 
 def _incoming(frames: list[bytes]) -> list[Any]:
     """Return the frames of a value, fetching a blob reference from BLOBS."""
-    ref = datachannel.parse_blob_ref(frames)
+    ref = refs.parse_blob_ref(frames)
     return frames if ref is None else BLOBS.take(ref[0])
 
 
@@ -56,11 +56,11 @@ def _outgoing(value: Any) -> list[bytes]:
     the memory it receives them in.
     """
     frames = serialize(value, max_frame=None, copy=False)
-    if not datachannel.is_large(frames):
+    if not refs.is_large(frames):
         return [bytes(f) for f in frames]
-    blob_id = datachannel.new_blob_id()
+    blob_id = refs.new_blob_id()
     BLOBS.put(blob_id, frames, lent=True)
-    return datachannel.blob_ref(blob_id, [len(f) for f in frames])
+    return refs.blob_ref(blob_id, [len(f) for f in frames])
 
 
 @implementer(IEngineKernel)

@@ -13,13 +13,13 @@ import os
 import sys
 from typing import Any
 
+from ipython1.cluster.supervisor import RESTART_ENV
+
 IN_PLACE_ENV = "IPYTHON1_ENGINE_ID"  # set by exec_fresh: the id the new image asks for
 
 
 def exec_fresh(engine_id: int, why: str = "restarted on request") -> None:
     """Replace this process with a fresh engine of the same id (never returns)."""
-    from ipython1.cluster.supervisor import RESTART_ENV
-
     os.environ[RESTART_ENV] = why
     os.environ[IN_PLACE_ENV] = str(engine_id)
     sys.stdout.flush()

@@ -87,9 +87,9 @@ class ShellRunner:
     def open_channel(self, offer: dict[str, Any], host: Any) -> None:
         """Connect the command channel on the shell thread; host runs its calls.
 
-        host.job(op, args) gives (job, encode), or None for args that are not a
-        list; host.output_idle() and host.drain_output() keep a command's live
-        output ahead of its reply.
+        host.job(op, args) gives the job, or None for args that are not a list;
+        host.output_idle() and host.drain_output() keep a command's live output
+        ahead of its reply.
         """
         self._put(("channel", offer, host))
 
@@ -144,6 +144,11 @@ class ShellRunner:
                 pass
             if items:
                 return items
+            if channel.pending():  # TLS: a frame already decrypted waits no poll
+                frames = channel.receive()
+                if frames:
+                    return frames
+                continue
             for fd, _event in self._poll.poll():
                 if fd == self._wake_r:
                     os.read(fd, 4096)
@@ -152,8 +157,10 @@ class ShellRunner:
                 if frames:
                     return frames
 
-    def _attach_channel(self, offer: dict[str, Any], host: Any) -> None:
-        channel = command_channel.EngineChannel.connect(offer)
+    def _attach_channel(self, offer: Any, host: Any) -> None:
+        # A TLS channel comes connected (tcpchannel.connect_engine, on a worker thread).
+        channel = offer if isinstance(offer, command_channel.EngineChannel) else \
+            command_channel.EngineChannel.connect(offer)
         if channel is None:
             return
         if self._channel is not None:
@@ -185,13 +192,12 @@ class ShellRunner:
             channel.answer(seq, False, error_to_wire(
                 KernelError(f"unknown command {op!r}"), self.engine_id))
             return
-        job, encode = found
         BLOBS.settle()
-        reply = self._run(job, channel_seq=seq)
+        reply = self._run(found, channel_seq=seq)
         if not self._channel_host.output_idle():
             # The reply must not overtake the command's last output (on Foolscap).
             threads.blockingCallFromThread(reactor, self._channel_host.drain_output)
-        channel.answer(seq, True, replies.encode(reply) if encode else reply)
+        channel.answer(seq, True, replies.encode(reply))
 
     def _run(self, job: Callable[[], Any], channel_seq: int | None = None) -> dict[str, Any]:
         try:

@@ -25,20 +25,22 @@ from twisted.logger import Logger, globalLogPublisher
 from zope.interface import implementer
 
 from ipython1 import __version__
-from ipython1.common import addresses, localhost, ops, replies, wire
+from ipython1.common import addresses, localhost, replies, wire
 from ipython1.common.errors import KernelError, VersionMismatch
 from ipython1.common.interfaces import RIEngine
 from ipython1.common.logring import LogRing
 from ipython1.common.versions import local_versions, refusal
+from ipython1.engine import dataserver, localdata
 from ipython1.engine.debugger import DebugSession
 from ipython1.engine.kernel import BLOBS, EngineKernel, _CellFailed, _error_reply
 from ipython1.engine.output import OutputBatcher
 from ipython1.engine.rejoin import MAX_TAG, RECONNECT_TIMEOUT, LateReplies
 from ipython1.engine.restart import exec_fresh
 from ipython1.engine.runner import ShellRunner
-from ipython1.kernel import datachannel
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
+from ipython1.transport import tcpchannel
+from ipython1.transport.data import local, refs, stream
 
 log = Logger()
 
@@ -57,7 +59,10 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._info = info
         self.tls_context: Any = None  # set once connected: the data channel's TLS identity
         self.controller_host: str | None = None
-        self.local_data: datachannel.LocalServer | None = None  # same-host transfers
+        self.controller_tubid: str | None = None  # the FURL's: checked by the TLS channel
+        self._tcp_offer: dict[str, Any] | None = None  # until the controller is known
+        self.local_data: localdata.LocalServer | None = None  # same-host transfers
+        self.direct_data: dataserver.DirectServer | None = None  # clients on other hosts
         self._kernel: EngineKernel | None = None
         self._kernel_factory = kernel_factory
         self._output_observer: Any = None
@@ -94,20 +99,18 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._kernel.engine_id = self._runner.engine_id
         return self._kernel
 
-    def job(self, name: Any, args: Any,
-            tag: str | None = None) -> tuple[Callable[[], Any], bool] | None:
-        """Return (job, whether its reply is msgpack-encoded) for a command; None if args
-        is not a list. The job runs on the shell thread: EngineKernel.dispatch. A tagged
-        command's reply is kept for a restarted controller (engine/rejoin.py)."""
+    def job(self, name: Any, args: Any, tag: str | None = None) -> Callable[[], Any] | None:
+        """Return the job of a command (its reply is msgpack-encoded, replies.encode);
+        None if args is not a list. It runs on the shell thread: EngineKernel.dispatch.
+        A tagged command's reply is kept for a restarted controller (engine/rejoin.py)."""
         if not isinstance(args, list):
             return None
         if not (isinstance(tag, str) and len(tag) <= MAX_TAG):
             tag = None
-        entry = ops.OPS.get(name) if isinstance(name, str) else None
         # Both jobs call dispatch themselves: no extra frame per command (test_hops).
         if name == "run_tasks" and args and isinstance(args[0], list):
-            return self._kept_if_lost(args), (entry is None or entry.encoded)
-        return self._noted_if_lost(name, args, tag), (entry is None or entry.encoded)
+            return self._kept_if_lost(args)
+        return self._noted_if_lost(name, args, tag)
 
     def _noted_if_lost(self, name: Any, args: list[Any],
                        tag: str | None = None) -> Callable[[], Any]:
@@ -168,11 +171,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
 
     def remote_run(self, name: str, args: list[Any], tag: str | None = None) -> Deferred[Any]:
         """Queue one command of the op table for the shell thread."""
-        job, encoded = self.job(name, list(args), tag)  # type: ignore[misc]
-        d = self._runner.submit(job)
-        if encoded:
-            d.addBoth(self._flushed).addCallback(replies.encode)
-        return d
+        d = self._runner.submit(self.job(name, list(args), tag))  # type: ignore[arg-type]
+        return d.addBoth(self._flushed).addCallback(replies.encode)
 
     def remote_kept_result(self, tag: str) -> bytes | None:
         """Hand a kept reply to a restarted controller (None: dropped, or too large)."""
@@ -201,27 +201,58 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         return self._runner.interrupt(channel_seq)
 
     def remote_open_command_channel(self, engine_id: int, offer: dict[str, Any]) -> bool:
-        """Take queued commands over the controller's local socket (transport.channel)."""
+        """Take queued commands over the controller's local socket (transport.channel),
+        or over TLS from another host (transport.tcpchannel)."""
+        if tcpchannel.valid_offer(offer) and offer["kind"] == "engine":
+            if not tcpchannel.enabled():
+                return False
+            self._tcp_offer = offer  # this comes before register_engine's answer
+            self._connect_tcp_channel()
+            return True
         if not command_channel.enabled() or not command_channel.valid_engine_offer(offer):
             return False  # IPYTHON1_COMMAND_CHANNEL=0 here too: Foolscap only
         self._runner.open_channel(offer, self)
         return True
+
+    def controller_known(self, host: str, tubid: str) -> None:
+        """Registered: where the controller is and who; a channel offered meanwhile opens."""
+        self.controller_host, self.controller_tubid = host, tubid
+        self._connect_tcp_channel()
+
+    def _connect_tcp_channel(self) -> None:
+        offer, host, tubid = self._tcp_offer, self.controller_host, self.controller_tubid
+        if offer is None or host is None or tubid is None:
+            return
+        self._tcp_offer = None
+        # Off the shell thread: a firewall that drops packets costs the timeout,
+        # and commands keep taking Foolscap meanwhile.
+        d = threads.deferToThread(tcpchannel.connect_engine, offer, host, tubid)
+        d.addCallback(lambda end: end is not None and self._runner.open_channel(end, self))
+        d.addErrback(lambda f: log.warn("command channel: {e}", e=f.getErrorMessage()))
 
     def remote_open_transfer(self, pairing_id: bytes, secret: bytes, relay_port: int,
                              direction: str, blob_id: bytes, sizes: list[int]) -> bool:
         """Serve one data-channel transfer on a worker thread (never the shell thread)."""
         if relay_port == 0:  # same host: the client comes to our local socket
             if self.local_data is None:
-                raise datachannel.TransferError("this engine has no local data channel")
+                raise refs.TransferError("this engine has no local data channel")
             self.local_data.expect(pairing_id, secret)  # a book of tickets
             return True
         if self.tls_context is None or self.controller_host is None:
-            raise datachannel.TransferError("this engine has no data channel")
+            raise refs.TransferError("this engine has no data channel")
         d = threads.deferToThread(
-            datachannel.engine_transfer, self.tls_context,
+            dataserver.engine_transfer, self.tls_context,
             addresses.join_host_port(self.controller_host, relay_port),
             pairing_id, secret, direction, blob_id, sizes, BLOBS)
         d.addErrback(lambda f: log.warn("data transfer failed: {e}", e=f.getErrorMessage()))
+        return True
+
+    def remote_expect_transfers(self, pairing_id: bytes, secret: bytes, uses: int,
+                                plain: bool) -> bool:
+        """Let a client make uses transfers on this engine's data port (see dataserver)."""
+        if self.direct_data is None:
+            raise refs.TransferError("this engine has no data port")
+        self.direct_data.expect(pairing_id, secret, max(1, min(uses, 1024)), plain)
         return True
 
     def remote_properties(self) -> dict[str, Any]:
@@ -344,9 +375,9 @@ class EngineService(service.MultiService):
         # An MPI rank may sit in a GIL-holding collective, deaf to pings.
         self.tub = wire.client_tub(
             wire.MPI_DISCONNECT_TIMEOUT if "mpi_rank" in self.info else None)
-        if datachannel.local_enabled():
+        if local.local_enabled():
             try:
-                self.referenceable.local_data = datachannel.LocalServer(BLOBS)
+                self.referenceable.local_data = localdata.LocalServer(BLOBS)
                 self.info["local_data"] = self.referenceable.local_data.info()
             except OSError as e:
                 log.warn("no local data channel: {e}", e=e)
@@ -358,6 +389,8 @@ class EngineService(service.MultiService):
     def stopService(self) -> Any:
         if self.referenceable.local_data is not None:
             self.referenceable.local_data.close()
+        if self.referenceable.direct_data is not None:
+            self.referenceable.direct_data.close()
         return super().stopService()
 
     @defer.inlineCallbacks
@@ -381,6 +414,7 @@ class EngineService(service.MultiService):
                 furl = self.furl or wire.resolve_furl(self.furl_file)
                 controller = yield wire.get_reference(
                     self.tub, furl, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+                self._open_data_port(controller, info)
                 registration = foolscap_transport.FoolscapRegistrationConnection(controller)
                 engine_id = yield registration.register(
                     self.referenceable, info).addErrback(refusal)
@@ -395,8 +429,9 @@ class EngineService(service.MultiService):
                 self.referenceable.late.rejoined(len(info["late_tasks"]), info["kept_results"])
             self._registration = registration
             self.engine_id = self.runner.engine_id = engine_id
-            self.referenceable.controller_host = wire.peer_host(controller, furl)
-            self.referenceable.tls_context = datachannel.server_context(self.tub.getCertData())
+            self.referenceable.controller_known(wire.peer_host(controller, furl),
+                                                controller.getRemoteTubID())
+            self.referenceable.tls_context = stream.server_context(self.tub.getCertData())
             registration.notifyOnDisconnect(self._controller_lost)
             if rejoin:  # what ended during the registration call goes now
                 self._deliver_late()
@@ -407,6 +442,28 @@ class EngineService(service.MultiService):
             f"could not {'rejoin' if rejoin else 'register with'} the controller within "
             f"{timeout:g} s ({source}): {last_error}"
         )
+
+    def _open_data_port(self, controller: Any, info: dict[str, Any]) -> None:
+        """Listen for clients on other hosts, on the address the controller reached us at.
+
+        Only the interface that carries the cluster's traffic listens (a
+        laptop's cluster on 127.0.0.1 opens nothing to the network); info,
+        sent at registration, says the port.
+        """
+        if self.referenceable.direct_data is None and stream.direct_enabled():
+            try:
+                ip = str(controller.tracker.broker.transport.getHost().host)
+            except AttributeError:  # not over TCP (a stand-in): every interface
+                ip = ""
+            try:
+                self.referenceable.direct_data = dataserver.DirectServer(
+                    BLOBS, lambda: self.referenceable.tls_context, ip=ip)
+            except OSError as e:
+                log.warn("no data port (clients on other hosts use the relay): {e}", e=e)
+                return
+            self.info["direct_data"] = self.referenceable.direct_data.info()
+        if "direct_data" in self.info:
+            info["direct_data"] = self.info["direct_data"]
 
     def _report_unreachable(self, error: Exception, waited: float) -> None:
         # A connection error names the addresses tried and what to check (wire.get_reference).
@@ -424,6 +481,7 @@ class EngineService(service.MultiService):
 
     def _controller_lost(self, *args: Any) -> None:
         self.referenceable.late.lost()
+        self.referenceable.controller_tubid = None  # a TLS offer waits for the next one
         self._registration = None
         if self.reconnect_timeout <= 0:
             log.info("lost the connection to the controller; exiting")

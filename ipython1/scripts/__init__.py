@@ -6,12 +6,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ipython1.common.clusterdir import open_private_log
+
 
 def start_logging(log_file: Path) -> None:
     """Send Twisted's log to a file (appending)."""
     from twisted.logger import FilteringLogObserver, globalLogBeginner, textFileLogObserver
 
-    from ipython1.common.clusterdir import open_private_log
+    # Twisted's logging: only for the processes that log
     from ipython1.common.listenguard import RepeatedLogLimiter
 
     stream = open_private_log(log_file)  # lives as long as the process; 0600: user output

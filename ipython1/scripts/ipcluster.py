@@ -19,6 +19,8 @@ from typing import IO, Any
 
 from twisted.python import usage
 
+from ipython1 import cluster
+from ipython1.cluster import doctor, resize
 from ipython1.cluster.local import (
     ENGINES_PID_FILE,
     SUPERVISOR_PID_FILE,
@@ -32,10 +34,13 @@ from ipython1.cluster.local import (
     stop_pids,
 )
 from ipython1.cluster.options import Options
+from ipython1.cluster.remote import FURLS, RemoteController
 from ipython1.cluster.status import dashboard, logs, status
 from ipython1.cluster.usercmds import adduser, deluser, transcript, users
-from ipython1.common.clusterdir import ClusterDir, pid_alive, read_pid
+from ipython1.common.clusterdir import ENGINE_FURL, ClusterDir, pid_alive, read_pid
+from ipython1.common.errors import KernelError
 from ipython1.common.processes import check, recorded, verified, write_pid_file
+from ipython1.engine import mpi as mpi_mod
 
 # -- processes ----------------------------------------------------------------
 
@@ -47,7 +52,7 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
           timeout: float = 120.0, daemon: bool = True, mpi: bool = False,
           mpiexec: str | None = None, mpi_args: str = "", out: IO[str] = sys.stdout,
           on_start: Callable[[int], None] | None = None, location: str | None = None,
-          port: int = 0, relay_port: int = 0, reuse: bool = False,
+          port: int = 0, relay_port: int = 0, reuse: bool = False, command_port: int = 0,
           restart_engines: bool = False, engines_kind: str = "local",
           launch_options: dict[str, Any] | None = None) -> int:
     """Start a controller and n engines; return 0 once all have registered.
@@ -83,11 +88,14 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
         n if supervised or (mpi and live) else 0 if mpi else min(len(live), n))
     profile = ["--profile", cluster_dir.profile]
     controller_args = [*profile, "--ip", ip, "--port", str(port),
-                       "--relay-port", str(relay_port),
+                       "--relay-port", str(relay_port), "--command-port", str(command_port),
                        *(["--location", location] if location else []),
                        *(["--reuse"] if reuse else [])]
     if (launch_options or {}).get("rejoin-wait") is not None:
         controller_args += ["--rejoin-wait", str(launch_options["rejoin-wait"])]  # type: ignore[index]
+    encryption = (launch_options or {}).get("data-encryption", "on")
+    if encryption != "on":  # ipcontroller checks the value
+        controller_args.append(f"--data-encryption={encryption}")
     if mpi and engines_kind == "slurm":
         # srun starts the ranks; ids 0..n-1 wait for them.
         controller_args += ["--reserve-ids", str(n)]
@@ -138,6 +146,7 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                 out.flush()
             launcher, n = _start_launcher(cluster_dir, engines_kind, n, timeout,
                                           launch_options or {}, mpi)
+        # Foolscap and the reactor: only once the cluster runs
         from ipython1.client.blocking import MultiEngineClient
 
         mec = MultiEngineClient(profile=cluster_dir.profile, connect_timeout=timeout)
@@ -228,8 +237,6 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
 def _start_launcher(cluster_dir: ClusterDir, kind: str, n: int | None, timeout: float,
                     options: dict[str, Any], mpi: bool = False) -> tuple[Any, int]:
     """Start engines with a launcher of ipython1.cluster; record it for stop and status."""
-    from ipython1 import cluster
-
     engine = cluster.EngineCommand.for_cluster(
         cluster_dir, connect_timeout=timeout, ipengine=options.get("ipengine"),
         extra=["--mpi", "mpi4py"] if mpi else [])
@@ -278,7 +285,6 @@ def _start_remote_controller(cluster_dir: ClusterDir, host: str, ssh_args: str,
     """Start the controller on host over ssh; return the ssh client once its FURLs are here."""
     import shlex
 
-    from ipython1.cluster.remote import FURLS, RemoteController
 
     for name in FURLS:
         cluster_dir.furl_file(name).unlink(missing_ok=True)  # never a stale one from here
@@ -297,8 +303,6 @@ def _start_remote_controller(cluster_dir: ClusterDir, host: str, ssh_args: str,
 
 def _stop_remote_controller(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
     """Ask the controller's host to end it, when it runs on another host."""
-    from ipython1.cluster.remote import RemoteController
-
     remote = RemoteController.load(cluster_dir)
     error = remote.stop(grace) if remote is not None else None
     if error:
@@ -307,8 +311,6 @@ def _stop_remote_controller(cluster_dir: ClusterDir, grace: float, out: IO[str])
 
 def _stop_launcher(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
     """Stop what a launcher of ipython1.cluster started (jobs, ssh), if any."""
-    from ipython1 import cluster
-
     try:
         launcher = cluster.launcher_from_state(cluster_dir)
         if launcher is not None:
@@ -321,7 +323,7 @@ def _stop_launcher(cluster_dir: ClusterDir, grace: float, out: IO[str]) -> None:
 
 def _other_hosts_hint(cluster_dir: ClusterDir) -> str:
     """Say where the controller is reached from and how engines on other hosts join."""
-    from ipython1.common.clusterdir import ENGINE_FURL
+    # Foolscap and the reactor: only once the cluster runs
     from ipython1.common.wire import furl_location
 
     path = cluster_dir.furl_file(ENGINE_FURL)
@@ -341,7 +343,6 @@ def _mpi_preflight(n: int, mpiexec: str | None,
     """
     import shlex
 
-    from ipython1.engine import mpi as mpi_mod
 
     path = mpi_mod.find_mpiexec(mpiexec)
     if not mpi_mod.mpi4py_installed():
@@ -410,9 +411,6 @@ def stop(cluster_dir: ClusterDir, grace: float = 10.0, out: IO[str] = sys.stdout
 
 def engines(cluster_dir: ClusterDir, options: usage.Options, out: IO[str] = sys.stdout) -> int:
     """Add or remove engines of the running cluster (see ipython1.cluster.resize)."""
-    from ipython1.cluster import resize
-    from ipython1.common.errors import KernelError
-
     sub = options.subOptions
     try:
         if options.subCommand == "add":
@@ -456,6 +454,7 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
                          bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,
                          location=sub["location"], port=sub["port"],
                          relay_port=sub["relay-port"], reuse=bool(sub["reuse"]),
+                         command_port=sub["command-port"],
                          restart_engines=bool(sub["restart-engines"]),
                          engines_kind=sub["engines"], launch_options=dict(sub))
         except usage.UsageError as e:
@@ -474,8 +473,6 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     if options.subCommand == "transcript":
         return transcript(cluster_dir, sub["user"], bool(sub["follow"]), out=out)
     if options.subCommand == "doctor":
-        from ipython1.cluster import doctor
-
         return doctor.run(cluster_dir, out=out, as_json=bool(sub["json"]))
     if options.subCommand == "logs":
         return logs(cluster_dir, sub["engine"], sub["lines"], bool(sub["follow"]), out=out)

@@ -8,7 +8,9 @@ from typing import Any
 
 from twisted.python import usage
 
+from ipython1.common import addresses
 from ipython1.common.clusterdir import ClusterDir
+from ipython1.scripts import run_service
 
 
 class Options(usage.Options):
@@ -26,12 +28,19 @@ class Options(usage.Options):
         ["port", None, 0, "TCP port of the controller (default: any free port).", int],
         ["relay-port", None, 0, "TCP port of the data relay, which carries large values "
          "between clients and engines on other hosts (default: any free port).", int],
+        ["command-port", None, 0, "TCP port of the command channel (TLS), which carries "
+         "the commands of engines and clients on other hosts (default: any free port; "
+         "blocked, they use the Foolscap port).", int],
         ["profile", "p", "default", "Cluster profile: $IPYTHON1_DIR/cluster_<profile>/."],
         ["reserve-ids", None, 0, "Give ids below this only to engines that ask for them "
          "(MPI ranks; ipcluster start --mpi sets it to -n).", int],
         ["dashboard-ip", None, "127.0.0.1", "Interface the web dashboard listens on."],
         ["dashboard-port", None, 0, "The web dashboard's TCP port (default: any free port).",
          int],
+        ["data-encryption", None, "on", "on (default) or off. off: large values go between "
+         "clients and engines on other hosts UNENCRYPTED (still authenticated by an HMAC of "
+         "the transfer's secret): only on a network where nobody may read or alter them "
+         "(docs/security.md)."],
         ["rejoin-wait", None, 60.0, "Seconds after start-up that engines may rejoin with "
          "what they were running (tasks, multi-engine results); then a task whose engine "
          "did not come back runs again (or fails, if not idempotent).", float],
@@ -46,14 +55,14 @@ class Options(usage.Options):
         check_network_options(self)
         if self["rejoin-wait"] < 0:
             raise usage.UsageError("--rejoin-wait must be >= 0")
+        if self["data-encryption"] not in ("on", "off"):
+            raise usage.UsageError("--data-encryption must be on or off")
 
 
 def check_network_options(options: Any) -> None:
     """Validate --location and the ports; settle --ip (shared with ipcluster start)."""
-    from ipython1.common import addresses
-
-    for name in ("port", "relay-port"):
-        if not 0 <= options[name] < 65536:
+    for name in ("port", "relay-port", "command-port"):
+        if name in options and not 0 <= options[name] < 65536:
             raise usage.UsageError(f"--{name} must be from 0 (any free port) to 65535")
     if options["location"] is not None:
         try:
@@ -65,21 +74,25 @@ def check_network_options(options: Any) -> None:
 
 def makeService(options: Any) -> Any:
     """Build the controller service tree from options."""
-    from ipython1.controller.registry import ControllerService
+    # after the reactor is chosen (twistd or main())
+    from ipython1.controller.service import ControllerService
 
-    return ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
-                             port=options["port"], reserve_ids=options["reserve-ids"],
-                             location=options["location"], relay_port=options["relay-port"],
-                             dashboard=None if options["no-dashboard"] else
-                             (options["dashboard-ip"], options["dashboard-port"]),
-                             reuse=bool(options["reuse"]),
-                             rejoin_wait=options["rejoin-wait"])
+    service = ControllerService(ClusterDir(options["profile"]), ip=options["ip"],
+                                port=options["port"], reserve_ids=options["reserve-ids"],
+                                location=options["location"],
+                                relay_port=options["relay-port"],
+                                command_port=options["command-port"],
+                                dashboard=None if options["no-dashboard"] else
+                                (options["dashboard-ip"], options["dashboard-port"]),
+                                reuse=bool(options["reuse"]),
+                                rejoin_wait=options["rejoin-wait"])
+    if options.get("data-encryption", "on") == "off":
+        service.controller.data_encryption = False
+    return service
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the controller in the foreground until SIGTERM/SIGINT."""
-    from ipython1.scripts import run_service
-
     options = Options()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)

@@ -16,7 +16,13 @@ from typing import Any
 
 from twisted.python import usage
 
+from ipython1.cluster.supervisor import RESTART_ENV, SUPERVISED_ENV
 from ipython1.common.clusterdir import ENGINE_FURL, ClusterDir
+from ipython1.common.errors import MPIUnavailable
+from ipython1.common.processes import write_pid_file
+from ipython1.engine import mpi
+from ipython1.engine.restart import take_in_place_id
+from ipython1.scripts import start_logging
 
 # An engine started by a batch system or a container gets its FURL this way.
 ENGINE_FURL_ENV = "IPYTHON1_ENGINE_FURL"
@@ -66,7 +72,7 @@ class Options(usage.Options):
 
 
 def _engine_service(options: Any, own_shell_thread: bool) -> Any:
-    from ipython1.cluster.supervisor import RESTART_ENV, SUPERVISED_ENV
+    # after the fork and the reactor's choice: each engine its own
     from ipython1.engine.runner import ShellRunner
     from ipython1.engine.service import EngineService
     from ipython1.engine.watcher import WATCHED_ENV
@@ -81,8 +87,6 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
     if os.environ.get(RESTART_ENV):
         info["restarted"] = os.environ[RESTART_ENV]
     if options["mpi"]:
-        from ipython1.engine import mpi
-
         info.update(mpi.initialize(options["mpi"]))
         # Engine ids equal ranks when the controller can give them.
         info["requested_id"] = info["mpi_rank"]
@@ -96,8 +100,6 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
 
 def makeService(options: Any) -> Any:
     """Build the engine service for twistd (user code on a shell thread)."""
-    from ipython1.common.errors import MPIUnavailable
-
     try:
         return _engine_service(options, own_shell_thread=True)
     except MPIUnavailable as e:
@@ -184,14 +186,11 @@ def _say_registered(engine_id: int, service: Any) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Run an engine: user code on the main thread, the reactor beside it."""
-    from ipython1.scripts import start_logging
-
     options = Options()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
         raise SystemExit(f"ipengine: {e}\n{options}") from None
-    from ipython1.engine.restart import take_in_place_id
 
     take_in_place_id(options)  # mec.restart exec'd this process afresh
     if options["watch"]:
@@ -200,8 +199,6 @@ def main(argv: list[str] | None = None) -> None:
     elif options["fork"] > 1 or options["pid-file"]:
         pids = fork_engines(options["fork"])
         if pids is not None and options["pid-file"]:
-            from ipython1.common.processes import write_pid_file
-
             write_pid_file(Path(options["pid-file"]), pids)
     from twisted.internet import reactor
 

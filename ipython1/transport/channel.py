@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ipython1.common.errors import KernelError, error_from_wire, error_to_wire
+from ipython1.common.listenguard import ListenerGuard
 from ipython1.common.localhost import env_enabled, host_key, peer_credentials
 from ipython1.common.localhost import socket_address as _address
 from ipython1.common.replies import dumps, loads
@@ -158,40 +159,54 @@ class _Channel(FrameReceiver):
 class ControllerEnd(_Channel):
     """An engine's channel (the controller calls) or a client's (the client calls)."""
 
-    def __init__(self, server: CommandChannelServer) -> None:
+    transport_name = "channel"  # what engine_info and ipcluster status call it
+    engines_hear_ok = False  # whether an engine is told it is attached, as a client is
+
+    def __init__(self, server: CommandChannelServer, guard: Any = None) -> None:
         super().__init__()
         self.server = server
+        self._guard = guard  # the listener's (the Unix socket's: the server's)
         self.kind: str | None = None  # "engine" or "session", once attached
         self.engine_id: int | None = None
         self.session: Any = None
+
+    @property
+    def guard(self) -> Any:
+        return self._guard if self._guard is not None else self.server.guard
 
     @property
     def lost_message(self) -> str:  # type: ignore[override]
         return f"engine {self.engine_id}'s command channel closed"
 
     def connectionMade(self) -> None:
-        _pid, uid = peer_credentials(self.transport.getHandle())
-        if uid != os.getuid():
-            log.warn("command channel: refused a process of uid {uid}", uid=uid)
+        if not self._peer_allowed():
             self.transport.abortConnection()
             return
         # Unauthenticated until it presents an offer's secret: capped and quick
         # (see listenguard).
-        self._guard_slot = self.server.guard.admit()
+        self._guard_slot = self.guard.admit()
         if not self._guard_slot:
             self.transport.abortConnection()
             return
-        self._deadline = reactor.callLater(self.server.guard.deadline, self._too_slow)
+        self._deadline = reactor.callLater(self.guard.deadline, self._too_slow)
+
+    def _peer_allowed(self) -> bool:
+        """Tell whether the peer may try a secret: on the Unix socket, our own uid only."""
+        _pid, uid = peer_credentials(self.transport.getHandle())
+        if uid != os.getuid():
+            log.warn("command channel: refused a process of uid {uid}", uid=uid)
+            return False
+        return True
 
     def _too_slow(self) -> None:
-        self.server.guard.timed_out_one()
+        self.guard.timed_out_one()
         self.transport.abortConnection()
 
     def _leave_guard(self) -> None:
         """No longer unauthenticated (attached, or gone): free the guard's slot."""
         if getattr(self, "_guard_slot", False):
             self._guard_slot = False
-            self.server.guard.release()
+            self.guard.release()
         deadline = getattr(self, "_deadline", None)
         if deadline is not None and deadline.active():
             deadline.cancel()
@@ -209,7 +224,7 @@ class ControllerEnd(_Channel):
             self.kind = first
             self.authenticated()
             self._leave_guard()
-            if self.kind == "session":
+            if self.kind == "session" or self.engines_hear_ok:
                 self.sendFrame(dumps(["ok", None, None]))  # the client may now call
             return
         if self.kind == "engine":
@@ -245,33 +260,51 @@ class ControllerEnd(_Channel):
 
 
 class CommandChannelServer:
-    """The controller's abstract Unix socket that engines and clients on its host use."""
+    """The controller's abstract Unix socket that engines and clients on its host use,
+    and, given listen_tcp (which makes a `tcpchannel.TCPListener` for this server),
+    its TLS port for other hosts."""
 
-    def __init__(self, controller: Any) -> None:
+    def __init__(self, controller: Any, listen_tcp: Any = None) -> None:
         self.controller = controller
         self.name = f"@ipython1-controller-{os.getpid()}-{secrets.token_hex(8)}"
         self.host = host_key()
         self._offers: dict[tuple[str, int], tuple[bytes, Any]] = {}
         self._session_ids = itertools.count(1)
-        from ipython1.common.listenguard import ListenerGuard
 
         self.guard = ListenerGuard(f"command channel {self.name}")
-        factory = protocol.Factory.forProtocol(lambda: ControllerEnd(self))
-        self._port = reactor.listenUNIX(_address(self.name), factory)
+        self._port = None
+        if self.host:
+            factory = protocol.Factory.forProtocol(lambda: ControllerEnd(self))
+            self._port = reactor.listenUNIX(_address(self.name), factory)
+        self.tcp: Any = listen_tcp(self) if listen_tcp is not None else None
 
-    def _offer(self, kind: str, ident: int, target: Any) -> dict[str, Any]:
+    @property
+    def tcp_port(self) -> int | None:
+        """Return the TLS port engines and clients on other hosts use, if any."""
+        return self.tcp.port if self.tcp is not None else None
+
+    def _offer(self, kind: str, ident: int, target: Any, tcp: bool) -> dict[str, Any]:
         secret = secrets.token_bytes(16)
         self._offers[kind, ident] = (secret, target)
+        if tcp:
+            return {"tcp_port": self.tcp.port, "kind": kind, "id": ident, "secret": secret}
         return {"socket": self.name, "kind": kind, "id": ident, "secret": secret,
                 "pid": os.getpid()}
 
-    def offer(self, engine_id: int) -> dict[str, Any]:
+    def offer(self, engine_id: int, tcp: bool = False) -> dict[str, Any]:
         """Return what an engine needs to connect (sent to it over Foolscap)."""
-        return self._offer("engine", engine_id, None)
+        return self._offer("engine", engine_id, None, tcp)
 
-    def offer_session(self, session: Any) -> dict[str, Any]:
+    def offer_session(self, session: Any, tcp: bool = False) -> dict[str, Any]:
         """Return what a client needs to reach its session (sent over Foolscap)."""
-        return self._offer("session", next(self._session_ids), session)
+        return self._offer("session", next(self._session_ids), session, tcp)
+
+    def offer_for(self, host: Any) -> bool | None:
+        """Say which listener suits a peer whose host key is host: False for the
+        Unix socket (the same host), True for TLS, None for neither."""
+        if self._port is not None and host and host == self.host:
+            return False
+        return True if self.tcp is not None else None
 
     def attach(self, kind: Any, ident: Any, secret: Any, end: ControllerEnd) -> bool:
         key = (kind, ident)
@@ -300,7 +333,10 @@ class CommandChannelServer:
             record.connection = connection.fallback
 
     def close(self) -> Deferred[Any]:
-        return defer.maybeDeferred(self._port.stopListening)
+        closing = [defer.maybeDeferred(p.stopListening) for p in (self._port,) if p]
+        if self.tcp is not None:
+            closing.append(self.tcp.close())
+        return defer.gatherResults(closing)
 
 
 # -- the engine's and the client's ends -------------------------------------------------------
@@ -323,6 +359,7 @@ class EngineChannel:
         self.fd = sock.fileno()  # kept: a closed socket forgets it
         self._reader = FrameReader(MAX_FRAME)  # the controller was checked (SO_PEERCRED)
         self.closed = False
+        self.early: list[Any] = []  # frames read before the shell thread took over
 
     @classmethod
     def connect(cls, offer: dict[str, Any], timeout: float = 10.0) -> EngineChannel | None:
@@ -343,12 +380,22 @@ class EngineChannel:
             sock.close()
             return None
 
+    def pending(self) -> int:
+        """Return how much is read but not yet returned (frames kept, TLS bytes held)."""
+        if self.early:
+            return len(self.early)
+        pending = getattr(self.sock, "pending", None)
+        return pending() if pending is not None else 0
+
     def receive(self) -> list[Any] | None:
         """Read what has come (blocks until something has); return the whole frames.
 
         None once the controller closed the channel. The rest of a large frame
         is read straight into it.
         """
+        if self.early:
+            frames, self.early = self.early, []
+            return frames
         rest = self._reader.unfilled()
         try:
             if rest is not None and len(rest) > self.READ_SIZE:
@@ -436,6 +483,10 @@ class ChannelEngineConnection:
     @property
     def tubid(self) -> str:
         return self.fallback.tubid  # type: ignore[no-any-return]
+
+    @property
+    def name(self) -> str:
+        return self.end.transport_name
 
     def call(self, op: str, args: Any, tag: str | None = None) -> Deferred[Any]:
         if not self.end.closed:
@@ -565,19 +616,27 @@ def open_session_connection(reference: Any) -> Any:
 
 def offer_to_client(channels: CommandChannelServer | None, session: Any,
                     host: str) -> dict[str, Any] | None:
-    """Offer session to a client whose host key is host; None unless it is ours."""
-    if channels is None or not channels.host or host != channels.host:
+    """Offer session to a client whose host key is host: the Unix socket if it is
+    ours, else the TLS port; None if neither."""
+    tcp = channels.offer_for(host) if channels is not None else None
+    if tcp is None:
         return None
-    return channels.offer_session(session)
+    return channels.offer_session(session, tcp=tcp)  # type: ignore[union-attr]
 
 
 def connect_client(offer: Any, timeout: float = 5.0) -> Deferred[ClientEnd | None]:
-    """Open a client's end; fire with it once the controller accepted it, else None."""
+    """Open a client's end; fire with it once the controller accepted it, else None
+    (an offer of the TLS port: see tcpchannel.connect_session)."""
     if not _valid(offer):
         return defer.succeed(None)
     end = ClientEnd(offer)
     factory = protocol.ClientFactory.forProtocol(lambda: end)
     reactor.connectUNIX(_address(offer["socket"]), factory, timeout=timeout)
+    return await_ready(end, timeout)
+
+
+def await_ready(end: ClientEnd, timeout: float) -> Deferred[ClientEnd | None]:
+    """Fire with end once the controller accepted it; None if not within timeout."""
     d = end.ready
     d.addTimeout(timeout, reactor)
 

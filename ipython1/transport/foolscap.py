@@ -31,6 +31,7 @@ class FoolscapEngineConnection:
     """An engine over its Foolscap reference (RIEngine)."""
 
     local = False
+    name = "foolscap"
 
     def __init__(self, reference: Any) -> None:
         self.reference = reference

@@ -11,6 +11,8 @@ class IEngineConnection(Interface):
     """The controller's link to one engine."""
 
     local = Attribute("bool: whether queued commands take the command channel")
+    name = Attribute('str: what carries queued commands: "foolscap", "channel" (the Unix '
+                     'socket) or "tcp-channel" (TLS from another host)')
     tubid = Attribute("str: the engine's Foolscap tub id (checked by the data channel)")
 
     def call(op: str, args: Any, tag: str | None = None) -> Any:

@@ -106,6 +106,11 @@ def py(across: GridCluster) -> HostPython:
     return across.client
 
 
+def no_data_port(cluster: GridCluster) -> dict[str, str]:
+    """An engine's environment without a data port: its large values take the relay."""
+    return dict(cluster.env, IPYTHON1_DIRECT_DATA="0")
+
+
 def hosts_of(py: HostPython) -> dict[int, str]:
     return {i["engine_id"]: i["hostname"] for i in py.eval("mec.engine_info()")}
 
@@ -118,8 +123,10 @@ def test_engines_and_client_are_on_other_hosts_with_no_local_shortcut(
     hosts = hosts_of(py)
     assert sorted(hosts.values()) == ["e1", "e1", "e2", "e2"]
     assert py.eval("socket.gethostname()") == "cli"
-    assert not any(i["command_channel"] for i in py.eval("mec.engine_info()"))
-    assert py.eval("mec.local_channel") is False
+    # No Unix socket is shared: commands take the controller's TLS port (issue 17).
+    wait_until(lambda: {i["command_transport"] for i in py.eval("mec.engine_info()")} ==
+               {"tcp-channel"}, 20, "every engine on the TLS channel")
+    assert py.eval("mec.local_channel") is True
     ids = sorted(hosts)
     py.exec("mec.execute('import socket; h = socket.gethostname()')")
     assert py.eval("mec.pull('h')") == [hosts[i] for i in ids]
@@ -271,15 +278,18 @@ def test_errors_from_engines_on_other_hosts_name_the_engine(py: HostPython) -> N
     assert py.eval("{e.ename for e in error.errors}") == {"ZeroDivisionError"}
 
 
-def test_large_array_scatter_gather_crosses_hosts_through_the_relay(py: HostPython) -> None:
-    before = py.eval("datachannel.TRANSFERS['relay']")
+def test_large_array_scatter_gather_goes_straight_to_engines_on_other_hosts(
+        py: HostPython) -> None:
+    relayed = py.eval("datachannel.TRANSFERS['relay']")
+    before = py.eval("datachannel.TRANSFERS['direct']")
     py.exec("a = np.arange(8 * 2**20, dtype=np.float64)")  # 64 MiB
     t0 = time.monotonic()
     py.exec("mec.scatter('big', a)")
     same = py.eval("bool((mec.gather('big') == a).all())")
     seconds = time.monotonic() - t0
     assert same
-    assert py.eval("datachannel.TRANSFERS['relay']") - before >= 8  # 4 up, 4 down
+    assert py.eval("datachannel.TRANSFERS['direct']") - before >= 8  # 4 up, 4 down
+    assert py.eval("datachannel.TRANSFERS['relay']") == relayed
     assert py.eval("datachannel.TRANSFERS['local']") == 0
     assert seconds < 60
 
@@ -346,7 +356,7 @@ def test_ipv6_only_controller_engine_and_client(across: GridCluster, py: HostPyt
     ctl = across.grid["ctl"]
     proc, furl = run_controller(across, "ctl", "six", "--ip", "::", "--location", ctl.address6)
     engine = across.grid["e1"].popen(across.command(
-        "ipengine", "--profile", "six", "--furl-file", furl), env=across.env)
+        "ipengine", "--profile", "six", "--furl-file", furl), env=no_data_port(across))
     try:
         assert furl_hints(furl)[0].startswith(f"tcp:[{ctl.address6}]:")
         py.exec("mec6 = client.MultiEngineClient(path, timeout=60)", path=furl.replace(
@@ -369,7 +379,7 @@ def test_an_unreachable_first_location_is_skipped_and_the_relay_follows_the_one_
     # 10.78.0.1 has no route from any grid host: dialling it fails at once, locally.
     proc, furl = run_controller(across, "ctl", "multi", "--location", "10.78.0.1,ctl")
     engine = across.grid["e1"].popen(across.command(
-        "ipengine", "--profile", "multi", "--furl-file", furl), env=across.env)
+        "ipengine", "--profile", "multi", "--furl-file", furl), env=no_data_port(across))
     try:
         assert [h.rsplit(":", 1)[0] for h in furl_hints(furl)] == ["tcp:10.78.0.1", "tcp:ctl"]
         py.exec("multi = client.MultiEngineClient(path, timeout=60)",
@@ -395,8 +405,9 @@ def test_reuse_across_a_controller_restart(across: GridCluster, py: HostPython) 
     first_furl = Path(furl).read_text()
     port = int(furl_hints(furl)[0].rsplit(":", 1)[1])
     relay_port = int((Path(furl).parents[1] / "relay-port").read_text())
+    command_port = int((Path(furl).parents[1] / "command-port").read_text())
     engine = across.grid["e1"].popen(across.command(
-        "ipengine", "--profile", "again", "--furl-file", furl), env=across.env)
+        "ipengine", "--profile", "again", "--furl-file", furl), env=no_data_port(across))
     try:
         py.exec("again = client.MultiEngineClient(path, timeout=60)",
                 path=furl.replace("engine.furl", "mec.furl"))
@@ -410,9 +421,12 @@ def test_reuse_across_a_controller_restart(across: GridCluster, py: HostPython) 
                    "the restarted controller on the same port")
         # The data relay too (fixed ports let firewalls and tunnels be set up once).
         assert f":{relay_port} " in ctl.run(["ss", "-Htln"]).stdout
+        assert f":{command_port} " in ctl.run(["ss", "-Htln"]).stdout
         assert Path(furl).read_text() == first_furl
         wait_until(lambda: py.eval("again.get_ids()") == [0], 60, "the engine to rejoin")
         assert py.eval("again.pull('kept', targets=0)") == 5  # same engine, same namespace
+        wait_until(lambda: py.eval("again.engine_info()")[0]["command_transport"] ==
+                   "tcp-channel", 20, "the rejoined engine on the TLS channel again")
         before = py.eval("datachannel.TRANSFERS['relay']")
         py.exec("again.push({'v': np.ones(2**20)}, targets=0)")  # the new relay
         assert py.eval("float(again.pull('v', targets=0).sum())") == 2**20

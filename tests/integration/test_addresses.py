@@ -34,7 +34,8 @@ def test_cluster_on_ipv6_loopback_with_fixed_ports(tmp_path: Path) -> None:
     port, relay_port = free_port(socket.AF_INET6, "::1"), free_port(socket.AF_INET6, "::1")
     cluster = Cluster(tmp_path)
     # Foolscap and the relay, not the same-host shortcuts: what another host would use.
-    cluster.env.update(IPYTHON1_LOCAL_DATA="0", IPYTHON1_COMMAND_CHANNEL="0")
+    cluster.env.update(IPYTHON1_LOCAL_DATA="0", IPYTHON1_COMMAND_CHANNEL="0",
+                       IPYTHON1_DIRECT_DATA="0")
     try:
         cluster.start(1, "--ip", "::1", "--port", str(port), "--relay-port", str(relay_port))
         furl = Path(cluster.mec_furl).read_text().strip()

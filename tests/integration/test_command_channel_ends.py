@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from ipython1.client.reactor import ReactorThread
 from ipython1.common.interfaces import RIMultiEngineSession
+from ipython1.common.replies import decode as decode_reply
 from ipython1.controller.queue import EngineQueue
 from ipython1.controller.registry import Controller, EngineRecord
 from ipython1.transport import channel as commandchannel
@@ -134,7 +135,8 @@ def test_a_session_offer_lets_its_client_call_the_session_only(server: Any) -> N
 
 
 def test_a_task_farm_session_is_checked_against_its_own_schema(server: Any) -> None:
-    from ipython1.controller.task import TaskFarm, TaskFarmSession
+    from ipython1.controller.taskfarm import TaskFarm
+    from ipython1.controller.tasksession import TaskFarmSession
 
     def make() -> Any:
         session = TaskFarmSession(TaskFarm(server.controller), "alice/client-1", "alice")
@@ -224,7 +226,7 @@ class EchoEngine:
             self.threads.append(threading.get_ident())
             return args[0]
 
-        return job, False
+        return job
 
     def output_idle(self) -> bool:
         return True
@@ -256,7 +258,7 @@ def test_channel_calls_run_on_the_shell_thread_and_interrupts_name_their_call(
             _send(conn, [seq, op, list(args)])
             answer = _receive(conn)
             assert answer[0] == seq
-            return answer[1:]
+            return answer[1], decode_reply(answer[2])  # every reply is msgpack bytes
 
         ok, reply = call(1, "echo", "hi")
         assert ok and reply["status"] == "ok" and reply["value"] == "hi"

@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
+from ipython1.client import transfer
 from ipython1.kernel import datachannel
+from ipython1.transport.data.stream import DIRECT_ENV
 from tests.conftest import wait_until
 
 
@@ -47,10 +49,12 @@ def test_fortran_ordered_array_beyond_one_frame(make_cluster):
     assert back.flags.f_contiguous and np.array_equal(back, a)
 
 
-@pytest.mark.parametrize("path", ["local", "relay"])
+@pytest.mark.parametrize("path", ["local", "direct", "relay"])
 def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster, monkeypatch, path):
-    if path == "relay":  # client and engines: the TLS relay only
+    if path != "local":  # client and engines: TLS to the engines' data ports (or the relay)
         monkeypatch.setenv(datachannel.LOCAL_ENV, "0")
+    if path == "relay":  # no data port: the relay only
+        monkeypatch.setenv(DIRECT_ENV, "0")
     cluster = make_cluster(3)
     mec = cluster.client(timeout=120)
     assert all(("local_data" in info) == (path == "local") for info in mec.engine_info())
@@ -78,11 +82,11 @@ def test_large_values_to_many_engines_scatter_gather_and_map(make_cluster, monke
     # Nothing is left behind in the engines' blob stores.
     assert mec.apply(lambda: __import__("ipython1.engine.kernel").engine.kernel.BLOBS.__len__()) \
         == [0, 0, 0]
-    # Same host: one ticket from the controller per engine serves every transfer.
-    assert len(mec._async._books) == (3 if path == "local" else 0)
-    other = "relay" if path == "local" else "local"
+    # Same host or direct: one ticket from the controller per engine serves every transfer.
+    assert len(mec._async._books) == (0 if path == "relay" else 3)
     assert datachannel.TRANSFERS[path] - before.get(path, 0) >= 3 + 3 + 3 + 3 + 4 + 1
-    assert datachannel.TRANSFERS[other] == before.get(other, 0)
+    for other in {"local", "direct", "relay"} - {path}:
+        assert datachannel.TRANSFERS[other] == before.get(other, 0)
     # No descriptor is left open, on the engines or here.
     wait_until(lambda: mec.apply(_open_fds) == fds and _open_fds() == client_fds, 10,
                "descriptors back to their count")
@@ -93,6 +97,7 @@ def _open_fds() -> int:
 
 
 def test_unreachable_local_socket_falls_back_to_the_relay(make_cluster, monkeypatch):
+    monkeypatch.setenv(DIRECT_ENV, "0")  # the engine has no data port either
     cluster = make_cluster(1)
     mec = cluster.client(timeout=120)
     # A pulled value is sent from the engine's memory, yet a later command
@@ -102,7 +107,7 @@ def test_unreachable_local_socket_falls_back_to_the_relay(make_cluster, monkeypa
     mec.execute("z[:] = 0", targets=0)
     assert pending.get_result().sum() == 2**18
     # As from another network namespace: the engine's socket is out of reach.
-    monkeypatch.setattr(datachannel, "_address", lambda name: "\0ipython1-nowhere")
+    monkeypatch.setattr(transfer, "_address", lambda name: "\0ipython1-nowhere")
     before = dict(datachannel.TRANSFERS)
     a = np.random.default_rng(3).random(2**20 // 8 * 3)
     mec.push({"a": a}, targets=0)

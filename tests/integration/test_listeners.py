@@ -143,6 +143,7 @@ def all_addresses(cluster: Cluster) -> list[tuple[int, object]]:
     with MultiEngineClient(cluster.mec_furl, timeout=30) as mec:
         engine = mec.engine_info()[0]
     names.append(engine["local_data"]["socket"])
+    ports.append(engine["direct_data"]["port"])  # the engine's data port (issue 17)
     return ([(socket.AF_INET, ("127.0.0.1", p)) for p in ports]
             + [(socket.AF_UNIX, n) for n in names])
 
@@ -199,8 +200,9 @@ def test_fuzzing_every_listener_leaves_the_controller_serving(cluster: Cluster) 
     pid = controller_pid(cluster)
     rng = random.Random(16)
     addresses = all_addresses(cluster)
-    # Foolscap port, relay, command channel, an engine's data socket (and the dashboard's)
-    assert len(addresses) >= 4
+    # Foolscap port, relay, command channel, an engine's data socket and data port
+    # (and the dashboard's)
+    assert len(addresses) >= 5
     assert serving(cluster, relayed=True) and serving(cluster, relayed=False)
     before = rss_kb(pid)
     deadline = time.monotonic() + 25

@@ -70,7 +70,7 @@ def test_a_list_or_none_argument_crosses_foolscap(cluster: Any) -> None:
 
 def test_registration_and_connect_check_their_info(cluster: Any) -> None:
     from ipython1.common import wire
-    from ipython1.engine.kernel import EngineReferenceable
+    from ipython1.engine.service import EngineReferenceable
 
     mec = cluster.client(timeout=30)
 

@@ -235,7 +235,7 @@ def subscribe_and_never_acknowledge(furl_file: str) -> object:
     from foolscap.api import Referenceable
     from twisted.internet.defer import Deferred
 
-    from ipython1.client.multiengine import _open_session
+    from ipython1.client.connect import _open_session
     from ipython1.client.reactor import ReactorThread, _wait
     from ipython1.common import wire
 

@@ -8,7 +8,7 @@ import mmap
 import numpy as np
 import pytest
 
-from ipython1.kernel import datachannel as dc
+from ipython1.transport.data import buffers as dc
 from tests.conftest import wait_until
 
 PAGE = mmap.PAGESIZE

@@ -11,7 +11,7 @@ from ipython1.client import parallel
 from ipython1.client.blocking import resolve
 from ipython1.client.interactive import InteractiveFunction, interactive
 from ipython1.client.results import ExecuteResult
-from ipython1.client.tasks import MapTask, StringTask
+from ipython1.client.taskspec import MapTask, StringTask
 from ipython1.cluster.resize import parse_ids
 from ipython1.common import properties as P
 from ipython1.common.errors import KernelError, TaskRejectError, error_from_wire, error_to_wire
@@ -248,7 +248,7 @@ def test_engine_ids_for_ipcluster_engines_remove():
 
 
 def test_call_with_stdout_keeps_and_passes_on_what_is_printed(capsys):
-    from ipython1.client.multiengine import call_with_stdout
+    from ipython1.client.asyncpending import call_with_stdout
 
     def loud(x, *, end="!"):
         print("value", x, end=end)
@@ -267,7 +267,7 @@ def test_call_with_stdout_keeps_and_passes_on_what_is_printed(capsys):
 def test_stdout_pending_splits_values_from_output():
     from twisted.internet import defer
 
-    from ipython1.client.multiengine import AsyncPendingResult, _StdoutPending
+    from ipython1.client.asyncpending import AsyncPendingResult, _StdoutPending
     from ipython1.common.errors import CompositeError
 
     class Inner(AsyncPendingResult):

@@ -22,14 +22,16 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from ipython1.client.multiengine import AsyncMultiEngineClient
-from ipython1.client.tasks import StringTask
-from ipython1.client.tasks import TaskResult as TaskClientResult
+from ipython1.client.taskspec import StringTask
+from ipython1.client.taskspec import TaskResult as TaskClientResult
 from ipython1.common import ops, replies
 from ipython1.common.errors import CompositeError, RemoteError
 from ipython1.common.serialize import deserialize
-from ipython1.controller.multiengine import MultiEngine, MultiEngineSession
+from ipython1.controller.multiengine import MultiEngine
+from ipython1.controller.multienginesession import MultiEngineSession
 from ipython1.controller.registry import Controller
-from ipython1.controller.task import TaskFarm, TaskFarmSession
+from ipython1.controller.taskfarm import TaskFarm
+from ipython1.controller.tasksession import TaskFarmSession
 from ipython1.engine.kernel import EngineKernel
 from ipython1.engine.runner import ShellRunner
 from ipython1.engine.service import EngineReferenceable

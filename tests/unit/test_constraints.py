@@ -21,8 +21,8 @@ from ipython1.client.multiengine import client_info
 from ipython1.common import constraints as c
 from ipython1.common import replies
 from ipython1.common.interfaces import RIEngineRegistration, RIMultiEngineSession
-from ipython1.engine.kernel import engine_info
 from ipython1.engine.rejoin import LateReplies
+from ipython1.engine.service import engine_info
 
 
 def whole(constraint: Any, value: Any) -> None:

@@ -107,7 +107,8 @@ def test_queue_status_and_engine_info_show_ranks() -> None:
     assert [s.get("mpi_rank") for s in controller.queue_status([1, 2])] == [1, None]
     info = controller.engine_info([1, 2])
     assert info[0]["engine_id"] == 1 and info[0]["mpi_size"] == 2
-    assert info[1] == {"engine_id": 2, "pid": 7, "command_channel": False}
+    assert info[1] == {"engine_id": 2, "pid": 7, "command_channel": False,
+                       "command_transport": "foolscap"}
 
 
 @pytest.mark.parametrize("info", [{}, mpi_info(0, 1)])

@@ -10,7 +10,7 @@ from IPython.utils.capture import capture_output
 
 from ipython1.client.magics import activate, split_line_options
 from ipython1.client.shell import EventPrinter
-from ipython1.client.tasks import StringTask
+from ipython1.client.taskspec import StringTask
 from ipython1.common.errors import (
     CompositeError,
     KernelError,

@@ -28,9 +28,9 @@ def test_the_ipython_010_names() -> None:
 
     assert client.MultiEngineClient.__module__ == "ipython1.client.blocking"
     assert client.TaskClient.__module__ == "ipython1.client.taskfarm"
-    assert client.StringTask.__module__ == "ipython1.client.tasks"
+    assert client.StringTask.__module__ == "ipython1.client.taskspec"
     assert client.CompositeError.__module__ == "ipython1.common.errors"
-    assert asyncclient.get_multiengine_client.__module__ == "ipython1.client.multiengine"
+    assert asyncclient.get_multiengine_client.__module__ == "ipython1.client.connect"
     assert callable(asyncclient.get_task_client)
     assert TaskRejectError.__module__ == "ipython1.common.errors"
 

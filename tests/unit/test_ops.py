@@ -9,7 +9,7 @@ from ipython1.client.blocking import MultiEngineClient, TaskClient
 from ipython1.client.multiengine import AsyncMultiEngineClient
 from ipython1.common import ops
 from ipython1.common.interfaces import RIEngine, RIMultiEngineSession, RITaskFarmSession
-from ipython1.controller.multiengine import OBSERVER_ALLOWED
+from ipython1.controller.multienginesession import OBSERVER_ALLOWED
 from ipython1.engine.kernel import EngineKernel
 
 # Ops a session reaches another way: (session method, client method, client class).

@@ -191,7 +191,7 @@ def test_the_farm_takes_a_resent_submission_once():
     """A client whose submit answer was lost with the controller sends it again."""
     from twisted.internet import task
 
-    from ipython1.controller.task import TaskFarm
+    from ipython1.controller.taskfarm import TaskFarm
 
     class Controller:
         owner = "me"
