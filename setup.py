@@ -27,7 +27,7 @@ setup(
     python_requires=">=3.10",
     packages=["ipython1", "ipython1.client", "ipython1.cluster", "ipython1.common",
               "ipython1.controller", "ipython1.engine", "ipython1.kernel", "ipython1.scripts",
-              "ipython1.transport", "twisted.plugins"],
+              "ipython1.transport", "ipython1.transport.data", "twisted.plugins"],
     package_data={"twisted": ["plugins/ipython1_plugins.py"],
                   "ipython1.controller": ["static/*"]},
     install_requires=[

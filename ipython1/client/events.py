@@ -84,9 +84,17 @@ class EventObserver(Referenceable):  # type: ignore[misc]
 
     def __init__(self, callback: Callable[[Event], Any]) -> None:
         self.callback = callback
+        # (time, seq) of the last event delivered: a subscription renewed after a
+        # lost connection asks for the bus's history again, and what was already
+        # seen is skipped. A restarted controller numbers from 1 again, later.
+        self.last: tuple[float, int] | None = None
 
     def remote_events(self, batch: bytes) -> None:
         for event in decode_batch(batch):
+            key = (event.get("time", 0.0), event.get("seq", 0))
+            if self.last is not None and key <= self.last:
+                continue
+            self.last = key
             try:
                 self.callback(event)
             except Exception:

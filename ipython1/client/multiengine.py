@@ -61,6 +61,9 @@ from ipython1.transport.data import local, refs
 from ipython1.transport.data.stream import direct_enabled
 
 _map_chunk = scatter_mod.map_chunk  # its old name
+# Events asked for again when a subscription is renewed after a lost connection
+# (the controller keeps at most this many).
+RENEWED_HISTORY = 1000
 
 
 def _first_error(failure: Failure) -> Failure:
@@ -144,8 +147,10 @@ class AsyncMultiEngineClient:
         if self._observer is not None:
             self._remote("subscribe_output", self._observer, self._own_only).addErrback(
                 lambda f: None)
-        if self._event_observer is not None:  # live events only: history was delivered
-            self._remote("subscribe_events", self._event_observer, 0).addErrback(
+        if self._event_observer is not None:
+            # The bus's history too: what happened before this client was back
+            # (the observer skips what it has already seen).
+            self._remote("subscribe_events", self._event_observer, RENEWED_HISTORY).addErrback(
                 lambda f: None)
 
     @property

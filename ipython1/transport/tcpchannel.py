@@ -59,8 +59,8 @@ from ipython1.common.addresses import join_host_port
 from ipython1.common.listenguard import ListenerGuard
 from ipython1.common.localhost import env_enabled
 from ipython1.common.replies import dumps, loads
-from ipython1.kernel.datachannel import tubid_of
 from ipython1.transport import channel
+from ipython1.transport.data.stream import tubid_of
 
 log = Logger()
 

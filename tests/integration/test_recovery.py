@@ -203,18 +203,30 @@ def test_restart_engines_brings_a_killed_engine_back_with_its_id(make_cluster):
 
 def test_subscriptions_are_renewed_after_a_restart(cluster):
     # A client that only listens (events, live output) gets them again after --reuse,
-    # without making a call of its own.
+    # without making a call of its own; what happened before it was back too, once.
     listener = cluster.client(timeout=60)
     events: list = []
     listener._call(listener._async.subscribe_events, events.append, 0)
     worker = cluster.client(timeout=60)
+    worker.execute("print('before the crash')", targets=0)
+
+    def printed(text):
+        return [e for e in events if e.get("kind") == "stdout"
+                and text in str(e.get("data", {}).get("text"))]
+
+    wait_until(lambda: printed("before the crash"), 30, "the listener's events")
+    # A slow listener: it comes back only after the worker's command has run.
+    reconnector, listener._async.reconnector = listener._async.reconnector, None
     crash_controller(cluster)
     restart(cluster)
     wait_until(lambda: len(worker.get_ids()) == 2, 30, "the engines back")
     worker.execute("print('after the restart')", targets=0)
-    wait_until(lambda: any(e.get("kind") == "stdout" and "after the restart" in
-                           str(e.get("data", {}).get("text")) for e in events), 30,
+    listener._async.reconnector = reconnector
+    listener._call(reconnector.ensure)
+    wait_until(lambda: printed("after the restart"), 30,
                "the listener's events after the restart")
+    assert len(printed("after the restart")) == 1
+    assert len(printed("before the crash")) == 1  # not again from the bus's history
 
 
 def test_task_clients_of_a_user_reconnect_like_the_owners(cluster):

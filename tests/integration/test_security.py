@@ -398,7 +398,8 @@ def test_relayed_push_to_an_engine_that_dies_fails_at_once(shared, monkeypatch) 
     owner.execute("from twisted.internet import reactor, threads; import time\n"
                   "reactor.callFromThread(lambda: [threads.deferToThread(time.sleep, 300) "
                   "for _ in range(64)])", targets=victim)
-    monkeypatch.setenv("IPYTHON1_LOCAL_DATA", "0")  # through the relay
+    monkeypatch.setenv("IPYTHON1_LOCAL_DATA", "0")  # through the relay:
+    monkeypatch.setenv("IPYTHON1_DIRECT_DATA", "0")  # not the engine's own data port
     killer = threading.Timer(1.0, os.kill, (pid, signal.SIGKILL))
     killer.start()
     t0 = time.monotonic()

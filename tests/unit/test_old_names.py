@@ -67,3 +67,22 @@ def test_no_old_name_hides_a_file() -> None:
     assert files == {"__init__", "commandchannel", "datachannel"}
     for old in MOVED:
         assert not KERNEL_DIR.parent.parent.joinpath(*old.split(".")).with_suffix(".py").exists()
+
+
+def test_ipython1_itself_imports_no_old_name() -> None:
+    # kernel/ re-exports the client, the controller and the engine: a module that imports
+    # it (say the transport) would load every role's code.
+    import ast
+
+    package = KERNEL_DIR.parent
+    old = [name for name in MOVED if name.startswith("ipython1.kernel.")] + ["ipython1.kernel"]
+    found = []
+    for path in package.rglob("*.py"):
+        if path.parent == KERNEL_DIR or path == package / "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n == o or n.startswith(o + ".") for n in names for o in old):
+                found.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert not found, f"old names imported: {found}"
