@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from twisted.internet import defer
@@ -91,10 +92,12 @@ def get_multiengine_client(furl_or_file: Any = None, profile: str = "default",
     """Connect to a controller; fire with an AsyncMultiEngineClient."""
     furl = wire.resolve_furl(furl_or_file, profile, MEC_FURL)
     debugger = DebuggerObserver()
+    token = secrets.token_hex(16)  # the client's name across reconnections (issue 15)
     tub, _, session = yield _open_session(
-        furl, timeout, wire.furl_source(furl_or_file, profile, MEC_FURL), debugger=debugger)
+        furl, timeout, wire.furl_source(furl_or_file, profile, MEC_FURL), debugger=debugger,
+        client_token=token)
     channel = yield _open_command_channel(session)
-    client = AsyncMultiEngineClient(session, tub, furl, channel)
+    client = AsyncMultiEngineClient(session, tub, furl, channel, token)
     debugger.client = client
     client.reconnector = Reconnector(
         lambda seconds: _reopen(furl_or_file, profile, MEC_FURL, seconds, client),
@@ -117,6 +120,7 @@ def _reopen(furl_or_file: Any, profile: str, default_name: str, timeout: float,
     if isinstance(client, AsyncMultiEngineClient):
         extra["debugger"] = DebuggerObserver()
         extra["debugger"].client = client
+        extra["client_token"] = client.token  # its calls' results follow it (issue 15)
     tub, _, session = yield _open_session(furl, timeout, **extra)
     channel = yield _open_command_channel(session)
     return tub, session, channel
@@ -140,8 +144,24 @@ def get_task_client(furl_or_file: Any = None, profile: str = "default",
         tub.stopService()
         raise
     client = yield _task_client(session, tub, furl, parent)
-    if parent is None:  # a user's capability reopens through its multi-engine session
-        client.reconnector = Reconnector(
-            lambda seconds: _reopen(furl_or_file, profile, TASK_FURL, seconds),
-            client._reconnected, "the task client")
+    reopen = _reopen if parent is None else _reopen_as_user  # a user's FURL: its session
+    client.reconnector = Reconnector(
+        lambda seconds: reopen(furl_or_file, profile, TASK_FURL, seconds),
+        client._reconnected, "the task client")
     return client
+
+
+@defer.inlineCallbacks
+def _reopen_as_user(furl_or_file: Any, profile: str, default_name: str,
+                    timeout: float) -> Any:
+    """Open a task farm session again through a user's FURL (security/users/NAME.furl);
+    fire with (tub, session, channel, the user's multi-engine session)."""
+    furl = wire.resolve_furl(furl_or_file, profile, default_name)
+    tub, _, parent = yield _open_session(furl, timeout)
+    try:
+        session = yield _connect_tasks(parent)
+    except Exception:
+        tub.stopService()
+        raise
+    channel = yield _open_command_channel(session)
+    return tub, session, channel, parent

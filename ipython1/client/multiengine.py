@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import getpass
 import importlib
+import itertools
 import os
+import secrets
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -86,12 +88,25 @@ def _deserialize_list(frames_list: list[list[bytes]]) -> list[Any]:
     return [deserialize(frames) for frames in frames_list]
 
 
+# Calls that change nothing (or fetch a result the restarted controller gathers
+# again from the engines): sent again when the controller is back if the
+# connection was lost with them in flight (issue 15).
+RESENT_AFTER_LOSS = frozenset({
+    "get_pending_result", "get_ids", "queue_status", "engine_info", "pending_ids",
+    "whoami", "users", "transcript", "session_log", "logs"})
+
+
 class AsyncMultiEngineClient:
     """The multi-engine interface over Foolscap; every method returns a Deferred."""
 
     def __init__(self, session: Any, tub: Any = None, furl: str = "",
-                 channel: Any = None) -> None:
+                 channel: Any = None, token: str = "") -> None:
         self._session = session
+        # This object's name for the controller, kept across reconnections, and
+        # its ids for its commands: a restarted controller finds their results
+        # on the engines by them (controller/recovered.py).
+        self.token = token or secrets.token_hex(16)
+        self._call_ids = itertools.count(1)
         self._channel = channel  # transport.channel.ClientEnd: this session over a local socket
         # Subscriptions take Foolscap, commands the channel: one order for both.
         self._calls = command_channel.session_connection(session, channel)
@@ -157,6 +172,8 @@ class AsyncMultiEngineClient:
             return self.reconnector.ensure().addCallback(lambda _: self._remote(method, *args))
         d = self._calls.call(method, args)
         d.addCallbacks(replies.unpack, self._translate_failure)
+        if method in RESENT_AFTER_LOSS:
+            d.addErrback(self._again_after_loss, method, *args)
         return d
 
     def _translate_failure(self, failure: Failure) -> Failure:
@@ -167,9 +184,34 @@ class AsyncMultiEngineClient:
         from twisted.internet.error import ConnectionLost as TwistedLost
 
         if failure.check(DeadReferenceError, ConnectionDone, TwistedLost) or self._lost:
-            raise ConnectionLost((self._lost or f"the controller went away: "
-                                  f"{failure.getErrorMessage()}") + "; " + IN_FLIGHT_HINT)
+            error = ConnectionLost((self._lost or f"the controller went away: "
+                                    f"{failure.getErrorMessage()}") + "; " + IN_FLIGHT_HINT)
+            error.in_flight = True  # type: ignore[attr-defined]
+            raise error
         return failure
+
+    def _again_after_loss(self, failure: Failure, method: str, *args: Any) -> Any:
+        """Call method once the controller is back, if failure is a loss in flight.
+
+        A command's result, and a pending result being fetched, come from the
+        restarted controller, which gathers them from the engines (issue 15).
+        """
+        if self.reconnector is None or not getattr(failure.value, "in_flight", False):
+            return failure
+        d = self._remote(method, *args)
+        if method != "get_pending_result":
+            return d
+
+        def unknown_after_all(reply: Any) -> Any:
+            # The controller has no trace of it (it stayed up and dropped the session's
+            # results, or the call never reached it): it may or may not have run.
+            error = reply.get("error") if isinstance(reply, dict) else None
+            if isinstance(error, dict) and error.get("ename") == "InvalidPendingResult" \
+                    and "had not started" not in str(error.get("evalue")):
+                return failure
+            return reply  # a restarted controller knows: it had not started anywhere
+
+        return d.addCallback(unknown_after_all)
 
     def _command(self, method: str, args: tuple[Any, ...], block: bool,
                  transform: Callable[[Any], Any], single: bool) -> Deferred[Any]:
@@ -178,8 +220,10 @@ class AsyncMultiEngineClient:
         def finish(replies: Any) -> Any:
             return _finish_replies(replies, transform, single)
 
-        d = self._remote(method, *args, block)
+        call = next(self._call_ids)
+        d = self._remote(method, *args, block, call)
         if block:
+            d.addErrback(self._again_after_loss, "get_pending_result", call, True)
             return d.addCallback(self._fetch_blobs).addCallback(finish)
 
         def pending(answer: Any) -> AsyncPendingResult:
@@ -189,7 +233,14 @@ class AsyncMultiEngineClient:
             finish(answer)  # an immediate error reply raises here
             raise KernelError(f"unexpected answer {answer!r}")
 
-        return d.addCallback(pending)
+        def sent_maybe(failure: Failure) -> Any:
+            # Lost in flight: its result, if it ran, is fetched by its id once the
+            # controller is back (see get_pending_result); else that fetch says so.
+            if self.reconnector is None or not getattr(failure.value, "in_flight", False):
+                return failure
+            return {"pending_id": call}
+
+        return d.addErrback(sent_maybe).addCallback(pending)
 
     # -- the data channel: large values go beside Foolscap --
 
@@ -788,7 +839,24 @@ class AsyncMultiEngineClient:
         if self._lost is not None:
             return defer.fail(ConnectionLost(self._lost))
         d = _connect_tasks(self._session)
-        return d.addCallback(_task_client, None, self.furl, self._session)
+        d.addCallback(_task_client, None, self.furl, self._session)
+        return d.addCallback(self._reconnects_with_me)
+
+    def _reconnects_with_me(self, tasks: Any) -> Any:
+        """Have a task client opened through this session reopen through it (issue 15)."""
+        if self.reconnector is not None:
+            tasks.reconnector = Reconnector(self._reopen_tasks, tasks._reconnected,
+                                            "the task client", self.reconnector.timeout)
+        return tasks
+
+    @defer.inlineCallbacks
+    def _reopen_tasks(self, seconds: float) -> Any:
+        """Open a task farm session again, through this client's reopened session."""
+        if self._lost is not None and self.reconnector is not None:
+            yield self.reconnector.ensure()
+        session = yield _connect_tasks(self._session)
+        channel = yield _open_command_channel(session)
+        return None, session, channel, self._session
 
     def disconnect(self) -> None:
         """Drop the connection to the controller."""

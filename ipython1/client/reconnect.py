@@ -58,9 +58,13 @@ class Reconnector:
         self.timeout = RECONNECT_WAIT if timeout is None else timeout
         self.clock = clock
         self._waiters: list[Deferred[None]] = []
+        # Set when the controller refused the FURL (a revoked user): waiting cannot help.
+        self.refused: ConnectionLost | None = None
 
     def ensure(self) -> Deferred[None]:
         """Fire once the session is open again; fail with ConnectionLost at the deadline."""
+        if self.refused is not None:
+            return defer.fail(self.refused)
         d: Deferred[None] = Deferred()
         self._waiters.append(d)
         if len(self._waiters) == 1:
@@ -77,9 +81,10 @@ class Reconnector:
                 opened = yield self.reopen(max(0.5, min(5.0, left)))
             except Exception as e:
                 if refused(e):  # the controller answered: waiting will not help
-                    raise ConnectionLost(
+                    self.refused = ConnectionLost(
                         f"{self.what}: the controller no longer knows this client's FURL "
-                        f"(revoked?): {e}") from None
+                        f"(revoked?): {e}")
+                    raise self.refused from None
                 if self.clock.seconds() + delay > deadline:
                     raise ConnectionLost(
                         f"{self.what}: the controller did not come back within "

@@ -233,6 +233,7 @@ class TaskClient:
         self._loop = ReactorThread.get()
         self.timeout = timeout
         self._async = async_client
+        _wait_for_restarts(async_client, timeout)
         return self
 
     def close(self) -> None:

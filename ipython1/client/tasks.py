@@ -103,7 +103,9 @@ class AsyncTaskClient:
         """Take the session reopened after a restart; reserved ids stay valid (journal)."""
         if self._tub is not None:
             self._tub.stopService()
-        self._tub, self._session, self._channel = opened
+        self._tub, self._session, self._channel, *parent = opened
+        if parent:  # opened through a user's multi-engine session (its FURL, or mec's)
+            self._parent = parent[0]
         self._calls = command_channel.session_connection(self._session, self._channel)
         self._lost = None
         self._calls.notifyOnDisconnect(self._disconnected)
@@ -174,7 +176,7 @@ class AsyncTaskClient:
         Safe to call from any thread: the blocking client queues tasks from
         the user's thread without waiting for the reactor.
         """
-        if self._lost is not None and self.reconnector is None:
+        if self._lost is not None and (self.reconnector is None or self.reconnector.refused):
             raise ConnectionLost(self._lost)  # else run() would hand out ids never sent
         with self._lock:
             if self._next_tid >= self._end_tid:

@@ -24,7 +24,7 @@ class _BaseTask:
     def __init__(self, clear_before: bool = False, clear_after: bool = False,
                  retries: int = 0, recovery_task: _BaseTask | None = None,
                  depend: Any = None, timeout: float | None = None, priority: int = 0,
-                 after: Iterable[int] | None = None) -> None:
+                 after: Iterable[int] | None = None, idempotent: bool = True) -> None:
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, not {retries!r}")
         if recovery_task is not None and not isinstance(recovery_task, _BaseTask):
@@ -48,6 +48,9 @@ class _BaseTask:
         self.timeout = timeout
         self.priority = priority
         self.after = after_ids
+        # False: never run twice; when its outcome is unknown (its engine died, or a
+        # controller restart lost its result) it fails instead of running again.
+        self.idempotent = bool(idempotent)
 
     def _meta(self) -> dict[str, Any]:
         """Return the scheduling fields the controller reads (defaults left out)."""
@@ -60,6 +63,8 @@ class _BaseTask:
             meta["timeout"] = float(self.timeout)
         if self.after:
             meta["after"] = list(self.after)
+        if not self.idempotent:
+            meta["idempotent"] = False
         if self.recovery_task is not None:
             meta["recovery"] = list(self.recovery_task.to_wire())
         if takes_properties(self.depend):

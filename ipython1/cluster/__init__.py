@@ -54,7 +54,8 @@ def make_launcher(kind: str, cluster_dir: ClusterDir, engine: EngineCommand,
     """Return the launcher for --engines kind, configured from ipcluster's start options."""
     if kind == "ssh":
         return SSHLauncher.from_options(cluster_dir, engine, options.get("hosts"),
-                                        options.get("hostfile"), options.get("ssh-args") or "")
+                                        options.get("hostfile"), options.get("ssh-args") or "",
+                                        supervised=bool(options.get("restart-engines")))
     if kind not in BATCH_LAUNCHERS:
         raise LaunchError(f"unknown --engines {kind!r}: choose one of {', '.join(ENGINE_KINDS)}")
     if kind == "slurm" and in_allocation(environ):

@@ -78,6 +78,8 @@ class StartOptions(_ProfileOption):
         ["data-encryption", None, "on", "on (default) or off: large values between hosts "
          "unencrypted (see ipcontroller --help and docs/security.md)."],
         ["timeout", None, 120.0, "Seconds to wait for all engines to register."],
+        ["rejoin-wait", None, None, "The controller's --rejoin-wait: seconds after a "
+         "restart that engines may rejoin with what they were running (default 60).", float],
         ["mpiexec", None, None, "Path of mpiexec (default: the virtualenv's, then PATH)."],
         ["mpi-args", None, "", "Extra arguments for mpiexec."],
         # Where engines run (ipython1.cluster); see docs/deployment.md.

@@ -1,6 +1,11 @@
 """SSH: engines on hosts reached with the system ``ssh`` (BatchMode, the user's keys).
 
-One ``ssh`` per host starts that host's engines as one ``ipengine --fork K``.
+One ``ssh`` per host starts that host's engines as one ``ipengine --fork K
+--watch``: the watcher tells the controller how each engine ended
+(``engine/watcher.py``), which the controller could not learn across hosts.
+With ``--restart-engines`` it starts the engine supervisor there instead
+(``cluster/supervisor.py``): it restarts a dead engine on its host with its
+id, and reports how it ended over the engine FURL.
 The engine FURL travels over the ssh connection (the remote shell reads it
 from stdin into ``IPYTHON1_ENGINE_FURL``), so the hosts need no shared
 filesystem and the FURL never shows in a process list. The remote engines
@@ -10,6 +15,7 @@ each host over ssh to end them, then ends the local ssh clients.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -99,12 +105,28 @@ def remote_pid_file(profile: str, tag: str) -> str:
     return f'"${{IPYTHON1_DIR:-$HOME/.ipython1}}/cluster_{profile}/pid/ssh-engines-{tag}.pid"'
 
 
+def remote_supervisor_command(engine: EngineCommand, first_id: int, count: int,
+                              tag: str) -> str:
+    """Return the remote shell command: read the FURL from stdin, supervise count engines
+    with ids from first_id (ipcluster start --restart-engines)."""
+    from ipython1.cluster.launcher import ENGINE_MODULE
+
+    commands = [[i, engine.argv("--engine-id", str(i), furl_file=False)]
+                for i in range(first_id, first_id + count)]
+    python = (engine.ipengine[:-1] if engine.ipengine[-1:] == [ENGINE_MODULE] and
+              engine.ipengine[-2:-1] == ["-m"] else ["python3", "-P", "-m"])
+    argv = shlex.join([*python, "ipython1.cluster.supervisor", engine.profile,
+                       json.dumps(commands)])
+    return (f"IFS= read -r {FURL_VARIABLE} && export {FURL_VARIABLE} && "
+            f"exec {argv} {remote_pid_file(engine.profile, tag)} </dev/null")
+
+
 def remote_engine_command(engine: EngineCommand, count: int, tag: str) -> str:
     """Return the remote shell command: read the FURL from stdin, start count engines."""
     pid_file = remote_pid_file(engine.profile, tag)
     argv = engine.shell("--fork", str(count), furl_file=False)
     return (f"IFS= read -r {FURL_VARIABLE} && export {FURL_VARIABLE} && "
-            f"exec {argv} --pid-file {pid_file} </dev/null")
+            f"exec {argv} --watch --pid-file {pid_file} </dev/null")
 
 
 # The pids of a pid file, either format (bare pids, or ipython1's JSON records), in sh.
@@ -136,21 +158,22 @@ class SSHLauncher(ProcessLauncher):
 
     def __init__(self, cluster_dir: ClusterDir, engine: EngineCommand,
                  hosts: Sequence[HostSlots], ssh_args: Sequence[str] = (),
-                 pids: Sequence[dict[str, Any]] = ()) -> None:
+                 pids: Sequence[dict[str, Any]] = (), supervised: bool = False) -> None:
         super().__init__(cluster_dir, pids)
         self.engine = engine
         self.hosts = list(hosts)
         self.ssh_args = list(ssh_args)
+        self.supervised = supervised  # a supervisor on each host restarts its engines
 
     @classmethod
     def from_options(cls, cluster_dir: ClusterDir, engine: EngineCommand,
                      hosts: str | None, hostfile: str | None,
-                     ssh_args: str = "") -> SSHLauncher:
+                     ssh_args: str = "", supervised: bool = False) -> SSHLauncher:
         if bool(hosts) == bool(hostfile):
             raise LaunchError("--engines ssh needs --hosts h1:4,h2:4 or --hostfile FILE "
                               "(one of them)")
         parsed = parse_hosts(hosts) if hosts else read_hostfile(str(hostfile))
-        return cls(cluster_dir, engine, parsed, shlex.split(ssh_args))
+        return cls(cluster_dir, engine, parsed, shlex.split(ssh_args), supervised=supervised)
 
     def plan(self, n: int | None) -> list[HostSlots]:
         return assign(self.hosts, n)
@@ -163,10 +186,13 @@ class SSHLauncher(ProcessLauncher):
             raise LaunchError(f"cannot read the engine FURL {furl_path}: {e}") from None
         if not furl.startswith("pb://"):
             raise LaunchError(f"{furl_path} holds no FURL")
+        first_id = 0
         for index, h in enumerate(self.plan(n)):
             tag = host_tag(index, h.host)
-            self.spawn(ssh_argv(h.host, remote_engine_command(self.engine, h.slots, tag),
-                                self.ssh_args),
+            command = (remote_supervisor_command(self.engine, first_id, h.slots, tag)
+                       if self.supervised else remote_engine_command(self.engine, h.slots, tag))
+            first_id += h.slots
+            self.spawn(ssh_argv(h.host, command, self.ssh_args),
                        f"ssh {h.host} ({h.slots} engines)",
                        self.cluster_dir.log_file(f"ssh-{tag}"), stdin_text=furl + "\n",
                        host=h.host, engines=h.slots, tag=tag)
@@ -192,10 +218,12 @@ class SSHLauncher(ProcessLauncher):
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "engine": self.engine.to_json(),
-                "hosts": [[h.host, h.slots] for h in self.hosts], "ssh_args": self.ssh_args}
+                "hosts": [[h.host, h.slots] for h in self.hosts], "ssh_args": self.ssh_args,
+                "supervised": self.supervised}
 
     @classmethod
     def from_state(cls, cluster_dir: ClusterDir, data: dict[str, Any],
                    run: Any = None) -> SSHLauncher:
         return cls(cluster_dir, EngineCommand.from_json(data["engine"]),
-                   [HostSlots(h, s) for h, s in data["hosts"]], data["ssh_args"], data["pids"])
+                   [HostSlots(h, s) for h, s in data["hosts"]], data["ssh_args"], data["pids"],
+                   bool(data.get("supervised")))

@@ -10,6 +10,12 @@ the commands the engine was running) and starts the command again. The new
 engine asks for its predecessor's id and says why it was restarted; the
 controller publishes that as an ``engine_restarted`` event.
 
+On another host (``ipcluster start --engines ssh --restart-engines``) it
+runs there, records itself and its engines in the pid file it is given
+(``ssh.remote_pid_file``), and also sends each report over the engine FURL
+(``$IPYTHON1_ENGINE_FURL``, ``RIEngineRegistration.report_exit``): the
+controller cannot read that host's files.
+
 ``Supervisor`` is the policy, pure: it takes a spawn callable and a clock.
 """
 
@@ -30,7 +36,7 @@ from typing import Any
 from ipython1.cluster.local import ENGINES_PID_FILE, SUPERVISOR_PID_FILE, stop_pids
 from ipython1.common.clusterdir import ClusterDir
 from ipython1.common.private import open_private_log, write_private
-from ipython1.common.processes import write_pid_file
+from ipython1.common.processes import check, write_pid_file
 
 RESTART_ENV = "IPYTHON1_ENGINE_RESTARTED"  # why the engine was restarted (for its event)
 SUPERVISED_ENV = "IPYTHON1_SUPERVISED"  # set for supervised engines: they have exit reports
@@ -133,17 +139,47 @@ def tail(path: Path, start: int, lines: int = STDERR_LINES) -> str:
             text = f.read()[-65536:].decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(text.splitlines()[-lines:])[-20_000:]  # the report's bound on the wire
 
 
 # -- the process -------------------------------------------------------------------
 
 
+def foolscap_reporter(furl: str) -> Callable[[dict[str, Any]], None]:
+    """Return a function that sends an exit report to the controller (a reactor thread)."""
+    import threading
+
+    from twisted.internet import reactor
+
+    from ipython1.common import wire
+    from ipython1.transport.foolscap import FoolscapRegistrationConnection
+
+    threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
+                     name="reactor", daemon=True).start()
+    tubs: list[Any] = []
+
+    def send(report: dict[str, Any]) -> None:
+        if not tubs:
+            tubs.append(wire.client_tub())
+        d = wire.get_reference(tubs[0], furl, 10.0)
+        d.addCallback(lambda reference: FoolscapRegistrationConnection(reference).report_exit(
+            report))
+        d.addErrback(lambda f: sys.stderr.write(
+            f"supervisor: could not report pid {report.get('pid')}'s end: "
+            f"{f.getErrorMessage()}\n"))
+
+    return lambda report: reactor.callFromThread(send, report)
+
+
 def run(profile: str, commands: list[tuple[int | None, list[str]]],
-        poll_interval: float = 0.05) -> None:
-    """Supervise commands until SIGTERM; then stop them all."""
+        poll_interval: float = 0.05, pid_file: str | None = None) -> None:
+    """Supervise commands until SIGTERM; then stop them all. With pid_file (on
+    another host) record itself and its engines there, and report over Foolscap."""
     cluster_dir = ClusterDir(profile).create()
     offsets: dict[int, tuple[Path, int]] = {}
+    furl = os.environ.get("IPYTHON1_ENGINE_FURL", "").strip()
+    report_over_foolscap = foolscap_reporter(furl) if pid_file and furl else None
+    engines_file = Path(pid_file) if pid_file else cluster_dir.pid_file(ENGINES_PID_FILE)
 
     def spawn(slot: Slot, why: str | None) -> subprocess.Popen[bytes]:
         name = "mpiexec" if slot.engine_id is None else f"ipengine-{slot.engine_id}"
@@ -161,38 +197,53 @@ def run(profile: str, commands: list[tuple[int | None, list[str]]],
 
     def on_exit(slot: Slot, proc: Any, why: str) -> None:
         err, start = offsets.pop(proc.pid, (None, 0))
-        write_exit_report(cluster_dir.pid, proc.pid, {
-            "engine_id": slot.engine_id, "pid": proc.pid, "host": socket.gethostname(),
-            "exit": why, "stderr": tail(err, start) if err else ""})
+        report = {"engine_id": slot.engine_id, "pid": proc.pid, "host": socket.gethostname(),
+                  "exit": why, "stderr": tail(err, start) if err else ""}
+        write_exit_report(cluster_dir.pid, proc.pid, report)
+        if report_over_foolscap is not None:
+            report_over_foolscap(report)
 
     def write_pids() -> None:
         # With start times and command lines: ipcluster stop signals only these.
-        write_pid_file(cluster_dir.pid_file(ENGINES_PID_FILE), supervisor.pids())
+        write_pid_file(engines_file, ([os.getpid()] if pid_file else []) + supervisor.pids())
 
     supervisor = Supervisor(spawn, on_exit)
     stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *a: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *a: stopping.append(True))
-    write_pid_file(cluster_dir.pid_file(SUPERVISOR_PID_FILE), [os.getpid()])
+    if not pid_file:  # on another host: the one pid file (its stop ends us first)
+        write_pid_file(cluster_dir.pid_file(SUPERVISOR_PID_FILE), [os.getpid()])
     supervisor.start([Slot(engine_id, argv) for engine_id, argv in commands])
     write_pids()
+    recheck = time.monotonic() + 0.5
     try:
         while not stopping:
             if supervisor.poll():
                 write_pids()
+                recheck = time.monotonic() + 0.5
+            if time.monotonic() >= recheck:
+                recheck = float("inf")
+                # A child recorded before its exec finished has the wrong command line
+                # in the file (ipcluster stop would not recognise it): record it again.
+                recorded_live = set(check(engines_file).live) - {os.getpid()}
+                if recorded_live != set(supervisor.pids()):
+                    write_pids()
+                    recheck = time.monotonic() + 0.5
             time.sleep(poll_interval)  # polling children: nothing to wait on for several
     finally:
         stop_pids(supervisor.pids(), grace=5)
-        cluster_dir.pid_file(SUPERVISOR_PID_FILE).unlink(missing_ok=True)
+        if not pid_file:
+            cluster_dir.pid_file(SUPERVISOR_PID_FILE).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m ipython1.cluster.supervisor PROFILE COMMANDS_JSON"""
+    """python -m ipython1.cluster.supervisor PROFILE COMMANDS_JSON [PID_FILE]"""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        raise SystemExit("usage: python -m ipython1.cluster.supervisor PROFILE COMMANDS_JSON")
+    if len(args) not in (2, 3):
+        raise SystemExit("usage: python -m ipython1.cluster.supervisor PROFILE COMMANDS_JSON "
+                         "[PID_FILE]")
     commands = [(c[0], list(c[1])) for c in json.loads(args[1])]
-    run(args[0], commands)
+    run(args[0], commands, pid_file=args[2] if len(args) == 3 else None)
 
 
 if __name__ == "__main__":

@@ -189,6 +189,8 @@ MaybeText = MaybeTextConstraint(None)
 TaskBatch = ListOf(AnyValue(), maxLength=100_000)
 OpName = TextConstraint(64)
 OpArgs = ListOf(AnyValue(), maxLength=16)  # checked against the op's own schema
+CommandTag = TextConstraint(200)  # controller/recovered.py: client token / call / engines
+MAX_KEPT = 1024  # command replies a rejoining engine names (engine.rejoin.MAX_KEPT, 256)
 TaskIDs = ListOf(int, maxLength=1_000_000)
 
 # -- what peers say about themselves ---------------------------------------------
@@ -215,12 +217,25 @@ EngineInfo = Record(
     late_tasks=ListOf(TaskReply, maxLength=MAX_LATE),  # a rejoining engine's (issue 15)
     running_tasks=ListOf(int, maxLength=MAX_LATE),
     finished_while_away=ListOf(FinishedNote, maxLength=1000),
+    # engine.rejoin: replies delivered just before the loss, the tasks it finished
+    # lately, its kept command replies (controller.recovered) and the one running
+    recent_tasks=ListOf(TaskReply, maxLength=MAX_LATE),
+    done_tasks=ListOf(int, maxLength=MAX_LATE),
+    kept_results=ListOf(CommandTag, maxLength=MAX_KEPT),
+    running_command=MaybeText,
+    watched=Flag,  # engine.watcher: its watcher reports how it ends
 )
 EngineProperties = EngineInfo.extended(busy=Flag)  # RIEngine.properties()
 LateDelivery = Record(tasks=ListOf(TaskReply, maxLength=MAX_LATE),
-                      finished=ListOf(FinishedNote, maxLength=1000))
+                      finished=ListOf(FinishedNote, maxLength=1000),
+                      results=ListOf(CommandTag, maxLength=MAX_KEPT))  # tags kept meanwhile
+# How an engine ended, from its watcher or supervisor (RIEngineRegistration.report_exit).
+ExitReport = Record(pid=int, host=Name, exit=ShortText, stderr=TextConstraint(20_000),
+                    engine_id=MaybeInt)
 # A client's connect(info) (asyncclient.client_info); debugger: its remote-pdb observer.
-ClientInfo = Record(name=Name, host=Name, pid=int, versions=Versions, debugger=AnyValue())
+# client_token: the client object's name across reconnections (controller.recovered).
+ClientInfo = Record(name=Name, host=Name, pid=int, versions=Versions, debugger=AnyValue(),
+                    client_token=Name)
 WhoAmI = Record(user=Name, kind=Name, client=Name)
 
 # -- replies ------------------------------------------------------------------------

@@ -22,10 +22,12 @@ from ipython1.common.constraints import (  # noqa: F401 - re-exported: the share
     MAX_ENGINES,
     MAX_REPLY,
     ClientInfo,
+    CommandTag,
     EngineInfo,
     EngineProperties,
     EngineReply,
     ErrorReply,
+    ExitReport,
     Flag,
     Frame,
     Frames,
@@ -183,10 +185,16 @@ class RIEngine(RemoteInterface):
 
     __remote_name__ = "RIEngine.v1.ipython1"
 
-    def run(op=OpName, args=OpArgs):
+    def run(op=OpName, args=OpArgs, tag=Optional(MaybeText, None)):
         """Queue a command of the op table (ipython1.common.ops); args fit its schema.
-        The reply is msgpack bytes (common.replies), relayed to the client as it is."""
+        The reply is msgpack bytes (common.replies), relayed to the client as it is.
+        A tagged command's reply is kept for a restarted controller (kept_result)."""
         return EngineReply
+
+    def kept_result(tag=CommandTag):
+        """The kept reply of a tagged command (controller.recovered); None if it was
+        dropped or too large to keep."""
+        return ChoiceOf(EngineReply, None)
 
     def kill():
         return None
@@ -240,7 +248,12 @@ class RIEngineRegistration(RemoteInterface):
 
     def deliver_late(engine_id=int, late=LateDelivery):
         """What ended while the controller was away (issue 15): {"tasks": task
-        replies, "finished": notes of other commands}."""
+        replies, "finished": notes of other commands, "results": tags of kept replies}."""
+        return None
+
+    def report_exit(report=ExitReport):
+        """How an engine ended, from its watcher (ipengine --watch) or supervisor:
+        {"pid", "host", "exit": its code or signal, "stderr": its last lines}."""
         return None
 
 
@@ -278,27 +291,30 @@ class RIMultiEngineSession(RemoteInterface):
     """One client's session with the multi-engine adapter.
 
     Every command takes ``block``: when False it returns ``{"pending_id": n}``
-    at once and the replies are fetched later with ``get_pending_result``.
+    at once and the replies are fetched later with ``get_pending_result``. And
+    ``call``, the client's id for it (the pending id; 0: the session picks one):
+    with the client's token (``connect``), a restarted controller finds its
+    result on the engines (controller/recovered.py).
     """
 
     __remote_name__ = "RIMultiEngineSession.v1.ipython1"
 
-    # One method per op of the table: op(*its args, targets, block).
+    # One method per op of the table: op(*its args, targets, block, call).
     locals().update(ops.session_schemas())
 
     def get_ids():
         return ListOf(int, maxLength=MAX_ENGINES)
 
-    def push_each(namespaces=NamespaceByEngine, block=Flag):
+    def push_each(namespaces=NamespaceByEngine, block=Flag, call=Optional(int, 0)):
         return SessionReply
 
-    def apply_each(func=Frames, args=FramesByEngine, block=Flag):
+    def apply_each(func=Frames, args=FramesByEngine, block=Flag, call=Optional(int, 0)):
         return SessionReply
 
-    def kill(controller=Flag, targets=Targets, block=Flag):
+    def kill(controller=Flag, targets=Targets, block=Flag, call=Optional(int, 0)):
         return SessionReply
 
-    def restart(targets=Targets, block=Flag):
+    def restart(targets=Targets, block=Flag, call=Optional(int, 0)):
         return SessionReply
 
     def interrupt(targets=Targets):
@@ -335,11 +351,13 @@ class RIMultiEngineSession(RemoteInterface):
         """Drop this session's unfetched results (flush()); return how many."""
         return int
 
-    def get_properties(keys=PropertyNames, targets=Targets, block=Flag):
+    def get_properties(keys=PropertyNames, targets=Targets, block=Flag,
+                       call=Optional(int, 0)):
         """Each target's engine properties (IPython 0.10): the named ones, or all."""
         return SessionReply
 
-    def update_properties(action=Name, arg=PropertyValues, targets=Targets, block=Flag):
+    def update_properties(action=Name, arg=PropertyValues, targets=Targets, block=Flag,
+                          call=Optional(int, 0)):
         """Set (arg: a dict of plain data), del (arg: names) or clear properties."""
         return SessionReply
 

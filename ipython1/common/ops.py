@@ -27,6 +27,7 @@ from typing import Any
 from foolscap.api import Violation
 from foolscap.constraint import IConstraint
 from foolscap.remoteinterface import RemoteMethodSchema
+from foolscap.schema import Optional
 
 from ipython1.common.constraints import (
     Flag,
@@ -136,8 +137,11 @@ def check_args(name: str, args: Any) -> None:
 
 
 def session_schemas() -> dict[str, RemoteMethodSchema]:
-    """Return the multi-engine session's method per op: op(*args, targets, block)."""
-    return {name: _schema((*entry.args, ("targets", Targets), ("block", Flag)))
+    """Return the multi-engine session's method per op: op(*args, targets, block, call).
+
+    call: the client's id for the command (0: none); see controller/recovered.py."""
+    return {name: _schema((*entry.args, ("targets", Targets), ("block", Flag),
+                           ("call", Optional(int, 0))))
             for name, entry in OPS.items() if entry.session}
 
 

@@ -29,6 +29,7 @@ from ipython1.common.errors import (
 from ipython1.common.interfaces import IMultiEngine
 from ipython1.controller.events import describe_command
 from ipython1.controller.queue import Command, user_of
+from ipython1.controller.recovered import make_tag
 from ipython1.controller.sessionlog import SessionLog
 from ipython1.transport.data.local import BOOK_TTL, BOOK_USES
 from ipython1.transport.data.stream import MAX_STREAMS
@@ -63,10 +64,15 @@ class MultiEngine:
         self.commands = SessionLog()  # what session_log() reports
 
     def _each(self, ids: list[int], op: str, args_for: Any, client: str = "",
-              description: str = "") -> Deferred[list[dict[str, Any]]]:
-        """Queue op on each engine; fire with the replies in target order."""
+              description: str = "",
+              recover: tuple[str, int] | None = None) -> Deferred[list[dict[str, Any]]]:
+        """Queue op on each engine; fire with the replies in target order.
+
+        recover: (the client's token, its call id): the engines keep their replies
+        for a restarted controller (controller/recovered.py)."""
         ds = []
         call, user = next(_call_ids), user_of(client)
+        tag = make_tag(*recover, len(ids)) if recover else ""
         if ids:
             first = args_for(ids[0]) if callable(args_for) else args_for
             data = describe_command(op, tuple(first), description)
@@ -77,7 +83,7 @@ class MultiEngine:
         for engine_id in ids:
             args = args_for(engine_id) if callable(args_for) else args_for
             command = Command(op, tuple(args), client=client, description=description,
-                              user=user, call=call)
+                              user=user, call=call, tag=tag)
             d = self.controller.submit(engine_id, command)
             d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
             ds.append(d)
@@ -87,39 +93,42 @@ class MultiEngine:
         return defer.succeed(self.controller.ids())
 
     def run(self, op: str, args: tuple[Any, ...], targets: Any = "all",
-            client: str = "") -> Deferred[Any]:
+            client: str = "", recover: tuple[str, int] | None = None) -> Deferred[Any]:
         """Run a command of the op table on each target (the session log keeps logged ones)."""
         ids = self.controller.targets(targets)
         entry = self.commands.record(op, targets, client) if ops.op(op).logged else None
-        d = self._each(ids, op, tuple(args), client, ops.describe(op, args))
+        d = self._each(ids, op, tuple(args), client, ops.describe(op, args), recover)
         return d if entry is None else d.addCallback(self.commands.finish, entry)
 
-    def execute(self, code: str, targets: Any = "all", client: str = "") -> Deferred[Any]:
+    def execute(self, code: str, targets: Any = "all", client: str = "",
+                recover: tuple[str, int] | None = None) -> Deferred[Any]:
         ids = self.controller.targets(targets)
         entry = self.commands.record("execute", targets, client, code=code)
-        d = self._each(ids, "execute", (code,), client, code[:200])
+        d = self._each(ids, "execute", (code,), client, code[:200], recover)
         return d.addCallback(self.commands.finish, entry)
 
     def push(self, namespace: dict[str, list[bytes]], targets: Any = "all",
-             client: str = "") -> Deferred[Any]:
+             client: str = "", recover: tuple[str, int] | None = None) -> Deferred[Any]:
         ids = self.controller.targets(targets)
         entry = self.commands.record("push", targets, client, values={"all": namespace})
-        d = self._each(ids, "push", (namespace,), client, "push " + ", ".join(namespace))
+        d = self._each(ids, "push", (namespace,), client, "push " + ", ".join(namespace),
+                       recover)
         return d.addCallback(self.commands.finish, entry)
 
     def push_each(self, namespaces: dict[int, dict[str, list[bytes]]],
-                  client: str = "") -> Deferred[Any]:
+                  client: str = "", recover: tuple[str, int] | None = None) -> Deferred[Any]:
         ids = self.controller.targets(sorted(namespaces))
         names = ", ".join(sorted({k for ns in namespaces.values() for k in ns}))
         entry = self.commands.record("push_each", ids, client, values=namespaces)
-        d = self._each(ids, "push", lambda e: (namespaces[e],), client, "push " + names)
+        d = self._each(ids, "push", lambda e: (namespaces[e],), client, "push " + names,
+                       recover)
         return d.addCallback(self.commands.finish, entry)
 
     def apply_each(self, func: list[bytes], args: dict[int, list[bytes]],
-                   client: str = "") -> Deferred[Any]:
+                   client: str = "", recover: tuple[str, int] | None = None) -> Deferred[Any]:
         ids = self.controller.targets(sorted(args))
         entry = self.commands.record("apply", ids, client, description="apply/map")
-        d = self._each(ids, "apply", lambda e: (func, args[e]), client, "apply")
+        d = self._each(ids, "apply", lambda e: (func, args[e]), client, "apply", recover)
         return d.addCallback(self.commands.finish, entry)
 
     def kill(self, controller: bool = False, targets: Any = "all",

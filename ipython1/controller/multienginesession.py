@@ -34,6 +34,7 @@ from ipython1.controller.backpressure import ReplyBackpressure
 from ipython1.controller.events import remote_deliverer
 from ipython1.controller.multiengine import MultiEngine
 from ipython1.controller.queue import user_of
+from ipython1.controller.recovered import valid_token
 from ipython1.controller.subscribers import BoundedForwarder
 from ipython1.controller.tasksession import TaskFarmSession
 from ipython1.controller.users import list_users, permission_denied, transcript_tail
@@ -51,16 +52,54 @@ MAX_PENDING_PER_CLIENT = 100_000  # unfetched non-blocking results kept per clie
 OBSERVER_ALLOWED = ops.observer_allowed()
 
 
+# Adapter methods that send engines their commands (with the tag of controller/recovered.py).
+RECOVERABLE = frozenset({"execute", "push", "push_each", "apply_each", "run"})
+
+
+def _kept_part(controller: Any, tag: str, engine_id: int, state: str) -> Deferred[Any]:
+    """Fetch one engine's kept reply to a recovered call, or say why there is none."""
+    from ipython1.common.errors import EngineError
+    from ipython1.controller.recovered import KEPT
+
+    def lost(why: str) -> dict[str, Any]:
+        return {"engine_id": engine_id, "status": "error",
+                "error": error_to_wire(EngineError(engine_id, why), engine_id)}
+
+    record = controller.engines.get(engine_id)
+    if state != KEPT or record is None:
+        return defer.succeed(lost(f"engine {engine_id} died before its result of this call "
+                                  "could be recovered"))
+    d = record.connection.control("kept_result", tag)
+
+    def answer(reply: Any) -> Any:
+        if reply is not None:
+            return reply
+        return lost(f"engine {engine_id}'s reply was too large to keep for a restarted "
+                    "controller, or dropped from the replies it keeps (the oldest go first; "
+                    "for execute its record is in the engine's history: mec.get_result(n))")
+
+    return d.addCallbacks(answer, lambda f: lost(f"engine {engine_id}: {f.getErrorMessage()}"))
+
+
+def _missing_part(count: int) -> dict[str, Any]:
+    return {"engine_id": None, "status": "error", "error": error_to_wire(KernelError(
+        f"{count} engine(s) of this call gave no result: it had not started on them when "
+        "the controller stopped (it was queued there), or they did not rejoin"))}
+
+
 @implementer(RIMultiEngineSession)
 class MultiEngineSession(Referenceable):  # type: ignore[misc]
     """One client's view of the multi-engine adapter, with its pending results."""
 
-    _ids = itertools.count(1)
+    _ids = itertools.count(1 << 40)  # pending ids of calls the client gave no id
 
     def __init__(self, adapter: MultiEngine, client: str, user: str = "",
-                 kind: str = "owner") -> None:
+                 kind: str = "owner", token: str = "") -> None:
         self.adapter = adapter
         self.client = client
+        # The client object's name across reconnections: a restarted controller
+        # finds its calls' results on the engines by it (controller/recovered.py).
+        self.token = token
         self.user = user or user_of(client)
         self.kind = kind  # "owner", "full" or "observer"
         self.revoked = False
@@ -102,7 +141,7 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
             self.user, self.kind, self.revoked, method, OBSERVER_ALLOWED,
             "observers can watch events, read the transcript, list users and engines, and chat")
 
-    def _call(self, block: bool, method: str, *args: Any, op: str = "",
+    def _call(self, block: bool, method: str, *args: Any, op: str = "", call: int = 0,
               **kwargs: Any) -> Deferred[Any]:
         denied = self._denied(op or method)
         if denied is not None:
@@ -112,13 +151,18 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
             return defer.succeed(self._raise_as_data(Failure(KernelError(
                 f"{len(self.pending)} non-blocking results are waiting to be fetched; "
                 "fetch some with get_result() before issuing more"))))
+        if not block and call in self.pending:
+            return defer.succeed(self._raise_as_data(Failure(KernelError(
+                f"call id {call} is in use by a result not fetched yet"))))
+        if call > 0 and self.token and method in RECOVERABLE:
+            kwargs["recover"] = (self.token, call)
         d = defer.maybeDeferred(getattr(self.adapter, method), *args, client=self.client,
                                 **kwargs)
         d.addErrback(self._raise_as_data)
         d.addCallback(replies.pack)  # the engines' bytes, relayed as they are
         if block:
             return d.addCallback(self._reply_sent)
-        pending_id = next(self._ids)
+        pending_id = call if call > 0 else next(self._ids)
         self.pending[pending_id] = d
         d.addBoth(self._store, pending_id)
         return defer.succeed({"pending_id": pending_id})
@@ -150,13 +194,14 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         entry = ops.OPS.get(methodname)
         if entry is None or not entry.session:
             return super().doRemoteCall(methodname, args, kwargs)
-        if kwargs:  # checked by the schema: every argument is there, some by name
-            names = RIMultiEngineSession[methodname].argumentNames
-            args = (*args, *(kwargs[name] for name in names[len(args):]))
-        *op_args, targets, block = args
+        names = RIMultiEngineSession[methodname].argumentNames
+        if kwargs:  # checked by the schema: every argument but call is there, some by name
+            args = (*args, *(kwargs[name] for name in names[len(args):] if name in kwargs))
+        *op_args, targets, block, call = args if len(args) == len(names) else (*args, 0)
         if hasattr(self.adapter, methodname):  # execute, push: logged with their code, values
-            return self._call(block, methodname, *op_args, targets)
-        return self._call(block, "run", methodname, tuple(op_args), targets, op=methodname)
+            return self._call(block, methodname, *op_args, targets, call=call)
+        return self._call(block, "run", methodname, tuple(op_args), targets, op=methodname,
+                          call=call)
 
     def remote_get_ids(self) -> Deferred[Any]:
         return self.adapter.get_ids()
@@ -166,23 +211,25 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return command_channel.offer_to_client(self.adapter.controller.command_channels,
                                               self, host)
 
-    def remote_push_each(self, namespaces: dict[int, Any], block: bool) -> Deferred[Any]:
-        return self._call(block, "push_each", namespaces)
+    def remote_push_each(self, namespaces: dict[int, Any], block: bool,
+                         call: int = 0) -> Deferred[Any]:
+        return self._call(block, "push_each", namespaces, call=call)
 
     def remote_apply_each(self, func: list[bytes], args: dict[int, Any],
-                          block: bool) -> Deferred[Any]:
-        return self._call(block, "apply_each", func, args)
+                          block: bool, call: int = 0) -> Deferred[Any]:
+        return self._call(block, "apply_each", func, args, call=call)
 
-    def remote_kill(self, controller: bool, targets: Any, block: bool) -> Deferred[Any]:
+    def remote_kill(self, controller: bool, targets: Any, block: bool,
+                    call: int = 0) -> Deferred[Any]:
         if controller and self.kind != "owner" and not self.revoked:
             # Stopping the controller ends everyone's sessions: the owner's call.
             return self._refuse("kill", PermissionDenied(
                 f"user {self.user!r} may not stop the controller (only the owner may); "
                 "nothing was killed"))
-        return self._call(block, "kill", controller, targets)
+        return self._call(block, "kill", controller, targets, call=call)
 
-    def remote_restart(self, targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "restart", targets)
+    def remote_restart(self, targets: Any, block: bool, call: int = 0) -> Deferred[Any]:
+        return self._call(block, "restart", targets, call=call)
 
     def remote_interrupt(self, targets: Any) -> Deferred[Any]:
         return self._call(True, "interrupt", targets)
@@ -217,9 +264,16 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         return d.addCallbacks(replies.pack, self._raise_as_data)  # SessionReply
 
     def remote_get_pending_result(self, pending_id: int, block: bool) -> Deferred[Any]:
+        if pending_id not in self.pending and self.token:
+            recovered = self.adapter.controller.recovered
+            if recovered.knows(self.token, pending_id):  # sent before a controller restart
+                return self._recovered_result(pending_id, block)
         if pending_id not in self.pending:
+            restarted = self.token and self.adapter.controller.recovered.restarted
             return defer.succeed(self._raise_as_data(Failure(InvalidPendingResult(
-                f"no pending result with id {pending_id} (unknown, or already fetched)"))))
+                f"no pending result with id {pending_id} (unknown, or already fetched" +
+                ("; or, sent before the controller restarted, it had not started on any "
+                 "engine when the controller stopped)" if restarted else ")")))))
         if pending_id in self.done:
             del self.pending[pending_id]
             return defer.succeed(self._fetched(pending_id))
@@ -239,6 +293,32 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
         self.pending[pending_id].addBoth(deliver)
         return d
 
+    def _recovered_result(self, call: int, block: bool) -> Deferred[Any]:
+        """Gather a call of the last controller from the engines that keep its parts."""
+        controller = self.adapter.controller
+        recovered = controller.recovered
+        if not block and not recovered.complete(self.token, call):
+            return defer.succeed(self._raise_as_data(Failure(ResultNotReady(
+                f"result {call} is not ready yet (its engines are finishing it, or have not "
+                "rejoined the restarted controller yet)"))))
+
+        def gather(found: Any) -> Any:
+            if found is None:
+                raise InvalidPendingResult(
+                    f"no engine kept a result of call {call}: it had not started when the "
+                    "controller stopped, or was fetched already")
+            tag, parts = found
+            recovered.forget(self.token, call)
+            return defer.gatherResults([_kept_part(controller, tag, engine_id, state)
+                                        for engine_id, state in sorted(parts.parts.items())]
+                                       + [defer.succeed(_missing_part(parts.missing))
+                                          for _ in range(parts.missing)],
+                                       consumeErrors=True)
+
+        d = recovered.wait(self.token, call).addCallback(gather)
+        d.addErrback(self._raise_as_data)
+        return d.addCallback(replies.pack).addCallback(self._reply_sent)
+
     def remote_pending_ids(self) -> list[int]:
         return list(self.pending)
 
@@ -253,12 +333,13 @@ class MultiEngineSession(Referenceable):  # type: ignore[misc]
                 f"result {pending_id} was flushed before it was fetched"))))
         return n
 
-    def remote_get_properties(self, keys: Any, targets: Any, block: bool) -> Deferred[Any]:
-        return self._call(block, "get_properties", keys, targets)
+    def remote_get_properties(self, keys: Any, targets: Any, block: bool,
+                              call: int = 0) -> Deferred[Any]:
+        return self._call(block, "get_properties", keys, targets, call=call)
 
     def remote_update_properties(self, action: str, arg: Any, targets: Any,
-                                 block: bool) -> Deferred[Any]:
-        return self._call(block, "update_properties", action, arg, targets)
+                                 block: bool, call: int = 0) -> Deferred[Any]:
+        return self._call(block, "update_properties", action, arg, targets, call=call)
 
     def remote_session_log(self) -> Deferred[Any]:
         # Every user's code and pushed values: not for observers.
@@ -370,8 +451,9 @@ class MultiEngineReferenceable(Referenceable):  # type: ignore[misc]
         self.adapter.controller.check_versions(
             where, f"the client pid {where.get('pid')} on {where.get('host')}")
         debugger = where.pop("debugger", None)  # the client's remote-pdb observer
+        token = where.pop("client_token", "")
         session = MultiEngineSession(self.adapter, f"{user}/client-{next(self._client_ids)}",
-                                     user, self.kind)
+                                     user, self.kind, token if valid_token(token) else "")
         if debugger is not None and foolscap_transport.is_reference(debugger):
             self.adapter.controller.debug_clients[session.client] = debugger
         directory = getattr(self.adapter, "directory", None)

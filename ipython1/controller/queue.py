@@ -36,6 +36,7 @@ class Command:
     description: str = ""
     user: str = ""  # whom the command is attributed to (fairness, permissions)
     call: int = 0  # the multi-engine call it is part of (one per engine), for events
+    tag: str = ""  # the engine keeps a tagged command's reply (controller/recovered.py)
     id: int = field(default_factory=lambda: next(_command_ids))
     submitted: float = field(default_factory=time.time)
     started: float | None = None

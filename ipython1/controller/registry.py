@@ -34,6 +34,7 @@ from ipython1.common.interfaces import IEngineRegistry
 from ipython1.controller.events import EventBus
 from ipython1.controller.output import OutputReceiver
 from ipython1.controller.queue import Command, EngineQueue, user_of
+from ipython1.controller.recovered import RecoveredResults
 from ipython1.transport import channel as command_channel
 from ipython1.transport import foolscap as foolscap_transport
 from ipython1.transport.foolscap import FoolscapEngineConnection
@@ -122,6 +123,11 @@ class Controller(service.MultiService):
         self.debug_clients: dict[str, Any] = {}  # client name -> its debugger observer
         # Clients not reading their replies: their queued commands wait (backpressure).
         self.held_clients: set[str] = set()
+        # The last controller's commands, as the rejoining engines keep them (issue 15);
+        # ControllerService ends its window after --rejoin-wait.
+        self.recovered = RecoveredResults()
+        self._reports: dict[tuple[str, Any], dict[str, Any]] = {}  # came before the death
+        self._report_waiters: dict[tuple[str, Any], list[Deferred[Any]]] = {}
 
     # -- registry --
 
@@ -129,17 +135,25 @@ class Controller(service.MultiService):
         """Add an engine; return its id, which it keeps for its life."""
         info = dict(info)
         late_tasks = info.pop("late_tasks", None)  # a rejoining engine's (issue 15)
+        # Replies it sent the last controller just before the loss: maybe not journaled.
+        recent = info.pop("recent_tasks", None)
+        late_tasks = [*(recent if isinstance(recent, list) else []),
+                      *(late_tasks if isinstance(late_tasks, list) else [])] or None
+        done_tasks = info.pop("done_tasks", None)
+        kept, running = info.pop("kept_results", None), info.pop("running_command", None)
         direct = info.get("direct_data")
         if isinstance(direct, dict):  # clients reach its data port where we reach the engine
             info["direct_data"] = dict(direct, host=wire.peer_host(engine))
         engine_id = self._assign_id(info.get("requested_id"), bool(info.get("rejoin")))
+        self.recovered.rejoined(engine_id, kept, running)
         if "mpi_rank" in info:
             # A rank blocked in a GIL-holding collective cannot answer pings.
             wire.relax_disconnect_timeout(engine)
 
         def send(command: Command) -> Deferred[Any]:
             self._notify("command_started", {"engine_id": engine_id, "command": command})
-            d = record.connection.call(command.op, command.args)
+            tag = (command.tag,) if command.tag else ()
+            d = record.connection.call(command.op, command.args, *tag)
 
             def finished(reply: Any) -> Any:
                 self._notify("command_finished",
@@ -166,7 +180,7 @@ class Controller(service.MultiService):
         d.addErrback(lambda f: None)  # an engine without live output still works
         log.info("engine {id} registered: {info}", id=engine_id, info=info)
         self._notify("engine_registered", {"engine_id": engine_id, "info": dict(info),
-                                           "late_tasks": late_tasks})
+                                           "late_tasks": late_tasks, "done_tasks": done_tasks})
         return engine_id
 
     def deliver_late(self, engine_id: int, late: Any) -> None:
@@ -174,6 +188,7 @@ class Controller(service.MultiService):
         replies to the task farm, other commands as a finished_while_away event."""
         if engine_id not in self.engines or not isinstance(late, dict):
             return
+        self.recovered.finished(engine_id, late.get("results"))
         if isinstance(late.get("tasks"), list) and late["tasks"]:
             self._notify("late_replies", {"engine_id": engine_id, "late_tasks": late["tasks"]})
         if isinstance(late.get("finished"), list) and late["finished"]:
@@ -246,7 +261,8 @@ class Controller(service.MultiService):
         reason = reason or f"engine {engine_id}{_rank(record)}{where} died (connection lost)"
         log.info("{reason}", reason=reason)
         record.connection.close()
-        if record.info.get("supervised") and self.exit_reports is not None:
+        if record.info.get("supervised") and self.exit_reports is not None or \
+                record.info.get("watched"):
             # Its supervisor tells how it ended (signal, code, stderr) in a moment.
             self._dying[engine_id] = hold = []
 
@@ -257,11 +273,56 @@ class Controller(service.MultiService):
                 for release in hold:
                     release()
 
-            self.exit_reports(death.get("pid")).addCallback(report_came)
+            self._exit_report(death.get("host"), death.get("pid")).addCallback(report_came)
         else:
             record.queue.engine_died(reason, death)
+        self.recovered.lost(engine_id)
         self._notify("engine_died", {"engine_id": engine_id})
         self._mpi_job_lost(record)
+
+    def exit_reported(self, report: Any) -> None:
+        """Take a report of an engine's end from its watcher (ipengine --watch) or its
+        supervisor, over the engine FURL: {pid, host, exit, stderr}."""
+        if not isinstance(report, dict):
+            return
+        report = {k: str(report.get(k, ""))[:20_000] for k in ("host", "exit", "stderr")} | {
+            "pid": report.get("pid")}
+        key = (report["host"], report["pid"])
+        waiters = [d for d in self._report_waiters.pop(key, []) if not d.called]
+        for d in waiters:
+            d.callback(report)
+        if not waiters:  # before the controller noticed the engine's end
+            self._reports[key] = report
+            while len(self._reports) > MAX_EXIT_REPORTS:
+                self._reports.pop(next(iter(self._reports)))
+
+    def _exit_report(self, host: Any, pid: Any) -> Deferred[dict[str, Any] | None]:
+        """Fire with the report of an engine's end (over Foolscap, or the local
+        supervisor's file), or None after EXIT_REPORT_WAIT."""
+        key = (str(host), pid)
+        if key in self._reports:
+            return defer.succeed(self._reports.pop(key))
+        d: Deferred[dict[str, Any] | None] = Deferred()
+        self._report_waiters.setdefault(key, []).append(d)
+
+        def offer(report: dict[str, Any] | None) -> None:
+            if report and not d.called:
+                d.callback(report)
+
+        if self.exit_reports is not None:  # the local supervisor writes a file
+            self.exit_reports(pid).addCallback(offer)
+
+        def give_up() -> None:
+            waiting = self._report_waiters.get(key, [])
+            if d in waiting:
+                waiting.remove(d)
+            if not waiting:
+                self._report_waiters.pop(key, None)
+            if not d.called:
+                d.callback(None)
+
+        reactor.callLater(EXIT_REPORT_WAIT, give_up)
+        return d
 
     def _mpi_job_lost(self, record: EngineRecord) -> None:
         """End the other engines of a dead engine's MPI job, as MPI itself would.
@@ -459,6 +520,7 @@ def _first_of(d: Deferred[Any], timeout: float, clock: Any = None) -> Deferred[N
 
 
 EXIT_REPORT_WAIT = 2.0  # seconds a supervised engine's commands wait for how it ended
+MAX_EXIT_REPORTS = 1000  # reports kept that came before their engine's end was noticed
 
 
 def with_exit_report(reason: str, death: dict[str, Any],

@@ -28,6 +28,7 @@ from ipython1.controller.journal import open_journal
 from ipython1.controller.monitor import ClusterMonitor
 from ipython1.controller.multiengine import MultiEngine
 from ipython1.controller.multienginesession import MultiEngineReferenceable
+from ipython1.controller.recovered import REJOIN_WAIT
 from ipython1.controller.registry import Controller, wait_for_exit_report
 from ipython1.controller.relay import Relay
 from ipython1.transport import channel as command_channel
@@ -56,13 +57,27 @@ def _furl_port(furl_file: Path) -> int:
 
 
 class EngineIds:
-    """The ids this cluster's controller gave, kept for `ipcontroller --reuse`."""
+    """The ids this cluster's controller gave, kept for `ipcontroller --reuse`; and
+    those of its engines alive now (``engine-ids.live``), which a restarted
+    controller waits for (``RecoveredResults.expect``)."""
 
     FILE_NAME = "engine-ids"
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.ids: set[int] = set()
+        self.live: set[int] = set()
+        self.live_path = path.with_name(path.name + ".live")
+
+    def load_live(self) -> set[int]:
+        try:
+            return {int(w) for w in self.live_path.read_text().split()}
+        except (OSError, ValueError):
+            return set()
+
+    def _save_live(self, live: set[int]) -> None:
+        self.live = live
+        cluster.write_private(self.live_path, "".join(f"{i}\n" for i in sorted(live)))
 
     def load(self) -> set[int]:
         try:
@@ -79,6 +94,10 @@ class EngineIds:
         engine_id = data.get("engine_id")
         if kind == "engine_registered" and engine_id not in self.ids:
             self.save(self.ids | {engine_id})
+        if kind == "engine_registered" and engine_id not in self.live:
+            self._save_live(self.live | {engine_id})
+        elif kind == "engine_died" and engine_id in self.live:
+            self._save_live(self.live - {engine_id})
 
 
 @implementer(RIEngineRegistration)
@@ -96,6 +115,9 @@ class EngineRegistration(Referenceable):  # type: ignore[misc]
     def remote_deliver_late(self, engine_id: int, late: Any) -> None:
         self.controller.deliver_late(engine_id, late)
 
+    def remote_report_exit(self, report: Any) -> None:
+        self.controller.exit_reported(report)
+
 
 class ControllerService(service.MultiService):
     """Controller + Tub + FURL files: what `twistd ipcontroller` runs."""
@@ -104,8 +126,12 @@ class ControllerService(service.MultiService):
                  port: int = 0, reserve_ids: int = 0, location: str | None = None,
                  relay_port: int = 0, command_port: int = 0,
                  dashboard: tuple[str, int] | None = ("127.0.0.1", 0),
-                 reuse: bool = False) -> None:
+                 reuse: bool = False, rejoin_wait: float = REJOIN_WAIT) -> None:
         super().__init__()
+        # How long after start-up engines may rejoin with what they were running.
+        self.rejoin_wait = rejoin_wait
+        self.reuse = reuse
+        self._rejoin_window: Any = None
         self.dashboard_address = dashboard  # (ip, port) of the web dashboard, or None
         self.monitor: Any = None
         self.dashboard: Any = None
@@ -126,6 +152,8 @@ class ControllerService(service.MultiService):
             self.command_port = command_port or _saved_port(
                 self.cluster_dir.path / COMMAND_PORT_FILE)
             self.controller.remember_ids(self.engine_ids.load())
+            # Until these rejoin, results of the last controller's commands may come.
+            self.controller.recovered.expect(self.engine_ids.load_live())
         else:
             self.engine_ids.save(set())
         self.controller.add_observer(self.engine_ids.on_controller)
@@ -148,6 +176,9 @@ class ControllerService(service.MultiService):
         self.tub, self.port = wire.listening_tub(cert, self.ip, self.port, self.location)
         self._start_command_channels(cert)
         self.tub.setServiceParent(self)
+        # Only a controller taking over (--reuse) has engines rejoining with results.
+        self._rejoin_window = reactor.callLater(self.rejoin_wait if self.reuse else 0,
+                                                self.controller.recovered.expire)
         # Listen first, then write the FURL files: whoever sees a file (a
         # script, an engine, a test) can connect at once, never be refused.
         super().startService()
@@ -211,7 +242,8 @@ class ControllerService(service.MultiService):
         except ImportError:
             return
         self.journal = open_journal(self.cluster_dir.path)
-        self.adapters["task"] = TaskFarm(self.controller, journal=self.journal)
+        self.adapters["task"] = TaskFarm(self.controller, journal=self.journal,
+                                         rejoin_grace=self.rejoin_wait)
         self._publish(TaskFarmReferenceable(self.adapters["task"]), cluster.TASK_FURL)
 
     def _publish(self, obj: Any, name: str) -> None:
@@ -219,6 +251,8 @@ class ControllerService(service.MultiService):
         self.furls[name] = wire.publish(self.tub, obj, path)
 
     def stopService(self) -> Deferred[Any]:
+        if self._rejoin_window is not None and self._rejoin_window.active():
+            self._rejoin_window.cancel()
         if self.dashboard is not None:
             self.dashboard.stop()
         if self.monitor is not None:

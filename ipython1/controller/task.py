@@ -56,7 +56,8 @@ MAX_BATCH_WIRE = 100_000  # task ids per reserve() call
 REJOIN_GRACE = 60.0
 
 _META_KEYS = {"retries": int, "priority": int, "after": list, "timeout": (int, float),
-              "recovery": list, "depend": list}  # depend: frames of f(properties)
+              "recovery": list, "depend": list,  # depend: frames of f(properties)
+              "idempotent": bool}  # False: at most once (see _outcome_unknown)
 
 PENDING, BLOCKED, RUNNING = "pending", "blocked", "running"
 SUCCEEDED, FAILED = "succeeded", "failed"
@@ -77,7 +78,7 @@ def validate_spec(meta: Any, payload: Any, depth: int = 0) -> dict[str, Any]:
         raise KernelError(f"unknown task field(s): {', '.join(sorted(map(str, unknown)))}")
     for key, value in meta.items():
         if value is not None and (not isinstance(value, _META_KEYS[key])
-                                  or isinstance(value, bool)):
+                                  or isinstance(value, bool) != (key == "idempotent")):
             raise KernelError(f"task field {key!r} has the wrong type "
                               f"({type(value).__name__})")
     if not (isinstance(payload, list) and payload and
@@ -102,6 +103,17 @@ def validate_spec(meta: Any, payload: Any, depth: int = 0) -> dict[str, Any]:
             raise KernelError("a recovery task must be [meta, payload]")
         spec["recovery"] = validate_spec(recovery[0], recovery[1], depth + 1)
     return spec
+
+
+def _at_most_once(task: Any) -> bool:
+    """Tell whether a task must never run twice (idempotent=False)."""
+    return task.current.get("idempotent", task.spec.get("idempotent")) is False
+
+
+def _outcome_unknown(task: Any, engine_id: int, why: str) -> dict[str, Any]:
+    return error_to_wire(EngineError(engine_id, (
+        f"task {task.tid} may or may not have run ({why}); it is not run again because "
+        "it is not idempotent (idempotent=False: at most once)")), engine_id)
 
 
 def frames_size(value: Any) -> int:
@@ -266,9 +278,10 @@ class Scheduler:
         if self.journal is not None:
             self.journal.touch(task)
 
-    def add_engine(self, engine_id: int) -> None:
+    def add_engine(self, engine_id: int, done: Iterable[int] = ()) -> None:
+        """Take an engine; run again its held tasks (done: those it ran, see release_held)."""
         self.engines.setdefault(engine_id, EngineSlot(engine_id))
-        self.release_held(engine_id)
+        self.release_held(engine_id, done=done)
 
     def remove_engine(self, engine_id: int, reason: str = "",
                       started: set[int] | None = None) -> None:
@@ -427,20 +440,27 @@ class Scheduler:
             task.engine_id = engine_id
             self._reply(task.tid, task.token, engine_id, list(reply))
 
-    def release_held(self, engine_id: int | None = None, reason: str = "") -> None:
+    def release_held(self, engine_id: int | None = None, reason: str = "",
+                     done: Iterable[int] = ()) -> None:
         """Run again the held tasks of an engine (every engine's if None).
 
         With a reason (the engine never came back), the lost run counts as an
         attempt, as when an engine dies; else (it rejoined without their
-        results: they never reached it) it is free.
+        results) it is free if they never reached it; those it names as done
+        ran, and their results were lost with the controller. Either way a
+        task that is not idempotent is not run again: it fails.
         """
         ids = list(self.held) if engine_id is None else [engine_id]
+        ran = set(done)
         for eid in ids:
             for tid in self.held.pop(eid, []):
                 task = self.tasks.get(tid)
                 if task is None or task.state != RUNNING or task.engine_id != eid:
                     continue
-                if reason:
+                if _at_most_once(task) and (reason or tid in ran):
+                    self._fail(task, _outcome_unknown(task, eid, reason or (
+                        f"engine {eid} ran it, but its result was lost with the controller")))
+                elif reason:
                     self._attempt_failed(task, error_to_wire(EngineError(eid, reason), eid))
                 else:
                     self._make_ready(task)
@@ -551,7 +571,8 @@ class Scheduler:
                     rejected.append(task)
                     skipped.append(item)
                     continue
-            lonely = task.solo or task.current.get("timeout") is not None
+            lonely = (task.solo or task.current.get("timeout") is not None
+                      or _at_most_once(task))
             if lonely and taken:
                 skipped.append(item)
                 break
@@ -624,6 +645,9 @@ class Scheduler:
         for task in live:
             if not started:
                 self._make_ready(task)  # it never reached the engine: free retry
+            elif _at_most_once(task):
+                self._fail(task, _outcome_unknown(task, batch.engine_id, reason or
+                                                  f"engine {batch.engine_id} died"))
             elif len(live) > 1 and not task.solo:
                 # Which of the batch was running is unknown: run each alone next
                 # time, so the attempt is charged to the task that was.

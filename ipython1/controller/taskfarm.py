@@ -39,6 +39,7 @@ from ipython1.controller.task import (
     TIMEOUT_GRACE,
     Batch,
     Scheduler,
+    _at_most_once,
     _has_property_depend,
     id_ranges,
     validate_spec,
@@ -98,7 +99,7 @@ class TaskFarm:
             running = set((data.get("info") or {}).get("running_tasks") or [])
             held = sched.held.pop(engine_id, [])
             sched.held[engine_id] = [t for t in held if t not in running]
-            sched.add_engine(engine_id)
+            sched.add_engine(engine_id, data.get("done_tasks") or ())
             still = [t for t in held if t in running]
             if still:
                 sched.held[engine_id] = still
@@ -222,6 +223,19 @@ class TaskFarm:
             self.journal.close()
 
     def _send(self, batch: Batch) -> None:
+        if self.journal is not None and any(
+                _at_most_once(self.scheduler.tasks[tid]) for tid, _ in batch.tasks
+                if tid in self.scheduler.tasks):
+            # Journal it as running first: a restarted controller must never take it
+            # for a task that was still waiting, and run it a second time.
+            self.commit(durable=False).addBoth(lambda _: self._send_now(batch))
+            return
+        self._send_now(batch)
+
+    def _send_now(self, batch: Batch) -> None:
+        slot = self.scheduler.engines.get(batch.engine_id)
+        if slot is None or batch.id not in slot.batches:
+            return  # its engine went while the journal was written: requeued already
         command = Command("run_tasks", (batch.specs,), client="task farm",
                           description=f"{len(batch.specs)} task(s)")
         self._commands[batch.id] = command

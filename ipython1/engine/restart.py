@@ -35,3 +35,5 @@ def take_in_place_id(options: Any, environ: Any = os.environ) -> None:
         options["engine-id"] = int(engine_id)
         options["fork"] = 1
         options["pid-file"] = None
+        if "watch" in options:
+            options["watch"] = False  # its watcher is still its parent

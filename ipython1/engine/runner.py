@@ -182,8 +182,8 @@ class ShellRunner:
         if channel is None or channel.closed:
             return  # a frame behind a bad one, or the controller is gone
         try:
-            seq, op, args = replies.loads(frame)
-            found = self._channel_host.job(op, args)
+            seq, op, args, *tag = replies.loads(frame)  # [seq, op, args(, tag)]
+            found = self._channel_host.job(op, args, *tag[:1])
         except (ValueError, TypeError) as e:
             log.warn("command channel: bad frame ({e}); closing", e=e)
             self._detach_channel()

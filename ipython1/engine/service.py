@@ -33,9 +33,9 @@ from ipython1.common.logring import LogRing
 from ipython1.common.versions import local_versions, refusal
 from ipython1.engine import dataserver, localdata
 from ipython1.engine.debugger import DebugSession
-from ipython1.engine.kernel import BLOBS, EngineKernel, _CellFailed
+from ipython1.engine.kernel import BLOBS, EngineKernel, _CellFailed, _error_reply
 from ipython1.engine.output import OutputBatcher
-from ipython1.engine.rejoin import RECONNECT_TIMEOUT, LateReplies
+from ipython1.engine.rejoin import MAX_TAG, RECONNECT_TIMEOUT, LateReplies
 from ipython1.engine.restart import exec_fresh
 from ipython1.engine.runner import ShellRunner
 from ipython1.transport import channel as command_channel
@@ -100,36 +100,48 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._kernel.engine_id = self._runner.engine_id
         return self._kernel
 
-    def job(self, name: Any, args: Any) -> Callable[[], Any] | None:
+    def job(self, name: Any, args: Any, tag: str | None = None) -> Callable[[], Any] | None:
         """Return the job of a command (its reply is msgpack-encoded, replies.encode);
-        None if args is not a list. It runs on the shell thread: EngineKernel.dispatch."""
+        None if args is not a list. It runs on the shell thread: EngineKernel.dispatch.
+        A tagged command's reply is kept for a restarted controller (engine/rejoin.py)."""
         if not isinstance(args, list):
             return None
+        if not (isinstance(tag, str) and len(tag) <= MAX_TAG):
+            tag = None
         # Both jobs call dispatch themselves: no extra frame per command (test_hops).
         if name == "run_tasks" and args and isinstance(args[0], list):
             return self._kept_if_lost(args)
-        return self._noted_if_lost(name, args)
+        return self._noted_if_lost(name, args, tag)
 
-    def _noted_if_lost(self, name: Any, args: list[Any]) -> Callable[[], Any]:
+    def _noted_if_lost(self, name: Any, args: list[Any],
+                       tag: str | None = None) -> Callable[[], Any]:
         """Run a command; note it if it ends after the controller went away (issue
-        15): the engine reports it when it rejoins; its record stays in the history."""
+        15): the engine reports it when it rejoins; its record stays in the history.
+        A tagged command's reply is kept, to be fetched by a restarted controller."""
         late = self.late
 
         def job() -> Any:
-            generation = late.generation
+            generation = late.command_started(tag) if tag else late.generation
             outcome: dict[str, Any] = {}
+            reply: Any = None
             try:
                 value = self._kernel_now().dispatch(name, args)
                 outcome = {"status": "ok", "value": value}
+                reply = {"engine_id": self._runner.engine_id, "status": "ok", "value": value}
                 return value
             except _CellFailed as e:
                 outcome = {"status": "error", "value": e.record, "error": e.record.get("error")}
+                reply = _error_reply(self._runner.engine_id, e) if tag else None
                 raise
             except BaseException as e:  # noqa: B036 - noted, then handled as before
                 outcome = {"status": "error", "error": {"ename": type(e).__name__}}
+                reply = _error_reply(self._runner.engine_id, e) if tag else None
                 raise
             finally:
-                if late.lost_since(generation) and late.note(str(name), outcome):
+                back = late.lost_since(generation) and late.note(str(name), outcome)
+                if tag:
+                    back = late.command_finished(generation, tag, reply) or back
+                if back:
                     reactor.callFromThread(self.on_late)
 
         return job
@@ -158,10 +170,16 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def drain_output(self) -> Deferred[None]:
         return self.stream.drain()
 
-    def remote_run(self, name: str, args: list[Any]) -> Deferred[Any]:
+    def remote_run(self, name: str, args: list[Any], tag: str | None = None) -> Deferred[Any]:
         """Queue one command of the op table for the shell thread."""
-        d = self._runner.submit(self.job(name, list(args)))  # type: ignore[arg-type]
+        d = self._runner.submit(self.job(name, list(args), tag))  # type: ignore[arg-type]
         return d.addBoth(self._flushed).addCallback(replies.encode)
+
+    def remote_kept_result(self, tag: str) -> bytes | None:
+        """Hand a kept reply to a restarted controller (None: dropped, or too large)."""
+        _, reply = self.late.kept_reply(tag)
+        encoded = replies.encode(reply) if reply is not None else None
+        return encoded if isinstance(encoded, bytes) else None
 
     def remote_subscribe_output(self, observer: Any) -> None:
         """Send live stdout/stderr to observer.output(chunks) from now on."""
@@ -421,13 +439,15 @@ class EngineService(service.MultiService):
                 yield _sleep(next(waits))
                 continue
             if rejoin:
-                self.referenceable.late.rejoined(len(info["late_tasks"]))
+                self.referenceable.late.rejoined(len(info["late_tasks"]), info["kept_results"])
             self._registration = registration
             self.engine_id = self.runner.engine_id = engine_id
             self.referenceable.controller_known(wire.peer_host(controller, furl),
                                                 controller.getRemoteTubID())
             self.referenceable.tls_context = stream.server_context(self.tub.getCertData())
             registration.notifyOnDisconnect(self._controller_lost)
+            if rejoin:  # what ended during the registration call goes now
+                self._deliver_late()
             log.info("registered with the controller as engine {id}", id=engine_id)
             return engine_id
         source = "--furl" if self.furl else f"FURL file {self.furl_file}"
@@ -497,7 +517,7 @@ class EngineService(service.MultiService):
         if registration is None or not self.referenceable.late.connected:
             return  # they go with the next registration
         late = self.referenceable.late.take()
-        if not late["tasks"] and not late["finished"]:
+        if not late["tasks"] and not late["finished"] and not late["results"]:
             return
         d = registration.deliver_late(self.engine_id, late)
         d.addErrback(lambda f: self.referenceable.late.put_back(late))

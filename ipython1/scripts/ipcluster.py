@@ -91,6 +91,8 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                        "--relay-port", str(relay_port), "--command-port", str(command_port),
                        *(["--location", location] if location else []),
                        *(["--reuse"] if reuse else [])]
+    if (launch_options or {}).get("rejoin-wait") is not None:
+        controller_args += ["--rejoin-wait", str(launch_options["rejoin-wait"])]  # type: ignore[index]
     encryption = (launch_options or {}).get("data-encryption", "on")
     if encryption != "on":  # ipcontroller checks the value
         controller_args.append(f"--data-encryption={encryption}")
@@ -443,6 +445,10 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
         out.write(f"ipcluster: {e}\n")
         return 2
     if options.subCommand == "start":
+        if sub["restart-engines"] and sub["engines"] not in ("local", "mpiexec", "ssh"):
+            out.write(f"ipcluster: --restart-engines supervises local and ssh engines; "
+                      f"{sub['engines']} jobs belong to the scheduler (requeue them there)\n")
+            return 2
         try:
             return start(cluster_dir, sub["n"], sub["ip"], sub["timeout"], bool(sub["daemon"]),
                          bool(sub["mpi"]), sub["mpiexec"], sub["mpi-args"], out=out,

@@ -41,6 +41,9 @@ class Options(usage.Options):
          "clients and engines on other hosts UNENCRYPTED (still authenticated by an HMAC of "
          "the transfer's secret): only on a network where nobody may read or alter them "
          "(docs/security.md)."],
+        ["rejoin-wait", None, 60.0, "Seconds after start-up that engines may rejoin with "
+         "what they were running (tasks, multi-engine results); then a task whose engine "
+         "did not come back runs again (or fails, if not idempotent).", float],
     ]
     optFlags = [
         ["no-dashboard", None, "Serve no web dashboard."],
@@ -50,6 +53,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         check_network_options(self)
+        if self["rejoin-wait"] < 0:
+            raise usage.UsageError("--rejoin-wait must be >= 0")
         if self["data-encryption"] not in ("on", "off"):
             raise usage.UsageError("--data-encryption must be on or off")
 
@@ -79,7 +84,8 @@ def makeService(options: Any) -> Any:
                                 command_port=options["command-port"],
                                 dashboard=None if options["no-dashboard"] else
                                 (options["dashboard-ip"], options["dashboard-port"]),
-                                reuse=bool(options["reuse"]))
+                                reuse=bool(options["reuse"]),
+                                rejoin_wait=options["rejoin-wait"])
     if options.get("data-encryption", "on") == "off":
         service.controller.data_encryption = False
     return service

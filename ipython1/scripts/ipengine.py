@@ -52,6 +52,12 @@ class Options(usage.Options):
          "(the supervisor of ipcluster start --restart-engines uses it).", int],
     ]
 
+    optFlags = [
+        ["watch", None, "Stay a small parent process of the engine(s) (--fork K: all K) "
+         "that tells the controller how each one ended: exit code or signal, and the "
+         "last lines of its stderr (ipcluster uses it for engines on other hosts)."],
+    ]
+
     def postOptions(self) -> None:
         if self["fork"] < 1:
             raise usage.UsageError("--fork must be at least 1")
@@ -70,12 +76,15 @@ def _engine_service(options: Any, own_shell_thread: bool) -> Any:
     # after the fork and the reactor's choice: each engine its own
     from ipython1.engine.runner import ShellRunner
     from ipython1.engine.service import EngineService
+    from ipython1.engine.watcher import WATCHED_ENV
 
     info: dict[str, Any] = {}
     if options["engine-id"] is not None:
         info.update(requested_id=options["engine-id"], rejoin=True)
     if os.environ.get(SUPERVISED_ENV):
         info["supervised"] = True  # its supervisor reports how it ends
+    if os.environ.get(WATCHED_ENV):
+        info["watched"] = True  # its watcher (ipengine --watch) reports how it ends
     if os.environ.get(RESTART_ENV):
         info["restarted"] = os.environ[RESTART_ENV]
     if options["mpi"]:
@@ -154,6 +163,29 @@ def fork_engines(n: int) -> list[int] | None:
     return pids
 
 
+def _watch(options: Any) -> bool:
+    """Fork the engines under a watcher; return True in the watcher once they ended."""
+    from ipython1.engine.watcher import fork_watched, watch
+
+    _warm_up()
+    engines = fork_watched(options["fork"])
+    if engines is None:
+        _after_fork()
+        return False
+    if options["pid-file"]:
+        from ipython1.common.processes import write_pid_file
+
+        write_pid_file(Path(options["pid-file"]), [os.getpid(), *engines])
+
+    def furl() -> str:
+        from ipython1.common import wire
+
+        return options["furl"] or wire.resolve_furl(options["furl-file"])
+
+    watch(engines, furl)
+    return True
+
+
 def _say_registered(engine_id: int, service: Any) -> int:
     """Tell whoever started the engine by hand that it joined, and where."""
     import socket
@@ -174,7 +206,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"ipengine: {e}\n{options}") from None
 
     take_in_place_id(options)  # mec.restart exec'd this process afresh
-    if options["fork"] > 1 or options["pid-file"]:
+    if options["watch"]:
+        if _watch(options):
+            return  # the watcher: its engines have ended
+    elif options["fork"] > 1 or options["pid-file"]:
         pids = fork_engines(options["fork"])
         if pids is not None and options["pid-file"]:
             write_pid_file(Path(options["pid-file"]), pids)

@@ -103,10 +103,12 @@ class _Channel(FrameReceiver):
 
     # the calling side
 
-    def call(self, op: str, args: Any) -> Deferred[Any]:
-        """Send one call; fire with its answer. Raises if args do not fit msgpack."""
+    def call(self, op: str, args: Any, tag: str | None = None) -> Deferred[Any]:
+        """Send one call (an engine's command may carry a tag: its reply is kept);
+        fire with its answer. Raises if args do not fit msgpack."""
         seq = next(self._seqs)
-        frame = dumps([seq, op, list(args)])  # TypeError etc.: the caller uses Foolscap
+        # TypeError etc.: the caller uses Foolscap
+        frame = dumps([seq, op, list(args)] if tag is None else [seq, op, list(args), tag])
         d: Deferred[Any] = Deferred()
         self._pending[seq] = d
         self.sendFrame(frame)
@@ -486,13 +488,13 @@ class ChannelEngineConnection:
     def name(self) -> str:
         return self.end.transport_name
 
-    def call(self, op: str, args: Any) -> Deferred[Any]:
+    def call(self, op: str, args: Any, tag: str | None = None) -> Deferred[Any]:
         if not self.end.closed:
             try:
-                return self.end.call(op, args)
+                return self.end.call(op, args, tag)
             except (TypeError, ValueError, OverflowError):
                 pass  # arguments msgpack cannot hold: Foolscap carries them
-        return self.fallback.call(op, args)  # type: ignore[no-any-return]
+        return self.fallback.call(op, args, tag)  # type: ignore[no-any-return]
 
     def interrupt(self) -> Deferred[bool]:
         # A command on the channel may not have reached the engine yet: name

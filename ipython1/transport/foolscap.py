@@ -40,8 +40,10 @@ class FoolscapEngineConnection:
     def tubid(self) -> str:
         return self.reference.getRemoteTubID()  # type: ignore[no-any-return]
 
-    def call(self, op: str, args: Any) -> Deferred[Any]:
-        return self.reference.callRemote("run", op, list(args))  # type: ignore[no-any-return]
+    def call(self, op: str, args: Any, tag: str | None = None) -> Deferred[Any]:
+        if tag is None:
+            return self.reference.callRemote("run", op, list(args))  # type: ignore[no-any-return]
+        return self.reference.callRemote("run", op, list(args), tag)  # type: ignore[no-any-return]
 
     def interrupt(self) -> Deferred[bool]:
         return call(self.reference, "interrupt", None)
@@ -87,6 +89,9 @@ class FoolscapRegistrationConnection:
 
     def deliver_late(self, engine_id: int, late: Any) -> Deferred[None]:
         return call(self.reference, "deliver_late", engine_id, late)
+
+    def report_exit(self, report: Any) -> Deferred[None]:
+        return call(self.reference, "report_exit", report)
 
     def notifyOnDisconnect(self, callback: Any, *args: Any) -> Any:
         return self.reference.notifyOnDisconnect(callback, *args)

@@ -15,8 +15,11 @@ class IEngineConnection(Interface):
                      'socket) or "tcp-channel" (TLS from another host)')
     tubid = Attribute("str: the engine's Foolscap tub id (checked by the data channel)")
 
-    def call(op: str, args: Any) -> Any:
-        """Run a command of the op table on the engine; Deferred with its reply."""
+    def call(op: str, args: Any, tag: str | None = None) -> Any:
+        """Run a command of the op table on the engine; Deferred with its reply.
+
+        A tag (controller/recovered.py) has the engine keep the reply for a
+        restarted controller."""
 
     def interrupt() -> Any:
         """Stop the engine's running command at once (never queued); Deferred[bool]."""
@@ -54,6 +57,9 @@ class IRegistrationConnection(Interface):
 
     def deliver_late(engine_id: int, late: Any) -> Any:
         """Hand over what finished while the controller was away (issue 15); Deferred."""
+
+    def report_exit(report: Any) -> Any:
+        """Tell how an engine ended (a watcher's or a supervisor's report); Deferred."""
 
     def notifyOnDisconnect(callback: Any, *args: Any) -> Any:
         """Call callback(*args) once the controller is gone."""

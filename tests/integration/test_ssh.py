@@ -41,6 +41,20 @@ print("RESULT " + json.dumps({"ids": mec.get_ids(), "engines": mec.apply(where)}
 mec.close()
 """
 
+DIE = """
+import json
+from ipython1.client.blocking import MultiEngineClient
+from ipython1.common.errors import EngineError
+mec = MultiEngineClient(profile="test")
+(e2,) = [i["engine_id"] for i in mec.engine_info() if i["hostname"] == "e2"]
+try:
+    mec.execute("import os, time; os.write(2, b'last words on e2\\\\n'); time.sleep(0.5); "
+                "os.kill(os.getpid(), 9)", targets=e2)
+except EngineError as e:
+    print("RESULT " + json.dumps({"host": e.host, "exit": e.exit, "stderr": e.stderr}))
+mec.close()
+"""
+
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HostGrid, SSHDs]]:
@@ -108,8 +122,10 @@ def test_engines_on_two_hosts_over_ssh(grid: tuple[HostGrid, SSHDs],
     assert {e["host"]: e["ipython1_dir"] for e in engines} == {
         "e1": str(sshds.home(hosts["e1"])), "e2": str(sshds.home(hosts["e2"]))}
     pid_file = sshds.home(hosts["e1"]) / "cluster_test" / "pid" / "ssh-engines-0-e1.pid"
-    assert sorted(r.pid if isinstance(r, Identity) else r for r in recorded(pid_file)) == \
-        sorted(e["pid"] for e in engines if e["host"] == "e1")
+    recorded_pids = [r.pid if isinstance(r, Identity) else r for r in recorded(pid_file)]
+    e1_pids = [e["pid"] for e in engines if e["host"] == "e1"]
+    # The engines and their watcher (ipengine --watch), which reports how they end.
+    assert set(e1_pids) < set(recorded_pids) and len(recorded_pids) == len(e1_pids) + 1
 
     status = cluster.ipcluster("status")
     assert "ssh e1 (2 engines): pid" in status.stdout and "running" in status.stdout
@@ -132,12 +148,68 @@ def test_engines_on_two_hosts_over_ssh(grid: tuple[HostGrid, SSHDs],
         ("ok", "configured host e1 reaches the controller"),
         ("ok", "configured host e2 reaches the controller")], found
 
+    # An engine on e2 dies: its watcher there tells the controller how (issue 15).
+    died = cluster.grid["ctl"].run([sys.executable, "-c", DIE], env=cluster.cluster.env,
+                                   timeout=60)
+    assert "RESULT " in died.stdout, died.stdout + died.stderr
+    report = json.loads(died.stdout.split("RESULT ", 1)[1])
+    assert report["host"] == "e2" and "SIGKILL" in report["exit"], report
+    assert "last words on e2" in report["stderr"], report
+
     stopped = cluster.ipcluster("stop")
     assert stopped.returncode == 0, stopped.stdout
     assert "could not stop" not in stopped.stdout
     assert not pid_file.exists()  # each host was asked over ssh to end its engines
     wait_until(lambda: not any(pid_alive(e["pid"]) for e in engines), 30,
                "the remote engines to exit")
+
+
+BACK = """
+import json, time
+from ipython1.client.blocking import MultiEngineClient
+from ipython1.common.errors import EngineError
+mec = MultiEngineClient(profile="test")
+before = {i["engine_id"]: (i["hostname"], i["pid"]) for i in mec.engine_info()}
+(e2,) = [e for e, (host, _) in before.items() if host == "e2"]
+try:
+    mec.execute("import os, time; os.write(2, b'gone on e2\\\\n'); time.sleep(0.5); "
+                "os.kill(os.getpid(), 9)", targets=e2)
+except EngineError as e:
+    report = {"host": e.host, "exit": e.exit, "stderr": e.stderr}
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    now = {i["engine_id"]: (i["hostname"], i["pid"]) for i in mec.engine_info()}
+    if e2 in now and now[e2][1] != before[e2][1]:
+        break
+    time.sleep(0.2)
+print("RESULT " + json.dumps({"report": report, "before": before[e2], "after": now.get(e2)}))
+mec.close()
+"""
+
+
+def test_restart_engines_on_other_hosts(grid: tuple[HostGrid, SSHDs],
+                                        cluster: GridCluster) -> None:
+    # --restart-engines with --engines ssh: a supervisor on each host (issue 15).
+    hosts, sshds = grid
+    started = cluster.ipcluster(
+        "start", "--engines", "ssh", "--hosts", "e1:1,e2:1", "--location", "ctl",
+        "--ssh-args", sshds.ssh_args, "--daemon", "--timeout", "90", "--restart-engines")
+    assert started.returncode == 0, started.stdout + started.stderr
+    proc = cluster.ctl.run([sys.executable, "-c", BACK], env=cluster.cluster.env, timeout=90)
+    assert "RESULT " in proc.stdout, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    # How it ended came over Foolscap from e2's supervisor; back there with its id.
+    assert "SIGKILL" in result["report"]["exit"] and result["report"]["host"] == "e2"
+    assert "gone on e2" in result["report"]["stderr"]
+    assert result["after"] and result["after"][0] == "e2" and \
+        result["after"][1] != result["before"][1], result
+    cluster.pids.append(result["after"][1])
+    pid_file = sshds.home(hosts["e2"]) / "cluster_test" / "pid" / "ssh-engines-1-e2.pid"
+    recorded_pids = [r.pid if isinstance(r, Identity) else r for r in recorded(pid_file)]
+    assert result["after"][1] in recorded_pids  # the supervisor and its engine: stop ends both
+    stopped = cluster.ipcluster("stop")
+    assert stopped.returncode == 0 and "could not stop" not in stopped.stdout, stopped.stdout
+    wait_until(lambda: not any(pid_alive(p) for p in recorded_pids), 30, "e2's processes")
 
 
 def test_ssh_that_cannot_log_in_is_reported(grid: tuple[HostGrid, SSHDs],

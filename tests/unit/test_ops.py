@@ -23,7 +23,7 @@ def test_every_op_has_a_kernel_method_a_session_schema_and_a_client_method(name:
     assert callable(getattr(EngineKernel, entry.kernel_method(name), None)), "kernel method"
     if entry.session:
         schema = RIMultiEngineSession[name]
-        assert schema.argumentNames == [a for a, _ in entry.args] + ["targets", "block"]
+        assert schema.argumentNames == [a for a, _ in entry.args] + ["targets", "block", "call"]
         assert callable(getattr(AsyncMultiEngineClient, name, None)), "async client method"
         assert callable(getattr(MultiEngineClient, name, None)), "client method"
     else:

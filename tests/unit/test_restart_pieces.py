@@ -72,8 +72,13 @@ def test_late_replies_are_kept_only_when_their_connection_is_gone():
     late = LateReplies()
     gen = late.started([1, 2])
     assert late.registration_info() == {"late_tasks": [], "running_tasks": [1, 2],
-                                        "finished_while_away": []}
+                                        "finished_while_away": [], "kept_results": [],
+                                        "running_command": None, "recent_tasks": [],
+                                        "done_tasks": []}
     assert not late.finished(gen, [["r1"]])  # answered on its own connection
+    # ... but maybe not journaled by a controller about to crash: named again on a rejoin.
+    assert late.registration_info()["recent_tasks"] == [["r1"]]
+    assert late.registration_info()["done_tasks"] == [1, 2]
     gen = late.started([3])
     late.lost()
     assert late.finished(gen, [["r3"]])
@@ -86,8 +91,8 @@ def test_late_replies_are_kept_only_when_their_connection_is_gone():
     late.lost()
     late.rejoined(0)
     assert late.finished(gen, [["r4"]])
-    assert late.take() == {"tasks": [["r4"]], "finished": []}
-    assert late.take() == {"tasks": [], "finished": []}
+    assert late.take() == {"tasks": [["r4"]], "finished": [], "results": []}
+    assert late.take() == {"tasks": [], "finished": [], "results": []}
 
 
 def test_engine_error_names_host_exit_and_stderr_across_the_wire():
@@ -243,3 +248,79 @@ def test_reconnector_gives_up_at_once_when_the_furl_is_refused():
     r.ensure().addErrback(failure.append)
     assert failure and failure[0].check(ConnectionLost)  # at once, no waiting
     assert "revoked" in str(failure[0].value)
+
+
+def test_an_engine_keeps_its_last_tagged_replies_within_bounds(monkeypatch):
+    from ipython1.engine import rejoin
+
+    monkeypatch.setattr(rejoin, "MAX_KEPT", 3)
+    late = LateReplies()
+    for i in range(4):
+        gen = late.command_started(f"t/{i}/1")
+        assert late.registration_info()["running_command"] == f"t/{i}/1"
+        assert not late.command_finished(gen, f"t/{i}/1", {"value": i})  # delivered
+    assert late.registration_info()["kept_results"] == ["t/1/1", "t/2/1", "t/3/1"]
+    assert late.kept_reply("t/0/1") == (False, None)  # the oldest went first
+    assert late.kept_reply("t/3/1") == (True, {"value": 3})
+    big = {"value": b"x" * (rejoin.MAX_KEPT_BYTES // 2)}
+    assert not late.command_finished(late.command_started("t/9/1"), "t/9/1", big)
+    assert late.kept_reply("t/9/1") == (True, None)  # kept as "too large"
+    # Finished while away, after the engine rejoined: reported at once (deliver_late).
+    gen = late.command_started("t/10/2")
+    late.lost()
+    info = late.registration_info()
+    assert info["running_command"] == "t/10/2"
+    late.rejoined(0, info["kept_results"])
+    assert late.command_finished(gen, "t/10/2", {"value": 10})
+    assert late.take()["results"] == ["t/10/2"]
+
+
+def test_recovered_results_gather_the_parts_the_rejoining_engines_name():
+    from twisted.internet.defer import Deferred
+
+    from ipython1.controller.recovered import KEPT, LOST, RecoveredResults, make_tag
+
+    rec = RecoveredResults()
+    tag = make_tag("tok", 7, 3)
+    # A client asks before any engine rejoined: it waits.
+    waiting: Deferred = rec.wait("tok", 7)
+    got: list = []
+    waiting.addCallback(got.append)
+    rec.rejoined(0, [tag, make_tag("tok", 6, 1)], None)
+    rec.rejoined(1, [], tag)  # still running it
+    assert not got and not rec.complete("tok", 7)
+    rec.finished(1, [tag])
+    rec.rejoined(2, [tag], None)
+    assert got[0][0] == tag and got[0][1].parts == {0: KEPT, 1: KEPT, 2: KEPT}
+    # An engine that dies loses its part; one that never names it is missing at the
+    # end of the window.
+    other = make_tag("tok", 8, 2)
+    rec.rejoined(0, [other], None)
+    rec.lost(0)
+    assert not rec.complete("tok", 8)
+    rec.expire()
+    assert rec.complete("tok", 8)
+    assert rec.calls[("tok", 8)].parts == {0: LOST} and rec.calls[("tok", 8)].missing == 1
+    # After the window, a call no engine named is unknown; another token sees nothing.
+    assert not rec.knows("tok", 99) and not rec.knows("else", 6) and rec.knows("tok", 6)
+    rec.forget("tok", 6)
+    assert not rec.knows("tok", 6)
+    none: list = []
+    rec.wait("tok", 99).addCallback(none.append)
+    assert none == [None]
+
+
+def test_the_window_ends_once_the_engines_alive_at_the_loss_rejoined():
+    from ipython1.controller.recovered import RecoveredResults, make_tag
+
+    rec = RecoveredResults()
+    rec.expect({0, 1})
+    waiting: list = []
+    rec.wait("tok", 1).addCallback(waiting.append)  # no engine has named it yet
+    rec.rejoined(0, [make_tag("tok", 2, 1)], None)
+    assert not rec.window_over and not waiting
+    rec.rejoined(1, [], None)
+    assert rec.window_over and waiting == [None]  # nobody had it: it never started
+    nobody = RecoveredResults()
+    nobody.expect(set())
+    assert nobody.window_over

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipython1.controller import task as T
 from ipython1.controller.journal import FILE_NAME, TaskJournal
-from tests.unit.test_task_scheduler import Clock, err, ok, spec
+from tests.unit.test_task_scheduler import Clock, err, error_of, ok, spec
 
 
 def scheduler(path, engines=(0,), **kw):
@@ -130,3 +130,41 @@ def test_one_commit_writes_a_whole_burst(tmp_path):
     assert not j.pending()
     j.commit()
     assert j.commits == before + 1  # nothing to write: no transaction, no fsync
+
+
+def test_a_task_that_is_not_idempotent_never_runs_twice(tmp_path):
+    s, j = scheduler(tmp_path, engines=(0, 1, 2))
+    once = [s.submit(spec(retries=3, idempotent=False)) for _ in range(3)]
+    again = s.submit(spec(retries=3))
+    batches = s.assign()
+    assert all(len(b.tasks) == 1 for b in batches if b.tasks[0][0] in once)  # run alone
+    j.commit()
+    s2, _ = restart(s, j, tmp_path, engines=())
+    engine_of = {tid: e for e, tids in s2.held.items() for tid in tids}
+    ran, never, gone = once
+    # Its engine rejoins saying it ran it, without the result: failed, not run again.
+    s2.add_engine(engine_of[ran], done=[ran])
+    assert s2.tasks[ran].state == T.FAILED
+    assert "not idempotent" in str(error_of(s2, ran))
+    # Rejoins without it (it never reached the engine): run again, at no cost.
+    s2.add_engine(engine_of[never], done=[])
+    assert s2.tasks[never].state == T.PENDING and s2.tasks[never].attempts == 0
+    # Its engine never comes back: failed, whatever its retries, unlike the idempotent one.
+    s2.release_held(None, "engine did not rejoin")
+    assert s2.tasks[gone].state == T.FAILED and "may or may not have run" in str(
+        error_of(s2, gone))
+    assert s2.tasks[again].state == T.PENDING  # at least once: its retry
+
+
+def test_an_engine_death_fails_a_task_that_is_not_idempotent_despite_retries(tmp_path):
+    s, _ = scheduler(tmp_path, engines=(0,))
+    once = s.submit(spec(retries=2, idempotent=False))
+    s.assign()
+    s.remove_engine(0, "engine 0 died")
+    assert s.tasks[once].state == T.FAILED
+    assert "not idempotent" in str(error_of(s, once))
+    retried = s.submit(spec(retries=2))
+    s.add_engine(1)
+    s.assign()
+    s.remove_engine(1, "engine 1 died")
+    assert s.tasks[retried].state == T.PENDING  # at least once: it runs again
