@@ -132,15 +132,10 @@ def furl_endpoints(furl: str) -> list[str]:
     return [h[4:] if h.startswith("tcp:") else h for h in hints.split(",") if h]
 
 
-LISTEN_BACKLOG = 1024
-
-
 def listen_endpoint(ip: str, port: int) -> str:
     """Return a Twisted endpoint string listening on ip:port (colons escaped)."""
     interface = (ip or "::").replace(":", "\\:")
-    # Hundreds of engines connect at once at start-up: a short accept queue
-    # (Twisted's 50) drops their SYNs, and TCP retries only after 1, 3, 7 s.
-    return f"tcp:{port}:interface={interface}:backlog={LISTEN_BACKLOG}"
+    return f"tcp:{port}:interface={interface}"
 
 
 def bind_address(ip: str | None, location: str | None) -> str:
