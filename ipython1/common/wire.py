@@ -140,14 +140,6 @@ def _new_tub(**kwargs: Any) -> Tub:
     return tub
 
 
-# Handshakes the controller's Foolscap port runs at once. They share one CPU:
-# with 128 (the ListenerGuard default), 256 engines registering together each
-# took over the 5 s handshake deadline, were closed and retried, and start-up
-# of 512 engines across hosts took 107 s. Fewer at once finish in time; the
-# rest are turned away at once (cheap) and retry after a short jittered wait.
-NEGOTIATING_AT_ONCE = 32
-
-
 def client_tub(disconnect_timeout: float | None = None) -> Tub:
     """Return a started Tub for outbound connections only."""
     tub = _new_tub(certData=ec_certificate_pem())
@@ -177,8 +169,7 @@ def listening_tub(cert_file: Path, ip: str = "127.0.0.1", port: int = 0,
         raise ControllerNotFound(str(e)) from None
 
     # Connections that have not negotiated yet: capped, timed out, floods logged.
-    tub.negotiationClass = guarded_negotiation(
-        ListenerGuard(f"Foolscap port {ip}:{port}", max_pending=NEGOTIATING_AT_ONCE))
+    tub.negotiationClass = guarded_negotiation(ListenerGuard(f"Foolscap port {ip}:{port}"))
     tub.listenOn(addresses.listen_endpoint(ip, port))
     tub.setLocation(addresses.location_hints(endpoints))
     return tub, port
