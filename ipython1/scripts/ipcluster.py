@@ -174,8 +174,10 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                     write_pid_file(cluster_dir.pid_file(ENGINES_PID_FILE), [engines[0].pid])
                 elif n > rejoining:
                     # One warmed-up process forks the others: start-up and memory are shared.
+                    # Under a watcher, which tells the controller how an engine ended
+                    # (exit code or signal, last lines of stderr: issue 15).
                     engines = [track(_spawn(
-                        engine_argv + ["--fork", str(n - rejoining), "--pid-file",
+                        engine_argv + ["--watch", "--fork", str(n - rejoining), "--pid-file",
                                        str(new_pids)],
                         cluster_dir.log_file("ipengine-console")))]
                 _wait_for(lambda: len(mec.get_ids()) >= n, timeout,

@@ -175,7 +175,9 @@ def _watch(options: Any) -> bool:
     if options["pid-file"]:
         from ipython1.common.processes import write_pid_file
 
-        write_pid_file(Path(options["pid-file"]), [os.getpid(), *engines])
+        # The engines only: what ipcluster counts, --reuse finds and stop ends (the
+        # watcher ends by itself with its last engine).
+        write_pid_file(Path(options["pid-file"]), list(engines))
 
     def furl() -> str:
         from ipython1.common import wire

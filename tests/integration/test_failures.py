@@ -24,15 +24,19 @@ def test_engine_sigkilled_mid_command(make_cluster):
     cluster = make_cluster(2)
     mec = cluster.client(timeout=30)
     pid = cluster.engine_pid(mec, 1)
-    running = mec.execute("import time; time.sleep(30)", targets=1, block=False)
+    running = mec.execute("import os, time; os.write(2, b'famous last words\\n'); "
+                          "time.sleep(30)", targets=1, block=False)
     queued = mec.execute("a = 1", targets=1, block=False)
     wait_until(lambda: mec.queue_status(targets=1)[0]["running"] is not None, 10, "running")
+    time.sleep(0.3)  # let the words reach the engine's watcher
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     for pending in (running, queued):
         with pytest.raises(EngineError) as info:
             pending.get_result(timeout=10)
         assert info.value.engine_id == 1 and "engine 1" in str(info.value)
+    # ipcluster's engines run under a watcher: the error says how the engine died.
+    assert "SIGKILL" in info.value.exit and "famous last words" in info.value.stderr
     assert time.monotonic() - t0 < 5
     # The other engine and the controller keep working; engine 1 is gone.
     assert mec.execute("1 + 1", targets=0).output == 2
