@@ -165,9 +165,12 @@ def fork_engines(n: int) -> list[int] | None:
 
 def _watch(options: Any) -> bool:
     """Fork the engines under a watcher; return True in the watcher once they ended."""
+    global START_GATE
+    from ipython1.engine.startgate import StartGate
     from ipython1.engine.watcher import fork_watched, watch
 
     _warm_up()
+    START_GATE = StartGate()  # the watched siblings register a few at a time too
     engines = fork_watched(options["fork"])
     if engines is None:
         _after_fork()
