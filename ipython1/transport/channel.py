@@ -599,21 +599,6 @@ def session_connection(reference: Any, channel: _Channel | None) -> ISessionConn
     return ChannelSessionConnection(channel, reference)
 
 
-@defer.inlineCallbacks
-def open_session_connection(reference: Any) -> Any:
-    """Ask the session for the command channel (same host and user); fire with the
-    session's ISessionConnection, over the channel if it could be opened."""
-    host = host_key()
-    channel = None
-    if host and enabled():
-        try:
-            offer = yield reference.callRemote("open_command_channel", host)
-        except Exception:
-            offer = None  # an older controller: Foolscap only
-        channel = yield connect_client(offer)
-    return session_connection(reference, channel)
-
-
 def offer_to_client(channels: CommandChannelServer | None, session: Any,
                     host: str) -> dict[str, Any] | None:
     """Offer session to a client whose host key is host: the Unix socket if it is
