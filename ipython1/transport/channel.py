@@ -72,6 +72,9 @@ SESSION_FOOLSCAP_ONLY = frozenset({"connect", "connect_tasks", "subscribe_output
                                    "subscribe_events", "open_command_channel"})
 # A client's no-op: answered as soon as read, so every call before it has arrived.
 SYNC = "_sync"
+# An offer not taken within this many seconds is forgotten (with the session it
+# names): engines retry with the same offer for about a minute (tcpchannel).
+OFFER_TTL = 120.0
 
 
 def enabled() -> bool:
@@ -268,7 +271,7 @@ class CommandChannelServer:
         self.controller = controller
         self.name = f"@ipython1-controller-{os.getpid()}-{secrets.token_hex(8)}"
         self.host = host_key()
-        self._offers: dict[tuple[str, int], tuple[bytes, Any]] = {}
+        self._offers: dict[tuple[str, int], tuple[bytes, Any, float]] = {}
         self._session_ids = itertools.count(1)
 
         self.guard = ListenerGuard(f"command channel {self.name}")
@@ -285,7 +288,12 @@ class CommandChannelServer:
 
     def _offer(self, kind: str, ident: int, target: Any, tcp: bool) -> dict[str, Any]:
         secret = secrets.token_bytes(16)
-        self._offers[kind, ident] = (secret, target)
+        now = reactor.seconds()
+        # Offers never taken (a client whose TLS port is blocked or turned off, an
+        # engine that died) must not keep their sessions: drop the stale ones.
+        for key in [k for k, (_, _, at) in self._offers.items() if now - at > OFFER_TTL]:
+            del self._offers[key]
+        self._offers[kind, ident] = (secret, target, now)
         if tcp:
             return {"tcp_port": self.tcp.port, "kind": kind, "id": ident, "secret": secret}
         return {"socket": self.name, "kind": kind, "id": ident, "secret": secret,
@@ -311,6 +319,7 @@ class CommandChannelServer:
         offered = self._offers.pop(key, None) if kind in ("engine", "session") and \
             isinstance(ident, int) else None
         if (offered is None or not isinstance(secret, bytes)
+                or reactor.seconds() - offered[2] > OFFER_TTL
                 or not secrets.compare_digest(offered[0], secret)):
             log.warn("command channel: refused a connection for {kind} {id!r}",
                      kind=kind, id=ident)
