@@ -152,6 +152,29 @@ class ListenerGuard:
             return None
         return sock
 
+    def serve(self, listener: socket.socket, handle: Callable[[socket.socket], Any],
+              closed: Callable[[], bool]) -> None:
+        """Accept until closed(); handle each admitted connection on a thread of its own.
+
+        Call on a thread of its own. With no thread to spare, a connection is shed
+        and accepting goes on; an error of the listener ends the loop once closed().
+        """
+        while not closed():
+            try:
+                sock = self.accept(listener)
+            except OSError:
+                if closed():
+                    return
+                time.sleep(0.05)
+                continue  # do not let one failure end the service
+            if sock is None:
+                continue
+            try:
+                threading.Thread(target=handle, args=(sock,), daemon=True).start()
+            except RuntimeError:  # no more threads: shed it, keep accepting
+                self.release()
+                sock.close()
+
     def _accept_failed(self, error: OSError, listener: socket.socket) -> None:
         with self._lock:
             why = os.strerror(error.errno) if error.errno else str(error)

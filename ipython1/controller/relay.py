@@ -42,7 +42,8 @@ class Relay:
         self._closed = False
         self.transfers = 0
         self.guard = ListenerGuard(f"relay {self.address}")
-        threading.Thread(target=self._accept_loop, name="relay", daemon=True).start()
+        threading.Thread(target=self.guard.serve, name="relay", daemon=True,
+                         args=(self._listener, self._pair, lambda: self._closed)).start()
 
     def expect(self, pairing_id: bytes, engine_id: Any = None) -> None:
         """Allow two connections that present pairing_id to be spliced."""
@@ -74,20 +75,6 @@ class Relay:
         except OSError:
             pass
         self.guard.close()
-
-    def _accept_loop(self) -> None:
-        while not self._closed:
-            try:
-                sock = self.guard.accept(self._listener)  # capped; survives EMFILE
-            except OSError:
-                return  # the listener was closed
-            if sock is None:
-                continue
-            try:
-                threading.Thread(target=self._pair, args=(sock,), daemon=True).start()
-            except RuntimeError:  # no more threads: shed it, keep accepting
-                self.guard.release()
-                sock.close()
 
     def _pair(self, sock: socket.socket) -> None:
         try:

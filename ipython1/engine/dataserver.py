@@ -96,7 +96,8 @@ class TransferListener:
         self._closed = False
         self.transfers = 0
         self.guard = ListenerGuard(name)
-        threading.Thread(target=self._accept_loop, name=name, daemon=True).start()
+        threading.Thread(target=self.guard.serve, name=name, daemon=True,
+                         args=(self._listener, self._serve_one, lambda: self._closed)).start()
 
     def expect(self, pairing_id: bytes, secret: bytes, uses: int = BOOK_USES,
                plain: bool = False) -> None:
@@ -119,23 +120,6 @@ class TransferListener:
             pass
         self._listener.close()
         self.guard.close()
-
-    def _accept_loop(self) -> None:
-        while not self._closed:
-            try:
-                sock = self.guard.accept(self._listener)  # capped; survives EMFILE
-            except OSError:
-                if self._closed:
-                    return
-                time.sleep(0.05)
-                continue  # do not let one failure end the service
-            if sock is None:
-                continue
-            try:
-                threading.Thread(target=self._serve_one, args=(sock,), daemon=True).start()
-            except RuntimeError:  # no more threads: shed it, keep accepting
-                self.guard.release()
-                sock.close()
 
     def _use(self, pairing_id: bytes, check: Callable[[bytes], bool],
              plain: bool = False) -> str | None:
