@@ -166,6 +166,22 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
         yield cluster
 
 
+@pytest.fixture(scope="module")
+def mec(shared_cluster: Cluster) -> Any:
+    """A blocking multi-engine client of the module's shared cluster."""
+    return shared_cluster.client(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tc(shared_cluster: Cluster) -> Iterator[Any]:
+    """A blocking task client of the module's shared cluster."""
+    from ipython1.client import blocking as client
+
+    tc = client.TaskClient(shared_cluster.task_furl, timeout=60)
+    yield tc
+    tc.close()
+
+
 def _grid(names: tuple[str, ...]) -> Iterator[HostGrid]:
     reason = unavailable_reason()
     if reason:

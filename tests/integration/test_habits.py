@@ -13,18 +13,6 @@ from ipython1.client.interactive import interactive
 from ipython1.common.errors import ClientTimeout, CompositeError, RemoteError
 
 
-@pytest.fixture(scope="module")
-def mec(shared_cluster):
-    return shared_cluster.client(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def tc(shared_cluster):
-    tc = client.TaskClient(shared_cluster.task_furl, timeout=60)
-    yield tc
-    tc.close()
-
-
 @pytest.fixture(autouse=True)
 def clean(mec):
     yield

@@ -18,11 +18,6 @@ from ipython1.engine.output import StreamPrinter
 from tests.conftest import wait_until
 
 
-@pytest.fixture(scope="module")
-def mec(shared_cluster):
-    return shared_cluster.client(timeout=60)
-
-
 @pytest.fixture(autouse=True)
 def clean_namespace(mec):
     yield

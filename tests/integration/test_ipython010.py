@@ -29,18 +29,6 @@ from tests.conftest import wait_until
 DIKT = {"a": 5, "b": "asdf", "c": True, "d": None, "e": list(range(5))}
 
 
-@pytest.fixture(scope="module")
-def mec(shared_cluster):
-    return shared_cluster.client(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def tc(shared_cluster):
-    tc = client.TaskClient(shared_cluster.task_furl, timeout=60)
-    yield tc
-    tc.close()
-
-
 @pytest.fixture(autouse=True)
 def clean(mec):
     yield

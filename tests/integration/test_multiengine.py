@@ -20,11 +20,6 @@ from ipython1.common.errors import (
 )
 
 
-@pytest.fixture(scope="module")
-def mec(shared_cluster):
-    return shared_cluster.client(timeout=60)
-
-
 @pytest.fixture(autouse=True)
 def clean_namespace(mec):
     yield
