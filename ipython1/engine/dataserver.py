@@ -31,6 +31,7 @@ from ipython1.engine.blobs import BlobStore
 from ipython1.transport.data.buffers import buffer_for
 from ipython1.transport.data.local import BOOK_TTL, BOOK_USES
 from ipython1.transport.data.refs import MAX_FRAMES, TransferError
+from ipython1.transport.data.seal import OFFER, RECORDS, SEALED, TO_CLIENT, SealedStream, seal_key
 from ipython1.transport.data.stream import (
     HEAD,
     MAX_STREAMS,
@@ -325,10 +326,19 @@ class DirectServer(TransferListener):
                     return
                 conn: Any = TLSStream(sock, context, server_side=True)
                 conn.handshake()
+                mode, offer = OFFER.unpack(recv_exact(conn, OFFER.size))
+                if mode not in (SEALED, RECORDS):
+                    return
                 head = bytes(recv_exact(conn, HEAD.size))
-                secret = HEAD.unpack(head)[1]
-                refused = self._use(HEAD.unpack(head)[0],
-                                    lambda s: secrets.compare_digest(s, secret))
+                pairing_id, secret, _direction, _blob, count = HEAD.unpack(head)
+                refused = self._use(pairing_id, lambda s: secrets.compare_digest(s, secret))
+                if mode == SEALED:  # the rest of the header came in TLS; from here on, frames
+                    rest, raw = b"", b""  # refused: only our answer goes, sealed
+                    if refused is None and count <= MAX_FRAMES:
+                        rest = bytes(recv_exact(conn, 8 * count + STRIPE.size))
+                        raw = conn.leftover()
+                    conn = SealedStream(sock, seal_key(offer, pairing_id), TO_CLIENT,
+                                        raw=raw, plain=rest)
             elif first == PLAIN_MAGIC[:1]:
                 conn = sock
                 hello = bytes(recv_exact(sock, len(PLAIN_MAGIC) + 16))

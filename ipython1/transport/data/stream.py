@@ -253,6 +253,12 @@ class TLSStream:
         buf = bytearray(nbytes)
         return bytes(buf[:self.recv_into(buf, nbytes)])
 
+    def leftover(self) -> bytes:
+        """Stop using TLS: return the bytes read off the socket past the last record read."""
+        if self._tls.pending():
+            raise TransferError("TLS data came after the header: not a sealed transfer")
+        return self._incoming.read()
+
     def _flush(self) -> None:
         if self._outgoing.pending:
             self.sock.sendall(self._outgoing.read())
