@@ -153,13 +153,13 @@ class SealedStream:
     """
 
     def __init__(self, sock: Any, key: bytes, sending: bytes, raw: bytes = b"",
-                 plain: bytes = b"") -> None:
+                 plain: bytes = b"", frame: int = FRAME) -> None:
         self.sock = sock
-        self._sealer = Sealer(key, sending)
-        self._opener = Opener(key, TO_CLIENT if sending == TO_ENGINE else TO_ENGINE)
+        self._sealer = Sealer(key, sending, frame)
+        self._opener = Opener(key, TO_CLIENT if sending == TO_ENGINE else TO_ENGINE, frame)
         self._raw = raw
         self._head = bytearray(FRAME_HEAD.size)
-        self._sealed = bytearray(FRAME + TAG_SIZE)  # received frames land here first
+        self._sealed = bytearray(frame + TAG_SIZE)  # received frames land here first
         self._plain = memoryview(plain)  # opened bytes the caller has not read yet
         self._plain_at = 0
 
