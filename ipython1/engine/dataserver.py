@@ -48,6 +48,7 @@ from ipython1.transport.data.stream import (
     recv_frame,
     recv_into_exact,
     refuse,
+    refuse_upload,
     stripe_pieces,
 )
 
@@ -64,6 +65,8 @@ def serve_transfer(conn: Any, store: BlobStore, direction: bytes, blob_id: bytes
             frames = [recv_frame(conn, size) for size in sizes]
         except BaseException as e:
             store.failed(blob_id, str(e) or type(e).__name__)
+            if isinstance(e, TransferError):  # a sealed frame failed, say: tell the client
+                refuse_upload(conn, str(e))
             raise
         store.put(blob_id, frames)
         conn.sendall(STATUS_OK)
@@ -196,6 +199,8 @@ class Stripes:
             with self._lock:
                 self._uploads.pop(blob_id, None)
             self.store.failed(blob_id, str(e) or type(e).__name__)
+            if isinstance(e, TransferError):
+                refuse_upload(conn, str(e))
             raise
         with self._lock:
             entry[1] -= 1

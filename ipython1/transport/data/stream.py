@@ -41,6 +41,7 @@ from ipython1.transport.data.refs import TransferError
 
 DIRECT_ENV = "IPYTHON1_DIRECT_DATA"  # "0": no engine data port, no direct connection: the relay
 PAIR_TIMEOUT = 30.0  # seconds a relay end waits for its peer
+DRAIN_TIMEOUT = 5.0  # seconds a refused upload's sender has to stop
 CHUNK = 4 * 2**20
 # pairing id, secret, direction (U or D), blob id, frame count; the sizes follow.
 HEAD = struct.Struct("<16s32s1s16sI")
@@ -130,6 +131,25 @@ def refuse(sock: Any, reason: str) -> None:
     message = reason.encode()[:1000]
     try:
         sock.sendall(STATUS_REFUSED + struct.pack("<H", len(message)) + message)
+    except OSError:
+        pass
+
+
+def refuse_upload(conn: Any, reason: str) -> None:
+    """Refuse an upload under way: say why, then take in (and drop) what the client still sends.
+
+    Closed with its bytes unread, the connection would be reset, and the
+    client would hear of a broken pipe instead of the reason (a sealed frame
+    that failed authentication, say). DRAIN_TIMEOUT bounds the wait.
+    """
+    refuse(conn, reason)
+    sock = getattr(conn, "sock", conn)  # under the TLS or sealed stream, if any
+    scratch = bytearray(CHUNK)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(DRAIN_TIMEOUT)
+        while sock.recv_into(scratch):
+            pass
     except OSError:
         pass
 
