@@ -7,7 +7,9 @@ client first opens TLS to the engine (the engine serves its own Foolscap
 certificate) and checks that the certificate's digest is the engine's
 tubid, so the secret goes to the real engine only, inside TLS.
 
-`TLSStream` runs TLS through memory BIOs: the encrypted records of a
+By default the bytes after the header then leave TLS as sealed AES-GCM
+frames (`ipython1.transport.data.seal`); with ``--data-encryption=tls``,
+`TLSStream` carries them too. It runs TLS through memory BIOs: the encrypted records of a
 frame go out in writes of several MiB and come in with reads as large.
 Python's `SSLSocket` makes one system call per 16 KiB record instead: on a
 veth + bridge path that cost ~3x the CPU, and with Nagle on, 4x
