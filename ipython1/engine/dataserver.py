@@ -6,8 +6,9 @@ TLS with the engine's Foolscap certificate, then the transfer's header with
 the secret, checked against the book the controller announced
 (`TransferListener.expect`); the client says whether the rest goes as
 sealed frames (`ipython1.transport.data.seal`, the default) or TLS
-records. Unencrypted only if the controller said so for that book (``ipcontroller --data-encryption=off``): an HMAC of the engine's
-nonce proves the secret instead. When the client cannot reach the port, it
+records. Unencrypted only if the controller said so for that book
+(``ipcontroller --data-encryption=off``): an HMAC of the engine's nonce
+proves the secret instead. When the client cannot reach the port, it
 goes through the controller's relay (`engine_transfer`): the engine connects
 there, and the same TLS runs inside the splice.
 
