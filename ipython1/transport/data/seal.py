@@ -169,7 +169,7 @@ class SealedStream:
 
     def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
         view = memoryview(buffer).cast("B")
-        nbytes = nbytes or len(view)
+        nbytes = min(nbytes or len(view), len(view))
         if self._plain_at < len(self._plain):
             n = min(nbytes, len(self._plain) - self._plain_at)
             view[:n] = self._plain[self._plain_at:self._plain_at + n]
