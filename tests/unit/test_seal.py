@@ -183,3 +183,23 @@ def test_data_encryption_modes(value, mode):
 def test_an_unknown_data_encryption_mode_is_refused():
     with pytest.raises(ValueError, match="sealed .*tls or off"):
         seal.encryption_mode("aes")
+
+
+@pytest.mark.parametrize(("argv", "mode"), [([], "sealed"), (["--data-encryption=on"], "sealed"),
+                                            (["--data-encryption=tls"], "tls"),
+                                            (["--data-encryption=off"], "off")])
+def test_ipcontroller_takes_the_modes(argv, mode):
+    from ipython1.scripts.ipcontroller import Options
+
+    options = Options()
+    options.parseOptions(argv)
+    assert options["data-encryption"] == mode
+
+
+def test_ipcontroller_refuses_another_mode():
+    from twisted.python import usage
+
+    from ipython1.scripts.ipcontroller import Options
+
+    with pytest.raises(usage.UsageError, match="sealed .*tls or off"):
+        Options().parseOptions(["--data-encryption=yes"])
