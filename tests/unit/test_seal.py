@@ -37,12 +37,12 @@ class Wire:
         return n
 
 
-def ends(key: bytes | None = None) -> tuple[Wire, seal.SealedStream, seal.SealedStream]:
+def ends(frame: int = FRAME) -> tuple[Wire, seal.SealedStream, seal.SealedStream]:
     """Return a wire and a client end that writes to it and an engine end that reads it."""
-    key = key or seal.seal_key(os.urandom(16), b"p" * 16)
+    key = seal.seal_key(os.urandom(16), b"p" * 16)
     wire = Wire()
-    client = seal.SealedStream(wire, key, seal.TO_ENGINE, frame=FRAME)
-    engine = seal.SealedStream(wire, key, seal.TO_CLIENT, frame=FRAME)
+    client = seal.SealedStream(wire, key, seal.TO_ENGINE, frame=frame)
+    engine = seal.SealedStream(wire, key, seal.TO_CLIENT, frame=frame)
     return wire, client, engine
 
 
@@ -203,3 +203,20 @@ def test_ipcontroller_refuses_another_mode():
 
     with pytest.raises(usage.UsageError, match="sealed .*tls or off"):
         Options().parseOptions(["--data-encryption=yes"])
+
+
+def test_a_finished_connections_frame_buffers_serve_the_next_one():
+    big = seal.SMALL * 4
+    wire, client, engine = ends(big)
+    client.sendall(b"K")  # a status: no whole frame's buffer for that
+    assert engine.recv(1) == b"K"
+    assert client._taken == engine._taken == []
+    client.sendall(MESSAGE * 2)
+    assert bytes(recv_exact(engine, len(MESSAGE) * 2)) == MESSAGE * 2
+    used = {id(b) for b in client._taken + engine._taken}
+    assert len(used) == 2  # one to seal into, one to receive into
+    del client, engine
+    wire, client, engine = ends(big)
+    client.sendall(MESSAGE * 2)
+    assert bytes(recv_exact(engine, len(MESSAGE) * 2)) == MESSAGE * 2
+    assert {id(b) for b in client._taken + engine._taken} == used

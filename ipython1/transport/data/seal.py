@@ -36,6 +36,8 @@ reused buffer straight into the destination, both without the GIL.
 from __future__ import annotations
 
 import struct
+import threading
+import weakref
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -55,6 +57,7 @@ OFFER = struct.Struct("<1s16s")
 SEALED, RECORDS = b"S", b"T"
 TO_ENGINE, TO_CLIENT = b"C", b"E"  # the nonce's direction byte
 KEY_LABEL = b"ipython1 data seal v1\0"
+SMALL = 256  # a connection's buffers until a message needs a whole frame (statuses need less)
 # The controller's --data-encryption: how direct transfers go ("on", the old default: sealed).
 ENCRYPTION_MODES = ("sealed", "tls", "off")
 
@@ -73,6 +76,36 @@ def seal_key(offer: bytes, pairing_id: bytes) -> bytes:
                 info=KEY_LABEL + pairing_id).derive(offer)
 
 
+class Spares:
+    """Frame buffers of finished connections, for the next ones: fresh memory is dear.
+
+    A connection takes up to two (one to seal into, one to receive into)
+    once it moves a message larger than `SMALL`; they come back when it ends.
+    """
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._spare: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int, taken: list[bytearray]) -> bytearray:
+        """Return a buffer of size bytes (old bytes in it), noted in taken."""
+        with self._lock:
+            buf = next((b for b in self._spare if len(b) == size), None)
+            if buf is not None:
+                self._spare.remove(buf)
+        taken.append(bytearray(size) if buf is None else buf)
+        return taken[-1]
+
+    def give_back(self, taken: list[bytearray]) -> None:
+        with self._lock:
+            self._spare.extend(taken[:max(0, self.keep - len(self._spare))])
+        taken.clear()
+
+
+SPARES = Spares()
+
+
 def frame_nonce(direction: bytes, counter: int) -> bytes:
     return direction + bytes(3) + counter.to_bytes(8, "big")
 
@@ -80,18 +113,23 @@ def frame_nonce(direction: bytes, counter: int) -> bytes:
 class Sealer:
     """Seals one direction's messages into frames, in one reused buffer."""
 
-    def __init__(self, key: bytes, direction: bytes, frame: int = FRAME) -> None:
+    def __init__(self, key: bytes, direction: bytes, frame: int = FRAME,
+                 taken: list[bytearray] | None = None) -> None:
         self._aes = algorithms.AES(key)
         self._direction = direction
         self.frame = frame
+        self.taken = [] if taken is None else taken  # what it took of SPARES
         self._counter = 0
-        self._out = bytearray(FRAME_HEAD.size + frame + TAG_SIZE)
+        self._out = bytearray(SMALL)  # a full frame's buffer once a message needs it
         self._view = memoryview(self._out)
 
     def seal(self, data: memoryview, final: bool) -> memoryview:
         """Return the frame of data (at most `frame` bytes), valid until the next call."""
         size = len(data)
         end = FRAME_HEAD.size + size
+        if end + TAG_SIZE > len(self._out):
+            self._out = SPARES.take(FRAME_HEAD.size + self.frame + TAG_SIZE, self.taken)
+            self._view = memoryview(self._out)
         FRAME_HEAD.pack_into(self._out, 0, size, FINAL if final else 0)
         encryptor = Cipher(self._aes, modes.GCM(frame_nonce(self._direction,
                                                             self._counter))).encryptor()
@@ -155,11 +193,14 @@ class SealedStream:
     def __init__(self, sock: Any, key: bytes, sending: bytes, raw: bytes = b"",
                  plain: bytes = b"", frame: int = FRAME) -> None:
         self.sock = sock
-        self._sealer = Sealer(key, sending, frame)
+        self._taken: list[bytearray] = []
+        self._sealer = Sealer(key, sending, frame, self._taken)
         self._opener = Opener(key, TO_CLIENT if sending == TO_ENGINE else TO_ENGINE, frame)
         self._raw = raw
         self._head = bytearray(FRAME_HEAD.size)
-        self._sealed = bytearray(frame + TAG_SIZE)  # received frames land here first
+        self._sealed = bytearray(SMALL)  # received frames land here first
+        self._frame = frame
+        weakref.finalize(self, SPARES.give_back, self._taken)  # when the connection is done
         self._plain = memoryview(plain)  # opened bytes the caller has not read yet
         self._plain_at = 0
 
@@ -178,6 +219,8 @@ class SealedStream:
         if not self._fill(memoryview(self._head), eof_ok=True):
             return 0
         size, _final = self._opener.size(self._head)
+        if size + TAG_SIZE > len(self._sealed):
+            self._sealed = SPARES.take(self._frame + TAG_SIZE, self._taken)
         sealed = memoryview(self._sealed)[:size + TAG_SIZE]
         self._fill(sealed)
         if size <= nbytes:  # the whole frame is wanted: open it straight into the caller's memory
