@@ -33,6 +33,7 @@ import socket
 import ssl
 import struct
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,11 +148,13 @@ def refuse_upload(conn: Any, reason: str) -> None:
     refuse(conn, reason)
     sock = getattr(conn, "sock", conn)  # under the TLS or sealed stream, if any
     scratch = bytearray(CHUNK)
+    deadline = time.monotonic() + DRAIN_TIMEOUT
     try:
         sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(DRAIN_TIMEOUT)
-        while sock.recv_into(scratch):
-            pass
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if not sock.recv_into(scratch):
+                break
     except OSError:
         pass
 
