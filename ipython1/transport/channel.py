@@ -99,6 +99,8 @@ class _CallBodies:
     A command sent to N engines is N calls with the same op, the same args
     object and the same tag, each with its own seq: the body after the seq is
     encoded for the first and reused (one copy of a pushed value, not N).
+    Only a tuple (the fan-out's own) is reused, by identity; the last one and
+    its body are held until the next call.
     """
 
     def __init__(self) -> None:
