@@ -136,10 +136,31 @@ def _warm_up() -> None:
     pollreactor.install()
     for name in ENGINE_MODULES:
         importlib.import_module(name)
+    _warm_up_tls()
 
     # Keep the collector off what the engines share: a full collection in each
     # child would write to every object's header and copy the parent's pages.
     gc.freeze()
+
+
+def _warm_up_tls() -> None:
+    """Make a throwaway certificate, Tub and TLS contexts before forking.
+
+    OpenSSL fills its caches (algorithm lookups, curve tables) on first use:
+    filled here once, every engine shares them instead of filling its own
+    copy (half of an engine's certificate and Tub: ~600 page faults, and on
+    this VM a new page costs up to ~10 us once a few GiB are in use).
+    """
+    from foolscap.api import Tub
+
+    from ipython1.common import wire
+    from ipython1.transport import tcpchannel
+    from ipython1.transport.data import stream
+
+    certificate = wire.ec_certificate_pem()
+    Tub(certData=certificate)
+    stream.server_context(certificate)
+    tcpchannel.engine_context()
 
 
 def _after_fork() -> None:
