@@ -137,6 +137,9 @@ def _warm_up() -> None:
     for name in ENGINE_MODULES:
         importlib.import_module(name)
     _warm_up_tls()
+    from ipython1.engine import shell
+
+    shell.prebuild()  # each engine's kernel takes its copy
 
     # Keep the collector off what the engines share: a full collection in each
     # child would write to every object's header and copy the parent's pages.

@@ -63,3 +63,33 @@ def test_a_forked_engine_s_certificate_and_tub_find_openssl_warm() -> None:
     out = subprocess.run([sys.executable, "-c", CERTIFICATE_AFTER_FORK], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert int(out.split()[-1]) < 900
+
+
+KERNEL_AFTER_FORK = """
+import os, resource, sys
+from ipython1.scripts import ipengine
+ipengine._warm_up()
+ipengine._after_fork()  # the reactor's waker; no reactor runs
+from ipython1.engine.kernel import EngineKernel
+from ipython1.engine.runner import ShellRunner
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        kernel = EngineKernel(runner=ShellRunner())
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        kernel.shell.run_cell("import os; mine = os.getpid()")
+        print(faults, kernel.shell.user_ns["mine"] == os.getpid(), flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
+def test_forked_engines_take_the_parent_s_shell_each_its_own_copy() -> None:
+    # Built in each engine the shell cost ~1,100 page faults (8-18 ms CPU).
+    out = subprocess.run([sys.executable, "-c", KERNEL_AFTER_FORK], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    children = [line.split() for line in out.splitlines()]
+    assert len(children) == 2
+    for faults, own_namespace in children:
+        assert int(faults) < 300 and own_namespace == "True"
