@@ -5,10 +5,12 @@ costs each engine a TLS handshake's worth of CPU; with hundreds runnable at
 once on a few cores, none gets enough to finish within the controller's
 handshake deadline, all are closed and retry, and start-up stalls (512 engines
 across hosts took 107 s). The gate is a pipe made before the fork holding
-``slots`` bytes: an engine takes one before registering and puts it back
-after. Waiting engines sleep in the kernel. An engine that dies holding a
-byte loses it; a waiter gives up waiting after ``wait`` seconds and registers
-anyway, so the gate can slow start-up but never stop it.
+``slots`` bytes: an engine takes one before it starts (its certificate,
+Tub and shell, then the registration) and puts it back once registered.
+Waiting engines sleep in the kernel, and a byte put back wakes one of them.
+An engine that dies holding a byte loses it; a waiter gives up waiting after
+``wait`` seconds and starts anyway, so the gate can slow start-up but never
+stop it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import select
 import time
 from typing import Any
 
-SLOTS = 8  # engines of one host registering at once
+SLOTS = 8  # engines of one host starting at once
 WAIT = 30.0  # seconds an engine waits for a slot before going ahead without one
 
 
@@ -61,7 +63,11 @@ class _Waiter:
         self._epoll: Any = None
         if hasattr(select, "EPOLLEXCLUSIVE"):
             self._epoll = select.epoll(1)
-            self._epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            try:
+                self._epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            except OSError:  # a kernel before 4.5: select, as elsewhere
+                self._epoll.close()
+                self._epoll = None
 
     def wait(self, timeout: float) -> bool:
         if self._epoll is not None:
