@@ -78,14 +78,15 @@ def measure(n: int, out: Path) -> dict[str, Any]:
 
     work = Path(tempfile.mkdtemp(prefix="ipython1-startup-"))
     env = dict(os.environ, IPYTHON1_DIR=str(work / "ipython1"), PYTHONPATH=str(ROOT))
+    here: dict[str, Any] = {"env": env, "cwd": str(ROOT)}  # -m: the cwd before PYTHONPATH
     python = sys.executable
     result: dict[str, Any] = {"engines": n, "load_before": os.getloadavg()}
     try:
         with HostGrid(["ctl", "cli", "e1", "e2"]) as grid:
             ctl = grid["ctl"]
             ctl.popen([python, "-m", "ipython1.scripts.ipcontroller", "--profile", "bench",
-                       "--ip", ctl.address], env=env, stdout=subprocess.DEVNULL,
-                      stderr=subprocess.DEVNULL)
+                       "--ip", ctl.address], stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL, **here)
             furl = work / "ipython1" / "cluster_bench" / "security" / "ipcontroller-mec.furl"
             deadline = time.monotonic() + 60
             while not furl.exists() and time.monotonic() < deadline:
@@ -97,9 +98,9 @@ def measure(n: int, out: Path) -> dict[str, Any]:
             for host, k in (("e1", n - n // 2), ("e2", n // 2)):
                 grid[host].popen([python, "-m", "ipython1.scripts.ipengine", "--profile",
                                   "bench", "--fork", str(k), "--connect-timeout", "600"],
-                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **here)
             watcher = grid["cli"].popen([python, "-c", WATCH_IDS, str(furl), str(n), str(t0)],
-                                        env=env, stdout=subprocess.PIPE, text=True)
+                                        stdout=subprocess.PIPE, text=True, **here)
             assert watcher.stdout is not None
             result["timeline"] = [[float(t), int(k)] for t, k in
                                   (line.split() for line in watcher.stdout)]
