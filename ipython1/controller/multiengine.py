@@ -227,8 +227,9 @@ class MultiEngine:
         gets a local ticket instead, good for BOOK_USES transfers with that
         engine within BOOK_TTL: no relay, no TLS. One asking for the
         ``"direct"`` route gets a book as long for the engine's data port, if
-        it has one (TLS; unencrypted if this controller's data_encryption is
-        off); otherwise a relayed transfer.
+        it has one (encrypted as this controller's data_encryption says:
+        sealed frames, TLS records or, if off, not at all); otherwise a
+        relayed transfer.
         """
         import secrets
 
@@ -247,14 +248,14 @@ class MultiEngine:
         direct = record.info.get("direct_data")
         if route == "direct" and isinstance(direct, dict) and direct.get("host"):
             pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
-            plain = not getattr(self.controller, "data_encryption", True)
+            mode = self.controller.data_encryption
             # Each stripe of a large transfer spends a use on the engine.
             d = record.connection.control("expect_transfers", pairing_id, secret,
-                                          BOOK_USES * MAX_STREAMS, plain)
+                                          BOOK_USES * MAX_STREAMS, mode == "off")
             return d.addCallback(lambda _: {
                 "pairing_id": pairing_id, "secret": secret, "uses": BOOK_USES, "ttl": BOOK_TTL,
-                "direct": join_host_port(direct["host"], int(direct["port"])), "plain": plain,
-                "tubid": record.connection.tubid})
+                "direct": join_host_port(direct["host"], int(direct["port"])),
+                "plain": mode == "off", "seal": mode == "sealed", "tubid": record.connection.tubid})
         if relay is None:
             raise KernelError("this controller has no data channel")
         pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)

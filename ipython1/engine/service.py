@@ -58,7 +58,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
                  info: dict[str, Any]) -> None:
         self._runner = runner
         self._info = info
-        self.tls_context: Any = None  # set once connected: the data channel's TLS identity
+        self.certificate: bytes | None = None  # set once connected: the data channel's
+        self._tls_context: Any = None  # TLS identity, whose context is made on first use
         self.controller_host: str | None = None
         self.controller_tubid: str | None = None  # the FURL's: checked by the TLS channel
         self._tcp_offer: dict[str, Any] | None = None  # until the controller is known
@@ -74,6 +75,14 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._process: psutil.Process | None = None  # for stats(), made on first use
         self._debug: DebugSession | None = None  # the debugger a client drives, if any
         self._debug_reply: Deferred[dict[str, Any]] | None = None  # its next prompt
+
+    @property
+    def tls_context(self) -> Any:
+        """The data channel's TLS server context (None before registration); made
+        at the first transfer, not at registration (3-6 ms of CPU per engine)."""
+        if self._tls_context is None and self.certificate is not None:
+            self._tls_context = stream.server_context(self.certificate)
+        return self._tls_context
 
     def _send_output(self, chunks: list[list[str]]) -> Deferred[None] | None:
         if self._output_observer is None:
@@ -384,6 +393,10 @@ class EngineService(service.MultiService):
         globalLogPublisher.addObserver(LOG_RING)
         if self.own_shell_thread:
             threading.Thread(target=self.runner.run_forever, name="shell", daemon=True).start()
+        d = self._through_gate(self._start_and_register)
+        d.addCallbacks(self.registered.callback, self._register_failed)
+
+    def _start_and_register(self) -> Deferred[int]:
         # An MPI rank may sit in a GIL-holding collective, deaf to pings.
         self.tub = wire.client_tub(
             wire.MPI_DISCONNECT_TIMEOUT if "mpi_rank" in self.info else None)
@@ -395,8 +408,7 @@ class EngineService(service.MultiService):
                 log.warn("no local data channel: {e}", e=e)
         # Build the IPython shell before registering: registered means ready.
         d = self.runner.submit(self.referenceable._kernel_now)
-        d.addCallback(lambda _: self._register_through_gate())
-        d.addCallbacks(self.registered.callback, self._register_failed)
+        return d.addCallback(lambda _: self._register())
 
     def stopService(self) -> Any:
         if self.referenceable.local_data is not None:
@@ -406,12 +418,18 @@ class EngineService(service.MultiService):
         return super().stopService()
 
     @defer.inlineCallbacks
-    def _register_through_gate(self) -> Any:
-        """Register, taking a slot of the start gate first if there is one."""
+    def _through_gate(self, start: Callable[[], Deferred[int]]) -> Any:
+        """Start and register holding a slot of the start gate, if there is one.
+
+        Everything CPU-heavy of an engine's start (its certificate, its shell,
+        the TLS handshakes) happens inside: the others sleep in the kernel, so
+        a few hundred siblings do not share the cores (and fault in pages) all
+        at once while the process forking them is starved.
+        """
         gate = self.start_gate
         held = gate is not None and (yield threads.deferToThread(gate.acquire))
         try:
-            return (yield self._register())
+            return (yield start())
         finally:
             if held:
                 gate.release()
@@ -453,7 +471,7 @@ class EngineService(service.MultiService):
             self.engine_id = self.runner.engine_id = engine_id
             self.referenceable.controller_known(wire.peer_host(controller, furl),
                                                 controller.getRemoteTubID())
-            self.referenceable.tls_context = stream.server_context(self.tub.getCertData())
+            self.referenceable.certificate = self.tub.getCertData()
             registration.notifyOnDisconnect(self._controller_lost)
             if rejoin:  # what ended during the registration call goes now
                 self._deliver_late()
