@@ -71,6 +71,7 @@ class MultiEngineClient:
         targets = as_targets(self.targets if targets is None else targets)  # a tuple: a list
         block = self.block if block is None else block
         on_interrupt = (lambda: self._interrupt_quietly(targets)) if interruptible else None
+        sent = time.monotonic()  # elapsed counts from here: the engine may start first
         try:
             future = self._loop.submit(method, *args, targets=targets, block=block, **kwargs)
             result = _wait(future, self.timeout, on_interrupt, self._serve_debugger)
@@ -83,7 +84,7 @@ class MultiEngineClient:
                 self._printer.flush()  # a command's output came before its reply
         if block:
             return result
-        return PendingResult(self, result)
+        return PendingResult(self, result, submitted=sent)
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return _wait(self._loop.submit(method, *args, **kwargs), self.timeout)

@@ -32,7 +32,8 @@ def _split_prompt(text: str) -> tuple[str, str]:
 class PendingResult:
     """The result of a non-blocking call, fetched later with get_result()."""
 
-    def __init__(self, client: MultiEngineClient, pending: asyncclient.AsyncPendingResult) -> None:
+    def __init__(self, client: MultiEngineClient, pending: asyncclient.AsyncPendingResult,
+                 submitted: float | None = None) -> None:
         self.client = client
         self._pending = pending
         self.id = pending.id
@@ -43,7 +44,7 @@ class PendingResult:
         # its fetch in flight here, and the next call waits on that same fetch.
         self._fetch: concurrent.futures.Future[Any] | None = None
         self._fetch_blocks = False
-        self.submitted = time.monotonic()
+        self.submitted = time.monotonic() if submitted is None else submitted
         self._completed: float | None = None
         self._callbacks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
 

@@ -73,20 +73,22 @@ class MultiEngine:
         ds = []
         call, user = next(_call_ids), user_of(client)
         tag = make_tag(*recover, len(ids)) if recover else ""
-        if ids:
-            first = args_for(ids[0]) if callable(args_for) else args_for
-            data = describe_command(op, tuple(first), description)
-            if op == "push" and callable(args_for):  # push_each: the names on any engine
-                data["names"] = sorted({k for e in ids for k in args_for(e)[0]})
-            self.controller.events.publish("queued", user, None, {
-                **data, "targets": list(ids), "call": call}, client)
-        for engine_id in ids:
-            args = args_for(engine_id) if callable(args_for) else args_for
-            command = Command(op, tuple(args), client=client, description=description,
-                              user=user, call=call, tag=tag)
-            d = self.controller.submit(engine_id, command)
-            d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
-            ds.append(d)
+        events = self.controller.events
+        with events.held_writes():  # queued and started: one transcript write
+            if ids:
+                first = args_for(ids[0]) if callable(args_for) else args_for
+                data = describe_command(op, tuple(first), description)
+                if op == "push" and callable(args_for):  # push_each: the names on any engine
+                    data["names"] = sorted({k for e in ids for k in args_for(e)[0]})
+                events.publish("queued", user, None, {
+                    **data, "targets": list(ids), "call": call}, client)
+            for engine_id in ids:
+                args = args_for(engine_id) if callable(args_for) else args_for
+                command = Command(op, tuple(args), client=client, description=description,
+                                  user=user, call=call, tag=tag)
+                d = self.controller.submit(engine_id, command)
+                d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
+                ds.append(d)
         return defer.gatherResults(ds, consumeErrors=True)
 
     def get_ids(self) -> Deferred[list[int]]:

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from ipython1.common import clusterdir as cluster
 from ipython1.common import processes, wire
 from ipython1.common.interfaces import RIEngineRegistration
+from ipython1.common.private import open_private_log
 from ipython1.controller import userdir as users
 from ipython1.controller.dashboard import Dashboard
 from ipython1.controller.events import Transcript
@@ -59,7 +60,14 @@ def _furl_port(furl_file: Path) -> int:
 class EngineIds:
     """The ids this cluster's controller gave, kept for `ipcontroller --reuse`; and
     those of its engines alive now (``engine-ids.live``), which a restarted
-    controller waits for (``RecoveredResults.expect``)."""
+    controller waits for (``RecoveredResults.expect``).
+
+    Both files are lists of ids, one a line, appended to as engines come and
+    go (``-ID`` in the live file: that engine ended); each is written whole
+    only once per controller. A registration used to rewrite both and rename
+    them into place, which ext4 flushes to disk: ~3 ms each under load, on the
+    reactor thread, for every one of 512 engines starting at once.
+    """
 
     FILE_NAME = "engine-ids"
 
@@ -68,22 +76,16 @@ class EngineIds:
         self.ids: set[int] = set()
         self.live: set[int] = set()
         self.live_path = path.with_name(path.name + ".live")
+        self._live_written = False  # the last controller's list stays until a change
 
     def load_live(self) -> set[int]:
-        try:
-            return {int(w) for w in self.live_path.read_text().split()}
-        except (OSError, ValueError):
-            return set()
-
-    def _save_live(self, live: set[int]) -> None:
-        self.live = live
-        cluster.write_private(self.live_path, "".join(f"{i}\n" for i in sorted(live)))
+        live: set[int] = set()
+        for word in _words(self.live_path):
+            (live.discard if word.startswith("-") else live.add)(abs(int(word)))
+        return live
 
     def load(self) -> set[int]:
-        try:
-            self.ids = {int(w) for w in self.path.read_text().split()}
-        except (OSError, ValueError):
-            self.ids = set()
+        self.ids = {int(w) for w in _words(self.path)}
         return set(self.ids)
 
     def save(self, ids: set[int]) -> None:
@@ -92,12 +94,38 @@ class EngineIds:
 
     def on_controller(self, kind: str, data: dict[str, Any]) -> None:
         engine_id = data.get("engine_id")
+        if not isinstance(engine_id, int):
+            return
         if kind == "engine_registered" and engine_id not in self.ids:
-            self.save(self.ids | {engine_id})
+            self.ids.add(engine_id)
+            _append(self.path, f"{engine_id}\n")
         if kind == "engine_registered" and engine_id not in self.live:
-            self._save_live(self.live | {engine_id})
+            self.live.add(engine_id)
+            self._live_changed(f"{engine_id}\n")
         elif kind == "engine_died" and engine_id in self.live:
-            self._save_live(self.live - {engine_id})
+            self.live.discard(engine_id)
+            self._live_changed(f"-{engine_id}\n")
+
+    def _live_changed(self, line: str) -> None:
+        if self._live_written:
+            _append(self.live_path, line)
+        else:  # the first change replaces the last controller's list
+            self._live_written = True
+            cluster.write_private(self.live_path, "".join(f"{i}\n" for i in sorted(self.live)))
+
+
+def _words(path: Path) -> list[str]:
+    """The ids in a file of EngineIds; a torn last line (a crash mid-write) is skipped."""
+    try:
+        words = path.read_text().split()
+    except OSError:
+        return []
+    return [w for w in words if w.lstrip("-").isdigit()]
+
+
+def _append(path: Path, line: str) -> None:
+    with open_private_log(path) as f:
+        f.write(line)
 
 
 @implementer(RIEngineRegistration)

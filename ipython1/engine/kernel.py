@@ -28,7 +28,7 @@ from ipython1.common.serialize import deserialize, serialize
 from ipython1.engine import blobs, introspection
 from ipython1.engine.capture import OutputStream, _Capture
 from ipython1.engine.debugger import DebugSession
-from ipython1.engine.shell import _make_shell, _Recorder
+from ipython1.engine.shell import take_shell
 from ipython1.engine.watchdog import TaskWatchdog
 from ipython1.transport.data import refs
 
@@ -70,10 +70,9 @@ class EngineKernel:
     def __init__(self, on_output: Callable[[str, str], None] | None = None,
                  runner: ShellRunner | None = None) -> None:
         self.engine_id: int | None = None
-        self._recorder = _Recorder()
         self.stdout = OutputStream("stdout", on_output)
         self.stderr = OutputStream("stderr", on_output)
-        self.shell = _make_shell(self._recorder)
+        self._recorder, self.shell = take_shell()
         self._runner = runner
         self._watchdog: TaskWatchdog | None = None  # made with the first batch of tasks
         if runner is not None:

@@ -33,7 +33,7 @@ from ipython1.common.logring import LogRing
 from ipython1.common.versions import local_versions, refusal
 from ipython1.engine import dataserver, localdata
 from ipython1.engine.debugger import DebugSession
-from ipython1.engine.kernel import BLOBS, EngineKernel, _CellFailed, _error_reply
+from ipython1.engine.kernel import BLOBS, EngineKernel, _CellFailed
 from ipython1.engine.output import OutputBatcher
 from ipython1.engine.rejoin import MAX_TAG, RECONNECT_TIMEOUT, LateReplies
 from ipython1.engine.restart import exec_fresh
@@ -58,7 +58,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
                  info: dict[str, Any]) -> None:
         self._runner = runner
         self._info = info
-        self.tls_context: Any = None  # set once connected: the data channel's TLS identity
+        self.certificate: bytes | None = None  # set once connected: the data channel's
+        self._tls_context: Any = None  # TLS identity, whose context is made on first use
         self.controller_host: str | None = None
         self.controller_tubid: str | None = None  # the FURL's: checked by the TLS channel
         self._tcp_offer: dict[str, Any] | None = None  # until the controller is known
@@ -74,6 +75,14 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         self._process: psutil.Process | None = None  # for stats(), made on first use
         self._debug: DebugSession | None = None  # the debugger a client drives, if any
         self._debug_reply: Deferred[dict[str, Any]] | None = None  # its next prompt
+
+    @property
+    def tls_context(self) -> Any:
+        """The data channel's TLS server context (None before registration); made
+        at the first transfer, not at registration (3-6 ms of CPU per engine)."""
+        if self._tls_context is None and self.certificate is not None:
+            self._tls_context = stream.server_context(self.certificate)
+        return self._tls_context
 
     def _send_output(self, chunks: list[list[str]]) -> Deferred[None] | None:
         if self._output_observer is None:
@@ -103,7 +112,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def job(self, name: Any, args: Any, tag: str | None = None) -> Callable[[], Any] | None:
         """Return the job of a command (its reply is msgpack-encoded, replies.encode);
         None if args is not a list. It runs on the shell thread: EngineKernel.dispatch.
-        A tagged command's reply is kept for a restarted controller (engine/rejoin.py)."""
+        A tagged command's reply is kept for a restarted controller (engine/rejoin.py):
+        whoever encodes the reply hands the bytes to the job's ``sent``."""
         if not isinstance(args, list):
             return None
         if not (isinstance(tag, str) and len(tag) <= MAX_TAG):
@@ -111,40 +121,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         # Both jobs call dispatch themselves: no extra frame per command (test_hops).
         if name == "run_tasks" and args and isinstance(args[0], list):
             return self._kept_if_lost(args)
-        return self._noted_if_lost(name, args, tag)
-
-    def _noted_if_lost(self, name: Any, args: list[Any],
-                       tag: str | None = None) -> Callable[[], Any]:
-        """Run a command; note it if it ends after the controller went away (issue
-        15): the engine reports it when it rejoins; its record stays in the history.
-        A tagged command's reply is kept, to be fetched by a restarted controller."""
-        late = self.late
-
-        def job() -> Any:
-            generation = late.command_started(tag) if tag else late.generation
-            outcome: dict[str, Any] = {}
-            reply: Any = None
-            try:
-                value = self._kernel_now().dispatch(name, args)
-                outcome = {"status": "ok", "value": value}
-                reply = {"engine_id": self._runner.engine_id, "status": "ok", "value": value}
-                return value
-            except _CellFailed as e:
-                outcome = {"status": "error", "value": e.record, "error": e.record.get("error")}
-                reply = _error_reply(self._runner.engine_id, e) if tag else None
-                raise
-            except BaseException as e:  # noqa: B036 - noted, then handled as before
-                outcome = {"status": "error", "error": {"ename": type(e).__name__}}
-                reply = _error_reply(self._runner.engine_id, e) if tag else None
-                raise
-            finally:
-                back = late.lost_since(generation) and late.note(str(name), outcome)
-                if tag:
-                    back = late.command_finished(generation, tag, reply) or back
-                if back:
-                    reactor.callFromThread(self.on_late)
-
-        return job
+        return _NotedCommand(self, name, args, tag)
 
     def _kept_if_lost(self, args: list[Any]) -> Callable[[], Any]:
         """Run a task batch; keep its replies if the controller goes away meanwhile
@@ -172,13 +149,15 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
 
     def remote_run(self, name: str, args: list[Any], tag: str | None = None) -> Deferred[Any]:
         """Queue one command of the op table for the shell thread."""
-        d = self._runner.submit(self.job(name, list(args), tag))  # type: ignore[arg-type]
-        return d.addBoth(self._flushed).addCallback(replies.encode)
+        job = self.job(name, list(args), tag)
+        d = self._runner.submit(job)  # type: ignore[arg-type]
+        d.addBoth(self._flushed).addCallback(replies.encode)
+        return d.addCallback(job.sent) if isinstance(job, _NotedCommand) else d
 
     def remote_kept_result(self, tag: str) -> bytes | None:
         """Hand a kept reply to a restarted controller (None: dropped, or too large)."""
         _, reply = self.late.kept_reply(tag)
-        encoded = replies.encode(reply) if reply is not None else None
+        encoded = reply if reply is None or isinstance(reply, bytes) else replies.encode(reply)
         return encoded if isinstance(encoded, bytes) else None
 
     def remote_subscribe_output(self, observer: Any) -> None:
@@ -319,6 +298,45 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         return LOG_RING.tail(lines)
 
 
+
+class _NotedCommand:
+    """A command for the shell thread, noted if it ends after the controller went
+    away (issue 15): the engine reports it when it rejoins; its record stays in
+    the history. A tagged command's reply is kept for a restarted controller:
+    the very bytes that answered it, handed to `sent` (encoded once)."""
+
+    def __init__(self, engine: EngineReferenceable, name: Any, args: list[Any],
+                 tag: str | None) -> None:
+        self.engine, self.name, self.args, self.tag = engine, name, args, tag
+        self.generation: int | None = None  # set when it starts
+
+    def __call__(self) -> Any:
+        late = self.engine.late
+        self.generation = generation = late.command_started(self.tag) if self.tag \
+            else late.generation
+        outcome: dict[str, Any] = {}
+        try:
+            value = self.engine._kernel_now().dispatch(self.name, self.args)
+            outcome = {"status": "ok", "value": value}
+            return value
+        except _CellFailed as e:
+            outcome = {"status": "error", "value": e.record, "error": e.record.get("error")}
+            raise
+        except BaseException as e:  # noqa: B036 - noted, then handled as before
+            outcome = {"status": "error", "error": {"ename": type(e).__name__}}
+            raise
+        finally:
+            if late.lost_since(generation) and late.note(str(self.name), outcome):
+                reactor.callFromThread(self.engine.on_late)
+
+    def sent(self, encoded: bytes) -> bytes:
+        """Keep a tagged command's encoded reply, if it ran (any thread); pass it on."""
+        if self.tag and self.generation is not None and \
+                self.engine.late.command_finished(self.generation, self.tag, encoded):
+            reactor.callFromThread(self.engine.on_late)
+        return encoded
+
+
 def engine_info() -> dict[str, Any]:
     """Describe this engine process for the controller."""
     return {
@@ -375,6 +393,10 @@ class EngineService(service.MultiService):
         globalLogPublisher.addObserver(LOG_RING)
         if self.own_shell_thread:
             threading.Thread(target=self.runner.run_forever, name="shell", daemon=True).start()
+        d = self._through_gate(self._start_and_register)
+        d.addCallbacks(self.registered.callback, self._register_failed)
+
+    def _start_and_register(self) -> Deferred[int]:
         # An MPI rank may sit in a GIL-holding collective, deaf to pings.
         self.tub = wire.client_tub(
             wire.MPI_DISCONNECT_TIMEOUT if "mpi_rank" in self.info else None)
@@ -386,8 +408,7 @@ class EngineService(service.MultiService):
                 log.warn("no local data channel: {e}", e=e)
         # Build the IPython shell before registering: registered means ready.
         d = self.runner.submit(self.referenceable._kernel_now)
-        d.addCallback(lambda _: self._register_through_gate())
-        d.addCallbacks(self.registered.callback, self._register_failed)
+        return d.addCallback(lambda _: self._register())
 
     def stopService(self) -> Any:
         if self.referenceable.local_data is not None:
@@ -397,12 +418,18 @@ class EngineService(service.MultiService):
         return super().stopService()
 
     @defer.inlineCallbacks
-    def _register_through_gate(self) -> Any:
-        """Register, taking a slot of the start gate first if there is one."""
+    def _through_gate(self, start: Callable[[], Deferred[int]]) -> Any:
+        """Start and register holding a slot of the start gate, if there is one.
+
+        Everything CPU-heavy of an engine's start (its certificate, its shell,
+        the TLS handshakes) happens inside: the others sleep in the kernel, so
+        a few hundred siblings do not share the cores (and fault in pages) all
+        at once while the process forking them is starved.
+        """
         gate = self.start_gate
         held = gate is not None and (yield threads.deferToThread(gate.acquire))
         try:
-            return (yield self._register())
+            return (yield start())
         finally:
             if held:
                 gate.release()
@@ -444,7 +471,7 @@ class EngineService(service.MultiService):
             self.engine_id = self.runner.engine_id = engine_id
             self.referenceable.controller_known(wire.peer_host(controller, furl),
                                                 controller.getRemoteTubID())
-            self.referenceable.tls_context = stream.server_context(self.tub.getCertData())
+            self.referenceable.certificate = self.tub.getCertData()
             registration.notifyOnDisconnect(self._controller_lost)
             if rejoin:  # what ended during the registration call goes now
                 self._deliver_late()

@@ -67,6 +67,30 @@ def _make_shell(recorder: _Recorder) -> Any:
     return shell
 
 
+# A shell built before forking engines (prebuild), for the first kernel made after.
+_prebuilt: tuple[_Recorder, Any] | None = None
+
+
+def prebuild() -> None:
+    """Build the shell now, in a process about to fork engines: each engine's
+    kernel takes its copy (take_shell) instead of building one (~1,100 page
+    faults and 8-18 ms CPU per engine). The shell keeps no thread or file
+    (its history is in memory), so a copy made by fork works as the original."""
+    global _prebuilt
+    recorder = _Recorder()
+    _prebuilt = (recorder, _make_shell(recorder))
+
+
+def take_shell() -> tuple[_Recorder, Any]:
+    """Return a recorder and the shell writing to it: the prebuilt one once, else new."""
+    global _prebuilt
+    if _prebuilt is not None:
+        parts, _prebuilt = _prebuilt, None
+        return parts
+    recorder = _Recorder()
+    return recorder, _make_shell(recorder)
+
+
 _FIRST_WORD = re.compile(r"\s*([A-Za-z_]\w*)")
 
 

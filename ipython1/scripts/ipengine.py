@@ -9,6 +9,7 @@ shell thread (interrupt then stops Python code, not a blocking C call).
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import sys
 import threading
@@ -108,6 +109,22 @@ def makeService(options: Any) -> Any:
         raise SystemExit(f"ipengine: {e}") from None
 
 
+# What every engine imports, once in the process that forks them: imported in
+# each child it cost ~40 ms CPU per engine (most of a forked engine's start-up
+# CPU: 512 engines spent ~20 s of it on 2 cores). The engine's own modules, those
+# its shell, certificate and sockets import on first use, and numpy.random
+# (reseeded after the fork). tests/unit/test_engine_warm_up.py checks the list.
+ENGINE_MODULES = (
+    "IPython.core.interactiveshell", "IPython.core.application", "IPython.core.completer",
+    "IPython.core.completerlib", "IPython.core.crashhandler", "IPython.core.magics",
+    "IPython.core.oinspect", "IPython.utils.generics", "IPython.utils.wildcard", "sqlite3",
+    "numpy", "numpy.random", "psutil", "msgpack", "encodings.idna", "resource",
+    "cryptography.hazmat.backends.openssl.backend",
+    "ipython1.engine.kernel",  # Foolscap, Twisted, TLS, cloudpickle
+    "ipython1.engine.service", "ipython1.engine.runner", "ipython1.engine.watcher",
+)
+
+
 def _warm_up() -> None:
     """Import what every engine needs, once, before forking.
 
@@ -117,14 +134,36 @@ def _warm_up() -> None:
     from twisted.internet import pollreactor
 
     pollreactor.install()
-    import IPython.core.interactiveshell  # noqa: F401
-    import numpy  # noqa: F401
+    for name in ENGINE_MODULES:
+        importlib.import_module(name)
+    _warm_up_tls()
+    from ipython1.engine import shell
 
-    import ipython1.engine.kernel  # noqa: F401  (Foolscap, Twisted, TLS, cloudpickle)
+    shell.prebuild()  # each engine's kernel takes its copy
 
     # Keep the collector off what the engines share: a full collection in each
     # child would write to every object's header and copy the parent's pages.
     gc.freeze()
+
+
+def _warm_up_tls() -> None:
+    """Make a throwaway certificate, Tub and TLS contexts before forking.
+
+    OpenSSL fills its caches (algorithm lookups, curve tables) on first use:
+    filled here once, every engine shares them instead of filling its own
+    copy (half of an engine's certificate and Tub: ~600 page faults, and on
+    this VM a new page costs up to ~10 us once a few GiB are in use).
+    """
+    from foolscap.api import Tub
+
+    from ipython1.common import wire
+    from ipython1.transport import tcpchannel
+    from ipython1.transport.data import stream
+
+    certificate = wire.ec_certificate_pem()
+    Tub(certData=certificate)
+    stream.server_context(certificate)
+    tcpchannel.engine_context()
 
 
 def _after_fork() -> None:

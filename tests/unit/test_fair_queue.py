@@ -92,3 +92,18 @@ def test_clear_all_and_engine_death_fail_everything_waiting() -> None:
     assert late.result.check(EngineError)
     late.addErrback(lambda f: None)
     assert len(q) == 0 and q.status()["queued"] == []
+
+
+def test_held_commands_wait_until_kicked_whether_one_user_waits_or_several() -> None:
+    engine = Engine()
+    q = EngineQueue(0, engine.send)
+    held = {"alice/client-1"}
+    q.held = lambda command: command.client in held
+    q.submit(cmd("alice", "a1"))  # the only user, held: nothing starts
+    assert engine.sent == [] and q.running is None
+    q.submit(cmd("bob", "b1"))  # another user, not held, goes first
+    assert engine.answer().description == "b1"
+    assert len(engine.sent) == 1  # alice still held
+    held.clear()
+    q.kick()
+    assert engine.answer().description == "a1" and len(q) == 0

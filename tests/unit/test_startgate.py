@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import signal
 import time
+
+import pytest
 
 from ipython1.engine.startgate import StartGate
 
@@ -30,3 +35,33 @@ def test_forked_siblings_share_the_slots() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert not gate.acquire(wait=0.1)  # the sibling took the one slot
+
+
+def _wake_ups(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f
+                    if line.startswith("voluntary_ctxt_switches"))
+
+
+@pytest.mark.skipif(not hasattr(select, "EPOLLEXCLUSIVE"), reason="needs Linux epoll")
+def test_a_slot_put_back_wakes_one_waiter_not_all() -> None:
+    gate = StartGate(slots=0)
+    waiters = []
+    for _ in range(12):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if gate.acquire(wait=10) else 1)
+        waiters.append(pid)
+    try:
+        time.sleep(0.5)  # all asleep in the gate
+        before = {pid: _wake_ups(pid) for pid in waiters}
+        gate.release()
+        winner, _ = os.waitpid(-1, 0)
+        time.sleep(0.2)
+        woken = [pid for pid in waiters if pid != winner and _wake_ups(pid) != before[pid]]
+        assert len(woken) <= 1, f"{len(woken)} of 11 waiters woke for one slot"
+    finally:
+        for pid in waiters:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
