@@ -16,7 +16,9 @@ from typing import Any
 from ipython1 import __version__
 from ipython1.common.errors import VersionMismatch
 
-PROTOCOL = 3  # bump when the wire changes incompatibly (3: msgpack task results, issue 13)
+# Bump when the wire changes incompatibly (3: msgpack task results, issue 13; 4: a direct
+# transfer starts with the client's mode byte and seal offer inside TLS, issue 17).
+PROTOCOL = 4
 
 
 def _module_version(name: str) -> str:
