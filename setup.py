@@ -40,6 +40,7 @@ setup(
         "tqdm>=4.66",
         "psutil>=5.9",
         "msgpack>=1.0",
+        "cryptography>=41",  # AES-GCM and HKDF of the sealed data path (foolscap needs it too)
     ],
     extras_require={
         "mpi": ["mpich", "mpi4py>=4"],

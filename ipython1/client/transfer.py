@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import secrets
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ from ipython1.common.localhost import socket_address as _address
 from ipython1.transport.data.buffers import buffer_for
 from ipython1.transport.data.local import tune
 from ipython1.transport.data.refs import DirectUnavailable, LocalUnavailable, TransferError
+from ipython1.transport.data.seal import OFFER, RECORDS, SEALED, TO_ENGINE, SealedStream, seal_key
 from ipython1.transport.data.stream import (
     HEAD,
     NONCE_SIZE,
@@ -42,8 +44,8 @@ from ipython1.transport.data.stream import (
 )
 
 DIRECT_TIMEOUT = 2.0  # seconds to reach an engine's data port before taking the relay
-# Transfers this process completed as a client, by path
-# ("local", "direct", "direct-unencrypted", "relay").
+# Transfers this process completed as a client, by path ("local", "direct": sealed
+# frames, "direct-tls": TLS records, "direct-unencrypted", "relay").
 TRANSFERS: collections.Counter[str] = collections.Counter()
 
 
@@ -66,7 +68,8 @@ def client_transfer(ticket: dict[str, Any], frames: Sequence[Any] | None = None,
             result = _local_client_transfer(ticket, frames, sizes, accepted)
         elif path == "direct":
             result = _direct_client_transfer(ticket, frames, sizes, accepted)
-            path = "direct-unencrypted" if ticket.get("plain") else "direct"
+            path = ("direct-unencrypted" if ticket.get("plain") else
+                    "direct" if ticket.get("seal") else "direct-tls")
         else:
             result = _relay_client_transfer(ticket, frames, sizes)
         TRANSFERS[path] += 1
@@ -212,7 +215,15 @@ def _direct_connection(ticket: dict[str, Any], upload: bool, sizes: list[int], i
                 # secret stays here, and the relay, which checks the same, may get there.
                 raise DirectUnavailable(f"{address} answered with a certificate that does not "
                                         "match the engine's tubid")
-            conn.sendall(transfer_head(ticket, upload, sizes) + trailer)
+            # The controller's --data-encryption=sealed (the default): past this header,
+            # AES-GCM frames under a key from our random (see transport.data.seal).
+            sealed = bool(ticket.get("seal"))
+            offer = secrets.token_bytes(OFFER.size - 1)
+            conn.sendall(OFFER.pack(SEALED if sealed else RECORDS, offer)
+                         + transfer_head(ticket, upload, sizes) + trailer)
+            if sealed:
+                conn = SealedStream(sock, seal_key(offer, ticket["pairing_id"]), TO_ENGINE,
+                                    raw=conn.leftover())
         yield conn
 
 

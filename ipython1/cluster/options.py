@@ -75,8 +75,8 @@ class StartOptions(_ProfileOption):
         ["relay-port", None, 0, "TCP port of the data relay (default: any free port).", int],
         ["command-port", None, 0, "TCP port of the command channel for engines and clients "
          "on other hosts (TLS; default: any free port).", int],
-        ["data-encryption", None, "on", "on (default) or off: large values between hosts "
-         "unencrypted (see ipcontroller --help and docs/security.md)."],
+        ["data-encryption", None, "sealed", "sealed (default), tls or off: how large values "
+         "go between hosts (see ipcontroller --help and docs/security.md)."],
         ["timeout", None, 120.0, "Seconds to wait for all engines to register."],
         ["rejoin-wait", None, None, "The controller's --rejoin-wait: seconds after a "
          "restart that engines may rejoin with what they were running (default 60).", float],

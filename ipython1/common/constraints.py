@@ -256,7 +256,7 @@ Ticket = OneOf(
            local=Record(socket=ShortText, pid=int, uid=int)),
     Record(pairing_id=Token, secret=Token, relay_port=int, tubid=Name),
     Record(pairing_id=Token, secret=Token, uses=int, ttl=ChoiceOf(int, float), direct=Name,
-           plain=Flag, tubid=Name),
+           plain=Flag, seal=Flag, tubid=Name),
     ErrorReply)
 # A row per user (users.UserDirectory.listing, remove).
 UserRow = DictOf(Name, AnyValue(), maxKeys=16)

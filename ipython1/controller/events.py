@@ -30,8 +30,9 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -90,16 +91,25 @@ class Transcript:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.last_seq, self.recent = _tail(self.path, HISTORY)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._file: IO[bytes] = os.fdopen(fd, "ab")
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                       0o600)
 
     def append(self, line: bytes) -> None:
-        # Flushed per event: nothing is lost if the controller is killed.
-        self._file.write(line + b"\n")
-        self._file.flush()
+        self.extend([line])
+
+    def extend(self, lines: list[bytes]) -> None:
+        """Append lines in one write, straight to the kernel (no buffer): nothing
+        written is lost if the controller is killed."""
+        if self._fd is None:
+            raise OSError("the transcript is closed")
+        data = memoryview(b"\n".join(lines) + b"\n")
+        while data:
+            data = data[os.write(self._fd, data):]
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _tail(path: Path, n: int) -> tuple[int, list[Event]]:
@@ -199,6 +209,7 @@ class EventBus:
         self._pump_scheduled = False
         self._streamed: set[int] = set()  # commands whose output arrived live
         self.published = 0
+        self._held: list[bytes] | None = None  # transcript lines of a fan-out (held_writes)
         if transcript is not None:
             self.set_transcript(transcript)
 
@@ -225,11 +236,10 @@ class EventBus:
         line = encode(event)
         self.published += 1
         self.recent.append(line)
-        if self.transcript is not None:
-            try:
-                self.transcript.append(line)
-            except OSError as e:
-                log.error("cannot append to the transcript: {e}", e=e)
+        if self._held is not None:
+            self._held.append(line)
+        elif self.transcript is not None:
+            self._write([line])
         overflowed = [s for s in self.subscriptions if not s.offer(line)]
         for sub in overflowed:
             self.drop(sub, f"more than {self.max_buffered} events waiting "
@@ -240,6 +250,32 @@ class EventBus:
             self._pump_scheduled = True
             self.clock.callLater(self.flush_delay, self._pump)
         return event
+
+    def _write(self, lines: list[bytes]) -> None:
+        try:
+            self.transcript.extend(lines)  # type: ignore[union-attr]
+        except OSError as e:
+            log.error("cannot append to the transcript: {e}", e=e)
+
+    @contextmanager
+    def held_writes(self) -> Iterator[None]:
+        """Write the events published inside to the transcript in one write as it ends.
+
+        For a command's fan-out to N engines: its queued and N started events
+        cost one write, not N + 1. Nothing is sent before the reactor runs again
+        (Twisted only buffers writes), so a controller killed meanwhile has sent
+        no command whose events the transcript lacks.
+        """
+        if self._held is not None or self.transcript is None:
+            yield  # nested, or no transcript: nothing to gather
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._write(held)
 
     def _pump(self) -> None:
         self._pump_scheduled = False

@@ -151,6 +151,8 @@ class ClusterMonitor:
                 "profile": self.service.cluster_dir.profile,
                 "cluster_dir": str(self.service.cluster_dir.path),
                 "versions": dict(self.controller.versions),
+                # --data-encryption: how large values go between hosts (sealed, tls, off)
+                "data_encryption": self.controller.data_encryption,
                 "ports": {"foolscap": getattr(self.service, "port", None),
                           "relay": getattr(self.service, "relay_port", None),
                           "commands": getattr(self.service, "command_port", None),

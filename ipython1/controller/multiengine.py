@@ -73,20 +73,22 @@ class MultiEngine:
         ds = []
         call, user = next(_call_ids), user_of(client)
         tag = make_tag(*recover, len(ids)) if recover else ""
-        if ids:
-            first = args_for(ids[0]) if callable(args_for) else args_for
-            data = describe_command(op, tuple(first), description)
-            if op == "push" and callable(args_for):  # push_each: the names on any engine
-                data["names"] = sorted({k for e in ids for k in args_for(e)[0]})
-            self.controller.events.publish("queued", user, None, {
-                **data, "targets": list(ids), "call": call}, client)
-        for engine_id in ids:
-            args = args_for(engine_id) if callable(args_for) else args_for
-            command = Command(op, tuple(args), client=client, description=description,
-                              user=user, call=call, tag=tag)
-            d = self.controller.submit(engine_id, command)
-            d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
-            ds.append(d)
+        events = self.controller.events
+        with events.held_writes():  # queued and started: one transcript write
+            if ids:
+                first = args_for(ids[0]) if callable(args_for) else args_for
+                data = describe_command(op, tuple(first), description)
+                if op == "push" and callable(args_for):  # push_each: the names on any engine
+                    data["names"] = sorted({k for e in ids for k in args_for(e)[0]})
+                events.publish("queued", user, None, {
+                    **data, "targets": list(ids), "call": call}, client)
+            for engine_id in ids:
+                args = args_for(engine_id) if callable(args_for) else args_for
+                command = Command(op, tuple(args), client=client, description=description,
+                                  user=user, call=call, tag=tag)
+                d = self.controller.submit(engine_id, command)
+                d.addErrback(lambda f, e=engine_id: _failure_reply(e, f))
+                ds.append(d)
         return defer.gatherResults(ds, consumeErrors=True)
 
     def get_ids(self) -> Deferred[list[int]]:
@@ -225,8 +227,9 @@ class MultiEngine:
         gets a local ticket instead, good for BOOK_USES transfers with that
         engine within BOOK_TTL: no relay, no TLS. One asking for the
         ``"direct"`` route gets a book as long for the engine's data port, if
-        it has one (TLS; unencrypted if this controller's data_encryption is
-        off); otherwise a relayed transfer.
+        it has one (encrypted as this controller's data_encryption says:
+        sealed frames, TLS records or, if off, not at all); otherwise a
+        relayed transfer.
         """
         import secrets
 
@@ -245,14 +248,14 @@ class MultiEngine:
         direct = record.info.get("direct_data")
         if route == "direct" and isinstance(direct, dict) and direct.get("host"):
             pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
-            plain = not getattr(self.controller, "data_encryption", True)
+            mode = self.controller.data_encryption
             # Each stripe of a large transfer spends a use on the engine.
             d = record.connection.control("expect_transfers", pairing_id, secret,
-                                          BOOK_USES * MAX_STREAMS, plain)
+                                          BOOK_USES * MAX_STREAMS, mode == "off")
             return d.addCallback(lambda _: {
                 "pairing_id": pairing_id, "secret": secret, "uses": BOOK_USES, "ttl": BOOK_TTL,
-                "direct": join_host_port(direct["host"], int(direct["port"])), "plain": plain,
-                "tubid": record.connection.tubid})
+                "direct": join_host_port(direct["host"], int(direct["port"])),
+                "plain": mode == "off", "seal": mode == "sealed", "tubid": record.connection.tubid})
         if relay is None:
             raise KernelError("this controller has no data channel")
         pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)

@@ -96,11 +96,16 @@ class EngineQueue:
 
     def _pop(self) -> Command | None:
         # The user served least recently goes next (never served: first).
-        users = [u for u in self._waiting
-                 if self.held is None or not self.held(self._waiting[u][0])]
-        if not users:
-            return None
-        user = min(users, key=lambda u: self._served.get(u, -1))
+        held = self.held
+        if len(self._waiting) == 1:  # the common case: one user, no choice to make
+            user = next(iter(self._waiting))
+            if held is not None and held(self._waiting[user][0]):
+                return None
+        else:
+            users = [u for u in self._waiting if held is None or not held(self._waiting[u][0])]
+            if not users:
+                return None
+            user = min(users, key=lambda u: self._served.get(u, -1))
         fifo = self._waiting[user]
         command = fifo.popleft()
         if not fifo:

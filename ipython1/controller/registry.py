@@ -107,8 +107,9 @@ class Controller(service.MultiService):
         self.events = EventBus()  # the shared, attributed view of everything (issue 8)
         self.add_observer(self.events.on_controller)
         self.relay: Any = None  # controller.relay.Relay, set by ControllerService
-        # False only by --data-encryption=off: direct transfers go unencrypted.
-        self.data_encryption = True
+        # --data-encryption: how direct transfers go between hosts ("sealed": AES-GCM
+        # frames after a TLS handshake, "tls": TLS records, "off": unencrypted, HMAC'd).
+        self.data_encryption = "sealed"
         # Engines on this host take their queued commands over it (see transport.channel).
         self.command_channels: command_channel.CommandChannelServer | None = None
         # Ids below reserve_ids are given only to engines that ask for them
@@ -143,7 +144,8 @@ class Controller(service.MultiService):
         kept, running = info.pop("kept_results", None), info.pop("running_command", None)
         direct = info.get("direct_data")
         if isinstance(direct, dict):  # clients reach its data port where we reach the engine
-            info["direct_data"] = dict(direct, host=wire.peer_host(engine))
+            info["direct_data"] = dict(direct, host=wire.peer_host(engine),
+                                       encryption=self.data_encryption)
         engine_id = self._assign_id(info.get("requested_id"), bool(info.get("rejoin")))
         self.recovered.rejoined(engine_id, kept, running)
         if "mpi_rank" in info:

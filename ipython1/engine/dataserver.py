@@ -4,9 +4,11 @@ A client on another host connects straight to the engine's data port
 (`DirectServer`, advertised at registration in ``info["direct_data"]``):
 TLS with the engine's Foolscap certificate, then the transfer's header with
 the secret, checked against the book the controller announced
-(`TransferListener.expect`). Unencrypted only if the controller said so for
-that book (``ipcontroller --data-encryption=off``): an HMAC of the engine's
-nonce proves the secret instead. When the client cannot reach the port, it
+(`TransferListener.expect`); the client says whether the rest goes as
+sealed frames (`ipython1.transport.data.seal`, the default) or TLS
+records. Unencrypted only if the controller said so for that book
+(``ipcontroller --data-encryption=off``): an HMAC of the engine's nonce
+proves the secret instead. When the client cannot reach the port, it
 goes through the controller's relay (`engine_transfer`): the engine connects
 there, and the same TLS runs inside the splice.
 
@@ -31,6 +33,7 @@ from ipython1.engine.blobs import BlobStore
 from ipython1.transport.data.buffers import buffer_for
 from ipython1.transport.data.local import BOOK_TTL, BOOK_USES
 from ipython1.transport.data.refs import MAX_FRAMES, TransferError
+from ipython1.transport.data.seal import OFFER, RECORDS, SEALED, TO_CLIENT, SealedStream, seal_key
 from ipython1.transport.data.stream import (
     HEAD,
     MAX_STREAMS,
@@ -47,6 +50,7 @@ from ipython1.transport.data.stream import (
     recv_frame,
     recv_into_exact,
     refuse,
+    refuse_upload,
     stripe_pieces,
 )
 
@@ -63,6 +67,8 @@ def serve_transfer(conn: Any, store: BlobStore, direction: bytes, blob_id: bytes
             frames = [recv_frame(conn, size) for size in sizes]
         except BaseException as e:
             store.failed(blob_id, str(e) or type(e).__name__)
+            if isinstance(e, TransferError):  # a sealed frame failed, say: tell the client
+                refuse_upload(conn, str(e))
             raise
         store.put(blob_id, frames)
         conn.sendall(STATUS_OK)
@@ -195,6 +201,8 @@ class Stripes:
             with self._lock:
                 self._uploads.pop(blob_id, None)
             self.store.failed(blob_id, str(e) or type(e).__name__)
+            if isinstance(e, TransferError):
+                refuse_upload(conn, str(e))
             raise
         with self._lock:
             entry[1] -= 1
@@ -325,10 +333,19 @@ class DirectServer(TransferListener):
                     return
                 conn: Any = TLSStream(sock, context, server_side=True)
                 conn.handshake()
+                mode, offer = OFFER.unpack(recv_exact(conn, OFFER.size))
+                if mode not in (SEALED, RECORDS):
+                    return
                 head = bytes(recv_exact(conn, HEAD.size))
-                secret = HEAD.unpack(head)[1]
-                refused = self._use(HEAD.unpack(head)[0],
-                                    lambda s: secrets.compare_digest(s, secret))
+                pairing_id, secret, _direction, _blob, count = HEAD.unpack(head)
+                refused = self._use(pairing_id, lambda s: secrets.compare_digest(s, secret))
+                if mode == SEALED:  # the rest of the header came in TLS; from here on, frames
+                    rest, raw = b"", b""  # refused: only our answer goes, sealed
+                    if refused is None and count <= MAX_FRAMES:
+                        rest = bytes(recv_exact(conn, 8 * count + STRIPE.size))
+                        raw = conn.leftover()
+                    conn = SealedStream(sock, seal_key(offer, pairing_id), TO_CLIENT,
+                                        raw=raw, plain=rest)
             elif first == PLAIN_MAGIC[:1]:
                 conn = sock
                 hello = bytes(recv_exact(sock, len(PLAIN_MAGIC) + 16))

@@ -16,7 +16,8 @@ engine keeps the replies of its last tagged commands, delivered or not,
 within a bound, and names them (``info["kept_results"]``) and the one it is
 running (``info["running_command"]``) when it rejoins; the restarted
 controller fetches a reply by its tag (``kept_reply``) when the client that
-sent the command asks for its result.
+sent the command asks for its result. A reply is kept as the msgpack bytes the
+engine sent (its size is their length): encoded once, never walked again.
 
 Pure: no reactor; the shell thread and the reactor thread both call it.
 """
@@ -58,7 +59,8 @@ class LateReplies:
         self._running: list[Any] = []
         self._late: list[Any] = []
         self._notes: list[dict[str, Any]] = []  # other commands that finished while away
-        self._kept: OrderedDict[str, Any] = OrderedDict()  # tag -> reply (None: too large)
+        # tag -> (reply, its size); reply None: too large
+        self._kept: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._kept_bytes = 0
         self._kept_late: list[str] = []  # tags finished while away, not reported yet
         self._running_tag: str | None = None
@@ -95,21 +97,19 @@ class LateReplies:
             return self._generation
 
     def command_finished(self, generation: int, tag: str, reply: Any) -> bool:
-        """Keep a tagged command's reply (the oldest go past the bounds). Return True
-        if it ended while away and the engine has rejoined meanwhile (the caller
-        then tries deliver_late)."""
-        size = reply_size(reply)
+        """Keep a tagged command's reply (its encoded bytes, or plain data; the
+        oldest go past the bounds). Return True if it ended while away and the
+        engine has rejoined meanwhile (the caller then tries deliver_late)."""
+        size = len(reply) if isinstance(reply, bytes) else reply_size(reply)
         if size > MAX_KEPT_BYTES // 4:
             reply, size = None, 0
         with self._lock:
             self._running_tag = None
-            old = self._kept.pop(tag, None)
-            self._kept_bytes -= reply_size(old) if old is not None else 0
-            self._kept[tag] = reply
-            self._kept_bytes += size
+            _, old_size = self._kept.pop(tag, (None, 0))
+            self._kept[tag] = (reply, size)
+            self._kept_bytes += size - old_size
             while len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
-                dropped = self._kept.popitem(last=False)[1]
-                self._kept_bytes -= reply_size(dropped) if dropped is not None else 0
+                self._kept_bytes -= self._kept.popitem(last=False)[1][1]
             if not (self._lost or generation != self._generation):
                 return False
             self._kept_late.append(tag)
@@ -118,7 +118,8 @@ class LateReplies:
     def kept_reply(self, tag: str) -> tuple[bool, Any]:
         """Return (kept?, reply): a kept reply is None if it was too large to keep."""
         with self._lock:
-            return tag in self._kept, self._kept.get(tag)
+            kept = self._kept.get(tag)
+            return kept is not None, kept[0] if kept is not None else None
 
     def started(self, tids: list[Any]) -> int:
         """Note a batch starting; return the connection it belongs to."""

@@ -193,11 +193,14 @@ class ShellRunner:
                 KernelError(f"unknown command {op!r}"), self.engine_id))
             return
         BLOBS.settle()
-        reply = self._run(found, channel_seq=seq)
+        reply = replies.encode(self._run(found, channel_seq=seq))
+        sent = getattr(found, "sent", None)
+        if sent is not None:
+            sent(reply)  # a tagged command keeps these bytes (engine/rejoin.py)
         if not self._channel_host.output_idle():
             # The reply must not overtake the command's last output (on Foolscap).
             threads.blockingCallFromThread(reactor, self._channel_host.drain_output)
-        channel.answer(seq, True, replies.encode(reply))
+        channel.answer(seq, True, reply)
 
     def _run(self, job: Callable[[], Any], channel_seq: int | None = None) -> dict[str, Any]:
         try:

@@ -33,7 +33,7 @@ from ipython1.common.logring import LogRing
 from ipython1.common.versions import local_versions, refusal
 from ipython1.engine import dataserver, localdata
 from ipython1.engine.debugger import DebugSession
-from ipython1.engine.kernel import BLOBS, EngineKernel, _CellFailed, _error_reply
+from ipython1.engine.kernel import BLOBS, EngineKernel, _CellFailed
 from ipython1.engine.output import OutputBatcher
 from ipython1.engine.rejoin import MAX_TAG, RECONNECT_TIMEOUT, LateReplies
 from ipython1.engine.restart import exec_fresh
@@ -112,7 +112,8 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
     def job(self, name: Any, args: Any, tag: str | None = None) -> Callable[[], Any] | None:
         """Return the job of a command (its reply is msgpack-encoded, replies.encode);
         None if args is not a list. It runs on the shell thread: EngineKernel.dispatch.
-        A tagged command's reply is kept for a restarted controller (engine/rejoin.py)."""
+        A tagged command's reply is kept for a restarted controller (engine/rejoin.py):
+        whoever encodes the reply hands the bytes to the job's ``sent``."""
         if not isinstance(args, list):
             return None
         if not (isinstance(tag, str) and len(tag) <= MAX_TAG):
@@ -120,40 +121,7 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
         # Both jobs call dispatch themselves: no extra frame per command (test_hops).
         if name == "run_tasks" and args and isinstance(args[0], list):
             return self._kept_if_lost(args)
-        return self._noted_if_lost(name, args, tag)
-
-    def _noted_if_lost(self, name: Any, args: list[Any],
-                       tag: str | None = None) -> Callable[[], Any]:
-        """Run a command; note it if it ends after the controller went away (issue
-        15): the engine reports it when it rejoins; its record stays in the history.
-        A tagged command's reply is kept, to be fetched by a restarted controller."""
-        late = self.late
-
-        def job() -> Any:
-            generation = late.command_started(tag) if tag else late.generation
-            outcome: dict[str, Any] = {}
-            reply: Any = None
-            try:
-                value = self._kernel_now().dispatch(name, args)
-                outcome = {"status": "ok", "value": value}
-                reply = {"engine_id": self._runner.engine_id, "status": "ok", "value": value}
-                return value
-            except _CellFailed as e:
-                outcome = {"status": "error", "value": e.record, "error": e.record.get("error")}
-                reply = _error_reply(self._runner.engine_id, e) if tag else None
-                raise
-            except BaseException as e:  # noqa: B036 - noted, then handled as before
-                outcome = {"status": "error", "error": {"ename": type(e).__name__}}
-                reply = _error_reply(self._runner.engine_id, e) if tag else None
-                raise
-            finally:
-                back = late.lost_since(generation) and late.note(str(name), outcome)
-                if tag:
-                    back = late.command_finished(generation, tag, reply) or back
-                if back:
-                    reactor.callFromThread(self.on_late)
-
-        return job
+        return _NotedCommand(self, name, args, tag)
 
     def _kept_if_lost(self, args: list[Any]) -> Callable[[], Any]:
         """Run a task batch; keep its replies if the controller goes away meanwhile
@@ -181,13 +149,15 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
 
     def remote_run(self, name: str, args: list[Any], tag: str | None = None) -> Deferred[Any]:
         """Queue one command of the op table for the shell thread."""
-        d = self._runner.submit(self.job(name, list(args), tag))  # type: ignore[arg-type]
-        return d.addBoth(self._flushed).addCallback(replies.encode)
+        job = self.job(name, list(args), tag)
+        d = self._runner.submit(job)  # type: ignore[arg-type]
+        d.addBoth(self._flushed).addCallback(replies.encode)
+        return d.addCallback(job.sent) if isinstance(job, _NotedCommand) else d
 
     def remote_kept_result(self, tag: str) -> bytes | None:
         """Hand a kept reply to a restarted controller (None: dropped, or too large)."""
         _, reply = self.late.kept_reply(tag)
-        encoded = replies.encode(reply) if reply is not None else None
+        encoded = reply if reply is None or isinstance(reply, bytes) else replies.encode(reply)
         return encoded if isinstance(encoded, bytes) else None
 
     def remote_subscribe_output(self, observer: Any) -> None:
@@ -326,6 +296,45 @@ class EngineReferenceable(Referenceable):  # type: ignore[misc]
 
     def remote_logs(self, lines: int) -> list[str]:
         return LOG_RING.tail(lines)
+
+
+
+class _NotedCommand:
+    """A command for the shell thread, noted if it ends after the controller went
+    away (issue 15): the engine reports it when it rejoins; its record stays in
+    the history. A tagged command's reply is kept for a restarted controller:
+    the very bytes that answered it, handed to `sent` (encoded once)."""
+
+    def __init__(self, engine: EngineReferenceable, name: Any, args: list[Any],
+                 tag: str | None) -> None:
+        self.engine, self.name, self.args, self.tag = engine, name, args, tag
+        self.generation: int | None = None  # set when it starts
+
+    def __call__(self) -> Any:
+        late = self.engine.late
+        self.generation = generation = late.command_started(self.tag) if self.tag \
+            else late.generation
+        outcome: dict[str, Any] = {}
+        try:
+            value = self.engine._kernel_now().dispatch(self.name, self.args)
+            outcome = {"status": "ok", "value": value}
+            return value
+        except _CellFailed as e:
+            outcome = {"status": "error", "value": e.record, "error": e.record.get("error")}
+            raise
+        except BaseException as e:  # noqa: B036 - noted, then handled as before
+            outcome = {"status": "error", "error": {"ename": type(e).__name__}}
+            raise
+        finally:
+            if late.lost_since(generation) and late.note(str(self.name), outcome):
+                reactor.callFromThread(self.engine.on_late)
+
+    def sent(self, encoded: bytes) -> bytes:
+        """Keep a tagged command's encoded reply, if it ran (any thread); pass it on."""
+        if self.tag and self.generation is not None and \
+                self.engine.late.command_finished(self.generation, self.tag, encoded):
+            reactor.callFromThread(self.engine.on_late)
+        return encoded
 
 
 def engine_info() -> dict[str, Any]:

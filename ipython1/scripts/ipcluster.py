@@ -93,8 +93,8 @@ def start(cluster_dir: ClusterDir, n: int | None, ip: str = "127.0.0.1",
                        *(["--reuse"] if reuse else [])]
     if (launch_options or {}).get("rejoin-wait") is not None:
         controller_args += ["--rejoin-wait", str(launch_options["rejoin-wait"])]  # type: ignore[index]
-    encryption = (launch_options or {}).get("data-encryption", "on")
-    if encryption != "on":  # ipcontroller checks the value
+    encryption = (launch_options or {}).get("data-encryption", "sealed")
+    if encryption not in ("on", "sealed"):  # ipcontroller checks the value
         controller_args.append(f"--data-encryption={encryption}")
     if mpi and engines_kind == "slurm":
         # srun starts the ranks; ids 0..n-1 wait for them.

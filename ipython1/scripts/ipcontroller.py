@@ -37,10 +37,11 @@ class Options(usage.Options):
         ["dashboard-ip", None, "127.0.0.1", "Interface the web dashboard listens on."],
         ["dashboard-port", None, 0, "The web dashboard's TCP port (default: any free port).",
          int],
-        ["data-encryption", None, "on", "on (default) or off. off: large values go between "
-         "clients and engines on other hosts UNENCRYPTED (still authenticated by an HMAC of "
-         "the transfer's secret): only on a network where nobody may read or alter them "
-         "(docs/security.md)."],
+        ["data-encryption", None, "sealed", "How large values go between clients and "
+         "engines on other hosts: sealed (default: a TLS handshake, then AES-128-GCM frames), "
+         "tls (TLS records end to end) or off: UNENCRYPTED (still authenticated by an HMAC "
+         "of the transfer's secret), only on a network where nobody may read or alter them "
+         "(docs/security.md). on means sealed."],
         ["rejoin-wait", None, 60.0, "Seconds after start-up that engines may rejoin with "
          "what they were running (tasks, multi-engine results); then a task whose engine "
          "did not come back runs again (or fails, if not idempotent).", float],
@@ -55,8 +56,12 @@ class Options(usage.Options):
         check_network_options(self)
         if self["rejoin-wait"] < 0:
             raise usage.UsageError("--rejoin-wait must be >= 0")
-        if self["data-encryption"] not in ("on", "off"):
-            raise usage.UsageError("--data-encryption must be on or off")
+        from ipython1.transport.data.seal import encryption_mode
+
+        try:
+            self["data-encryption"] = encryption_mode(self["data-encryption"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def check_network_options(options: Any) -> None:
@@ -86,8 +91,7 @@ def makeService(options: Any) -> Any:
                                 (options["dashboard-ip"], options["dashboard-port"]),
                                 reuse=bool(options["reuse"]),
                                 rejoin_wait=options["rejoin-wait"])
-    if options.get("data-encryption", "on") == "off":
-        service.controller.data_encryption = False
+    service.controller.data_encryption = options.get("data-encryption", "sealed")
     return service
 
 

@@ -93,6 +93,34 @@ def answer_frame(seq: int, ok: bool, payload: Any) -> bytes:
 
 
 
+class _CallBodies:
+    """Encode a call's [op, args(, tag)] once for the engines of a fan-out.
+
+    A command sent to N engines is N calls with the same op, the same args
+    object and the same tag, each with its own seq: the body after the seq is
+    encoded for the first and reused (one copy of a pushed value, not N).
+    Only a tuple (the fan-out's own) is reused, by identity; the last one and
+    its body are held until the next call.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[str, Any, str | None, bytes] | None = None  # keeps args alive
+
+    def frame(self, seq: int, op: str, args: Any, tag: str | None) -> bytes:
+        """Return the msgpack of [seq, op, list(args)] or [seq, op, list(args), tag]."""
+        last = self._last
+        if last is not None and last[1] is args and last[0] == op and last[2] == tag \
+                and type(args) is tuple:
+            body = last[3]
+        else:
+            body = dumps(op) + dumps(list(args)) + (dumps(tag) if tag is not None else b"")
+            self._last = (op, args, tag, body)
+        return (b"\x93" if tag is None else b"\x94") + dumps(seq) + body
+
+
+call_frame = _CallBodies().frame
+
+
 class _Channel(FrameReceiver):
     """Length-prefixed msgpack frames: calls [seq, op, args], answers [seq, ok, payload]."""
 
@@ -110,8 +138,7 @@ class _Channel(FrameReceiver):
         """Send one call (an engine's command may carry a tag: its reply is kept);
         fire with its answer. Raises if args do not fit msgpack."""
         seq = next(self._seqs)
-        # TypeError etc.: the caller uses Foolscap
-        frame = dumps([seq, op, list(args)] if tag is None else [seq, op, list(args), tag])
+        frame = call_frame(seq, op, args, tag)  # TypeError etc.: the caller uses Foolscap
         d: Deferred[Any] = Deferred()
         self._pending[seq] = d
         self.sendFrame(frame)

@@ -52,6 +52,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from ipython1.common import wire
@@ -120,6 +121,18 @@ class TCPControllerEnd(channel.ControllerEnd):
         return True
 
 
+class UnbufferedTLSFactory(TLSMemoryBIOFactory):
+    """TLS whose writes go to the socket's transport at once.
+
+    Twisted's default TLS transport gathers small writes until the next
+    reactor turn: one DelayedCall per connection and write, and two copies
+    of the bytes. Each channel frame is already one write, so a command to
+    256 engines paid 256 DelayedCalls (and their heap) for nothing.
+    """
+
+    protocol = TLSMemoryBIOProtocol
+
+
 class TCPListener:
     """The controller's TLS port for the command channel (see the module docstring)."""
 
@@ -127,9 +140,9 @@ class TCPListener:
                  cert_pem: bytes) -> None:
         factory = Factory.forProtocol(lambda: TCPControllerEnd(server, self.guard))
         interface = ip or "::"
+        tls = UnbufferedTLSFactory(server_options(cert_pem), False, factory)
         try:
-            self._port = reactor.listenSSL(port, factory, server_options(cert_pem),
-                                           backlog=BACKLOG, interface=interface)
+            self._port = reactor.listenTCP(port, tls, backlog=BACKLOG, interface=interface)
         except Exception as e:
             raise OSError(f"the command channel cannot listen on "
                           f"{join_host_port(interface, port)}: {e}") from None

@@ -126,17 +126,23 @@ def direct_server(engine_identity):
     server.close()
 
 
-def _direct_ticket(server, identity, plain=False, allow_plain=None, uses=4):
+def _direct_ticket(server, identity, plain=False, allow_plain=None, uses=4, seal=True):
     pairing_id, secret = secrets.token_bytes(16), secrets.token_bytes(32)
     server.expect(pairing_id, secret, uses, plain if allow_plain is None else allow_plain)
     return {"pairing_id": pairing_id, "secret": secret, "blob_id": b"d" * 16, "plain": plain,
-            "direct": f"127.0.0.1:{server.port}", "tubid": identity[1]}
+            "seal": seal and not plain, "direct": f"127.0.0.1:{server.port}",
+            "tubid": identity[1]}
 
 
-@pytest.mark.parametrize("plain", [False, True])
-def test_direct_upload_then_download(direct_server, engine_identity, plain):
+# --data-encryption's modes: the ticket's flags and the client's counter of each.
+MODES = {"sealed": ({}, "direct"), "tls": ({"seal": False}, "direct-tls"),
+         "off": ({"plain": True}, "direct-unencrypted")}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_direct_upload_then_download(direct_server, engine_identity, mode):
     frames = [b"header", secrets.token_bytes(5 * 2**20 + 3), b""]
-    ticket = _direct_ticket(direct_server, engine_identity, plain)
+    ticket = _direct_ticket(direct_server, engine_identity, **MODES[mode][0])
     before = dict(dc.TRANSFERS)
     assert dc.client_transfer(ticket, frames=frames) is None
     stored = direct_server.store.take(b"d" * 16)
@@ -144,7 +150,7 @@ def test_direct_upload_then_download(direct_server, engine_identity, plain):
     direct_server.store.put(b"d" * 16, frames)
     got = dc.client_transfer(ticket, sizes=[len(f) for f in frames])
     assert [bytes(f) for f in got] == frames
-    path = "direct-unencrypted" if plain else "direct"
+    path = MODES[mode][1]
     assert dc.TRANSFERS[path] - before.get(path, 0) == 2
     assert direct_server.pending() == 2  # a book: two of its four uses left
 
@@ -153,13 +159,13 @@ class _Frame(bytearray):
     """A frame that can be watched with a weak reference."""
 
 
-@pytest.mark.parametrize("plain", [False, True])
-def test_a_large_direct_transfer_goes_in_stripes(direct_server, engine_identity, plain,
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_large_direct_transfer_goes_in_stripes(direct_server, engine_identity, mode,
                                                  monkeypatch):
     monkeypatch.setattr(stream, "STRIPE_MIN", 2**20)
     monkeypatch.setenv(stream.STREAMS_ENV, "3")
     frames = [b"head", secrets.token_bytes(3 * 2**20 + 1), b"", secrets.token_bytes(2**19)]
-    ticket = _direct_ticket(direct_server, engine_identity, plain, uses=6)
+    ticket = _direct_ticket(direct_server, engine_identity, uses=6, **MODES[mode][0])
     landed = []
     assert dc.client_transfer(ticket, frames=frames, accepted=lambda: landed.append(1)) is None
     assert landed == [1]  # once, not once per stripe

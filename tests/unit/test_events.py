@@ -107,6 +107,41 @@ def test_transcript_is_flushed_per_event_and_continues_after_restart(tmp_path: P
     assert [e["data"]["text"] for e in got] == ["one", "two", "three"]
 
 
+def test_a_fan_out_s_events_reach_the_transcript_in_one_write(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    import os
+
+    from ipython1.controller import events
+
+    path = tmp_path / "transcript.jsonl"
+    bus = EventBus(Transcript(path), clock=task.Clock())
+    writes: list[bytes] = []
+    real_write = os.write
+    monkeypatch.setattr(events.os, "write",
+                        lambda fd, data: writes.append(bytes(data)) or real_write(fd, data))
+    got, deliver = collector()
+    bus.subscribe(deliver, "watcher", history=0)
+    with bus.held_writes():
+        bus.publish("queued", "alice", data={"call": 1})
+        with bus.held_writes():  # nested: still the outer one's write
+            bus.publish("started", "alice", 0)
+        bus.publish("started", "alice", 1)
+        assert not writes and [json.loads(x)["kind"] for x in bus.recent] == [
+            "queued", "started", "started"]  # subscribers and history: at once
+    assert len(writes) == 1
+    bus.publish("result", "alice", 0)
+    assert len(writes) == 2
+    kinds = [json.loads(x)["kind"] for x in path.read_text().splitlines()]
+    assert kinds == ["queued", "started", "started", "result"]
+    try:
+        with bus.held_writes():
+            bus.publish("started", "alice", 2)
+            raise RuntimeError("a fan-out that fails half way")
+    except RuntimeError:
+        pass
+    assert json.loads(path.read_text().splitlines()[-1])["engine"] == 2  # written anyway
+
+
 def test_controller_notifications_become_attributed_events_without_values() -> None:
     clock = task.Clock()
     bus = EventBus(clock=clock)

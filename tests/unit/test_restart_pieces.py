@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from ipython1.cluster.supervisor import Slot, Supervisor, describe_exit
 from ipython1.common.errors import EngineError, error_from_wire, error_to_wire
 from ipython1.controller.registry import with_exit_report
@@ -324,3 +326,21 @@ def test_the_window_ends_once_the_engines_alive_at_the_loss_rejoined():
     nobody = RecoveredResults()
     nobody.expect(set())
     assert nobody.window_over
+
+
+@pytest.mark.parametrize("engine_link", ["channel", "foolscap"])
+def test_a_tagged_command_keeps_the_very_bytes_that_answered_it(engine_link):
+    """The engine encodes a reply once: the kept reply is the sent one, sized by its length."""
+    from ipython1.controller.queue import Command
+    from tests.unit.test_conformance import Cluster
+
+    cluster = Cluster("foolscap", engine_link)
+    engine = cluster.engine_ref.target
+    sent = cluster.result(cluster.controller.submit(0, Command(
+        "execute", ("x = 'kept' * 3",), tag="tok/7/1")))
+    untagged = cluster.result(cluster.controller.submit(0, Command("execute", ("y = 1",))))
+    assert isinstance(sent, bytes) and isinstance(untagged, bytes)
+    assert engine.late.kept_reply("tok/7/1") == (True, sent)
+    assert engine.late.registration_info()["kept_results"] == ["tok/7/1"]
+    assert engine.remote_kept_result("tok/7/1") == sent
+    assert engine.late._kept_bytes == len(sent)

@@ -14,8 +14,10 @@ first that applies:
    (which Foolscap authenticated when E registered), and sends the transfer's
    header with the secret inside TLS; E refuses the transfer unless the
    secret matches a book the controller announced. A ticket is good for
-   `BOOK_USES` transfers. Unencrypted only when the controller was started
-   with ``--data-encryption=off`` (an HMAC proves the secret; see `stream`).
+   `BOOK_USES` transfers. Then, by the controller's ``--data-encryption``:
+   ``sealed`` (the default) AES-GCM frames straight on the socket under a
+   key made inside TLS (see `seal`), ``tls`` TLS records, or ``off``
+   unencrypted (an HMAC proves the secret; see `stream`).
 3. When the data port cannot be reached: through the controller's `Relay`,
    which E dials too and which splices the two sockets byte for byte, never
    decrypting; the same TLS and tubid check run inside the splice.
@@ -63,7 +65,7 @@ unused for `POOL_IDLE` seconds (30) is unmapped.
 Every blocking call here runs on a worker thread, never on a reactor thread.
 
 Modules, by role: `refs` (a value's stand-in on the command path, errors),
-`stream` (one TCP transfer's TLS and framing), `local` (the same-host
+`stream` (one TCP transfer's TLS and framing), `seal` (its sealed frames), `local` (the same-host
 path's wire), `buffers` (receive buffers); `ipython1.controller.relay`,
 `ipython1.engine.blobs`, `ipython1.engine.dataserver`,
 `ipython1.engine.localdata` and `ipython1.client.transfer` hold each

@@ -7,7 +7,9 @@ client first opens TLS to the engine (the engine serves its own Foolscap
 certificate) and checks that the certificate's digest is the engine's
 tubid, so the secret goes to the real engine only, inside TLS.
 
-`TLSStream` runs TLS through memory BIOs: the encrypted records of a
+By default the bytes after the header then leave TLS as sealed AES-GCM
+frames (`ipython1.transport.data.seal`); with ``--data-encryption=tls``,
+`TLSStream` carries them too. It runs TLS through memory BIOs: the encrypted records of a
 frame go out in writes of several MiB and come in with reads as large.
 Python's `SSLSocket` makes one system call per 16 KiB record instead: on a
 veth + bridge path that cost ~3x the CPU, and with Nagle on, 4x
@@ -31,6 +33,7 @@ import socket
 import ssl
 import struct
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +44,7 @@ from ipython1.transport.data.refs import TransferError
 
 DIRECT_ENV = "IPYTHON1_DIRECT_DATA"  # "0": no engine data port, no direct connection: the relay
 PAIR_TIMEOUT = 30.0  # seconds a relay end waits for its peer
+DRAIN_TIMEOUT = 5.0  # seconds a refused upload's sender has to stop
 CHUNK = 4 * 2**20
 # pairing id, secret, direction (U or D), blob id, frame count; the sizes follow.
 HEAD = struct.Struct("<16s32s1s16sI")
@@ -130,6 +134,27 @@ def refuse(sock: Any, reason: str) -> None:
     message = reason.encode()[:1000]
     try:
         sock.sendall(STATUS_REFUSED + struct.pack("<H", len(message)) + message)
+    except OSError:
+        pass
+
+
+def refuse_upload(conn: Any, reason: str) -> None:
+    """Refuse an upload under way: say why, then take in (and drop) what the client still sends.
+
+    Closed with its bytes unread, the connection would be reset, and the
+    client would hear of a broken pipe instead of the reason (a sealed frame
+    that failed authentication, say). DRAIN_TIMEOUT bounds the wait.
+    """
+    refuse(conn, reason)
+    sock = getattr(conn, "sock", conn)  # under the TLS or sealed stream, if any
+    scratch = bytearray(CHUNK)
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if not sock.recv_into(scratch):
+                break
     except OSError:
         pass
 
@@ -252,6 +277,12 @@ class TLSStream:
     def recv(self, nbytes: int) -> bytes:
         buf = bytearray(nbytes)
         return bytes(buf[:self.recv_into(buf, nbytes)])
+
+    def leftover(self) -> bytes:
+        """Stop using TLS: return the bytes read off the socket past the last record read."""
+        if self._tls.pending():
+            raise TransferError("TLS data came after the header: not a sealed transfer")
+        return self._incoming.read()
 
     def _flush(self) -> None:
         if self._outgoing.pending:
