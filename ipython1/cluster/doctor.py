@@ -131,6 +131,17 @@ def check_addresses(cluster_dir: ClusterDir) -> list[Finding]:
     return found
 
 
+def _port_answers(hosts: list[str], port: Any, name: str, the_name: str, level: str,
+                  advice: str) -> Finding | None:
+    """ok if port answers at any of hosts, else level with advice; None if there is no port."""
+    if not port:
+        return None
+    answers = [h for h in hosts if reachable(h, int(port)) is None]
+    if answers:
+        return Finding("ok", f"{name} {port} answers at " + ", ".join(answers))
+    return Finding(level, f"{the_name} {port} does not answer at " + ", ".join(hosts), advice)
+
+
 def check_ports(cluster_dir: ClusterDir, ports: dict[str, Any]) -> list[Finding]:
     """The data relay's port answers at the controller's advertised hosts; the dashboard's
     is said (it listens on loopback unless told otherwise)."""
@@ -138,29 +149,15 @@ def check_ports(cluster_dir: ClusterDir, ports: dict[str, Any]) -> list[Finding]
         hosts = [h for h, _ in furl_addresses((cluster_dir.security / MEC_FURL).read_text())]
     except OSError:
         return []
-    found = []
-    relay = ports.get("relay")
-    if relay:
-        answers = [h for h in hosts if reachable(h, int(relay)) is None]
-        if answers:
-            found.append(Finding("ok", f"data relay port {relay} answers at "
-                                 + ", ".join(answers)))
-        else:
-            found.append(Finding("fail", f"the data relay's port {relay} does not answer at "
-                                 + ", ".join(hosts),
-                                 "open it in the firewall, or fix it with --relay-port Q and "
-                                 "open that (push/pull of large values need it)"))
-    commands = ports.get("commands")
-    if commands:
-        answers = [h for h in hosts if reachable(h, int(commands)) is None]
-        if answers:
-            found.append(Finding("ok", f"command channel port {commands} answers at "
-                                 + ", ".join(answers)))
-        else:
-            found.append(Finding("warn", f"the command channel's port {commands} does not "
-                                 "answer at " + ", ".join(hosts),
-                                 "engines and clients on other hosts fall back to the slower "
-                                 "Foolscap port; open it, or fix it with --command-port Q"))
+    found = [finding for finding in (
+        _port_answers(hosts, ports.get("relay"), "data relay port", "the data relay's port",
+                      "fail", "open it in the firewall, or fix it with --relay-port Q and "
+                      "open that (push/pull of large values need it)"),
+        _port_answers(hosts, ports.get("commands"), "command channel port",
+                      "the command channel's port", "warn",
+                      "engines and clients on other hosts fall back to the slower "
+                      "Foolscap port; open it, or fix it with --command-port Q"),
+    ) if finding is not None]
     if ports.get("dashboard"):
         found.append(Finding("ok", f"dashboard on port {ports['dashboard']} "
                              "(`ipcluster dashboard` prints its URL)"))
