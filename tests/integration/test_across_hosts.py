@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, wait_until
-from tests.hostgrid import HostGrid, HostPython, unavailable_reason
+from tests.hostgrid import HostGrid, HostPython
 
 PORT, RELAY_PORT = 41000, 41001
 PROFILE = "grid"
@@ -69,35 +69,29 @@ class GridCluster:
         return "".join(p.read_text(errors="replace") for p in sorted(logs.glob(f"{name}*")))
 
 
-def _require_grid() -> None:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"no grid of hosts: {reason}")
-
-
 @pytest.fixture(scope="module")
-def across(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GridCluster]:
-    _require_grid()
-    with HostGrid(["ctl", "e1", "e2", "cli"]) as grid:
-        cluster = GridCluster(grid, tmp_path_factory.mktemp("across"))
-        grid["ctl"].popen(cluster.command(
-            "ipcontroller", "--profile", PROFILE, "--location", "ctl",
-            "--port", str(PORT), "--relay-port", str(RELAY_PORT)), env=cluster.env)
-        engine_furl = cluster.furl("engine")
-        wait_until(lambda: os.path.exists(engine_furl), 30, "the controller's FURL files")
-        # Two ways to give an engine its FURL: a file on the shared disk, the environment.
-        cluster.start_engines("e1", 2, "--furl-file", engine_furl)
-        furl_env = dict(cluster.env, IPYTHON1_ENGINE_FURL=Path(engine_furl).read_text().strip())
-        cluster.start_engines("e2", 2, env=furl_env)
-        cluster.client = py = grid["cli"].python(cluster.env, CLIENT_SETUP)
-        try:
-            py.exec("mec = client.MultiEngineClient(mec_furl, timeout=60)\n"
-                    "tc = client.TaskClient(task_furl, timeout=60)",
-                    mec_furl=cluster.furl("mec"), task_furl=cluster.furl("task"))
-            wait_until(lambda: len(py.eval("mec.get_ids()")) == 4, 60, "4 engines")
-            yield cluster
-        finally:
-            py.close()
+def across(host_grid: HostGrid,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[GridCluster]:
+    grid = host_grid
+    cluster = GridCluster(grid, tmp_path_factory.mktemp("across"))
+    grid["ctl"].popen(cluster.command(
+        "ipcontroller", "--profile", PROFILE, "--location", "ctl",
+        "--port", str(PORT), "--relay-port", str(RELAY_PORT)), env=cluster.env)
+    engine_furl = cluster.furl("engine")
+    wait_until(lambda: os.path.exists(engine_furl), 30, "the controller's FURL files")
+    # Two ways to give an engine its FURL: a file on the shared disk, the environment.
+    cluster.start_engines("e1", 2, "--furl-file", engine_furl)
+    furl_env = dict(cluster.env, IPYTHON1_ENGINE_FURL=Path(engine_furl).read_text().strip())
+    cluster.start_engines("e2", 2, env=furl_env)
+    cluster.client = py = grid["cli"].python(cluster.env, CLIENT_SETUP)
+    try:
+        py.exec("mec = client.MultiEngineClient(mec_furl, timeout=60)\n"
+                "tc = client.TaskClient(task_furl, timeout=60)",
+                mec_furl=cluster.furl("mec"), task_furl=cluster.furl("task"))
+        wait_until(lambda: len(py.eval("mec.get_ids()")) == 4, 60, "4 engines")
+        yield cluster
+    finally:
+        py.close()
 
 
 @pytest.fixture

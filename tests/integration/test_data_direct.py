@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, wait_until
-from tests.hostgrid import HostGrid, HostPython, unavailable_reason
+from tests.hostgrid import HostGrid, HostPython
 
 CLIENT_SETUP = """
 import socket
@@ -115,23 +115,19 @@ class Grid:
 
 
 @pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"no grid of hosts: {reason}")
-    with HostGrid(["ctl", "e1", "e2", "cli"]) as grid:
-        g = Grid(grid, tmp_path_factory.mktemp("direct"))
-        g.start("ctl", "ipcontroller", "--profile", "enc", "--location", "ctl")
-        # ipcluster passes --data-encryption on; its engine runs on ctl, the client on cli.
-        for profile, mode in (("plain", "off"), ("tls", "tls")):
-            g.start("ctl", "ipcluster", "start", "--profile", profile, "-n", "1", "--location",
-                    "ctl", f"--data-encryption={mode}")
-        for profile in ("enc", "plain", "tls"):
-            furl = g.furl(profile, "engine")
-            wait_until(lambda f=furl: os.path.exists(f), 30, f"{profile}'s FURL files")
-        g.start("e1", "ipengine", "--profile", "enc")
-        g.start("e2", "ipengine", "--profile", "enc")
-        yield g
+def hosts(host_grid: HostGrid, tmp_path_factory: pytest.TempPathFactory) -> Grid:
+    g = Grid(host_grid, tmp_path_factory.mktemp("direct"))
+    g.start("ctl", "ipcontroller", "--profile", "enc", "--location", "ctl")
+    # ipcluster passes --data-encryption on; its engine runs on ctl, the client on cli.
+    for profile, mode in (("plain", "off"), ("tls", "tls")):
+        g.start("ctl", "ipcluster", "start", "--profile", profile, "-n", "1", "--location",
+                "ctl", f"--data-encryption={mode}")
+    for profile in ("enc", "plain", "tls"):
+        furl = g.furl(profile, "engine")
+        wait_until(lambda f=furl: os.path.exists(f), 30, f"{profile}'s FURL files")
+    g.start("e1", "ipengine", "--profile", "enc")
+    g.start("e2", "ipengine", "--profile", "enc")
+    return g
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,8 @@ import os
 import sys
 
 import numpy as np
-import pytest
 
 from tests.conftest import ROOT, wait_until
-from tests.hostgrid import HostGrid, unavailable_reason
 
 CLIENT = """
 import json, sys
@@ -41,16 +39,8 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def grid():
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"no grid of hosts: {reason}")
-    with HostGrid(["ctl", "e1", "e2", "cli"]) as grid:
-        yield grid
-
-
-def test_engines_on_two_hosts_load_compute_and_reduce_among_themselves(grid, tmp_path):
+def test_engines_on_two_hosts_load_compute_and_reduce_among_themselves(host_grid, tmp_path):
+    grid = host_grid
     rng = np.random.default_rng(5)
     arrays = [rng.normal(size=(50, 2)) for _ in range(6)]
     data = tmp_path / "data"

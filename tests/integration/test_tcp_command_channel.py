@@ -12,14 +12,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ipython1.transport import tcpchannel
 from tests.conftest import ROOT, wait_until
-from tests.hostgrid import HostGrid, HostPython, unavailable_reason
+from tests.hostgrid import HostGrid, HostPython
 
 PROFILE = "tcp"
 COMMAND_PORT = 41102
@@ -61,18 +60,15 @@ class Grid:
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"no grid of hosts: {reason}")
-    with HostGrid(["ctl", "e1", "e2", "cli"]) as hosts:
-        g = Grid(hosts, tmp_path_factory.mktemp("tcpchannel"))
-        hosts["ctl"].popen(g.command("ipcontroller", "--ip", hosts["ctl"].address,
-                                     "--command-port", str(COMMAND_PORT)), env=g.env)
-        wait_until(lambda: os.path.exists(g.security + "/ipcontroller-task.furl"), 60,
-                   "the controller's FURL files")
-        hosts["e1"].popen(g.command("ipengine", "--fork", "2"), env=g.env)
-        yield g
+def grid(host_grid: HostGrid, tmp_path_factory: pytest.TempPathFactory) -> Grid:
+    hosts = host_grid
+    g = Grid(hosts, tmp_path_factory.mktemp("tcpchannel"))
+    hosts["ctl"].popen(g.command("ipcontroller", "--ip", hosts["ctl"].address,
+                                 "--command-port", str(COMMAND_PORT)), env=g.env)
+    wait_until(lambda: os.path.exists(g.security + "/ipcontroller-task.furl"), 60,
+               "the controller's FURL files")
+    hosts["e1"].popen(g.command("ipengine", "--fork", "2"), env=g.env)
+    return g
 
 
 def test_engines_and_a_client_on_other_hosts_take_the_tls_channel(grid: Grid) -> None:
